@@ -1,0 +1,367 @@
+//! Configuration in two levels: [`Args`] are the raw flags as clap parses
+//! them (each also settable from the environment), [`Config`] is what the
+//! service runs with after every flag has been checked against the others.
+
+use std::{fmt, fs, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use anyhow::{Context, bail, ensure};
+use clap::Parser;
+use sqlx::postgres::PgConnectOptions;
+
+/// Raw command-line flags.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "phoenix-api",
+    version,
+    about = "Phoenix control-plane API",
+    after_help = "Exit status: 0 after a clean shutdown on SIGTERM or SIGINT, \
+                  1 when starting or serving fails, 2 on invalid command-line usage."
+)]
+pub struct Args {
+    /// Address to serve HTTP(S) on, as IP:PORT.
+    #[arg(long, env = "PHOENIX_API_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+
+    /// PostgreSQL URL without a password, e.g. postgres://phoenix@127.0.0.1:5432/phoenix.
+    #[arg(long, env = "PHOENIX_DATABASE_URL")]
+    pub database_url: String,
+
+    /// File holding the database password; surrounding whitespace is ignored.
+    #[arg(long, env = "PHOENIX_DATABASE_PASSWORD_FILE")]
+    pub database_password_file: Option<PathBuf>,
+
+    /// How long to keep retrying the first database connection (e.g. 60s, 2m).
+    #[arg(
+        long,
+        env = "PHOENIX_DATABASE_CONNECT_TIMEOUT",
+        default_value = "60s",
+        value_parser = humantime::parse_duration
+    )]
+    pub database_connect_timeout: Duration,
+
+    /// Most database connections this process opens.
+    #[arg(long, env = "PHOENIX_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+
+    /// PEM certificate chain; with --tls-key, the API serves HTTPS.
+    #[arg(long, env = "PHOENIX_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "PHOENIX_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Longest a request may take before it is answered with 503 (e.g. 30s).
+    #[arg(
+        long,
+        env = "PHOENIX_API_REQUEST_TIMEOUT",
+        default_value = "30s",
+        value_parser = humantime::parse_duration
+    )]
+    pub request_timeout: Duration,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "PHOENIX_API_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+/// The validated configuration the service runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database: DatabaseConfig,
+    /// `None` means plain HTTP.
+    pub tls: Option<TlsFiles>,
+    pub http: HttpLimits,
+}
+
+/// Where the database is and how patiently to reach it.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// Includes the password, so this type's `Debug` leaves it out.
+    pub connect_options: PgConnectOptions,
+    pub connect_timeout: Duration,
+    pub max_connections: u32,
+}
+
+/// Certificate and key for HTTPS, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Bounds applied to every HTTP request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+impl TryFrom<Args> for Config {
+    type Error = anyhow::Error;
+
+    fn try_from(args: Args) -> anyhow::Result<Self> {
+        let connect_options =
+            database_connect_options(&args.database_url, args.database_password_file.as_ref())?;
+        ensure!(
+            !args.database_connect_timeout.is_zero(),
+            "--database-connect-timeout must be greater than zero"
+        );
+        ensure!(
+            args.database_max_connections > 0,
+            "--database-max-connections must be at least 1"
+        );
+        ensure!(
+            !args.request_timeout.is_zero(),
+            "--request-timeout must be greater than zero"
+        );
+        ensure!(
+            args.max_body_bytes > 0,
+            "--max-body-bytes must be at least 1"
+        );
+        let tls = match (args.tls_cert, args.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => bail!(
+                "--tls-cert is set but --tls-key is not: give both to serve HTTPS, \
+                 or neither to serve plain HTTP"
+            ),
+            (None, Some(_)) => bail!(
+                "--tls-key is set but --tls-cert is not: give both to serve HTTPS, \
+                 or neither to serve plain HTTP"
+            ),
+        };
+        Ok(Self {
+            listen: args.listen,
+            database: DatabaseConfig {
+                connect_options,
+                connect_timeout: args.database_connect_timeout,
+                max_connections: args.database_max_connections,
+            },
+            tls,
+            http: HttpLimits {
+                request_timeout: args.request_timeout,
+                max_body_bytes: args.max_body_bytes,
+            },
+        })
+    }
+}
+
+fn database_connect_options(
+    database_url: &str,
+    password_file: Option<&PathBuf>,
+) -> anyhow::Result<PgConnectOptions> {
+    const EXAMPLE: &str = "postgres://phoenix@127.0.0.1:5432/phoenix";
+    let url = url::Url::parse(database_url)
+        .with_context(|| format!("--database-url is not a URL; expected one like {EXAMPLE}"))?;
+    ensure!(
+        matches!(url.scheme(), "postgres" | "postgresql"),
+        "--database-url must start with postgres:// (got {}://); expected one like {EXAMPLE}",
+        url.scheme()
+    );
+    ensure!(
+        url.password().is_none(),
+        "--database-url contains a password; remove it and put the password in a file \
+         named by --database-password-file (a URL shows up in process listings and logs)"
+    );
+    let mut options = PgConnectOptions::from_str(database_url)
+        .with_context(|| {
+            format!("--database-url is not a usable PostgreSQL URL; expected one like {EXAMPLE}")
+        })?
+        .application_name(env!("CARGO_PKG_NAME"));
+    if let Some(path) = password_file {
+        let contents = fs::read_to_string(path).with_context(|| {
+            format!(
+                "could not read the database password file {} (--database-password-file)",
+                path.display()
+            )
+        })?;
+        let password = contents.trim();
+        ensure!(
+            !password.is_empty(),
+            "the database password file {} is empty",
+            path.display()
+        );
+        options = options.password(password);
+    }
+    Ok(options)
+}
+
+impl DatabaseConfig {
+    /// Where the database is, for messages: `user@host:port/database`.
+    pub fn target(&self) -> String {
+        let options = &self.connect_options;
+        let place = match options.get_socket() {
+            Some(dir) => format!(
+                "{} (unix socket, port {})",
+                dir.display(),
+                options.get_port()
+            ),
+            None => format!("{}:{}", options.get_host(), options.get_port()),
+        };
+        let database = options.get_database().unwrap_or(options.get_username());
+        format!("{}@{place}/{database}", options.get_username())
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("target", &self.target())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const URL: &str = "postgres://phoenix@127.0.0.1:5432/phoenix";
+
+    fn parse(flags: &[&str]) -> anyhow::Result<Config> {
+        let argv = std::iter::once("phoenix-api").chain(flags.iter().copied());
+        Config::try_from(Args::try_parse_from(argv)?)
+    }
+
+    fn error_of(flags: &[&str]) -> String {
+        format!("{:#}", parse(flags).unwrap_err())
+    }
+
+    #[test]
+    fn defaults_serve_plain_http_on_the_dev_port() {
+        let config = parse(&["--database-url", URL]).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(config.tls, None);
+        assert_eq!(config.database.connect_timeout, Duration::from_secs(60));
+        assert_eq!(config.database.max_connections, 10);
+        assert_eq!(
+            config.http,
+            HttpLimits {
+                request_timeout: Duration::from_secs(30),
+                max_body_bytes: 1024 * 1024
+            }
+        );
+        assert_eq!(config.database.target(), "phoenix@127.0.0.1:5432/phoenix");
+    }
+
+    #[test]
+    fn durations_are_human_readable() {
+        let config = parse(&[
+            "--database-url",
+            URL,
+            "--database-connect-timeout",
+            "2m 5s",
+            "--request-timeout",
+            "1500ms",
+        ])
+        .unwrap();
+        assert_eq!(config.database.connect_timeout, Duration::from_secs(125));
+        assert_eq!(config.http.request_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn tls_needs_both_certificate_and_key() {
+        let config = parse(&[
+            "--database-url",
+            URL,
+            "--tls-cert",
+            "/etc/phoenix/cert.pem",
+            "--tls-key",
+            "/etc/phoenix/key.pem",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: "/etc/phoenix/cert.pem".into(),
+                key: "/etc/phoenix/key.pem".into()
+            })
+        );
+        assert!(
+            error_of(&["--database-url", URL, "--tls-cert", "c.pem"]).contains("--tls-key is not")
+        );
+        assert!(
+            error_of(&["--database-url", URL, "--tls-key", "k.pem"]).contains("--tls-cert is not")
+        );
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_refused() {
+        let error = error_of(&["--database-url", "postgres://phoenix:hunter2@db/phoenix"]);
+        assert!(error.contains("--database-password-file"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[test]
+    fn the_url_must_be_postgres() {
+        let error = error_of(&["--database-url", "mysql://phoenix@db/phoenix"]);
+        assert!(error.contains("must start with postgres://"), "{error}");
+        let error = error_of(&["--database-url", "not a url"]);
+        assert!(error.contains("is not a URL"), "{error}");
+    }
+
+    #[test]
+    fn the_password_comes_from_the_file_trimmed_and_stays_out_of_debug() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "  s3cret-Pa55  ").unwrap();
+        let config = parse(&[
+            "--database-url",
+            URL,
+            "--database-password-file",
+            file.path().to_str().unwrap(),
+        ])
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("phoenix@127.0.0.1:5432/phoenix"), "{debug}");
+    }
+
+    #[test]
+    fn an_empty_or_missing_password_file_is_an_error() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_str().unwrap();
+        let error = error_of(&["--database-url", URL, "--database-password-file", path]);
+        assert!(error.contains("is empty"), "{error}");
+        let error = error_of(&[
+            "--database-url",
+            URL,
+            "--database-password-file",
+            "/nonexistent/phoenix-db-password",
+        ]);
+        assert!(
+            error.contains(
+                "could not read the database password file /nonexistent/phoenix-db-password"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let error = error_of(&["--database-url", URL, "--database-connect-timeout", "0s"]);
+        assert!(error.contains("--database-connect-timeout"), "{error}");
+        let error = error_of(&["--database-url", URL, "--request-timeout", "0s"]);
+        assert!(error.contains("--request-timeout"), "{error}");
+        let error = error_of(&["--database-url", URL, "--max-body-bytes", "0"]);
+        assert!(error.contains("--max-body-bytes"), "{error}");
+        let error = error_of(&["--database-url", URL, "--database-max-connections", "0"]);
+        assert!(error.contains("--database-max-connections"), "{error}");
+    }
+
+    #[test]
+    fn unix_socket_targets_are_described() {
+        let config = parse(&[
+            "--database-url",
+            "postgres://phoenix@%2Frun%2Fpostgresql:5433/appdb",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.database.target(),
+            "phoenix@/run/postgresql (unix socket, port 5433)/appdb"
+        );
+    }
+}

@@ -1,0 +1,221 @@
+//! The Phoenix control-plane API.
+//!
+//! Code map:
+//! - [`config`]: flags (clap, each also from the environment) and their
+//!   validation into a [`config::Config`]. Never touches the network.
+//! - [`db`]: the PostgreSQL pool: patient connect at startup, the embedded
+//!   forward-only migrations (`api/migrations`), the health ping. The only
+//!   module that talks to the database.
+//! - [`health`], [`metrics`]: `GET /health` and `GET /metrics`; the metrics
+//!   middleware times every request under its matched route.
+//! - [`problem`]: RFC 9457 problem details, the one shape of every error
+//!   response.
+//! - [`server`]: binds, serves HTTP or HTTPS, and shuts down gracefully on
+//!   SIGTERM/SIGINT.
+//! - [`backoff`]: exponential backoff with jitter, the one retry delay policy.
+//!
+//! The HTTP surface is [`router`]: handlers get an [`AppState`] and nothing else.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod config;
+pub mod db;
+pub mod health;
+pub mod metrics;
+pub mod problem;
+pub mod server;
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, FromRef},
+    http::StatusCode,
+    middleware,
+    routing::get,
+};
+use sqlx::PgPool;
+use tower_http::{
+    limit::RequestBodyLimitLayer,
+    timeout::TimeoutLayer,
+    trace::{DefaultMakeSpan, DefaultOnFailure, TraceLayer},
+};
+use tracing::Level;
+
+use crate::{config::HttpLimits, metrics::Metrics};
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub metrics: Arc<Metrics>,
+}
+
+impl FromRef<AppState> for Arc<Metrics> {
+    fn from_ref(state: &AppState) -> Self {
+        state.metrics.clone()
+    }
+}
+
+/// All routes, with request tracing, metrics, the request timeout (answered
+/// with 503) and the body size limit (answered with 413). Unknown paths get a
+/// 404 problem document.
+pub fn router(state: AppState, limits: HttpLimits) -> Router {
+    // Each `layer` wraps everything added before it, so the last one added
+    // sees a request first: trace, then metrics (which so also time timeouts
+    // and refusals), then the timeout, then the body limit.
+    Router::new()
+        .route("/health", get(health::handler))
+        .route("/metrics", get(metrics::handler))
+        .fallback(problem::not_found)
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        .layer(DefaultBodyLimit::disable())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            limits.request_timeout,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+                .on_failure(DefaultOnFailure::new().level(Level::WARN)),
+        )
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::{
+        body::Body,
+        http::{Request, header},
+    };
+    use http_body_util::BodyExt;
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    /// A state whose pool points at a port where nothing listens: no test
+    /// here needs a database, and the health check must fail.
+    fn state_without_database() -> AppState {
+        let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = unreachable.local_addr().unwrap().port();
+        drop(unreachable);
+        let options = PgConnectOptions::new_without_pgpass()
+            .host("127.0.0.1")
+            .port(port)
+            .username("phoenix");
+        AppState {
+            pool: PgPoolOptions::new()
+                .acquire_timeout(Duration::from_millis(200))
+                .connect_lazy_with(options),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    const LIMITS: HttpLimits = HttpLimits {
+        request_timeout: Duration::from_secs(5),
+        max_body_bytes: 16,
+    };
+
+    async fn call(app: &Router, request: Request<Body>) -> (StatusCode, String, String) {
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|value| value.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    fn get(uri: &str) -> Request<Body> {
+        Request::get(uri).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_404_problems_counted_as_unmatched() {
+        let state = state_without_database();
+        let app = router(state.clone(), LIMITS);
+        let (status, content_type, body) = call(&app, get("/api/v1/nothing")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(content_type, problem::PROBLEM_CONTENT_TYPE);
+        let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(problem["title"], "Not Found");
+        assert_eq!(
+            problem["detail"],
+            "there is no resource at GET /api/v1/nothing"
+        );
+
+        let (_, content_type, text) = call(&app, get("/metrics")).await;
+        assert_eq!(content_type, metrics::METRICS_CONTENT_TYPE);
+        assert!(
+            text.contains(r#"method="GET",route="unmatched",status="404""#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn health_fails_with_503_when_the_database_is_unreachable() {
+        let state = state_without_database();
+        let app = router(state.clone(), LIMITS);
+        let (status, content_type, body) = call(&app, get("/health")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(content_type, health::HEALTH_CONTENT_TYPE);
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["status"], "fail");
+        assert_eq!(
+            health["checks"]["postgres:connections"][0]["status"],
+            "fail"
+        );
+
+        let (_, _, text) = call(&app, get("/metrics")).await;
+        assert!(text.contains("\nphoenix_api_database_up 0\n"), "{text}");
+        assert!(
+            text.contains(r#"method="GET",route="/health",status="503""#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn slow_requests_are_cut_off_with_503() {
+        // The health ping waits up to 200 ms for a connection that never comes.
+        let limits = HttpLimits {
+            request_timeout: Duration::from_millis(20),
+            ..LIMITS
+        };
+        let state = state_without_database();
+        let app = router(state.clone(), limits);
+        let (status, content_type, _) = call(&app, get("/health")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_ne!(
+            content_type,
+            health::HEALTH_CONTENT_TYPE,
+            "the handler was not cut off"
+        );
+        let (_, _, text) = call(&app, get("/metrics")).await;
+        assert!(
+            text.contains(r#"method="GET",route="/health",status="503""#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_are_refused() {
+        let app = router(state_without_database(), LIMITS);
+        let request = Request::post("/health")
+            .header(header::CONTENT_LENGTH, "17")
+            .body(Body::from(vec![b'x'; 17]))
+            .unwrap();
+        let (status, _, _) = call(&app, request).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+}

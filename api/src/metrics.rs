@@ -1,0 +1,240 @@
+//! Prometheus metrics: what they are, the middleware that times every request,
+//! and the `/metrics` endpoint.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::{Method, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+use tokio::time::Instant;
+
+use crate::problem::Problem;
+
+/// Media type of the OpenMetrics text format that [`encode`] writes.
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Route label for requests that matched no route; keeps scanners from
+/// creating one series per probed path.
+const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Bucket bounds in seconds; 0.2 and 0.5 are the warning and critical p95
+/// latencies of the scaling checks.
+const LATENCY_BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    route: String,
+    status: u16,
+}
+
+type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
+
+/// The service's metrics and the registry that renders them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    request_duration: HistogramFamily,
+    database_up: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("phoenix_api");
+        let request_duration: HistogramFamily =
+            Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS.into_iter()));
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time to answer an HTTP request, by method, matched route and status",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let database_up = Gauge::default();
+        registry.register(
+            "database_up",
+            "Whether the last database ping succeeded (1) or not (0)",
+            database_up.clone(),
+        );
+        Self {
+            registry,
+            request_duration,
+            database_up,
+        }
+    }
+
+    /// Records one answered request. `route` is the matched route template,
+    /// `None` when no route matched.
+    pub fn observe_request(
+        &self,
+        method: &Method,
+        route: Option<&str>,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
+        let labels = RequestLabels {
+            method: method_label(method),
+            route: route.unwrap_or(UNMATCHED_ROUTE).to_owned(),
+            status: status.as_u16(),
+        };
+        self.request_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records the outcome of a database ping; returns whether the previous
+    /// one had succeeded.
+    pub fn set_database_up(&self, up: bool) -> bool {
+        self.database_up.set(i64::from(up)) == 1
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// Bounded label values: a client cannot mint new series with made-up methods.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Middleware that times each request under its matched route.
+pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    metrics.observe_request(
+        &method,
+        route.as_deref(),
+        response.status(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// `GET /metrics`.
+pub async fn handler(State(metrics): State<Arc<Metrics>>) -> Response {
+    match metrics.render() {
+        Ok(text) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "could not render metrics");
+            Problem::new(StatusCode::INTERNAL_SERVER_ERROR)
+                .with_detail("the metrics could not be rendered")
+                .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_request_histogram_and_database_gauge() {
+        let metrics = Metrics::new();
+        metrics.observe_request(
+            &Method::GET,
+            Some("/health"),
+            StatusCode::OK,
+            Duration::from_millis(3),
+        );
+        metrics.observe_request(
+            &Method::GET,
+            Some("/health"),
+            StatusCode::OK,
+            Duration::from_millis(400),
+        );
+        metrics.set_database_up(true);
+        let text = metrics.render().unwrap();
+
+        assert!(
+            text.contains("# TYPE phoenix_api_http_request_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# UNIT phoenix_api_http_request_duration_seconds seconds"),
+            "{text}"
+        );
+        let labels = r#"method="GET",route="/health",status="200""#;
+        assert!(
+            text.contains(&format!(
+                "phoenix_api_http_request_duration_seconds_count{{{labels}}} 2"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "phoenix_api_http_request_duration_seconds_bucket{{le=\"0.005\",{labels}}} 1"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "phoenix_api_http_request_duration_seconds_bucket{{le=\"0.5\",{labels}}} 2"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE phoenix_api_database_up gauge"),
+            "{text}"
+        );
+        assert!(text.contains("\nphoenix_api_database_up 1\n"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn unknown_routes_and_methods_share_bounded_labels() {
+        let metrics = Metrics::new();
+        let brew = Method::from_bytes(b"BREW").unwrap();
+        metrics.observe_request(&brew, None, StatusCode::NOT_FOUND, Duration::from_millis(1));
+        let text = metrics.render().unwrap();
+        assert!(
+            text.contains(r#"method="other",route="unmatched",status="404""#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn database_gauge_follows_the_last_ping() {
+        let metrics = Metrics::new();
+        assert!(!metrics.set_database_up(true));
+        assert!(metrics.set_database_up(false));
+        assert!(
+            metrics
+                .render()
+                .unwrap()
+                .contains("\nphoenix_api_database_up 0\n")
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! Exit codes: 0 stopped cleanly (or config valid); 1 bad config or start-up
+//! failure; 2 the shutdown timeout ran out and remaining processes were killed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use phoenix_supervisor::config::{self, DEFAULT_CONFIG_PATH, LoadOptions};
+use phoenix_supervisor::pginit::{InitOptions, postgres_init};
+use phoenix_supervisor::run::{RunOptions, run};
+use phoenix_supervisor::supervisor::Outcome;
+use phoenix_supervisor::pid1;
+
+#[derive(Parser)]
+#[command(name = "phoenix-supervisor", version, about = "Runs the Phoenix appliance from one TOML file")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start and supervise every service (the default as PID 1).
+    Run {
+        #[arg(long, env = "PHOENIX_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Development mode: state in ./.phoenix-dev, loopback and unprivileged ports.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Validate the config file without starting anything.
+    CheckConfig {
+        #[arg(long, env = "PHOENIX_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Initialise the PostgreSQL data directory once (run by the postgres-init service).
+    #[command(hide = true)]
+    PostgresInit {
+        #[arg(long)]
+        bin_dir: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        superuser: String,
+        #[arg(long)]
+        superuser_password_file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let pid1 = pid1::is_pid1();
+    // As PID 1 the kernel passes unknown boot parameters as arguments: run anyway.
+    let command = match Cli::try_parse() {
+        Ok(cli) => cli.command,
+        Err(e) if pid1 => {
+            tracing::warn!(error = %e.to_string().lines().next().unwrap_or(""), "ignoring init arguments");
+            None
+        }
+        Err(e) => e.exit(),
+    };
+    let command = command.unwrap_or_else(|| Command::Run {
+        config: std::env::var_os("PHOENIX_CONFIG").map_or_else(|| DEFAULT_CONFIG_PATH.into(), PathBuf::from),
+        dev: false,
+    });
+    let code = match command {
+        Command::Run { config, dev } => run_supervisor(config, dev),
+        Command::CheckConfig { config, dev } => match config::load(&config, &LoadOptions::detect(dev)) {
+            Ok(c) => {
+                let names: Vec<_> = c.services.iter().map(|s| s.name.as_str()).collect();
+                println!("{}: ok ({} services: {})", config.display(), names.len(), names.join(", "));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::PostgresInit { bin_dir, data_dir, superuser, superuser_password_file } => {
+            match postgres_init(&InitOptions { bin_dir, data_dir, superuser, superuser_password_file }) {
+                Ok(true) => {
+                    println!("initialised a new PostgreSQL cluster");
+                    ExitCode::SUCCESS
+                }
+                Ok(false) => {
+                    println!("PostgreSQL cluster already initialised");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    };
+    if pid1 {
+        pid1::power_off();
+    }
+    code
+}
+
+fn run_supervisor(config: PathBuf, dev: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(RunOptions { config, dev }));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(Outcome::Clean) => ExitCode::SUCCESS,
+        Ok(Outcome::TimedOut) => ExitCode::from(2),
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

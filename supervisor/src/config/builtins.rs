@@ -1,0 +1,368 @@
+//! The built-in sections ([postgres], [prometheus], [pushgateway], [api], [tls])
+//! expanded into service specs with the appliance's defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::file::{FileConfig, LimitsTable, TlsMode};
+use super::spec::*;
+use super::{LoadOptions, Located, limits};
+use crate::config::ConfigError;
+
+pub struct Expanded {
+    pub services: Vec<ServiceSpec>,
+    pub secrets: Vec<SecretSpec>,
+    pub tls: TlsSettings,
+}
+
+pub const POSTGRES_SUPERUSER: &str = "postgres";
+pub const API_DB_USER: &str = "phoenix";
+pub const API_DB_NAME: &str = "phoenix";
+
+const GIB: u64 = 1 << 30;
+
+/// Loopback form of a listen address, for clients on this machine.
+fn local(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() }, addr.port())
+    } else {
+        addr
+    }
+}
+
+fn user_for(opts: &LoadOptions, configured: &Option<String>, root_default: &str) -> Option<String> {
+    match configured {
+        Some(u) if u.is_empty() => None,
+        Some(u) => Some(u.clone()),
+        None if opts.root => Some(root_default.to_string()),
+        None => None,
+    }
+}
+
+fn with_limits(
+    defaults: Limits,
+    table: &Option<LimitsTable>,
+    loc: &Located<'_>,
+    section: &str,
+) -> Result<Limits, ConfigError> {
+    match table {
+        Some(t) => limits(defaults, t).map_err(|m| loc.error(&[section, "limits"], m)),
+        None => Ok(defaults),
+    }
+}
+
+fn arg(flag: &str, value: impl std::fmt::Display) -> String {
+    format!("{flag}={value}")
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+pub fn expand(
+    raw: &FileConfig,
+    sup: &SupervisorSettings,
+    opts: &LoadOptions,
+    loc: &Located<'_>,
+) -> Result<Expanded, ConfigError> {
+    let state = &sup.state_dir;
+    let secrets_dir = state.join("secrets");
+    let mut services = Vec::new();
+    let mut secrets = Vec::new();
+    let supervisor_exe = path_str(&opts.exe_dir.join("phoenix-supervisor"));
+
+    let api_enabled = raw.api.enable.unwrap_or(true);
+    let api_user = user_for(opts, &raw.api.user, "phoenix");
+    let api_listen = raw.api.listen.unwrap_or_else(|| {
+        if opts.dev { "127.0.0.1:8443" } else { "0.0.0.0:443" }.parse().expect("valid address")
+    });
+
+    let tls = match raw.tls.mode {
+        TlsMode::SelfSigned => {
+            if raw.tls.cert.is_some() || raw.tls.key.is_some() {
+                return Err(loc.error(&["tls", "cert"], "cert and key are for mode = \"files\"; self-signed generates its own"));
+            }
+            TlsSettings {
+                cert: state.join("tls/cert.pem"),
+                key: state.join("tls/key.pem"),
+                self_signed: true,
+                hostnames: raw.tls.hostnames.clone(),
+                key_owner: api_user.clone(),
+            }
+        }
+        TlsMode::Files => match (&raw.tls.cert, &raw.tls.key) {
+            (Some(cert), Some(key)) => TlsSettings {
+                cert: cert.clone(),
+                key: key.clone(),
+                self_signed: false,
+                hostnames: raw.tls.hostnames.clone(),
+                key_owner: api_user.clone(),
+            },
+            _ => return Err(loc.error(&["tls", "mode"], "mode = \"files\" needs both cert and key paths")),
+        },
+    };
+
+    // PostgreSQL: initdb once (postgres-init), the server, then the API's role
+    // and database (postgres-setup).
+    let pg = &raw.postgres;
+    let pg_enabled = pg.enable.unwrap_or(true);
+    let pg_port = pg.port.unwrap_or(if opts.dev { 15432 } else { 5432 });
+    let mut database_url = None;
+    let api_password = secrets_dir.join("api-db-password");
+    if pg_enabled {
+        if pg.external_url.is_some() {
+            return Err(loc.error(&["postgres", "external_url"], "external_url is for enable = false (a database not managed here)"));
+        }
+        let bin = pg.bin_dir.clone().unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
+        let user = user_for(opts, &pg.user, "postgres");
+        let data = state.join("postgres/data");
+        let socket_dir = sup.run_dir.join("postgres");
+        let superuser_password = secrets_dir.join("postgres-superuser-password");
+        secrets.push(SecretSpec { path: superuser_password.clone(), owner: user.clone() });
+
+        let mut init = ServiceSpec::new(
+            "postgres-init",
+            vec![
+                supervisor_exe.clone(),
+                "postgres-init".into(),
+                arg("--bin-dir", bin.display()),
+                arg("--data-dir", data.display()),
+                arg("--superuser", POSTGRES_SUPERUSER),
+                arg("--superuser-password-file", superuser_password.display()),
+            ],
+        );
+        init.oneshot = true;
+        init.user = user.clone();
+        init.restart.policy = RestartPolicy::OnFailure;
+        init.restart.start_limit = StartLimit { burst: 3, interval: Duration::from_secs(300) };
+        init.dirs = vec![state.join("postgres")];
+        services.push(init);
+
+        let mut command = vec![
+            path_str(&bin.join("postgres")),
+            "-D".into(),
+            path_str(&data),
+            "-c".into(),
+            "listen_addresses=127.0.0.1".into(),
+            "-c".into(),
+            format!("port={pg_port}"),
+            "-c".into(),
+            format!("unix_socket_directories={}", socket_dir.display()),
+        ];
+        for (key, value) in &pg.settings {
+            if matches!(key.as_str(), "listen_addresses" | "port" | "unix_socket_directories") {
+                return Err(loc.error(&["postgres", "settings", key], "set by the supervisor (use [postgres] port); PostgreSQL only listens on 127.0.0.1"));
+            }
+            let value = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => value.to_string(),
+                _ => return Err(loc.error(&["postgres", "settings", key], "must be a string, number or boolean")),
+            };
+            command.push("-c".into());
+            command.push(format!("{key}={value}"));
+        }
+        let mut server = ServiceSpec::new("postgres", command);
+        server.user = user.clone();
+        server.depends_on = vec!["postgres-init".into()];
+        server.dirs = vec![socket_dir];
+        server.readiness = Some(Readiness {
+            start_timeout: Duration::from_secs(300),
+            ..ServiceSpec::readiness(Probe::Exec(vec![
+                path_str(&bin.join("pg_isready")),
+                "-q".into(),
+                "-h".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                pg_port.to_string(),
+            ]))
+        });
+        server.liveness = Some(Liveness { interval: Duration::from_secs(15), ..ServiceSpec::liveness(Probe::Tcp(([127, 0, 0, 1], pg_port).into())) });
+        // SIGINT is PostgreSQL's fast shutdown: a clean checkpoint, no crash recovery next start.
+        server.stop = StopSpec { signal: Signal::SIGINT, timeout: Duration::from_secs(90) };
+        server.reload_signal = Some(Signal::SIGHUP);
+        server.limits = with_limits(Limits { memory: Some(GIB), cpus: Some(1.0), pids: None }, &pg.limits, loc, "postgres")?;
+        server.ports = vec![([127, 0, 0, 1], pg_port).into()];
+        services.push(server);
+
+        if api_enabled {
+            secrets.push(SecretSpec { path: api_password.clone(), owner: api_user.clone() });
+            let script = state.join("postgres/setup.sql");
+            let mut setup = ServiceSpec::new(
+                "postgres-setup",
+                vec![
+                    path_str(&bin.join("psql")),
+                    "-X".into(),
+                    "-q".into(),
+                    "-v".into(),
+                    "ON_ERROR_STOP=1".into(),
+                    "-h".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    pg_port.to_string(),
+                    "-U".into(),
+                    POSTGRES_SUPERUSER.into(),
+                    "-d".into(),
+                    "postgres".into(),
+                    "-f".into(),
+                    path_str(&script),
+                ],
+            );
+            setup.oneshot = true;
+            setup.restart.policy = RestartPolicy::OnFailure;
+            setup.depends_on = vec!["postgres".into()];
+            setup.secret_env = BTreeMap::from([
+                ("PGPASSWORD".to_string(), superuser_password),
+                ("PHOENIX_API_DB_PASSWORD".to_string(), api_password.clone()),
+            ]);
+            setup.files = vec![GeneratedFile { path: script, contents: setup_sql() }];
+            services.push(setup);
+            database_url = Some(format!("postgres://{API_DB_USER}@127.0.0.1:{pg_port}/{API_DB_NAME}"));
+        }
+    } else if let Some(url) = &pg.external_url {
+        database_url = Some(url.clone());
+    }
+
+    let prom_listen = raw.prometheus.listen.unwrap_or_else(|| "127.0.0.1:9090".parse().expect("valid"));
+    let push_listen = raw.pushgateway.listen.unwrap_or_else(|| "127.0.0.1:9091".parse().expect("valid"));
+    let push_enabled = raw.pushgateway.enable.unwrap_or(true);
+
+    if raw.prometheus.enable.unwrap_or(true) {
+        let p = &raw.prometheus;
+        let dir = state.join("prometheus");
+        let config_file = dir.join("prometheus.yml");
+        let scrape = p.scrape_interval.map_or(Duration::from_secs(15), |d| d.0);
+        let health_listen = raw.health.listen.unwrap_or_else(|| "127.0.0.1:8081".parse().expect("valid"));
+        let yml = prometheus_yml(
+            scrape,
+            local(prom_listen),
+            local(health_listen),
+            api_enabled.then(|| local(api_listen)),
+            push_enabled.then(|| local(push_listen)),
+        );
+        let mut prom = ServiceSpec::new(
+            "prometheus",
+            vec![
+                path_str(&p.bin.clone().unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus"))),
+                arg("--config.file", config_file.display()),
+                arg("--storage.tsdb.path", dir.join("data").display()),
+                arg("--storage.tsdb.retention.time", p.retention.clone().unwrap_or_else(|| "15d".into())),
+                arg("--web.listen-address", prom_listen),
+            ],
+        );
+        prom.user = user_for(opts, &p.user, "prometheus");
+        prom.dirs = vec![dir.clone(), dir.join("data")];
+        prom.files = vec![GeneratedFile { path: config_file, contents: yml }];
+        prom.readiness = Some(ServiceSpec::readiness(Probe::Http(format!("http://{}/-/ready", local(prom_listen)))));
+        prom.liveness = Some(ServiceSpec::liveness(Probe::Http(format!("http://{}/-/healthy", local(prom_listen)))));
+        prom.reload_signal = Some(Signal::SIGHUP);
+        prom.stop.timeout = Duration::from_secs(60);
+        prom.limits = with_limits(
+            Limits { memory: Some(2 * GIB), cpus: Some(1.5), pids: None },
+            &p.limits,
+            loc,
+            "prometheus",
+        )?;
+        prom.ports = vec![prom_listen];
+        services.push(prom);
+    }
+
+    if push_enabled {
+        let p = &raw.pushgateway;
+        let dir = state.join("pushgateway");
+        let mut push = ServiceSpec::new(
+            "pushgateway",
+            vec![
+                path_str(&p.bin.clone().unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus-pushgateway"))),
+                arg("--web.listen-address", push_listen),
+                arg("--persistence.file", dir.join("metrics.store").display()),
+                "--persistence.interval=1m".into(),
+            ],
+        );
+        push.user = user_for(opts, &p.user, "prometheus");
+        push.dirs = vec![dir];
+        push.readiness = Some(ServiceSpec::readiness(Probe::Http(format!("http://{}/-/ready", local(push_listen)))));
+        push.liveness = Some(ServiceSpec::liveness(Probe::Http(format!("http://{}/-/healthy", local(push_listen)))));
+        push.limits = with_limits(Limits { memory: Some(GIB / 2), cpus: Some(0.5), pids: None }, &p.limits, loc, "pushgateway")?;
+        push.ports = vec![push_listen];
+        services.push(push);
+    }
+
+    if api_enabled {
+        let a = &raw.api;
+        let Some(url) = database_url else {
+            return Err(loc.error(&["postgres", "enable"], "the API needs a database: keep [postgres] enabled or set [postgres] external_url"));
+        };
+        let bin = a.bin.clone().unwrap_or_else(|| opts.exe_dir.join("phoenix-api"));
+        let mut api = ServiceSpec::new("api", vec![path_str(&bin)]);
+        api.user = api_user;
+        api.env = BTreeMap::from([
+            ("PHOENIX_API_LISTEN".to_string(), api_listen.to_string()),
+            ("PHOENIX_DATABASE_URL".to_string(), url),
+            ("PHOENIX_TLS_CERT".to_string(), path_str(&tls.cert)),
+            ("PHOENIX_TLS_KEY".to_string(), path_str(&tls.key)),
+            ("RUST_LOG".to_string(), "info".to_string()),
+        ]);
+        if pg_enabled {
+            api.env.insert("PHOENIX_DATABASE_PASSWORD_FILE".into(), path_str(&api_password));
+            api.depends_on.push("postgres-setup".into());
+        }
+        if push_enabled {
+            api.depends_on.push("pushgateway".into());
+        }
+        let health_url = format!("https://{}/health", local(api_listen));
+        api.readiness = Some(ServiceSpec::readiness(Probe::Http(health_url.clone())));
+        api.liveness = Some(ServiceSpec::liveness(Probe::Http(health_url)));
+        api.limits = with_limits(Limits { memory: Some(2 * GIB), cpus: Some(2.0), pids: None }, &a.limits, loc, "api")?;
+        api.ports = vec![api_listen];
+        services.push(api);
+    }
+
+    Ok(Expanded { services, secrets, tls })
+}
+
+/// Creates the API's role and database, idempotently, with the password from
+/// the environment (psql's \getenv keeps it off the command line).
+fn setup_sql() -> String {
+    format!(
+        r#"\getenv api_password PHOENIX_API_DB_PASSWORD
+SELECT 'CREATE ROLE {API_DB_USER} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{API_DB_USER}') \gexec
+ALTER ROLE {API_DB_USER} WITH LOGIN PASSWORD :'api_password';
+SELECT 'CREATE DATABASE {API_DB_NAME} OWNER {API_DB_USER}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{API_DB_NAME}') \gexec
+"#
+    )
+}
+
+fn prometheus_yml(
+    scrape_interval: Duration,
+    prometheus: SocketAddr,
+    supervisor: SocketAddr,
+    api: Option<SocketAddr>,
+    pushgateway: Option<SocketAddr>,
+) -> String {
+    let mut y = format!(
+        "# Generated by phoenix-supervisor from phoenix.toml; edits here are overwritten.\n\
+         global:\n  scrape_interval: {}s\n  evaluation_interval: {}s\n\
+         scrape_configs:\n\
+         \x20 - job_name: prometheus\n    static_configs:\n      - targets: ['{prometheus}']\n\
+         \x20 - job_name: phoenix-supervisor\n    static_configs:\n      - targets: ['{supervisor}']\n",
+        scrape_interval.as_secs().max(1),
+        scrape_interval.as_secs().max(1),
+    );
+    if let Some(api) = api {
+        // The API's certificate names the public host; over loopback only
+        // encryption matters, so the name is not verified.
+        y.push_str(&format!(
+            "  - job_name: phoenix-api\n    scheme: https\n    tls_config:\n      insecure_skip_verify: true\n    static_configs:\n      - targets: ['{api}']\n"
+        ));
+    }
+    if let Some(push) = pushgateway {
+        y.push_str(&format!(
+            "  - job_name: pushgateway\n    honor_labels: true\n    static_configs:\n      - targets: ['{push}']\n"
+        ));
+    }
+    y
+}

@@ -1,0 +1,191 @@
+//! The TOML file as written by the operator. Every table rejects unknown keys;
+//! defaults are applied later (`expand`), because some depend on `--dev`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::units::{ByteSize, HumanDuration, SignalName};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub supervisor: SupervisorSection,
+    #[serde(default)]
+    pub health: HealthSection,
+    #[serde(default)]
+    pub postgres: PostgresSection,
+    #[serde(default)]
+    pub prometheus: PrometheusSection,
+    #[serde(default)]
+    pub pushgateway: PushgatewaySection,
+    #[serde(default)]
+    pub api: ApiSection,
+    #[serde(default)]
+    pub tls: TlsSection,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceTable>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorSection {
+    pub state_dir: Option<PathBuf>,
+    pub run_dir: Option<PathBuf>,
+    pub log_dir: Option<PathBuf>,
+    pub shutdown_timeout: Option<HumanDuration>,
+    pub log_max_size: Option<ByteSize>,
+    pub log_keep: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSection {
+    pub enable: Option<bool>,
+    pub bin_dir: Option<PathBuf>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub limits: Option<LimitsTable>,
+    /// Extra `postgresql.conf` parameters, passed as `-c key=value`.
+    #[serde(default)]
+    pub settings: BTreeMap<String, toml::Value>,
+    /// Database of the API when `enable = false`.
+    pub external_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusSection {
+    pub enable: Option<bool>,
+    pub bin: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub retention: Option<String>,
+    pub scrape_interval: Option<HumanDuration>,
+    pub user: Option<String>,
+    pub limits: Option<LimitsTable>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushgatewaySection {
+    pub enable: Option<bool>,
+    pub bin: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub user: Option<String>,
+    pub limits: Option<LimitsTable>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    pub enable: Option<bool>,
+    pub bin: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub user: Option<String>,
+    pub limits: Option<LimitsTable>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    #[default]
+    SelfSigned,
+    Files,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    #[serde(default)]
+    pub mode: TlsMode,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Names put in the self-signed certificate besides localhost and 127.0.0.1.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+}
+
+/// `[services.<name>]`: a new service, or fields that override a built-in one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceTable {
+    pub enable: Option<bool>,
+    pub command: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub user: Option<String>,
+    pub working_dir: Option<PathBuf>,
+    pub depends_on: Option<Vec<String>>,
+    pub readiness: Option<ProbeTable>,
+    pub liveness: Option<ProbeTable>,
+    pub restart: Option<RestartTable>,
+    pub stop: Option<StopTable>,
+    pub limits: Option<LimitsTable>,
+    pub oneshot: Option<bool>,
+    pub reload_signal: Option<SignalName>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeTable {
+    pub tcp: Option<SocketAddr>,
+    pub http: Option<String>,
+    pub exec: Option<Vec<String>>,
+    pub log: Option<String>,
+    pub interval: Option<HumanDuration>,
+    pub timeout: Option<HumanDuration>,
+    /// Liveness: consecutive failures before a restart.
+    pub failures: Option<u32>,
+    /// Readiness: how long a start may take before it counts as failed.
+    pub start_timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicyName {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartTable {
+    pub policy: Option<RestartPolicyName>,
+    pub initial_delay: Option<HumanDuration>,
+    pub max_delay: Option<HumanDuration>,
+    pub jitter: Option<f64>,
+    pub reset_after: Option<HumanDuration>,
+    pub start_limit: Option<StartLimitTable>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartLimitTable {
+    pub burst: u32,
+    pub interval: HumanDuration,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopTable {
+    pub signal: Option<SignalName>,
+    pub timeout: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsTable {
+    pub memory: Option<ByteSize>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+}

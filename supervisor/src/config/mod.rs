@@ -1,0 +1,466 @@
+//! The one TOML file: parsing with located errors, defaults, and expansion of
+//! the built-in sections into service specifications.
+//!
+//! Invariant: this module never touches the file system beyond reading the
+//! config file, and never starts anything. `expand` is a pure function of the
+//! file's text and [`LoadOptions`].
+
+mod builtins;
+pub mod file;
+pub mod spec;
+pub mod units;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use spec::*;
+
+use crate::backoff::Backoff;
+use file::{FileConfig, ProbeTable, RestartPolicyName, ServiceTable};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/phoenix/phoenix.toml";
+
+/// What a config error says: where (file, line, column, key) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key path, e.g. `services.worker.restart.policy`; empty for syntax errors.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Facts about the environment that defaults depend on.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Dev mode: state in `./.phoenix-dev`, loopback listeners, unprivileged ports.
+    pub dev: bool,
+    /// Running as root: built-in services get their own users.
+    pub root: bool,
+    /// Directory relative dev paths are resolved against.
+    pub cwd: PathBuf,
+    /// Directory holding `phoenix-supervisor` and `phoenix-api`.
+    pub exe_dir: PathBuf,
+}
+
+impl LoadOptions {
+    pub fn detect(dev: bool) -> Self {
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("/usr/bin"));
+        LoadOptions {
+            dev,
+            root: nix::unistd::geteuid().is_root(),
+            cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
+            exe_dir,
+        }
+    }
+}
+
+/// Read and expand a config file. A missing file is an error unless it is
+/// the default path, which then means "all defaults".
+pub fn load(path: &Path, opts: &LoadOptions) -> Result<Config, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_CONFIG_PATH) => {
+            String::new()
+        }
+        Err(e) => {
+            return Err(ConfigError {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                key: String::new(),
+                message: format!("cannot read the config file: {e}"),
+            });
+        }
+    };
+    parse(&text, path, opts)
+}
+
+pub fn parse(text: &str, path: &Path, opts: &LoadOptions) -> Result<Config, ConfigError> {
+    let located = Located { text, file: path };
+    let deserializer = toml::Deserializer::new(text);
+    let raw: FileConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let (line, column) = inner.span().map(|s| located.line_col(s.start)).unwrap_or((1, 1));
+        ConfigError {
+            file: path.to_path_buf(),
+            line,
+            column,
+            key: if key == "." { String::new() } else { key },
+            message: inner.message().trim().to_string(),
+        }
+    })?;
+    expand(raw, &located, opts)
+}
+
+/// The text of the file, to turn key paths and byte offsets into line:column.
+struct Located<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Located<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = &self.text[..offset.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    }
+
+    /// Position of the deepest existing key on `path`.
+    fn position(&self, path: &[&str]) -> (usize, usize) {
+        let Ok(doc) = toml_edit::ImDocument::parse(self.text) else {
+            return (1, 1);
+        };
+        let mut best = None;
+        let mut table: Option<&dyn toml_edit::TableLike> = Some(doc.as_table());
+        for key in path {
+            let Some(t) = table else { break };
+            let Some((k, item)) = t.get_key_value(key) else { break };
+            best = k.span().or_else(|| item.span()).or(best);
+            table = item.as_table_like();
+        }
+        best.map_or((1, 1), |s| self.line_col(s.start))
+    }
+
+    fn error(&self, path: &[&str], message: impl Into<String>) -> ConfigError {
+        let (line, column) = self.position(path);
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key: path.join("."),
+            message: message.into(),
+        }
+    }
+}
+
+fn expand(raw: FileConfig, loc: &Located<'_>, opts: &LoadOptions) -> Result<Config, ConfigError> {
+    let base_dir = loc
+        .file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| opts.cwd.clone());
+    let resolve = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
+    let dev_root = opts.cwd.join(".phoenix-dev");
+    let dir_default = |name: &str, prod: &str| {
+        if opts.dev { dev_root.join(name) } else { PathBuf::from(prod) }
+    };
+
+    let s = &raw.supervisor;
+    let supervisor = SupervisorSettings {
+        state_dir: s.state_dir.clone().map(resolve).unwrap_or_else(|| dir_default("state", "/var/lib/phoenix")),
+        run_dir: s.run_dir.clone().map(resolve).unwrap_or_else(|| dir_default("run", "/run/phoenix")),
+        log_dir: s.log_dir.clone().map(resolve).unwrap_or_else(|| dir_default("log", "/var/log/phoenix")),
+        shutdown_timeout: s.shutdown_timeout.map_or(Duration::from_secs(60), |d| d.0),
+        log_max_bytes: s.log_max_size.map_or(10 << 20, |b| b.0),
+        log_keep: s.log_keep.unwrap_or(5),
+    };
+    if supervisor.log_max_bytes < 4096 {
+        return Err(loc.error(&["supervisor", "log_max_size"], "must be at least 4KiB"));
+    }
+    let health = HealthSettings {
+        listen: raw.health.listen.unwrap_or_else(|| {
+            if opts.dev { "127.0.0.1:8081" } else { "0.0.0.0:8081" }.parse().expect("valid address")
+        }),
+    };
+
+    let expanded = builtins::expand(&raw, &supervisor, opts, loc)?;
+    let mut services = expanded.services;
+
+    for (name, table) in &raw.services {
+        validate_name(name).map_err(|m| loc.error(&["services", name], m))?;
+        let existing = services.iter().position(|s| s.name == *name);
+        match (existing, table.enable) {
+            (Some(i), Some(false)) => {
+                services.remove(i);
+            }
+            (None, Some(false)) => {}
+            (Some(i), _) => apply_table(&mut services[i], name, table, loc)?,
+            (None, _) => {
+                let Some(command) = &table.command else {
+                    return Err(loc.error(
+                        &["services", name],
+                        "a new service needs `command` (the built-in services are postgres, postgres-init, \
+                         postgres-setup, prometheus, pushgateway and api)",
+                    ));
+                };
+                let mut spec = ServiceSpec::new(name.clone(), command.clone());
+                if table.oneshot == Some(true) {
+                    spec.restart.policy = RestartPolicy::OnFailure;
+                }
+                apply_table(&mut spec, name, table, loc)?;
+                services.push(spec);
+            }
+        }
+    }
+
+    for spec in &mut services {
+        spec.working_dir = spec.working_dir.take().map(resolve);
+    }
+    let services = order_by_dependencies(services, loc)?;
+
+    Ok(Config {
+        source: loc.file.to_path_buf(),
+        dev: opts.dev,
+        supervisor,
+        health,
+        tls: expanded.tls,
+        secrets: expanded.secrets,
+        services,
+    })
+}
+
+fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !ok {
+        return Err(format!(
+            "`{name}` is not a valid service name: use lowercase letters, digits, `-` and `_`, at most 64"
+        ));
+    }
+    if name == "supervisor" {
+        return Err("`supervisor` is reserved".into());
+    }
+    Ok(())
+}
+
+fn apply_table(spec: &mut ServiceSpec, name: &str, t: &ServiceTable, loc: &Located<'_>) -> Result<(), ConfigError> {
+    let err = |key: &str, msg: String| loc.error(&["services", name, key], msg);
+    if let Some(command) = &t.command {
+        if command.is_empty() || command[0].trim().is_empty() {
+            return Err(err("command", "must name a program: command = [\"/path/to/program\", \"arg\"]".into()));
+        }
+        spec.command = command.clone();
+    }
+    if let Some(env) = &t.env {
+        for key in env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(err("env", format!("`{key}` is not a valid environment variable name")));
+            }
+        }
+        spec.env.extend(env.clone());
+    }
+    if let Some(user) = &t.user {
+        spec.user = if user.is_empty() { None } else { Some(user.clone()) };
+    }
+    if let Some(dir) = &t.working_dir {
+        spec.working_dir = Some(dir.clone());
+    }
+    if let Some(deps) = &t.depends_on {
+        spec.depends_on = deps.clone();
+    }
+    if let Some(oneshot) = t.oneshot {
+        spec.oneshot = oneshot;
+    }
+    if let Some(sig) = t.reload_signal {
+        spec.reload_signal = Some(sig.0);
+    }
+    if let Some(probe) = &t.readiness {
+        spec.readiness = Some(readiness(spec.readiness.take(), probe).map_err(|m| err("readiness", m))?);
+    }
+    if let Some(probe) = &t.liveness {
+        spec.liveness = Some(liveness(spec.liveness.take(), probe).map_err(|m| err("liveness", m))?);
+    }
+    if let Some(r) = &t.restart {
+        if let Some(p) = r.policy {
+            spec.restart.policy = match p {
+                RestartPolicyName::Always => RestartPolicy::Always,
+                RestartPolicyName::OnFailure => RestartPolicy::OnFailure,
+                RestartPolicyName::Never => RestartPolicy::Never,
+            };
+        }
+        let b = spec.restart.backoff;
+        let initial = r.initial_delay.map_or(b.initial(), |d| d.0);
+        let max = r.max_delay.map_or(b.max().max(initial), |d| d.0);
+        let jitter = r.jitter.unwrap_or(0.2);
+        spec.restart.backoff = Backoff::try_new(initial, max, jitter).map_err(|e| err("restart", e.to_string()))?;
+        if let Some(d) = r.reset_after {
+            spec.restart.reset_after = d.0;
+        }
+        if let Some(l) = r.start_limit {
+            if l.burst == 0 || l.interval.0.is_zero() {
+                return Err(err("restart", "start_limit needs burst >= 1 and a non-zero interval".into()));
+            }
+            spec.restart.start_limit = StartLimit { burst: l.burst, interval: l.interval.0 };
+        }
+    }
+    if let Some(s) = &t.stop {
+        if let Some(sig) = s.signal {
+            spec.stop.signal = sig.0;
+        }
+        if let Some(d) = s.timeout {
+            spec.stop.timeout = d.0;
+        }
+    }
+    if let Some(l) = &t.limits {
+        spec.limits = limits(spec.limits, l).map_err(|m| err("limits", m))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn limits(mut base: Limits, l: &file::LimitsTable) -> Result<Limits, String> {
+    if let Some(m) = l.memory {
+        if m.0 < (1 << 20) {
+            return Err("memory must be at least 1MiB".into());
+        }
+        base.memory = Some(m.0);
+    }
+    if let Some(c) = l.cpus {
+        if !(c > 0.0 && c <= 1024.0) {
+            return Err(format!("cpus = {c}: must be greater than 0"));
+        }
+        base.cpus = Some(c);
+    }
+    if let Some(p) = l.pids {
+        if p == 0 {
+            return Err("pids must be at least 1".into());
+        }
+        base.pids = Some(p);
+    }
+    Ok(base)
+}
+
+fn probe_kind(t: &ProbeTable, previous: Option<Probe>) -> Result<Probe, String> {
+    let mut kinds = Vec::new();
+    if let Some(a) = t.tcp {
+        kinds.push(Probe::Tcp(a));
+    }
+    if let Some(url) = &t.http {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!("http = \"{url}\": must be an http:// or https:// URL"));
+        }
+        kinds.push(Probe::Http(url.clone()));
+    }
+    if let Some(cmd) = &t.exec {
+        if cmd.is_empty() {
+            return Err("exec needs a command: exec = [\"/bin/check\", \"arg\"]".into());
+        }
+        kinds.push(Probe::Exec(cmd.clone()));
+    }
+    if let Some(re) = &t.log {
+        regex::Regex::new(re).map_err(|e| format!("log = \"{re}\" is not a valid regular expression: {e}"))?;
+        kinds.push(Probe::Log(re.clone()));
+    }
+    match (kinds.len(), previous) {
+        (1, _) => Ok(kinds.remove(0)),
+        (0, Some(p)) => Ok(p),
+        (0, None) => Err("needs one of tcp, http, exec or log".into()),
+        _ => Err("give only one of tcp, http, exec or log".into()),
+    }
+}
+
+fn positive(d: Option<units::HumanDuration>, what: &str) -> Result<Option<Duration>, String> {
+    match d {
+        Some(d) if d.0.is_zero() => Err(format!("{what} must be greater than zero")),
+        other => Ok(other.map(|d| d.0)),
+    }
+}
+
+fn readiness(previous: Option<Readiness>, t: &ProbeTable) -> Result<Readiness, String> {
+    if t.failures.is_some() {
+        return Err("`failures` belongs to liveness; readiness uses start_timeout".into());
+    }
+    let probe = probe_kind(t, previous.as_ref().map(|p| p.probe.clone()))?;
+    let mut r = previous.unwrap_or_else(|| ServiceSpec::readiness(probe.clone()));
+    r.probe = probe;
+    r.interval = positive(t.interval, "interval")?.unwrap_or(r.interval);
+    r.timeout = positive(t.timeout, "timeout")?.unwrap_or(r.timeout);
+    r.start_timeout = positive(t.start_timeout, "start_timeout")?.unwrap_or(r.start_timeout);
+    Ok(r)
+}
+
+fn liveness(previous: Option<Liveness>, t: &ProbeTable) -> Result<Liveness, String> {
+    if t.start_timeout.is_some() {
+        return Err("`start_timeout` belongs to readiness".into());
+    }
+    let probe = probe_kind(t, previous.as_ref().map(|p| p.probe.clone()))?;
+    if matches!(probe, Probe::Log(_)) {
+        return Err("a log line cannot tell that a service is alive; use tcp, http or exec".into());
+    }
+    let mut l = previous.unwrap_or_else(|| ServiceSpec::liveness(probe.clone()));
+    l.probe = probe;
+    l.interval = positive(t.interval, "interval")?.unwrap_or(l.interval);
+    l.timeout = positive(t.timeout, "timeout")?.unwrap_or(l.timeout);
+    if let Some(f) = t.failures {
+        if f == 0 {
+            return Err("failures must be at least 1".into());
+        }
+        l.failures = f;
+    }
+    Ok(l)
+}
+
+/// Topological order (Kahn), stable by declaration order; names unknown
+/// dependencies and cycles.
+fn order_by_dependencies(services: Vec<ServiceSpec>, loc: &Located<'_>) -> Result<Vec<ServiceSpec>, ConfigError> {
+    let names: BTreeSet<String> = services.iter().map(|s| s.name.clone()).collect();
+    for s in &services {
+        for d in &s.depends_on {
+            if !names.contains(d) {
+                let known: Vec<_> = names.iter().map(String::as_str).collect();
+                return Err(loc.error(
+                    &["services", &s.name, "depends_on"],
+                    format!("unknown service `{d}` (services: {}); a disabled built-in cannot be depended on", known.join(", ")),
+                ));
+            }
+            if *d == s.name {
+                return Err(loc.error(&["services", &s.name, "depends_on"], "a service cannot depend on itself"));
+            }
+        }
+    }
+    let mut remaining: BTreeMap<String, ServiceSpec> = BTreeMap::new();
+    let declared: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+    for s in services {
+        remaining.insert(s.name.clone(), s);
+    }
+    let mut ordered: Vec<ServiceSpec> = Vec::new();
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    while !remaining.is_empty() {
+        let next = declared
+            .iter()
+            .find(|n| remaining.get(*n).is_some_and(|s| s.depends_on.iter().all(|d| done.contains(d))))
+            .cloned();
+        match next {
+            Some(n) => {
+                let s = remaining.remove(&n).expect("present");
+                done.insert(n);
+                ordered.push(s);
+            }
+            None => {
+                let cycle: Vec<_> = remaining.keys().map(String::as_str).collect();
+                let first = cycle[0].to_string();
+                return Err(loc.error(
+                    &["services", &first, "depends_on"],
+                    format!("dependency cycle among: {}", cycle.join(", ")),
+                ));
+            }
+        }
+    }
+    Ok(ordered)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,233 @@
+//! The expanded, validated form of the config: what the supervisor runs.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::backoff::Backoff;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this was read from (for messages and reload).
+    pub source: PathBuf,
+    pub dev: bool,
+    pub supervisor: SupervisorSettings,
+    pub health: HealthSettings,
+    pub tls: TlsSettings,
+    /// Secrets generated once on first start (random, mode 0600).
+    pub secrets: Vec<SecretSpec>,
+    /// Services in dependency order: each comes after everything it depends on.
+    pub services: Vec<ServiceSpec>,
+}
+
+impl Config {
+    pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupervisorSettings {
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub shutdown_timeout: Duration,
+    pub log_max_bytes: u64,
+    pub log_keep: usize,
+}
+
+impl SupervisorSettings {
+    pub fn control_socket(&self) -> PathBuf {
+        self.run_dir.join("control.sock")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Generate (and regenerate before expiry) a self-signed certificate.
+    pub self_signed: bool,
+    pub hostnames: Vec<String>,
+    /// User that must be able to read the key (the API's).
+    pub key_owner: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSpec {
+    pub path: PathBuf,
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Environment variables whose values are read from files at spawn time,
+    /// so secrets never sit in the config, the logs or `status` output.
+    pub secret_env: BTreeMap<String, PathBuf>,
+    /// Run as this user; `None` runs as the supervisor's own user.
+    pub user: Option<String>,
+    pub working_dir: Option<PathBuf>,
+    pub depends_on: Vec<String>,
+    pub readiness: Option<Readiness>,
+    pub liveness: Option<Liveness>,
+    pub restart: RestartSpec,
+    pub stop: StopSpec,
+    pub limits: Limits,
+    pub oneshot: bool,
+    pub reload_signal: Option<Signal>,
+    /// Directories created before start and owned by the service's user.
+    pub dirs: Vec<PathBuf>,
+    /// Files written before start (generated configuration).
+    pub files: Vec<GeneratedFile>,
+    /// TCP addresses the service will listen on, checked to be free before the first start.
+    pub ports: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedFile {
+    pub path: PathBuf,
+    pub contents: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    Tcp(SocketAddr),
+    Http(String),
+    Exec(Vec<String>),
+    /// A regular expression matched against each output line.
+    Log(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Readiness {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub start_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Liveness {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub failures: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartSpec {
+    pub policy: RestartPolicy,
+    pub backoff: Backoff,
+    /// After running this long, the backoff starts again from the initial delay.
+    pub reset_after: Duration,
+    pub start_limit: StartLimit,
+}
+
+/// At most `burst` starts within `interval`; one more parks the service as failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartLimit {
+    pub burst: u32,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopSpec {
+    pub signal: Signal,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Limits {
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        self.memory.is_none() && self.cpus.is_none() && self.pids.is_none()
+    }
+}
+
+pub const DEFAULT_READINESS_INTERVAL: Duration = Duration::from_millis(200);
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_LIVENESS_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_LIVENESS_FAILURES: u32 = 3;
+
+impl ServiceSpec {
+    /// A service with every default: restart always with backoff 500ms..30s,
+    /// 5 starts per 60s, SIGTERM then SIGKILL after 10s.
+    pub fn new(name: impl Into<String>, command: Vec<String>) -> Self {
+        ServiceSpec {
+            name: name.into(),
+            command,
+            env: BTreeMap::new(),
+            secret_env: BTreeMap::new(),
+            user: None,
+            working_dir: None,
+            depends_on: Vec::new(),
+            readiness: None,
+            liveness: None,
+            restart: RestartSpec {
+                policy: RestartPolicy::Always,
+                backoff: Backoff::try_new(Duration::from_millis(500), Duration::from_secs(30), 0.2)
+                    .expect("default backoff is valid"),
+                reset_after: Duration::from_secs(60),
+                start_limit: StartLimit { burst: 5, interval: Duration::from_secs(60) },
+            },
+            stop: StopSpec { signal: Signal::SIGTERM, timeout: Duration::from_secs(10) },
+            limits: Limits::default(),
+            oneshot: false,
+            reload_signal: None,
+            dirs: Vec::new(),
+            files: Vec::new(),
+            ports: Vec::new(),
+        }
+    }
+
+    pub fn readiness(probe: Probe) -> Readiness {
+        Readiness {
+            probe,
+            interval: DEFAULT_READINESS_INTERVAL,
+            timeout: DEFAULT_PROBE_TIMEOUT,
+            start_timeout: DEFAULT_START_TIMEOUT,
+        }
+    }
+
+    pub fn liveness(probe: Probe) -> Liveness {
+        Liveness {
+            probe,
+            interval: DEFAULT_LIVENESS_INTERVAL,
+            timeout: DEFAULT_LIVENESS_TIMEOUT,
+            failures: DEFAULT_LIVENESS_FAILURES,
+        }
+    }
+
+    /// True when the two specs differ only in what a reload signal can apply
+    /// (generated files), so the service can be signalled instead of restarted.
+    pub fn differs_only_in_files(&self, other: &ServiceSpec) -> bool {
+        let mut a = self.clone();
+        a.files = other.files.clone();
+        a == *other && self.files != other.files
+    }
+}

@@ -1,0 +1,94 @@
+//! The control socket: one JSON request per connection line, one JSON reply.
+//! Root only: the socket is created with mode 0600.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::status::Snapshot;
+use crate::supervisor::Event;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Health,
+    Start { service: String },
+    Stop { service: String },
+    Restart { service: String },
+    Reload,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "result", content = "data", rename_all = "lowercase")]
+pub enum Response {
+    Ok(String),
+    Error(String),
+    Snapshot(Box<Snapshot>),
+}
+
+/// Bind the socket (replacing a stale one) with mode 0600 from the start.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("{} is in use: is another supervisor running?", path.display());
+        }
+        std::fs::remove_file(path)?;
+    }
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    Ok(listener?)
+}
+
+pub async fn serve(listener: UnixListener, events: mpsc::UnboundedSender<Event>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let events = events.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, events).await {
+                tracing::debug!(error = %e, "control connection");
+            }
+        });
+    }
+}
+
+async fn handle(stream: UnixStream, events: mpsc::UnboundedSender<Event>) -> anyhow::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Some(line) = lines.next_line().await? {
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => {
+                if !matches!(req, Request::Status | Request::Health) {
+                    tracing::info!(request = %line, "control request");
+                }
+                let (tx, rx) = oneshot::channel();
+                events.send(Event::Control(req, tx))?;
+                rx.await.unwrap_or_else(|_| Response::Error("the supervisor is stopping".into()))
+            }
+            Err(e) => Response::Error(format!("bad request: {e}")),
+        };
+        let mut out = serde_json::to_vec(&response)?;
+        out.push(b'\n');
+        write.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+/// Client side, for `phoenixctl`.
+pub async fn call(socket: &PathBuf, req: &Request) -> anyhow::Result<Response> {
+    use anyhow::Context as _;
+    let stream = UnixStream::connect(socket)
+        .await
+        .with_context(|| format!("cannot connect to {} (is phoenix-supervisor running, and are you root?)", socket.display()))?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut lines = BufReader::new(read).lines();
+    let reply = lines.next_line().await?.context("the supervisor closed the connection")?;
+    Ok(serde_json::from_str(&reply)?)
+}

@@ -1,0 +1,60 @@
+//! Duties that fall to the supervisor when it is PID 1 (or a subreaper).
+
+use std::path::Path;
+
+use nix::mount::{MsFlags, mount};
+
+/// Become the reaper of every orphan below us, even when not PID 1.
+pub fn become_subreaper() {
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::warn!(error = %e, "cannot become a child subreaper; orphans will not be reaped here");
+    }
+}
+
+pub fn is_pid1() -> bool {
+    std::process::id() == 1
+}
+
+/// In a bare image nobody else mounts the API file systems: do it when missing.
+pub fn mount_essentials() {
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let is_mounted = |target: &str| mounted.lines().any(|l| l.split_whitespace().nth(4) == Some(target));
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let table: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
+        ("proc", "/proc", "proc", nodev, None),
+        ("sysfs", "/sys", "sysfs", nodev, None),
+        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
+        ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("gid=5,mode=0620,ptmxmode=0666")),
+        ("tmpfs", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
+        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nodev, None),
+    ];
+    for (source, target, fstype, flags, data) in table {
+        // /proc is read first, so re-check after each mount.
+        if is_mounted(target) || (target == "/proc" && Path::new("/proc/self").exists()) {
+            continue;
+        }
+        let _ = std::fs::create_dir_all(target);
+        match mount(Some(source), target, Some(fstype), flags, data) {
+            Ok(()) => tracing::info!(target, fstype, "mounted"),
+            Err(e) => tracing::warn!(target, fstype, error = %e, "cannot mount"),
+        }
+    }
+}
+
+/// Let ctrl-alt-del send SIGINT to PID 1 instead of rebooting at once.
+pub fn disable_ctrl_alt_del() {
+    if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
+        tracing::warn!(error = %e, "cannot take over ctrl-alt-del");
+    }
+}
+
+/// The last act of PID 1: flush file systems and power the machine off.
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    let err = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF).unwrap_err();
+    tracing::error!(error = %err, "power off failed");
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,96 @@
+//! `phoenix-supervisor run`: wire the event loop to signals, the health
+//! server and the control socket, and drive it to the end.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
+use tokio::sync::mpsc;
+
+use crate::cgroup::Cgroups;
+use crate::config::{self, LoadOptions};
+use crate::reaper::Reaper;
+use crate::status::now_ms;
+use crate::supervisor::{Context, Event, Outcome, Supervisor};
+use crate::{control, health, pid1, state};
+
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub dev: bool,
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
+    let pid1 = pid1::is_pid1();
+    pid1::become_subreaper();
+    if pid1 {
+        pid1::mount_essentials();
+        pid1::disable_ctrl_alt_del();
+    }
+    // Signals first: a SIGTERM during start-up must still stop things in order.
+    let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
+        .context("cannot install signal handlers")?;
+
+    let load = LoadOptions::detect(opts.dev);
+    let config = config::load(&opts.config, &load)?;
+    state::preflight(&config)?;
+    let prepared = state::prepare(&config)?;
+
+    let health_listener = tokio::net::TcpListener::bind(config.health.listen)
+        .await
+        .with_context(|| format!("[health] listen = {}: cannot listen (another process holds it?)", config.health.listen))?;
+    let control_listener = control::bind(&config.supervisor.control_socket())
+        .with_context(|| format!("control socket {}", config.supervisor.control_socket().display()))?;
+
+    let cgroups = Cgroups::init().map(Arc::new).map_err(|why| {
+        tracing::warn!(reason = %why, "cgroup v2 is not writable here: services run without resource limits");
+        why
+    });
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let heartbeat = Arc::new(AtomicU64::new(now_ms()));
+    let ctx = Context { opts: load, reaper: Arc::new(Reaper::default()), cgroups, pid1, heartbeat: heartbeat.clone() };
+    let socket = config.supervisor.control_socket();
+    tracing::info!(
+        config = %config.source.display(),
+        services = config.services.len(),
+        health = %config.health.listen,
+        pid1,
+        "phoenix-supervisor starting"
+    );
+    let (supervisor, snapshot) = Supervisor::new(config, prepared, ctx, tx.clone());
+
+    let signal_tx = tx.clone();
+    tokio::spawn(async move {
+        while let Some(sig) = signals.next().await {
+            if signal_tx.send(Event::Signal(sig)).is_err() {
+                return;
+            }
+        }
+    });
+    let tick_tx = tx.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            if tick_tx.send(Event::Tick).is_err() {
+                return;
+            }
+        }
+    });
+    let app = health::router(snapshot, heartbeat);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(health_listener, app).await {
+            tracing::error!(error = %e, "health server stopped");
+        }
+    });
+    tokio::spawn(control::serve(control_listener, tx));
+
+    let outcome = supervisor.run(rx).await;
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!(?outcome, "phoenix-supervisor stopped");
+    Ok(outcome)
+}

@@ -1,0 +1,92 @@
+//! The supervisor's published state: what /health, /metrics and `phoenixctl`
+//! show. Built by the event loop after every event; readers never probe.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Not running: not yet started, stopped by the operator, or waiting for dependencies.
+    Stopped,
+    /// Running, readiness not yet confirmed (for a oneshot: running to completion).
+    Starting,
+    Ready,
+    /// Running but failing its liveness check; restarted at the failure threshold.
+    Unhealthy,
+    /// Exited unexpectedly; waiting out the restart delay.
+    Backoff,
+    /// Stop signal sent; waiting for exit (SIGKILL at the timeout).
+    Stopping,
+    /// Parked: start limit reached, or exited with restart = "never". Health fails.
+    Failed,
+    /// A oneshot service that ran to completion with exit code 0.
+    Exited,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Stopped => "stopped",
+            State::Starting => "starting",
+            State::Ready => "ready",
+            State::Unhealthy => "unhealthy",
+            State::Backoff => "backoff",
+            State::Stopping => "stopping",
+            State::Failed => "failed",
+            State::Exited => "exited",
+        }
+    }
+
+    pub const ALL: [State; 8] = [
+        State::Stopped,
+        State::Starting,
+        State::Ready,
+        State::Unhealthy,
+        State::Backoff,
+        State::Stopping,
+        State::Failed,
+        State::Exited,
+    ];
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub state: State,
+    pub pid: Option<i32>,
+    /// Automatic restarts since the supervisor started.
+    pub restarts: u64,
+    pub oneshot: bool,
+    /// False when the operator stopped it.
+    pub wanted: bool,
+    /// Unix milliseconds when the current process started.
+    pub started_at_ms: Option<u64>,
+    /// Unix milliseconds when the service entered its current state.
+    pub since_ms: u64,
+    pub last_exit: Option<String>,
+    pub last_error: Option<String>,
+    pub depends_on: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    pub version: String,
+    pub started_at_ms: u64,
+    pub pid1: bool,
+    pub config_file: String,
+    /// Why resource limits are not applied, when they are not.
+    pub limits_unavailable: Option<String>,
+    pub shutting_down: bool,
+    pub orphans_reaped: u64,
+    pub services: Vec<ServiceStatus>,
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+pub fn now_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}

@@ -1,0 +1,919 @@
+//! The event loop: one task owns every service's state and handles one
+//! closed set of events (child exited, check result, timer, signal, control
+//! request). Everything else only sends events or reads the published snapshot.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use regex::Regex;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::cgroup::Cgroups;
+use crate::config::{self, Config, LoadOptions, Probe, RestartPolicy, ServiceSpec};
+use crate::control::{Request, Response};
+use crate::logs::{self, ServiceLog};
+use crate::probe::Prober;
+use crate::process::{self, RunAs};
+use crate::reaper::{ExitStatus, Reaper};
+use crate::state;
+use crate::status::{ServiceStatus, Snapshot, State, now_ms, unix_ms};
+
+#[derive(Debug)]
+pub enum Event {
+    Signal(i32),
+    Exited { name: String, generation: u64, status: ExitStatus },
+    Probe { name: String, generation: u64, check: Check, result: Result<(), String> },
+    LogMatched { name: String, generation: u64 },
+    Timer { name: String, generation: u64, timer: Timer },
+    Control(Request, oneshot::Sender<Response>),
+    ShutdownDeadline,
+    Tick,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Readiness,
+    Liveness,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    RestartDue,
+    StartDeadline,
+    StopDeadline,
+    Readiness,
+    Liveness,
+}
+
+/// What to do once a stopping service has exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum AfterStop {
+    #[default]
+    Stay,
+    /// Start again at once (operator restart, changed spec).
+    Restart,
+    /// Treat as a failure: restart with backoff (hung, not ready in time).
+    Retry,
+    /// Removed from the config on reload.
+    Remove,
+}
+
+/// Why the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// All services stopped in order.
+    Clean,
+    /// The shutdown timeout ran out and the rest was killed.
+    TimedOut,
+}
+
+struct Runtime {
+    spec: ServiceSpec,
+    next_spec: Option<ServiceSpec>,
+    run_as: Option<RunAs>,
+    log: Arc<ServiceLog>,
+    state: State,
+    since: SystemTime,
+    wanted: bool,
+    generation: u64,
+    pid: Option<i32>,
+    spawned: Option<Instant>,
+    started_at: Option<SystemTime>,
+    restarts: u64,
+    attempt: u32,
+    starts: VecDeque<Instant>,
+    liveness_failures: u32,
+    after_stop: AfterStop,
+    last_exit: Option<String>,
+    last_error: Option<String>,
+}
+
+impl Runtime {
+    fn new(spec: ServiceSpec, run_as: Option<RunAs>, log: Arc<ServiceLog>) -> Self {
+        Runtime {
+            spec,
+            next_spec: None,
+            run_as,
+            log,
+            state: State::Stopped,
+            since: SystemTime::now(),
+            wanted: true,
+            generation: 0,
+            pid: None,
+            spawned: None,
+            started_at: None,
+            restarts: 0,
+            attempt: 0,
+            starts: VecDeque::new(),
+            liveness_failures: 0,
+            after_stop: AfterStop::Stay,
+            last_exit: None,
+            last_error: None,
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.pid.is_some()
+    }
+
+    fn satisfies_dependents(&self) -> bool {
+        matches!(self.state, State::Ready | State::Unhealthy | State::Exited)
+    }
+}
+
+/// Shared pieces the loop needs from its surroundings.
+pub struct Context {
+    pub opts: LoadOptions,
+    pub reaper: Arc<Reaper>,
+    pub cgroups: Result<Arc<Cgroups>, String>,
+    pub pid1: bool,
+    pub heartbeat: Arc<AtomicU64>,
+}
+
+pub struct Supervisor {
+    config: Config,
+    services: Vec<Runtime>,
+    tx: mpsc::UnboundedSender<Event>,
+    ctx: Context,
+    prober: Arc<Prober>,
+    snapshot: watch::Sender<Snapshot>,
+    shutting_down: bool,
+    done: Option<Outcome>,
+    announced_ready: bool,
+    rng: StdRng,
+    started_at: SystemTime,
+}
+
+impl Supervisor {
+    pub fn new(
+        config: Config,
+        prepared: state::Prepared,
+        ctx: Context,
+        tx: mpsc::UnboundedSender<Event>,
+    ) -> (Self, watch::Receiver<Snapshot>) {
+        let services = config
+            .services
+            .iter()
+            .map(|spec| {
+                let log = ServiceLog::open(&config.supervisor.log_dir, &spec.name, config.supervisor.log_max_bytes, config.supervisor.log_keep);
+                Runtime::new(spec.clone(), prepared.run_as(&spec.name), log)
+            })
+            .collect();
+        let prober = Arc::new(Prober::new(ctx.reaper.clone()));
+        let (snapshot, rx) = watch::channel(empty_snapshot(&config));
+        let sup = Supervisor {
+            config,
+            services,
+            tx,
+            ctx,
+            prober,
+            snapshot,
+            shutting_down: false,
+            done: None,
+            announced_ready: false,
+            rng: StdRng::from_entropy(),
+            started_at: SystemTime::now(),
+        };
+        sup.publish();
+        (sup, rx)
+    }
+
+    pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) -> Outcome {
+        self.schedule();
+        self.publish();
+        while let Some(event) = events.recv().await {
+            self.handle(event);
+            self.publish();
+            if let Some(outcome) = self.done {
+                return outcome;
+            }
+        }
+        Outcome::Clean
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Signal(sig) => self.on_signal(sig),
+            Event::Exited { name, generation, status } => {
+                if let Some(i) = self.current(&name, generation) {
+                    self.on_exit(i, status);
+                }
+            }
+            Event::Probe { name, generation, check, result } => {
+                if let Some(i) = self.current(&name, generation) {
+                    self.on_probe(i, check, result);
+                }
+            }
+            Event::LogMatched { name, generation } => {
+                if let Some(i) = self.current(&name, generation) {
+                    if self.services[i].state == State::Starting {
+                        self.became_ready(i);
+                    }
+                }
+            }
+            Event::Timer { name, generation, timer } => {
+                if let Some(i) = self.current(&name, generation) {
+                    self.on_timer(i, timer);
+                }
+            }
+            Event::Control(req, reply) => {
+                let resp = self.on_control(req);
+                let _ = reply.send(resp);
+            }
+            Event::ShutdownDeadline => self.kill_everything(),
+            Event::Tick => {
+                self.ctx.heartbeat.store(now_ms(), Ordering::Relaxed);
+                self.ctx.reaper.reap();
+            }
+        }
+        self.schedule();
+    }
+
+    fn current(&self, name: &str, generation: u64) -> Option<usize> {
+        self.services.iter().position(|s| s.spec.name == name && s.generation == generation)
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.services.iter().position(|s| s.spec.name == name)
+    }
+
+    fn on_signal(&mut self, sig: i32) {
+        match Signal::try_from(sig) {
+            Ok(Signal::SIGCHLD) => self.ctx.reaper.reap(),
+            Ok(Signal::SIGHUP) => match self.reload() {
+                Ok(summary) => tracing::info!(%summary, "reloaded the config on SIGHUP"),
+                Err(e) => tracing::error!(error = %e, "reload rejected; the running config stays"),
+            },
+            Ok(s @ (Signal::SIGTERM | Signal::SIGINT)) => self.begin_shutdown(s.as_str()),
+            _ => {}
+        }
+    }
+
+    fn set_state(&mut self, i: usize, state: State) {
+        let rt = &mut self.services[i];
+        if rt.state != state {
+            tracing::info!(service = %rt.spec.name, from = rt.state.as_str(), to = state.as_str(), "state");
+            rt.state = state;
+            rt.since = SystemTime::now();
+        }
+    }
+
+    fn after(&self, name: &str, generation: u64, delay: Duration, timer: Timer) {
+        let tx = self.tx.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Event::Timer { name, generation, timer });
+        });
+    }
+
+    fn deps_ready(&self, i: usize) -> bool {
+        self.services[i].spec.depends_on.iter().all(|d| {
+            self.services.iter().any(|s| s.spec.name == *d && s.satisfies_dependents())
+        })
+    }
+
+    /// Start every wanted, stopped service whose dependencies are up. One pass
+    /// in dependency order is enough: a start never makes a service ready at once.
+    fn schedule(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        for i in 0..self.services.len() {
+            let rt = &self.services[i];
+            if rt.wanted && rt.state == State::Stopped && rt.after_stop != AfterStop::Remove && self.deps_ready(i) {
+                self.start(i);
+            }
+        }
+        if !self.announced_ready && self.services.iter().all(|s| !s.wanted || s.satisfies_dependents()) {
+            self.announced_ready = true;
+            tracing::info!("all services are ready");
+            crate::notify::ready();
+        }
+    }
+
+    fn start(&mut self, i: usize) {
+        let now = Instant::now();
+        let limit = self.services[i].spec.restart.start_limit;
+        {
+            let rt = &mut self.services[i];
+            while rt.starts.front().is_some_and(|t| now.duration_since(*t) >= limit.interval) {
+                rt.starts.pop_front();
+            }
+            if rt.starts.len() >= limit.burst as usize {
+                let msg = format!(
+                    "started {} times within {}; parked as failed (fix the cause, then `phoenixctl start {}`)",
+                    rt.starts.len(),
+                    humantime::format_duration(limit.interval),
+                    rt.spec.name
+                );
+                tracing::error!(service = %rt.spec.name, "{msg}");
+                rt.log.note(&msg);
+                rt.last_error = Some(msg);
+                self.set_state(i, State::Failed);
+                return;
+            }
+            rt.starts.push_back(now);
+        }
+        match self.spawn(i) {
+            Ok(()) => {}
+            Err(e) => {
+                let rt = &mut self.services[i];
+                tracing::error!(service = %rt.spec.name, error = %e, "cannot start");
+                rt.log.note(&format!("cannot start: {e}"));
+                rt.last_error = Some(e);
+                rt.spawned = Some(now);
+                self.retry(i);
+            }
+        }
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), String> {
+        let cgroup_fd = match &self.ctx.cgroups {
+            Ok(cg) => Some(cg.prepare(&self.services[i].spec.name, &self.services[i].spec.limits).map_err(|e| {
+                format!("cannot prepare the cgroup of {}: {e}", self.services[i].spec.name)
+            })?),
+            Err(_) => None,
+        };
+        let rt = &mut self.services[i];
+        for f in &rt.spec.files {
+            state::write_atomic(&f.path, f.contents.as_bytes(), 0o644, None)
+                .map_err(|e| format!("cannot write {}: {e}", f.path.display()))?;
+        }
+        let mut cmd = process::command(&rt.spec.command, &rt.spec, rt.run_as.as_ref(), cgroup_fd)
+            .map_err(|e| e.to_string())?;
+        let (mut child, exit) = self
+            .ctx
+            .reaper
+            .spawn(&mut cmd)
+            .map_err(|e| format!("cannot run {}: {e}", rt.spec.command[0]))?;
+        drop(cmd);
+        rt.generation += 1;
+        let generation = rt.generation;
+        let pid = child.id() as i32;
+        rt.pid = Some(pid);
+        rt.spawned = Some(Instant::now());
+        rt.started_at = Some(SystemTime::now());
+        rt.liveness_failures = 0;
+        rt.after_stop = AfterStop::Stay;
+        let name = rt.spec.name.clone();
+        tracing::info!(service = %name, pid, "started");
+        rt.log.note(&format!("started pid {pid}: {}", rt.spec.command.join(" ")));
+
+        let log_ready = match &rt.spec.readiness {
+            Some(r) => match &r.probe {
+                Probe::Log(pattern) => Regex::new(pattern).ok().map(Arc::new),
+                _ => None,
+            },
+            None => None,
+        };
+        for (stream, reader) in [
+            ("stdout", child.stdout.take().map(|s| tokio::process::ChildStdout::from_std(s).map(Pipe::Out))),
+            ("stderr", child.stderr.take().map(|s| tokio::process::ChildStderr::from_std(s).map(Pipe::Err))),
+        ] {
+            let Some(Ok(reader)) = reader else { continue };
+            let tx = self.tx.clone();
+            let (log, ready, name) = (rt.log.clone(), log_ready.clone(), name.clone());
+            tokio::spawn(async move {
+                logs::pump(log, stream, reader, ready, move || {
+                    let _ = tx.send(Event::LogMatched { name, generation });
+                })
+                .await;
+            });
+        }
+        let tx = self.tx.clone();
+        let exit_name = name.clone();
+        tokio::spawn(async move {
+            if let Ok(status) = exit.await {
+                let _ = tx.send(Event::Exited { name: exit_name, generation, status });
+            }
+        });
+
+        let spec = rt.spec.clone();
+        self.set_state(i, State::Starting);
+        if spec.oneshot {
+            return Ok(());
+        }
+        match &spec.readiness {
+            None => self.became_ready(i),
+            Some(r) => {
+                if !matches!(r.probe, Probe::Log(_)) {
+                    self.after(&name, generation, r.interval.min(Duration::from_millis(50)), Timer::Readiness);
+                }
+                self.after(&name, generation, r.start_timeout, Timer::StartDeadline);
+            }
+        }
+        Ok(())
+    }
+
+    fn became_ready(&mut self, i: usize) {
+        self.set_state(i, State::Ready);
+        let rt = &mut self.services[i];
+        rt.liveness_failures = 0;
+        if let Some(l) = &rt.spec.liveness {
+            let (name, generation, interval) = (rt.spec.name.clone(), rt.generation, l.interval);
+            self.after(&name, generation, interval, Timer::Liveness);
+        }
+    }
+
+    fn run_probe(&self, i: usize, check: Check) {
+        let rt = &self.services[i];
+        let (probe, timeout) = match check {
+            Check::Readiness => match &rt.spec.readiness {
+                Some(r) => (r.probe.clone(), r.timeout),
+                None => return,
+            },
+            Check::Liveness => match &rt.spec.liveness {
+                Some(l) => (l.probe.clone(), l.timeout),
+                None => return,
+            },
+        };
+        let (tx, prober, spec, run_as) = (self.tx.clone(), self.prober.clone(), rt.spec.clone(), rt.run_as.clone());
+        let (name, generation) = (rt.spec.name.clone(), rt.generation);
+        tokio::spawn(async move {
+            let result = prober.check(&probe, timeout, &spec, run_as.as_ref()).await;
+            let _ = tx.send(Event::Probe { name, generation, check, result });
+        });
+    }
+
+    fn on_timer(&mut self, i: usize, timer: Timer) {
+        let state = self.services[i].state;
+        let name = self.services[i].spec.name.clone();
+        match (timer, state) {
+            (Timer::RestartDue, State::Backoff) => {
+                if self.deps_ready(i) {
+                    self.start(i);
+                } else {
+                    self.set_state(i, State::Stopped);
+                }
+            }
+            (Timer::Readiness, State::Starting) => self.run_probe(i, Check::Readiness),
+            (Timer::Liveness, State::Ready | State::Unhealthy) => self.run_probe(i, Check::Liveness),
+            (Timer::StartDeadline, State::Starting) => {
+                let limit = self.services[i].spec.readiness.as_ref().map_or(Duration::ZERO, |r| r.start_timeout);
+                let msg = format!("not ready within {}", humantime::format_duration(limit));
+                tracing::warn!(service = %name, "{msg}; restarting");
+                self.services[i].last_error = Some(msg);
+                self.begin_stop(i, AfterStop::Retry);
+            }
+            (Timer::StopDeadline, State::Stopping) => {
+                let rt = &self.services[i];
+                tracing::warn!(service = %name, timeout = ?rt.spec.stop.timeout, "did not stop in time; sending SIGKILL");
+                rt.log.note("stop timeout: SIGKILL");
+                self.kill_service(i);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_probe(&mut self, i: usize, check: Check, result: Result<(), String>) {
+        let (name, generation) = (self.services[i].spec.name.clone(), self.services[i].generation);
+        match (check, self.services[i].state, result) {
+            (Check::Readiness, State::Starting, Ok(())) => self.became_ready(i),
+            (Check::Readiness, State::Starting, Err(e)) => {
+                tracing::debug!(service = %name, error = %e, "not ready yet");
+                let interval = self.services[i].spec.readiness.as_ref().map_or(Duration::from_secs(1), |r| r.interval);
+                self.after(&name, generation, interval, Timer::Readiness);
+            }
+            (Check::Liveness, State::Ready | State::Unhealthy, result) => {
+                let Some(l) = self.services[i].spec.liveness.clone() else { return };
+                match result {
+                    Ok(()) => {
+                        self.services[i].liveness_failures = 0;
+                        self.set_state(i, State::Ready);
+                    }
+                    Err(e) => {
+                        let rt = &mut self.services[i];
+                        rt.liveness_failures += 1;
+                        tracing::warn!(service = %name, failures = rt.liveness_failures, threshold = l.failures, error = %e, "liveness check failed");
+                        rt.last_error = Some(format!("liveness: {e}"));
+                        if rt.liveness_failures >= l.failures {
+                            rt.log.note(&format!("liveness failed {} times: restarting", rt.liveness_failures));
+                            self.begin_stop(i, AfterStop::Retry);
+                            return;
+                        }
+                        self.set_state(i, State::Unhealthy);
+                    }
+                }
+                self.after(&name, generation, l.interval, Timer::Liveness);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_exit(&mut self, i: usize, status: ExitStatus) {
+        let Some(pid) = self.services[i].pid.take() else { return };
+        // Whatever the main process left behind goes with it.
+        process::signal_group(pid, Signal::SIGKILL);
+        if let Ok(cg) = &self.ctx.cgroups {
+            cg.kill(&self.services[i].spec.name);
+        }
+        let rt = &mut self.services[i];
+        let ran = rt.spawned.map_or(Duration::ZERO, |t| t.elapsed());
+        rt.last_exit = Some(status.to_string());
+        rt.started_at = None;
+        rt.log.note(&format!("exited: {status}"));
+        let name = rt.spec.name.clone();
+        match rt.state {
+            State::Stopping => {
+                tracing::info!(service = %name, %status, "stopped");
+                let after = std::mem::take(&mut rt.after_stop);
+                self.set_state(i, State::Stopped);
+                match after {
+                    AfterStop::Stay => {}
+                    AfterStop::Restart => {
+                        let rt = &mut self.services[i];
+                        if let Some(next) = rt.next_spec.take() {
+                            rt.spec = next;
+                        }
+                        rt.attempt = 0;
+                    }
+                    AfterStop::Retry => self.retry(i),
+                    AfterStop::Remove => {
+                        self.services.remove(i);
+                    }
+                }
+            }
+            _ if rt.spec.oneshot && status.success() => {
+                tracing::info!(service = %name, "completed");
+                rt.attempt = 0;
+                self.set_state(i, State::Exited);
+            }
+            _ => {
+                if ran >= rt.spec.restart.reset_after {
+                    rt.attempt = 0;
+                }
+                tracing::warn!(service = %name, %status, ran = ?ran, "exited unexpectedly");
+                rt.last_error = Some(format!("exited unexpectedly: {status}"));
+                match (rt.spec.restart.policy, status.success()) {
+                    (RestartPolicy::Always, _) | (RestartPolicy::OnFailure, false) => self.retry(i),
+                    (RestartPolicy::Never, false) => self.set_state(i, State::Failed),
+                    (_, true) => {
+                        rt.wanted = false;
+                        self.set_state(i, State::Stopped);
+                    }
+                }
+            }
+        }
+        if self.shutting_down {
+            self.advance_shutdown();
+        }
+    }
+
+    /// Restart after a failure: back off, unless the start limit is spent.
+    fn retry(&mut self, i: usize) {
+        if self.shutting_down || !self.services[i].wanted {
+            self.set_state(i, State::Stopped);
+            return;
+        }
+        let now = Instant::now();
+        let rt = &mut self.services[i];
+        let limit = rt.spec.restart.start_limit;
+        let recent = rt.starts.iter().filter(|t| now.duration_since(**t) < limit.interval).count();
+        if recent >= limit.burst as usize {
+            let msg = format!(
+                "crashed after {recent} starts within {}; parked as failed (fix the cause, then `phoenixctl start {}`)",
+                humantime::format_duration(limit.interval),
+                rt.spec.name
+            );
+            tracing::error!(service = %rt.spec.name, "{msg}");
+            rt.log.note(&msg);
+            rt.last_error = Some(msg);
+            self.set_state(i, State::Failed);
+            return;
+        }
+        let delay = rt.spec.restart.backoff.delay(rt.attempt, &mut self.rng);
+        rt.attempt = rt.attempt.saturating_add(1);
+        rt.restarts += 1;
+        let (name, generation) = (rt.spec.name.clone(), rt.generation);
+        tracing::info!(service = %name, delay = ?delay, "restarting after backoff");
+        self.set_state(i, State::Backoff);
+        self.after(&name, generation, delay, Timer::RestartDue);
+    }
+
+    fn begin_stop(&mut self, i: usize, after: AfterStop) {
+        let rt = &mut self.services[i];
+        match rt.pid {
+            Some(pid) => {
+                rt.after_stop = after;
+                if rt.state != State::Stopping {
+                    tracing::info!(service = %rt.spec.name, signal = rt.spec.stop.signal.as_str(), "stopping");
+                    process::signal(pid, rt.spec.stop.signal);
+                    let (name, generation, timeout) = (rt.spec.name.clone(), rt.generation, rt.spec.stop.timeout);
+                    self.set_state(i, State::Stopping);
+                    self.after(&name, generation, timeout, Timer::StopDeadline);
+                }
+            }
+            None => {
+                self.set_state(i, State::Stopped);
+                match after {
+                    AfterStop::Remove => {
+                        self.services.remove(i);
+                    }
+                    AfterStop::Restart => {
+                        let rt = &mut self.services[i];
+                        if let Some(next) = rt.next_spec.take() {
+                            rt.spec = next;
+                        }
+                    }
+                    AfterStop::Retry => self.retry(i),
+                    AfterStop::Stay => {}
+                }
+            }
+        }
+    }
+
+    fn kill_service(&self, i: usize) {
+        if let Some(pid) = self.services[i].pid {
+            process::signal_group(pid, Signal::SIGKILL);
+            process::signal(pid, Signal::SIGKILL);
+        }
+        if let Ok(cg) = &self.ctx.cgroups {
+            cg.kill(&self.services[i].spec.name);
+        }
+    }
+
+    fn begin_shutdown(&mut self, why: &str) {
+        if self.shutting_down {
+            return;
+        }
+        tracing::info!(reason = why, "shutting down");
+        crate::notify::stopping();
+        self.shutting_down = true;
+        for i in 0..self.services.len() {
+            self.services[i].wanted = false;
+            if self.services[i].state == State::Backoff {
+                self.set_state(i, State::Stopped);
+            }
+        }
+        let tx = self.tx.clone();
+        let timeout = self.config.supervisor.shutdown_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            let _ = tx.send(Event::ShutdownDeadline);
+        });
+        self.advance_shutdown();
+    }
+
+    /// Stop, in reverse dependency order, every running service that no
+    /// running service depends on.
+    fn advance_shutdown(&mut self) {
+        for i in (0..self.services.len()).rev() {
+            let rt = &self.services[i];
+            if !rt.running() || rt.state == State::Stopping {
+                continue;
+            }
+            let name = &rt.spec.name;
+            let needed = self.services.iter().any(|s| s.running() && s.spec.depends_on.contains(name));
+            if !needed {
+                self.begin_stop(i, AfterStop::Stay);
+            }
+        }
+        if self.services.iter().all(|s| !s.running()) {
+            tracing::info!("all services stopped");
+            self.done = Some(Outcome::Clean);
+        }
+    }
+
+    fn kill_everything(&mut self) {
+        tracing::error!("shutdown timeout reached; killing what is left");
+        for i in 0..self.services.len() {
+            self.kill_service(i);
+        }
+        self.done = Some(Outcome::TimedOut);
+    }
+
+    fn on_control(&mut self, req: Request) -> Response {
+        match req {
+            Request::Status | Request::Health => Response::Snapshot(Box::new(self.build_snapshot())),
+            Request::Reload => match self.reload() {
+                Ok(summary) => Response::Ok(summary),
+                Err(e) => Response::Error(e),
+            },
+            Request::Start { service } => self.control_start(&service),
+            Request::Stop { service } => {
+                let Some(i) = self.index(&service) else { return self.unknown(&service) };
+                self.services[i].wanted = false;
+                if !self.services[i].running() && self.services[i].state != State::Backoff {
+                    return Response::Ok(format!("{service} is not running ({})", self.services[i].state.as_str()));
+                }
+                self.begin_stop(i, AfterStop::Stay);
+                Response::Ok(format!("stopping {service}"))
+            }
+            Request::Restart { service } => {
+                let Some(i) = self.index(&service) else { return self.unknown(&service) };
+                if self.shutting_down {
+                    return Response::Error("shutting down".into());
+                }
+                if self.services[i].running() {
+                    self.services[i].wanted = true;
+                    self.services[i].restarts += 1;
+                    self.begin_stop(i, AfterStop::Restart);
+                    Response::Ok(format!("restarting {service}"))
+                } else {
+                    self.control_start(&service)
+                }
+            }
+        }
+    }
+
+    fn unknown(&self, service: &str) -> Response {
+        let names: Vec<_> = self.services.iter().map(|s| s.spec.name.as_str()).collect();
+        Response::Error(format!("no service `{service}` (services: {})", names.join(", ")))
+    }
+
+    fn control_start(&mut self, service: &str) -> Response {
+        let Some(i) = self.index(service) else { return self.unknown(service) };
+        if self.shutting_down {
+            return Response::Error("shutting down".into());
+        }
+        let rt = &mut self.services[i];
+        rt.wanted = true;
+        match rt.state {
+            State::Stopped | State::Failed | State::Exited | State::Backoff => {
+                rt.starts.clear();
+                rt.attempt = 0;
+                rt.last_error = None;
+                self.set_state(i, State::Stopped);
+                if !self.deps_ready(i) {
+                    let waiting: Vec<_> = self.waiting_for(i);
+                    return Response::Ok(format!("{service} will start when {} are ready", waiting.join(", ")));
+                }
+                self.start(i);
+                Response::Ok(format!("starting {service}"))
+            }
+            s => Response::Ok(format!("{service} is already {}", s.as_str())),
+        }
+    }
+
+    fn waiting_for(&self, i: usize) -> Vec<String> {
+        self.services[i]
+            .spec
+            .depends_on
+            .iter()
+            .filter(|d| !self.services.iter().any(|s| s.spec.name == **d && s.satisfies_dependents()))
+            .cloned()
+            .collect()
+    }
+
+    /// Re-read the config file and apply it: restart only services whose
+    /// spec changed; signal those whose generated files changed. A bad file
+    /// changes nothing.
+    fn reload(&mut self) -> Result<String, String> {
+        if self.shutting_down {
+            return Err("shutting down".into());
+        }
+        crate::notify::reloading();
+        let result = self.apply_reload();
+        crate::notify::ready();
+        result
+    }
+
+    fn apply_reload(&mut self) -> Result<String, String> {
+        let new = config::load(&self.config.source, &self.ctx.opts).map_err(|e| e.to_string())?;
+        let prepared = state::prepare(&new).map_err(|e| format!("{e:#}"))?;
+        let mut notes = Vec::new();
+        if new.supervisor != self.config.supervisor || new.health != self.config.health {
+            notes.push("[supervisor] and [health] changes take effect at the next supervisor start".to_string());
+        }
+        let mut kept = Vec::new();
+        for spec in &new.services {
+            let run_as = prepared.run_as(&spec.name);
+            match self.index(&spec.name) {
+                Some(i) => {
+                    let rt = &mut self.services[i];
+                    rt.run_as = run_as;
+                    rt.next_spec = None;
+                    if rt.after_stop == AfterStop::Remove {
+                        rt.after_stop = AfterStop::Restart;
+                    }
+                    if rt.spec == *spec {
+                        // unchanged
+                    } else if rt.spec.differs_only_in_files(spec) && rt.spec.reload_signal.is_some() && rt.running() {
+                        for f in &spec.files {
+                            state::write_atomic(&f.path, f.contents.as_bytes(), 0o644, None)
+                                .map_err(|e| format!("cannot write {}: {e}", f.path.display()))?;
+                        }
+                        let sig = rt.spec.reload_signal.expect("checked");
+                        process::signal(rt.pid.expect("running"), sig);
+                        rt.spec = spec.clone();
+                        notes.push(format!("{}: sent {}", spec.name, sig.as_str()));
+                    } else if rt.running() {
+                        rt.next_spec = Some(spec.clone());
+                        rt.wanted = true;
+                        self.begin_stop(i, AfterStop::Restart);
+                        notes.push(format!("{}: restarting", spec.name));
+                    } else {
+                        rt.spec = spec.clone();
+                        rt.starts.clear();
+                        if rt.state == State::Failed {
+                            self.set_state(i, State::Stopped);
+                        }
+                        notes.push(format!("{}: updated", spec.name));
+                    }
+                }
+                None => {
+                    let c = &new.supervisor;
+                    let log = ServiceLog::open(&c.log_dir, &spec.name, c.log_max_bytes, c.log_keep);
+                    self.services.push(Runtime::new(spec.clone(), run_as, log));
+                    notes.push(format!("{}: added", spec.name));
+                }
+            }
+            kept.push(spec.name.clone());
+        }
+        let removed: Vec<String> =
+            self.services.iter().map(|s| s.spec.name.clone()).filter(|n| !kept.contains(n)).collect();
+        for name in removed {
+            if let Some(i) = self.index(&name) {
+                self.services[i].wanted = false;
+                notes.push(format!("{name}: removed"));
+                self.begin_stop(i, AfterStop::Remove);
+            }
+        }
+        // Keep dependency order: services of the new config first, in its order.
+        self.services.sort_by_key(|s| kept.iter().position(|n| *n == s.spec.name).unwrap_or(usize::MAX));
+        self.config = new;
+        if notes.is_empty() {
+            notes.push("no changes".into());
+        }
+        Ok(notes.join("; "))
+    }
+
+    fn build_snapshot(&self) -> Snapshot {
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at_ms: unix_ms(self.started_at),
+            pid1: self.ctx.pid1,
+            config_file: self.config.source.display().to_string(),
+            limits_unavailable: self.ctx.cgroups.as_ref().err().cloned(),
+            shutting_down: self.shutting_down,
+            orphans_reaped: self.ctx.reaper.orphans_reaped(),
+            services: self
+                .services
+                .iter()
+                .enumerate()
+                .map(|(i, rt)| ServiceStatus {
+                    name: rt.spec.name.clone(),
+                    state: rt.state,
+                    pid: rt.pid,
+                    restarts: rt.restarts,
+                    oneshot: rt.spec.oneshot,
+                    wanted: rt.wanted,
+                    started_at_ms: rt.started_at.map(unix_ms),
+                    since_ms: unix_ms(rt.since),
+                    last_exit: rt.last_exit.clone(),
+                    last_error: rt.last_error.clone(),
+                    depends_on: if rt.state == State::Stopped && rt.wanted { self.waiting_for(i) } else { Vec::new() },
+                })
+                .collect(),
+        }
+    }
+
+    fn publish(&self) {
+        let snapshot = self.build_snapshot();
+        self.snapshot.send_if_modified(|old| {
+            if *old == snapshot {
+                false
+            } else {
+                *old = snapshot;
+                true
+            }
+        });
+    }
+}
+
+enum Pipe {
+    Out(tokio::process::ChildStdout),
+    Err(tokio::process::ChildStderr),
+}
+
+impl tokio::io::AsyncRead for Pipe {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Pipe::Out(p) => std::pin::Pin::new(p).poll_read(cx, buf),
+            Pipe::Err(p) => std::pin::Pin::new(p).poll_read(cx, buf),
+        }
+    }
+}
+
+fn empty_snapshot(config: &Config) -> Snapshot {
+    Snapshot {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at_ms: now_ms(),
+        pid1: false,
+        config_file: config.source.display().to_string(),
+        limits_unavailable: None,
+        shutting_down: false,
+        orphans_reaped: 0,
+        services: Vec::new(),
+    }
+}

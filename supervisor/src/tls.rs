@@ -1,0 +1,64 @@
+//! The self-signed certificate that makes everything TLS from the first boot.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::config::TlsSettings;
+use crate::process::RunAs;
+use crate::state::write_atomic;
+
+/// Regenerate when less than this is left.
+const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+const VALIDITY_DAYS: i64 = 397;
+
+pub fn ensure_self_signed(tls: &TlsSettings, key_owner: Option<&RunAs>) -> anyhow::Result<()> {
+    if let Some(dir) = tls.cert.parent() {
+        crate::state::ensure_dir(dir, 0o755, None)?;
+    }
+    if tls.key.exists() && !expires_within(&tls.cert, RENEW_BEFORE) {
+        if let Some(u) = key_owner {
+            std::os::unix::fs::chown(&tls.key, Some(u.uid), Some(u.gid))?;
+        }
+        return Ok(());
+    }
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    if let Ok(host) = nix::unistd::gethostname() {
+        if let Some(h) = host.to_str().filter(|h| !h.is_empty()) {
+            names.push(h.to_string());
+        }
+    }
+    names.extend(tls.hostnames.iter().cloned());
+    names.dedup();
+    let mut params = rcgen::CertificateParams::new(names).context("certificate names")?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, "Phoenix appliance (self-signed)");
+    let now = time_now();
+    params.not_before = now;
+    params.not_after = now + time::Duration::days(VALIDITY_DAYS);
+    let key = rcgen::KeyPair::generate().context("key generation")?;
+    let cert = params.self_signed(&key).context("self-signing")?;
+    write_atomic(&tls.key, key.serialize_pem().as_bytes(), 0o600, key_owner)?;
+    write_atomic(&tls.cert, cert.pem().as_bytes(), 0o644, None)?;
+    tracing::info!(cert = %tls.cert.display(), "generated a self-signed TLS certificate");
+    Ok(())
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// True when the certificate is missing, unreadable, or expires within `within`.
+pub fn expires_within(cert: &Path, within: Duration) -> bool {
+    match not_after(cert) {
+        Some(t) => t - time_now() < time::Duration::try_from(within).unwrap_or(time::Duration::ZERO),
+        None => true,
+    }
+}
+
+pub fn not_after(cert: &Path) -> Option<time::OffsetDateTime> {
+    let pem = std::fs::read(cert).ok()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.validity().not_after.to_datetime())
+}
