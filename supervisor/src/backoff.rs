@@ -32,7 +32,11 @@ impl Backoff {
         if !(0.0..=1.0).contains(&jitter) || jitter.is_nan() {
             return Err(BackoffError::Jitter(jitter));
         }
-        Ok(Backoff { initial, max, jitter })
+        Ok(Backoff {
+            initial,
+            max,
+            jitter,
+        })
     }
 
     pub fn initial(&self) -> Duration {
@@ -71,7 +75,10 @@ mod tests {
     #[test]
     fn rejects_invalid_parameters() {
         let s = Duration::from_secs(1);
-        assert_eq!(Backoff::try_new(Duration::ZERO, s, 0.1), Err(BackoffError::ZeroInitial));
+        assert_eq!(
+            Backoff::try_new(Duration::ZERO, s, 0.1),
+            Err(BackoffError::ZeroInitial)
+        );
         assert!(matches!(
             Backoff::try_new(s * 2, s, 0.1),
             Err(BackoffError::InitialAboveMax { .. })
@@ -93,7 +100,10 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(7);
         let samples: Vec<_> = (0..200).map(|_| b.delay(2, &mut rng)).collect();
         for d in &samples {
-            assert!(*d >= Duration::from_millis(3000) && *d <= Duration::from_millis(5000), "{d:?}");
+            assert!(
+                *d >= Duration::from_millis(3000) && *d <= Duration::from_millis(5000),
+                "{d:?}"
+            );
         }
         let distinct: std::collections::HashSet<_> = samples.iter().collect();
         assert!(distinct.len() > 100, "jitter should spread delays");

@@ -39,14 +39,18 @@ impl Cgroups {
             .filter(|c| !available.split_whitespace().any(|a| a == **c))
             .collect();
         if !missing.is_empty() {
-            return Err(io::Error::other(format!("controllers {missing:?} are not available")));
+            return Err(io::Error::other(format!(
+                "controllers {missing:?} are not available"
+            )));
         }
         let leaf = base.join("supervisor");
         create_dir(&leaf)?;
         fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())?;
         let enable: Vec<String> = CONTROLLERS.iter().map(|c| format!("+{c}")).collect();
         fs::write(base.join("cgroup.subtree_control"), enable.join(" "))?;
-        Ok(Cgroups { base: base.to_path_buf() })
+        Ok(Cgroups {
+            base: base.to_path_buf(),
+        })
     }
 
     pub fn path(&self, service: &str) -> PathBuf {
@@ -58,13 +62,27 @@ impl Cgroups {
     pub fn prepare(&self, service: &str, limits: &Limits) -> io::Result<OwnedFd> {
         let dir = self.path(service);
         create_dir(&dir)?;
-        fs::write(dir.join("memory.max"), limits.memory.map_or("max".into(), |m| m.to_string()))?;
-        let cpu = limits
-            .cpus
-            .map_or_else(|| format!("max {CPU_PERIOD_US}"), |c| format!("{} {CPU_PERIOD_US}", (c * CPU_PERIOD_US as f64).round() as u64));
+        fs::write(
+            dir.join("memory.max"),
+            limits.memory.map_or("max".into(), |m| m.to_string()),
+        )?;
+        let cpu = limits.cpus.map_or_else(
+            || format!("max {CPU_PERIOD_US}"),
+            |c| {
+                format!(
+                    "{} {CPU_PERIOD_US}",
+                    (c * CPU_PERIOD_US as f64).round() as u64
+                )
+            },
+        );
         fs::write(dir.join("cpu.max"), cpu)?;
-        fs::write(dir.join("pids.max"), limits.pids.map_or("max".into(), |p| p.to_string()))?;
-        let procs = fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?;
+        fs::write(
+            dir.join("pids.max"),
+            limits.pids.map_or("max".into(), |p| p.to_string()),
+        )?;
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))?;
         Ok(procs.into())
     }
 
@@ -88,7 +106,10 @@ impl Cgroups {
         }
         // Kernels before 5.14 have no cgroup.kill.
         for pid in self.procs(service) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -121,6 +142,9 @@ mod tests {
         fs::write(dir.path().join("cgroup.controllers"), "cpuset io\n").unwrap();
         let err = Cgroups::init_at(dir.path()).unwrap_err().to_string();
         assert!(err.contains("memory") && err.contains("pids"), "{err}");
-        assert!(!dir.path().join("supervisor").exists(), "nothing created on refusal");
+        assert!(
+            !dir.path().join("supervisor").exists(),
+            "nothing created on refusal"
+        );
     }
 }

@@ -34,7 +34,10 @@ pub enum Response {
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("{} is in use: is another supervisor running?", path.display());
+            anyhow::bail!(
+                "{} is in use: is another supervisor running?",
+                path.display()
+            );
         }
         std::fs::remove_file(path)?;
     }
@@ -46,7 +49,9 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 
 pub async fn serve(listener: UnixListener, events: mpsc::UnboundedSender<Event>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let events = events.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(stream, events).await {
@@ -67,7 +72,8 @@ async fn handle(stream: UnixStream, events: mpsc::UnboundedSender<Event>) -> any
                 }
                 let (tx, rx) = oneshot::channel();
                 events.send(Event::Control(req, tx))?;
-                rx.await.unwrap_or_else(|_| Response::Error("the supervisor is stopping".into()))
+                rx.await
+                    .unwrap_or_else(|_| Response::Error("the supervisor is stopping".into()))
             }
             Err(e) => Response::Error(format!("bad request: {e}")),
         };
@@ -81,14 +87,20 @@ async fn handle(stream: UnixStream, events: mpsc::UnboundedSender<Event>) -> any
 /// Client side, for `phoenixctl`.
 pub async fn call(socket: &PathBuf, req: &Request) -> anyhow::Result<Response> {
     use anyhow::Context as _;
-    let stream = UnixStream::connect(socket)
-        .await
-        .with_context(|| format!("cannot connect to {} (is phoenix-supervisor running, and are you root?)", socket.display()))?;
+    let stream = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "cannot connect to {} (is phoenix-supervisor running, and are you root?)",
+            socket.display()
+        )
+    })?;
     let (read, mut write) = stream.into_split();
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     write.write_all(&line).await?;
     let mut lines = BufReader::new(read).lines();
-    let reply = lines.next_line().await?.context("the supervisor closed the connection")?;
+    let reply = lines
+        .next_line()
+        .await?
+        .context("the supervisor closed the connection")?;
     Ok(serde_json::from_str(&reply)?)
 }

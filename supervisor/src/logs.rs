@@ -32,7 +32,10 @@ impl ServiceLog {
             Compression::None,
             Some(options),
         );
-        Arc::new(ServiceLog { name: name.to_string(), file: Mutex::new(file) })
+        Arc::new(ServiceLog {
+            name: name.to_string(),
+            file: Mutex::new(file),
+        })
     }
 
     fn write_line(&self, stream: &str, line: &str) {
@@ -100,15 +103,32 @@ mod tests {
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let re = Arc::new(Regex::new("line number 123 ").unwrap());
-        pump(log.clone(), "stdout", text.as_bytes(), Some(re), move || {
-            let _ = tx.send(());
-        })
+        pump(
+            log.clone(),
+            "stdout",
+            text.as_bytes(),
+            Some(re),
+            move || {
+                let _ = tx.send(());
+            },
+        )
         .await;
         assert!(rx.await.is_ok(), "readiness line was matched");
         let current = std::fs::read_to_string(dir.path().join("svc.log")).unwrap();
         assert!(current.contains("stdout line number 399"), "{current}");
-        assert!(dir.path().join("svc.log.1").exists(), "rotated once at least");
-        assert!(!dir.path().join("svc.log.3").exists(), "keeps at most 2 old files");
-        assert!(std::fs::metadata(dir.path().join("svc.log.1")).unwrap().len() < 4096 + 200);
+        assert!(
+            dir.path().join("svc.log.1").exists(),
+            "rotated once at least"
+        );
+        assert!(
+            !dir.path().join("svc.log.3").exists(),
+            "keeps at most 2 old files"
+        );
+        assert!(
+            std::fs::metadata(dir.path().join("svc.log.1"))
+                .unwrap()
+                .len()
+                < 4096 + 200
+        );
     }
 }

@@ -9,7 +9,10 @@ fn send(state: &[sd_notify::NotifyState<'_>]) {
 }
 
 pub fn ready() {
-    send(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("all services ready")]);
+    send(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("all services ready"),
+    ]);
 }
 
 pub fn reloading() {

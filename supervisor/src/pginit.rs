@@ -28,7 +28,8 @@ pub fn postgres_init(o: &InitOptions) -> anyhow::Result<bool> {
     }
     let scratch = scratch_dir(&o.data_dir);
     if scratch.exists() {
-        std::fs::remove_dir_all(&scratch).with_context(|| format!("removing an interrupted initdb at {}", scratch.display()))?;
+        std::fs::remove_dir_all(&scratch)
+            .with_context(|| format!("removing an interrupted initdb at {}", scratch.display()))?;
     }
     let initdb = o.bin_dir.join("initdb");
     let status = Command::new(&initdb)
@@ -37,11 +38,19 @@ pub fn postgres_init(o: &InitOptions) -> anyhow::Result<bool> {
         .arg("-U")
         .arg(&o.superuser)
         .arg(format!("--pwfile={}", o.superuser_password_file.display()))
-        .args(["--auth=scram-sha-256", "--encoding=UTF8", "--no-locale", "--data-checksums"])
+        .args([
+            "--auth=scram-sha-256",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--data-checksums",
+        ])
         .status()
         .with_context(|| format!("cannot run {}", initdb.display()))?;
     if !status.success() {
-        bail!("{} failed ({status}); its output is above", initdb.display());
+        bail!(
+            "{} failed ({status}); its output is above",
+            initdb.display()
+        );
     }
     if o.data_dir.exists() {
         std::fs::remove_dir(&o.data_dir)?;
@@ -51,7 +60,10 @@ pub fn postgres_init(o: &InitOptions) -> anyhow::Result<bool> {
 }
 
 fn scratch_dir(data: &Path) -> PathBuf {
-    let mut name = data.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = data
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".initdb");
     data.with_file_name(name)
 }

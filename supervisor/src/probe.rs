@@ -37,18 +37,31 @@ impl Prober {
     ) -> Result<(), String> {
         match tokio::time::timeout(timeout, self.attempt(probe, spec, run_as)).await {
             Ok(result) => result,
-            Err(_) => Err(format!("no answer within {}", humantime::format_duration(timeout))),
+            Err(_) => Err(format!(
+                "no answer within {}",
+                humantime::format_duration(timeout)
+            )),
         }
     }
 
-    async fn attempt(&self, probe: &Probe, spec: &ServiceSpec, run_as: Option<&RunAs>) -> Result<(), String> {
+    async fn attempt(
+        &self,
+        probe: &Probe,
+        spec: &ServiceSpec,
+        run_as: Option<&RunAs>,
+    ) -> Result<(), String> {
         match probe {
             Probe::Tcp(addr) => tokio::net::TcpStream::connect(addr)
                 .await
                 .map(drop)
                 .map_err(|e| format!("tcp {addr}: {e}")),
             Probe::Http(url) => {
-                let resp = self.http.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
+                let resp = self
+                    .http
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(|e| format!("GET {url}: {e}"))?;
                 if resp.status().is_success() {
                     Ok(())
                 } else {
@@ -60,9 +73,17 @@ impl Prober {
         }
     }
 
-    async fn exec(&self, argv: &[String], spec: &ServiceSpec, run_as: Option<&RunAs>) -> Result<(), String> {
+    async fn exec(
+        &self,
+        argv: &[String],
+        spec: &ServiceSpec,
+        run_as: Option<&RunAs>,
+    ) -> Result<(), String> {
         let mut cmd = process::command(argv, spec, run_as, None).map_err(|e| e.to_string())?;
-        let (mut child, exit) = self.reaper.spawn(&mut cmd).map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
+        let (mut child, exit) = self
+            .reaper
+            .spawn(&mut cmd)
+            .map_err(|e| format!("cannot run {}: {e}", argv[0]))?;
         let pid = child.id() as i32;
         // Kill the check if it outlives the timeout (this future is dropped).
         let mut guard = KillOnDrop(Some(pid));
@@ -75,7 +96,9 @@ impl Prober {
             }
         }
         drop(child.stdout.take());
-        let status = exit.await.map_err(|_| "check process vanished".to_string())?;
+        let status = exit
+            .await
+            .map_err(|_| "check process vanished".to_string())?;
         guard.0 = None;
         if status.success() {
             Ok(())

@@ -28,12 +28,21 @@ pub struct RunAs {
 impl RunAs {
     pub fn lookup(name: &str) -> io::Result<RunAs> {
         match User::from_name(name) {
-            Ok(Some(u)) => Ok(RunAs { name: u.name, uid: u.uid.as_raw(), gid: u.gid.as_raw(), home: u.dir }),
+            Ok(Some(u)) => Ok(RunAs {
+                name: u.name,
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+                home: u.dir,
+            }),
             Ok(None) => Err(io::Error::new(
                 io::ErrorKind::NotFound,
-                format!("user `{name}` does not exist; create it (e.g. `useradd --system {name}`) or set another user"),
+                format!(
+                    "user `{name}` does not exist; create it (e.g. `useradd --system {name}`) or set another user"
+                ),
             )),
-            Err(e) => Err(io::Error::other(format!("cannot look up user `{name}`: {e}"))),
+            Err(e) => Err(io::Error::other(format!(
+                "cannot look up user `{name}`: {e}"
+            ))),
         }
     }
 }
@@ -69,12 +78,18 @@ pub fn command(
     cmd.envs(base_env(run_as));
     cmd.envs(&spec.env);
     for (key, path) in &spec.secret_env {
-        let value = std::fs::read_to_string(path)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot read secret {}: {e}", path.display())))?;
+        let value = std::fs::read_to_string(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot read secret {}: {e}", path.display()),
+            )
+        })?;
         cmd.env(key, value.trim_end_matches('\n'));
     }
     cmd.current_dir(spec.working_dir.as_deref().unwrap_or(Path::new("/")));
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     // Its own process group, so stop and kill reach every descendant.
     cmd.process_group(0);
     if let Some(u) = run_as {
@@ -91,7 +106,11 @@ pub fn command(
             cmd.pre_exec(move || {
                 let _keep = &fd;
                 let n = libc::write(raw, b"0".as_ptr().cast(), 1);
-                if n != 1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+                if n != 1 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
             });
         }
     }
@@ -105,7 +124,9 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
         return is_executable(&p).then_some(p);
     }
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| is_executable(p))
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {

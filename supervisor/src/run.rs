@@ -41,9 +41,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
 
     let health_listener = tokio::net::TcpListener::bind(config.health.listen)
         .await
-        .with_context(|| format!("[health] listen = {}: cannot listen (another process holds it?)", config.health.listen))?;
-    let control_listener = control::bind(&config.supervisor.control_socket())
-        .with_context(|| format!("control socket {}", config.supervisor.control_socket().display()))?;
+        .with_context(|| {
+            format!(
+                "[health] listen = {}: cannot listen (another process holds it?)",
+                config.health.listen
+            )
+        })?;
+    let control_listener =
+        control::bind(&config.supervisor.control_socket()).with_context(|| {
+            format!(
+                "control socket {}",
+                config.supervisor.control_socket().display()
+            )
+        })?;
 
     let cgroups = Cgroups::init().map(Arc::new).map_err(|why| {
         tracing::warn!(reason = %why, "cgroup v2 is not writable here: services run without resource limits");
@@ -52,7 +62,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
 
     let (tx, rx) = mpsc::unbounded_channel();
     let heartbeat = Arc::new(AtomicU64::new(now_ms()));
-    let ctx = Context { opts: load, reaper: Arc::new(Reaper::default()), cgroups, pid1, heartbeat: heartbeat.clone() };
+    let ctx = Context {
+        opts: load,
+        reaper: Arc::new(Reaper::default()),
+        cgroups,
+        pid1,
+        heartbeat: heartbeat.clone(),
+    };
     let socket = config.supervisor.control_socket();
     tracing::info!(
         config = %config.source.display(),

@@ -36,7 +36,8 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         (&sup.run_dir, 0o755, "run_dir"),
         (&sup.log_dir, 0o750, "log_dir"),
     ] {
-        ensure_dir(dir, mode, None).with_context(|| format!("[supervisor] {what} = {} cannot be used", dir.display()))?;
+        ensure_dir(dir, mode, None)
+            .with_context(|| format!("[supervisor] {what} = {} cannot be used", dir.display()))?;
         let probe = dir.join(".phoenix-write-test");
         fs::write(&probe, b"")
             .and_then(|()| fs::remove_file(&probe))
@@ -61,32 +62,40 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         }
     }
     let owner_of = |name: &Option<String>| -> anyhow::Result<Option<RunAs>> {
-        name.as_ref().map(|n| RunAs::lookup(n)).transpose().map_err(Into::into)
+        name.as_ref()
+            .map(|n| RunAs::lookup(n))
+            .transpose()
+            .map_err(Into::into)
     };
 
     for spec in &config.services {
         let owner = users.get(&spec.name);
         for dir in &spec.dirs {
-            ensure_dir(dir, 0o700, owner).with_context(|| format!("service {}: directory {}", spec.name, dir.display()))?;
+            ensure_dir(dir, 0o700, owner)
+                .with_context(|| format!("service {}: directory {}", spec.name, dir.display()))?;
         }
     }
 
     if !config.secrets.is_empty() {
         let dir = sup.state_dir.join("secrets");
-        ensure_dir(&dir, 0o711, None).with_context(|| format!("secrets directory {}", dir.display()))?;
+        ensure_dir(&dir, 0o711, None)
+            .with_context(|| format!("secrets directory {}", dir.display()))?;
     }
     for secret in &config.secrets {
         let owner = owner_of(&secret.owner)?;
-        ensure_secret(&secret.path, owner.as_ref()).with_context(|| format!("secret {}", secret.path.display()))?;
+        ensure_secret(&secret.path, owner.as_ref())
+            .with_context(|| format!("secret {}", secret.path.display()))?;
     }
 
     let tls = &config.tls;
     let key_owner = owner_of(&tls.key_owner)?;
     if tls.self_signed {
-        crate::tls::ensure_self_signed(tls, key_owner.as_ref()).context("self-signed TLS certificate")?;
+        crate::tls::ensure_self_signed(tls, key_owner.as_ref())
+            .context("self-signed TLS certificate")?;
     } else {
         for f in [&tls.cert, &tls.key] {
-            fs::File::open(f).with_context(|| format!("[tls] mode = \"files\": cannot read {}", f.display()))?;
+            fs::File::open(f)
+                .with_context(|| format!("[tls] mode = \"files\": cannot read {}", f.display()))?;
         }
     }
     Ok(Prepared { users })
@@ -98,21 +107,33 @@ pub fn preflight(config: &Config) -> anyhow::Result<()> {
     for spec in &config.services {
         let program = &spec.command[0];
         if find_program(program).is_none() {
-            problems.push(format!("service {}: program `{program}` not found or not executable", spec.name));
+            problems.push(format!(
+                "service {}: program `{program}` not found or not executable",
+                spec.name
+            ));
         }
-        for probe in [spec.readiness.as_ref().map(|r| &r.probe), spec.liveness.as_ref().map(|l| &l.probe)]
-            .into_iter()
-            .flatten()
+        for probe in [
+            spec.readiness.as_ref().map(|r| &r.probe),
+            spec.liveness.as_ref().map(|l| &l.probe),
+        ]
+        .into_iter()
+        .flatten()
         {
             if let Probe::Exec(argv) = probe {
                 if find_program(&argv[0]).is_none() {
-                    problems.push(format!("service {}: check program `{}` not found", spec.name, argv[0]));
+                    problems.push(format!(
+                        "service {}: check program `{}` not found",
+                        spec.name, argv[0]
+                    ));
                 }
             }
         }
         for addr in &spec.ports {
             if let Err(e) = std::net::TcpListener::bind(addr) {
-                problems.push(format!("service {}: cannot listen on {addr}: {e} (another process holds it?)", spec.name));
+                problems.push(format!(
+                    "service {}: cannot listen on {addr}: {e} (another process holds it?)",
+                    spec.name
+                ));
             }
         }
     }
@@ -141,7 +162,12 @@ fn chown(path: &Path, u: &RunAs) -> std::io::Result<()> {
 
 /// Write a file so that readers see the old or the new contents, never half:
 /// temporary file in the same directory, fsync, then rename.
-pub fn write_atomic(path: &Path, contents: &[u8], mode: u32, owner: Option<&RunAs>) -> std::io::Result<()> {
+pub fn write_atomic(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<&RunAs>,
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp{}",
@@ -149,7 +175,12 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32, owner: Option<&RunA
         std::process::id()
     ));
     let result = (|| {
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
         if let Some(u) = owner {
             chown(&tmp, u)?;
@@ -192,11 +223,22 @@ mod tests {
         ensure_secret(&path, None).unwrap();
         let first = fs::read_to_string(&path).unwrap();
         assert_eq!(first.trim().len(), 48);
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         ensure_secret(&path, None).unwrap();
-        assert_eq!(fs::read_to_string(&path).unwrap(), first, "never regenerated");
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "mode repaired");
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            first,
+            "never regenerated"
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "mode repaired"
+        );
     }
 
     #[test]
@@ -207,6 +249,9 @@ mod tests {
         write_atomic(&path, b"two", 0o640, None).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
     }
 }

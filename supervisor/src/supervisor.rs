@@ -26,10 +26,26 @@ use crate::status::{ServiceStatus, Snapshot, State, now_ms, unix_ms};
 #[derive(Debug)]
 pub enum Event {
     Signal(i32),
-    Exited { name: String, generation: u64, status: ExitStatus },
-    Probe { name: String, generation: u64, check: Check, result: Result<(), String> },
-    LogMatched { name: String, generation: u64 },
-    Timer { name: String, generation: u64, timer: Timer },
+    Exited {
+        name: String,
+        generation: u64,
+        status: ExitStatus,
+    },
+    Probe {
+        name: String,
+        generation: u64,
+        check: Check,
+        result: Result<(), String>,
+    },
+    LogMatched {
+        name: String,
+        generation: u64,
+    },
+    Timer {
+        name: String,
+        generation: u64,
+        timer: Timer,
+    },
     Control(Request, oneshot::Sender<Response>),
     ShutdownDeadline,
     Tick,
@@ -160,7 +176,12 @@ impl Supervisor {
             .services
             .iter()
             .map(|spec| {
-                let log = ServiceLog::open(&config.supervisor.log_dir, &spec.name, config.supervisor.log_max_bytes, config.supervisor.log_keep);
+                let log = ServiceLog::open(
+                    &config.supervisor.log_dir,
+                    &spec.name,
+                    config.supervisor.log_max_bytes,
+                    config.supervisor.log_keep,
+                );
                 Runtime::new(spec.clone(), prepared.run_as(&spec.name), log)
             })
             .collect();
@@ -199,12 +220,21 @@ impl Supervisor {
     fn handle(&mut self, event: Event) {
         match event {
             Event::Signal(sig) => self.on_signal(sig),
-            Event::Exited { name, generation, status } => {
+            Event::Exited {
+                name,
+                generation,
+                status,
+            } => {
                 if let Some(i) = self.current(&name, generation) {
                     self.on_exit(i, status);
                 }
             }
-            Event::Probe { name, generation, check, result } => {
+            Event::Probe {
+                name,
+                generation,
+                check,
+                result,
+            } => {
                 if let Some(i) = self.current(&name, generation) {
                     self.on_probe(i, check, result);
                 }
@@ -216,7 +246,11 @@ impl Supervisor {
                     }
                 }
             }
-            Event::Timer { name, generation, timer } => {
+            Event::Timer {
+                name,
+                generation,
+                timer,
+            } => {
                 if let Some(i) = self.current(&name, generation) {
                     self.on_timer(i, timer);
                 }
@@ -235,7 +269,9 @@ impl Supervisor {
     }
 
     fn current(&self, name: &str, generation: u64) -> Option<usize> {
-        self.services.iter().position(|s| s.spec.name == name && s.generation == generation)
+        self.services
+            .iter()
+            .position(|s| s.spec.name == name && s.generation == generation)
     }
 
     fn index(&self, name: &str) -> Option<usize> {
@@ -268,13 +304,19 @@ impl Supervisor {
         let name = name.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let _ = tx.send(Event::Timer { name, generation, timer });
+            let _ = tx.send(Event::Timer {
+                name,
+                generation,
+                timer,
+            });
         });
     }
 
     fn deps_ready(&self, i: usize) -> bool {
         self.services[i].spec.depends_on.iter().all(|d| {
-            self.services.iter().any(|s| s.spec.name == *d && s.satisfies_dependents())
+            self.services
+                .iter()
+                .any(|s| s.spec.name == *d && s.satisfies_dependents())
         })
     }
 
@@ -286,11 +328,20 @@ impl Supervisor {
         }
         for i in 0..self.services.len() {
             let rt = &self.services[i];
-            if rt.wanted && rt.state == State::Stopped && rt.after_stop != AfterStop::Remove && self.deps_ready(i) {
+            if rt.wanted
+                && rt.state == State::Stopped
+                && rt.after_stop != AfterStop::Remove
+                && self.deps_ready(i)
+            {
                 self.start(i);
             }
         }
-        if !self.announced_ready && self.services.iter().all(|s| !s.wanted || s.satisfies_dependents()) {
+        if !self.announced_ready
+            && self
+                .services
+                .iter()
+                .all(|s| !s.wanted || s.satisfies_dependents())
+        {
             self.announced_ready = true;
             tracing::info!("all services are ready");
             crate::notify::ready();
@@ -302,7 +353,11 @@ impl Supervisor {
         let limit = self.services[i].spec.restart.start_limit;
         {
             let rt = &mut self.services[i];
-            while rt.starts.front().is_some_and(|t| now.duration_since(*t) >= limit.interval) {
+            while rt
+                .starts
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= limit.interval)
+            {
                 rt.starts.pop_front();
             }
             if rt.starts.len() >= limit.burst as usize {
@@ -335,9 +390,15 @@ impl Supervisor {
 
     fn spawn(&mut self, i: usize) -> Result<(), String> {
         let cgroup_fd = match &self.ctx.cgroups {
-            Ok(cg) => Some(cg.prepare(&self.services[i].spec.name, &self.services[i].spec.limits).map_err(|e| {
-                format!("cannot prepare the cgroup of {}: {e}", self.services[i].spec.name)
-            })?),
+            Ok(cg) => Some(
+                cg.prepare(&self.services[i].spec.name, &self.services[i].spec.limits)
+                    .map_err(|e| {
+                        format!(
+                            "cannot prepare the cgroup of {}: {e}",
+                            self.services[i].spec.name
+                        )
+                    })?,
+            ),
             Err(_) => None,
         };
         let rt = &mut self.services[i];
@@ -363,7 +424,8 @@ impl Supervisor {
         rt.after_stop = AfterStop::Stay;
         let name = rt.spec.name.clone();
         tracing::info!(service = %name, pid, "started");
-        rt.log.note(&format!("started pid {pid}: {}", rt.spec.command.join(" ")));
+        rt.log
+            .note(&format!("started pid {pid}: {}", rt.spec.command.join(" ")));
 
         let log_ready = match &rt.spec.readiness {
             Some(r) => match &r.probe {
@@ -373,8 +435,20 @@ impl Supervisor {
             None => None,
         };
         for (stream, reader) in [
-            ("stdout", child.stdout.take().map(|s| tokio::process::ChildStdout::from_std(s).map(Pipe::Out))),
-            ("stderr", child.stderr.take().map(|s| tokio::process::ChildStderr::from_std(s).map(Pipe::Err))),
+            (
+                "stdout",
+                child
+                    .stdout
+                    .take()
+                    .map(|s| tokio::process::ChildStdout::from_std(s).map(Pipe::Out)),
+            ),
+            (
+                "stderr",
+                child
+                    .stderr
+                    .take()
+                    .map(|s| tokio::process::ChildStderr::from_std(s).map(Pipe::Err)),
+            ),
         ] {
             let Some(Ok(reader)) = reader else { continue };
             let tx = self.tx.clone();
@@ -390,7 +464,11 @@ impl Supervisor {
         let exit_name = name.clone();
         tokio::spawn(async move {
             if let Ok(status) = exit.await {
-                let _ = tx.send(Event::Exited { name: exit_name, generation, status });
+                let _ = tx.send(Event::Exited {
+                    name: exit_name,
+                    generation,
+                    status,
+                });
             }
         });
 
@@ -403,7 +481,12 @@ impl Supervisor {
             None => self.became_ready(i),
             Some(r) => {
                 if !matches!(r.probe, Probe::Log(_)) {
-                    self.after(&name, generation, r.interval.min(Duration::from_millis(50)), Timer::Readiness);
+                    self.after(
+                        &name,
+                        generation,
+                        r.interval.min(Duration::from_millis(50)),
+                        Timer::Readiness,
+                    );
                 }
                 self.after(&name, generation, r.start_timeout, Timer::StartDeadline);
             }
@@ -415,6 +498,7 @@ impl Supervisor {
         self.set_state(i, State::Ready);
         let rt = &mut self.services[i];
         rt.liveness_failures = 0;
+        rt.last_error = None;
         if let Some(l) = &rt.spec.liveness {
             let (name, generation, interval) = (rt.spec.name.clone(), rt.generation, l.interval);
             self.after(&name, generation, interval, Timer::Liveness);
@@ -433,11 +517,21 @@ impl Supervisor {
                 None => return,
             },
         };
-        let (tx, prober, spec, run_as) = (self.tx.clone(), self.prober.clone(), rt.spec.clone(), rt.run_as.clone());
+        let (tx, prober, spec, run_as) = (
+            self.tx.clone(),
+            self.prober.clone(),
+            rt.spec.clone(),
+            rt.run_as.clone(),
+        );
         let (name, generation) = (rt.spec.name.clone(), rt.generation);
         tokio::spawn(async move {
             let result = prober.check(&probe, timeout, &spec, run_as.as_ref()).await;
-            let _ = tx.send(Event::Probe { name, generation, check, result });
+            let _ = tx.send(Event::Probe {
+                name,
+                generation,
+                check,
+                result,
+            });
         });
     }
 
@@ -453,9 +547,15 @@ impl Supervisor {
                 }
             }
             (Timer::Readiness, State::Starting) => self.run_probe(i, Check::Readiness),
-            (Timer::Liveness, State::Ready | State::Unhealthy) => self.run_probe(i, Check::Liveness),
+            (Timer::Liveness, State::Ready | State::Unhealthy) => {
+                self.run_probe(i, Check::Liveness)
+            }
             (Timer::StartDeadline, State::Starting) => {
-                let limit = self.services[i].spec.readiness.as_ref().map_or(Duration::ZERO, |r| r.start_timeout);
+                let limit = self.services[i]
+                    .spec
+                    .readiness
+                    .as_ref()
+                    .map_or(Duration::ZERO, |r| r.start_timeout);
                 let msg = format!("not ready within {}", humantime::format_duration(limit));
                 tracing::warn!(service = %name, "{msg}; restarting");
                 self.services[i].last_error = Some(msg);
@@ -472,16 +572,25 @@ impl Supervisor {
     }
 
     fn on_probe(&mut self, i: usize, check: Check, result: Result<(), String>) {
-        let (name, generation) = (self.services[i].spec.name.clone(), self.services[i].generation);
+        let (name, generation) = (
+            self.services[i].spec.name.clone(),
+            self.services[i].generation,
+        );
         match (check, self.services[i].state, result) {
             (Check::Readiness, State::Starting, Ok(())) => self.became_ready(i),
             (Check::Readiness, State::Starting, Err(e)) => {
                 tracing::debug!(service = %name, error = %e, "not ready yet");
-                let interval = self.services[i].spec.readiness.as_ref().map_or(Duration::from_secs(1), |r| r.interval);
+                let interval = self.services[i]
+                    .spec
+                    .readiness
+                    .as_ref()
+                    .map_or(Duration::from_secs(1), |r| r.interval);
                 self.after(&name, generation, interval, Timer::Readiness);
             }
             (Check::Liveness, State::Ready | State::Unhealthy, result) => {
-                let Some(l) = self.services[i].spec.liveness.clone() else { return };
+                let Some(l) = self.services[i].spec.liveness.clone() else {
+                    return;
+                };
                 match result {
                     Ok(()) => {
                         self.services[i].liveness_failures = 0;
@@ -493,7 +602,10 @@ impl Supervisor {
                         tracing::warn!(service = %name, failures = rt.liveness_failures, threshold = l.failures, error = %e, "liveness check failed");
                         rt.last_error = Some(format!("liveness: {e}"));
                         if rt.liveness_failures >= l.failures {
-                            rt.log.note(&format!("liveness failed {} times: restarting", rt.liveness_failures));
+                            rt.log.note(&format!(
+                                "liveness failed {} times: restarting",
+                                rt.liveness_failures
+                            ));
                             self.begin_stop(i, AfterStop::Retry);
                             return;
                         }
@@ -507,7 +619,9 @@ impl Supervisor {
     }
 
     fn on_exit(&mut self, i: usize, status: ExitStatus) {
-        let Some(pid) = self.services[i].pid.take() else { return };
+        let Some(pid) = self.services[i].pid.take() else {
+            return;
+        };
         // Whatever the main process left behind goes with it.
         process::signal_group(pid, Signal::SIGKILL);
         if let Ok(cg) = &self.ctx.cgroups {
@@ -574,7 +688,11 @@ impl Supervisor {
         let now = Instant::now();
         let rt = &mut self.services[i];
         let limit = rt.spec.restart.start_limit;
-        let recent = rt.starts.iter().filter(|t| now.duration_since(**t) < limit.interval).count();
+        let recent = rt
+            .starts
+            .iter()
+            .filter(|t| now.duration_since(**t) < limit.interval)
+            .count();
         if recent >= limit.burst as usize {
             let msg = format!(
                 "crashed after {recent} starts within {}; parked as failed (fix the cause, then `phoenixctl start {}`)",
@@ -604,7 +722,8 @@ impl Supervisor {
                 if rt.state != State::Stopping {
                     tracing::info!(service = %rt.spec.name, signal = rt.spec.stop.signal.as_str(), "stopping");
                     process::signal(pid, rt.spec.stop.signal);
-                    let (name, generation, timeout) = (rt.spec.name.clone(), rt.generation, rt.spec.stop.timeout);
+                    let (name, generation, timeout) =
+                        (rt.spec.name.clone(), rt.generation, rt.spec.stop.timeout);
                     self.set_state(i, State::Stopping);
                     self.after(&name, generation, timeout, Timer::StopDeadline);
                 }
@@ -669,7 +788,10 @@ impl Supervisor {
                 continue;
             }
             let name = &rt.spec.name;
-            let needed = self.services.iter().any(|s| s.running() && s.spec.depends_on.contains(name));
+            let needed = self
+                .services
+                .iter()
+                .any(|s| s.running() && s.spec.depends_on.contains(name));
             if !needed {
                 self.begin_stop(i, AfterStop::Stay);
             }
@@ -690,23 +812,32 @@ impl Supervisor {
 
     fn on_control(&mut self, req: Request) -> Response {
         match req {
-            Request::Status | Request::Health => Response::Snapshot(Box::new(self.build_snapshot())),
+            Request::Status | Request::Health => {
+                Response::Snapshot(Box::new(self.build_snapshot()))
+            }
             Request::Reload => match self.reload() {
                 Ok(summary) => Response::Ok(summary),
                 Err(e) => Response::Error(e),
             },
             Request::Start { service } => self.control_start(&service),
             Request::Stop { service } => {
-                let Some(i) = self.index(&service) else { return self.unknown(&service) };
+                let Some(i) = self.index(&service) else {
+                    return self.unknown(&service);
+                };
                 self.services[i].wanted = false;
                 if !self.services[i].running() && self.services[i].state != State::Backoff {
-                    return Response::Ok(format!("{service} is not running ({})", self.services[i].state.as_str()));
+                    return Response::Ok(format!(
+                        "{service} is not running ({})",
+                        self.services[i].state.as_str()
+                    ));
                 }
                 self.begin_stop(i, AfterStop::Stay);
                 Response::Ok(format!("stopping {service}"))
             }
             Request::Restart { service } => {
-                let Some(i) = self.index(&service) else { return self.unknown(&service) };
+                let Some(i) = self.index(&service) else {
+                    return self.unknown(&service);
+                };
                 if self.shutting_down {
                     return Response::Error("shutting down".into());
                 }
@@ -724,11 +855,16 @@ impl Supervisor {
 
     fn unknown(&self, service: &str) -> Response {
         let names: Vec<_> = self.services.iter().map(|s| s.spec.name.as_str()).collect();
-        Response::Error(format!("no service `{service}` (services: {})", names.join(", ")))
+        Response::Error(format!(
+            "no service `{service}` (services: {})",
+            names.join(", ")
+        ))
     }
 
     fn control_start(&mut self, service: &str) -> Response {
-        let Some(i) = self.index(service) else { return self.unknown(service) };
+        let Some(i) = self.index(service) else {
+            return self.unknown(service);
+        };
         if self.shutting_down {
             return Response::Error("shutting down".into());
         }
@@ -742,7 +878,10 @@ impl Supervisor {
                 self.set_state(i, State::Stopped);
                 if !self.deps_ready(i) {
                     let waiting: Vec<_> = self.waiting_for(i);
-                    return Response::Ok(format!("{service} will start when {} are ready", waiting.join(", ")));
+                    return Response::Ok(format!(
+                        "{service} will start when {} are ready",
+                        waiting.join(", ")
+                    ));
                 }
                 self.start(i);
                 Response::Ok(format!("starting {service}"))
@@ -756,7 +895,12 @@ impl Supervisor {
             .spec
             .depends_on
             .iter()
-            .filter(|d| !self.services.iter().any(|s| s.spec.name == **d && s.satisfies_dependents()))
+            .filter(|d| {
+                !self
+                    .services
+                    .iter()
+                    .any(|s| s.spec.name == **d && s.satisfies_dependents())
+            })
             .cloned()
             .collect()
     }
@@ -779,7 +923,10 @@ impl Supervisor {
         let prepared = state::prepare(&new).map_err(|e| format!("{e:#}"))?;
         let mut notes = Vec::new();
         if new.supervisor != self.config.supervisor || new.health != self.config.health {
-            notes.push("[supervisor] and [health] changes take effect at the next supervisor start".to_string());
+            notes.push(
+                "[supervisor] and [health] changes take effect at the next supervisor start"
+                    .to_string(),
+            );
         }
         let mut kept = Vec::new();
         for spec in &new.services {
@@ -794,7 +941,10 @@ impl Supervisor {
                     }
                     if rt.spec == *spec {
                         // unchanged
-                    } else if rt.spec.differs_only_in_files(spec) && rt.spec.reload_signal.is_some() && rt.running() {
+                    } else if rt.spec.differs_only_in_files(spec)
+                        && rt.spec.reload_signal.is_some()
+                        && rt.running()
+                    {
                         for f in &spec.files {
                             state::write_atomic(&f.path, f.contents.as_bytes(), 0o644, None)
                                 .map_err(|e| format!("cannot write {}: {e}", f.path.display()))?;
@@ -826,8 +976,12 @@ impl Supervisor {
             }
             kept.push(spec.name.clone());
         }
-        let removed: Vec<String> =
-            self.services.iter().map(|s| s.spec.name.clone()).filter(|n| !kept.contains(n)).collect();
+        let removed: Vec<String> = self
+            .services
+            .iter()
+            .map(|s| s.spec.name.clone())
+            .filter(|n| !kept.contains(n))
+            .collect();
         for name in removed {
             if let Some(i) = self.index(&name) {
                 self.services[i].wanted = false;
@@ -836,7 +990,11 @@ impl Supervisor {
             }
         }
         // Keep dependency order: services of the new config first, in its order.
-        self.services.sort_by_key(|s| kept.iter().position(|n| *n == s.spec.name).unwrap_or(usize::MAX));
+        self.services.sort_by_key(|s| {
+            kept.iter()
+                .position(|n| *n == s.spec.name)
+                .unwrap_or(usize::MAX)
+        });
         self.config = new;
         if notes.is_empty() {
             notes.push("no changes".into());
@@ -868,7 +1026,11 @@ impl Supervisor {
                     since_ms: unix_ms(rt.since),
                     last_exit: rt.last_exit.clone(),
                     last_error: rt.last_error.clone(),
-                    depends_on: if rt.state == State::Stopped && rt.wanted { self.waiting_for(i) } else { Vec::new() },
+                    depends_on: if rt.state == State::Stopped && rt.wanted {
+                        self.waiting_for(i)
+                    } else {
+                        Vec::new()
+                    },
                 })
                 .collect(),
         }

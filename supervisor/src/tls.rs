@@ -23,7 +23,11 @@ pub fn ensure_self_signed(tls: &TlsSettings, key_owner: Option<&RunAs>) -> anyho
         }
         return Ok(());
     }
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     if let Ok(host) = nix::unistd::gethostname() {
         if let Some(h) = host.to_str().filter(|h| !h.is_empty()) {
             names.push(h.to_string());
@@ -32,7 +36,9 @@ pub fn ensure_self_signed(tls: &TlsSettings, key_owner: Option<&RunAs>) -> anyho
     names.extend(tls.hostnames.iter().cloned());
     names.dedup();
     let mut params = rcgen::CertificateParams::new(names).context("certificate names")?;
-    params.distinguished_name.push(rcgen::DnType::CommonName, "Phoenix appliance (self-signed)");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Phoenix appliance (self-signed)");
     let now = time_now();
     params.not_before = now;
     params.not_after = now + time::Duration::days(VALIDITY_DAYS);
@@ -51,7 +57,9 @@ fn time_now() -> time::OffsetDateTime {
 /// True when the certificate is missing, unreadable, or expires within `within`.
 pub fn expires_within(cert: &Path, within: Duration) -> bool {
     match not_after(cert) {
-        Some(t) => t - time_now() < time::Duration::try_from(within).unwrap_or(time::Duration::ZERO),
+        Some(t) => {
+            t - time_now() < time::Duration::try_from(within).unwrap_or(time::Duration::ZERO)
+        }
         None => true,
     }
 }

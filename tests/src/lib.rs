@@ -1,1 +1,364 @@
+//! Test harness: run the real `phoenix-supervisor` on a config in a temp dir
+//! and observe it through `phoenixctl`, its health endpoint and /proc.
+//! The one way the tests start a supervisor.
 
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A binary of this workspace, built next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let mut dir = exe.parent().expect("deps dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+pub fn testprog() -> String {
+    bin("phoenix-testprog").display().to_string()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Config lines that turn off every built-in service, for tests of the
+/// lifecycle with test programs only.
+pub const NO_BUILTINS: &str = "[postgres]\nenable = false\nexternal_url = \"postgres://unused@127.0.0.1:1/none\"\n\
+[prometheus]\nenable = false\n[pushgateway]\nenable = false\n[api]\nenable = false\n";
+
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+pub struct Supervisor {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub health_port: u16,
+    child: Option<Child>,
+    stderr_path: PathBuf,
+}
+
+impl Supervisor {
+    /// Write `body` plus [supervisor] and [health] sections into a temp dir.
+    pub fn config(body: &str) -> Supervisor {
+        let dir = tempfile::Builder::new()
+            .prefix("phx")
+            .tempdir()
+            .expect("tempdir");
+        // Service users (postgres, prometheus) must reach their directories.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let health_port = free_port();
+        let config = dir.path().join("phoenix.toml");
+        let sup = Supervisor {
+            stderr_path: dir.path().join("supervisor.stderr"),
+            dir,
+            config,
+            health_port,
+            child: None,
+        };
+        sup.write_config(body);
+        sup
+    }
+
+    pub fn write_config(&self, body: &str) {
+        let d = self.dir.path();
+        let text = format!(
+            "[supervisor]\nstate_dir = \"{}\"\nrun_dir = \"{}\"\nlog_dir = \"{}\"\nshutdown_timeout = \"20s\"\n\
+             [health]\nlisten = \"127.0.0.1:{}\"\n{body}",
+            d.join("state").display(),
+            d.join("run").display(),
+            d.join("log").display(),
+            self.health_port
+        );
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path("run/control.sock")
+    }
+
+    /// Start `phoenix-supervisor run`; optionally wrapped (e.g. in `unshare`).
+    pub fn start_with(&mut self, wrapper: &[&str]) {
+        let stderr = std::fs::File::create(&self.stderr_path).expect("stderr file");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin("phoenix-supervisor"));
+                c
+            }
+            None => Command::new(bin("phoenix-supervisor")),
+        };
+        cmd.arg("run").arg("--config").arg(&self.config);
+        cmd.env("RUST_LOG", "info,phoenix::service=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        self.child = Some(cmd.spawn().expect("spawn supervisor"));
+    }
+
+    pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("started").id() as i32
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("phoenixctl"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("run phoenixctl")
+    }
+
+    /// `phoenixctl --json status`, once the socket answers.
+    pub fn status(&self) -> Value {
+        let out = self.ctl(&["--json", "status"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.stderr()
+        );
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
+
+    pub fn try_status(&self) -> Option<Value> {
+        let out = self.ctl(&["--json", "status"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
+    pub fn service(&self, name: &str) -> Value {
+        let s = self.status();
+        s["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn state_of(&self, name: &str) -> String {
+        self.try_status()
+            .and_then(|s| {
+                s["services"]
+                    .as_array()?
+                    .iter()
+                    .find(|v| v["name"] == name)
+                    .map(|v| v["state"].as_str().unwrap_or("").to_string())
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.state_of(name) == state {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{name} did not reach {state} in {timeout:?}; status: {}\nsupervisor log:\n{}",
+                    self.try_status().map(|s| s.to_string()).unwrap_or_default(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn wait_all_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(r) = self.http("/readyz") {
+                if r.0 == 200 {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "not all ready in {timeout:?}; status: {}\nsupervisor log:\n{}",
+                    self.try_status().map(|s| s.to_string()).unwrap_or_default(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// GET a path of the health server: (status code, body).
+    pub fn http(&self, path: &str) -> Result<(u16, String), String> {
+        let url = format!("http://127.0.0.1:{}{path}", self.health_port);
+        let resp = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+            .get(url)
+            .send()
+            .map_err(|e| e.to_string())?;
+        let code = resp.status().as_u16();
+        Ok((code, resp.text().map_err(|e| e.to_string())?))
+    }
+
+    pub fn health(&self) -> (u16, Value) {
+        let (code, body) = self.http("/health").expect("health");
+        (code, serde_json::from_str(&body).expect("health json"))
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
+            .expect("signal supervisor");
+    }
+
+    /// Wait for the supervisor to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("started");
+        wait_until("supervisor exit", timeout, || {
+            child.try_wait().expect("try_wait")
+        })
+    }
+
+    pub fn ok(out: &Output) -> String {
+        assert!(
+            out.status.success(),
+            "command failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    pub fn pid_of(&self, name: &str) -> i32 {
+        self.service(name)["pid"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{name} has no pid")) as i32
+    }
+
+    pub fn append_file(&self, rel: &str, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(rel))
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            if child.try_wait().ok().flatten().is_none() {
+                let pg = nix::unistd::Pid::from_raw(-(child.id() as i32));
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = nix::sys::signal::kill(pg, nix::sys::signal::Signal::SIGKILL);
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("---- supervisor log ----\n{}", self.stderr());
+        }
+    }
+}
+
+/// Processes whose parent is `pid`, with their state letter from /proc.
+pub fn children_of(pid: i32) -> Vec<(i32, char)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid: i32 = fields.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        if ppid == pid {
+            out.push((p, state));
+        }
+    }
+    out
+}
+
+pub fn process_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()) != Some('Z'))
+}
+
+/// Every live process whose command line mentions `needle`.
+pub fn processes_matching(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if p as u32 == std::process::id() {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(format!("/proc/{p}/cmdline")) {
+            if String::from_utf8_lossy(&cmd).contains(needle) && process_alive(p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

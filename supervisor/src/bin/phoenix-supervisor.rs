@@ -7,12 +7,16 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use phoenix_supervisor::config::{self, DEFAULT_CONFIG_PATH, LoadOptions};
 use phoenix_supervisor::pginit::{InitOptions, postgres_init};
+use phoenix_supervisor::pid1;
 use phoenix_supervisor::run::{RunOptions, run};
 use phoenix_supervisor::supervisor::Outcome;
-use phoenix_supervisor::pid1;
 
 #[derive(Parser)]
-#[command(name = "phoenix-supervisor", version, about = "Runs the Phoenix appliance from one TOML file")]
+#[command(
+    name = "phoenix-supervisor",
+    version,
+    about = "Runs the Phoenix appliance from one TOML file"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -68,24 +72,42 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let command = command.unwrap_or_else(|| Command::Run {
-        config: std::env::var_os("PHOENIX_CONFIG").map_or_else(|| DEFAULT_CONFIG_PATH.into(), PathBuf::from),
+        config: std::env::var_os("PHOENIX_CONFIG")
+            .map_or_else(|| DEFAULT_CONFIG_PATH.into(), PathBuf::from),
         dev: false,
     });
     let code = match command {
         Command::Run { config, dev } => run_supervisor(config, dev),
-        Command::CheckConfig { config, dev } => match config::load(&config, &LoadOptions::detect(dev)) {
-            Ok(c) => {
-                let names: Vec<_> = c.services.iter().map(|s| s.name.as_str()).collect();
-                println!("{}: ok ({} services: {})", config.display(), names.len(), names.join(", "));
-                ExitCode::SUCCESS
+        Command::CheckConfig { config, dev } => {
+            match config::load(&config, &LoadOptions::detect(dev)) {
+                Ok(c) => {
+                    let names: Vec<_> = c.services.iter().map(|s| s.name.as_str()).collect();
+                    println!(
+                        "{}: ok ({} services: {})",
+                        config.display(),
+                        names.len(),
+                        names.join(", ")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(1)
-            }
-        },
-        Command::PostgresInit { bin_dir, data_dir, superuser, superuser_password_file } => {
-            match postgres_init(&InitOptions { bin_dir, data_dir, superuser, superuser_password_file }) {
+        }
+        Command::PostgresInit {
+            bin_dir,
+            data_dir,
+            superuser,
+            superuser_password_file,
+        } => {
+            match postgres_init(&InitOptions {
+                bin_dir,
+                data_dir,
+                superuser,
+                superuser_password_file,
+            }) {
                 Ok(true) => {
                     println!("initialised a new PostgreSQL cluster");
                     ExitCode::SUCCESS
@@ -108,7 +130,11 @@ fn main() -> ExitCode {
 }
 
 fn run_supervisor(config: PathBuf, dev: bool) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

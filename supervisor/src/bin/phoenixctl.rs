@@ -10,10 +10,18 @@ use phoenix_supervisor::health::{Status, health_document, service_status};
 use phoenix_supervisor::status::{Snapshot, now_ms};
 
 #[derive(Parser)]
-#[command(name = "phoenixctl", version, about = "Controls a running phoenix-supervisor")]
+#[command(
+    name = "phoenixctl",
+    version,
+    about = "Controls a running phoenix-supervisor"
+)]
 struct Cli {
     /// Control socket of the supervisor.
-    #[arg(long, env = "PHOENIX_SOCKET", default_value = "/run/phoenix/control.sock")]
+    #[arg(
+        long,
+        env = "PHOENIX_SOCKET",
+        default_value = "/run/phoenix/control.sock"
+    )]
     socket: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
@@ -43,12 +51,21 @@ fn main() -> ExitCode {
     let request = match &cli.command {
         Cmd::Status => Request::Status,
         Cmd::Health => Request::Health,
-        Cmd::Start { service } => Request::Start { service: service.clone() },
-        Cmd::Stop { service } => Request::Stop { service: service.clone() },
-        Cmd::Restart { service } => Request::Restart { service: service.clone() },
+        Cmd::Start { service } => Request::Start {
+            service: service.clone(),
+        },
+        Cmd::Stop { service } => Request::Stop {
+            service: service.clone(),
+        },
+        Cmd::Restart { service } => Request::Restart {
+            service: service.clone(),
+        },
         Cmd::Reload => Request::Reload,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let response = match runtime.block_on(call(&cli.socket, &request)) {
         Ok(r) => r,
         Err(e) => {
@@ -96,7 +113,10 @@ fn uptime(started_at_ms: Option<u64>) -> String {
 }
 
 fn print_status(s: &Snapshot) {
-    println!("{:<16} {:<10} {:>8} {:>8}  {:<14} NOTE", "SERVICE", "STATE", "PID", "RESTARTS", "UPTIME");
+    println!(
+        "{:<16} {:<10} {:>8} {:>8}  {:<14} NOTE",
+        "SERVICE", "STATE", "PID", "RESTARTS", "UPTIME"
+    );
     for svc in &s.services {
         let note = if !svc.depends_on.is_empty() {
             format!("waiting for {}", svc.depends_on.join(", "))
@@ -116,7 +136,10 @@ fn print_status(s: &Snapshot) {
 }
 
 fn print_health(s: &Snapshot, overall: Status) {
-    println!("{:<16} {:<6} {:<10} {:>8}  DETAIL", "CHECK", "STATUS", "STATE", "RESTARTS");
+    println!(
+        "{:<16} {:<6} {:<10} {:>8}  DETAIL",
+        "CHECK", "STATUS", "STATE", "RESTARTS"
+    );
     for svc in &s.services {
         let status = service_status(svc.state, svc.wanted);
         println!(
@@ -129,7 +152,7 @@ fn print_health(s: &Snapshot, overall: Status) {
         );
     }
     if let Some(why) = &s.limits_unavailable {
-        println!("{:<16} {:<6} {:<10} {:>8}  {}", "resource-limits", "warn", "-", "-", why);
+        println!("note: resource limits are not applied: {why}");
     }
     println!("overall: {}", overall.as_str());
 }

@@ -28,7 +28,14 @@ const GIB: u64 = 1 << 30;
 /// Loopback form of a listen address, for clients on this machine.
 fn local(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
-        SocketAddr::new(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() }, addr.port())
+        SocketAddr::new(
+            if addr.is_ipv4() {
+                [127, 0, 0, 1].into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            },
+            addr.port(),
+        )
     } else {
         addr
     }
@@ -78,20 +85,29 @@ pub fn expand(
     let api_enabled = raw.api.enable.unwrap_or(true);
     let api_user = user_for(opts, &raw.api.user, "phoenix");
     let api_listen = raw.api.listen.unwrap_or_else(|| {
-        if opts.dev { "127.0.0.1:8443" } else { "0.0.0.0:443" }.parse().expect("valid address")
+        if opts.dev {
+            "127.0.0.1:8443"
+        } else {
+            "0.0.0.0:443"
+        }
+        .parse()
+        .expect("valid address")
     });
 
     let tls = match raw.tls.mode {
         TlsMode::SelfSigned => {
             if raw.tls.cert.is_some() || raw.tls.key.is_some() {
-                return Err(loc.error(&["tls", "cert"], "cert and key are for mode = \"files\"; self-signed generates its own"));
+                return Err(loc.error(
+                    &["tls", "cert"],
+                    "cert and key are for mode = \"files\"; self-signed generates its own",
+                ));
             }
             TlsSettings {
                 cert: state.join("tls/cert.pem"),
                 key: state.join("tls/key.pem"),
                 self_signed: true,
                 hostnames: raw.tls.hostnames.clone(),
-                key_owner: api_user.clone(),
+                key_owner: api_user.clone().filter(|_| api_enabled),
             }
         }
         TlsMode::Files => match (&raw.tls.cert, &raw.tls.key) {
@@ -100,9 +116,14 @@ pub fn expand(
                 key: key.clone(),
                 self_signed: false,
                 hostnames: raw.tls.hostnames.clone(),
-                key_owner: api_user.clone(),
+                key_owner: api_user.clone().filter(|_| api_enabled),
             },
-            _ => return Err(loc.error(&["tls", "mode"], "mode = \"files\" needs both cert and key paths")),
+            _ => {
+                return Err(loc.error(
+                    &["tls", "mode"],
+                    "mode = \"files\" needs both cert and key paths",
+                ));
+            }
         },
     };
 
@@ -115,14 +136,23 @@ pub fn expand(
     let api_password = secrets_dir.join("api-db-password");
     if pg_enabled {
         if pg.external_url.is_some() {
-            return Err(loc.error(&["postgres", "external_url"], "external_url is for enable = false (a database not managed here)"));
+            return Err(loc.error(
+                &["postgres", "external_url"],
+                "external_url is for enable = false (a database not managed here)",
+            ));
         }
-        let bin = pg.bin_dir.clone().unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
+        let bin = pg
+            .bin_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
         let user = user_for(opts, &pg.user, "postgres");
         let data = state.join("postgres/data");
         let socket_dir = sup.run_dir.join("postgres");
         let superuser_password = secrets_dir.join("postgres-superuser-password");
-        secrets.push(SecretSpec { path: superuser_password.clone(), owner: user.clone() });
+        secrets.push(SecretSpec {
+            path: superuser_password.clone(),
+            owner: user.clone(),
+        });
 
         let mut init = ServiceSpec::new(
             "postgres-init",
@@ -138,7 +168,10 @@ pub fn expand(
         init.oneshot = true;
         init.user = user.clone();
         init.restart.policy = RestartPolicy::OnFailure;
-        init.restart.start_limit = StartLimit { burst: 3, interval: Duration::from_secs(300) };
+        init.restart.start_limit = StartLimit {
+            burst: 3,
+            interval: Duration::from_secs(300),
+        };
         init.dirs = vec![state.join("postgres")];
         services.push(init);
 
@@ -154,13 +187,23 @@ pub fn expand(
             format!("unix_socket_directories={}", socket_dir.display()),
         ];
         for (key, value) in &pg.settings {
-            if matches!(key.as_str(), "listen_addresses" | "port" | "unix_socket_directories") {
+            if matches!(
+                key.as_str(),
+                "listen_addresses" | "port" | "unix_socket_directories"
+            ) {
                 return Err(loc.error(&["postgres", "settings", key], "set by the supervisor (use [postgres] port); PostgreSQL only listens on 127.0.0.1"));
             }
             let value = match value {
                 toml::Value::String(s) => s.clone(),
-                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => value.to_string(),
-                _ => return Err(loc.error(&["postgres", "settings", key], "must be a string, number or boolean")),
+                toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                    value.to_string()
+                }
+                _ => {
+                    return Err(loc.error(
+                        &["postgres", "settings", key],
+                        "must be a string, number or boolean",
+                    ));
+                }
             };
             command.push("-c".into());
             command.push(format!("{key}={value}"));
@@ -180,16 +223,34 @@ pub fn expand(
                 pg_port.to_string(),
             ]))
         });
-        server.liveness = Some(Liveness { interval: Duration::from_secs(15), ..ServiceSpec::liveness(Probe::Tcp(([127, 0, 0, 1], pg_port).into())) });
+        server.liveness = Some(Liveness {
+            interval: Duration::from_secs(15),
+            ..ServiceSpec::liveness(Probe::Tcp(([127, 0, 0, 1], pg_port).into()))
+        });
         // SIGINT is PostgreSQL's fast shutdown: a clean checkpoint, no crash recovery next start.
-        server.stop = StopSpec { signal: Signal::SIGINT, timeout: Duration::from_secs(90) };
+        server.stop = StopSpec {
+            signal: Signal::SIGINT,
+            timeout: Duration::from_secs(90),
+        };
         server.reload_signal = Some(Signal::SIGHUP);
-        server.limits = with_limits(Limits { memory: Some(GIB), cpus: Some(1.0), pids: None }, &pg.limits, loc, "postgres")?;
+        server.limits = with_limits(
+            Limits {
+                memory: Some(GIB),
+                cpus: Some(1.0),
+                pids: None,
+            },
+            &pg.limits,
+            loc,
+            "postgres",
+        )?;
         server.ports = vec![([127, 0, 0, 1], pg_port).into()];
         services.push(server);
 
         if api_enabled {
-            secrets.push(SecretSpec { path: api_password.clone(), owner: api_user.clone() });
+            secrets.push(SecretSpec {
+                path: api_password.clone(),
+                owner: api_user.clone(),
+            });
             let script = state.join("postgres/setup.sql");
             let mut setup = ServiceSpec::new(
                 "postgres-setup",
@@ -218,16 +279,27 @@ pub fn expand(
                 ("PGPASSWORD".to_string(), superuser_password),
                 ("PHOENIX_API_DB_PASSWORD".to_string(), api_password.clone()),
             ]);
-            setup.files = vec![GeneratedFile { path: script, contents: setup_sql() }];
+            setup.files = vec![GeneratedFile {
+                path: script,
+                contents: setup_sql(),
+            }];
             services.push(setup);
-            database_url = Some(format!("postgres://{API_DB_USER}@127.0.0.1:{pg_port}/{API_DB_NAME}"));
+            database_url = Some(format!(
+                "postgres://{API_DB_USER}@127.0.0.1:{pg_port}/{API_DB_NAME}"
+            ));
         }
     } else if let Some(url) = &pg.external_url {
         database_url = Some(url.clone());
     }
 
-    let prom_listen = raw.prometheus.listen.unwrap_or_else(|| "127.0.0.1:9090".parse().expect("valid"));
-    let push_listen = raw.pushgateway.listen.unwrap_or_else(|| "127.0.0.1:9091".parse().expect("valid"));
+    let prom_listen = raw
+        .prometheus
+        .listen
+        .unwrap_or_else(|| "127.0.0.1:9090".parse().expect("valid"));
+    let push_listen = raw
+        .pushgateway
+        .listen
+        .unwrap_or_else(|| "127.0.0.1:9091".parse().expect("valid"));
     let push_enabled = raw.pushgateway.enable.unwrap_or(true);
 
     if raw.prometheus.enable.unwrap_or(true) {
@@ -235,7 +307,10 @@ pub fn expand(
         let dir = state.join("prometheus");
         let config_file = dir.join("prometheus.yml");
         let scrape = p.scrape_interval.map_or(Duration::from_secs(15), |d| d.0);
-        let health_listen = raw.health.listen.unwrap_or_else(|| "127.0.0.1:8081".parse().expect("valid"));
+        let health_listen = raw
+            .health
+            .listen
+            .unwrap_or_else(|| "127.0.0.1:8081".parse().expect("valid"));
         let yml = prometheus_yml(
             scrape,
             local(prom_listen),
@@ -246,22 +321,42 @@ pub fn expand(
         let mut prom = ServiceSpec::new(
             "prometheus",
             vec![
-                path_str(&p.bin.clone().unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus"))),
+                path_str(
+                    &p.bin
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus")),
+                ),
                 arg("--config.file", config_file.display()),
                 arg("--storage.tsdb.path", dir.join("data").display()),
-                arg("--storage.tsdb.retention.time", p.retention.clone().unwrap_or_else(|| "15d".into())),
+                arg(
+                    "--storage.tsdb.retention.time",
+                    p.retention.clone().unwrap_or_else(|| "15d".into()),
+                ),
                 arg("--web.listen-address", prom_listen),
             ],
         );
         prom.user = user_for(opts, &p.user, "prometheus");
         prom.dirs = vec![dir.clone(), dir.join("data")];
-        prom.files = vec![GeneratedFile { path: config_file, contents: yml }];
-        prom.readiness = Some(ServiceSpec::readiness(Probe::Http(format!("http://{}/-/ready", local(prom_listen)))));
-        prom.liveness = Some(ServiceSpec::liveness(Probe::Http(format!("http://{}/-/healthy", local(prom_listen)))));
+        prom.files = vec![GeneratedFile {
+            path: config_file,
+            contents: yml,
+        }];
+        prom.readiness = Some(ServiceSpec::readiness(Probe::Http(format!(
+            "http://{}/-/ready",
+            local(prom_listen)
+        ))));
+        prom.liveness = Some(ServiceSpec::liveness(Probe::Http(format!(
+            "http://{}/-/healthy",
+            local(prom_listen)
+        ))));
         prom.reload_signal = Some(Signal::SIGHUP);
         prom.stop.timeout = Duration::from_secs(60);
         prom.limits = with_limits(
-            Limits { memory: Some(2 * GIB), cpus: Some(1.5), pids: None },
+            Limits {
+                memory: Some(2 * GIB),
+                cpus: Some(1.5),
+                pids: None,
+            },
             &p.limits,
             loc,
             "prometheus",
@@ -276,7 +371,11 @@ pub fn expand(
         let mut push = ServiceSpec::new(
             "pushgateway",
             vec![
-                path_str(&p.bin.clone().unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus-pushgateway"))),
+                path_str(
+                    &p.bin
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus-pushgateway")),
+                ),
                 arg("--web.listen-address", push_listen),
                 arg("--persistence.file", dir.join("metrics.store").display()),
                 "--persistence.interval=1m".into(),
@@ -284,9 +383,24 @@ pub fn expand(
         );
         push.user = user_for(opts, &p.user, "prometheus");
         push.dirs = vec![dir];
-        push.readiness = Some(ServiceSpec::readiness(Probe::Http(format!("http://{}/-/ready", local(push_listen)))));
-        push.liveness = Some(ServiceSpec::liveness(Probe::Http(format!("http://{}/-/healthy", local(push_listen)))));
-        push.limits = with_limits(Limits { memory: Some(GIB / 2), cpus: Some(0.5), pids: None }, &p.limits, loc, "pushgateway")?;
+        push.readiness = Some(ServiceSpec::readiness(Probe::Http(format!(
+            "http://{}/-/ready",
+            local(push_listen)
+        ))));
+        push.liveness = Some(ServiceSpec::liveness(Probe::Http(format!(
+            "http://{}/-/healthy",
+            local(push_listen)
+        ))));
+        push.limits = with_limits(
+            Limits {
+                memory: Some(GIB / 2),
+                cpus: Some(0.5),
+                pids: None,
+            },
+            &p.limits,
+            loc,
+            "pushgateway",
+        )?;
         push.ports = vec![push_listen];
         services.push(push);
     }
@@ -294,9 +408,15 @@ pub fn expand(
     if api_enabled {
         let a = &raw.api;
         let Some(url) = database_url else {
-            return Err(loc.error(&["postgres", "enable"], "the API needs a database: keep [postgres] enabled or set [postgres] external_url"));
+            return Err(loc.error(
+                &["postgres", "enable"],
+                "the API needs a database: keep [postgres] enabled or set [postgres] external_url",
+            ));
         };
-        let bin = a.bin.clone().unwrap_or_else(|| opts.exe_dir.join("phoenix-api"));
+        let bin = a
+            .bin
+            .clone()
+            .unwrap_or_else(|| opts.exe_dir.join("phoenix-api"));
         let mut api = ServiceSpec::new("api", vec![path_str(&bin)]);
         api.user = api_user;
         api.env = BTreeMap::from([
@@ -307,7 +427,10 @@ pub fn expand(
             ("RUST_LOG".to_string(), "info".to_string()),
         ]);
         if pg_enabled {
-            api.env.insert("PHOENIX_DATABASE_PASSWORD_FILE".into(), path_str(&api_password));
+            api.env.insert(
+                "PHOENIX_DATABASE_PASSWORD_FILE".into(),
+                path_str(&api_password),
+            );
             api.depends_on.push("postgres-setup".into());
         }
         if push_enabled {
@@ -316,12 +439,25 @@ pub fn expand(
         let health_url = format!("https://{}/health", local(api_listen));
         api.readiness = Some(ServiceSpec::readiness(Probe::Http(health_url.clone())));
         api.liveness = Some(ServiceSpec::liveness(Probe::Http(health_url)));
-        api.limits = with_limits(Limits { memory: Some(2 * GIB), cpus: Some(2.0), pids: None }, &a.limits, loc, "api")?;
+        api.limits = with_limits(
+            Limits {
+                memory: Some(2 * GIB),
+                cpus: Some(2.0),
+                pids: None,
+            },
+            &a.limits,
+            loc,
+            "api",
+        )?;
         api.ports = vec![api_listen];
         services.push(api);
     }
 
-    Ok(Expanded { services, secrets, tls })
+    Ok(Expanded {
+        services,
+        secrets,
+        tls,
+    })
 }
 
 /// Creates the API's role and database, idempotently, with the password from

@@ -78,7 +78,10 @@ impl LoadOptions {
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Config, ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_CONFIG_PATH) => {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && path == Path::new(DEFAULT_CONFIG_PATH) =>
+        {
             String::new()
         }
         Err(e) => {
@@ -100,7 +103,10 @@ pub fn parse(text: &str, path: &Path, opts: &LoadOptions) -> Result<Config, Conf
     let raw: FileConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let key = e.path().to_string();
         let inner = e.into_inner();
-        let (line, column) = inner.span().map(|s| located.line_col(s.start)).unwrap_or((1, 1));
+        let (line, column) = inner
+            .span()
+            .map(|s| located.line_col(s.start))
+            .unwrap_or((1, 1));
         ConfigError {
             file: path.to_path_buf(),
             line,
@@ -135,7 +141,9 @@ impl Located<'_> {
         let mut table: Option<&dyn toml_edit::TableLike> = Some(doc.as_table());
         for key in path {
             let Some(t) = table else { break };
-            let Some((k, item)) = t.get_key_value(key) else { break };
+            let Some((k, item)) = t.get_key_value(key) else {
+                break;
+            };
             best = k.span().or_else(|| item.span()).or(best);
             table = item.as_table_like();
         }
@@ -164,14 +172,30 @@ fn expand(raw: FileConfig, loc: &Located<'_>, opts: &LoadOptions) -> Result<Conf
     let resolve = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
     let dev_root = opts.cwd.join(".phoenix-dev");
     let dir_default = |name: &str, prod: &str| {
-        if opts.dev { dev_root.join(name) } else { PathBuf::from(prod) }
+        if opts.dev {
+            dev_root.join(name)
+        } else {
+            PathBuf::from(prod)
+        }
     };
 
     let s = &raw.supervisor;
     let supervisor = SupervisorSettings {
-        state_dir: s.state_dir.clone().map(resolve).unwrap_or_else(|| dir_default("state", "/var/lib/phoenix")),
-        run_dir: s.run_dir.clone().map(resolve).unwrap_or_else(|| dir_default("run", "/run/phoenix")),
-        log_dir: s.log_dir.clone().map(resolve).unwrap_or_else(|| dir_default("log", "/var/log/phoenix")),
+        state_dir: s
+            .state_dir
+            .clone()
+            .map(resolve)
+            .unwrap_or_else(|| dir_default("state", "/var/lib/phoenix")),
+        run_dir: s
+            .run_dir
+            .clone()
+            .map(resolve)
+            .unwrap_or_else(|| dir_default("run", "/run/phoenix")),
+        log_dir: s
+            .log_dir
+            .clone()
+            .map(resolve)
+            .unwrap_or_else(|| dir_default("log", "/var/log/phoenix")),
         shutdown_timeout: s.shutdown_timeout.map_or(Duration::from_secs(60), |d| d.0),
         log_max_bytes: s.log_max_size.map_or(10 << 20, |b| b.0),
         log_keep: s.log_keep.unwrap_or(5),
@@ -181,7 +205,13 @@ fn expand(raw: FileConfig, loc: &Located<'_>, opts: &LoadOptions) -> Result<Conf
     }
     let health = HealthSettings {
         listen: raw.health.listen.unwrap_or_else(|| {
-            if opts.dev { "127.0.0.1:8081" } else { "0.0.0.0:8081" }.parse().expect("valid address")
+            if opts.dev {
+                "127.0.0.1:8081"
+            } else {
+                "0.0.0.0:8081"
+            }
+            .parse()
+            .expect("valid address")
         }),
     };
 
@@ -234,8 +264,13 @@ fn expand(raw: FileConfig, loc: &Located<'_>, opts: &LoadOptions) -> Result<Conf
 fn validate_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if !ok {
         return Err(format!(
             "`{name}` is not a valid service name: use lowercase letters, digits, `-` and `_`, at most 64"
@@ -247,24 +282,39 @@ fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn apply_table(spec: &mut ServiceSpec, name: &str, t: &ServiceTable, loc: &Located<'_>) -> Result<(), ConfigError> {
+fn apply_table(
+    spec: &mut ServiceSpec,
+    name: &str,
+    t: &ServiceTable,
+    loc: &Located<'_>,
+) -> Result<(), ConfigError> {
     let err = |key: &str, msg: String| loc.error(&["services", name, key], msg);
     if let Some(command) = &t.command {
         if command.is_empty() || command[0].trim().is_empty() {
-            return Err(err("command", "must name a program: command = [\"/path/to/program\", \"arg\"]".into()));
+            return Err(err(
+                "command",
+                "must name a program: command = [\"/path/to/program\", \"arg\"]".into(),
+            ));
         }
         spec.command = command.clone();
     }
     if let Some(env) = &t.env {
         for key in env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(err("env", format!("`{key}` is not a valid environment variable name")));
+                return Err(err(
+                    "env",
+                    format!("`{key}` is not a valid environment variable name"),
+                ));
             }
         }
         spec.env.extend(env.clone());
     }
     if let Some(user) = &t.user {
-        spec.user = if user.is_empty() { None } else { Some(user.clone()) };
+        spec.user = if user.is_empty() {
+            None
+        } else {
+            Some(user.clone())
+        };
     }
     if let Some(dir) = &t.working_dir {
         spec.working_dir = Some(dir.clone());
@@ -279,10 +329,12 @@ fn apply_table(spec: &mut ServiceSpec, name: &str, t: &ServiceTable, loc: &Locat
         spec.reload_signal = Some(sig.0);
     }
     if let Some(probe) = &t.readiness {
-        spec.readiness = Some(readiness(spec.readiness.take(), probe).map_err(|m| err("readiness", m))?);
+        spec.readiness =
+            Some(readiness(spec.readiness.take(), probe).map_err(|m| err("readiness", m))?);
     }
     if let Some(probe) = &t.liveness {
-        spec.liveness = Some(liveness(spec.liveness.take(), probe).map_err(|m| err("liveness", m))?);
+        spec.liveness =
+            Some(liveness(spec.liveness.take(), probe).map_err(|m| err("liveness", m))?);
     }
     if let Some(r) = &t.restart {
         if let Some(p) = r.policy {
@@ -296,15 +348,22 @@ fn apply_table(spec: &mut ServiceSpec, name: &str, t: &ServiceTable, loc: &Locat
         let initial = r.initial_delay.map_or(b.initial(), |d| d.0);
         let max = r.max_delay.map_or(b.max().max(initial), |d| d.0);
         let jitter = r.jitter.unwrap_or(0.2);
-        spec.restart.backoff = Backoff::try_new(initial, max, jitter).map_err(|e| err("restart", e.to_string()))?;
+        spec.restart.backoff =
+            Backoff::try_new(initial, max, jitter).map_err(|e| err("restart", e.to_string()))?;
         if let Some(d) = r.reset_after {
             spec.restart.reset_after = d.0;
         }
         if let Some(l) = r.start_limit {
             if l.burst == 0 || l.interval.0.is_zero() {
-                return Err(err("restart", "start_limit needs burst >= 1 and a non-zero interval".into()));
+                return Err(err(
+                    "restart",
+                    "start_limit needs burst >= 1 and a non-zero interval".into(),
+                ));
             }
-            spec.restart.start_limit = StartLimit { burst: l.burst, interval: l.interval.0 };
+            spec.restart.start_limit = StartLimit {
+                burst: l.burst,
+                interval: l.interval.0,
+            };
         }
     }
     if let Some(s) = &t.stop {
@@ -350,7 +409,9 @@ fn probe_kind(t: &ProbeTable, previous: Option<Probe>) -> Result<Probe, String> 
     }
     if let Some(url) = &t.http {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!("http = \"{url}\": must be an http:// or https:// URL"));
+            return Err(format!(
+                "http = \"{url}\": must be an http:// or https:// URL"
+            ));
         }
         kinds.push(Probe::Http(url.clone()));
     }
@@ -361,7 +422,8 @@ fn probe_kind(t: &ProbeTable, previous: Option<Probe>) -> Result<Probe, String> 
         kinds.push(Probe::Exec(cmd.clone()));
     }
     if let Some(re) = &t.log {
-        regex::Regex::new(re).map_err(|e| format!("log = \"{re}\" is not a valid regular expression: {e}"))?;
+        regex::Regex::new(re)
+            .map_err(|e| format!("log = \"{re}\" is not a valid regular expression: {e}"))?;
         kinds.push(Probe::Log(re.clone()));
     }
     match (kinds.len(), previous) {
@@ -415,7 +477,10 @@ fn liveness(previous: Option<Liveness>, t: &ProbeTable) -> Result<Liveness, Stri
 
 /// Topological order (Kahn), stable by declaration order; names unknown
 /// dependencies and cycles.
-fn order_by_dependencies(services: Vec<ServiceSpec>, loc: &Located<'_>) -> Result<Vec<ServiceSpec>, ConfigError> {
+fn order_by_dependencies(
+    services: Vec<ServiceSpec>,
+    loc: &Located<'_>,
+) -> Result<Vec<ServiceSpec>, ConfigError> {
     let names: BTreeSet<String> = services.iter().map(|s| s.name.clone()).collect();
     for s in &services {
         for d in &s.depends_on {
@@ -427,7 +492,10 @@ fn order_by_dependencies(services: Vec<ServiceSpec>, loc: &Located<'_>) -> Resul
                 ));
             }
             if *d == s.name {
-                return Err(loc.error(&["services", &s.name, "depends_on"], "a service cannot depend on itself"));
+                return Err(loc.error(
+                    &["services", &s.name, "depends_on"],
+                    "a service cannot depend on itself",
+                ));
             }
         }
     }
@@ -441,7 +509,11 @@ fn order_by_dependencies(services: Vec<ServiceSpec>, loc: &Located<'_>) -> Resul
     while !remaining.is_empty() {
         let next = declared
             .iter()
-            .find(|n| remaining.get(*n).is_some_and(|s| s.depends_on.iter().all(|d| done.contains(d))))
+            .find(|n| {
+                remaining
+                    .get(*n)
+                    .is_some_and(|s| s.depends_on.iter().all(|d| done.contains(d)))
+            })
             .cloned();
         match next {
             Some(n) => {

@@ -193,9 +193,15 @@ impl ServiceSpec {
                 backoff: Backoff::try_new(Duration::from_millis(500), Duration::from_secs(30), 0.2)
                     .expect("default backoff is valid"),
                 reset_after: Duration::from_secs(60),
-                start_limit: StartLimit { burst: 5, interval: Duration::from_secs(60) },
+                start_limit: StartLimit {
+                    burst: 5,
+                    interval: Duration::from_secs(60),
+                },
             },
-            stop: StopSpec { signal: Signal::SIGTERM, timeout: Duration::from_secs(10) },
+            stop: StopSpec {
+                signal: Signal::SIGTERM,
+                timeout: Duration::from_secs(10),
+            },
             limits: Limits::default(),
             oneshot: false,
             reload_signal: None,

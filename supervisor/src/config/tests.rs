@@ -1,61 +1,129 @@
 use super::*;
 
 fn opts(root: bool, dev: bool) -> LoadOptions {
-    LoadOptions { dev, root, cwd: PathBuf::from("/work"), exe_dir: PathBuf::from("/opt/phoenix/bin") }
+    LoadOptions {
+        dev,
+        root,
+        cwd: PathBuf::from("/work"),
+        exe_dir: PathBuf::from("/opt/phoenix/bin"),
+    }
 }
 
 fn parse_str(text: &str) -> Result<Config, ConfigError> {
-    parse(text, Path::new("/etc/phoenix/phoenix.toml"), &opts(true, false))
+    parse(
+        text,
+        Path::new("/etc/phoenix/phoenix.toml"),
+        &opts(true, false),
+    )
 }
 
 #[test]
 fn empty_file_is_the_full_appliance() {
     let c = parse_str("").unwrap();
     let names: Vec<_> = c.services.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["postgres-init", "postgres", "postgres-setup", "prometheus", "pushgateway", "api"]);
+    assert_eq!(
+        names,
+        [
+            "postgres-init",
+            "postgres",
+            "postgres-setup",
+            "prometheus",
+            "pushgateway",
+            "api"
+        ]
+    );
     assert_eq!(c.supervisor.state_dir, PathBuf::from("/var/lib/phoenix"));
     assert_eq!(c.health.listen.to_string(), "0.0.0.0:8081");
     let pg = c.service("postgres").unwrap();
-    assert!(pg.command.contains(&"listen_addresses=127.0.0.1".to_string()));
+    assert!(
+        pg.command
+            .contains(&"listen_addresses=127.0.0.1".to_string())
+    );
     assert_eq!(pg.user.as_deref(), Some("postgres"));
     assert_eq!(pg.stop.signal, nix::sys::signal::Signal::SIGINT);
-    assert_eq!(pg.limits, Limits { memory: Some(1 << 30), cpus: Some(1.0), pids: None });
+    assert_eq!(
+        pg.limits,
+        Limits {
+            memory: Some(1 << 30),
+            cpus: Some(1.0),
+            pids: None
+        }
+    );
     let api = c.service("api").unwrap();
-    assert_eq!(api.limits, Limits { memory: Some(2 << 30), cpus: Some(2.0), pids: None });
+    assert_eq!(
+        api.limits,
+        Limits {
+            memory: Some(2 << 30),
+            cpus: Some(2.0),
+            pids: None
+        }
+    );
     assert_eq!(api.depends_on, ["postgres-setup", "pushgateway"]);
     assert_eq!(api.command[0], "/opt/phoenix/bin/phoenix-api");
     let prom = c.service("prometheus").unwrap();
-    assert_eq!(prom.limits, Limits { memory: Some(2 << 30), cpus: Some(1.5), pids: None });
+    assert_eq!(
+        prom.limits,
+        Limits {
+            memory: Some(2 << 30),
+            cpus: Some(1.5),
+            pids: None
+        }
+    );
     let yml = &prom.files[0].contents;
-    assert!(yml.contains("job_name: phoenix-supervisor") && yml.contains("'127.0.0.1:8081'"), "{yml}");
-    assert!(yml.contains("job_name: phoenix-api") && yml.contains("'127.0.0.1:443'"), "{yml}");
+    assert!(
+        yml.contains("job_name: phoenix-supervisor") && yml.contains("'127.0.0.1:8081'"),
+        "{yml}"
+    );
+    assert!(
+        yml.contains("job_name: phoenix-api") && yml.contains("'127.0.0.1:443'"),
+        "{yml}"
+    );
     assert!(yml.contains("honor_labels: true"), "{yml}");
     let push = c.service("pushgateway").unwrap();
-    assert!(push.command.iter().any(|a| a == "--web.listen-address=127.0.0.1:9091"));
+    assert!(
+        push.command
+            .iter()
+            .any(|a| a == "--web.listen-address=127.0.0.1:9091")
+    );
 }
 
 #[test]
 fn dev_mode_uses_local_state_loopback_and_unprivileged_ports() {
     let c = parse("", Path::new("dev.toml"), &opts(false, true)).unwrap();
-    assert_eq!(c.supervisor.state_dir, PathBuf::from("/work/.phoenix-dev/state"));
+    assert_eq!(
+        c.supervisor.state_dir,
+        PathBuf::from("/work/.phoenix-dev/state")
+    );
     assert_eq!(c.health.listen.to_string(), "127.0.0.1:8081");
     let api = c.service("api").unwrap();
     assert_eq!(api.env["PHOENIX_API_LISTEN"], "127.0.0.1:8443");
     assert!(api.user.is_none(), "no user switching without root");
-    assert!(c.service("postgres").unwrap().command.contains(&"port=15432".to_string()));
+    assert!(
+        c.service("postgres")
+            .unwrap()
+            .command
+            .contains(&"port=15432".to_string())
+    );
 }
 
 #[test]
 fn unknown_key_names_file_line_column_and_key() {
     let err = parse_str("[postgres]\nport = 5432\nbogus = 1\n").unwrap_err();
     assert_eq!((err.line, err.column), (3, 1), "{err}");
-    assert!(err.to_string().starts_with("/etc/phoenix/phoenix.toml:3:1: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("/etc/phoenix/phoenix.toml:3:1: "),
+        "{err}"
+    );
     assert!(err.message.contains("unknown field `bogus`"), "{err}");
 }
 
 #[test]
 fn wrong_type_names_the_key_path() {
-    let err = parse_str("[services.worker]\ncommand = [\"/bin/true\"]\n[services.worker.restart]\npolicy = 7\n").unwrap_err();
+    let err = parse_str(
+        "[services.worker]\ncommand = [\"/bin/true\"]\n[services.worker.restart]\npolicy = 7\n",
+    )
+    .unwrap_err();
     assert_eq!(err.key, "services.worker.restart.policy", "{err}");
     assert_eq!(err.line, 4, "{err}");
     let err = parse_str("[api]\nlisten = \"nowhere\"\n").unwrap_err();
@@ -84,7 +152,8 @@ fn new_services_need_a_command_and_known_dependencies() {
     let err = parse_str("[services.worker]\nuser = \"x\"\n").unwrap_err();
     assert!(err.message.contains("needs `command`"), "{err}");
     assert_eq!(err.line, 1);
-    let err = parse_str("[services.worker]\ncommand = [\"/bin/true\"]\ndepends_on = [\"nope\"]\n").unwrap_err();
+    let err = parse_str("[services.worker]\ncommand = [\"/bin/true\"]\ndepends_on = [\"nope\"]\n")
+        .unwrap_err();
     assert_eq!(err.key, "services.worker.depends_on");
     assert_eq!(err.line, 3, "{err}");
     assert!(err.message.contains("unknown service `nope`"), "{err}");
@@ -94,7 +163,10 @@ fn new_services_need_a_command_and_known_dependencies() {
 fn cycles_are_rejected() {
     let text = "[services.a]\ncommand = [\"/bin/true\"]\ndepends_on = [\"b\"]\n[services.b]\ncommand = [\"/bin/true\"]\ndepends_on = [\"a\"]\n";
     let err = parse_str(text).unwrap_err();
-    assert!(err.message.contains("dependency cycle among: a, b"), "{err}");
+    assert!(
+        err.message.contains("dependency cycle among: a, b"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -104,9 +176,16 @@ fn services_are_ordered_after_their_dependencies() {
                 [services.a]\ncommand = [\"/bin/a\"]\noneshot = true\n";
     let c = parse_str(text).unwrap();
     let names: Vec<_> = c.services.iter().map(|s| s.name.as_str()).collect();
-    let (a, z) = (names.iter().position(|n| *n == "a").unwrap(), names.iter().position(|n| *n == "z").unwrap());
+    let (a, z) = (
+        names.iter().position(|n| *n == "a").unwrap(),
+        names.iter().position(|n| *n == "z").unwrap(),
+    );
     assert!(a < z, "{names:?}");
-    assert_eq!(c.service("a").unwrap().restart.policy, RestartPolicy::OnFailure, "oneshots retry only failures");
+    assert_eq!(
+        c.service("a").unwrap().restart.policy,
+        RestartPolicy::OnFailure,
+        "oneshots retry only failures"
+    );
     assert!(c.service("api").unwrap().env["PHOENIX_DATABASE_URL"] == "postgres://db/x");
 }
 
@@ -116,7 +195,11 @@ fn overrides_change_only_what_they_name() {
     let c = parse_str(text).unwrap();
     let pg = c.service("postgres").unwrap();
     assert_eq!(pg.stop.timeout, Duration::from_secs(5));
-    assert_eq!(pg.stop.signal, nix::sys::signal::Signal::SIGINT, "signal kept");
+    assert_eq!(
+        pg.stop.signal,
+        nix::sys::signal::Signal::SIGINT,
+        "signal kept"
+    );
     assert_eq!(pg.limits.pids, Some(100));
     assert_eq!(pg.limits.memory, Some(1 << 30), "memory kept");
     let r = pg.readiness.as_ref().unwrap();
@@ -137,10 +220,18 @@ fn builtins_can_be_disabled() {
 fn probes_need_exactly_one_kind() {
     let err = parse_str("[services.w]\ncommand = [\"/bin/w\"]\nreadiness = { tcp = \"127.0.0.1:1\", http = \"http://x\" }\n").unwrap_err();
     assert!(err.message.contains("only one of"), "{err}");
-    let err = parse_str("[services.w]\ncommand = [\"/bin/w\"]\nliveness = { log = \"up\" }\n").unwrap_err();
-    assert!(err.message.contains("cannot tell that a service is alive"), "{err}");
-    let err = parse_str("[services.w]\ncommand = [\"/bin/w\"]\nreadiness = { log = \"(\" }\n").unwrap_err();
-    assert!(err.message.contains("not a valid regular expression"), "{err}");
+    let err = parse_str("[services.w]\ncommand = [\"/bin/w\"]\nliveness = { log = \"up\" }\n")
+        .unwrap_err();
+    assert!(
+        err.message.contains("cannot tell that a service is alive"),
+        "{err}"
+    );
+    let err = parse_str("[services.w]\ncommand = [\"/bin/w\"]\nreadiness = { log = \"(\" }\n")
+        .unwrap_err();
+    assert!(
+        err.message.contains("not a valid regular expression"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -160,8 +251,24 @@ oneshot = false
 "#;
     let c = parse_str(text).unwrap();
     let w = c.service("worker").unwrap();
-    assert_eq!(w.limits, Limits { memory: Some(512 << 20), cpus: Some(0.5), pids: Some(256) });
-    assert_eq!(w.restart.start_limit, StartLimit { burst: 5, interval: Duration::from_secs(60) });
+    assert_eq!(
+        w.limits,
+        Limits {
+            memory: Some(512 << 20),
+            cpus: Some(0.5),
+            pids: Some(256)
+        }
+    );
+    assert_eq!(
+        w.restart.start_limit,
+        StartLimit {
+            burst: 5,
+            interval: Duration::from_secs(60)
+        }
+    );
     assert_eq!(w.liveness.as_ref().unwrap().failures, 3);
-    assert_eq!(w.readiness.as_ref().unwrap().probe, Probe::Tcp("127.0.0.1:7000".parse().unwrap()));
+    assert_eq!(
+        w.readiness.as_ref().unwrap().probe,
+        Probe::Tcp("127.0.0.1:7000".parse().unwrap())
+    );
 }

@@ -17,7 +17,9 @@ impl TryFrom<String> for HumanDuration {
     fn try_from(text: String) -> Result<Self, String> {
         humantime::parse_duration(&text)
             .map(HumanDuration)
-            .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"5m\""))
+            .map_err(|e| {
+                format!("`{text}` is not a duration ({e}); write e.g. \"500ms\", \"10s\", \"5m\"")
+            })
     }
 }
 
@@ -46,7 +48,9 @@ impl TryFrom<SizeText> for ByteSize {
             SizeText::Bytes(n) => Ok(ByteSize(n)),
             SizeText::Text(text) => bytesize::ByteSize::from_str(text.trim())
                 .map(|b| ByteSize(b.as_u64()))
-                .map_err(|e| format!("`{text}` is not a size ({e}); write e.g. \"512MiB\" or \"2GiB\"")),
+                .map_err(|e| {
+                    format!("`{text}` is not a size ({e}); write e.g. \"512MiB\" or \"2GiB\"")
+                }),
         }
     }
 }
@@ -60,10 +64,16 @@ impl TryFrom<String> for SignalName {
     type Error = String;
     fn try_from(text: String) -> Result<Self, String> {
         let upper = text.trim().to_ascii_uppercase();
-        let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+        let full = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
         nix::sys::signal::Signal::from_str(&full)
             .map(SignalName)
-            .map_err(|_| format!("`{text}` is not a signal name; write e.g. \"SIGTERM\" or \"SIGINT\""))
+            .map_err(|_| {
+                format!("`{text}` is not a signal name; write e.g. \"SIGTERM\" or \"SIGINT\"")
+            })
     }
 }
 
@@ -79,16 +89,30 @@ mod tests {
 
     #[test]
     fn durations_parse_and_reject() {
-        assert_eq!(HumanDuration::try_from("500ms".to_string()).unwrap().0, Duration::from_millis(500));
-        assert_eq!(HumanDuration::try_from("1m 30s".to_string()).unwrap().0, Duration::from_secs(90));
+        assert_eq!(
+            HumanDuration::try_from("500ms".to_string()).unwrap().0,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            HumanDuration::try_from("1m 30s".to_string()).unwrap().0,
+            Duration::from_secs(90)
+        );
         let err = HumanDuration::try_from("soon".to_string()).unwrap_err();
         assert!(err.contains("`soon` is not a duration"), "{err}");
     }
 
     #[test]
     fn sizes_parse_binary_units_and_bytes() {
-        assert_eq!(ByteSize::try_from(SizeText::Text("1GiB".into())).unwrap().0, 1 << 30);
-        assert_eq!(ByteSize::try_from(SizeText::Text("512MiB".into())).unwrap().0, 512 << 20);
+        assert_eq!(
+            ByteSize::try_from(SizeText::Text("1GiB".into())).unwrap().0,
+            1 << 30
+        );
+        assert_eq!(
+            ByteSize::try_from(SizeText::Text("512MiB".into()))
+                .unwrap()
+                .0,
+            512 << 20
+        );
         assert_eq!(ByteSize::try_from(SizeText::Bytes(4096)).unwrap().0, 4096);
         assert!(ByteSize::try_from(SizeText::Text("lots".into())).is_err());
     }
@@ -96,8 +120,14 @@ mod tests {
     #[test]
     fn signals_accept_short_and_long_names() {
         use nix::sys::signal::Signal;
-        assert_eq!(SignalName::try_from("SIGINT".to_string()).unwrap().0, Signal::SIGINT);
-        assert_eq!(SignalName::try_from("term".to_string()).unwrap().0, Signal::SIGTERM);
+        assert_eq!(
+            SignalName::try_from("SIGINT".to_string()).unwrap().0,
+            Signal::SIGINT
+        );
+        assert_eq!(
+            SignalName::try_from("term".to_string()).unwrap().0,
+            Signal::SIGTERM
+        );
         assert!(SignalName::try_from("SIGNOPE".to_string()).is_err());
     }
 }
