@@ -780,19 +780,26 @@ impl Supervisor {
     }
 
     /// Stop, in reverse dependency order, every running service that no
-    /// running service depends on.
+    /// running service depends on, directly or through others (a finished
+    /// oneshot between two services still orders them).
     fn advance_shutdown(&mut self) {
+        let mut needed = std::collections::HashSet::new();
+        let mut stack: Vec<&str> = self
+            .services
+            .iter()
+            .filter(|s| s.running())
+            .flat_map(|s| s.spec.depends_on.iter().map(String::as_str))
+            .collect();
+        while let Some(name) = stack.pop() {
+            if needed.insert(name.to_string()) {
+                if let Some(s) = self.services.iter().find(|s| s.spec.name == name) {
+                    stack.extend(s.spec.depends_on.iter().map(String::as_str));
+                }
+            }
+        }
         for i in (0..self.services.len()).rev() {
             let rt = &self.services[i];
-            if !rt.running() || rt.state == State::Stopping {
-                continue;
-            }
-            let name = &rt.spec.name;
-            let needed = self
-                .services
-                .iter()
-                .any(|s| s.running() && s.spec.depends_on.contains(name));
-            if !needed {
+            if rt.running() && rt.state != State::Stopping && !needed.contains(&rt.spec.name) {
                 self.begin_stop(i, AfterStop::Stay);
             }
         }

@@ -123,7 +123,7 @@ fn main() -> ExitCode {
             }
         }
     };
-    if pid1 {
+    if pid1::is_machine_init() {
         pid1::power_off();
     }
     code

@@ -109,10 +109,12 @@ fn main() {
             let linger = &args[2];
             let me = std::env::current_exe().expect("exe");
             for _ in 0..count {
-                std::process::Command::new(&me)
-                    .args(["sleep", linger])
-                    .spawn()
-                    .expect("spawn");
+                // A group of their own, as daemons do, so they outlive the
+                // group of the service and are inherited by the reaper.
+                let mut cmd = std::process::Command::new(&me);
+                cmd.args(["sleep", linger]);
+                std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+                cmd.spawn().expect("spawn");
             }
             println!("left {count} orphans");
         }

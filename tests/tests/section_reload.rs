@@ -1,0 +1,95 @@
+//! phoenixctl reload / SIGHUP: only changed services restart; a bad file changes nothing.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use phoenix_tests::{NO_BUILTINS, Supervisor, testprog};
+
+fn two_services(greeting: &str, extra: &str) -> String {
+    let p = testprog();
+    format!(
+        "{NO_BUILTINS}[services.keep]\ncommand = [\"{p}\", \"run\"]\n\
+         [services.change]\ncommand = [\"{p}\", \"run\"]\nenv = {{ GREETING = \"{greeting}\" }}\n{extra}"
+    )
+}
+
+#[test]
+fn reload_restarts_only_changed_services_and_adds_and_removes() {
+    let mut s = Supervisor::config(&two_services("hello", ""));
+    s.start();
+    s.wait_all_ready(Duration::from_secs(10));
+    let (keep, change) = (s.pid_of("keep"), s.pid_of("change"));
+
+    s.write_config(&two_services("bonjour", &format!("[services.added]\ncommand = [\"{}\", \"run\"]\n", testprog())));
+    let msg = Supervisor::ok(&s.ctl(&["reload"]));
+    assert!(msg.contains("change: restarting") && msg.contains("added: added"), "{msg}");
+    assert!(!msg.contains("keep"), "{msg}");
+    phoenix_tests::wait_until("change restarted", Duration::from_secs(10), || {
+        let svc = s.service("change");
+        (svc["state"] == "ready" && svc["pid"].as_i64() != Some(change as i64)).then_some(())
+    });
+    s.wait_state("added", "ready", Duration::from_secs(10));
+    assert_eq!(s.pid_of("keep"), keep, "unchanged service keeps running");
+    let environ = std::fs::read(format!("/proc/{}/environ", s.pid_of("change"))).unwrap();
+    assert!(String::from_utf8_lossy(&environ).contains("GREETING=bonjour"));
+
+    // Removing a service stops it; SIGHUP does the same as `reload`.
+    s.write_config(&two_services("bonjour", ""));
+    let added = s.pid_of("added");
+    s.signal(Signal::SIGHUP);
+    phoenix_tests::wait_until("added removed", Duration::from_secs(10), || s.service("added").is_null().then_some(()));
+    assert!(!phoenix_tests::process_alive(added));
+    assert_eq!(s.pid_of("keep"), keep);
+}
+
+#[test]
+fn bad_file_is_rejected_and_the_running_config_stays() {
+    let mut s = Supervisor::config(&two_services("hello", ""));
+    s.start();
+    s.wait_all_ready(Duration::from_secs(10));
+    let (keep, change) = (s.pid_of("keep"), s.pid_of("change"));
+    let good = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, format!("{good}\n[bogus]\nx = 1\n")).unwrap();
+    let out = s.ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("phoenix.toml:") && err.contains("bogus"), "{err}");
+    std::fs::write(&s.config, format!("{good}\n[services.x]\ncommand = [\"/bin/true\"]\ndepends_on = [\"ghost\"]\n")).unwrap();
+    let out = s.ctl(&["reload"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown service `ghost`"));
+    s.signal(Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.stderr().contains("reload rejected; the running config stays"), "{}", s.stderr());
+    assert_eq!((s.pid_of("keep"), s.pid_of("change")), (keep, change), "nothing restarted");
+    assert!(s.service("x").is_null());
+}
+
+#[test]
+fn changed_generated_file_sends_the_reload_signal_instead_of_restarting() {
+    // prometheus is the built-in with a generated file and a reload signal;
+    // stand in for it with a program that records SIGHUPs.
+    let p = testprog();
+    let body = |interval: &str| {
+        format!(
+            "[postgres]\nenable = false\nexternal_url = \"postgres://x@127.0.0.1:1/x\"\n[api]\nenable = false\n[pushgateway]\nenable = false\n\
+             [prometheus]\nscrape_interval = \"{interval}\"\n\
+             [services.prometheus]\ncommand = [\"/bin/sh\", \"-c\", \"trap 'echo reloaded' HUP; while true; do sleep 0.05; done\"]\n\
+             readiness = {{ exec = [\"/bin/true\"] }}\nliveness = {{ exec = [\"/bin/true\"] }}\nuser = \"\"\n"
+        )
+    };
+    let _ = p;
+    let mut s = Supervisor::config(&body("15s"));
+    s.start();
+    s.wait_state("prometheus", "ready", Duration::from_secs(10));
+    let pid = s.pid_of("prometheus");
+    let yml = s.path("state/prometheus/prometheus.yml");
+    assert!(std::fs::read_to_string(&yml).unwrap().contains("scrape_interval: 15s"));
+    s.write_config(&body("30s"));
+    let msg = Supervisor::ok(&s.ctl(&["reload"]));
+    assert!(msg.contains("prometheus: sent SIGHUP"), "{msg}");
+    assert!(std::fs::read_to_string(&yml).unwrap().contains("scrape_interval: 30s"));
+    phoenix_tests::wait_until("reload logged", Duration::from_secs(5), || {
+        std::fs::read_to_string(s.path("log/prometheus.log")).ok()?.contains("stdout reloaded").then_some(())
+    });
+    assert_eq!(s.pid_of("prometheus"), pid, "signalled, not restarted");
+}
