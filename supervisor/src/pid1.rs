@@ -21,7 +21,8 @@ const INITIAL_PID_NS: &str = "pid:[4026531836]";
 /// PID 1 of the whole machine (as opposed to PID 1 of a container or a
 /// `unshare --pid`, which should exit rather than power anything off).
 pub fn is_machine_init() -> bool {
-    is_pid1() && std::fs::read_link("/proc/self/ns/pid").is_ok_and(|l| l.as_os_str() == INITIAL_PID_NS)
+    is_pid1()
+        && std::fs::read_link("/proc/self/ns/pid").is_ok_and(|l| l.as_os_str() == INITIAL_PID_NS)
 }
 
 /// In a bare image nobody else mounts the API file systems: do it when missing.

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use phoenix_tests::{NO_BUILTINS, Supervisor, children_of, processes_matching, testprog, wait_until};
+use phoenix_tests::{
+    NO_BUILTINS, Supervisor, children_of, processes_matching, testprog, wait_until,
+};
 
 fn orphan_config(log: &str, tag: &str) -> String {
     let p = testprog();
@@ -22,10 +24,18 @@ fn check_orphans_reaped(s: &Supervisor, host_pid: i32) {
     wait_until("orphans reaped", Duration::from_secs(10), || {
         (s.status()["orphans_reaped"].as_u64() >= Some(5)).then_some(())
     });
-    let zombies: Vec<_> = children_of(host_pid).into_iter().filter(|(_, st)| *st == 'Z').collect();
+    let zombies: Vec<_> = children_of(host_pid)
+        .into_iter()
+        .filter(|(_, st)| *st == 'Z')
+        .collect();
     assert!(zombies.is_empty(), "zombies left: {zombies:?}");
     // Only the two long-running services remain as children.
-    assert_eq!(children_of(host_pid).len(), 2, "{:?}", children_of(host_pid));
+    assert_eq!(
+        children_of(host_pid).len(),
+        2,
+        "{:?}",
+        children_of(host_pid)
+    );
 }
 
 fn stop_order(s: &Supervisor) -> Vec<String> {
@@ -40,19 +50,33 @@ fn stop_order(s: &Supervisor) -> Vec<String> {
 fn as_pid1_in_a_pid_namespace_reaps_orphans_and_stops_in_order() {
     let tag = format!("pid1-{}", std::process::id());
     let mut s = Supervisor::config("");
-    s.write_config(&orphan_config(&s.path("events").display().to_string(), &tag));
+    s.write_config(&orphan_config(
+        &s.path("events").display().to_string(),
+        &tag,
+    ));
     s.start_with(&["unshare", "--pid", "--fork", "--mount-proc"]);
     let unshare = s.pid();
-    let host_pid = wait_until("supervisor inside the namespace", Duration::from_secs(10), || {
-        children_of(unshare).first().map(|(p, _)| *p)
+    let host_pid = wait_until(
+        "supervisor inside the namespace",
+        Duration::from_secs(10),
+        || children_of(unshare).first().map(|(p, _)| *p),
+    );
+    wait_until("pid1 flag", Duration::from_secs(10), || {
+        s.try_status().filter(|st| st["pid1"] == true)
     });
-    wait_until("pid1 flag", Duration::from_secs(10), || s.try_status().filter(|st| st["pid1"] == true));
     check_orphans_reaped(&s, host_pid);
 
     kill(Pid::from_raw(host_pid), Signal::SIGTERM).unwrap();
     let status = s.wait_exit(Duration::from_secs(20));
-    assert!(status.success(), "PID 1 exits 0 after an orderly stop: {status}\n{}", s.stderr());
-    assert_eq!(stop_order(&s), ["start base", "start top", "stop top", "stop base"]);
+    assert!(
+        status.success(),
+        "PID 1 exits 0 after an orderly stop: {status}\n{}",
+        s.stderr()
+    );
+    assert_eq!(
+        stop_order(&s),
+        ["start base", "start top", "stop top", "stop base"]
+    );
     assert!(processes_matching(&tag).is_empty());
 }
 
@@ -60,11 +84,17 @@ fn as_pid1_in_a_pid_namespace_reaps_orphans_and_stops_in_order() {
 fn as_subreaper_reaps_orphans_of_its_services() {
     let tag = format!("subreaper-{}", std::process::id());
     let mut s = Supervisor::config("");
-    s.write_config(&orphan_config(&s.path("events").display().to_string(), &tag));
+    s.write_config(&orphan_config(
+        &s.path("events").display().to_string(),
+        &tag,
+    ));
     s.start();
     check_orphans_reaped(&s, s.pid());
     s.signal(Signal::SIGTERM);
     assert!(s.wait_exit(Duration::from_secs(20)).success());
-    assert_eq!(stop_order(&s), ["start base", "start top", "stop top", "stop base"]);
+    assert_eq!(
+        stop_order(&s),
+        ["start base", "start top", "stop top", "stop base"]
+    );
     assert!(processes_matching(&tag).is_empty());
 }

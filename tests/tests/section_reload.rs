@@ -20,9 +20,18 @@ fn reload_restarts_only_changed_services_and_adds_and_removes() {
     s.wait_all_ready(Duration::from_secs(10));
     let (keep, change) = (s.pid_of("keep"), s.pid_of("change"));
 
-    s.write_config(&two_services("bonjour", &format!("[services.added]\ncommand = [\"{}\", \"run\"]\n", testprog())));
+    s.write_config(&two_services(
+        "bonjour",
+        &format!(
+            "[services.added]\ncommand = [\"{}\", \"run\"]\n",
+            testprog()
+        ),
+    ));
     let msg = Supervisor::ok(&s.ctl(&["reload"]));
-    assert!(msg.contains("change: restarting") && msg.contains("added: added"), "{msg}");
+    assert!(
+        msg.contains("change: restarting") && msg.contains("added: added"),
+        "{msg}"
+    );
     assert!(!msg.contains("keep"), "{msg}");
     phoenix_tests::wait_until("change restarted", Duration::from_secs(10), || {
         let svc = s.service("change");
@@ -37,7 +46,9 @@ fn reload_restarts_only_changed_services_and_adds_and_removes() {
     s.write_config(&two_services("bonjour", ""));
     let added = s.pid_of("added");
     s.signal(Signal::SIGHUP);
-    phoenix_tests::wait_until("added removed", Duration::from_secs(10), || s.service("added").is_null().then_some(()));
+    phoenix_tests::wait_until("added removed", Duration::from_secs(10), || {
+        s.service("added").is_null().then_some(())
+    });
     assert!(!phoenix_tests::process_alive(added));
     assert_eq!(s.pid_of("keep"), keep);
 }
@@ -53,14 +64,30 @@ fn bad_file_is_rejected_and_the_running_config_stays() {
     let out = s.ctl(&["reload"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("phoenix.toml:") && err.contains("bogus"), "{err}");
-    std::fs::write(&s.config, format!("{good}\n[services.x]\ncommand = [\"/bin/true\"]\ndepends_on = [\"ghost\"]\n")).unwrap();
+    assert!(
+        err.contains("phoenix.toml:") && err.contains("bogus"),
+        "{err}"
+    );
+    std::fs::write(
+        &s.config,
+        format!("{good}\n[services.x]\ncommand = [\"/bin/true\"]\ndepends_on = [\"ghost\"]\n"),
+    )
+    .unwrap();
     let out = s.ctl(&["reload"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown service `ghost`"));
     s.signal(Signal::SIGHUP);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(s.stderr().contains("reload rejected; the running config stays"), "{}", s.stderr());
-    assert_eq!((s.pid_of("keep"), s.pid_of("change")), (keep, change), "nothing restarted");
+    assert!(
+        s.stderr()
+            .contains("reload rejected; the running config stays"),
+        "{}",
+        s.stderr()
+    );
+    assert_eq!(
+        (s.pid_of("keep"), s.pid_of("change")),
+        (keep, change),
+        "nothing restarted"
+    );
     assert!(s.service("x").is_null());
 }
 
@@ -83,13 +110,24 @@ fn changed_generated_file_sends_the_reload_signal_instead_of_restarting() {
     s.wait_state("prometheus", "ready", Duration::from_secs(10));
     let pid = s.pid_of("prometheus");
     let yml = s.path("state/prometheus/prometheus.yml");
-    assert!(std::fs::read_to_string(&yml).unwrap().contains("scrape_interval: 15s"));
+    assert!(
+        std::fs::read_to_string(&yml)
+            .unwrap()
+            .contains("scrape_interval: 15s")
+    );
     s.write_config(&body("30s"));
     let msg = Supervisor::ok(&s.ctl(&["reload"]));
     assert!(msg.contains("prometheus: sent SIGHUP"), "{msg}");
-    assert!(std::fs::read_to_string(&yml).unwrap().contains("scrape_interval: 30s"));
+    assert!(
+        std::fs::read_to_string(&yml)
+            .unwrap()
+            .contains("scrape_interval: 30s")
+    );
     phoenix_tests::wait_until("reload logged", Duration::from_secs(5), || {
-        std::fs::read_to_string(s.path("log/prometheus.log")).ok()?.contains("stdout reloaded").then_some(())
+        std::fs::read_to_string(s.path("log/prometheus.log"))
+            .ok()?
+            .contains("stdout reloaded")
+            .then_some(())
     });
     assert_eq!(s.pid_of("prometheus"), pid, "signalled, not restarted");
 }

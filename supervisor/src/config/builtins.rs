@@ -292,14 +292,20 @@ pub fn expand(
         database_url = Some(url.clone());
     }
 
+    // Dev mode keeps clear of a Prometheus the distribution may already run.
+    let (prom_default, push_default) = if opts.dev {
+        ("127.0.0.1:19090", "127.0.0.1:19091")
+    } else {
+        ("127.0.0.1:9090", "127.0.0.1:9091")
+    };
     let prom_listen = raw
         .prometheus
         .listen
-        .unwrap_or_else(|| "127.0.0.1:9090".parse().expect("valid"));
+        .unwrap_or_else(|| prom_default.parse().expect("valid address"));
     let push_listen = raw
         .pushgateway
         .listen
-        .unwrap_or_else(|| "127.0.0.1:9091".parse().expect("valid"));
+        .unwrap_or_else(|| push_default.parse().expect("valid address"));
     let push_enabled = raw.pushgateway.enable.unwrap_or(true);
 
     if raw.prometheus.enable.unwrap_or(true) {

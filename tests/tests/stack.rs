@@ -1,0 +1,185 @@
+//! The whole appliance end to end with real PostgreSQL 15, Prometheus, the
+//! Pushgateway and phoenix-api under the supervisor.
+
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use phoenix_tests::{Supervisor, free_port, processes_matching, wait_until};
+use serde_json::Value;
+
+struct Ports {
+    pg: u16,
+    prom: u16,
+    push: u16,
+    api: u16,
+}
+
+fn stack_config(p: &Ports) -> String {
+    format!(
+        "[postgres]\nport = {}\n\
+         [prometheus]\nlisten = \"127.0.0.1:{}\"\nscrape_interval = \"1s\"\n\
+         [pushgateway]\nlisten = \"127.0.0.1:{}\"\n\
+         [api]\nlisten = \"127.0.0.1:{}\"\n\
+         [services.api]\nliveness = {{ interval = \"1s\" }}\n",
+        p.pg, p.prom, p.push, p.api
+    )
+}
+
+fn https() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+fn api_health(p: &Ports) -> Option<Value> {
+    let r = https()
+        .get(format!("https://127.0.0.1:{}/health", p.api))
+        .send()
+        .ok()?;
+    r.json().ok()
+}
+
+/// `up` of a scrape job, as Prometheus itself reports it.
+fn prom_up(p: &Ports, job: &str) -> Option<f64> {
+    let url = format!("http://127.0.0.1:{}/api/v1/query", p.prom);
+    let body: Value = reqwest::blocking::Client::new()
+        .get(url)
+        .query(&[("query", format!("up{{job=\"{job}\"}}"))])
+        .send()
+        .ok()?
+        .json()
+        .ok()?;
+    body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+fn kill9_and_recover(s: &Supervisor, service: &str) {
+    let before = s.pid_of(service);
+    kill(Pid::from_raw(before), Signal::SIGKILL).unwrap();
+    wait_until(
+        &format!("{service} restarted"),
+        Duration::from_secs(60),
+        || {
+            let svc = s.service(service);
+            (svc["pid"].as_i64().is_some_and(|p| p != before as i64)).then_some(())
+        },
+    );
+    wait_until("health pass again", Duration::from_secs(90), || {
+        let (code, h) = s.health();
+        (code == 200 && h["status"] == "pass").then_some(())
+    });
+}
+
+fn postgres_log(s: &Supervisor) -> String {
+    std::fs::read_to_string(s.path("log/postgres.log")).unwrap_or_default()
+}
+
+#[test]
+fn full_stack_reaches_ready_recovers_from_kill_9_and_shuts_down_cleanly() {
+    let p = Ports {
+        pg: free_port(),
+        prom: free_port(),
+        push: free_port(),
+        api: free_port(),
+    };
+    let mut s = Supervisor::config(&stack_config(&p));
+    s.start();
+    s.wait_all_ready(Duration::from_secs(180));
+    let (code, health) = s.health();
+    assert_eq!(
+        (code, health["status"].as_str()),
+        (200, Some("pass")),
+        "{health}"
+    );
+    for name in [
+        "postgres-init",
+        "postgres",
+        "postgres-setup",
+        "prometheus",
+        "pushgateway",
+        "api",
+    ] {
+        assert_eq!(
+            health["checks"][format!("{name}:state")][0]["status"],
+            "pass",
+            "{name}: {health}"
+        );
+    }
+    let api = api_health(&p).expect("API answers over TLS");
+    assert_eq!(api["status"], "pass", "{api}");
+
+    // Secrets: generated, 0600, never in the supervisor's log.
+    use std::os::unix::fs::PermissionsExt;
+    for secret in ["postgres-superuser-password", "api-db-password"] {
+        let path = s.path(&format!("state/secrets/{secret}"));
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{secret}"
+        );
+        let value = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !s.stderr().contains(value.trim()),
+            "{secret} leaked into the log"
+        );
+    }
+
+    // Prometheus scrapes the supervisor and the API.
+    wait_until(
+        "prometheus scrapes supervisor and api",
+        Duration::from_secs(60),
+        || {
+            (prom_up(&p, "phoenix-supervisor") == Some(1.0)
+                && prom_up(&p, "phoenix-api") == Some(1.0)
+                && prom_up(&p, "pushgateway") == Some(1.0))
+            .then_some(())
+        },
+    );
+
+    kill9_and_recover(&s, "postgres");
+    wait_until(
+        "api sees the database again",
+        Duration::from_secs(60),
+        || api_health(&p).filter(|h| h["status"] == "pass"),
+    );
+    kill9_and_recover(&s, "api");
+    assert!(api_health(&p).is_some_and(|h| h["status"] == "pass"));
+
+    // Orderly shutdown: everything stops, postgres cleanly.
+    let state_dir = s.path("state").display().to_string();
+    s.signal(Signal::SIGTERM);
+    let status = s.wait_exit(Duration::from_secs(120));
+    assert!(status.success(), "{status}\n{}", s.stderr());
+    assert!(
+        processes_matching(&state_dir).is_empty(),
+        "no process left behind"
+    );
+    assert!(
+        postgres_log(&s).contains("database system is shut down"),
+        "{}",
+        postgres_log(&s)
+    );
+
+    // Next start: no crash recovery, data kept (the API's role and database exist).
+    let before = postgres_log(&s).len();
+    s.start();
+    s.wait_all_ready(Duration::from_secs(120));
+    let second = postgres_log(&s)[before..].to_string();
+    assert!(
+        second.contains("database system was shut down at"),
+        "{second}"
+    );
+    assert!(
+        !second.contains("not properly shut down") && !second.contains("redo starts"),
+        "{second}"
+    );
+    assert!(
+        std::fs::read_to_string(s.path("log/postgres-init.log"))
+            .unwrap()
+            .contains("already initialised")
+    );
+    s.signal(Signal::SIGTERM);
+    assert!(s.wait_exit(Duration::from_secs(120)).success());
+}
