@@ -104,6 +104,11 @@ fn dev_mode_uses_local_state_loopback_and_unprivileged_ports() {
             .command
             .contains(&"port=15432".to_string())
     );
+    let prom = c.service("prometheus").unwrap();
+    assert!(
+        prom.command
+            .contains(&"--web.listen-address=127.0.0.1:19090".to_string())
+    );
 }
 
 #[test]
