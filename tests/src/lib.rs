@@ -215,10 +215,10 @@ impl Supervisor {
     pub fn wait_all_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(r) = self.http("/readyz") {
-                if r.0 == 200 {
-                    return;
-                }
+            if let Ok(r) = self.http("/readyz")
+                && r.0 == 200
+            {
+                return;
             }
             if Instant::now() > deadline {
                 panic!(
@@ -292,21 +292,21 @@ impl Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            if child.try_wait().ok().flatten().is_none() {
-                let pg = nix::unistd::Pid::from_raw(-(child.id() as i32));
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(child.id() as i32),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-                let deadline = Instant::now() + Duration::from_secs(20);
-                while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                let _ = nix::sys::signal::kill(pg, nix::sys::signal::Signal::SIGKILL);
-                let _ = child.kill();
-                let _ = child.wait();
+        if let Some(child) = &mut self.child
+            && child.try_wait().ok().flatten().is_none()
+        {
+            let pg = nix::unistd::Pid::from_raw(-(child.id() as i32));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
             }
+            let _ = nix::sys::signal::kill(pg, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.kill();
+            let _ = child.wait();
         }
         if std::thread::panicking() {
             eprintln!("---- supervisor log ----\n{}", self.stderr());
@@ -354,10 +354,11 @@ pub fn processes_matching(needle: &str) -> Vec<i32> {
         if p as u32 == std::process::id() {
             continue;
         }
-        if let Ok(cmd) = std::fs::read(format!("/proc/{p}/cmdline")) {
-            if String::from_utf8_lossy(&cmd).contains(needle) && process_alive(p) {
-                out.push(p);
-            }
+        if let Ok(cmd) = std::fs::read(format!("/proc/{p}/cmdline"))
+            && String::from_utf8_lossy(&cmd).contains(needle)
+            && process_alive(p)
+        {
+            out.push(p);
         }
     }
     out

@@ -114,6 +114,8 @@ fn main() {
                 let mut cmd = std::process::Command::new(&me);
                 cmd.args(["sleep", linger]);
                 std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+                // Deliberately not waited for: these are the orphans.
+                #[allow(clippy::zombie_processes)]
                 cmd.spawn().expect("spawn");
             }
             println!("left {count} orphans");

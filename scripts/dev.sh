@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Run the whole appliance locally in dev mode: state in ./.phoenix-dev,
+# loopback listeners on unprivileged ports, self-signed TLS. Ctrl-C stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo build --release --workspace --bins
+
+mkdir -p .phoenix-dev
+config=.phoenix-dev/phoenix.toml
+if [ ! -f "$config" ]; then
+  cat >"$config" <<'TOML'
+# Phoenix dev config. Empty means the full appliance with dev defaults;
+# see docs/configuration.md for every key. Apply edits with:
+#   target/release/phoenixctl --socket .phoenix-dev/run/control.sock reload
+TOML
+fi
+
+cat <<INFO
+Phoenix dev stack (config: $config, state: .phoenix-dev/)
+  health:      http://127.0.0.1:8081/health   (also /readyz /livez /metrics)
+  API:         https://127.0.0.1:8443/health  (self-signed certificate)
+  Prometheus:  http://127.0.0.1:19090
+  Pushgateway: http://127.0.0.1:19091
+  PostgreSQL:  127.0.0.1:15432
+  status:      target/release/phoenixctl --socket .phoenix-dev/run/control.sock status
+INFO
+exec target/release/phoenix-supervisor run --dev --config "$config"

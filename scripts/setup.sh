@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install what Phoenix needs to build, run and test on Debian/Ubuntu:
+# PostgreSQL 15, Prometheus, the Pushgateway, runit (benchmark peer),
+# util-linux (unshare) and the `phoenix` system user. Idempotent.
+set -euo pipefail
+
+packages=(postgresql prometheus prometheus-pushgateway runit util-linux procps curl ca-certificates)
+
+need_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  need_root apt-get update -q
+  need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
+  echo "setup: PostgreSQL 15 is required (/usr/lib/postgresql/15/bin); this distribution ships another major version." >&2
+  echo "       Set [postgres] bin_dir in phoenix.toml to its bin directory, or use Debian 12." >&2
+fi
+
+# Services run as their own users; postgres and prometheus come with their packages.
+if ! getent passwd phoenix >/dev/null; then
+  echo "setup: creating system user phoenix"
+  need_root useradd --system --home-dir /var/lib/phoenix --no-create-home --shell /usr/sbin/nologin phoenix
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found. Install a Rust toolchain (1.85 or newer), e.g. with rustup, then run this again." >&2
+  exit 1
+fi
