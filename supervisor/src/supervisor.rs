@@ -5,7 +5,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+// tokio's clock, so restart and deadline logic can be tested in paused time.
+use tokio::time::Instant;
 
 use nix::sys::signal::Signal;
 use rand::SeedableRng;
@@ -1084,5 +1087,153 @@ fn empty_snapshot(config: &Config) -> Snapshot {
         shutting_down: false,
         orphans_reaped: 0,
         services: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop's timing, in paused (virtual) time: a service whose program
+    //! has vanished fails every start, so only timers drive it.
+
+    use super::*;
+    use std::path::Path;
+
+    async fn status(tx: &mpsc::UnboundedSender<Event>) -> Snapshot {
+        let (reply, rx) = oneshot::channel();
+        tx.send(Event::Control(Request::Status, reply)).unwrap();
+        match rx.await.unwrap() {
+            Response::Snapshot(s) => *s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn start_loop(toml: &str) -> (mpsc::UnboundedSender<Event>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[supervisor]\nstate_dir = \"{d}/s\"\nrun_dir = \"{d}/r\"\nlog_dir = \"{d}/l\"\n\
+             [postgres]\nenable = false\nexternal_url = \"postgres://x@h/x\"\n\
+             [prometheus]\nenable = false\n[pushgateway]\nenable = false\n[api]\nenable = false\n{toml}",
+            d = dir.path().display()
+        );
+        let opts = LoadOptions {
+            dev: false,
+            root: false,
+            cwd: dir.path().into(),
+            exe_dir: "/nonexistent".into(),
+        };
+        let config = config::parse(&text, Path::new("test.toml"), &opts).unwrap();
+        std::fs::create_dir_all(&config.supervisor.log_dir).unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ctx = Context {
+            opts,
+            reaper: Arc::new(Reaper::default()),
+            cgroups: Err("not in tests".into()),
+            pid1: false,
+            heartbeat: Arc::new(AtomicU64::new(0)),
+        };
+        let (sup, _snapshot) = Supervisor::new(config, state::Prepared::default(), ctx, tx.clone());
+        tokio::spawn(sup.run(rx));
+        (tx, dir)
+    }
+
+    async fn wait_for_state(
+        tx: &mpsc::UnboundedSender<Event>,
+        name: &str,
+        want: State,
+    ) -> ServiceStatus {
+        loop {
+            let s = status(tx).await;
+            let svc = s.services.into_iter().find(|s| s.name == name).unwrap();
+            if svc.state == want {
+                return svc;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_starts_back_off_exponentially_then_park_at_the_start_limit() {
+        let t0 = Instant::now();
+        let (tx, _dir) = start_loop(
+            "[services.gone]\ncommand = [\"/nonexistent/program\"]\n\
+             restart = { initial_delay = \"1s\", max_delay = \"8s\", jitter = 0.0, start_limit = { burst = 4, interval = \"1m\" } }\n",
+        )
+        .await;
+        let svc = wait_for_state(&tx, "gone", State::Failed).await;
+        // Starts at 0 s, 1 s, 3 s and 7 s (delays 1, 2, 4); the fourth failure parks it.
+        let elapsed = t0.elapsed();
+        assert!(
+            elapsed >= Duration::from_secs(7) && elapsed < Duration::from_millis(7100),
+            "{elapsed:?}"
+        );
+        assert_eq!(svc.restarts, 3);
+        assert!(svc.last_error.unwrap().contains("parked as failed"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_start_window_slides_so_rare_failures_never_park() {
+        let t0 = Instant::now();
+        // At most 2 starts per 5 s, but 10 s between attempts: never parked.
+        let (tx, _dir) = start_loop(
+            "[services.gone]\ncommand = [\"/nonexistent/program\"]\n\
+             restart = { initial_delay = \"10s\", max_delay = \"10s\", jitter = 0.0, start_limit = { burst = 2, interval = \"5s\" } }\n",
+        )
+        .await;
+        loop {
+            let s = status(&tx).await;
+            let svc = &s.services[0];
+            assert_ne!(svc.state, State::Failed, "parked after {:?}", t0.elapsed());
+            if svc.restarts >= 6 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Failures at 0, 10, ..., 50 s: the sixth restart is scheduled at 50 s.
+        assert!(
+            t0.elapsed() >= Duration::from_secs(50),
+            "{:?}",
+            t0.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn operator_start_resets_a_parked_service() {
+        let (tx, _dir) = start_loop(
+            "[services.gone]\ncommand = [\"/nonexistent/program\"]\n\
+             restart = { initial_delay = \"1s\", jitter = 0.0, start_limit = { burst = 1, interval = \"1h\" } }\n",
+        )
+        .await;
+        wait_for_state(&tx, "gone", State::Failed).await;
+        // Parked: an hour of virtual time brings no new attempt.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        let svc = wait_for_state(&tx, "gone", State::Failed).await;
+        assert_eq!(svc.restarts, 0);
+        let (reply, rx) = oneshot::channel();
+        tx.send(Event::Control(
+            Request::Start {
+                service: "gone".into(),
+            },
+            reply,
+        ))
+        .unwrap();
+        assert!(matches!(rx.await.unwrap(), Response::Ok(_)));
+        let svc = wait_for_state(&tx, "gone", State::Failed).await;
+        assert!(svc.last_error.unwrap().contains("parked"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_of_a_service_in_backoff_is_immediate() {
+        let (tx, _dir) = start_loop(
+            "[services.gone]\ncommand = [\"/nonexistent/program\"]\nrestart = { initial_delay = \"1h\", max_delay = \"1h\" }\n",
+        )
+        .await;
+        wait_for_state(&tx, "gone", State::Backoff).await;
+        let t0 = Instant::now();
+        tx.send(Event::Signal(libc::SIGTERM)).unwrap();
+        // The loop ends: the channel closes once the receiver is dropped.
+        while !tx.is_closed() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(1));
     }
 }
