@@ -62,6 +62,9 @@ pub struct Supervisor {
     pub health_port: u16,
     child: Option<Child>,
     stderr_path: PathBuf,
+    /// The binary to run; a private copy when running as another user.
+    supervisor_bin: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Supervisor {
@@ -85,6 +88,8 @@ impl Supervisor {
             config,
             health_port,
             child: None,
+            supervisor_bin: bin("phoenix-supervisor"),
+            env: Vec::new(),
         };
         sup.write_config(body);
         sup
@@ -103,6 +108,38 @@ impl Supervisor {
         std::fs::write(&self.config, text).expect("write config");
     }
 
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Hand the temp dir to `uid`, with private copies of the binaries it may
+    /// not otherwise reach, and return a `setpriv` wrapper that runs as it.
+    pub fn run_as(&mut self, uid: u32, gid: u32) -> Vec<String> {
+        let bin_dir = self.path("bin");
+        std::fs::create_dir_all(&bin_dir).unwrap();
+        for name in ["phoenix-supervisor", "phoenix-api", "phoenix-testprog"] {
+            std::fs::copy(bin(name), bin_dir.join(name)).unwrap();
+        }
+        self.supervisor_bin = bin_dir.join("phoenix-supervisor");
+        let status = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{uid}:{gid}"))
+            .arg(self.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        [
+            "setpriv",
+            &format!("--reuid={uid}"),
+            &format!("--regid={gid}"),
+            "--clear-groups",
+            "--",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
@@ -117,12 +154,13 @@ impl Supervisor {
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
-                c.args(rest).arg(bin("phoenix-supervisor"));
+                c.args(rest).arg(&self.supervisor_bin);
                 c
             }
-            None => Command::new(bin("phoenix-supervisor")),
+            None => Command::new(&self.supervisor_bin),
         };
         cmd.arg("run").arg("--config").arg(&self.config);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.env("RUST_LOG", "info,phoenix::service=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
