@@ -80,6 +80,8 @@ impl Prober {
         run_as: Option<&RunAs>,
     ) -> Result<(), String> {
         let mut cmd = process::command(argv, spec, run_as, None).map_err(|e| e.to_string())?;
+        // Only stderr is kept (for the error message); stdout would fill an unread pipe.
+        cmd.stdout(std::process::Stdio::null());
         let (mut child, exit) = self
             .reaper
             .spawn(&mut cmd)
@@ -95,7 +97,6 @@ impl Prober {
                 output = String::from_utf8_lossy(&buf).trim().to_string();
             }
         }
-        drop(child.stdout.take());
         let status = exit
             .await
             .map_err(|_| "check process vanished".to_string())?;

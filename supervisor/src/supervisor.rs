@@ -929,14 +929,27 @@ impl Supervisor {
     }
 
     fn apply_reload(&mut self) -> Result<String, String> {
-        let new = config::load(&self.config.source, &self.ctx.opts).map_err(|e| e.to_string())?;
+        let mut new =
+            config::load(&self.config.source, &self.ctx.opts).map_err(|e| e.to_string())?;
+        let (old_sup, new_sup) = (&self.config.supervisor, &new.supervisor);
+        if (&old_sup.state_dir, &old_sup.run_dir, &old_sup.log_dir)
+            != (&new_sup.state_dir, &new_sup.run_dir, &new_sup.log_dir)
+            || new.health != self.config.health
+        {
+            return Err(
+                "state_dir, run_dir, log_dir and [health] listen cannot change while running: \
+                        restart phoenix-supervisor to apply them"
+                    .into(),
+            );
+        }
         let prepared = state::prepare(&new).map_err(|e| format!("{e:#}"))?;
         let mut notes = Vec::new();
-        if new.supervisor != self.config.supervisor || new.health != self.config.health {
+        if new.supervisor != self.config.supervisor {
             notes.push(
-                "[supervisor] and [health] changes take effect at the next supervisor start"
+                "[supervisor] shutdown_timeout and log settings take effect at the next start"
                     .to_string(),
             );
+            new.supervisor = self.config.supervisor.clone();
         }
         let mut kept = Vec::new();
         for spec in &new.services {

@@ -131,3 +131,22 @@ fn changed_generated_file_sends_the_reload_signal_instead_of_restarting() {
     });
     assert_eq!(s.pid_of("prometheus"), pid, "signalled, not restarted");
 }
+
+#[test]
+fn moving_state_dirs_needs_a_restart_and_is_refused_by_reload() {
+    let mut s = Supervisor::config(&two_services("hello", ""));
+    s.start();
+    s.wait_all_ready(Duration::from_secs(10));
+    let keep = s.pid_of("keep");
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("/log\"", "/elsewhere\"");
+    std::fs::write(&s.config, text).unwrap();
+    let out = s.ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("restart phoenix-supervisor to apply them")
+    );
+    assert_eq!(s.pid_of("keep"), keep);
+    assert!(!s.path("elsewhere").exists());
+}
