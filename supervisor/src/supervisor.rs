@@ -351,33 +351,41 @@ impl Supervisor {
         }
     }
 
-    fn start(&mut self, i: usize) {
+    /// Prune the start-limit window; when it is full, park the service as
+    /// failed and say so. Returns true when parked.
+    fn park_if_start_limit_reached(&mut self, i: usize) -> bool {
         let now = Instant::now();
-        let limit = self.services[i].spec.restart.start_limit;
+        let rt = &mut self.services[i];
+        let limit = rt.spec.restart.start_limit;
+        while rt
+            .starts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= limit.interval)
         {
-            let rt = &mut self.services[i];
-            while rt
-                .starts
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= limit.interval)
-            {
-                rt.starts.pop_front();
-            }
-            if rt.starts.len() >= limit.burst as usize {
-                let msg = format!(
-                    "started {} times within {}; parked as failed (fix the cause, then `phoenixctl start {}`)",
-                    rt.starts.len(),
-                    humantime::format_duration(limit.interval),
-                    rt.spec.name
-                );
-                tracing::error!(service = %rt.spec.name, "{msg}");
-                rt.log.note(&msg);
-                rt.last_error = Some(msg);
-                self.set_state(i, State::Failed);
-                return;
-            }
-            rt.starts.push_back(now);
+            rt.starts.pop_front();
         }
+        if rt.starts.len() < limit.burst as usize {
+            return false;
+        }
+        let msg = format!(
+            "started {} times within {}; parked as failed (fix the cause, then `phoenixctl start {}`)",
+            rt.starts.len(),
+            humantime::format_duration(limit.interval),
+            rt.spec.name
+        );
+        tracing::error!(service = %rt.spec.name, "{msg}");
+        rt.log.note(&msg);
+        rt.last_error = Some(msg);
+        self.set_state(i, State::Failed);
+        true
+    }
+
+    fn start(&mut self, i: usize) {
+        if self.park_if_start_limit_reached(i) {
+            return;
+        }
+        let now = Instant::now();
+        self.services[i].starts.push_back(now);
         match self.spawn(i) {
             Ok(()) => {}
             Err(e) => {
@@ -688,26 +696,11 @@ impl Supervisor {
             self.set_state(i, State::Stopped);
             return;
         }
-        let now = Instant::now();
-        let rt = &mut self.services[i];
-        let limit = rt.spec.restart.start_limit;
-        let recent = rt
-            .starts
-            .iter()
-            .filter(|t| now.duration_since(**t) < limit.interval)
-            .count();
-        if recent >= limit.burst as usize {
-            let msg = format!(
-                "crashed after {recent} starts within {}; parked as failed (fix the cause, then `phoenixctl start {}`)",
-                humantime::format_duration(limit.interval),
-                rt.spec.name
-            );
-            tracing::error!(service = %rt.spec.name, "{msg}");
-            rt.log.note(&msg);
-            rt.last_error = Some(msg);
-            self.set_state(i, State::Failed);
+        // Parked now rather than after waiting out a delay that leads nowhere.
+        if self.park_if_start_limit_reached(i) {
             return;
         }
+        let rt = &mut self.services[i];
         let delay = rt.spec.restart.backoff.delay(rt.attempt, &mut self.rng);
         rt.attempt = rt.attempt.saturating_add(1);
         rt.restarts += 1;
