@@ -8,7 +8,9 @@ use sqlx::{ConnectOptions, Connection, PgPool, migrate::Migrator, postgres::PgPo
 use tokio::time::{Instant, sleep, timeout};
 use tracing::{info, warn};
 
-use crate::{backoff::Backoff, config::DatabaseConfig};
+use phoenix_backoff::Backoff;
+
+use crate::config::DatabaseConfig;
 
 /// How patiently startup retries: quickly at first (postgres usually comes up
 /// within a second), then at most every 5 s.

@@ -12,12 +12,11 @@
 //!   response.
 //! - [`server`]: binds, serves HTTP or HTTPS, and shuts down gracefully on
 //!   SIGTERM/SIGINT.
-//! - [`backoff`]: exponential backoff with jitter, the one retry delay policy.
+//! Retry delays come from the workspace's `phoenix-backoff` crate.
 //!
 //! The HTTP surface is [`router`]: handlers get an [`AppState`] and nothing else.
 #![forbid(unsafe_code)]
 
-pub mod backoff;
 pub mod config;
 pub mod db;
 pub mod health;

@@ -1,7 +1,6 @@
 //! phoenix-supervisor: launches and monitors the Phoenix appliance's services
 //! from one TOML file. See docs/ARCHITECTURE.md for the code map.
 
-pub mod backoff;
 pub mod cgroup;
 pub mod config;
 pub mod control;

@@ -701,7 +701,11 @@ impl Supervisor {
             return;
         }
         let rt = &mut self.services[i];
-        let delay = rt.spec.restart.backoff.delay(rt.attempt, &mut self.rng);
+        let delay = rt
+            .spec
+            .restart
+            .backoff
+            .delay_with(rt.attempt, &mut self.rng);
         rt.attempt = rt.attempt.saturating_add(1);
         rt.restarts += 1;
         let (name, generation) = (rt.spec.name.clone(), rt.generation);

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 pub use spec::*;
 
-use crate::backoff::Backoff;
 use file::{FileConfig, ProbeTable, RestartPolicyName, ServiceTable};
+use phoenix_backoff::Backoff;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/phoenix/phoenix.toml";
 

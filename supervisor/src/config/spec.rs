@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::backoff::Backoff;
+use phoenix_backoff::Backoff;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

@@ -1,4 +1,7 @@
-//! Exponential backoff with jitter: the one backoff of the supervisor.
+//! Exponential backoff with jitter, as a validated value: the one backoff of
+//! Phoenix (supervisor restarts, API reconnects).
+
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 
@@ -22,14 +25,20 @@ pub enum BackoffError {
 }
 
 impl Backoff {
-    pub fn try_new(initial: Duration, max: Duration, jitter: f64) -> Result<Self, BackoffError> {
+    /// `const`, so fixed policies are checked at compile time.
+    pub const fn try_new(
+        initial: Duration,
+        max: Duration,
+        jitter: f64,
+    ) -> Result<Self, BackoffError> {
         if initial.is_zero() {
             return Err(BackoffError::ZeroInitial);
         }
-        if initial > max {
+        if initial.as_nanos() > max.as_nanos() {
             return Err(BackoffError::InitialAboveMax { initial, max });
         }
-        if !(0.0..=1.0).contains(&jitter) || jitter.is_nan() {
+        // Written so that NaN is refused too.
+        if !(jitter >= 0.0 && jitter <= 1.0) {
             return Err(BackoffError::Jitter(jitter));
         }
         Ok(Backoff {
@@ -56,13 +65,20 @@ impl Backoff {
 
     /// The delay with jitter applied: uniformly within ±jitter of the base,
     /// never above max.
-    pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
+    pub fn delay_with(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
         let base = self.base_delay(attempt);
         if self.jitter == 0.0 {
             return base;
         }
         let factor = 1.0 + rng.gen_range(-self.jitter..=self.jitter);
         base.mul_f64(factor).min(self.max)
+    }
+}
+
+impl Backoff {
+    /// [`Backoff::delay_with`] using the thread's random generator.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        self.delay_with(attempt, &mut rand::thread_rng())
     }
 }
 
@@ -98,7 +114,7 @@ mod tests {
     fn jitter_stays_within_bounds_and_varies() {
         let b = Backoff::try_new(Duration::from_secs(1), Duration::from_secs(60), 0.25).unwrap();
         let mut rng = StdRng::seed_from_u64(7);
-        let samples: Vec<_> = (0..200).map(|_| b.delay(2, &mut rng)).collect();
+        let samples: Vec<_> = (0..200).map(|_| b.delay_with(2, &mut rng)).collect();
         for d in &samples {
             assert!(
                 *d >= Duration::from_millis(3000) && *d <= Duration::from_millis(5000),
