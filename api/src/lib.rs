@@ -12,6 +12,7 @@
 //!   response.
 //! - [`server`]: binds, serves HTTP or HTTPS, and shuts down gracefully on
 //!   SIGTERM/SIGINT.
+//!
 //! Retry delays come from the workspace's `phoenix-backoff` crate.
 //!
 //! The HTTP surface is [`router`]: handlers get an [`AppState`] and nothing else.
