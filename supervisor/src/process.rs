@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::{Pid, User};
 
-use crate::config::ServiceSpec;
+use crate::config::{Capability, ServiceSpec};
 
 /// A service's configured user, looked up in the user database.
 #[derive(Debug, Clone)]
@@ -92,29 +92,109 @@ pub fn command(
         .stderr(Stdio::piped());
     // Its own process group, so stop and kill reach every descendant.
     cmd.process_group(0);
-    if let Some(u) = run_as {
-        // std drops supplementary groups when root switches uid.
-        cmd.uid(u.uid).gid(u.gid);
-    }
-    if let Some(fd) = cgroup_procs {
-        let raw = fd.as_raw_fd();
-        // SAFETY: runs in the forked child before exec; it only calls write(2)
-        // (async-signal-safe) on a descriptor opened by the parent, which is
-        // kept alive by the closure. Writing "0" moves the writing process into
-        // the cgroup, so the service and all its descendants start there.
+    let drop_to = run_as.map(|u| (u.uid, u.gid));
+    let keep_bind = spec.capabilities.contains(&Capability::NetBindService);
+    if drop_to.is_some() || cgroup_procs.is_some() {
+        let cgroup = cgroup_procs.as_ref().map(|fd| fd.as_raw_fd());
+        // SAFETY: runs in the forked child before exec and only makes raw
+        // system calls (write, prctl, setgroups, setgid, setuid, capset), all
+        // async-signal-safe, with no allocation. The cgroup descriptor was
+        // opened by the parent and is kept alive by the closure.
         unsafe {
             cmd.pre_exec(move || {
-                let _keep = &fd;
-                let n = libc::write(raw, b"0".as_ptr().cast(), 1);
-                if n != 1 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
+                let _keep = &cgroup_procs;
+                // Into the cgroup first, while still root: "0" moves the
+                // writer, so the service and all its descendants start there.
+                if let Some(fd) = cgroup {
+                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
+                let Some((uid, gid)) = drop_to else {
+                    return Ok(());
+                };
+                if keep_bind && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // No supplementary groups of root survive the switch.
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                if keep_bind {
+                    raise_ambient(CAP_NET_BIND_SERVICE)?;
+                }
+                Ok(())
             });
         }
     }
     Ok(cmd)
+}
+
+const CAP_NET_BIND_SERVICE: u32 = 10;
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Keep one capability across exec for a process that was root and has just
+/// switched user with PR_SET_KEEPCAPS: make it effective, permitted,
+/// inheritable and ambient (what systemd calls AmbientCapabilities).
+///
+/// # Safety
+/// Only for the forked child between fork and exec; it makes raw system calls.
+unsafe fn raise_ambient(cap: u32) -> io::Result<()> {
+    let header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let bit = 1u32 << cap;
+    let data = [
+        CapData {
+            effective: bit,
+            permitted: bit,
+            inheritable: bit,
+        },
+        CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        },
+    ];
+    // SAFETY: header and data are valid for the duration of the call and
+    // laid out as the kernel's capability v3 structures.
+    let capset =
+        unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
+    if capset != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: prctl with integer arguments only.
+    let raised = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+            cap as libc::c_ulong,
+            0,
+            0,
+        )
+    };
+    if raised != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Where a program given as a bare name would be found, for the pre-flight check.

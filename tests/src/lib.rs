@@ -38,6 +38,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free port below 1024 (only root can bind it), to test privileged listeners.
+pub fn free_privileged_port() -> u16 {
+    let start = 600 + (std::process::id() % 300) as u16;
+    (start..1024)
+        .chain(600..start)
+        .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below 1024")
+}
+
 /// Config lines that turn off every built-in service, for tests of the
 /// lifecycle with test programs only.
 pub const NO_BUILTINS: &str = "[postgres]\nenable = false\nexternal_url = \"postgres://unused@127.0.0.1:1/none\"\n\

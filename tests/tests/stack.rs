@@ -78,11 +78,19 @@ fn postgres_log(s: &Supervisor) -> String {
 
 #[test]
 fn full_stack_reaches_ready_recovers_from_kill_9_and_shuts_down_cleanly() {
+    // As root the API runs as `phoenix` on a port below 1024, like 443 in
+    // production: it keeps CAP_NET_BIND_SERVICE and nothing else.
+    let root = nix::unistd::geteuid().is_root();
+    let api = if root {
+        phoenix_tests::free_privileged_port()
+    } else {
+        free_port()
+    };
     let p = Ports {
         pg: free_port(),
         prom: free_port(),
         push: free_port(),
-        api: free_port(),
+        api,
     };
     let mut s = Supervisor::config(&stack_config(&p));
     s.start();
@@ -109,6 +117,30 @@ fn full_stack_reaches_ready_recovers_from_kill_9_and_shuts_down_cleanly() {
     }
     let api = api_health(&p).expect("API answers over TLS");
     assert_eq!(api["status"], "pass", "{api}");
+    if root {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid_of("api"))).unwrap();
+        let field = |name: &str| {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+            line.split_whitespace().nth(1).unwrap_or("").to_string()
+        };
+        let phoenix_uid = nix::unistd::User::from_name("phoenix")
+            .unwrap()
+            .unwrap()
+            .uid
+            .as_raw()
+            .to_string();
+        assert_eq!(field("Uid:"), phoenix_uid, "the API runs as phoenix");
+        assert_eq!(
+            field("CapEff:"),
+            "0000000000000400",
+            "only CAP_NET_BIND_SERVICE is effective"
+        );
+        assert_eq!(
+            field("Groups:"),
+            "",
+            "no supplementary groups of root: {status}"
+        );
+    }
 
     // Secrets: generated, 0600, never in the supervisor's log.
     use std::os::unix::fs::PermissionsExt;

@@ -456,6 +456,9 @@ pub fn expand(
             "api",
         )?;
         api.ports = vec![api_listen];
+        if api_listen.port() < 1024 && api.user.is_some() {
+            api.capabilities = vec![Capability::NetBindService];
+        }
         services.push(api);
     }
 

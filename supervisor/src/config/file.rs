@@ -131,6 +131,8 @@ pub struct ServiceTable {
     pub limits: Option<LimitsTable>,
     pub oneshot: Option<bool>,
     pub reload_signal: Option<SignalName>,
+    /// Capabilities kept after dropping to `user`: only "CAP_NET_BIND_SERVICE".
+    pub capabilities: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -325,6 +325,13 @@ fn apply_table(
     if let Some(oneshot) = t.oneshot {
         spec.oneshot = oneshot;
     }
+    if let Some(caps) = &t.capabilities {
+        spec.capabilities = caps
+            .iter()
+            .map(|c| Capability::parse(c))
+            .collect::<Result<_, _>>()
+            .map_err(|m| err("capabilities", m))?;
+    }
     if let Some(sig) = t.reload_signal {
         spec.reload_signal = Some(sig.0);
     }

@@ -92,6 +92,25 @@ pub struct ServiceSpec {
     pub files: Vec<GeneratedFile>,
     /// TCP addresses the service will listen on, checked to be free before the first start.
     pub ports: Vec<SocketAddr>,
+    /// Capabilities kept after switching to `user` (ambient capabilities).
+    pub capabilities: Vec<Capability>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    /// Listen on ports below 1024 without being root.
+    NetBindService,
+}
+
+impl Capability {
+    pub fn parse(name: &str) -> Result<Capability, String> {
+        match name.trim().to_ascii_uppercase().trim_start_matches("CAP_") {
+            "NET_BIND_SERVICE" => Ok(Capability::NetBindService),
+            _ => Err(format!(
+                "`{name}` is not supported; the one capability a service can keep is CAP_NET_BIND_SERVICE"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +227,7 @@ impl ServiceSpec {
             dirs: Vec::new(),
             files: Vec::new(),
             ports: Vec::new(),
+            capabilities: Vec::new(),
         }
     }
 
