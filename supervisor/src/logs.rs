@@ -40,8 +40,10 @@ impl ServiceLog {
 
     fn write_line(&self, stream: &str, line: &str) {
         let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now());
+        // One write per line: rotation happens between writes, never inside a line.
+        let record = format!("{stamp} {stream} {line}\n");
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = writeln!(file, "{stamp} {stream} {line}") {
+        if let Err(e) = file.write_all(record.as_bytes()) {
             tracing::warn!(service = %self.name, error = %e, "cannot write the service log file");
         }
     }

@@ -136,6 +136,16 @@ impl Runtime {
         }
     }
 
+    /// Before a start the operator or a reload asked for: take the new spec,
+    /// and neither the backoff nor the start limit count earlier crashes.
+    fn fresh_start(&mut self) {
+        if let Some(next) = self.next_spec.take() {
+            self.spec = next;
+        }
+        self.attempt = 0;
+        self.starts.clear();
+    }
+
     fn running(&self) -> bool {
         self.pid.is_some()
     }
@@ -324,7 +334,8 @@ impl Supervisor {
     }
 
     /// Start every wanted, stopped service whose dependencies are up. One pass
-    /// in dependency order is enough: a start never makes a service ready at once.
+    /// is enough: services come after their dependencies, so one that becomes
+    /// ready at once (no readiness check) is seen by its dependents in the same pass.
     fn schedule(&mut self) {
         if self.shutting_down {
             return;
@@ -385,7 +396,11 @@ impl Supervisor {
             return;
         }
         let now = Instant::now();
-        self.services[i].starts.push_back(now);
+        let rt = &mut self.services[i];
+        rt.starts.push_back(now);
+        // A new generation per attempt, failed or not: timers and events of
+        // earlier attempts are recognised as stale.
+        rt.generation += 1;
         match self.spawn(i) {
             Ok(()) => {}
             Err(e) => {
@@ -425,7 +440,6 @@ impl Supervisor {
             .spawn(&mut cmd)
             .map_err(|e| format!("cannot run {}: {e}", rt.spec.command[0]))?;
         drop(cmd);
-        rt.generation += 1;
         let generation = rt.generation;
         let pid = child.id() as i32;
         rt.pid = Some(pid);
@@ -640,6 +654,10 @@ impl Supervisor {
         }
         let rt = &mut self.services[i];
         let ran = rt.spawned.map_or(Duration::ZERO, |t| t.elapsed());
+        // A long, stable run (however it ended) earns the initial delay again.
+        if ran >= rt.spec.restart.reset_after {
+            rt.attempt = 0;
+        }
         rt.last_exit = Some(status.to_string());
         rt.started_at = None;
         rt.log.note(&format!("exited: {status}"));
@@ -651,13 +669,7 @@ impl Supervisor {
                 self.set_state(i, State::Stopped);
                 match after {
                     AfterStop::Stay => {}
-                    AfterStop::Restart => {
-                        let rt = &mut self.services[i];
-                        if let Some(next) = rt.next_spec.take() {
-                            rt.spec = next;
-                        }
-                        rt.attempt = 0;
-                    }
+                    AfterStop::Restart => self.services[i].fresh_start(),
                     AfterStop::Retry => self.retry(i),
                     AfterStop::Remove => {
                         self.services.remove(i);
@@ -670,9 +682,6 @@ impl Supervisor {
                 self.set_state(i, State::Exited);
             }
             _ => {
-                if ran >= rt.spec.restart.reset_after {
-                    rt.attempt = 0;
-                }
                 tracing::warn!(service = %name, %status, ran = ?ran, "exited unexpectedly");
                 rt.last_error = Some(format!("exited unexpectedly: {status}"));
                 match (rt.spec.restart.policy, status.success()) {
@@ -734,12 +743,7 @@ impl Supervisor {
                     AfterStop::Remove => {
                         self.services.remove(i);
                     }
-                    AfterStop::Restart => {
-                        let rt = &mut self.services[i];
-                        if let Some(next) = rt.next_spec.take() {
-                            rt.spec = next;
-                        }
-                    }
+                    AfterStop::Restart => self.services[i].fresh_start(),
                     AfterStop::Retry => self.retry(i),
                     AfterStop::Stay => {}
                 }
@@ -832,6 +836,11 @@ impl Supervisor {
                     return self.unknown(&service);
                 };
                 self.services[i].wanted = false;
+                if self.services[i].state == State::Failed {
+                    // The operator has seen it: stopped, no longer failing health.
+                    self.set_state(i, State::Stopped);
+                    return Response::Ok(format!("{service} was failed; it stays stopped"));
+                }
                 if !self.services[i].running() && self.services[i].state != State::Backoff {
                     return Response::Ok(format!(
                         "{service} is not running ({})",
@@ -850,7 +859,6 @@ impl Supervisor {
                 }
                 if self.services[i].running() {
                     self.services[i].wanted = true;
-                    self.services[i].restarts += 1;
                     self.begin_stop(i, AfterStop::Restart);
                     Response::Ok(format!("restarting {service}"))
                 } else {
@@ -921,7 +929,9 @@ impl Supervisor {
         }
         crate::notify::reloading();
         let result = self.apply_reload();
-        crate::notify::ready();
+        if self.announced_ready {
+            crate::notify::ready();
+        }
         result
     }
 

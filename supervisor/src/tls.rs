@@ -34,6 +34,7 @@ pub fn ensure_self_signed(tls: &TlsSettings, key_owner: Option<&RunAs>) -> anyho
         }
     }
     names.extend(tls.hostnames.iter().cloned());
+    names.sort();
     names.dedup();
     let mut params = rcgen::CertificateParams::new(names).context("certificate names")?;
     params

@@ -113,7 +113,7 @@ fn changed_generated_file_sends_the_reload_signal_instead_of_restarting() {
     assert!(
         std::fs::read_to_string(&yml)
             .unwrap()
-            .contains("scrape_interval: 15s")
+            .contains("scrape_interval: 15000ms")
     );
     s.write_config(&body("30s"));
     let msg = Supervisor::ok(&s.ctl(&["reload"]));
@@ -121,7 +121,7 @@ fn changed_generated_file_sends_the_reload_signal_instead_of_restarting() {
     assert!(
         std::fs::read_to_string(&yml)
             .unwrap()
-            .contains("scrape_interval: 30s")
+            .contains("scrape_interval: 30000ms")
     );
     phoenix_tests::wait_until("reload logged", Duration::from_secs(5), || {
         std::fs::read_to_string(s.path("log/prometheus.log"))

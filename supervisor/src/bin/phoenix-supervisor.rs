@@ -124,6 +124,11 @@ fn main() -> ExitCode {
         }
     };
     if pid1::is_machine_init() {
+        if code != ExitCode::SUCCESS {
+            // Leave the reason on the console long enough to be read.
+            eprintln!("phoenix-supervisor: stopped with an error (above); powering off in 30 s");
+            std::thread::sleep(std::time::Duration::from_secs(30));
+        }
         pid1::power_off();
     }
     code

@@ -58,8 +58,10 @@ pub struct PostgresSection {
     /// Extra `postgresql.conf` parameters, passed as `-c key=value`.
     #[serde(default)]
     pub settings: BTreeMap<String, toml::Value>,
-    /// Database of the API when `enable = false`.
+    /// Database of the API when `enable = false` (no password in the URL).
     pub external_url: Option<String>,
+    /// File holding the password for `external_url`.
+    pub external_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

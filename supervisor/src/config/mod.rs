@@ -163,13 +163,10 @@ impl Located<'_> {
 }
 
 fn expand(raw: FileConfig, loc: &Located<'_>, opts: &LoadOptions) -> Result<Config, ConfigError> {
-    let base_dir = loc
-        .file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| opts.cwd.clone());
+    let base_dir = opts.cwd.join(loc.file.parent().unwrap_or(Path::new("")));
     let resolve = |p: PathBuf| if p.is_absolute() { p } else { base_dir.join(p) };
+    let mut raw = raw;
+    absolutize(&mut raw, &resolve);
     let dev_root = opts.cwd.join(".phoenix-dev");
     let dir_default = |name: &str, prod: &str| {
         if opts.dev {
@@ -184,17 +181,14 @@ fn expand(raw: FileConfig, loc: &Located<'_>, opts: &LoadOptions) -> Result<Conf
         state_dir: s
             .state_dir
             .clone()
-            .map(resolve)
             .unwrap_or_else(|| dir_default("state", "/var/lib/phoenix")),
         run_dir: s
             .run_dir
             .clone()
-            .map(resolve)
             .unwrap_or_else(|| dir_default("run", "/run/phoenix")),
         log_dir: s
             .log_dir
             .clone()
-            .map(resolve)
             .unwrap_or_else(|| dir_default("log", "/var/log/phoenix")),
         shutdown_timeout: s.shutdown_timeout.map_or(Duration::from_secs(60), |d| d.0),
         log_max_bytes: s.log_max_size.map_or(10 << 20, |b| b.0),
@@ -245,9 +239,6 @@ fn expand(raw: FileConfig, loc: &Located<'_>, opts: &LoadOptions) -> Result<Conf
         }
     }
 
-    for spec in &mut services {
-        spec.working_dir = spec.working_dir.take().map(resolve);
-    }
     let services = order_by_dependencies(services, loc)?;
 
     Ok(Config {
@@ -259,6 +250,30 @@ fn expand(raw: FileConfig, loc: &Located<'_>, opts: &LoadOptions) -> Result<Conf
         secrets: expanded.secrets,
         services,
     })
+}
+
+/// Relative paths in the file are relative to the file's directory; services
+/// run in `/`, so every path is made absolute here.
+fn absolutize(raw: &mut FileConfig, resolve: &impl Fn(PathBuf) -> PathBuf) {
+    let fix = |p: &mut Option<PathBuf>| *p = p.take().map(resolve);
+    let s = &mut raw.supervisor;
+    for p in [&mut s.state_dir, &mut s.run_dir, &mut s.log_dir] {
+        fix(p);
+    }
+    for p in [
+        &mut raw.postgres.bin_dir,
+        &mut raw.postgres.external_password_file,
+        &mut raw.prometheus.bin,
+        &mut raw.pushgateway.bin,
+        &mut raw.api.bin,
+        &mut raw.tls.cert,
+        &mut raw.tls.key,
+    ] {
+        fix(p);
+    }
+    for table in raw.services.values_mut() {
+        fix(&mut table.working_dir);
+    }
 }
 
 fn validate_name(name: &str) -> Result<(), String> {
@@ -383,6 +398,12 @@ fn apply_table(
     }
     if let Some(l) = &t.limits {
         spec.limits = limits(spec.limits, l).map_err(|m| err("limits", m))?;
+    }
+    if spec.oneshot && (spec.readiness.is_some() || spec.liveness.is_some()) {
+        return Err(err(
+            "oneshot",
+            "a oneshot service is ready when it exits 0: readiness and liveness checks do not apply".into(),
+        ));
     }
     Ok(())
 }

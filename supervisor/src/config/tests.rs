@@ -176,7 +176,7 @@ fn cycles_are_rejected() {
 
 #[test]
 fn services_are_ordered_after_their_dependencies() {
-    let text = "[postgres]\nenable = false\nexternal_url = \"postgres://db/x\"\n\
+    let text = "[postgres]\nenable = false\nexternal_url = \"postgres://db/x\"\nexternal_password_file = \"/etc/phoenix/db-pw\"\n\
                 [services.z]\ncommand = [\"/bin/z\"]\ndepends_on = [\"a\"]\n\
                 [services.a]\ncommand = [\"/bin/a\"]\noneshot = true\n";
     let c = parse_str(text).unwrap();
@@ -191,7 +191,12 @@ fn services_are_ordered_after_their_dependencies() {
         RestartPolicy::OnFailure,
         "oneshots retry only failures"
     );
-    assert!(c.service("api").unwrap().env["PHOENIX_DATABASE_URL"] == "postgres://db/x");
+    let api = c.service("api").unwrap();
+    assert_eq!(api.env["PHOENIX_DATABASE_URL"], "postgres://db/x");
+    assert_eq!(
+        api.env["PHOENIX_DATABASE_PASSWORD_FILE"],
+        "/etc/phoenix/db-pw"
+    );
 }
 
 #[test]
@@ -276,4 +281,29 @@ oneshot = false
         w.readiness.as_ref().unwrap().probe,
         Probe::Tcp("127.0.0.1:7000".parse().unwrap())
     );
+}
+
+#[test]
+fn relative_paths_are_relative_to_the_config_file() {
+    let text = "[supervisor]\nstate_dir = \"data\"\n[tls]\nmode = \"files\"\ncert = \"tls/c.pem\"\nkey = \"/abs/k.pem\"\n\
+                [services.w]\ncommand = [\"/bin/w\"]\nworking_dir = \"w\"\n";
+    let c = parse(text, Path::new("conf/phoenix.toml"), &opts(true, false)).unwrap();
+    assert_eq!(c.supervisor.state_dir, PathBuf::from("/work/conf/data"));
+    assert_eq!(c.tls.cert, PathBuf::from("/work/conf/tls/c.pem"));
+    assert_eq!(c.tls.key, PathBuf::from("/abs/k.pem"));
+    assert_eq!(
+        c.service("w").unwrap().working_dir,
+        Some(PathBuf::from("/work/conf/w"))
+    );
+    assert_eq!(
+        c.service("api").unwrap().env["PHOENIX_TLS_CERT"],
+        "/work/conf/tls/c.pem"
+    );
+}
+
+#[test]
+fn oneshots_take_no_readiness_or_liveness_checks() {
+    let err = parse_str("[services.m]\ncommand = [\"/bin/m\"]\noneshot = true\nreadiness = { tcp = \"127.0.0.1:1\" }\n").unwrap_err();
+    assert_eq!(err.key, "services.m.oneshot");
+    assert!(err.message.contains("ready when it exits 0"), "{err}");
 }
