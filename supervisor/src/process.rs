@@ -92,7 +92,11 @@ pub fn command(
         .stderr(Stdio::piped());
     // Its own process group, so stop and kill reach every descendant.
     cmd.process_group(0);
-    let drop_to = run_as.map(|u| (u.uid, u.gid));
+    // Only root switches users; an ordinary user runs services as itself
+    // (the config check allows no other user then).
+    let drop_to = run_as
+        .filter(|_| nix::unistd::geteuid().is_root())
+        .map(|u| (u.uid, u.gid));
     let keep_bind = spec.capabilities.contains(&Capability::NetBindService);
     if drop_to.is_some() || cgroup_procs.is_some() {
         let cgroup = cgroup_procs.as_ref().map(|fd| fd.as_raw_fd());

@@ -887,8 +887,7 @@ impl Supervisor {
         rt.wanted = true;
         match rt.state {
             State::Stopped | State::Failed | State::Exited | State::Backoff => {
-                rt.starts.clear();
-                rt.attempt = 0;
+                rt.fresh_start();
                 rt.last_error = None;
                 self.set_state(i, State::Stopped);
                 if !self.deps_ready(i) {
@@ -983,16 +982,19 @@ impl Supervisor {
                         process::signal(rt.pid.expect("running"), sig);
                         rt.spec = spec.clone();
                         notes.push(format!("{}: sent {}", spec.name, sig.as_str()));
-                    } else if rt.running() {
+                    } else if rt.running() && rt.wanted {
                         rt.next_spec = Some(spec.clone());
-                        rt.wanted = true;
                         self.begin_stop(i, AfterStop::Restart);
                         notes.push(format!("{}: restarting", spec.name));
                     } else {
-                        rt.spec = spec.clone();
-                        rt.starts.clear();
-                        if rt.state == State::Failed {
-                            self.set_state(i, State::Stopped);
+                        // Not running, or stopped by the operator: the new spec
+                        // applies at its next start.
+                        rt.next_spec = Some(spec.clone());
+                        if !rt.running() {
+                            rt.fresh_start();
+                            if rt.state == State::Failed {
+                                self.set_state(i, State::Stopped);
+                            }
                         }
                         notes.push(format!("{}: updated", spec.name));
                     }

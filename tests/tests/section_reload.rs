@@ -150,3 +150,25 @@ fn moving_state_dirs_needs_a_restart_and_is_refused_by_reload() {
     assert_eq!(s.pid_of("keep"), keep);
     assert!(!s.path("elsewhere").exists());
 }
+
+#[test]
+fn reload_keeps_an_operator_stop_and_start_runs_the_new_spec() {
+    let mut s = Supervisor::config(&two_services("hello", ""));
+    s.start();
+    s.wait_all_ready(Duration::from_secs(10));
+    Supervisor::ok(&s.ctl(&["stop", "change"]));
+    s.wait_state("change", "stopped", Duration::from_secs(10));
+    s.write_config(&two_services("salut", ""));
+    let msg = Supervisor::ok(&s.ctl(&["reload"]));
+    assert!(msg.contains("change: updated"), "{msg}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        s.state_of("change"),
+        "stopped",
+        "a reload does not undo an operator stop"
+    );
+    Supervisor::ok(&s.ctl(&["start", "change"]));
+    s.wait_state("change", "ready", Duration::from_secs(10));
+    let environ = std::fs::read(format!("/proc/{}/environ", s.pid_of("change"))).unwrap();
+    assert!(String::from_utf8_lossy(&environ).contains("GREETING=salut"));
+}

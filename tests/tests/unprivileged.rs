@@ -9,11 +9,24 @@ use phoenix_tests::{Supervisor, free_port, processes_matching};
 #[test]
 fn full_stack_runs_as_an_unprivileged_user() {
     let (pg, prom, push, api) = (free_port(), free_port(), free_port(), free_port());
+    let root = nix::unistd::geteuid().is_root();
+    // A service that names the supervisor's own user explicitly: allowed
+    // without root, and started without any user switch.
+    let me = if root {
+        "nobody".to_string()
+    } else {
+        nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .unwrap()
+            .unwrap()
+            .name
+    };
     let mut s = Supervisor::config(&format!(
         "[postgres]\nport = {pg}\n[prometheus]\nlisten = \"127.0.0.1:{prom}\"\n\
-         [pushgateway]\nlisten = \"127.0.0.1:{push}\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n"
+         [pushgateway]\nlisten = \"127.0.0.1:{push}\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n\
+         [services.own]\ncommand = [\"{}\", \"run\"]\nuser = \"{me}\"\n",
+        phoenix_tests::bin("phoenix-testprog").display()
     ));
-    let wrapper = if nix::unistd::geteuid().is_root() {
+    let wrapper = if root {
         s.run_as(65534, 65534)
     } else {
         Vec::new()
@@ -21,6 +34,7 @@ fn full_stack_runs_as_an_unprivileged_user() {
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     s.start_with(&wrapper);
     s.wait_all_ready(Duration::from_secs(180));
+    assert_eq!(s.state_of("own"), "ready", "{}", s.stderr());
     let (code, health) = s.health();
     assert_eq!(
         (code, health["status"].as_str()),

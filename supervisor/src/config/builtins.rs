@@ -135,10 +135,10 @@ pub fn expand(
     let mut database_url = None;
     let api_password = secrets_dir.join("api-db-password");
     if pg_enabled {
-        if pg.external_url.is_some() {
+        if pg.external_url.is_some() || pg.external_password_file.is_some() {
             return Err(loc.error(
                 &["postgres", "external_url"],
-                "external_url is for enable = false (a database not managed here)",
+                "external_url and external_password_file are for enable = false (a database not managed here)",
             ));
         }
         let bin = pg

@@ -399,6 +399,12 @@ fn apply_table(
     if let Some(l) = &t.limits {
         spec.limits = limits(spec.limits, l).map_err(|m| err("limits", m))?;
     }
+    if !spec.capabilities.is_empty() && spec.user.is_none() {
+        return Err(err(
+            "capabilities",
+            "only apply to a service that runs as its own `user` (root already has them)".into(),
+        ));
+    }
     if spec.oneshot && (spec.readiness.is_some() || spec.liveness.is_some()) {
         return Err(err(
             "oneshot",
