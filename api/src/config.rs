@@ -63,6 +63,40 @@ pub struct Args {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "PHOENIX_API_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Address of the agents-only listener (enrollment, heartbeat, tasks, metrics), as IP:PORT.
+    #[arg(long, env = "PHOENIX_API_AGENT_LISTEN")]
+    pub agent_listen: Option<SocketAddr>,
+
+    /// File holding the key that signs access tokens (at least 32 bytes).
+    /// Without it a random key is used and tokens do not survive a restart.
+    #[arg(long, env = "PHOENIX_JWT_KEY_FILE")]
+    pub jwt_key_file: Option<PathBuf>,
+
+    /// File holding the password of the `admin` user created on a database
+    /// without users. There is no default password.
+    #[arg(long, env = "PHOENIX_INITIAL_ADMIN_PASSWORD_FILE")]
+    pub initial_admin_password_file: Option<PathBuf>,
+
+    /// Pushgateway that agents' metrics are forwarded to, e.g. http://127.0.0.1:9091.
+    #[arg(long, env = "PHOENIX_PUSHGATEWAY_URL")]
+    pub pushgateway_url: Option<url::Url>,
+
+    /// Prometheus that experiment KPIs are read from, e.g. http://127.0.0.1:9090.
+    #[arg(long, env = "PHOENIX_PROMETHEUS_URL")]
+    pub prometheus_url: Option<url::Url>,
+
+    /// Price of one active series per month, in dollars, for cost figures.
+    #[arg(long, env = "PHOENIX_PRICE_PER_SERIES_MONTH", default_value_t = 0.05)]
+    pub price_per_series_month: f64,
+
+    /// Login attempts per minute from one IP address.
+    #[arg(long, env = "PHOENIX_LOGIN_RATE_PER_IP", default_value_t = 20)]
+    pub login_rate_per_ip: u32,
+
+    /// Login attempts per minute for one user name.
+    #[arg(long, env = "PHOENIX_LOGIN_RATE_PER_USER", default_value_t = 10)]
+    pub login_rate_per_user: u32,
 }
 
 /// The validated configuration the service runs with.
@@ -73,6 +107,23 @@ pub struct Config {
     /// `None` means plain HTTP.
     pub tls: Option<TlsFiles>,
     pub http: HttpLimits,
+    pub agent_listen: Option<SocketAddr>,
+    /// The token-signing key (never printed).
+    pub jwt_key: Option<Secret>,
+    pub initial_admin_password_file: Option<PathBuf>,
+    pub settings: crate::Settings,
+    pub login_rate_per_ip: u32,
+    pub login_rate_per_user: u32,
+}
+
+/// Bytes that must not appear in logs or `Debug` output.
+#[derive(Clone)]
+pub struct Secret(pub Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// Where the database is and how patiently to reach it.
@@ -132,7 +183,48 @@ impl TryFrom<Args> for Config {
                  or neither to serve plain HTTP"
             ),
         };
+        ensure!(
+            args.price_per_series_month.is_finite() && args.price_per_series_month >= 0.0,
+            "--price-per-series-month must be a non-negative number of dollars"
+        );
+        ensure!(
+            args.login_rate_per_ip > 0 && args.login_rate_per_user > 0,
+            "--login-rate-per-ip and --login-rate-per-user must be at least 1"
+        );
+        ensure!(
+            args.agent_listen != Some(args.listen),
+            "--agent-listen must differ from --listen: agents and people use separate listeners"
+        );
+        let jwt_key = match &args.jwt_key_file {
+            Some(path) => {
+                let bytes = fs::read(path).with_context(|| {
+                    format!(
+                        "could not read the JWT key file {} (--jwt-key-file)",
+                        path.display()
+                    )
+                })?;
+                let trimmed = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
+                ensure!(
+                    trimmed.len() >= 32,
+                    "the JWT key file {} holds {} bytes; it needs at least 32",
+                    path.display(),
+                    trimmed.len()
+                );
+                Some(Secret(trimmed))
+            }
+            None => None,
+        };
         Ok(Self {
+            agent_listen: args.agent_listen,
+            jwt_key,
+            initial_admin_password_file: args.initial_admin_password_file,
+            settings: crate::Settings {
+                pushgateway_url: args.pushgateway_url,
+                prometheus_url: args.prometheus_url,
+                price_per_series_month: args.price_per_series_month,
+            },
+            login_rate_per_ip: args.login_rate_per_ip,
+            login_rate_per_user: args.login_rate_per_user,
             listen: args.listen,
             database: DatabaseConfig {
                 connect_options,

@@ -4,22 +4,31 @@
 //! - [`config`]: flags (clap, each also from the environment) and their
 //!   validation into a [`config::Config`]. Never touches the network.
 //! - [`db`]: the PostgreSQL pool: patient connect at startup, the embedded
-//!   forward-only migrations (`api/migrations`), the health ping. The only
-//!   module that talks to the database.
+//!   forward-only migrations (`api/migrations`), the health ping.
+//! - [`auth`]: users, roles, passwords, tokens and sessions; the [`auth::Caller`]
+//!   extractor that authenticates every protected request against the database.
+//! - [`audit`]: the append-only audit log: writing entries (in the same
+//!   transaction as the change they record) and reading it.
+//! - [`error`]: [`error::ApiError`], each variant one status and a stable code.
 //! - [`health`], [`metrics`]: `GET /health` and `GET /metrics`; the metrics
 //!   middleware times every request under its matched route.
 //! - [`problem`]: RFC 9457 problem details, the one shape of every error
 //!   response.
-//! - [`server`]: binds, serves HTTP or HTTPS, and shuts down gracefully on
-//!   SIGTERM/SIGINT.
+//! - [`server`]: binds the listeners, serves HTTPS (reloading the certificate
+//!   on SIGHUP), and shuts down gracefully on SIGTERM/SIGINT.
 //!
 //! Retry delays come from the workspace's `phoenix-backoff` crate.
 //!
-//! The HTTP surface is [`router`]: handlers get an [`AppState`] and nothing else.
+//! The HTTP surface is [`router`]: handlers get an [`AppState`] and nothing
+//! else; every documented route is registered through [`openapi`]'s router,
+//! so the OpenAPI document cannot miss one.
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod db;
+pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod problem;
@@ -30,7 +39,7 @@ use std::sync::Arc;
 use axum::{
     Router,
     extract::{DefaultBodyLimit, FromRef},
-    http::StatusCode,
+    http::{StatusCode, header},
     middleware,
     routing::get,
 };
@@ -41,14 +50,39 @@ use tower_http::{
     trace::{DefaultMakeSpan, DefaultOnFailure, TraceLayer},
 };
 use tracing::Level;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{config::HttpLimits, metrics::Metrics};
+use crate::{
+    auth::limiter::LoginLimiter, auth::tokens::JwtKeys, config::HttpLimits, metrics::Metrics,
+};
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub metrics: Arc<Metrics>,
+    pub auth: Arc<AuthState>,
+    pub settings: Arc<Settings>,
+}
+
+/// Keys and limits of authentication.
+#[derive(Debug)]
+pub struct AuthState {
+    pub keys: JwtKeys,
+    pub limiter: LoginLimiter,
+}
+
+/// Where the API's neighbours are, and what a series costs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Base URL of the Pushgateway that agent metrics are forwarded to.
+    pub pushgateway_url: Option<url::Url>,
+    /// Base URL of the Prometheus that experiment KPIs are queried from.
+    pub prometheus_url: Option<url::Url>,
+    /// Price of one active series per month, in dollars, for cost figures.
+    pub price_per_series_month: f64,
 }
 
 impl FromRef<AppState> for Arc<Metrics> {
@@ -57,17 +91,111 @@ impl FromRef<AppState> for Arc<Metrics> {
     }
 }
 
-/// All routes, with request tracing, metrics, the request timeout (answered
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Phoenix API",
+        description = "Control plane of the Phoenix observability-cost appliance. People and tools use \
+                       the HTTPS listener (`/api/v1/...`, bearer JWT from `/api/v1/auth/login`)."
+    ),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "auth", description = "Log in, refresh, log out"),
+        (name = "users", description = "User management (admin)"),
+        (name = "audit", description = "The append-only audit log (admin)"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The documented routes of the user listener.
+fn user_api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(auth::routes::login))
+        .routes(routes!(auth::routes::refresh))
+        .routes(routes!(auth::routes::logout))
+        .routes(routes!(auth::routes::me))
+        .routes(routes!(auth::users::list, auth::users::create))
+        .routes(routes!(auth::users::update, auth::users::delete))
+        .routes(routes!(audit::list))
+}
+
+/// The documented routes of the agent listener (agent credentials only).
+fn agent_api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+}
+
+/// The OpenAPI document of both listeners, generated from the handlers'
+/// annotations (paths under `/api/v1/agent/` are served on the agent listener).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    user_api().merge(agent_api()).split_for_parts().1
+}
+
+/// The user listener: `/api/v1/...`, `/health`, `/metrics` and the OpenAPI
+/// document, with request tracing, metrics, the request timeout (answered
 /// with 503) and the body size limit (answered with 413). Unknown paths get a
 /// 404 problem document.
 pub fn router(state: AppState, limits: HttpLimits) -> Router {
+    let (api, _) = user_api().split_for_parts();
+    let doc = Arc::new(
+        openapi()
+            .to_json()
+            .expect("the OpenAPI document serializes"),
+    );
+    let app = Router::new()
+        .route("/health", get(health::handler))
+        .route("/metrics", get(metrics::handler))
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        doc.as_str().to_owned(),
+                    )
+                }
+            }),
+        )
+        .merge(api);
+    with_layers(app, state, limits)
+}
+
+/// The agent listener: agent endpoints and `/health`; user tokens are not
+/// accepted here, and agent credentials are not accepted on the user listener.
+pub fn agent_router(state: AppState, limits: HttpLimits) -> Router {
+    let (api, _) = agent_api().split_for_parts();
+    with_layers(
+        Router::new()
+            .route("/health", get(health::handler))
+            .merge(api),
+        state,
+        limits,
+    )
+}
+
+/// Tracing, metrics, timeout and body limit, for both listeners.
+fn with_layers(app: Router<AppState>, state: AppState, limits: HttpLimits) -> Router {
     // Each `layer` wraps everything added before it, so the last one added
     // sees a request first: trace, then metrics (which so also time timeouts
     // and refusals), then the timeout, then the body limit.
-    Router::new()
-        .route("/health", get(health::handler))
-        .route("/metrics", get(metrics::handler))
-        .fallback(problem::not_found)
+    app.fallback(problem::not_found)
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(DefaultBodyLimit::disable())
         .layer(TimeoutLayer::with_status_code(
@@ -113,6 +241,15 @@ mod tests {
                 .acquire_timeout(Duration::from_millis(200))
                 .connect_lazy_with(options),
             metrics: Arc::new(Metrics::new()),
+            auth: Arc::new(AuthState {
+                keys: JwtKeys::from_secret(&[1u8; 32]).unwrap(),
+                limiter: LoginLimiter::new(10, 5),
+            }),
+            settings: Arc::new(Settings {
+                pushgateway_url: None,
+                prometheus_url: None,
+                price_per_series_month: 0.05,
+            }),
         }
     }
 

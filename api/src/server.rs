@@ -14,7 +14,68 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::{AppState, config::Config, db, metrics::Metrics, router};
+use std::sync::Arc;
+
+use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
+
+use crate::{
+    AppState, AuthState, agent_router,
+    auth::{limiter::LoginLimiter, tokens::JwtKeys, users::ensure_initial_admin},
+    config::{Config, TlsFiles},
+    db,
+    metrics::Metrics,
+    router,
+};
+
+/// Serve one listener (HTTPS when `tls` is set) until the handle shuts it down.
+async fn serve(
+    listener: std::net::TcpListener,
+    tls: Option<RustlsConfig>,
+    handle: Handle<SocketAddr>,
+    app: IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
+    who: &'static str,
+) -> std::io::Result<()> {
+    let listen = listener.local_addr()?;
+    match tls {
+        Some(tls) => {
+            info!(%listen, for_whom = who, "serving HTTPS");
+            axum_server::from_tcp_rustls(listener, tls)?
+                .handle(handle)
+                .serve(app)
+                .await
+        }
+        None => {
+            warn!(
+                %listen,
+                for_whom = who,
+                "serving plain HTTP because --tls-cert and --tls-key are not set; \
+                 use this only for development or behind a TLS-terminating proxy"
+            );
+            axum_server::from_tcp(listener)?
+                .handle(handle)
+                .serve(app)
+                .await
+        }
+    }
+}
+
+/// On SIGHUP, load the certificate and key again: new connections get the
+/// new certificate, open ones continue undisturbed. A bad pair is refused
+/// and the old one keeps serving.
+fn reload_tls_on_sighup(tls: RustlsConfig, files: TlsFiles) -> std::io::Result<()> {
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match tls.reload_from_pem_file(&files.cert, &files.key).await {
+                Ok(()) => info!(cert = %files.cert.display(), "reloaded the TLS certificate"),
+                Err(error) => {
+                    warn!(%error, cert = %files.cert.display(), "TLS reload refused; the previous certificate stays")
+                }
+            }
+        }
+    });
+    Ok(())
+}
 
 /// Runs the service until SIGTERM or SIGINT; `Ok` after a clean shutdown.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -24,6 +85,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let startup = async {
         let pool = db::connect(&config.database).await?;
         db::migrate(&pool).await?;
+        ensure_initial_admin(&pool, config.initial_admin_password_file.as_deref()).await?;
         anyhow::Ok(pool)
     };
     let pool = tokio::select! {
@@ -52,11 +114,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let metrics = std::sync::Arc::new(Metrics::new());
     metrics.set_database_up(true);
+    let keys = match &config.jwt_key {
+        Some(secret) => JwtKeys::from_secret(&secret.0)?,
+        None => {
+            warn!(
+                "no --jwt-key-file: signing tokens with a random key; they stop working at restart"
+            );
+            let mut key = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
+            JwtKeys::from_secret(&key)?
+        }
+    };
     let state = AppState {
         pool: pool.clone(),
         metrics,
+        auth: Arc::new(AuthState {
+            keys,
+            limiter: LoginLimiter::new(config.login_rate_per_ip, config.login_rate_per_user),
+        }),
+        settings: Arc::new(config.settings.clone()),
     };
-    let app = router(state, config.http).into_make_service_with_connect_info::<SocketAddr>();
+    let app =
+        router(state.clone(), config.http).into_make_service_with_connect_info::<SocketAddr>();
 
     let listener = std::net::TcpListener::bind(config.listen).with_context(|| {
         format!(
@@ -66,6 +145,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
     })?;
     let listen = listener.local_addr().unwrap_or(config.listen);
+
+    let agent_listener = match config.agent_listen {
+        Some(addr) => Some(std::net::TcpListener::bind(addr).with_context(|| {
+            format!("could not listen on {addr} for agents; is another process using that address? choose another with --agent-listen")
+        })?),
+        None => None,
+    };
 
     let handle = Handle::new();
     let grace = config.http.request_timeout;
@@ -81,28 +167,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             handle.graceful_shutdown(Some(grace));
         }
     });
+    if let (Some(tls), Some(files)) = (&tls, &config.tls) {
+        reload_tls_on_sighup(tls.clone(), files.clone())?;
+    }
 
-    let served = match tls {
-        Some(tls) => {
-            info!(%listen, "serving HTTPS");
-            axum_server::from_tcp_rustls(listener, tls)?
-                .handle(handle)
-                .serve(app)
-                .await
-        }
-        None => {
-            warn!(
-                %listen,
-                "serving plain HTTP because --tls-cert and --tls-key are not set; \
-                 use this only for development or behind a TLS-terminating proxy"
-            );
-            axum_server::from_tcp(listener)?
-                .handle(handle)
-                .serve(app)
-                .await
+    let user = serve(
+        listener,
+        tls.clone(),
+        handle.clone(),
+        app,
+        "people and tools",
+    );
+    let agents = async {
+        match agent_listener {
+            Some(listener) => {
+                let app = agent_router(state.clone(), config.http)
+                    .into_make_service_with_connect_info::<SocketAddr>();
+                serve(listener, tls.clone(), handle.clone(), app, "agents").await
+            }
+            None => Ok(()),
         }
     };
-    served.with_context(|| format!("serving on {listen} failed"))?;
+    let (user, agents) = tokio::join!(user, agents);
+    user.with_context(|| format!("serving on {listen} failed"))?;
+    agents.context("serving the agent listener failed")?;
 
     pool.close().await;
     info!("stopped");

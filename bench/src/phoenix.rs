@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use phoenix_tests::{NO_BUILTINS, Supervisor, free_port};
+use phoenix_tests::{NO_BUILTINS, Supervisor};
 
 use crate::interrupt;
 
@@ -31,16 +31,7 @@ pub fn test_programs_config(testprog: &Path, ports: &[u16]) -> String {
 
 /// The appliance's built-ins (PostgreSQL, Prometheus, Pushgateway, API) on free ports.
 pub fn full_stack_config() -> String {
-    format!(
-        "[postgres]\nport = {}\n\
-         [prometheus]\nlisten = \"127.0.0.1:{}\"\n\
-         [pushgateway]\nlisten = \"127.0.0.1:{}\"\n\
-         [api]\nlisten = \"127.0.0.1:{}\"\n",
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port()
-    )
+    phoenix_tests::StackPorts::free().config("")
 }
 
 pub struct Phoenix {

@@ -410,3 +410,165 @@ pub fn processes_matching(needle: &str) -> Vec<i32> {
     }
     out
 }
+
+/// Ports of a full appliance stack on this machine, all free.
+#[derive(Debug, Clone, Copy)]
+pub struct StackPorts {
+    pub pg: u16,
+    pub prom: u16,
+    pub push: u16,
+    pub api: u16,
+    pub agent: u16,
+}
+
+impl StackPorts {
+    pub fn free() -> StackPorts {
+        StackPorts {
+            pg: free_port(),
+            prom: free_port(),
+            push: free_port(),
+            api: free_port(),
+            agent: free_port(),
+        }
+    }
+
+    /// The built-in sections for these ports (Prometheus scraping every second),
+    /// followed by `extra`.
+    pub fn config(&self, extra: &str) -> String {
+        format!(
+            "[postgres]\nport = {}\n\
+             [prometheus]\nlisten = \"127.0.0.1:{}\"\nscrape_interval = \"1s\"\n\
+             [pushgateway]\nlisten = \"127.0.0.1:{}\"\n\
+             [api]\nlisten = \"127.0.0.1:{}\"\nagent_listen = \"127.0.0.1:{}\"\n{extra}",
+            self.pg, self.prom, self.push, self.api, self.agent
+        )
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.api)
+    }
+
+    pub fn agent_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.agent)
+    }
+
+    pub fn prometheus_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.prom)
+    }
+
+    pub fn pushgateway_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.push)
+    }
+}
+
+/// An HTTPS client for the API's self-signed certificate.
+pub fn https() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("https client")
+}
+
+/// A whole appliance stack (PostgreSQL, Prometheus, Pushgateway, API) under a
+/// supervisor, with an HTTPS client for the API's two listeners.
+pub struct Stack {
+    pub sup: Supervisor,
+    pub ports: StackPorts,
+    http: reqwest::blocking::Client,
+}
+
+/// A JSON response: status code and body (`Null` when empty or not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl Stack {
+    /// Start the stack with `extra` appended to the config, and wait until ready.
+    pub fn start(extra: &str) -> Stack {
+        let ports = StackPorts::free();
+        let mut sup = Supervisor::config(&ports.config(extra));
+        sup.start();
+        sup.wait_all_ready(Duration::from_secs(180));
+        Stack { sup, ports, http: https() }
+    }
+
+    /// The generated password of the initial `admin` user.
+    pub fn admin_password(&self) -> String {
+        std::fs::read_to_string(self.sup.path("state/secrets/initial-admin-password"))
+            .expect("initial admin password")
+            .trim()
+            .to_string()
+    }
+
+    /// Log in; the access token.
+    pub fn login(&self, username: &str, password: &str) -> String {
+        let r = self.post(None, "/api/v1/auth/login", &serde_json::json!({ "username": username, "password": password }));
+        assert_eq!(r.status, 200, "login as {username}: {r:?}");
+        r.body["access_token"].as_str().expect("access_token").to_string()
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.login("admin", &self.admin_password())
+    }
+
+    /// Create a user with `role` (as admin) and log in as it; its token.
+    pub fn user_token(&self, admin: &str, username: &str, role: &str) -> String {
+        let password = format!("{username}-password-123");
+        let r = self.post(Some(admin), "/api/v1/users", &serde_json::json!({ "username": username, "password": password, "role": role }));
+        assert_eq!(r.status, 201, "create {username}: {r:?}");
+        self.login(username, &password)
+    }
+
+    fn send(&self, req: reqwest::blocking::RequestBuilder, token: Option<&str>) -> Reply {
+        let req = match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().expect("request to the API");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().unwrap_or_default();
+        Reply { status, body: serde_json::from_str(&text).unwrap_or(Value::Null), headers }
+    }
+
+    pub fn get(&self, token: Option<&str>, path: &str) -> Reply {
+        self.send(self.http.get(self.ports.api_url(path)), token)
+    }
+
+    pub fn post(&self, token: Option<&str>, path: &str, body: &Value) -> Reply {
+        self.send(self.http.post(self.ports.api_url(path)).json(body), token)
+    }
+
+    pub fn patch(&self, token: Option<&str>, path: &str, body: &Value) -> Reply {
+        self.send(self.http.patch(self.ports.api_url(path)).json(body), token)
+    }
+
+    pub fn put(&self, token: Option<&str>, path: &str, body: &Value) -> Reply {
+        self.send(self.http.put(self.ports.api_url(path)).json(body), token)
+    }
+
+    pub fn delete(&self, token: Option<&str>, path: &str) -> Reply {
+        self.send(self.http.delete(self.ports.api_url(path)), token)
+    }
+
+    /// A request to the agent listener, with an arbitrary builder.
+    pub fn agent(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        self.http.request(method, self.ports.agent_url(path))
+    }
+
+    /// Send a prepared request and read the reply as JSON.
+    pub fn reply(&self, req: reqwest::blocking::RequestBuilder) -> Reply {
+        self.send(req, None)
+    }
+
+    /// Audit entries matching the query string (as admin).
+    pub fn audit(&self, admin: &str, query: &str) -> Vec<Value> {
+        let r = self.get(Some(admin), &format!("/api/v1/audit?{query}"));
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body["entries"].as_array().cloned().unwrap_or_default()
+    }
+}

@@ -5,46 +5,17 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use phoenix_tests::{Supervisor, free_port, processes_matching, wait_until};
+use phoenix_tests::{StackPorts, Supervisor, https, processes_matching, wait_until};
 use serde_json::Value;
 
-struct Ports {
-    pg: u16,
-    prom: u16,
-    push: u16,
-    api: u16,
-}
-
-fn stack_config(p: &Ports) -> String {
-    format!(
-        "[postgres]\nport = {}\n\
-         [prometheus]\nlisten = \"127.0.0.1:{}\"\nscrape_interval = \"1s\"\n\
-         [pushgateway]\nlisten = \"127.0.0.1:{}\"\n\
-         [api]\nlisten = \"127.0.0.1:{}\"\n\
-         [services.api]\nliveness = {{ interval = \"1s\" }}\n",
-        p.pg, p.prom, p.push, p.api
-    )
-}
-
-fn https() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap()
-}
-
-fn api_health(p: &Ports) -> Option<Value> {
-    let r = https()
-        .get(format!("https://127.0.0.1:{}/health", p.api))
-        .send()
-        .ok()?;
+fn api_health(p: &StackPorts) -> Option<Value> {
+    let r = https().get(p.api_url("/health")).send().ok()?;
     r.json().ok()
 }
 
 /// `up` of a scrape job, as Prometheus itself reports it.
-fn prom_up(p: &Ports, job: &str) -> Option<f64> {
-    let url = format!("http://127.0.0.1:{}/api/v1/query", p.prom);
+fn prom_up(p: &StackPorts, job: &str) -> Option<f64> {
+    let url = p.prometheus_url("/api/v1/query");
     let body: Value = reqwest::blocking::Client::new()
         .get(url)
         .query(&[("query", format!("up{{job=\"{job}\"}}"))])
@@ -81,18 +52,11 @@ fn full_stack_reaches_ready_recovers_from_kill_9_and_shuts_down_cleanly() {
     // As root the API runs as `phoenix` on a port below 1024, like 443 in
     // production: it keeps CAP_NET_BIND_SERVICE and nothing else.
     let root = nix::unistd::geteuid().is_root();
-    let api = if root {
-        phoenix_tests::free_privileged_port()
-    } else {
-        free_port()
-    };
-    let p = Ports {
-        pg: free_port(),
-        prom: free_port(),
-        push: free_port(),
-        api,
-    };
-    let mut s = Supervisor::config(&stack_config(&p));
+    let mut p = StackPorts::free();
+    if root {
+        p.api = phoenix_tests::free_privileged_port();
+    }
+    let mut s = Supervisor::config(&p.config("[services.api]\nliveness = { interval = \"1s\" }\n"));
     s.start();
     s.wait_all_ready(Duration::from_secs(180));
     let (code, health) = s.health();

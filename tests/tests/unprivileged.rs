@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use phoenix_tests::{Supervisor, free_port, processes_matching};
+use phoenix_tests::{Supervisor, processes_matching};
 
 #[test]
 fn full_stack_runs_as_an_unprivileged_user() {
-    let (pg, prom, push, api) = (free_port(), free_port(), free_port(), free_port());
     let root = nix::unistd::geteuid().is_root();
     // A service that names the supervisor's own user explicitly: allowed
     // without root, and started without any user switch.
@@ -20,12 +19,11 @@ fn full_stack_runs_as_an_unprivileged_user() {
             .unwrap()
             .name
     };
-    let mut s = Supervisor::config(&format!(
-        "[postgres]\nport = {pg}\n[prometheus]\nlisten = \"127.0.0.1:{prom}\"\n\
-         [pushgateway]\nlisten = \"127.0.0.1:{push}\"\n[api]\nlisten = \"127.0.0.1:{api}\"\n\
-         [services.own]\ncommand = [\"{}\", \"run\"]\nuser = \"{me}\"\n",
+    let ports = phoenix_tests::StackPorts::free();
+    let mut s = Supervisor::config(&ports.config(&format!(
+        "[services.own]\ncommand = [\"{}\", \"run\"]\nuser = \"{me}\"\n",
         phoenix_tests::bin("phoenix-testprog").display()
-    ));
+    )));
     let wrapper = if root {
         s.run_as(65534, 65534)
     } else {

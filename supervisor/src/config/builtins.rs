@@ -313,7 +313,8 @@ pub fn expand(
         .unwrap_or_else(|| push_default.parse().expect("valid address"));
     let push_enabled = raw.pushgateway.enable.unwrap_or(true);
 
-    if raw.prometheus.enable.unwrap_or(true) {
+    let prom_enabled = raw.prometheus.enable.unwrap_or(true);
+    if prom_enabled {
         let p = &raw.prometheus;
         let dir = state.join("prometheus");
         let config_file = dir.join("prometheus.yml");
@@ -429,14 +430,73 @@ pub fn expand(
             .clone()
             .unwrap_or_else(|| opts.exe_dir.join("phoenix-api"));
         let mut api = ServiceSpec::new("api", vec![path_str(&bin)]);
-        api.user = api_user;
+        api.user = api_user.clone();
+        let agent_listen = a.agent_listen.unwrap_or_else(|| {
+            if opts.dev {
+                "127.0.0.1:6700"
+            } else {
+                "0.0.0.0:6700"
+            }
+            .parse()
+            .expect("valid address")
+        });
+        if agent_listen == api_listen {
+            return Err(loc.error(
+                &["api", "agent_listen"],
+                "must differ from [api] listen: agents have a listener of their own",
+            ));
+        }
+        let price = a.price_per_series_month.unwrap_or(0.05);
+        if !(price.is_finite() && price >= 0.0) {
+            return Err(loc.error(
+                &["api", "price_per_series_month"],
+                "must be a non-negative number of dollars",
+            ));
+        }
+        let jwt_key = secrets_dir.join("jwt-key");
+        let admin_password = secrets_dir.join("initial-admin-password");
+        secrets.push(SecretSpec {
+            path: jwt_key.clone(),
+            owner: api_user.clone(),
+        });
+        secrets.push(SecretSpec {
+            path: admin_password.clone(),
+            owner: api_user.clone(),
+        });
         api.env = BTreeMap::from([
             ("PHOENIX_API_LISTEN".to_string(), api_listen.to_string()),
+            (
+                "PHOENIX_API_AGENT_LISTEN".to_string(),
+                agent_listen.to_string(),
+            ),
             ("PHOENIX_DATABASE_URL".to_string(), url),
             ("PHOENIX_TLS_CERT".to_string(), path_str(&tls.cert)),
             ("PHOENIX_TLS_KEY".to_string(), path_str(&tls.key)),
+            ("PHOENIX_JWT_KEY_FILE".to_string(), path_str(&jwt_key)),
+            (
+                "PHOENIX_INITIAL_ADMIN_PASSWORD_FILE".to_string(),
+                path_str(&admin_password),
+            ),
+            (
+                "PHOENIX_PRICE_PER_SERIES_MONTH".to_string(),
+                price.to_string(),
+            ),
             ("RUST_LOG".to_string(), "info".to_string()),
         ]);
+        if push_enabled {
+            api.env.insert(
+                "PHOENIX_PUSHGATEWAY_URL".into(),
+                format!("http://{}", local(push_listen)),
+            );
+        }
+        if prom_enabled {
+            api.env.insert(
+                "PHOENIX_PROMETHEUS_URL".into(),
+                format!("http://{}", local(prom_listen)),
+            );
+        }
+        // The API reloads its certificate on SIGHUP without dropping connections.
+        api.reload_signal = Some(Signal::SIGHUP);
         if let (false, Some(file)) = (pg_enabled, &pg.external_password_file) {
             api.env
                 .insert("PHOENIX_DATABASE_PASSWORD_FILE".into(), path_str(file));
@@ -466,8 +526,8 @@ pub fn expand(
             loc,
             "api",
         )?;
-        api.ports = vec![api_listen];
-        if api_listen.port() < 1024 && api.user.is_some() {
+        api.ports = vec![api_listen, agent_listen];
+        if (api_listen.port() < 1024 || agent_listen.port() < 1024) && api.user.is_some() {
             api.capabilities = vec![Capability::NetBindService];
         }
         services.push(api);

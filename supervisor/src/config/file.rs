@@ -92,6 +92,10 @@ pub struct ApiSection {
     pub enable: Option<bool>,
     pub bin: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
+    /// The agents-only listener.
+    pub agent_listen: Option<SocketAddr>,
+    /// Dollars per active series per month, for cost figures.
+    pub price_per_series_month: Option<f64>,
     pub user: Option<String>,
     pub limits: Option<LimitsTable>,
 }

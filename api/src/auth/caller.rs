@@ -1,0 +1,167 @@
+//! The [`Caller`] extractor: a valid access token for a live session of an
+//! enabled user, or a 401. Roles are read from the database on every request,
+//! so a role change or a disabled account takes effect at once.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::Role;
+use crate::AppState;
+use crate::audit::{Event, Outcome};
+use crate::error::{ApiError, ApiResult};
+
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: Uuid,
+    pub username: String,
+    pub role: Role,
+    pub session_id: Uuid,
+    pub ip: Option<IpAddr>,
+}
+
+impl Caller {
+    /// The actor name in the audit log.
+    pub fn actor(&self) -> String {
+        format!("user:{}", self.username)
+    }
+
+    /// An audit event by this caller.
+    pub fn event(&self, action: &str, target: impl Into<String>) -> Event {
+        Event::new(self.actor(), action, target, self.ip)
+    }
+
+    /// Refuse (403, audited) unless the caller has at least `role`.
+    pub async fn require(&self, role: Role, action: &str, state: &AppState) -> ApiResult<()> {
+        if self.role >= role {
+            return Ok(());
+        }
+        self.event(action, "-")
+            .outcome(Outcome::Denied)
+            .details(serde_json::json!({ "reason": "role", "required": role.as_str(), "role": self.role.as_str() }))
+            .record_refusal(state)
+            .await;
+        Err(ApiError::Forbidden {
+            detail: format!(
+                "{action} needs the {} role; you are {}",
+                role.as_str(),
+                self.role.as_str()
+            ),
+        })
+    }
+}
+
+/// The client's address, when the server was built with connect info.
+pub fn client_ip(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+}
+
+pub fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let ip = client_ip(parts);
+        let Some(token) = bearer(parts) else {
+            return Err(ApiError::unauthorized(
+                "missing_token",
+                "send `Authorization: Bearer <access token>` (POST /api/v1/auth/login)",
+            ));
+        };
+        let refuse = |code: &'static str, detail: &str| {
+            let event = Event::new("anonymous", "auth.token", parts.uri.path(), ip)
+                .outcome(Outcome::Denied)
+                .details(serde_json::json!({ "reason": code }));
+            (event, ApiError::unauthorized(code, detail))
+        };
+        let claims = match state.auth.keys.verify_access(token) {
+            Ok(c) => c,
+            Err(code) => {
+                let detail = match code {
+                    "token_expired" => {
+                        "the access token has expired; refresh it (POST /api/v1/auth/refresh)"
+                    }
+                    _ => "the access token is not valid",
+                };
+                let (event, err) = refuse(code, detail);
+                event.record_refusal(state).await;
+                return Err(err);
+            }
+        };
+        // Fails closed: if the session cannot be checked, the request is refused.
+        let row = sqlx::query(
+            "SELECT u.username, u.role, u.disabled, s.revoked_at IS NOT NULL AS revoked \
+             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1 AND u.id = $2",
+        )
+        .bind(claims.sid)
+        .bind(claims.sub)
+        .fetch_optional(&state.pool)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot check a session; refusing the request");
+            ApiError::Unavailable {
+                detail: "cannot verify the session right now; try again shortly".into(),
+            }
+        })?;
+        let Some(row) = row else {
+            let (event, err) = refuse(
+                "token_revoked",
+                "the session of this token no longer exists",
+            );
+            event.record_refusal(state).await;
+            return Err(err);
+        };
+        let username: String = row.get("username");
+        if row.get::<bool, _>("revoked") {
+            let (event, err) = refuse(
+                "token_revoked",
+                "this session was signed out or revoked; log in again",
+            );
+            event.record_refusal(state).await;
+            return Err(err);
+        }
+        if row.get::<bool, _>("disabled") {
+            let (event, err) = refuse("user_disabled", "this user is disabled");
+            event.record_refusal(state).await;
+            return Err(err);
+        }
+        let role = Role::parse(row.get::<&str, _>("role"))
+            .ok_or_else(|| anyhow::anyhow!("unknown role in the database"))?;
+        Ok(Caller {
+            user_id: claims.sub,
+            username,
+            role,
+            session_id: claims.sid,
+            ip,
+        })
+    }
+}
+
+/// The client's address as an extractor (absent without connect info).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_ip(parts)))
+    }
+}
