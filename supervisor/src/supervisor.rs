@@ -948,7 +948,10 @@ impl Supervisor {
                     .into(),
             );
         }
+        let certificate = |c: &Config| std::fs::read(&c.tls.cert).ok();
+        let certificate_before = certificate(&self.config);
         let prepared = state::prepare(&new).map_err(|e| format!("{e:#}"))?;
+        let new_certificate = certificate(&new) != certificate_before;
         let mut notes = Vec::new();
         if new.supervisor != self.config.supervisor {
             notes.push(
@@ -969,7 +972,16 @@ impl Supervisor {
                         rt.after_stop = AfterStop::Restart;
                     }
                     if rt.spec == *spec {
-                        // unchanged
+                        if let (true, true, Some(sig), Some(pid)) =
+                            (new_certificate, spec.tls_reload, spec.reload_signal, rt.pid)
+                        {
+                            process::signal(pid, sig);
+                            notes.push(format!(
+                                "{}: sent {} (new TLS certificate)",
+                                spec.name,
+                                sig.as_str()
+                            ));
+                        }
                     } else if rt.spec.differs_only_in_files(spec)
                         && rt.spec.reload_signal.is_some()
                         && rt.running()

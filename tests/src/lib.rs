@@ -493,7 +493,11 @@ impl Stack {
         let mut sup = Supervisor::config(&ports.config(extra));
         sup.start();
         sup.wait_all_ready(Duration::from_secs(180));
-        Stack { sup, ports, http: https() }
+        Stack {
+            sup,
+            ports,
+            http: https(),
+        }
     }
 
     /// The generated password of the initial `admin` user.
@@ -506,9 +510,16 @@ impl Stack {
 
     /// Log in; the access token.
     pub fn login(&self, username: &str, password: &str) -> String {
-        let r = self.post(None, "/api/v1/auth/login", &serde_json::json!({ "username": username, "password": password }));
+        let r = self.post(
+            None,
+            "/api/v1/auth/login",
+            &serde_json::json!({ "username": username, "password": password }),
+        );
         assert_eq!(r.status, 200, "login as {username}: {r:?}");
-        r.body["access_token"].as_str().expect("access_token").to_string()
+        r.body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
     }
 
     pub fn admin_token(&self) -> String {
@@ -518,7 +529,11 @@ impl Stack {
     /// Create a user with `role` (as admin) and log in as it; its token.
     pub fn user_token(&self, admin: &str, username: &str, role: &str) -> String {
         let password = format!("{username}-password-123");
-        let r = self.post(Some(admin), "/api/v1/users", &serde_json::json!({ "username": username, "password": password, "role": role }));
+        let r = self.post(
+            Some(admin),
+            "/api/v1/users",
+            &serde_json::json!({ "username": username, "password": password, "role": role }),
+        );
         assert_eq!(r.status, 201, "create {username}: {r:?}");
         self.login(username, &password)
     }
@@ -532,7 +547,11 @@ impl Stack {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let text = resp.text().unwrap_or_default();
-        Reply { status, body: serde_json::from_str(&text).unwrap_or(Value::Null), headers }
+        Reply {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            headers,
+        }
     }
 
     pub fn get(&self, token: Option<&str>, path: &str) -> Reply {

@@ -497,6 +497,7 @@ pub fn expand(
         }
         // The API reloads its certificate on SIGHUP without dropping connections.
         api.reload_signal = Some(Signal::SIGHUP);
+        api.tls_reload = true;
         if let (false, Some(file)) = (pg_enabled, &pg.external_password_file) {
             api.env
                 .insert("PHOENIX_DATABASE_PASSWORD_FILE".into(), path_str(file));

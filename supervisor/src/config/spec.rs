@@ -94,6 +94,8 @@ pub struct ServiceSpec {
     pub ports: Vec<SocketAddr>,
     /// Capabilities kept after switching to `user` (ambient capabilities).
     pub capabilities: Vec<Capability>,
+    /// Serves the appliance's TLS certificate: sent `reload_signal` when it changes.
+    pub tls_reload: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +230,7 @@ impl ServiceSpec {
             files: Vec::new(),
             ports: Vec::new(),
             capabilities: Vec::new(),
+            tls_reload: false,
         }
     }
 

@@ -1,0 +1,528 @@
+//! The API's authentication, authorization and audit, end to end on a real
+//! stack: login, refresh rotation and reuse detection, logout, forged and
+//! expired tokens, roles, users, rate limits, the audit log, OpenAPI, TLS reload.
+
+use std::time::Duration;
+
+use phoenix_tests::{Stack, wait_until};
+
+use serde_json::{Value, json};
+
+fn code(r: &phoenix_tests::Reply) -> &str {
+    r.body["code"].as_str().unwrap_or("")
+}
+
+#[test]
+fn login_refresh_rotation_reuse_and_logout() {
+    let s = Stack::start("");
+    use std::os::unix::fs::PermissionsExt;
+    let pw_file = s.sup.path("state/secrets/initial-admin-password");
+    assert_eq!(
+        std::fs::metadata(&pw_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let wrong = s.post(
+        None,
+        "/api/v1/auth/login",
+        &json!({ "username": "admin", "password": "admin123" }),
+    );
+    assert_eq!(
+        (wrong.status, code(&wrong)),
+        (401, "invalid_credentials"),
+        "no default password: {wrong:?}"
+    );
+    assert_eq!(wrong.headers["content-type"], "application/problem+json");
+    let unknown = s.post(
+        None,
+        "/api/v1/auth/login",
+        &json!({ "username": "nobody", "password": "whatever-password" }),
+    );
+    assert_eq!(unknown.status, 401);
+
+    let login = s.post(
+        None,
+        "/api/v1/auth/login",
+        &json!({ "username": "admin", "password": s.admin_password() }),
+    );
+    assert_eq!(login.status, 200, "{login:?}");
+    assert_eq!(login.body["token_type"], "Bearer");
+    assert_eq!(login.body["expires_in"], 900);
+    assert_eq!(login.body["refresh_expires_in"], 7 * 24 * 3600);
+    let access = login.body["access_token"].as_str().unwrap().to_string();
+    let refresh1 = login.body["refresh_token"].as_str().unwrap().to_string();
+    let me = s.get(Some(&access), "/api/v1/auth/me");
+    assert_eq!(
+        (
+            me.status,
+            me.body["username"].as_str(),
+            me.body["role"].as_str()
+        ),
+        (200, Some("admin"), Some("admin"))
+    );
+
+    // Rotation: each refresh token works once and yields a new one.
+    let r2 = s.post(
+        None,
+        "/api/v1/auth/refresh",
+        &json!({ "refresh_token": refresh1 }),
+    );
+    assert_eq!(r2.status, 200, "{r2:?}");
+    let refresh2 = r2.body["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(refresh1, refresh2);
+    let access2 = r2.body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(s.get(Some(&access2), "/api/v1/auth/me").status, 200);
+
+    // Reuse of the first token revokes the whole family.
+    let reuse = s.post(
+        None,
+        "/api/v1/auth/refresh",
+        &json!({ "refresh_token": refresh1 }),
+    );
+    assert_eq!(
+        (reuse.status, code(&reuse)),
+        (401, "refresh_reused"),
+        "{reuse:?}"
+    );
+    let after = s.post(
+        None,
+        "/api/v1/auth/refresh",
+        &json!({ "refresh_token": refresh2 }),
+    );
+    assert_eq!(
+        (after.status, code(&after)),
+        (401, "session_revoked"),
+        "{after:?}"
+    );
+    let revoked = s.get(Some(&access2), "/api/v1/auth/me");
+    assert_eq!((revoked.status, code(&revoked)), (401, "token_revoked"));
+    assert_eq!(
+        s.get(Some(&access), "/api/v1/auth/me").status,
+        401,
+        "same session"
+    );
+
+    // Logout revokes at once.
+    let token = s.admin_token();
+    assert_eq!(
+        s.post(Some(&token), "/api/v1/auth/logout", &json!({}))
+            .status,
+        204
+    );
+    let out = s.get(Some(&token), "/api/v1/auth/me");
+    assert_eq!((out.status, code(&out)), (401, "token_revoked"));
+
+    let admin = s.admin_token();
+    let entries = s.audit(&admin, "action=auth.");
+    let has = |action: &str, outcome: &str, reason: Option<&str>| {
+        entries.iter().any(|e| {
+            e["action"] == action
+                && e["outcome"] == outcome
+                && reason.is_none_or(|r| e["details"]["reason"] == r)
+                && e["source_ip"] == "127.0.0.1"
+        })
+    };
+    assert!(
+        has("auth.login", "denied", Some("invalid_credentials")),
+        "{entries:#?}"
+    );
+    assert!(has("auth.login", "success", None));
+    assert!(has("auth.refresh", "success", None));
+    assert!(has("auth.refresh", "denied", Some("refresh_reused")));
+    assert!(has("auth.logout", "success", None));
+    assert!(has("auth.token", "denied", Some("token_revoked")));
+}
+
+fn jwt_key(s: &Stack) -> Vec<u8> {
+    std::fs::read_to_string(s.sup.path("state/secrets/jwt-key"))
+        .unwrap()
+        .trim()
+        .as_bytes()
+        .to_vec()
+}
+
+#[test]
+fn forged_expired_and_malformed_tokens_are_refused_and_audited() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let me = s.get(Some(&admin), "/api/v1/auth/me");
+    let user_id = me.body["id"].as_str().unwrap().to_string();
+    // The session id of a live token, to forge on top of.
+    let payload: Value =
+        serde_json::from_slice(&b64::decode(admin.split('.').nth(1).unwrap())).unwrap();
+    let sid = payload["sid"].as_str().unwrap().to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = |exp: i64| json!({ "sub": user_id, "sid": sid, "iss": "phoenix", "typ": "access", "iat": now - 10, "exp": exp, "jti": uuid::Uuid::new_v4() });
+    let sign = |key: &[u8], c: &Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            c,
+            &jsonwebtoken::EncodingKey::from_secret(key),
+        )
+        .unwrap()
+    };
+
+    let cases: Vec<(String, &str)> = vec![
+        (String::new(), "missing_token"),
+        ("garbage".into(), "token_invalid"),
+        (
+            format!(
+                "{}.{}.",
+                b64::encode(br#"{"alg":"none","typ":"JWT"}"#),
+                b64::encode(claims(now + 600).to_string().as_bytes())
+            ),
+            "token_invalid",
+        ),
+        (
+            sign(b"an attacker's key that is 32 bytes!", &claims(now + 600)),
+            "token_signature",
+        ),
+        (sign(&jwt_key(&s), &claims(now - 60)), "token_expired"),
+        (
+            sign(
+                &jwt_key(&s),
+                &json!({ "sub": user_id, "sid": uuid::Uuid::new_v4(), "iss": "phoenix", "typ": "access", "iat": now, "exp": now + 600, "jti": uuid::Uuid::new_v4() }),
+            ),
+            "token_revoked",
+        ),
+        (
+            sign(
+                &jwt_key(&s),
+                &json!({ "sub": user_id, "sid": sid, "iss": "phoenix", "typ": "refresh", "iat": now, "exp": now + 600, "jti": uuid::Uuid::new_v4() }),
+            ),
+            "token_invalid",
+        ),
+    ];
+    for (token, expected) in &cases {
+        let r = if token.is_empty() {
+            s.get(None, "/api/v1/users")
+        } else {
+            s.get(Some(token), "/api/v1/users")
+        };
+        assert_eq!(
+            (r.status, code(&r)),
+            (401, *expected),
+            "token {token:?}: {r:?}"
+        );
+    }
+    // A correctly signed, unexpired token for the live session works: the key is the real one.
+    assert_eq!(
+        s.get(
+            Some(&sign(&jwt_key(&s), &claims(now + 600))),
+            "/api/v1/users"
+        )
+        .status,
+        200
+    );
+
+    let denied = s.audit(&admin, "action=auth.token&outcome=denied");
+    for reason in [
+        "token_invalid",
+        "token_signature",
+        "token_expired",
+        "token_revoked",
+    ] {
+        assert!(
+            denied.iter().any(|e| e["details"]["reason"] == reason),
+            "{reason} not audited: {denied:#?}"
+        );
+    }
+}
+
+#[test]
+fn roles_users_injection_and_audit() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let operator = s.user_token(&admin, "olivia", "operator");
+    let viewer = s.user_token(&admin, "victor", "viewer");
+
+    for token in [&operator, &viewer] {
+        let r = s.get(Some(token), "/api/v1/users");
+        assert_eq!((r.status, code(&r)), (403, "forbidden"), "{r:?}");
+        assert_eq!(s.get(Some(token), "/api/v1/audit").status, 403);
+        let r = s.post(
+            Some(token),
+            "/api/v1/users",
+            &json!({ "username": "mallory", "password": "mallory-password-1", "role": "admin" }),
+        );
+        assert_eq!(r.status, 403);
+    }
+    assert_eq!(
+        s.get(Some(&viewer), "/api/v1/auth/me").body["role"],
+        "viewer"
+    );
+
+    let dup = s.post(
+        Some(&admin),
+        "/api/v1/users",
+        &json!({ "username": "OLIVIA", "password": "another-password-1", "role": "viewer" }),
+    );
+    assert_eq!(
+        (dup.status, code(&dup)),
+        (409, "user_exists"),
+        "user names are case-insensitive: {dup:?}"
+    );
+    let weak = s.post(
+        Some(&admin),
+        "/api/v1/users",
+        &json!({ "username": "weak", "password": "short", "role": "viewer" }),
+    );
+    assert_eq!((weak.status, code(&weak)), (400, "weak_password"));
+    let bad_role = s.post(
+        Some(&admin),
+        "/api/v1/users",
+        &json!({ "username": "x", "password": "long-enough-pass", "role": "root" }),
+    );
+    assert!(
+        bad_role.status == 400 || bad_role.status == 422,
+        "{bad_role:?}"
+    );
+
+    // SQL-injection-shaped input is data, never SQL.
+    let evil = "x' OR '1'='1'; DROP TABLE users; --";
+    let r = s.post(
+        Some(&admin),
+        "/api/v1/users",
+        &json!({ "username": evil, "password": "long-enough-pass", "role": "viewer" }),
+    );
+    assert_eq!((r.status, code(&r)), (400, "invalid_username"));
+    let r = s.post(
+        None,
+        "/api/v1/auth/login",
+        &json!({ "username": evil, "password": "x' OR '1'='1" }),
+    );
+    assert_eq!((r.status, code(&r)), (401, "invalid_credentials"));
+    let r = s.get(Some(&admin), "/api/v1/audit?actor=x'%20OR%20'1'='1");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        s.get(Some(&admin), "/api/v1/users")
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "users intact"
+    );
+
+    let users = s.get(Some(&admin), "/api/v1/users").body;
+    let id_of = |name: &str| {
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["username"] == name)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (victor, admin_id) = (id_of("victor"), id_of("admin"));
+
+    // Role changes apply to existing tokens at once.
+    let r = s.patch(
+        Some(&admin),
+        &format!("/api/v1/users/{victor}"),
+        &json!({ "role": "admin" }),
+    );
+    assert_eq!((r.status, r.body["role"].as_str()), (200, Some("admin")));
+    assert_eq!(s.get(Some(&viewer), "/api/v1/users").status, 200);
+    // Disabling revokes at once and blocks login.
+    assert_eq!(
+        s.patch(
+            Some(&admin),
+            &format!("/api/v1/users/{victor}"),
+            &json!({ "disabled": true })
+        )
+        .status,
+        200
+    );
+    let r = s.get(Some(&viewer), "/api/v1/auth/me");
+    assert_eq!(r.status, 401);
+    let r = s.post(
+        None,
+        "/api/v1/auth/login",
+        &json!({ "username": "victor", "password": "victor-password-123" }),
+    );
+    assert_eq!(r.status, 401);
+
+    let r = s.delete(Some(&admin), &format!("/api/v1/users/{admin_id}"));
+    assert_eq!((r.status, code(&r)), (409, "delete_self"));
+    let r = s.patch(
+        Some(&admin),
+        &format!("/api/v1/users/{admin_id}"),
+        &json!({ "role": "viewer" }),
+    );
+    assert_eq!((r.status, code(&r)), (409, "last_admin"), "{r:?}");
+    assert_eq!(
+        s.delete(Some(&admin), &format!("/api/v1/users/{victor}"))
+            .status,
+        204
+    );
+    assert_eq!(
+        s.delete(Some(&admin), &format!("/api/v1/users/{victor}"))
+            .status,
+        404
+    );
+
+    let users_log = s.audit(&admin, "action=users.&actor=user:admin");
+    for action in ["users.create", "users.update", "users.delete"] {
+        assert!(
+            users_log.iter().any(|e| e["action"] == action
+                && e["outcome"] == "success"
+                && e["source_ip"] == "127.0.0.1"),
+            "{action}"
+        );
+    }
+    let denied = s.audit(&admin, "action=users.create&outcome=denied");
+    assert!(
+        denied.iter().any(|e| e["actor"] == "user:olivia"),
+        "{denied:#?}"
+    );
+    let page = s.get(Some(&admin), "/api/v1/audit?limit=2");
+    assert_eq!(page.body["entries"].as_array().unwrap().len(), 2);
+    let before = page.body["next_before_id"].as_i64().unwrap();
+    let older = s.get(
+        Some(&admin),
+        &format!("/api/v1/audit?limit=2&before_id={before}"),
+    );
+    assert!(older.body["entries"][0]["id"].as_i64().unwrap() < before);
+}
+
+#[test]
+fn logins_are_rate_limited_per_user() {
+    let s = Stack::start("[services.api]\nenv = { PHOENIX_LOGIN_RATE_PER_USER = \"3\" }\n");
+    // Three attempts a minute for one user name: one success, two failures...
+    let admin = s.admin_token();
+    for _ in 0..2 {
+        let r = s.post(
+            None,
+            "/api/v1/auth/login",
+            &json!({ "username": "admin", "password": "wrong-password-1" }),
+        );
+        assert_eq!(r.status, 401);
+    }
+    // ...and the fourth waits, even with the right password.
+    let r = s.post(
+        None,
+        "/api/v1/auth/login",
+        &json!({ "username": "Admin", "password": s.admin_password() }),
+    );
+    assert_eq!((r.status, code(&r)), (429, "rate_limited"), "{r:?}");
+    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
+    // Another user name is not affected; the session from before still works.
+    let r = s.post(
+        None,
+        "/api/v1/auth/login",
+        &json!({ "username": "someone", "password": "wrong-password-1" }),
+    );
+    assert_eq!(r.status, 401);
+    assert_eq!(s.get(Some(&admin), "/api/v1/auth/me").status, 200);
+    let limited = s.audit(&admin, "action=auth.login&outcome=denied");
+    assert!(
+        limited
+            .iter()
+            .any(|e| e["details"]["reason"] == "rate_limited"),
+        "{limited:#?}"
+    );
+}
+
+#[test]
+fn bodies_routes_openapi_and_tls_reload() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let big = "x".repeat(2 << 20);
+    let r = s.post(
+        Some(&admin),
+        "/api/v1/users",
+        &json!({ "username": "big", "password": big, "role": "viewer" }),
+    );
+    assert_eq!(r.status, 413, "{:?}", r.status);
+    let r = s.get(Some(&admin), "/api/v1/no-such-thing");
+    assert_eq!((r.status, code(&r)), (404, ""), "{r:?}");
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    let r = s.post(None, "/api/v1/auth/login", &json!({ "user": "admin" }));
+    assert!(
+        r.status == 400 || r.status == 422,
+        "malformed JSON body is a client error: {r:?}"
+    );
+
+    let doc = s.get(None, "/api/v1/openapi.json");
+    assert_eq!(doc.status, 200);
+    assert!(doc.body["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/api/v1/auth/login",
+        "/api/v1/auth/refresh",
+        "/api/v1/users/{id}",
+        "/api/v1/audit",
+    ] {
+        assert!(
+            doc.body["paths"][path].is_object(),
+            "{path} missing from OpenAPI"
+        );
+    }
+    assert_eq!(
+        doc.body["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+
+    // /metrics counts requests per route.
+    let metrics = phoenix_tests::https()
+        .get(s.ports.api_url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains(r#"route="/api/v1/auth/login""#),
+        "{metrics}"
+    );
+
+    // A new certificate is picked up on reload without restarting the API.
+    let fingerprint = || {
+        let client = reqwest::blocking::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .tls_info(true)
+            .build()
+            .unwrap();
+        let resp = client.get(s.ports.api_url("/health")).send().unwrap();
+        resp.extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|i| i.peer_certificate().map(<[u8]>::to_vec))
+            .unwrap()
+    };
+    let before = fingerprint();
+    let pid = s.sup.pid_of("api");
+    std::fs::remove_file(s.sup.path("state/tls/cert.pem")).unwrap();
+    let out = s.sup.ctl(&["reload"]);
+    let msg = phoenix_tests::Supervisor::ok(&out);
+    assert!(
+        msg.contains("api: sent SIGHUP (new TLS certificate)"),
+        "{msg}"
+    );
+    wait_until("new certificate served", Duration::from_secs(10), || {
+        (fingerprint() != before).then_some(())
+    });
+    assert_eq!(s.sup.pid_of("api"), pid, "reloaded in place");
+    assert_eq!(
+        s.get(Some(&admin), "/api/v1/auth/me").status,
+        200,
+        "sessions survive"
+    );
+}
+
+mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    pub fn encode(data: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(data)
+    }
+
+    pub fn decode(text: &str) -> Vec<u8> {
+        URL_SAFE_NO_PAD.decode(text).expect("base64url")
+    }
+}
