@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what Phoenix needs to build, run and test on Debian/Ubuntu:
 # PostgreSQL 15, Prometheus, the Pushgateway, runit (benchmark peer),
-# util-linux (unshare) and the `phoenix` system user. Idempotent.
+# util-linux (unshare), schemathesis (PyPI) and the `phoenix` system user.
+# Idempotent.
 set -euo pipefail
 
 packages=(postgresql prometheus prometheus-pushgateway runit util-linux procps curl ca-certificates)
@@ -29,6 +30,12 @@ fi
 if ! getent passwd phoenix >/dev/null; then
   echo "setup: creating system user phoenix"
   need_root useradd --system --home-dir /var/lib/phoenix --no-create-home --shell /usr/sbin/nologin phoenix
+fi
+
+# schemathesis fuzzes the API from its OpenAPI document in the test suite.
+if ! python3 -c "import schemathesis" 2>/dev/null; then
+  echo "setup: installing schemathesis (PyPI)"
+  python3 -m pip install --quiet schemathesis || { echo "setup: pip install schemathesis failed" >&2; exit 1; }
 fi
 
 if ! command -v cargo >/dev/null; then

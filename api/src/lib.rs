@@ -99,6 +99,7 @@ impl FromRef<AppState> for Arc<Metrics> {
                        the HTTPS listener (`/api/v1/...`, bearer JWT from `/api/v1/auth/login`)."
     ),
     modifiers(&BearerScheme),
+    components(schemas(audit::Outcome)),
     tags(
         (name = "auth", description = "Log in, refresh, log out"),
         (name = "users", description = "User management (admin)"),
