@@ -5,7 +5,9 @@
 # Idempotent.
 set -euo pipefail
 
-packages=(postgresql prometheus prometheus-pushgateway runit util-linux procps curl ca-certificates)
+packages=(postgresql prometheus prometheus-pushgateway runit util-linux procps curl ca-certificates
+  # the boot test: a Debian root file system, kernel modules, an initramfs, qemu (TCG)
+  debootstrap busybox-static e2fsprogs cpio kmod qemu-system-x86)
 
 need_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -35,7 +37,12 @@ fi
 # schemathesis fuzzes the API from its OpenAPI document in the test suite.
 if ! python3 -c "import schemathesis" 2>/dev/null; then
   echo "setup: installing schemathesis (PyPI)"
-  python3 -m pip install --quiet schemathesis || { echo "setup: pip install schemathesis failed" >&2; exit 1; }
+  python3 -m pip --version >/dev/null 2>&1 ||
+    need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-pip
+  # Debian's own Python refuses system-wide pip installs unless told otherwise.
+  python3 -m pip install --quiet schemathesis 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages schemathesis ||
+    { echo "setup: pip install schemathesis failed" >&2; exit 1; }
 fi
 
 if ! command -v cargo >/dev/null; then

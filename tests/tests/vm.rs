@@ -1,0 +1,210 @@
+//! The boot test: a small image built from Debian packages with
+//! phoenix-supervisor as `init=`, booted in qemu (TCG), probed from the host
+//! through forwarded ports: /health pass, an API login, an orderly power-off
+//! on ctrl-alt-del with PostgreSQL shut down cleanly, and the data still
+//! there at the next boot.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use phoenix_tests::{bin, free_port, https, wait_until};
+use serde_json::{Value, json};
+
+const ADMIN_PASSWORD: &str = "vm-test-admin-password";
+
+struct Vm {
+    child: Child,
+    monitor: PathBuf,
+    console: PathBuf,
+    health: u16,
+    api: u16,
+}
+
+impl Vm {
+    fn boot(image: &Path, dir: &Path, name: &str) -> Vm {
+        let (health, api) = (free_port(), free_port());
+        let monitor = dir.join(format!("{name}.monitor"));
+        let console = dir.join(format!("{name}.console"));
+        let child = Command::new("qemu-system-x86_64")
+            .args(["-machine", "q35", "-cpu", "max", "-m", "2048", "-smp", "2", "-nographic", "-no-reboot"])
+            .arg("-kernel")
+            .arg(image.join("vmlinuz"))
+            .arg("-initrd")
+            .arg(image.join("initrd.img"))
+            .args(["-append", "console=ttyS0 root=/dev/vda rw panic=-1 init=/usr/local/bin/phoenix-supervisor"])
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", image.join("root.ext4").display()))
+            .args(["-netdev", &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{health}-:8081,hostfwd=tcp:127.0.0.1:{api}-:443")])
+            .args(["-device", "virtio-net-pci,netdev=n0"])
+            .arg("-monitor")
+            .arg(format!("unix:{},server,nowait", monitor.display()))
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("qemu-system-x86_64 (scripts/setup.sh installs qemu-system-x86)");
+        Vm {
+            child,
+            monitor,
+            console,
+            health,
+            api,
+        }
+    }
+
+    fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).to_string()
+    }
+
+    fn health(&self) -> Option<Value> {
+        let r = reqwest::blocking::Client::new()
+            .get(format!("http://127.0.0.1:{}/health", self.health))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .ok()?;
+        r.json().ok()
+    }
+
+    fn wait_healthy(&self) -> Duration {
+        let t0 = Instant::now();
+        let deadline = t0 + Duration::from_secs(900);
+        loop {
+            if let Some(h) = self.health() {
+                if h["status"] == "pass" {
+                    return t0.elapsed();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not healthy in time; console:\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    fn api(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.api)
+    }
+
+    fn login(&self) -> String {
+        let r = https()
+            .post(self.api("/api/v1/auth/login"))
+            .json(&json!({ "username": "admin", "password": ADMIN_PASSWORD }))
+            .send()
+            .expect("login request");
+        assert_eq!(r.status().as_u16(), 200, "login");
+        r.json::<Value>().unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Press ctrl-alt-del (the kernel sends SIGINT to PID 1) and wait for the
+    /// machine to power itself off.
+    fn ctrl_alt_del(&mut self) -> Duration {
+        let t0 = Instant::now();
+        let mut m = UnixStream::connect(&self.monitor).expect("qemu monitor");
+        m.write_all(b"sendkey ctrl-alt-delete\n").unwrap();
+        let status = wait_until("power off", Duration::from_secs(600), || {
+            self.child.try_wait().unwrap()
+        });
+        assert!(status.success(), "qemu exited with {status}");
+        t0.elapsed()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn boots_serves_powers_off_cleanly_and_keeps_data() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the boot test builds a root file system and needs root"
+    );
+    let dir = tempfile::Builder::new().prefix("phx-vm").tempdir().unwrap();
+    let image = dir.path().join("image");
+    let bins = bin("phoenix-supervisor").parent().unwrap().to_path_buf();
+    let t0 = Instant::now();
+    let status = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("vm/build-image.sh"))
+        .arg(&image)
+        .arg(&bins)
+        .arg(ADMIN_PASSWORD)
+        .status()
+        .unwrap();
+    assert!(status.success(), "building the image failed");
+    println!("image built in {:.0} s", t0.elapsed().as_secs_f64());
+
+    let mut vm = Vm::boot(&image, dir.path(), "first");
+    let healthy = vm.wait_healthy();
+    println!(
+        "first boot: healthy {:.1} s after qemu started",
+        healthy.as_secs_f64()
+    );
+    let health = vm.health().unwrap();
+    assert!(
+        health.get("notes").is_none(),
+        "cgroup v2 limits apply as PID 1 of a real kernel: {health}"
+    );
+    let token = vm.login();
+    let r = https()
+        .post(vm.api("/api/v1/users"))
+        .bearer_auth(&token)
+        .json(&json!({ "username": "persisted", "password": "persisted-password-1", "role": "viewer" }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+
+    let off = vm.ctrl_alt_del();
+    println!(
+        "first boot: powered off {:.1} s after ctrl-alt-del",
+        off.as_secs_f64()
+    );
+    let console = vm.console();
+    assert!(
+        console.contains("database system is shut down"),
+        "postgres stopped cleanly:\n{console}"
+    );
+    assert!(console.contains("all services stopped"), "{console}");
+    drop(vm);
+
+    let vm = Vm::boot(&image, dir.path(), "second");
+    let healthy = vm.wait_healthy();
+    println!(
+        "second boot: healthy {:.1} s after qemu started",
+        healthy.as_secs_f64()
+    );
+    let console = vm.console();
+    assert!(
+        console.contains("database system was shut down at"),
+        "clean start, no recovery:\n{console}"
+    );
+    assert!(!console.contains("redo starts"), "{console}");
+    let token = vm.login();
+    let users: Value = https()
+        .get(vm.api("/api/v1/users"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["username"] == "persisted"),
+        "{users}"
+    );
+}
