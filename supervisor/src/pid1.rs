@@ -80,6 +80,21 @@ pub fn mount_essentials() {
     }
 }
 
+/// Raise the open-files soft limit to the hard limit, for the supervisor and
+/// (inherited) every service: the API holds a connection per agent, and the
+/// usual soft limit of 1024 would cap it well below the agents it serves.
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
 /// Let ctrl-alt-del send SIGINT to PID 1 instead of rebooting at once.
 pub fn disable_ctrl_alt_del() {
     if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
