@@ -7,7 +7,9 @@ set -euo pipefail
 
 packages=(postgresql prometheus prometheus-pushgateway runit util-linux procps curl ca-certificates
   # the boot test: a Debian root file system, kernel modules, an initramfs, qemu (TCG)
-  debootstrap busybox-static e2fsprogs cpio kmod qemu-system-x86)
+  debootstrap busybox-static e2fsprogs cpio kmod qemu-system-x86
+  # the Nix checks: nix-instantiate (Debian's Nix) and jq
+  nix-bin jq)
 
 need_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -49,3 +51,19 @@ if ! command -v cargo >/dev/null; then
   echo "setup: cargo not found. Install a Rust toolchain (1.85 or newer), e.g. with rustup, then run this again." >&2
   exit 1
 fi
+
+# The Nix checks (tests/tests/nix.rs): remarshal for the module's first-boot
+# script, and nixpkgs-fmt and deadnix from crates.io (each builds in under
+# 30 s on 2 cores); nix-instantiate and jq come with the packages above.
+if ! python3 -c "import remarshal" 2>/dev/null; then
+  echo "setup: installing remarshal (PyPI)"
+  python3 -m pip install --quiet remarshal 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages remarshal ||
+    { echo "setup: pip install remarshal failed" >&2; exit 1; }
+fi
+for tool in nixpkgs-fmt deadnix; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "setup: installing $tool (crates.io)"
+    cargo install --locked --quiet "$tool"
+  fi
+done

@@ -1,0 +1,264 @@
+# services.phoenix: the Phoenix appliance, phoenix-supervisor running
+# PostgreSQL, Prometheus, the Pushgateway and the Phoenix API from one TOML
+# file, as a systemd service.
+#
+# The TOML file, /etc/phoenix/phoenix.toml, is the operator's, not Nix's:
+# `settings` only decides what it holds when it is first written (at the
+# first start, from EC2 user data when `ec2UserData` is on and some is
+# given). After that, rebuilds and upgrades never touch it; edits are applied
+# with `phoenixctl reload`. The servers' programs are named in it through
+# stable links under /etc/phoenix/pkgs, which every rebuild points at the
+# current packages, so an upgrade reaches an edited file too.
+{ config, lib, pkgs, ... }:
+
+let
+  cfg = config.services.phoenix;
+  settingsFormat = pkgs.formats.toml { };
+
+  configFile = "/etc/phoenix/phoenix.toml";
+  linkDir = "/etc/phoenix/pkgs";
+
+  sectionEnabled = section: cfg.settings.${section}.enable or true;
+
+  # The user a built-in runs as under a root supervisor; "" means root.
+  sectionUser = section: default:
+    if sectionEnabled section then cfg.settings.${section}.user or default else "";
+
+  serviceUsers = lib.unique (lib.filter (user: user != "") [
+    (sectionUser "postgres" "postgres")
+    (sectionUser "prometheus" "prometheus")
+    (sectionUser "pushgateway" "prometheus")
+    (sectionUser "api" "phoenix")
+  ]);
+
+  # "0.0.0.0:443" and "[::]:443" alike.
+  portOf = address: lib.toInt (lib.last (lib.splitString ":" address));
+
+  firewallPorts = [
+    80 # ACME HTTP-01 challenges and the redirect to HTTPS
+    (portOf (cfg.settings.health.listen or "0.0.0.0:8081"))
+  ] ++ lib.optionals (sectionEnabled "api") [
+    (portOf (cfg.settings.api.listen or "0.0.0.0:443"))
+    (portOf (cfg.settings.api.agent_listen or "0.0.0.0:6700"))
+  ];
+
+  controlSocket = "${cfg.settings.supervisor.run_dir or "/run/phoenix"}/control.sock";
+
+  supervisor = lib.getExe' cfg.package "phoenix-supervisor";
+  phoenixctl = lib.getExe' cfg.package "phoenixctl";
+
+  generatedConfig = settingsFormat.generate "phoenix.toml" cfg.settings;
+
+  # A typo in `settings` fails the build instead of the boot.
+  defaultConfig =
+    if cfg.checkConfig then
+      pkgs.runCommand "phoenix.toml" { } ''
+        ${supervisor} check-config --config ${generatedConfig}
+        cp ${generatedConfig} $out
+      ''
+    else generatedConfig;
+
+  # The same settings for merging EC2 user data over them at first boot.
+  defaultJson = pkgs.writeText "phoenix-defaults.json" (builtins.toJSON cfg.settings);
+
+  firstBoot = pkgs.writeShellApplication {
+    name = "phoenix-first-boot";
+    runtimeInputs = [ pkgs.coreutils pkgs.curl pkgs.jq pkgs.remarshal cfg.package ];
+    text = builtins.readFile ./phoenix-first-boot.sh;
+  };
+
+  # A built-in section's table with its program path option; other keys are
+  # free-form and checked by `phoenix-supervisor check-config`.
+  sectionOption = section: programOptions: lib.mkOption {
+    type = lib.types.submodule {
+      freeformType = settingsFormat.type;
+      options = programOptions;
+    };
+    default = { };
+    description = "The `[${section}]` table of the configuration file.";
+  };
+
+  programOption = { default, what }: lib.mkOption {
+    type = lib.types.str;
+    inherit default;
+    description = ''
+      ${what}. The default is a link that every rebuild points at the
+      current package, so that a configuration file written once keeps
+      working across upgrades.
+    '';
+  };
+in
+{
+  options.services.phoenix = {
+    enable = lib.mkEnableOption "the Phoenix appliance: phoenix-supervisor running PostgreSQL, Prometheus, the Pushgateway and the Phoenix API";
+
+    package = lib.mkPackageOption pkgs "phoenix" { };
+
+    postgresqlPackage = lib.mkPackageOption pkgs "postgresql_15" {
+      extraDescription = ''
+        Linked at ${linkDir}/postgresql. Changing the major version needs a
+        dump and restore of the cluster in the state directory.
+      '';
+    };
+
+    prometheusPackage = lib.mkPackageOption pkgs "prometheus" {
+      extraDescription = "Linked at ${linkDir}/prometheus.";
+    };
+
+    pushgatewayPackage = lib.mkPackageOption pkgs "prometheus-pushgateway" {
+      extraDescription = "Linked at ${linkDir}/pushgateway.";
+    };
+
+    settings = lib.mkOption {
+      type = lib.types.submodule {
+        freeformType = settingsFormat.type;
+        options = {
+          postgres = sectionOption "postgres" {
+            bin_dir = programOption {
+              default = "${linkDir}/postgresql/bin";
+              what = "Directory with `postgres`, `initdb`, `pg_isready` and `psql`";
+            };
+          };
+          prometheus = sectionOption "prometheus" {
+            bin = programOption {
+              default = "${linkDir}/prometheus/bin/prometheus";
+              what = "The Prometheus program";
+            };
+          };
+          pushgateway = sectionOption "pushgateway" {
+            bin = programOption {
+              default = "${linkDir}/pushgateway/bin/pushgateway";
+              what = "The Pushgateway program";
+            };
+          };
+        };
+      };
+      default = { };
+      example = lib.literalExpression ''
+        {
+          api.price_per_series_month = 0.08;
+          prometheus.retention = "30d";
+          tls.hostnames = [ "phoenix.example.com" ];
+        }
+      '';
+      description = ''
+        The initial content of ${configFile}, with the keys of
+        docs/configuration.md (unknown keys are errors). It is written when
+        that file does not exist yet and never again: later changes here
+        reach a running machine only through
+        /etc/phoenix/phoenix.default.toml, to compare and copy by hand.
+        `[api] bin` is best left out: the default, `phoenix-api` next to
+        the supervisor, follows `package`.
+      '';
+    };
+
+    checkConfig = lib.mkOption {
+      type = lib.types.bool;
+      default = true;
+      description = ''
+        Whether to run `phoenix-supervisor check-config` on the generated
+        file at build time. It runs `package` on the build machine, so
+        turn it off when cross-compiling.
+      '';
+    };
+
+    ec2UserData = lib.mkEnableOption ''
+      taking the configuration file from EC2 user data (IMDSv2) at the first
+      start, when the instance has some and it is a valid Phoenix
+      configuration; its keys override `settings` key by key
+    '';
+
+    openFirewall = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        Whether to open the firewall for the API (`[api] listen`), the agent
+        listener (`[api] agent_listen`), health (`[health] listen`) and
+        port 80 for ACME, with the ports given in `settings`. Ports changed
+        later in the file on the machine are not followed.
+      '';
+    };
+  };
+
+  config = lib.mkIf cfg.enable {
+    warnings =
+      lib.optional (config.services.postgresql.enable && sectionEnabled "postgres") ''
+        services.phoenix runs its own PostgreSQL as user postgres, and services.postgresql is enabled too:
+        both default to port 5432. Set services.phoenix.settings.postgres.port, or disable one of them.
+      ''
+      ++ lib.optional (config.services.prometheus.enable && sectionEnabled "prometheus") ''
+        services.phoenix runs its own Prometheus as user prometheus, and services.prometheus is enabled too:
+        both default to port 9090. Set services.phoenix.settings.prometheus.listen, or disable one of them.
+      '';
+
+    environment.systemPackages = [ cfg.package ];
+
+    environment.etc = {
+      "phoenix/phoenix.default.toml".source = defaultConfig;
+    }
+    // lib.optionalAttrs (sectionEnabled "postgres") {
+      "phoenix/pkgs/postgresql".source = cfg.postgresqlPackage;
+    }
+    // lib.optionalAttrs (sectionEnabled "prometheus") {
+      "phoenix/pkgs/prometheus".source = cfg.prometheusPackage;
+    }
+    // lib.optionalAttrs (sectionEnabled "pushgateway") {
+      "phoenix/pkgs/pushgateway".source = cfg.pushgatewayPackage;
+    };
+
+    # Fixed ids where NixOS has them (postgres, prometheus), so that data
+    # keeps its owner when services.postgresql or services.prometheus
+    # define the same users.
+    users.users = lib.genAttrs serviceUsers (name: {
+      isSystemUser = true;
+      group = name;
+      uid = config.ids.uids.${name} or null;
+      description = lib.mkDefault "Phoenix appliance service ${name}";
+    });
+    users.groups = lib.genAttrs serviceUsers (name: {
+      gid = config.ids.gids.${name} or null;
+    });
+
+    networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall firewallPorts;
+
+    systemd.services.phoenix = {
+      description = "Phoenix appliance supervisor";
+      wantedBy = [ "multi-user.target" ];
+      # The first start may read EC2 user data.
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      # The servers run from the links in ${linkDir}; a new package there
+      # needs a restart. A new phoenix package changes ExecStart itself.
+      restartTriggers = [ cfg.postgresqlPackage cfg.prometheusPackage cfg.pushgatewayPackage ];
+
+      serviceConfig = {
+        Type = "notify";
+        NotifyAccess = "main";
+        ExecStartPre = lib.concatStringsSep " " ([ (lib.getExe firstBoot) configFile "${defaultConfig}" "${defaultJson}" ]
+          ++ lib.optional cfg.ec2UserData "--ec2-user-data");
+        ExecStart = "${supervisor} run --config ${configFile}";
+        # Synchronous, and fails (leaving the running config) on a bad file.
+        ExecReload = "${phoenixctl} --socket ${controlSocket} reload";
+        # The supervisor puts itself in a leaf cgroup and each service in
+        # one of its own, with memory, cpu and pids limits.
+        Delegate = true;
+        # SIGTERM to the supervisor alone: it stops the services in reverse
+        # dependency order within `[supervisor] shutdown_timeout`.
+        KillMode = "mixed";
+        # READY=1 comes when every service is ready; the first start runs
+        # initdb and the API's migrations.
+        TimeoutStartSec = "10min";
+        # A backstop behind the supervisor's own shutdown_timeout (60 s).
+        TimeoutStopSec = "5min";
+        Restart = "on-failure";
+        RestartSec = "10s";
+        StateDirectory = "phoenix";
+        StateDirectoryMode = "0755";
+        RuntimeDirectory = "phoenix";
+        RuntimeDirectoryMode = "0755";
+        LogsDirectory = "phoenix";
+        LogsDirectoryMode = "0750";
+      };
+    };
+  };
+}

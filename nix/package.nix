@@ -1,0 +1,57 @@
+# The Phoenix workspace: `phoenix-supervisor`, `phoenixctl` and `phoenix-api`
+# in one package. They must share a bin/ directory: the supervisor starts
+# `phoenix-api` from next to its own executable unless `[api] bin` says
+# otherwise.
+{ lib
+, rustPlatform
+}:
+
+let
+  root = ../.;
+  workspace = lib.importTOML ../Cargo.toml;
+in
+rustPlatform.buildRustPackage {
+  pname = "phoenix";
+  inherit (workspace.workspace.package) version;
+
+  # Everything cargo needs, and nothing else: editing Nix files, docs or
+  # scripts does not rebuild the Rust code. Cargo needs every workspace
+  # member's manifest, so whole member directories stay in.
+  src = lib.fileset.toSource {
+    inherit root;
+    fileset = lib.fileset.difference root (lib.fileset.unions [
+      (lib.fileset.fileFilter (file: file.hasExt "nix") root)
+      (lib.fileset.maybeMissing ../flake.lock)
+      ../README.md
+      ../docs
+      ../scripts
+      (lib.fileset.maybeMissing ../.ci)
+      (lib.fileset.maybeMissing ../.git)
+      (lib.fileset.maybeMissing ../target)
+      (lib.fileset.maybeMissing ../.phoenix-dev)
+    ]);
+  };
+
+  cargoLock.lockFile = ../Cargo.lock;
+
+  # The test and benchmark crates are workspace members; they are not part
+  # of the appliance.
+  cargoBuildFlags = [
+    "--package"
+    "phoenix-supervisor"
+    "--package"
+    "phoenix-api"
+  ];
+
+  # The black-box tests start PostgreSQL, Prometheus and the Pushgateway and
+  # need root for users and cgroups; scripts/test.sh runs them, and the
+  # NixOS VM test (checks.<system>.vm) runs the packaged binaries for real.
+  doCheck = false;
+
+  meta = {
+    description = "Phoenix observability cost appliance: supervisor, control CLI and API";
+    license = lib.licenses.asl20;
+    mainProgram = "phoenix-supervisor";
+    platforms = lib.platforms.linux;
+  };
+}

@@ -1,0 +1,300 @@
+# Evaluates modules/phoenix.nix with lib.evalModules against small stubs of
+# the NixOS options it sets and reads and of the packages it uses, then
+# checks what it produced. Needs only nixpkgs' lib (a nixpkgs or
+# nixpkgs.lib checkout), not nixpkgs or a Nix store:
+#
+#   nix-instantiate --eval --strict --json tests/nix/eval-module.nix \
+#     --argstr nixpkgsLib "$NIXPKGS_LIB"
+#
+# prints { failures = [ ... ]; configs = { <scenario> = "<TOML>"; }; }.
+# `failures` must be empty; each of `configs` is the module's settings
+# rendered as TOML, for `phoenix-supervisor check-config` to accept
+# (tests/tests/nix.rs does both).
+{ nixpkgsLib }:
+
+let
+  lib = import (
+    if builtins.pathExists (nixpkgsLib + "/lib/default.nix")
+    then nixpkgsLib + "/lib"
+    else nixpkgsLib
+  );
+
+  inherit (lib) mkOption types;
+
+  fakePackage = name: {
+    type = "derivation";
+    inherit name;
+    outPath = "/nix/store/00000000000000000000000000000000-${name}";
+    meta.mainProgram = name;
+  };
+
+  # The TOML value type of pkgs.formats.toml, and a renderer so that the
+  # generated settings can be fed to the real check-config.
+  tomlValue = types.oneOf [
+    types.bool
+    types.int
+    types.float
+    types.str
+    types.path
+    (types.attrsOf tomlValue)
+    (types.listOf tomlValue)
+  ] // { description = "TOML value"; };
+
+  toTOML = settings:
+    let
+      key = builtins.toJSON;
+      inline = value:
+        if builtins.isBool value then lib.boolToString value
+        else if builtins.isInt value || builtins.isFloat value then toString value
+        else if builtins.isString value then builtins.toJSON value
+        else if builtins.isList value then "[" + lib.concatMapStringsSep ", " inline value + "]"
+        else if builtins.isAttrs value then
+          "{ " + lib.concatStringsSep ", " (lib.mapAttrsToList (k: v: "${key k} = ${inline v}") value) + " }"
+        else throw "not a TOML value: ${builtins.typeOf value}";
+      table = path: attrs:
+        let
+          plain = lib.filterAttrs (_: v: !builtins.isAttrs v) attrs;
+          tables = lib.filterAttrs (_: builtins.isAttrs) attrs;
+          header = "[" + lib.concatMapStringsSep "." key path + "]\n";
+        in
+        lib.optionalString (path != [ ] && (plain != { } || tables == { })) header
+        + lib.concatStrings (lib.mapAttrsToList (k: v: "${key k} = ${inline v}\n") plain)
+        + lib.concatStrings (lib.mapAttrsToList (k: table (path ++ [ k ])) tables);
+    in
+    table [ ] settings;
+
+  pkgsStub = {
+    formats.toml = {}: {
+      type = tomlValue;
+      generate = name: value: fakePackage name // { inherit value; };
+    };
+    runCommand = name: _env: script: fakePackage name // { inherit script; };
+    writeText = name: text: fakePackage name // { inherit text; };
+    writeShellApplication = { name, runtimeInputs, text }:
+      fakePackage name // { inherit runtimeInputs text; };
+    phoenix = fakePackage "phoenix-0.1.0";
+    postgresql_15 = fakePackage "postgresql-15.0";
+    prometheus = fakePackage "prometheus-3.0.0";
+    prometheus-pushgateway = fakePackage "pushgateway-1.0.0";
+    coreutils = fakePackage "coreutils";
+    curl = fakePackage "curl";
+    jq = fakePackage "jq";
+    remarshal = fakePackage "remarshal";
+  };
+
+  # Only the options modules/phoenix.nix touches, typed as loosely as is
+  # safe; their real definitions live in nixpkgs.
+  nixosStubs = {
+    options = {
+      warnings = mkOption { type = types.listOf types.str; default = [ ]; };
+      environment.systemPackages = mkOption { type = types.listOf types.package; default = [ ]; };
+      environment.etc = mkOption {
+        type = types.attrsOf (types.submodule {
+          options.source = mkOption { type = types.anything; };
+        });
+        default = { };
+      };
+      users.users = mkOption {
+        type = types.attrsOf (types.submodule {
+          options = {
+            isSystemUser = mkOption { type = types.bool; default = false; };
+            group = mkOption { type = types.str; };
+            uid = mkOption { type = types.nullOr types.int; default = null; };
+            description = mkOption { type = types.str; default = ""; };
+          };
+        });
+        default = { };
+      };
+      users.groups = mkOption {
+        type = types.attrsOf (types.submodule {
+          options.gid = mkOption { type = types.nullOr types.int; default = null; };
+        });
+        default = { };
+      };
+      ids.uids = mkOption { type = types.attrsOf types.int; default = { postgres = 71; prometheus = 255; }; };
+      ids.gids = mkOption { type = types.attrsOf types.int; default = { postgres = 71; prometheus = 255; }; };
+      networking.firewall.allowedTCPPorts = mkOption { type = types.listOf types.port; default = [ ]; };
+      services.postgresql.enable = mkOption { type = types.bool; default = false; };
+      services.prometheus.enable = mkOption { type = types.bool; default = false; };
+      systemd.services = mkOption {
+        type = types.attrsOf (types.submodule { freeformType = types.attrsOf types.anything; });
+        default = { };
+      };
+    };
+  };
+
+  evaluate = scenario: (lib.evalModules {
+    modules = [
+      nixosStubs
+      ../../modules/phoenix.nix
+      { _module.args.pkgs = pkgsStub; }
+      scenario
+    ];
+  }).config;
+
+  # expect "what" actual expected: a failure message, or nothing.
+  expect = what: actual: expected:
+    lib.optional (actual != expected)
+      "${what}: expected ${builtins.toJSON expected}, got ${builtins.toJSON actual}";
+
+  expectThat = what: holds: lib.optional (!holds) what;
+
+  links = {
+    postgres.bin_dir = "/etc/phoenix/pkgs/postgresql/bin";
+    prometheus.bin = "/etc/phoenix/pkgs/prometheus/bin/prometheus";
+    pushgateway.bin = "/etc/phoenix/pkgs/pushgateway/bin/pushgateway";
+  };
+
+  store = name: "/nix/store/00000000000000000000000000000000-${name}";
+
+  defaults = evaluate { services.phoenix.enable = true; };
+  defaultUnit = defaults.systemd.services.phoenix;
+
+  custom = evaluate {
+    services.phoenix = {
+      enable = true;
+      ec2UserData = true;
+      openFirewall = true;
+      checkConfig = false;
+      settings = {
+        supervisor.run_dir = "/run/phoenix-custom";
+        health.listen = "0.0.0.0:9081";
+        api = {
+          listen = "[::]:8443";
+          agent_listen = "0.0.0.0:7700";
+          user = "phoenix-api";
+          price_per_series_month = 0.08;
+        };
+        postgres = {
+          port = 5433;
+          limits = { memory = "2GiB"; cpus = 1.5; };
+          settings.max_connections = 200;
+        };
+        prometheus = { enable = false; retention = "30d"; };
+        tls.hostnames = [ "phoenix.example.com" ];
+        services.worker = {
+          command = [ "/run/current-system/sw/bin/sleep" "infinity" ];
+          user = "phoenix-api";
+          depends_on = [ "api" ];
+          restart = { policy = "on-failure"; initial_delay = "1s"; };
+        };
+      };
+    };
+  };
+  customUnit = custom.systemd.services.phoenix;
+
+  rootApi = evaluate {
+    services.phoenix = {
+      enable = true;
+      settings.api.user = "";
+      settings.pushgateway.enable = false;
+    };
+  };
+
+  disabled = evaluate { services.phoenix.settings.api.listen = "0.0.0.0:1"; };
+
+  alongsidePostgresql = evaluate {
+    services.phoenix.enable = true;
+    services.postgresql.enable = true;
+  };
+
+  failures = lib.concatLists [
+    # Defaults: the servers' programs through the stable links, nothing else.
+    (expect "default settings" defaults.services.phoenix.settings links)
+    (expect "default users" (lib.attrNames defaults.users.users) [ "phoenix" "postgres" "prometheus" ])
+    (expect "postgres uid" defaults.users.users.postgres.uid 71)
+    (expect "prometheus uid" defaults.users.users.prometheus.uid 255)
+    (expect "phoenix uid" defaults.users.users.phoenix.uid null)
+    (expect "system users"
+      (lib.mapAttrsToList (name: user: user.isSystemUser && user.group == name) defaults.users.users)
+      [ true true true ])
+    (expect "groups" (lib.attrNames defaults.users.groups) [ "phoenix" "postgres" "prometheus" ])
+    (expect "no firewall by default" defaults.networking.firewall.allowedTCPPorts [ ])
+    (expect "etc entries" (lib.attrNames defaults.environment.etc) [
+      "phoenix/phoenix.default.toml"
+      "phoenix/pkgs/postgresql"
+      "phoenix/pkgs/prometheus"
+      "phoenix/pkgs/pushgateway"
+    ])
+    (expectThat "phoenix.toml must not be a store symlink" (!(defaults.environment.etc ? "phoenix/phoenix.toml")))
+    (expect "postgresql link" defaults.environment.etc."phoenix/pkgs/postgresql".source.outPath (store "postgresql-15.0"))
+    (expect "pushgateway link" defaults.environment.etc."phoenix/pkgs/pushgateway".source.outPath (store "pushgateway-1.0.0"))
+    (expectThat "the default file is checked at build time"
+      (lib.hasInfix "/bin/phoenix-supervisor check-config --config"
+        defaults.environment.etc."phoenix/phoenix.default.toml".source.script))
+    (expect "system packages" (map (p: p.name) defaults.environment.systemPackages) [ "phoenix-0.1.0" ])
+    (expect "Type" defaultUnit.serviceConfig.Type "notify")
+    (expect "NotifyAccess" defaultUnit.serviceConfig.NotifyAccess "main")
+    (expect "Delegate" defaultUnit.serviceConfig.Delegate true)
+    (expect "KillMode" defaultUnit.serviceConfig.KillMode "mixed")
+    (expect "ExecStart" defaultUnit.serviceConfig.ExecStart
+      "${store "phoenix-0.1.0"}/bin/phoenix-supervisor run --config /etc/phoenix/phoenix.toml")
+    (expect "ExecReload" defaultUnit.serviceConfig.ExecReload
+      "${store "phoenix-0.1.0"}/bin/phoenixctl --socket /run/phoenix/control.sock reload")
+    (expect "ExecStartPre" defaultUnit.serviceConfig.ExecStartPre
+      "${store "phoenix-first-boot"}/bin/phoenix-first-boot /etc/phoenix/phoenix.toml ${store "phoenix.toml"} ${store "phoenix-defaults.json"}")
+    (expect "wantedBy" defaultUnit.wantedBy [ "multi-user.target" ])
+    (expect "no warnings" defaults.warnings [ ])
+
+    # Custom settings: kept as given, ports and users follow them.
+    (expect "custom settings keep every key"
+      (builtins.removeAttrs custom.services.phoenix.settings [ "postgres" "prometheus" "pushgateway" ])
+      {
+        supervisor.run_dir = "/run/phoenix-custom";
+        health.listen = "0.0.0.0:9081";
+        api = {
+          listen = "[::]:8443";
+          agent_listen = "0.0.0.0:7700";
+          user = "phoenix-api";
+          price_per_series_month = 0.08;
+        };
+        tls.hostnames = [ "phoenix.example.com" ];
+        services.worker = {
+          command = [ "/run/current-system/sw/bin/sleep" "infinity" ];
+          user = "phoenix-api";
+          depends_on = [ "api" ];
+          restart = { policy = "on-failure"; initial_delay = "1s"; };
+        };
+      })
+    (expect "custom postgres section" custom.services.phoenix.settings.postgres {
+      bin_dir = "/etc/phoenix/pkgs/postgresql/bin";
+      port = 5433;
+      limits = { memory = "2GiB"; cpus = 1.5; };
+      settings.max_connections = 200;
+    })
+    (expect "custom prometheus section" custom.services.phoenix.settings.prometheus {
+      bin = "/etc/phoenix/pkgs/prometheus/bin/prometheus";
+      enable = false;
+      retention = "30d";
+    })
+    (expect "firewall ports" custom.networking.firewall.allowedTCPPorts [ 80 9081 8443 7700 ])
+    (expect "custom users" (lib.attrNames custom.users.users) [ "phoenix-api" "postgres" "prometheus" ])
+    (expectThat "no prometheus link when prometheus is disabled"
+      (!(custom.environment.etc ? "phoenix/pkgs/prometheus")))
+    (expect "unchecked default file" custom.environment.etc."phoenix/phoenix.default.toml".source.value
+      custom.services.phoenix.settings)
+    (expect "first boot reads EC2 user data" customUnit.serviceConfig.ExecStartPre
+      "${store "phoenix-first-boot"}/bin/phoenix-first-boot /etc/phoenix/phoenix.toml ${store "phoenix.toml"} ${store "phoenix-defaults.json"} --ec2-user-data")
+    (expect "control socket follows run_dir" customUnit.serviceConfig.ExecReload
+      "${store "phoenix-0.1.0"}/bin/phoenixctl --socket /run/phoenix-custom/control.sock reload")
+
+    # [api] user = "" runs the API as root: no phoenix user.
+    (expect "users with a root API and no pushgateway" (lib.attrNames rootApi.users.users) [ "postgres" "prometheus" ])
+    (expectThat "no pushgateway link when disabled" (!(rootApi.environment.etc ? "phoenix/pkgs/pushgateway")))
+
+    # Disabled: nothing at all.
+    (expect "disabled: no unit" (disabled.systemd.services ? phoenix) false)
+    (expect "disabled: no users" disabled.users.users { })
+    (expect "disabled: no etc" disabled.environment.etc { })
+
+    (expect "a warning beside services.postgresql" (builtins.length alongsidePostgresql.warnings) 1)
+  ];
+in
+{
+  inherit failures;
+  configs = {
+    defaults = toTOML defaults.services.phoenix.settings;
+    custom = toTOML custom.services.phoenix.settings;
+    root-api = toTOML rootApi.services.phoenix.settings;
+  };
+}

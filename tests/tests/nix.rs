@@ -1,0 +1,412 @@
+//! The Nix side of the appliance: every Nix file parses
+//! (`nix-instantiate --parse`), is formatted (`nixpkgs-fmt --check`) and has
+//! no dead code (`deadnix --fail`); flake.lock pins nixpkgs; with
+//! NIXPKGS_LIB, modules/phoenix.nix evaluates with `lib.evalModules` against
+//! stubs and its settings pass `check-config`; and the module's first-boot
+//! script writes /etc/phoenix/phoenix.toml once, from EC2 user data (IMDSv2)
+//! when that is valid. `scripts/setup.sh` installs the tools.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use phoenix_tests::bin;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .to_path_buf()
+}
+
+/// Every `*.nix` file of the repository, outside build output and hidden
+/// directories.
+fn nix_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("readable directory") {
+            let path = entry.expect("directory entry").path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if path.is_dir() {
+                if !name.starts_with('.') && name != "target" {
+                    walk(&path, out);
+                }
+            } else if name.ends_with(".nix") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&repo(), &mut files);
+    files.sort();
+    for expected in [
+        "flake.nix",
+        "modules/phoenix.nix",
+        "tests/nix/eval-module.nix",
+    ] {
+        assert!(
+            files.contains(&repo().join(expected)),
+            "{expected} was not found"
+        );
+    }
+    files
+}
+
+/// A command of a tool that scripts/setup.sh installs, or a clear failure.
+fn tool(program: &str) -> Command {
+    let found = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{program} is not installed: run scripts/setup.sh (it installs nix-bin, nixpkgs-fmt, deadnix, jq and remarshal)"
+    );
+    let mut command = Command::new(program);
+    // Debian's Nix names a build group that only a Nix daemon set-up has.
+    command.env("NIX_CONFIG", "build-users-group =");
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn nix_files_parse() {
+    let failures: Vec<String> = nix_files()
+        .iter()
+        .filter_map(|file| {
+            let out = run(tool("nix-instantiate").arg("--parse").arg(file));
+            (!out.status.success()).then(|| format!("{}:\n{}", file.display(), text(&out)))
+        })
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn nix_files_are_formatted() {
+    let out = run(tool("nixpkgs-fmt").arg("--check").args(nix_files()));
+    assert!(
+        out.status.success(),
+        "run `nixpkgs-fmt` on these files:\n{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn nix_files_have_no_dead_code() {
+    let out = run(tool("deadnix").arg("--fail").args(nix_files()));
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn flake_lock_pins_the_nixpkgs_branch_of_flake_nix() {
+    let flake = std::fs::read_to_string(repo().join("flake.nix")).unwrap();
+    let url = flake
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("inputs.nixpkgs.url = \""))
+        .and_then(|rest| rest.strip_suffix("\";"))
+        .expect("flake.nix has inputs.nixpkgs.url");
+    let branch = url
+        .strip_prefix("github:NixOS/nixpkgs/")
+        .expect("nixpkgs comes from github:NixOS/nixpkgs");
+
+    let lock: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("flake.lock")).unwrap()).unwrap();
+    assert_eq!(lock["version"], 7);
+    assert_eq!(lock["nodes"]["root"]["inputs"]["nixpkgs"], "nixpkgs");
+    let node = &lock["nodes"]["nixpkgs"];
+    assert_eq!(node["original"]["ref"], branch);
+    assert_eq!(node["original"]["owner"], "NixOS");
+    let locked = &node["locked"];
+    assert_eq!(locked["type"], "github");
+    assert_eq!(locked["owner"], "NixOS");
+    assert_eq!(locked["repo"], "nixpkgs");
+    let rev = locked["rev"].as_str().expect("a locked rev");
+    assert!(
+        rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{rev}"
+    );
+    let nar_hash = locked["narHash"].as_str().expect("a narHash");
+    assert!(
+        nar_hash.starts_with("sha256-") && nar_hash.len() == 51,
+        "{nar_hash}"
+    );
+    assert!(locked["lastModified"].as_u64().is_some());
+}
+
+/// tests/nix/eval-module.nix: lib.evalModules on modules/phoenix.nix with
+/// stubs; the settings of each scenario must pass the real check-config.
+#[test]
+fn module_evaluates_against_stubs_and_its_settings_pass_check_config() {
+    let Some(lib) = std::env::var_os("NIXPKGS_LIB") else {
+        println!(
+            "skipped: NIXPKGS_LIB not set; set it to a nixpkgs (or nixpkgs.lib) checkout \
+             to evaluate modules/phoenix.nix with lib.evalModules"
+        );
+        return;
+    };
+    let out = run(tool("nix-instantiate")
+        .args(["--eval", "--strict", "--json"])
+        .arg(repo().join("tests/nix/eval-module.nix"))
+        .arg("--argstr")
+        .arg("nixpkgsLib")
+        .arg(&lib));
+    assert!(out.status.success(), "{}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failures = result["failures"].as_array().expect("failures");
+    assert!(
+        failures.is_empty(),
+        "{}",
+        serde_json::to_string_pretty(failures).unwrap()
+    );
+
+    let configs = result["configs"].as_object().expect("configs");
+    assert!(configs.contains_key("defaults"));
+    let dir = tempfile::tempdir().unwrap();
+    for (scenario, toml) in configs {
+        let path = dir.path().join(format!("{scenario}.toml"));
+        std::fs::write(&path, toml.as_str().expect("TOML text")).unwrap();
+        let out = run(Command::new(bin("phoenix-supervisor"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&path));
+        assert!(
+            out.status.success(),
+            "settings of scenario {scenario}:\n{}\n{}",
+            toml.as_str().unwrap(),
+            text(&out)
+        );
+    }
+}
+
+// The first-boot script, with the module's default settings.
+
+const DEFAULT_TOML: &str = "[postgres]\nbin_dir = \"/etc/phoenix/pkgs/postgresql/bin\"\n\n\
+    [prometheus]\nbin = \"/etc/phoenix/pkgs/prometheus/bin/prometheus\"\n\n\
+    [pushgateway]\nbin = \"/etc/phoenix/pkgs/pushgateway/bin/pushgateway\"\n";
+
+const DEFAULT_JSON: &str = r#"{"postgres":{"bin_dir":"/etc/phoenix/pkgs/postgresql/bin"},"prometheus":{"bin":"/etc/phoenix/pkgs/prometheus/bin/prometheus"},"pushgateway":{"bin":"/etc/phoenix/pkgs/pushgateway/bin/pushgateway"}}"#;
+
+struct FirstBoot {
+    dir: tempfile::TempDir,
+    path: String,
+}
+
+impl FirstBoot {
+    fn new() -> FirstBoot {
+        for program in ["curl", "jq"] {
+            tool(program);
+        }
+        let python = run(Command::new("python3").args(["-c", "import remarshal"]));
+        assert!(
+            python.status.success(),
+            "remarshal is not installed: run scripts/setup.sh\n{}",
+            text(&python)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("default.toml"), DEFAULT_TOML).unwrap();
+        std::fs::write(dir.path().join("default.json"), DEFAULT_JSON).unwrap();
+        // NixOS has remarshal's toml2json and json2toml; pip may not put
+        // them on PATH, `python3 -m remarshal` always works.
+        let shims = dir.path().join("bin");
+        std::fs::create_dir(&shims).unwrap();
+        for (name, from, to) in [("toml2json", "toml", "json"), ("json2toml", "json", "toml")] {
+            let shim = shims.join(name);
+            std::fs::write(
+                &shim,
+                format!("#!/bin/sh\nexec python3 -m remarshal -f {from} -t {to} \"$@\"\n"),
+            )
+            .unwrap();
+            std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let supervisor_dir = bin("phoenix-supervisor").parent().unwrap().to_path_buf();
+        let mut path = vec![shims, supervisor_dir];
+        path.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        let path = std::env::join_paths(path)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        FirstBoot { dir, path }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("etc/phoenix/phoenix.toml")
+    }
+
+    /// Runs the script; `imds` is the metadata endpoint for --ec2-user-data.
+    fn run(&self, imds: Option<&str>) -> Output {
+        let mut command = Command::new("bash");
+        command
+            .arg(repo().join("modules/phoenix-first-boot.sh"))
+            .arg(self.config())
+            .arg(self.dir.path().join("default.toml"))
+            .arg(self.dir.path().join("default.json"))
+            .env("PATH", &self.path);
+        if let Some(url) = imds {
+            command
+                .arg("--ec2-user-data")
+                .env("PHOENIX_IMDS_ENDPOINT", url);
+        }
+        let out = run(&mut command);
+        assert!(out.status.success(), "{}", text(&out));
+        out
+    }
+
+    fn written(&self) -> String {
+        let config = self.config();
+        let mode = std::fs::symlink_metadata(&config)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{} mode", config.display());
+        std::fs::read_to_string(config).unwrap()
+    }
+
+    fn check_config(&self) -> String {
+        let out = run(Command::new(bin("phoenix-supervisor"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(self.config()));
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    }
+}
+
+/// A fake EC2 instance metadata service speaking IMDSv2: a token for a PUT
+/// with a TTL header, user data only for that token. `None`: answers 404.
+fn imds(user_data: Option<&'static str>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            let mut headers = Vec::new();
+            reader.read_line(&mut request).unwrap_or_default();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                headers.push(line.trim().to_ascii_lowercase());
+            }
+            let has = |header: &str| headers.iter().any(|h| h.starts_with(header));
+            let (status, body) = match request.split_whitespace().take(2).collect::<Vec<_>>()[..] {
+                ["PUT", "/latest/api/token"] if has("x-aws-ec2-metadata-token-ttl-seconds:") => {
+                    ("200 OK", "token-1")
+                }
+                ["GET", "/latest/user-data"] if has("x-aws-ec2-metadata-token: token-1") => {
+                    match user_data {
+                        Some(data) => ("200 OK", data),
+                        None => ("404 Not Found", ""),
+                    }
+                }
+                _ => ("401 Unauthorized", ""),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+#[test]
+fn first_boot_writes_the_defaults_once_and_never_overwrites_an_edit() {
+    let boot = FirstBoot::new();
+    boot.run(None);
+    let written = boot.written();
+    assert!(written.starts_with("# "), "a header comment:\n{written}");
+    assert!(written.ends_with(DEFAULT_TOML), "{written}");
+    let dir_mode = std::fs::metadata(boot.config().parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o755);
+    assert!(boot.check_config().contains("ok (6 services"));
+
+    let edited = format!("{written}\n[api]\nprice_per_series_month = 0.08\n");
+    std::fs::write(boot.config(), &edited).unwrap();
+    boot.run(None);
+    boot.run(Some(&imds(Some("[api]\nprice_per_series_month = 0.01\n"))));
+    assert_eq!(std::fs::read_to_string(boot.config()).unwrap(), edited);
+    let leftovers: Vec<_> = std::fs::read_dir(boot.config().parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(leftovers, ["phoenix.toml"]);
+}
+
+#[test]
+fn first_boot_takes_valid_ec2_user_data_over_the_defaults() {
+    let boot = FirstBoot::new();
+    let out = boot.run(Some(&imds(Some(
+        "[postgres]\nport = 5433\n\n[api]\nlisten = \"0.0.0.0:8443\"\n\n\
+         [services.worker]\ncommand = [\"/bin/sleep\", \"infinity\"]\n",
+    ))));
+    assert!(text(&out).contains("from EC2 user data"), "{}", text(&out));
+    let written = boot.written();
+    for expected in [
+        "port = 5433",
+        "listen = \"0.0.0.0:8443\"",
+        "bin_dir = \"/etc/phoenix/pkgs/postgresql/bin\"",
+        "bin = \"/etc/phoenix/pkgs/pushgateway/bin/pushgateway\"",
+        "[services.worker]",
+    ] {
+        assert!(written.contains(expected), "{expected} in:\n{written}");
+    }
+    assert!(boot.check_config().contains("worker"));
+}
+
+#[test]
+fn first_boot_refuses_invalid_ec2_user_data_and_keeps_it_aside() {
+    let boot = FirstBoot::new();
+    let user_data = "[postgres]\nprot = 5433\n";
+    let out = boot.run(Some(&imds(Some(user_data))));
+    let log = text(&out);
+    assert!(log.contains("not a valid Phoenix config"), "{log}");
+    assert!(log.contains("postgres.prot"), "the reason is logged: {log}");
+    assert!(boot.written().ends_with(DEFAULT_TOML));
+    let rejected = boot.config().with_file_name("user-data.rejected");
+    assert_eq!(std::fs::read_to_string(&rejected).unwrap(), user_data);
+    let mode = std::fs::metadata(&rejected).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn first_boot_without_user_data_or_metadata_service_uses_the_defaults() {
+    let boot = FirstBoot::new();
+    let out = boot.run(Some(&imds(None)));
+    assert!(text(&out).contains("no EC2 user data"), "{}", text(&out));
+    assert!(boot.written().ends_with(DEFAULT_TOML));
+
+    let boot = FirstBoot::new();
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let out = boot.run(Some(&closed));
+    assert!(
+        text(&out).contains("no EC2 instance metadata service"),
+        "{}",
+        text(&out)
+    );
+    assert!(boot.written().ends_with(DEFAULT_TOML));
+}
