@@ -16,6 +16,18 @@
 //!   response.
 //! - [`server`]: binds the listeners, serves HTTPS (reloading the certificate
 //!   on SIGHUP), and shuts down gracefully on SIGTERM/SIGINT.
+//! - [`pipeline_spec`]: reduction pipelines and experiment task payloads as
+//!   data, with their validation; no I/O (shared with the agent later).
+//! - [`pipelines`]: saved pipelines and templates.
+//! - [`experiment_state`]: the experiment state machine, a pure function.
+//! - [`experiments`]: experiments and operators' actions; every transition
+//!   goes through `experiments::Transition::apply`.
+//! - [`experiment_driver`]: the background task that advances experiments.
+//! - [`kpi`]: KPIs measured with Prometheus queries; [`cost`]: the cost summary.
+//! - [`agents`]: enrollment, agent credentials, the agent registry,
+//!   heartbeats and metric pushes to the Pushgateway.
+//! - [`tasks`]: the per-agent task queue: claims with leases, results,
+//!   long-poll wake-ups.
 //!
 //! Retry delays come from the workspace's `phoenix-backoff` crate.
 //!
@@ -24,15 +36,24 @@
 //! so the OpenAPI document cannot miss one.
 #![forbid(unsafe_code)]
 
+pub mod agents;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod cost;
 pub mod db;
 pub mod error;
+pub mod experiment_driver;
+pub mod experiment_state;
+pub mod experiments;
 pub mod health;
+pub mod kpi;
 pub mod metrics;
+pub mod pipeline_spec;
+pub mod pipelines;
 pub mod problem;
 pub mod server;
+pub mod tasks;
 
 use std::sync::Arc;
 
@@ -55,7 +76,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    auth::limiter::LoginLimiter, auth::tokens::JwtKeys, config::HttpLimits, metrics::Metrics,
+    agents::AgentCredentialScheme, auth::limiter::LoginLimiter, auth::tokens::JwtKeys,
+    config::HttpLimits, metrics::Metrics,
 };
 
 /// What every handler can reach.
@@ -98,12 +120,19 @@ impl FromRef<AppState> for Arc<Metrics> {
         description = "Control plane of the Phoenix observability-cost appliance. People and tools use \
                        the HTTPS listener (`/api/v1/...`, bearer JWT from `/api/v1/auth/login`)."
     ),
-    modifiers(&BearerScheme),
+    modifiers(&BearerScheme, &AgentCredentialScheme),
     components(schemas(audit::Outcome)),
     tags(
         (name = "auth", description = "Log in, refresh, log out"),
         (name = "users", description = "User management (admin)"),
         (name = "audit", description = "The append-only audit log (admin)"),
+        (name = "pipelines", description = "Reduction pipelines: templates and saved pipelines"),
+        (name = "experiments", description = "A/B experiments of two pipelines, their state machine and measured KPIs"),
+        (name = "cost", description = "Series and cost per month before and after promoted pipelines"),
+        (name = "agents", description = "Enrollment tokens (admin) and the agents that enrolled"),
+        (name = "tasks", description = "Work queued for agents, and its results"),
+        (name = "agent", description = "For agents only, on the agent listener (port 6700): enrollment, \
+                                        heartbeat, task long-poll and results, metric push"),
     )
 )]
 struct ApiDoc;
@@ -135,15 +164,54 @@ fn user_api() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::users::list, auth::users::create))
         .routes(routes!(auth::users::update, auth::users::delete))
         .routes(routes!(audit::list))
+        .routes(routes!(pipelines::list_templates))
+        .routes(routes!(pipelines::list, pipelines::create))
+        .routes(routes!(
+            pipelines::get,
+            pipelines::update,
+            pipelines::delete
+        ))
+        .routes(routes!(experiments::list, experiments::create))
+        .routes(routes!(experiments::get))
+        .routes(routes!(experiments::start))
+        .routes(routes!(experiments::stop))
+        .routes(routes!(experiments::promote))
+        .routes(routes!(experiments::rollback))
+        .routes(routes!(cost::summary))
+        .routes(routes!(
+            agents::enrollment::list_tokens,
+            agents::enrollment::create_token
+        ))
+        .routes(routes!(agents::enrollment::revoke_token))
+        .routes(routes!(agents::registry::list))
+        .routes(routes!(agents::registry::get, agents::registry::revoke))
+        .routes(routes!(tasks::create))
+        .routes(routes!(tasks::list))
+        .routes(routes!(tasks::get, tasks::cancel))
 }
 
 /// The documented routes of the agent listener (agent credentials only).
 fn agent_api() -> OpenApiRouter<AppState> {
+    agent_json_api().merge(agent_push_api())
+}
+
+/// Agent routes with JSON bodies, bounded by --max-body-bytes.
+fn agent_json_api() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(agents::enrollment::enroll))
+        .routes(routes!(agents::registry::heartbeat))
+        .routes(routes!(tasks::poll))
+        .routes(routes!(tasks::report))
+}
+
+/// The metric push, whose body may be larger than --max-body-bytes: it
+/// bounds its own (`agents::push::MAX_BODY_BYTES`) and answers with a problem.
+fn agent_push_api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(agents::push::push))
 }
 
 /// The OpenAPI document of both listeners, generated from the handlers'
-/// annotations (paths under `/api/v1/agent/` are served on the agent listener).
+/// annotations (paths tagged `agent` are served on the agent listener).
 pub fn openapi() -> utoipa::openapi::OpenApi {
     user_api().merge(agent_api()).split_for_parts().1
 }
@@ -181,14 +249,19 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
 /// The agent listener: agent endpoints and `/health`; user tokens are not
 /// accepted here, and agent credentials are not accepted on the user listener.
 pub fn agent_router(state: AppState, limits: HttpLimits) -> Router {
-    let (api, _) = agent_api().split_for_parts();
-    with_layers(
-        Router::new()
-            .route("/health", get(health::handler))
-            .merge(api),
-        state,
-        limits,
-    )
+    let (json, _) = agent_json_api().split_for_parts();
+    let (push, _) = agent_push_api().split_for_parts();
+    // The body limit is per route here: the JSON routes keep
+    // --max-body-bytes, the metric push enforces its own larger one.
+    let app = Router::new()
+        .route("/health", get(health::handler))
+        .merge(json.route_layer(RequestBodyLimitLayer::new(limits.max_body_bytes)))
+        .merge(push);
+    let limits = HttpLimits {
+        max_body_bytes: usize::MAX,
+        ..limits
+    };
+    with_layers(app, state, limits)
 }
 
 /// Tracing, metrics, timeout and body limit, for both listeners.

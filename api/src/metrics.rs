@@ -40,12 +40,19 @@ struct RequestLabels {
 
 type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskStateLabels {
+    state: &'static str,
+}
+
 /// The service's metrics and the registry that renders them.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     request_duration: HistogramFamily,
     database_up: Gauge,
+    agents_connected: Gauge,
+    tasks: Family<TaskStateLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -71,10 +78,20 @@ impl Metrics {
             "Whether the last database ping succeeded (1) or not (0)",
             database_up.clone(),
         );
+        let agents_connected = Gauge::default();
+        registry.register(
+            "agents_connected",
+            "Agents seen within the last three heartbeat intervals (45 s)",
+            agents_connected.clone(),
+        );
+        let tasks = Family::<TaskStateLabels, Gauge>::default();
+        registry.register("tasks", "Tasks by state", tasks.clone());
         Self {
             registry,
             request_duration,
             database_up,
+            agents_connected,
+            tasks,
         }
     }
 
@@ -101,6 +118,18 @@ impl Metrics {
     /// one had succeeded.
     pub fn set_database_up(&self, up: bool) -> bool {
         self.database_up.set(i64::from(up)) == 1
+    }
+
+    /// Records how many agents are connected (from the database).
+    pub fn set_agents_connected(&self, agents: i64) {
+        self.agents_connected.set(agents);
+    }
+
+    /// Records how many tasks are in `state` (from the database).
+    pub fn set_tasks(&self, state: &'static str, tasks: i64) {
+        self.tasks
+            .get_or_create(&TaskStateLabels { state })
+            .set(tasks);
     }
 
     /// The OpenMetrics text exposition of every metric.

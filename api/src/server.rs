@@ -22,7 +22,7 @@ use crate::{
     AppState, AuthState, agent_router,
     auth::{limiter::LoginLimiter, tokens::JwtKeys, users::ensure_initial_admin},
     config::{Config, TlsFiles},
-    db,
+    db, experiment_driver,
     metrics::Metrics,
     router,
 };
@@ -81,6 +81,7 @@ fn reload_tls_on_sighup(tls: RustlsConfig, files: TlsFiles) -> std::io::Result<(
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown =
         Shutdown::on_signals().context("could not install the SIGTERM/SIGINT handlers")?;
+    let driver_config = experiment_driver::DriverConfig::from_env()?;
 
     let startup = async {
         let pool = db::connect(&config.database).await?;
@@ -188,9 +189,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             None => Ok(()),
         }
     };
+    crate::agents::spawn_background(&state, &shutdown);
+    let driver = tokio::spawn(experiment_driver::run(
+        state.clone(),
+        driver_config,
+        shutdown.clone(),
+    ));
     let (user, agents) = tokio::join!(user, agents);
     user.with_context(|| format!("serving on {listen} failed"))?;
     agents.context("serving the agent listener failed")?;
+    if let Err(error) = driver.await {
+        warn!(%error, "the experiment driver ended abnormally");
+    }
 
     pool.close().await;
     info!("stopped");

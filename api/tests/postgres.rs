@@ -500,7 +500,17 @@ async fn lifecycle_against_real_postgres() {
             .fetch_one(&mut db)
             .await
             .unwrap();
-    assert_eq!(migrations, 1);
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "sql")
+        })
+        .count() as i64;
+    assert_eq!(migrations, files, "each migration applied exactly once");
     let (rows,): (i64,) = sqlx::query_as("SELECT count(*) FROM audit_log")
         .fetch_one(&mut db)
         .await

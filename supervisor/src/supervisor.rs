@@ -325,6 +325,32 @@ impl Supervisor {
         });
     }
 
+    /// Up, not wanted, failed, or waiting on a dependency that failed.
+    fn settled(&self, i: usize) -> bool {
+        let rt = &self.services[i];
+        !rt.wanted
+            || rt.satisfies_dependents()
+            || rt.state == State::Failed
+            || (rt.state == State::Stopped
+                && rt
+                    .spec
+                    .depends_on
+                    .iter()
+                    .any(|d| self.index(d).is_some_and(|j| self.blocked_by_failure(j))))
+    }
+
+    /// Failed, or (transitively) waiting on a failed dependency.
+    fn blocked_by_failure(&self, i: usize) -> bool {
+        let rt = &self.services[i];
+        rt.state == State::Failed
+            || (rt.state == State::Stopped
+                && rt
+                    .spec
+                    .depends_on
+                    .iter()
+                    .any(|d| self.index(d).is_some_and(|j| self.blocked_by_failure(j))))
+    }
+
     fn deps_ready(&self, i: usize) -> bool {
         self.services[i].spec.depends_on.iter().all(|d| {
             self.services
@@ -350,14 +376,21 @@ impl Supervisor {
                 self.start(i);
             }
         }
-        if !self.announced_ready
-            && self
+        // Start-up has settled when every service is up, or parked as failed
+        // (or waiting behind one that is): /health tells which. Telling
+        // systemd only on "all up" would leave a parked service's unit
+        // "activating" until its start timeout restarts everything.
+        if !self.announced_ready && (0..self.services.len()).all(|i| self.settled(i)) {
+            self.announced_ready = true;
+            if self
                 .services
                 .iter()
                 .all(|s| !s.wanted || s.satisfies_dependents())
-        {
-            self.announced_ready = true;
-            tracing::info!("all services are ready");
+            {
+                tracing::info!("all services are ready");
+            } else {
+                tracing::warn!("start-up settled with failed services; see phoenixctl health");
+            }
             crate::notify::ready();
         }
     }

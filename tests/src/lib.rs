@@ -30,12 +30,34 @@ pub fn testprog() -> String {
     bin("phoenix-testprog").display().to_string()
 }
 
+/// A free port, never handed out twice within ten minutes on this machine:
+/// the test processes run in parallel, and a port is free only until its
+/// service binds it, so each one is claimed with a marker file.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    let dir = std::env::temp_dir().join("phoenix-test-ports");
+    std::fs::create_dir_all(&dir).expect("port claims dir");
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let marker = dir.join(port.to_string());
+        let stale = std::fs::metadata(&marker)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(600));
+        if stale {
+            let _ = std::fs::remove_file(&marker);
+        }
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+            .is_ok()
+        {
+            return port;
+        }
+    }
 }
 
 /// A free port below 1024 (only root can bind it), to test privileged listeners.

@@ -1,21 +1,20 @@
 //! Property-based fuzzing of the whole documented API with schemathesis
-//! (PyPI), driven from its OpenAPI document: no request may produce a 5xx.
+//! (PyPI), driven from its OpenAPI document, on both listeners: no request
+//! may produce a 5xx.
 
 use std::process::Command;
 
 use phoenix_tests::Stack;
+use serde_json::json;
 
-#[test]
-fn schemathesis_finds_no_server_errors() {
-    let s = Stack::start("");
-    let admin = s.admin_token();
+/// Run schemathesis against `base` for the operations `filter` selects.
+fn schemathesis(s: &Stack, base: &str, credential: &str, filter: &[&str]) {
     let schema = s.ports.api_url("/api/v1/openapi.json");
     let out = Command::new("python3")
         .args(["-c", "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'st'; sys.exit(schemathesis())"])
-        .args(["run", &schema, "--url", &s.ports.api_url(""), "--tls-verify", "false"])
-        .args(["--header", &format!("Authorization: Bearer {admin}")])
-        // Logging out would end the fuzzer's own session halfway.
-        .args(["--exclude-path", "/api/v1/auth/logout"])
+        .args(["run", &schema, "--url", base, "--tls-verify", "false"])
+        .args(["--header", &format!("Authorization: Bearer {credential}")])
+        .args(filter)
         .args(["--checks", "not_a_server_error", "--max-examples", "25", "--request-timeout", "10"])
         // Its cache and reports go to the stack's temp dir, not the work tree.
         .current_dir(s.sup.dir.path())
@@ -37,4 +36,51 @@ fn schemathesis_finds_no_server_errors() {
         s.sup.stderr()
     );
     assert!(report.contains("passed"), "{report}");
+}
+
+#[test]
+fn schemathesis_finds_no_server_errors_on_either_listener() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    // People and tools: everything but the agent listener's paths. Logging
+    // out would end the fuzzer's own session halfway.
+    schemathesis(
+        &s,
+        &s.ports.api_url(""),
+        &admin,
+        &[
+            "--exclude-path-regex",
+            "^/api/v1/agent/|^/api/v1/agents/enroll$",
+            "--exclude-path",
+            "/api/v1/auth/logout",
+        ],
+    );
+
+    // Agents: the agent listener's paths, with an enrolled agent's credential.
+    let token = s.post(
+        Some(&admin),
+        "/api/v1/enrollment-tokens",
+        &json!({ "description": "fuzz", "uses": 1 }),
+    );
+    assert_eq!(token.status, 201, "{token:?}");
+    let enrolled = s.reply(
+        s.agent(reqwest::Method::POST, "/api/v1/agents/enroll")
+            .json(&json!({
+                "token": token.body["token"], "name": "fuzz-agent", "hostname": "fuzz-host"
+            })),
+    );
+    assert_eq!(enrolled.status, 201, "{enrolled:?}");
+    let credential = enrolled.body["credential"].as_str().unwrap().to_string();
+    // The long poll is left out: each call may hold for its whole wait.
+    schemathesis(
+        &s,
+        &s.ports.agent_url(""),
+        &credential,
+        &[
+            "--include-path-regex",
+            "^/api/v1/agent/|^/api/v1/agents/enroll$",
+            "--exclude-path",
+            "/api/v1/agent/tasks",
+        ],
+    );
 }

@@ -43,3 +43,29 @@ fn notifies_ready_reloading_and_stopping() {
     assert!(next_message(&sock, Duration::from_secs(5)).contains("STOPPING=1"));
     assert!(s.wait_exit(Duration::from_secs(10)).success());
 }
+
+#[test]
+fn ready_is_sent_when_start_up_settles_even_with_a_parked_service() {
+    let p = testprog();
+    let mut s = Supervisor::config(&format!(
+        "{NO_BUILTINS}[services.broken]\ncommand = [\"{p}\", \"exit\", \"1\", \"--after-ms\", \"50\"]\n\
+         readiness = {{ exec = [\"/bin/false\"] }}\n\
+         restart = {{ initial_delay = \"10ms\", start_limit = {{ burst = 2, interval = \"1m\" }} }}\n\
+         [services.behind]\ncommand = [\"{p}\", \"run\"]\ndepends_on = [\"broken\"]\n\
+         [services.fine]\ncommand = [\"{p}\", \"run\"]\n"
+    ));
+    let path = s.path("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    s.set_env("NOTIFY_SOCKET", &path.display().to_string());
+    s.start();
+    let ready = next_message(&sock, Duration::from_secs(10));
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert_eq!(s.state_of("broken"), "failed");
+    assert_eq!(s.state_of("behind"), "stopped");
+    assert_eq!(s.health().0, 503, "health still says what is wrong");
+    assert!(
+        s.stderr().contains("start-up settled with failed services"),
+        "{}",
+        s.stderr()
+    );
+}

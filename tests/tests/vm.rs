@@ -74,10 +74,8 @@ impl Vm {
         let t0 = Instant::now();
         let deadline = t0 + Duration::from_secs(900);
         loop {
-            if let Some(h) = self.health() {
-                if h["status"] == "pass" {
-                    return t0.elapsed();
-                }
+            if self.health().is_some_and(|h| h["status"] == "pass") {
+                return t0.elapsed();
             }
             assert!(
                 Instant::now() < deadline,

@@ -34,12 +34,14 @@ impl LoginLimiter {
         let wait = |not_until: governor::NotUntil<_>| {
             not_until.wait_time_from(clock.now()).as_secs().max(1)
         };
-        if let Some(ip) = ip {
-            self.by_ip.check_key(&ip).map_err(wait)?;
-        }
+        // The user limit first: an attempt it refuses does not also spend
+        // the address's allowance.
         self.by_user
             .check_key(&username.to_lowercase())
             .map_err(wait)?;
+        if let Some(ip) = ip {
+            self.by_ip.check_key(&ip).map_err(wait)?;
+        }
         Ok(())
     }
 }

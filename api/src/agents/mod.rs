@@ -1,0 +1,157 @@
+//! Agents: enrollment, credentials, the registry people see, heartbeats,
+//! metric pushes, and the housekeeping that keeps leases and Pushgateway
+//! groups tidy.
+//!
+//! Code map:
+//! - [`enrollment`]: enrollment tokens (admin, user listener) and
+//!   `POST /api/v1/agents/enroll` (agent listener).
+//! - [`credential`]: agent credentials and the [`AgentCaller`] extractor,
+//!   the only way a handler on the agent listener learns who calls.
+//! - [`registry`]: list, detail and revocation (user listener); heartbeat
+//!   (agent listener).
+//! - [`push`]: metric pushes forwarded to the Pushgateway, and deleting an
+//!   agent's or an experiment's Pushgateway groups.
+//! - [`exposition`]: the validator of the Prometheus text format; pure.
+//!
+//! Boundary: the agent listener serves only handlers that take an
+//! [`AgentCaller`] (or enrollment, which takes a token); the user listener
+//! only handlers that take a [`crate::auth::Caller`]. A user token is
+//! refused on the agent listener and an agent credential on the user one.
+
+pub mod credential;
+pub mod enrollment;
+pub mod exposition;
+pub mod push;
+pub mod registry;
+
+use std::time::Duration;
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use crate::error::{ApiError, ApiResult};
+use crate::server::Shutdown;
+use crate::{AppState, tasks};
+
+pub use credential::AgentCaller;
+pub use push::delete_experiment_groups;
+
+/// How often agents send a heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+
+/// An agent seen within this window (three heartbeats) is online.
+pub const ONLINE_WINDOW: Duration = Duration::from_secs(45);
+
+/// How often expired leases are swept for all agents (a poll sweeps its own
+/// agent's at once).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often the gauges are refreshed and the Pushgateway groups of revoked
+/// agents are deleted again if that failed before.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Free text a person wrote: 1 to `max_chars` characters, not blank, no
+/// control characters (which would be invisible in listings and logs).
+/// Anything else, quotes and SQL-looking text included, is kept verbatim.
+pub(crate) fn check_text(
+    code: &'static str,
+    field: &str,
+    value: &str,
+    max_chars: usize,
+) -> ApiResult<()> {
+    let length = value.chars().count();
+    if value.trim().is_empty() || length > max_chars || value.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            code,
+            format!(
+                "{field} must be 1 to {max_chars} characters, not blank, without control characters"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The `agent` security scheme of the OpenAPI document.
+pub struct AgentCredentialScheme;
+
+impl utoipa::Modify for AgentCredentialScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "agent",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("<agent id>.<secret>")
+                    .description(Some(
+                        "The credential returned once by POST /api/v1/agents/enroll; \
+                         accepted only on the agent listener (port 6700)",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Starts the background work of agents and tasks: task notifications and
+/// housekeeping, both ending at shutdown.
+pub fn spawn_background(state: &AppState, shutdown: &Shutdown) {
+    tokio::spawn(tasks::wake::listen(state.pool.clone(), shutdown.clone()));
+    let (state, shutdown) = (state.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            () = housekeeping(state) => {}
+            () = shutdown.requested() => {}
+        }
+    });
+}
+
+/// Sweeps expired leases, refreshes the gauges, retries Pushgateway
+/// deletions. Every replica runs it; each step is safe to run concurrently.
+async fn housekeeping(state: AppState) {
+    let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let refresh_every = (REFRESH_INTERVAL.as_secs() / SWEEP_INTERVAL.as_secs()).max(1);
+    let mut tick: u64 = 0;
+    loop {
+        ticker.tick().await;
+        if let Err(error) = tasks::requeue_expired_leases(&state.pool, None).await {
+            tracing::warn!(%error, "could not sweep expired task leases");
+        }
+        if tick % refresh_every == 0 {
+            if let Err(error) = refresh_gauges(&state).await {
+                tracing::warn!(%error, "could not refresh the agent and task gauges");
+            }
+            match push::delete_groups_of_revoked_agents(&state).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(groups = n, "deleted Pushgateway groups of revoked agents"),
+                Err(error) => {
+                    tracing::warn!(%error, "could not delete Pushgateway groups of revoked agents")
+                }
+            }
+        }
+        tick += 1;
+    }
+}
+
+async fn refresh_gauges(state: &AppState) -> sqlx::Result<()> {
+    let connected: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM agents WHERE revoked_at IS NULL \
+         AND last_seen_at > now() - make_interval(secs => $1)",
+    )
+    .bind(ONLINE_WINDOW.as_secs_f64())
+    .fetch_one(&state.pool)
+    .await?;
+    let counts: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM tasks GROUP BY state")
+            .fetch_all(&state.pool)
+            .await?;
+    state.metrics.set_agents_connected(connected);
+    for task_state in tasks::STATES {
+        let n = counts
+            .iter()
+            .find(|(s, _)| s == task_state)
+            .map_or(0, |(_, n)| *n);
+        state.metrics.set_tasks(task_state, n);
+    }
+    Ok(())
+}

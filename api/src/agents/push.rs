@@ -1,0 +1,484 @@
+//! Agent metric pushes: validated, relabelled and forwarded to the
+//! Pushgateway; and the deletion of an agent's Pushgateway groups.
+//!
+//! Relabelling is the Pushgateway's grouping key: a push goes to
+//! `/metrics/job/phoenix-agent/agent/<id>/experiment/<e>/variant/<v>`, and
+//! the Pushgateway puts those labels on every series of the group (Prometheus
+//! scrapes it with `honor_labels`). An agent cannot set them itself: the
+//! validator refuses them in the body. Each group an agent pushed to is
+//! remembered in `agent_metric_groups` *before* the push, so a group that
+//! exists in the Pushgateway is always known and can be deleted when the
+//! agent is revoked or its experiment ends.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::credential::AgentCaller;
+use super::exposition::{self, Invalid};
+use crate::AppState;
+use crate::error::ApiError;
+use crate::problem::Problem;
+
+/// Largest push body. Larger than the JSON limit of the other routes: a
+/// host with many processes has many series.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Bodies up to this size are read to the end (and discarded) when they
+/// exceed [`MAX_BODY_BYTES`], so that the client reads a clean 413.
+const DRAIN_LIMIT_BYTES: usize = 4 * MAX_BODY_BYTES;
+
+/// Most series in one push.
+pub const MAX_SERIES: usize = 50_000;
+
+/// The Pushgateway job of every agent group.
+pub const JOB: &str = "phoenix-agent";
+
+/// The grouping-key value when a push names no experiment or variant.
+pub const NONE: &str = "none";
+
+/// How long a Pushgateway request may take.
+const PUSHGATEWAY_TIMEOUT: Duration = Duration::from_secs(10);
+
+static CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
+    reqwest::Client::builder()
+        .timeout(PUSHGATEWAY_TIMEOUT)
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .expect("a default HTTP client builds")
+});
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PushQuery {
+    /// The experiment these metrics belong to (letters, digits, `.`, `_`,
+    /// `:`, `-`; at most 128); `none` when absent.
+    pub experiment: Option<String>,
+    /// The variant within the experiment, e.g. `baseline` or `candidate`.
+    pub variant: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Pushed {
+    /// Series now in the group (the push replaced the group's previous ones).
+    pub series: usize,
+    pub experiment: String,
+    pub variant: String,
+}
+
+/// Why a push was refused.
+#[derive(Debug)]
+pub enum PushError {
+    Api(ApiError),
+    /// The body is not valid exposition text.
+    Invalid(Invalid),
+    /// A status `ApiError` has no variant for (413, 415, 502).
+    Status(StatusCode, &'static str, String),
+}
+
+impl From<ApiError> for PushError {
+    fn from(e: ApiError) -> Self {
+        PushError::Api(e)
+    }
+}
+
+impl From<sqlx::Error> for PushError {
+    fn from(e: sqlx::Error) -> Self {
+        PushError::Api(e.into())
+    }
+}
+
+impl IntoResponse for PushError {
+    fn into_response(self) -> Response {
+        match self {
+            PushError::Api(e) => e.into_response(),
+            PushError::Invalid(invalid) => Problem::new(StatusCode::BAD_REQUEST)
+                .with_code(invalid.code)
+                .with_detail(invalid.to_string())
+                .with_extension("line", serde_json::json!(invalid.line))
+                .into_response(),
+            PushError::Status(status, code, detail) => Problem::new(status)
+                .with_code(code)
+                .with_detail(detail)
+                .into_response(),
+        }
+    }
+}
+
+/// A grouping-key value: `[A-Za-z0-9][A-Za-z0-9._:-]{0,127}`, safe as a URL
+/// path segment and as a label value.
+fn group_value(field: &str, value: Option<String>) -> Result<String, ApiError> {
+    let Some(value) = value else {
+        return Ok(NONE.into());
+    };
+    let valid = (1..=128).contains(&value.len())
+        && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+    if valid {
+        Ok(value)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_group",
+            format!(
+                "{field} must be 1 to 128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+/// The Pushgateway URL of one agent group.
+fn group_url(
+    base: &url::Url,
+    agent: Uuid,
+    experiment: &str,
+    variant: &str,
+) -> anyhow::Result<url::Url> {
+    let mut url = base.clone();
+    let agent = agent.to_string();
+    url.path_segments_mut()
+        .map_err(|()| anyhow::anyhow!("the Pushgateway URL {base} cannot have a path"))?
+        .pop_if_empty()
+        .extend([
+            "metrics",
+            "job",
+            JOB,
+            "agent",
+            &agent,
+            "experiment",
+            experiment,
+            "variant",
+            variant,
+        ]);
+    Ok(url)
+}
+
+fn pushgateway(state: &AppState) -> Result<&url::Url, PushError> {
+    state.settings.pushgateway_url.as_ref().ok_or_else(|| {
+        PushError::Status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "pushgateway_not_configured",
+            "this API has no Pushgateway (--pushgateway-url); metrics cannot be accepted".into(),
+        )
+    })
+}
+
+/// Reads the body up to [`MAX_BODY_BYTES`]. A larger one is read on and
+/// discarded up to [`DRAIN_LIMIT_BYTES`] before the 413 is sent: a client
+/// that writes its whole body before reading the answer then gets the
+/// problem document instead of a reset connection (and an agent's queue
+/// learns not to retry the batch).
+async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<String, PushError> {
+    let too_large = || {
+        PushError::Status(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "metrics_too_large",
+            format!(
+                "a push may be at most {MAX_BODY_BYTES} bytes; push less often per group or reduce cardinality"
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT_BYTES as u64) {
+        return Err(too_large());
+    }
+    let capacity = declared.map_or(0, |n| n.min(MAX_BODY_BYTES as u64) as usize);
+    let mut bytes = Vec::with_capacity(capacity);
+    let mut total: usize = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
+            PushError::Api(ApiError::bad_request(
+                "body_unreadable",
+                "the request body could not be read to its end",
+            ))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total = total.saturating_add(data.len());
+        if total <= MAX_BODY_BYTES {
+            bytes.extend_from_slice(&data);
+        } else if total > DRAIN_LIMIT_BYTES {
+            break;
+        }
+    }
+    if total > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        PushError::Api(ApiError::bad_request(
+            "invalid_encoding",
+            "the body must be UTF-8 text",
+        ))
+    })
+}
+
+/// Only the text format, uncompressed.
+fn check_media_type(headers: &HeaderMap) -> Result<(), PushError> {
+    let unsupported = |detail: String| {
+        PushError::Status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            detail,
+        )
+    };
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        if !ct.starts_with("text/plain") {
+            return Err(unsupported(format!(
+                "Content-Type {ct:?} is not accepted; send the Prometheus text format as \
+                 `text/plain; version=0.0.4`"
+            )));
+        }
+    }
+    if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
+        && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
+    {
+        return Err(unsupported("compressed bodies are not accepted".into()));
+    }
+    Ok(())
+}
+
+/// Push metrics in the Prometheus text format (agent listener). They replace
+/// the agent's previous push to the same experiment and variant, and get the
+/// labels `agent`, `experiment` and `variant` (and `job="phoenix-agent"`).
+#[utoipa::path(put, path = "/api/v1/agent/metrics", tag = "agent", params(PushQuery),
+    request_body(content = String, content_type = "text/plain",
+        description = "Prometheus text exposition format 0.0.4, at most 4 MiB and 50000 series, \
+                       no timestamps, without the labels agent, experiment, variant, job, instance"),
+    responses((status = 200, body = Pushed),
+        (status = 400, description = "invalid body (the problem's `code` and `line` say why and where)"),
+        (status = 401), (status = 413), (status = 415),
+        (status = 502, description = "the Pushgateway failed"),
+        (status = 503, description = "no Pushgateway configured")),
+    security(("agent" = [])))]
+pub async fn push(
+    State(state): State<AppState>,
+    agent: AgentCaller,
+    Query(q): Query<PushQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Pushed>, PushError> {
+    let experiment = group_value("experiment", q.experiment)?;
+    let variant = group_value("variant", q.variant)?;
+    check_media_type(&headers)?;
+    let base = pushgateway(&state)?.clone();
+    let text = read_body(&headers, body).await?;
+    let summary = exposition::validate(&text, MAX_SERIES).map_err(PushError::Invalid)?;
+    let url = group_url(&base, agent.id, &experiment, &variant).map_err(ApiError::Internal)?;
+
+    // Known before it exists, so that it can always be deleted.
+    sqlx::query(
+        "INSERT INTO agent_metric_groups (agent_id, experiment, variant) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(agent.id)
+    .bind(&experiment)
+    .bind(&variant)
+    .execute(&state.pool)
+    .await?;
+
+    let sent = CLIENT
+        .put(url)
+        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+        .body(text)
+        .send()
+        .await;
+    let response = sent.map_err(|e| {
+        tracing::warn!(error = %e, agent = %agent.id, "the Pushgateway is not reachable");
+        PushError::Status(
+            StatusCode::BAD_GATEWAY,
+            "pushgateway_unavailable",
+            "the Pushgateway did not answer; keep the batch and retry later".into(),
+        )
+    })?;
+    let status = response.status();
+    if !status.is_success() {
+        let message: String = response
+            .text()
+            .await
+            .unwrap_or_default()
+            .chars()
+            .take(500)
+            .collect();
+        let message = message.trim();
+        return Err(if status.is_client_error() {
+            // The body parsed here but not there, or clashes with what other
+            // groups hold (e.g. the same metric with another type).
+            PushError::Api(ApiError::bad_request(
+                "metrics_rejected",
+                format!("the Pushgateway refused these metrics: {message}"),
+            ))
+        } else {
+            tracing::warn!(%status, %message, agent = %agent.id, "the Pushgateway failed a push");
+            PushError::Status(
+                StatusCode::BAD_GATEWAY,
+                "pushgateway_error",
+                format!("the Pushgateway answered {status}; keep the batch and retry later"),
+            )
+        });
+    }
+    // An upsert: the group may have been deleted while the push was under way.
+    sqlx::query(
+        "INSERT INTO agent_metric_groups (agent_id, experiment, variant, series, pushed_at) \
+         VALUES ($1, $2, $3, $4, now()) \
+         ON CONFLICT (agent_id, experiment, variant) \
+         DO UPDATE SET series = EXCLUDED.series, pushed_at = EXCLUDED.pushed_at",
+    )
+    .bind(agent.id)
+    .bind(&experiment)
+    .bind(&variant)
+    .bind(summary.series as i32)
+    .execute(&state.pool)
+    .await?;
+    Ok(Json(Pushed {
+        series: summary.series,
+        experiment,
+        variant,
+    }))
+}
+
+/// Deletes one group from the Pushgateway, then forgets it.
+async fn delete_group(
+    state: &AppState,
+    agent: Uuid,
+    experiment: &str,
+    variant: &str,
+) -> anyhow::Result<()> {
+    if let Some(base) = &state.settings.pushgateway_url {
+        let url = group_url(base, agent, experiment, variant)?;
+        let response = CLIENT
+            .delete(url.clone())
+            .send()
+            .await
+            .with_context(|| format!("DELETE {url}"))?;
+        anyhow::ensure!(
+            response.status().is_success() || response.status() == StatusCode::NOT_FOUND,
+            "DELETE {url} answered {}",
+            response.status()
+        );
+    }
+    sqlx::query(
+        "DELETE FROM agent_metric_groups WHERE agent_id = $1 AND experiment = $2 AND variant = $3",
+    )
+    .bind(agent)
+    .bind(experiment)
+    .bind(variant)
+    .execute(&state.pool)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the groups a query selects (rows of agent_id, experiment,
+/// variant); tries every group, returns how many went, or the first error.
+async fn delete_groups(
+    state: &AppState,
+    rows: Vec<sqlx::postgres::PgRow>,
+) -> anyhow::Result<usize> {
+    let mut deleted = 0;
+    let mut first_error = None;
+    for row in rows {
+        let (agent, experiment, variant): (Uuid, String, String) = (
+            row.get("agent_id"),
+            row.get("experiment"),
+            row.get("variant"),
+        );
+        match delete_group(state, agent, &experiment, &variant).await {
+            Ok(()) => deleted += 1,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(deleted),
+    }
+}
+
+/// Deletes every Pushgateway group of an agent (when it is revoked).
+pub async fn delete_agent_groups(state: &AppState, agent: Uuid) -> anyhow::Result<usize> {
+    let rows = sqlx::query(
+        "SELECT agent_id, experiment, variant FROM agent_metric_groups WHERE agent_id = $1",
+    )
+    .bind(agent)
+    .fetch_all(&state.pool)
+    .await?;
+    delete_groups(state, rows).await
+}
+
+/// Deletes every Pushgateway group of an experiment, all agents and
+/// variants, when the experiment ends. `experiment` is the value agents send
+/// as `?experiment=` (the experiment's id). Returns how many groups went.
+pub async fn delete_experiment_groups(state: &AppState, experiment: &str) -> anyhow::Result<usize> {
+    let rows = sqlx::query(
+        "SELECT agent_id, experiment, variant FROM agent_metric_groups WHERE experiment = $1",
+    )
+    .bind(experiment)
+    .fetch_all(&state.pool)
+    .await?;
+    delete_groups(state, rows).await
+}
+
+/// Deletes the groups of revoked agents that are still known: those whose
+/// deletion failed at revocation, or that a push racing with it created.
+pub async fn delete_groups_of_revoked_agents(state: &AppState) -> anyhow::Result<usize> {
+    let rows = sqlx::query(
+        "SELECT g.agent_id, g.experiment, g.variant FROM agent_metric_groups g \
+         JOIN agents a ON a.id = g.agent_id WHERE a.revoked_at IS NOT NULL",
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    delete_groups(state, rows).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_urls_carry_the_grouping_key() {
+        let agent = Uuid::nil();
+        let base: url::Url = "http://127.0.0.1:9091".parse().unwrap();
+        assert_eq!(
+            group_url(&base, agent, "exp-1", "candidate")
+                .unwrap()
+                .as_str(),
+            "http://127.0.0.1:9091/metrics/job/phoenix-agent/agent/00000000-0000-0000-0000-000000000000/experiment/exp-1/variant/candidate"
+        );
+        let prefixed: url::Url = "http://gw:9091/push/".parse().unwrap();
+        assert!(
+            group_url(&prefixed, agent, NONE, NONE)
+                .unwrap()
+                .as_str()
+                .starts_with("http://gw:9091/push/metrics/job/phoenix-agent/agent/")
+        );
+    }
+
+    #[test]
+    fn group_values_are_path_and_label_safe() {
+        assert_eq!(group_value("experiment", None).unwrap(), "none");
+        assert_eq!(
+            group_value("variant", Some("base-line_1.0:x".into())).unwrap(),
+            "base-line_1.0:x"
+        );
+        for bad in ["", "..", "-x", "a/b", "a b", "x%2F", "ä", &"x".repeat(129)] {
+            assert!(group_value("variant", Some(bad.into())).is_err(), "{bad:?}");
+        }
+    }
+}

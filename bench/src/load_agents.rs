@@ -1,0 +1,373 @@
+//! phoenix-load: how many agents one appliance serves. Simulated agents
+//! enroll, heartbeat every 15 s, long-poll for tasks, report results and push
+//! metric batches of realistic size, against the real stack (PostgreSQL,
+//! Prometheus, Pushgateway, phoenix-api under phoenix-supervisor) on this
+//! machine. The agent count grows in steps; each step reports p50/p99 of every
+//! request kind, and the largest count whose p99 stays under the target is
+//! the answer. Long-polls are held open, so every agent also holds a connection.
+//!
+//! Build with `cargo build --release --workspace`, run `target/release/phoenix-load`.
+//! Exit codes: 0 the target count was reached; 1 the run failed; 3 it ran and
+//! the largest passing count is below the target.
+
+#![forbid(unsafe_code)]
+
+#[path = "stats.rs"]
+mod stats;
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use clap::Parser;
+use rand::Rng;
+use serde_json::{Value, json};
+use stats::{Summary, ms};
+use tokio::sync::Mutex;
+
+#[derive(Parser)]
+#[command(
+    name = "phoenix-load",
+    about = "Simulate N agents against the Phoenix API and find the largest N with p99 under target"
+)]
+struct Args {
+    /// Agent counts to try, in order.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![250, 500, 1000, 2000, 3000])]
+    steps: Vec<usize>,
+    /// Seconds measured at each step (after every agent of the step has enrolled).
+    #[arg(long, default_value_t = 30)]
+    window_secs: u64,
+    /// Series per metric push (an agent's processes times metrics).
+    #[arg(long, default_value_t = 200)]
+    series: usize,
+    /// Tasks created per second across all agents.
+    #[arg(long, default_value_t = 10.0)]
+    task_rate: f64,
+    /// The p99 latency a step must stay under, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    target_p99_ms: u64,
+    /// The agent count the run must reach.
+    #[arg(long, default_value_t = 2000)]
+    target_agents: usize,
+}
+
+const HEARTBEAT: Duration = Duration::from_secs(15);
+
+#[derive(Default)]
+struct Samples {
+    by_kind: Mutex<BTreeMap<&'static str, Vec<Duration>>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+    recording: AtomicBool,
+}
+
+impl Samples {
+    async fn record(&self, kind: &'static str, took: Duration, status: Result<u16, String>) {
+        if !self.recording.load(Ordering::Relaxed) {
+            return;
+        }
+        match status {
+            Ok(s) if s < 400 => self
+                .by_kind
+                .lock()
+                .await
+                .entry(kind)
+                .or_default()
+                .push(took),
+            Ok(s) => {
+                *self
+                    .errors
+                    .lock()
+                    .await
+                    .entry(format!("{kind}: HTTP {s}"))
+                    .or_default() += 1
+            }
+            Err(e) => {
+                *self
+                    .errors
+                    .lock()
+                    .await
+                    .entry(format!("{kind}: {e}"))
+                    .or_default() += 1
+            }
+        }
+    }
+}
+
+struct Target {
+    client: reqwest::Client,
+    agent_base: String,
+    api_base: String,
+}
+
+fn metrics_body(series: usize, rng: &mut impl Rng) -> String {
+    let mut body = String::from("# TYPE phoenix_process_cpu_percent gauge\n");
+    for i in 0..series / 2 {
+        body.push_str(&format!(
+            "phoenix_process_cpu_percent{{process=\"proc-{i}\",pid=\"{}\"}} {:.2}\n",
+            1000 + i,
+            rng.gen_range(0.0..5.0)
+        ));
+    }
+    body.push_str("# TYPE phoenix_process_memory_bytes gauge\n");
+    for i in 0..series - series / 2 {
+        body.push_str(&format!(
+            "phoenix_process_memory_bytes{{process=\"proc-{i}\",pid=\"{}\"}} {}\n",
+            1000 + i,
+            rng.gen_range(1_000_000..500_000_000u64)
+        ));
+    }
+    body
+}
+
+async fn timed(req: reqwest::RequestBuilder) -> (Duration, Result<(u16, Value), String>) {
+    let t0 = Instant::now();
+    let r = match req.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+            Ok((status, body))
+        }
+        Err(e) => Err(if e.is_timeout() {
+            "timeout".into()
+        } else {
+            e.to_string()
+        }),
+    };
+    (t0.elapsed(), r)
+}
+
+/// One simulated agent, until `stop`.
+async fn agent(
+    t: Arc<Target>,
+    credential: String,
+    samples: Arc<Samples>,
+    series: usize,
+    stop: Arc<AtomicBool>,
+) {
+    let auth = format!("Bearer {credential}");
+    let poller = {
+        let (t, auth, samples, stop) = (t.clone(), auth.clone(), samples.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let req = t
+                    .client
+                    .get(format!("{}/api/v1/agent/tasks?wait=25", t.agent_base))
+                    .header("authorization", &auth);
+                let (_, r) = timed(req).await;
+                let tasks = match r {
+                    Ok((200, body)) => body["tasks"].as_array().cloned().unwrap_or_default(),
+                    Ok((s, _)) => {
+                        samples.record("long-poll", Duration::ZERO, Ok(s)).await;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        samples.record("long-poll", Duration::ZERO, Err(e)).await;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                for task in tasks {
+                    let id = task["id"].as_str().unwrap_or_default();
+                    let body = json!({ "result_id": uuid::Uuid::new_v4(), "outcome": "succeeded", "result": { "ok": true } });
+                    let req = t
+                        .client
+                        .post(format!("{}/api/v1/agent/tasks/{id}/result", t.agent_base))
+                        .header("authorization", &auth)
+                        .json(&body);
+                    let (took, r) = timed(req).await;
+                    samples.record("task result", took, r.map(|(s, _)| s)).await;
+                }
+            }
+        })
+    };
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    // Spread the agents over the interval, as real ones are.
+    tokio::time::sleep(HEARTBEAT.mul_f64(rng.gen_range(0.0..1.0))).await;
+    let mut every = tokio::time::interval(HEARTBEAT);
+    while !stop.load(Ordering::Relaxed) {
+        every.tick().await;
+        let req = t
+            .client
+            .post(format!("{}/api/v1/agent/heartbeat", t.agent_base))
+            .header("authorization", &auth)
+            .json(&json!({ "version": "load" }));
+        let (took, r) = timed(req).await;
+        samples.record("heartbeat", took, r.map(|(s, _)| s)).await;
+        let body = metrics_body(series, &mut rng);
+        let req = t
+            .client
+            .put(format!("{}/api/v1/agent/metrics", t.agent_base))
+            .header("authorization", &auth)
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(body);
+        let (took, r) = timed(req).await;
+        samples
+            .record("metrics push", took, r.map(|(s, _)| s))
+            .await;
+    }
+    poller.abort();
+}
+
+use rand::SeedableRng;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("phoenix-load: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<ExitCode> {
+    ensure!(
+        !args.steps.is_empty() && args.steps.windows(2).all(|w| w[0] < w[1]),
+        "--steps must be increasing"
+    );
+    // Every agent holds connections; the supervisor passes the raised limit on to the API.
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)?;
+    let max = *args.steps.last().expect("steps");
+    ensure!(
+        hard as usize > max * 4,
+        "open files limit {hard} is too low for {max} agents"
+    );
+
+    eprintln!("phoenix-load: starting the stack");
+    let stack = phoenix_tests::Stack::start("[api]\nprice_per_series_month = 0.05\n");
+    let admin = stack.admin_token();
+    let token = stack.post(
+        Some(&admin),
+        "/api/v1/enrollment-tokens",
+        &json!({ "description": "load", "uses": max, "expires_in_secs": 86400 }),
+    );
+    ensure!(
+        token.status == 201,
+        "creating an enrollment token: {token:?}"
+    );
+    let enroll_token = token.body["token"].as_str().context("token")?.to_string();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let target = Arc::new(Target {
+        client: reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(40))
+            .pool_max_idle_per_host(usize::MAX)
+            .build()?,
+        agent_base: stack.ports.agent_url(""),
+        api_base: stack.ports.api_url(""),
+    });
+    let samples = Arc::new(Samples::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut agent_ids = Vec::new();
+    let mut rows = Vec::new();
+    let mut best = 0;
+
+    runtime.block_on(async {
+        // Operator load: tasks for random agents at a steady rate.
+        let ids: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+        let created = Arc::new(AtomicU64::new(0));
+        {
+            let (t, ids, samples, stop, admin, created) = (target.clone(), ids.clone(), samples.clone(), stop.clone(), admin.clone(), created.clone());
+            let period = Duration::from_secs_f64(1.0 / args.task_rate.max(0.1));
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(period);
+                while !stop.load(Ordering::Relaxed) {
+                    every.tick().await;
+                    let id = {
+                        let ids = ids.lock().await;
+                        if ids.is_empty() {
+                            continue;
+                        }
+                        ids[rand::thread_rng().gen_range(0..ids.len())].clone()
+                    };
+                    let req = t.client.post(format!("{}/api/v1/agents/{id}/tasks", t.api_base)).bearer_auth(&admin).json(&json!({ "kind": "noop", "payload": {} }));
+                    let (took, r) = timed(req).await;
+                    samples.record("task create", took, r.map(|(s, _)| s)).await;
+                    created.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        for &n in &args.steps {
+            eprintln!("phoenix-load: {n} agents");
+            let mut enroll_times = Vec::new();
+            while agent_ids.len() < n {
+                let i = agent_ids.len();
+                let body = json!({ "token": enroll_token, "name": format!("load-{i}"), "hostname": format!("host-{i}") });
+                let (took, r) = timed(target.client.post(format!("{}/api/v1/agents/enroll", target.agent_base)).json(&body)).await;
+                let (status, body) = r.map_err(anyhow::Error::msg)?;
+                ensure!(status == 201, "enrolling agent {i}: HTTP {status} {body}");
+                enroll_times.push(took);
+                let credential = body["credential"].as_str().context("credential")?.to_string();
+                agent_ids.push(body["agent_id"].as_str().context("agent_id")?.to_string());
+                tokio::spawn(agent(target.clone(), credential, samples.clone(), args.series, stop.clone()));
+            }
+            *ids.lock().await = agent_ids.clone();
+            // Let the new agents settle into their 15 s rhythm, then measure.
+            tokio::time::sleep(HEARTBEAT).await;
+            samples.by_kind.lock().await.clear();
+            samples.errors.lock().await.clear();
+            samples.recording.store(true, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(args.window_secs)).await;
+            samples.recording.store(false, Ordering::Relaxed);
+            let by_kind = samples.by_kind.lock().await.clone();
+            let errors = samples.errors.lock().await.clone();
+            let target_p99 = Duration::from_millis(args.target_p99_ms);
+            let mut pass = errors.is_empty();
+            for (kind, s) in &by_kind {
+                let sum = Summary::of(s).expect("samples");
+                pass &= sum.p99 < target_p99;
+                rows.push(format!(
+                    "| {n} | {kind} | {} | {:.1} | {} | {} | {} |",
+                    sum.count,
+                    sum.count as f64 / args.window_secs as f64,
+                    ms(sum.p50),
+                    ms(sum.p99),
+                    ms(sum.max)
+                ));
+            }
+            if let Some(e) = Summary::of(&enroll_times) {
+                rows.push(format!("| {n} | enroll (new agents) | {} | - | {} | {} | {} |", e.count, ms(e.p50), ms(e.p99), ms(e.max)));
+            }
+            for (what, count) in &errors {
+                rows.push(format!("| {n} | error: {what} | {count} | | | | |"));
+            }
+            rows.push(format!("| {n} | **step {}** | | | | | |", if pass { "PASS" } else { "MISS" }));
+            if pass {
+                best = n;
+            } else {
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        anyhow::Ok(())
+    })?;
+
+    println!("| agents | request | n | per s | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!("{r}");
+    }
+    let met = best >= args.target_agents;
+    println!(
+        "\nlargest agent count with every p99 < {} ms and no errors: {best} (target {}: {})",
+        args.target_p99_ms,
+        args.target_agents,
+        if met { "PASS" } else { "MISS" }
+    );
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    drop(stack);
+    Ok(if met {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}

@@ -1,0 +1,960 @@
+//! Agents and tasks end to end on a real stack (PostgreSQL, Prometheus, the
+//! Pushgateway, phoenix-api under the supervisor): enrollment tokens,
+//! enrollment, agent authentication on its own listener, heartbeats and
+//! status, the task queue (long-poll claims, leases, retries, idempotent
+//! results, concurrent claims), metric pushes through to Prometheus, and
+//! revocation.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use phoenix_tests::{Reply, Stack, https, wait_until};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn code(r: &Reply) -> &str {
+    r.body["code"].as_str().unwrap_or("")
+}
+
+/// An enrolled agent: its id and credential.
+struct Agent {
+    id: String,
+    credential: String,
+}
+
+fn new_token(s: &Stack, admin: &str, body: Value) -> (String, String) {
+    let r = s.post(Some(admin), "/api/v1/enrollment-tokens", &body);
+    assert_eq!(r.status, 201, "{r:?}");
+    (
+        r.body["id"].as_str().unwrap().to_string(),
+        r.body["token"].as_str().unwrap().to_string(),
+    )
+}
+
+fn try_enroll(s: &Stack, token: &str, name: &str, labels: Value) -> Reply {
+    s.reply(s.agent(Method::POST, "/api/v1/agents/enroll").json(&json!({
+        "token": token, "name": name, "hostname": format!("{name}.example"),
+        "labels": labels, "version": "0.1.0",
+    })))
+}
+
+fn enroll(s: &Stack, admin: &str, name: &str) -> Agent {
+    let (_, token) = new_token(s, admin, json!({}));
+    let r = try_enroll(s, &token, name, json!({}));
+    assert_eq!(r.status, 201, "{r:?}");
+    Agent {
+        id: r.body["agent_id"].as_str().unwrap().to_string(),
+        credential: r.body["credential"].as_str().unwrap().to_string(),
+    }
+}
+
+fn agent_call(
+    s: &Stack,
+    credential: &str,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Reply {
+    let req = s.agent(method, path).bearer_auth(credential);
+    s.reply(match body {
+        Some(body) => req.json(body),
+        None => req,
+    })
+}
+
+fn heartbeat(s: &Stack, credential: &str) -> Reply {
+    agent_call(
+        s,
+        credential,
+        Method::POST,
+        "/api/v1/agent/heartbeat",
+        Some(&json!({})),
+    )
+}
+
+fn poll(s: &Stack, credential: &str, query: &str) -> Reply {
+    agent_call(
+        s,
+        credential,
+        Method::GET,
+        &format!("/api/v1/agent/tasks?{query}"),
+        None,
+    )
+}
+
+fn report(s: &Stack, credential: &str, task: &str, body: &Value) -> Reply {
+    agent_call(
+        s,
+        credential,
+        Method::POST,
+        &format!("/api/v1/agent/tasks/{task}/result"),
+        Some(body),
+    )
+}
+
+fn task_ids(r: &Reply) -> Vec<String> {
+    r.body["tasks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tasks in {r:?}"))
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn new_task(s: &Stack, token: &str, agent: &str, body: Value) -> String {
+    let r = s.post(Some(token), &format!("/api/v1/agents/{agent}/tasks"), &body);
+    assert_eq!(r.status, 201, "{r:?}");
+    r.body["id"].as_str().unwrap().to_string()
+}
+
+fn push(
+    s: &Stack,
+    credential: &str,
+    query: &str,
+    body: impl Into<reqwest::blocking::Body>,
+) -> Reply {
+    s.reply(
+        s.agent(Method::PUT, &format!("/api/v1/agent/metrics?{query}"))
+            .bearer_auth(credential)
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(body),
+    )
+}
+
+fn text(url: &str) -> String {
+    https().get(url).send().unwrap().text().unwrap()
+}
+
+#[test]
+fn enrollment_tokens_enrollment_and_agent_authentication() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let operator = s.user_token(&admin, "olivia", "operator");
+    let viewer = s.user_token(&admin, "victor", "viewer");
+
+    // Only admins manage enrollment tokens.
+    for token in [&operator, &viewer] {
+        let r = s.post(Some(token), "/api/v1/enrollment-tokens", &json!({}));
+        assert_eq!((r.status, code(&r)), (403, "forbidden"), "{r:?}");
+        assert_eq!(s.get(Some(token), "/api/v1/enrollment-tokens").status, 403);
+    }
+    let r = s.post(
+        Some(&admin),
+        "/api/v1/enrollment-tokens",
+        &json!({ "uses": 0 }),
+    );
+    assert_eq!((r.status, code(&r)), (400, "invalid_uses"));
+    let r = s.post(
+        Some(&admin),
+        "/api/v1/enrollment-tokens",
+        &json!({ "description": "web fleet", "uses": 2, "expires_in_secs": 600 }),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.body["uses_left"], 2);
+    let (token_id, token) = (
+        r.body["id"].as_str().unwrap().to_string(),
+        r.body["token"].as_str().unwrap().to_string(),
+    );
+    let listed = s.get(Some(&admin), "/api/v1/enrollment-tokens");
+    assert_eq!(listed.status, 200);
+    let entry = listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == token_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (entry["state"].as_str(), entry["uses_left"].as_i64()),
+        (Some("active"), Some(2))
+    );
+    assert!(
+        !listed.body.to_string().contains(&token),
+        "the token is shown only once"
+    );
+
+    // Enrollment: the token is checked, its uses are counted; names and
+    // labels that look like SQL are stored verbatim.
+    let r = try_enroll(&s, "not-a-token", "host-x", json!({}));
+    assert_eq!(
+        (r.status, code(&r)),
+        (401, "enrollment_token_invalid"),
+        "{r:?}"
+    );
+    let evil = "web-1'; DROP TABLE agents; --";
+    let evil_label = "x' OR '1'='1";
+    let first = try_enroll(
+        &s,
+        &token,
+        evil,
+        json!({ "role": evil_label, "zone": "eu-1" }),
+    );
+    assert_eq!(first.status, 201, "{first:?}");
+    assert_eq!(first.body["heartbeat_interval_secs"], 15);
+    let a = Agent {
+        id: first.body["agent_id"].as_str().unwrap().to_string(),
+        credential: first.body["credential"].as_str().unwrap().to_string(),
+    };
+    assert_eq!(
+        a.credential,
+        format!("{}.{}", a.id, first.body["secret"].as_str().unwrap())
+    );
+    let dup = try_enroll(&s, &token, &evil.to_uppercase(), json!({}));
+    assert_eq!(
+        (dup.status, code(&dup)),
+        (409, "agent_name_taken"),
+        "{dup:?}"
+    );
+    let second = try_enroll(&s, &token, "web-2", json!({}));
+    assert_eq!(
+        second.status, 201,
+        "the name clash did not use up a use: {second:?}"
+    );
+    let b = Agent {
+        id: second.body["agent_id"].as_str().unwrap().to_string(),
+        credential: second.body["credential"].as_str().unwrap().to_string(),
+    };
+    let used_up = try_enroll(&s, &token, "web-3", json!({}));
+    assert_eq!(
+        (used_up.status, code(&used_up)),
+        (401, "enrollment_token_invalid")
+    );
+    let (_, short_lived) = new_token(&s, &admin, json!({ "expires_in_secs": 1 }));
+    let (revoked_id, revoked) = new_token(&s, &admin, json!({}));
+    assert_eq!(
+        s.delete(
+            Some(&operator),
+            &format!("/api/v1/enrollment-tokens/{revoked_id}")
+        )
+        .status,
+        403
+    );
+    assert_eq!(
+        s.delete(
+            Some(&admin),
+            &format!("/api/v1/enrollment-tokens/{revoked_id}")
+        )
+        .status,
+        204
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    for t in [&short_lived, &revoked] {
+        let r = try_enroll(&s, t, "web-4", json!({}));
+        assert_eq!(
+            (r.status, code(&r)),
+            (401, "enrollment_token_invalid"),
+            "{r:?}"
+        );
+    }
+    let states: Vec<String> = s
+        .get(Some(&admin), "/api/v1/enrollment-tokens")
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap().to_string())
+        .collect();
+    for state in ["used_up", "expired", "revoked"] {
+        assert!(states.iter().any(|s| s == state), "{state} in {states:?}");
+    }
+    let denied: Vec<String> = s
+        .audit(&admin, "action=agents.enroll&outcome=denied")
+        .iter()
+        .map(|e| e["details"]["reason"].as_str().unwrap_or("").to_string())
+        .collect();
+    for reason in [
+        "token_unknown",
+        "token_used_up",
+        "token_expired",
+        "token_revoked",
+    ] {
+        assert!(
+            denied.iter().any(|r| r == reason),
+            "{reason} audited: {denied:?}"
+        );
+    }
+    let enrolled = s.audit(
+        &admin,
+        &format!("action=agents.enroll&outcome=success&target=agent:{}", a.id),
+    );
+    assert_eq!(enrolled.len(), 1, "{enrolled:?}");
+    assert_eq!(enrolled[0]["details"]["name"], evil);
+    assert_eq!(enrolled[0]["actor"], format!("enrollment_token:{token_id}"));
+    assert_eq!(
+        s.audit(&admin, "action=enrollment_tokens.create&outcome=success")
+            .len(),
+        3
+    );
+    assert_eq!(
+        s.audit(&admin, "action=enrollment_tokens.create&outcome=denied")
+            .len(),
+        2
+    );
+    assert_eq!(
+        s.audit(&admin, "action=enrollment_tokens.revoke&outcome=success")
+            .len(),
+        1
+    );
+
+    // JSON bodies on the agent listener keep the listener's size limit: the
+    // server answers 413 without reading the body, so a client still
+    // writing it may see the connection closed instead. Either way the body
+    // was not read (read, it would have been a 400 for the long name).
+    let sent = https()
+        .post(s.ports.agent_url("/api/v1/agents/enroll"))
+        .json(&json!({ "token": token, "name": "x".repeat(2 << 20), "hostname": "h" }))
+        .send();
+    match sent {
+        Ok(r) => assert_eq!(r.status(), 413),
+        Err(e) => assert!(e.is_request(), "{e:?}"),
+    }
+
+    // Agent authentication on the agent listener.
+    let r = s.reply(
+        s.agent(Method::POST, "/api/v1/agent/heartbeat")
+            .json(&json!({})),
+    );
+    assert_eq!((r.status, code(&r)), (401, "missing_credential"), "{r:?}");
+    assert_eq!(r.headers["content-type"], "application/problem+json");
+    let wrong_secret = format!("{}.{}", a.id, "A".repeat(43));
+    let r = heartbeat(&s, &wrong_secret);
+    assert_eq!((r.status, code(&r)), (401, "invalid_credential"));
+    let r = heartbeat(&s, "garbage");
+    assert_eq!((r.status, code(&r)), (401, "invalid_credential"));
+    let r = heartbeat(&s, &admin);
+    assert_eq!(
+        (r.status, code(&r)),
+        (401, "user_token_refused"),
+        "a user token on the agent port: {r:?}"
+    );
+    let r = agent_call(&s, &admin, Method::GET, "/api/v1/agent/tasks?wait=0", None);
+    assert_eq!(r.status, 401);
+    // ... and an agent credential on the user port.
+    for path in ["/api/v1/auth/me", "/api/v1/agents", "/api/v1/tasks"] {
+        let r = s.get(Some(&a.credential), path);
+        assert_eq!(
+            r.status, 401,
+            "agent credential on the user port, {path}: {r:?}"
+        );
+    }
+    // User routes do not exist on the agent listener, nor agent routes on the user one.
+    assert_eq!(
+        agent_call(&s, &a.credential, Method::GET, "/api/v1/agents", None).status,
+        404
+    );
+    assert_eq!(
+        s.post(Some(&admin), "/api/v1/agent/heartbeat", &json!({}))
+            .status,
+        404
+    );
+    let refusals = s.audit(&admin, &format!("action=agent.auth&actor=agent:{}", a.id));
+    assert!(!refusals.is_empty(), "a wrong secret is audited");
+
+    // Heartbeat: last seen, online, version and reported status.
+    let agent_a = s.get(Some(&viewer), &format!("/api/v1/agents/{}", a.id));
+    assert_eq!(agent_a.body["status"], "offline", "{agent_a:?}");
+    let r = agent_call(
+        &s,
+        &a.credential,
+        Method::POST,
+        "/api/v1/agent/heartbeat",
+        Some(&json!({ "version": "0.2.0", "status": { "queue_depth": 3 } })),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["heartbeat_interval_secs"], 15);
+    assert!(r.body["server_time"].is_string());
+    let agent_a = s.get(Some(&viewer), &format!("/api/v1/agents/{}", a.id));
+    assert_eq!(agent_a.status, 200);
+    assert_eq!(agent_a.body["status"], "online", "{agent_a:?}");
+    assert!(agent_a.body["last_seen_at"].is_string());
+    assert_eq!(agent_a.body["version"], "0.2.0");
+    assert_eq!(agent_a.body["reported_status"]["queue_depth"], 3);
+    assert_eq!(agent_a.body["name"], evil, "stored verbatim");
+    assert_eq!(
+        agent_a.body["labels"],
+        json!({ "role": evil_label, "zone": "eu-1" })
+    );
+    let online = s.get(Some(&viewer), "/api/v1/agents?status=online");
+    assert_eq!(online.body.as_array().unwrap().len(), 1, "{online:?}");
+    assert_eq!(
+        s.get(Some(&viewer), "/api/v1/agents")
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        s.get(
+            Some(&viewer),
+            &format!("/api/v1/agents/{}", uuid::Uuid::new_v4())
+        )
+        .status,
+        404
+    );
+
+    // Revocation: operators only; the credential stops working at once.
+    assert_eq!(
+        s.delete(Some(&viewer), &format!("/api/v1/agents/{}", b.id))
+            .status,
+        403
+    );
+    assert_eq!(heartbeat(&s, &b.credential).status, 200);
+    assert_eq!(
+        s.delete(Some(&operator), &format!("/api/v1/agents/{}", b.id))
+            .status,
+        204
+    );
+    let r = heartbeat(&s, &b.credential);
+    assert_eq!((r.status, code(&r)), (401, "agent_revoked"), "{r:?}");
+    let agent_b = s.get(Some(&viewer), &format!("/api/v1/agents/{}", b.id));
+    assert_eq!(agent_b.body["status"], "revoked");
+    assert!(agent_b.body["revoked_at"].is_string());
+    assert_eq!(
+        s.audit(
+            &admin,
+            &format!("action=agents.revoke&target=agent:{}", b.id)
+        )
+        .len(),
+        1
+    );
+    // The name is free again.
+    let (_, token2) = new_token(&s, &admin, json!({}));
+    assert_eq!(try_enroll(&s, &token2, "web-2", json!({})).status, 201);
+
+    // The OpenAPI document describes both listeners.
+    let doc = s.get(None, "/api/v1/openapi.json");
+    for path in [
+        "/api/v1/enrollment-tokens",
+        "/api/v1/agents/{id}",
+        "/api/v1/agents/enroll",
+        "/api/v1/agent/heartbeat",
+        "/api/v1/agent/tasks",
+        "/api/v1/agent/tasks/{id}/result",
+        "/api/v1/agent/metrics",
+        "/api/v1/tasks",
+    ] {
+        assert!(
+            doc.body["paths"][path].is_object(),
+            "{path} missing from OpenAPI"
+        );
+    }
+    assert_eq!(
+        doc.body["components"]["securitySchemes"]["agent"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(
+        doc.body["paths"]["/api/v1/agent/heartbeat"]["post"]["security"][0],
+        json!({ "agent": [] })
+    );
+}
+
+#[test]
+fn tasks_long_poll_leases_retries_and_idempotent_results() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let operator = s.user_token(&admin, "olivia", "operator");
+    let viewer = s.user_token(&admin, "victor", "viewer");
+    let a = enroll(&s, &admin, "host-a");
+    let b = enroll(&s, &admin, "host-b");
+
+    let r = s.post(
+        Some(&viewer),
+        &format!("/api/v1/agents/{}/tasks", a.id),
+        &json!({ "kind": "noop" }),
+    );
+    assert_eq!(r.status, 403);
+    let r = s.post(
+        Some(&operator),
+        &format!("/api/v1/agents/{}/tasks", a.id),
+        &json!({ "kind": "two words" }),
+    );
+    assert_eq!((r.status, code(&r)), (400, "invalid_kind"));
+    let r = s.post(
+        Some(&operator),
+        &format!("/api/v1/agents/{}/tasks", uuid::Uuid::new_v4()),
+        &json!({ "kind": "noop" }),
+    );
+    assert_eq!(r.status, 404);
+    for query in ["wait=31", "max=0", "lease=0"] {
+        let r = poll(&s, &a.credential, query);
+        assert_eq!(r.status, 400, "{query}: {r:?}");
+    }
+
+    // A waiting long poll is woken by a new task.
+    let (task, elapsed) = std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| {
+            let started = Instant::now();
+            (poll(&s, &a.credential, "wait=20"), started.elapsed())
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        let task = new_task(
+            &s,
+            &operator,
+            &a.id,
+            json!({ "kind": "collect", "payload": { "interval": "15s" } }),
+        );
+        let (r, elapsed) = waiting.join().unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(task_ids(&r), vec![task.clone()]);
+        assert_eq!(r.body["tasks"][0]["attempt"], 1);
+        assert_eq!(r.body["tasks"][0]["kind"], "collect");
+        assert_eq!(r.body["tasks"][0]["payload"]["interval"], "15s");
+        (task, elapsed)
+    });
+    assert!(
+        elapsed < Duration::from_secs(6),
+        "woken, not timed out: {elapsed:?}"
+    );
+    let started = Instant::now();
+    let r = poll(&s, &a.credential, "wait=1");
+    assert_eq!((r.status, task_ids(&r).len()), (200, 0));
+    assert!(started.elapsed() >= Duration::from_millis(900), "waited");
+
+    // Results: another agent cannot report it; the same result twice is one change.
+    let result_id = uuid::Uuid::new_v4().to_string();
+    let ok = json!({ "result_id": result_id, "outcome": "succeeded", "result": { "series": 42 } });
+    assert_eq!(report(&s, &b.credential, &task, &ok).status, 404);
+    let first = report(&s, &a.credential, &task, &ok);
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(
+        (first.body["state"].as_str(), first.body["attempt"].as_i64()),
+        (Some("succeeded"), Some(1))
+    );
+    let again = report(&s, &a.credential, &task, &ok);
+    assert_eq!(
+        (again.status, &again.body),
+        (200, &first.body),
+        "the same answer"
+    );
+    let detail = s.get(Some(&viewer), &format!("/api/v1/tasks/{task}"));
+    assert_eq!(detail.body["state"], "succeeded");
+    assert_eq!(detail.body["result"]["series"], 42);
+    assert_eq!(
+        detail.body["results"].as_array().unwrap().len(),
+        1,
+        "{detail:?}"
+    );
+    assert_eq!(
+        s.audit(&admin, &format!("action=tasks.result&target=task:{task}"))
+            .len(),
+        1
+    );
+    let other = report(
+        &s,
+        &a.credential,
+        &task,
+        &json!({ "result_id": uuid::Uuid::new_v4(), "outcome": "failed" }),
+    );
+    assert_eq!((other.status, code(&other)), (409, "task_finished"));
+    let changed = report(
+        &s,
+        &a.credential,
+        &task,
+        &json!({ "result_id": result_id, "outcome": "failed" }),
+    );
+    assert_eq!((changed.status, code(&changed)), (409, "result_id_reused"));
+    let unclaimed = new_task(&s, &operator, &a.id, json!({ "kind": "noop" }));
+    let r = report(
+        &s,
+        &a.credential,
+        &unclaimed,
+        &json!({ "result_id": uuid::Uuid::new_v4(), "outcome": "succeeded" }),
+    );
+    assert_eq!((r.status, code(&r)), (409, "task_not_leased"));
+    let r = s.delete(Some(&operator), &format!("/api/v1/tasks/{unclaimed}"));
+    assert_eq!(
+        (r.status, r.body["state"].as_str()),
+        (200, Some("cancelled"))
+    );
+    assert_eq!(
+        s.delete(Some(&operator), &format!("/api/v1/tasks/{unclaimed}"))
+            .status,
+        409
+    );
+
+    // A failed attempt with attempts left is queued again.
+    let flaky = new_task(
+        &s,
+        &operator,
+        &a.id,
+        json!({ "kind": "deploy", "max_attempts": 2 }),
+    );
+    assert_eq!(
+        task_ids(&poll(&s, &a.credential, "wait=0")),
+        vec![flaky.clone()]
+    );
+    let failed = report(
+        &s,
+        &a.credential,
+        &flaky,
+        &json!({ "result_id": uuid::Uuid::new_v4(), "outcome": "failed", "error": "disk full" }),
+    );
+    assert_eq!(failed.body["state"], "queued", "{failed:?}");
+    let r = poll(&s, &a.credential, "wait=5");
+    assert_eq!(
+        (task_ids(&r), r.body["tasks"][0]["attempt"].as_i64()),
+        (vec![flaky.clone()], Some(2))
+    );
+    let failed = report(
+        &s,
+        &a.credential,
+        &flaky,
+        &json!({ "result_id": uuid::Uuid::new_v4(), "outcome": "failed", "error": "disk still full" }),
+    );
+    assert_eq!(failed.body["state"], "failed", "attempts spent: {failed:?}");
+    let detail = s.get(Some(&viewer), &format!("/api/v1/tasks/{flaky}"));
+    assert_eq!(
+        (
+            detail.body["attempts"].as_i64(),
+            detail.body["error"].as_str()
+        ),
+        (Some(2), Some("disk still full"))
+    );
+
+    // An expired lease re-queues the task, until its attempts are spent.
+    let stuck = new_task(
+        &s,
+        &operator,
+        &a.id,
+        json!({ "kind": "hang", "max_attempts": 2 }),
+    );
+    let r = poll(&s, &a.credential, "wait=0&lease=1");
+    assert_eq!(
+        (task_ids(&r), r.body["tasks"][0]["attempt"].as_i64()),
+        (vec![stuck.clone()], Some(1))
+    );
+    assert_eq!(
+        task_ids(&poll(&s, &a.credential, "wait=0")).len(),
+        0,
+        "leased, not offered twice"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = poll(&s, &a.credential, "wait=0&lease=1");
+    assert_eq!(
+        (task_ids(&r), r.body["tasks"][0]["attempt"].as_i64()),
+        (vec![stuck.clone()], Some(2))
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(task_ids(&poll(&s, &a.credential, "wait=0")).len(), 0);
+    let detail = s.get(Some(&viewer), &format!("/api/v1/tasks/{stuck}"));
+    assert_eq!(detail.body["state"], "expired", "{detail:?}");
+    assert_eq!(detail.body["attempts"], 2);
+    let expiries = s.audit(
+        &admin,
+        &format!("action=tasks.lease_expired&target=task:{stuck}"),
+    );
+    assert_eq!(expiries.len(), 2, "{expiries:?}");
+    assert_eq!(expiries[0]["actor"], "system");
+    let late = report(
+        &s,
+        &a.credential,
+        &stuck,
+        &json!({ "result_id": uuid::Uuid::new_v4(), "outcome": "succeeded" }),
+    );
+    assert_eq!((late.status, code(&late)), (409, "task_finished"));
+
+    // Without a poll, the housekeeping sweep expires a stuck lease too.
+    let abandoned = new_task(
+        &s,
+        &operator,
+        &b.id,
+        json!({ "kind": "hang", "max_attempts": 1 }),
+    );
+    assert_eq!(
+        task_ids(&poll(&s, &b.credential, "wait=0&lease=1")),
+        vec![abandoned.clone()]
+    );
+    wait_until(
+        "the sweep expires the lease",
+        Duration::from_secs(20),
+        || {
+            (s.get(Some(&viewer), &format!("/api/v1/tasks/{abandoned}"))
+                .body["state"]
+                == "expired")
+                .then_some(())
+        },
+    );
+
+    // Revoking an agent cancels its queued tasks.
+    let queued = new_task(&s, &operator, &b.id, json!({ "kind": "noop" }));
+    assert_eq!(
+        s.delete(Some(&operator), &format!("/api/v1/agents/{}", b.id))
+            .status,
+        204
+    );
+    assert_eq!(
+        s.get(Some(&viewer), &format!("/api/v1/tasks/{queued}"))
+            .body["state"],
+        "cancelled"
+    );
+    let r = s.post(
+        Some(&operator),
+        &format!("/api/v1/agents/{}/tasks", b.id),
+        &json!({ "kind": "noop" }),
+    );
+    assert_eq!((r.status, code(&r)), (409, "agent_revoked"));
+
+    // Listing with filters.
+    let listed = s.get(
+        Some(&viewer),
+        &format!("/api/v1/tasks?agent={}&state=succeeded", a.id),
+    );
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.body.as_array().unwrap().len(), 1, "{listed:?}");
+    assert_eq!(
+        s.get(Some(&viewer), "/api/v1/tasks?state=expired")
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // /metrics: agents connected and tasks by state.
+    assert_eq!(heartbeat(&s, &a.credential).status, 200);
+    let metrics = wait_until("the gauges are refreshed", Duration::from_secs(40), || {
+        let m = text(&s.ports.api_url("/metrics"));
+        (m.contains("\nphoenix_api_agents_connected 1\n")
+            && m.contains("phoenix_api_tasks{state=\"succeeded\"} 1\n")
+            && m.contains("phoenix_api_tasks{state=\"expired\"} 2\n"))
+        .then_some(m)
+    });
+    for (state, n) in [
+        ("queued", 0),
+        ("leased", 0),
+        ("failed", 1),
+        ("cancelled", 2),
+    ] {
+        assert!(
+            metrics.contains(&format!("phoenix_api_tasks{{state=\"{state}\"}} {n}\n")),
+            "{state}: {metrics}"
+        );
+    }
+}
+
+#[test]
+fn concurrent_long_polls_claim_every_task_exactly_once() {
+    const TASKS: usize = 200;
+    const POLLERS: usize = 8;
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let a = enroll(&s, &admin, "busy-host");
+    // Half the tasks are queued before the polls start, half while they run.
+    let mut created: Vec<String> = (0..TASKS / 2)
+        .map(|i| {
+            new_task(
+                &s,
+                &admin,
+                &a.id,
+                json!({ "kind": "work", "payload": { "n": i } }),
+            )
+        })
+        .collect();
+    let claimed = Mutex::new(Vec::new());
+    let creating = AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        for _ in 0..POLLERS {
+            scope.spawn(|| {
+                let mut mine = Vec::new();
+                loop {
+                    let done = !creating.load(Ordering::SeqCst);
+                    let r = poll(&s, &a.credential, "wait=2&max=7");
+                    assert_eq!(r.status, 200, "{r:?}");
+                    let ids = task_ids(&r);
+                    if ids.is_empty() && done {
+                        break;
+                    }
+                    for id in ids {
+                        let body =
+                            json!({ "result_id": uuid::Uuid::new_v4(), "outcome": "succeeded" });
+                        let r = report(&s, &a.credential, &id, &body);
+                        assert_eq!(r.status, 200, "{r:?}");
+                        mine.push(id);
+                    }
+                }
+                claimed.lock().unwrap().push(mine);
+            });
+        }
+        let more: Vec<String> = (TASKS / 2..TASKS)
+            .map(|i| {
+                new_task(
+                    &s,
+                    &admin,
+                    &a.id,
+                    json!({ "kind": "work", "payload": { "n": i } }),
+                )
+            })
+            .collect();
+        created.extend(more);
+        creating.store(false, Ordering::SeqCst);
+    });
+    let per_poller = claimed.into_inner().unwrap();
+    let busy = per_poller.iter().filter(|mine| !mine.is_empty()).count();
+    assert!(
+        busy >= 2,
+        "the polls ran side by side: {busy} of {POLLERS} claimed tasks"
+    );
+    let claimed: Vec<String> = per_poller.into_iter().flatten().collect();
+    let unique: HashSet<&String> = claimed.iter().collect();
+    assert_eq!(unique.len(), claimed.len(), "a task was claimed twice");
+    let expected: HashSet<&String> = created.iter().collect();
+    assert_eq!(unique, expected, "every task claimed");
+    let done = s.get(
+        Some(&admin),
+        &format!("/api/v1/tasks?agent={}&state=succeeded&limit=1000", a.id),
+    );
+    assert_eq!(done.body.as_array().unwrap().len(), TASKS);
+    for t in done.body.as_array().unwrap() {
+        assert_eq!(t["attempts"], 1, "{t}");
+    }
+}
+
+#[test]
+fn metric_pushes_are_validated_relabelled_forwarded_and_removed_with_the_agent() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let a = enroll(&s, &admin, "metrics-host");
+    let b = enroll(&s, &admin, "other-host");
+
+    let body = "# HELP phoenix_test_cpu_seconds_total CPU time per process.\n\
+                # TYPE phoenix_test_cpu_seconds_total counter\n\
+                phoenix_test_cpu_seconds_total{comm=\"nginx\",pid=\"1\"} 12.5\n\
+                phoenix_test_cpu_seconds_total{comm=\"x' OR '1'='1\",pid=\"2\"} 3\n\
+                phoenix_test_rss_bytes 1024\n";
+    let r = push(
+        &s,
+        &a.credential,
+        "experiment=exp-1&variant=candidate",
+        body,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.body,
+        json!({ "series": 3, "experiment": "exp-1", "variant": "candidate" })
+    );
+    let r = push(&s, &a.credential, "", "phoenix_test_rss_bytes 2048\n");
+    assert_eq!(
+        (r.status, r.body["experiment"].as_str()),
+        (200, Some("none"))
+    );
+    let r = push(
+        &s,
+        &b.credential,
+        "experiment=exp-1&variant=baseline",
+        "phoenix_test_rss_bytes 4096\n",
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        s.get(Some(&admin), &format!("/api/v1/agents/{}", a.id))
+            .body["pushed_series"],
+        4
+    );
+
+    // In the Pushgateway, each series carries the grouping labels.
+    let groups: Value = https()
+        .get(s.ports.pushgateway_url("/api/v1/metrics"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let labels: Vec<Value> = groups["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["labels"].clone())
+        .collect();
+    assert!(
+        labels.contains(&json!({ "job": "phoenix-agent", "agent": a.id, "experiment": "exp-1", "variant": "candidate" })),
+        "{labels:?}"
+    );
+    // ... and Prometheus scrapes them with those labels.
+    let query = format!(
+        "phoenix_test_cpu_seconds_total{{job=\"phoenix-agent\",agent=\"{}\",experiment=\"exp-1\",variant=\"candidate\"}}",
+        a.id
+    );
+    let results = wait_until(
+        "Prometheus has the pushed series",
+        Duration::from_secs(60),
+        || {
+            let r: Value = reqwest::blocking::Client::new()
+                .get(s.ports.prometheus_url("/api/v1/query"))
+                .query(&[("query", &query)])
+                .send()
+                .ok()?
+                .json()
+                .ok()?;
+            let results = r["data"]["result"].as_array()?.clone();
+            (results.len() == 2).then_some(results)
+        },
+    );
+    assert!(
+        results
+            .iter()
+            .any(|r| r["metric"]["comm"] == "x' OR '1'='1"),
+        "{results:?}"
+    );
+
+    // Invalid pushes are refused with a code, and nothing reaches the Pushgateway.
+    for (bad, expected) in [
+        ("ok 1\n9bad 1\n", "invalid_metric_name"),
+        ("m{agent=\"spoofed\"} 1\n", "reserved_label"),
+        ("m{instance=\"x\"} 1\n", "reserved_label"),
+        ("m{1x=\"y\"} 1\n", "invalid_label_name"),
+        ("m 1 1700000000000\n", "timestamp_not_allowed"),
+        ("m one\n", "invalid_value"),
+    ] {
+        let r = push(&s, &a.credential, "experiment=exp-2", bad);
+        assert_eq!((r.status, code(&r)), (400, expected), "{bad:?}: {r:?}");
+        assert_eq!(r.headers["content-type"], "application/problem+json");
+    }
+    let r = push(&s, &a.credential, "", "ok 1\n9bad 1\n");
+    assert_eq!(r.body["line"], 2, "{r:?}");
+    let many: String = (0..50_001).map(|i| format!("m{{i=\"{i}\"}} 1\n")).collect();
+    let r = push(&s, &a.credential, "experiment=exp-2", many);
+    assert_eq!(
+        (r.status, code(&r)),
+        (400, "too_many_series"),
+        "{:?}",
+        r.body
+    );
+    let huge = format!("m{{v=\"{}\"}} 1\n", "x".repeat(4 << 20));
+    let r = push(&s, &a.credential, "experiment=exp-2", huge);
+    assert_eq!(
+        (r.status, code(&r)),
+        (413, "metrics_too_large"),
+        "{:?}",
+        r.body
+    );
+    let r = s.reply(
+        s.agent(Method::PUT, "/api/v1/agent/metrics")
+            .bearer_auth(&a.credential)
+            .header("content-type", "application/json")
+            .body("{}"),
+    );
+    assert_eq!((r.status, code(&r)), (415, "unsupported_media_type"));
+    let r = push(&s, &a.credential, "experiment=../../x", "m 1\n");
+    assert_eq!((r.status, code(&r)), (400, "invalid_group"));
+    let r = push(&s, &admin, "", "m 1\n");
+    assert_eq!((r.status, code(&r)), (401, "user_token_refused"));
+    let pushed = text(&s.ports.pushgateway_url("/metrics"));
+    assert!(
+        !pushed.contains("exp-2") && !pushed.contains("spoofed"),
+        "{pushed}"
+    );
+
+    // Revoking the agent deletes its groups, and only its groups.
+    assert_eq!(
+        s.delete(Some(&admin), &format!("/api/v1/agents/{}", a.id))
+            .status,
+        204
+    );
+    let pushed = text(&s.ports.pushgateway_url("/metrics"));
+    assert!(!pushed.contains(&a.id), "{pushed}");
+    assert!(pushed.contains(&b.id), "{pushed}");
+    let r = push(&s, &a.credential, "", "m 1\n");
+    assert_eq!((r.status, code(&r)), (401, "agent_revoked"));
+}
