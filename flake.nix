@@ -73,7 +73,13 @@
           };
         in
         {
-          default = qemu;
+          default = {
+            type = "app";
+            program = lib.getExe (imagePkgs.callPackage ./nix/dev.nix {
+              phoenix = self.packages.${imageSystem}.phoenix;
+            });
+            meta.description = "Run the whole Phoenix stack locally in dev mode (state in ./.phoenix-dev)";
+          };
           inherit qemu;
         };
 
