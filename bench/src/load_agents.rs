@@ -240,7 +240,7 @@ fn run(args: Args) -> Result<ExitCode> {
     );
 
     eprintln!("phoenix-load: starting the stack");
-    let stack = phoenix_tests::Stack::start("[api]\nprice_per_series_month = 0.05\n");
+    let stack = phoenix_tests::Stack::start("");
     let admin = stack.admin_token();
     let token = stack.post(
         Some(&admin),

@@ -8,11 +8,16 @@ fn send(state: &[sd_notify::NotifyState<'_>]) {
     }
 }
 
-pub fn ready() {
+/// Start-up settled; `status` says whether everything is up.
+pub fn ready_with(status: &str) {
     send(&[
         sd_notify::NotifyState::Ready,
-        sd_notify::NotifyState::Status("all services ready"),
+        sd_notify::NotifyState::Status(status),
     ]);
+}
+
+pub fn ready() {
+    ready_with("all services ready");
 }
 
 pub fn reloading() {

@@ -391,7 +391,17 @@ impl Supervisor {
             } else {
                 tracing::warn!("start-up settled with failed services; see phoenixctl health");
             }
-            crate::notify::ready();
+            crate::notify::ready_with(
+                if self
+                    .services
+                    .iter()
+                    .all(|s| !s.wanted || s.satisfies_dependents())
+                {
+                    "all services ready"
+                } else {
+                    "started with failed services; see phoenixctl health"
+                },
+            );
         }
     }
 

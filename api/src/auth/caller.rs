@@ -107,7 +107,8 @@ impl FromRequestParts<AppState> for Caller {
         };
         // Fails closed: if the session cannot be checked, the request is refused.
         let row = sqlx::query(
-            "SELECT u.username, u.role, u.disabled, s.revoked_at IS NOT NULL AS revoked \
+            "SELECT u.username, u.role, u.disabled, s.revoked_at IS NOT NULL AS revoked, \
+                    s.expires_at < now() AS expired \
              FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1 AND u.id = $2",
         )
         .bind(claims.sid)
@@ -134,6 +135,11 @@ impl FromRequestParts<AppState> for Caller {
                 "token_revoked",
                 "this session was signed out or revoked; log in again",
             );
+            event.record_refusal(state).await;
+            return Err(err);
+        }
+        if row.get::<bool, _>("expired") {
+            let (event, err) = refuse("session_expired", "this session has expired; log in again");
             event.record_refusal(state).await;
             return Err(err);
         }

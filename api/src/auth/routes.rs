@@ -68,7 +68,9 @@ async fn insert_refresh(
     hash: &[u8],
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO refresh_tokens (session_id, token_hash, expires_at) VALUES ($1, $2, now() + make_interval(secs => $3))",
+        // A refresh never outlives its session: a login lasts 7 days at most.
+        "INSERT INTO refresh_tokens (session_id, token_hash, expires_at) \
+         SELECT $1, $2, LEAST(now() + make_interval(secs => $3), expires_at) FROM sessions WHERE id = $1",
     )
     .bind(session)
     .bind(hash)

@@ -42,7 +42,7 @@ use crate::error::{ApiError, ApiResult};
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 const MAX_LEASE_SECS: u64 = 3600;
 /// Longest and default wait of a long poll.
-pub const MAX_WAIT: Duration = Duration::from_secs(30);
+pub const MAX_WAIT: Duration = Duration::from_secs(25);
 const DEFAULT_WAIT_SECS: u64 = 25;
 /// A waiting poll looks again this often even without a wake-up: for
 /// expired leases of its agent and for notifications that were lost.
@@ -448,7 +448,8 @@ pub async fn requeue_expired_leases(pool: &PgPool, agent: Option<Uuid>) -> sqlx:
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PollQuery {
-    /// Seconds to wait for a task when none is queued (default 25, at most 30).
+    /// Seconds to wait for a task when none is queued (default and at most 25:
+    /// below the request timeout, so a poll is answered, not cut off).
     pub wait: Option<u64>,
     /// Most tasks to claim at once (default 10, at most 100).
     pub max: Option<i64>,

@@ -391,6 +391,10 @@ pub fn expand(
                 arg("--web.listen-address", push_listen),
                 arg("--persistence.file", dir.join("metrics.store").display()),
                 "--persistence.interval=1m".into(),
+                // Its check re-gathers every group on each push, so a push
+                // costs as much as all agents' series together. The API
+                // validates every body before forwarding it instead.
+                "--push.disable-consistency-check".into(),
             ],
         );
         push.user = user_for(opts, &p.user, "prometheus");
