@@ -276,6 +276,8 @@ fn with_layers(app: Router<AppState>, state: AppState, limits: HttpLimits) -> Ro
             StatusCode::SERVICE_UNAVAILABLE,
             limits.request_timeout,
         ))
+        // Every error leaves as a problem document, the framework's included.
+        .layer(middleware::from_fn(problem::ensure_problem))
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,
@@ -426,7 +428,37 @@ mod tests {
             .header(header::CONTENT_LENGTH, "17")
             .body(Body::from(vec![b'x'; 17]))
             .unwrap();
-        let (status, _, _) = call(&app, request).await;
+        let (status, content_type, body) = call(&app, request).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(content_type, problem::PROBLEM_CONTENT_TYPE);
+        assert!(body.contains(r#""code":"body_too_large""#), "{body}");
+    }
+
+    #[tokio::test]
+    async fn framework_refusals_are_problem_documents_too() {
+        let app = router(state_without_database(), LIMITS);
+        // A wrong method keeps its Allow header.
+        let (status, content_type, body) = call(
+            &app,
+            Request::delete("/health").body(Body::empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(content_type, problem::PROBLEM_CONTENT_TYPE);
+        assert!(body.contains(r#""code":"method_not_allowed""#), "{body}");
+        // A body that does not parse.
+        let request = Request::post("/api/v1/auth/login")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{nope"))
+            .unwrap();
+        let (status, content_type, body) = call(&app, request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(content_type, problem::PROBLEM_CONTENT_TYPE);
+        let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(problem["code"], "invalid_request");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("JSON"),
+            "{problem}"
+        );
     }
 }

@@ -92,6 +92,52 @@ impl IntoResponse for Problem {
     }
 }
 
+/// Turns every error response that is not yet a problem document (the
+/// framework's own refusals: a body that does not parse, a wrong method, a
+/// body over the limit, a request that timed out) into one, keeping the
+/// status and the framework's message as the detail.
+pub async fn ensure_problem(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    // Problem documents and other JSON answers (a failing /health is
+    // application/health+json) are already meant for clients.
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().unwrap_or("").trim().ends_with("json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let detail = String::from_utf8_lossy(&text).trim().to_string();
+    let code = match status {
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY => "invalid_request",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::SERVICE_UNAVAILABLE => "timeout",
+        s if s.is_client_error() => "client_error",
+        _ => "server_error",
+    };
+    let mut problem = Problem::new(status).with_code(code);
+    if !detail.is_empty() {
+        problem = problem.with_detail(detail);
+    }
+    let mut out = problem.into_response();
+    // Keep headers such as Allow and Retry-After.
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
 /// Fallback handler for requests that match no route.
 pub async fn not_found(method: Method, uri: Uri) -> Problem {
     Problem::new(StatusCode::NOT_FOUND)
