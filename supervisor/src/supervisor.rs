@@ -328,15 +328,7 @@ impl Supervisor {
     /// Up, not wanted, failed, or waiting on a dependency that failed.
     fn settled(&self, i: usize) -> bool {
         let rt = &self.services[i];
-        !rt.wanted
-            || rt.satisfies_dependents()
-            || rt.state == State::Failed
-            || (rt.state == State::Stopped
-                && rt
-                    .spec
-                    .depends_on
-                    .iter()
-                    .any(|d| self.index(d).is_some_and(|j| self.blocked_by_failure(j))))
+        !rt.wanted || rt.satisfies_dependents() || self.blocked_by_failure(i)
     }
 
     /// Failed, or (transitively) waiting on a failed dependency.
