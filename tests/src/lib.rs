@@ -531,12 +531,17 @@ impl Stack {
     }
 
     /// Log in; the access token.
-    pub fn login(&self, username: &str, password: &str) -> String {
-        let r = self.post(
+    /// One login attempt, whatever its outcome.
+    pub fn login_attempt(&self, username: &str, password: &str) -> Reply {
+        self.post(
             None,
             "/api/v1/auth/login",
             &serde_json::json!({ "username": username, "password": password }),
-        );
+        )
+    }
+
+    pub fn login(&self, username: &str, password: &str) -> String {
+        let r = self.login_attempt(username, password);
         assert_eq!(r.status, 200, "login as {username}: {r:?}");
         r.body["access_token"]
             .as_str()

@@ -22,29 +22,17 @@ fn login_refresh_rotation_reuse_and_logout() {
         0o600
     );
 
-    let wrong = s.post(
-        None,
-        "/api/v1/auth/login",
-        &json!({ "username": "admin", "password": "admin123" }),
-    );
+    let wrong = s.login_attempt("admin", "admin123");
     assert_eq!(
         (wrong.status, code(&wrong)),
         (401, "invalid_credentials"),
         "no default password: {wrong:?}"
     );
     assert_eq!(wrong.headers["content-type"], "application/problem+json");
-    let unknown = s.post(
-        None,
-        "/api/v1/auth/login",
-        &json!({ "username": "nobody", "password": "whatever-password" }),
-    );
+    let unknown = s.login_attempt("nobody", "whatever-password");
     assert_eq!(unknown.status, 401);
 
-    let login = s.post(
-        None,
-        "/api/v1/auth/login",
-        &json!({ "username": "admin", "password": s.admin_password() }),
-    );
+    let login = s.login_attempt("admin", &s.admin_password());
     assert_eq!(login.status, 200, "{login:?}");
     assert_eq!(login.body["token_type"], "Bearer");
     assert_eq!(login.body["expires_in"], 900);
@@ -289,11 +277,7 @@ fn roles_users_injection_and_audit() {
         &json!({ "username": evil, "password": "long-enough-pass", "role": "viewer" }),
     );
     assert_eq!((r.status, code(&r)), (400, "invalid_username"));
-    let r = s.post(
-        None,
-        "/api/v1/auth/login",
-        &json!({ "username": evil, "password": "x' OR '1'='1" }),
-    );
+    let r = s.login_attempt(evil, "x' OR '1'='1");
     assert_eq!((r.status, code(&r)), (401, "invalid_credentials"));
     let r = s.get(Some(&admin), "/api/v1/audit?actor=x'%20OR%20'1'='1");
     assert_eq!(r.status, 200);
@@ -341,11 +325,7 @@ fn roles_users_injection_and_audit() {
     );
     let r = s.get(Some(&viewer), "/api/v1/auth/me");
     assert_eq!(r.status, 401);
-    let r = s.post(
-        None,
-        "/api/v1/auth/login",
-        &json!({ "username": "victor", "password": "victor-password-123" }),
-    );
+    let r = s.login_attempt("victor", "victor-password-123");
     assert_eq!(r.status, 401);
 
     let r = s.delete(Some(&admin), &format!("/api/v1/users/{admin_id}"));
@@ -397,28 +377,16 @@ fn logins_are_rate_limited_per_user() {
     // Three attempts a minute for one user name: one success, two failures...
     let admin = s.admin_token();
     for _ in 0..2 {
-        let r = s.post(
-            None,
-            "/api/v1/auth/login",
-            &json!({ "username": "admin", "password": "wrong-password-1" }),
-        );
+        let r = s.login_attempt("admin", "wrong-password-1");
         assert_eq!(r.status, 401);
     }
     // ...and the fourth waits, even with the right password.
-    let r = s.post(
-        None,
-        "/api/v1/auth/login",
-        &json!({ "username": "Admin", "password": s.admin_password() }),
-    );
+    let r = s.login_attempt("Admin", &s.admin_password());
     assert_eq!((r.status, code(&r)), (429, "rate_limited"), "{r:?}");
     let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry));
     // Another user name is not affected; the session from before still works.
-    let r = s.post(
-        None,
-        "/api/v1/auth/login",
-        &json!({ "username": "someone", "password": "wrong-password-1" }),
-    );
+    let r = s.login_attempt("someone", "wrong-password-1");
     assert_eq!(r.status, 401);
     assert_eq!(s.get(Some(&admin), "/api/v1/auth/me").status, 200);
     let limited = s.audit(&admin, "action=auth.login&outcome=denied");
