@@ -588,7 +588,11 @@ async fn act(
         )
     })?;
     tx.commit().await?;
-    after_commit(&state, id, to).await;
+    // In the background: the answer does not wait on the Pushgateway.
+    tokio::spawn({
+        let state = state.clone();
+        async move { after_commit(&state, id, to).await }
+    });
     Ok(Json(detail(&state, id).await?))
 }
 
@@ -800,8 +804,8 @@ async fn send_tasks(
 /// Work that must not hold the transaction: once agents no longer push the
 /// experiment's variants, its Pushgateway groups are deleted, so that
 /// Prometheus stops scraping them (their history stays in Prometheus).
-/// Deleting is idempotent; a failure is logged and retried at the next
-/// transition.
+/// Deleting is idempotent; a failure is logged, and the API's housekeeping
+/// retries it ([`crate::agents::push::delete_stale_groups`]).
 pub async fn after_commit(state: &AppState, id: Uuid, to: State) {
     if to.agents_push() {
         return;

@@ -190,6 +190,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     crate::agents::spawn_background(&state, &shutdown);
+    tokio::spawn({
+        let auth = state.auth.clone();
+        async move {
+            let mut ticker = tokio::time::interval(crate::auth::limiter::PRUNE_INTERVAL);
+            loop {
+                ticker.tick().await;
+                auth.limiter.prune();
+            }
+        }
+    });
     let driver = tokio::spawn(experiment_driver::run(
         state.clone(),
         driver_config,

@@ -378,15 +378,53 @@ fn enrollment_tokens_enrollment_and_agent_authentication() {
         json!({ "role": evil_label, "zone": "eu-1" })
     );
     let online = s.get(Some(&viewer), "/api/v1/agents?status=online");
-    assert_eq!(online.body.as_array().unwrap().len(), 1, "{online:?}");
     assert_eq!(
-        s.get(Some(&viewer), "/api/v1/agents")
-            .body
-            .as_array()
-            .unwrap()
-            .len(),
-        2
+        online.body["agents"].as_array().unwrap().len(),
+        1,
+        "{online:?}"
     );
+    let all = s.get(Some(&viewer), "/api/v1/agents");
+    assert_eq!(all.body["agents"].as_array().unwrap().len(), 2, "{all:?}");
+    assert_eq!(all.body["next_after"], Value::Null, "one page");
+
+    // Pages: by name, `next_after` until the last page.
+    let mut names = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let query = match &after {
+            Some(id) => format!("/api/v1/agents?limit=1&after={id}"),
+            None => "/api/v1/agents?limit=1".to_string(),
+        };
+        let page = s.get(Some(&viewer), &query);
+        assert_eq!(page.status, 200, "{page:?}");
+        let agents = page.body["agents"].as_array().unwrap();
+        names.extend(
+            agents
+                .iter()
+                .map(|a| a["name"].as_str().unwrap().to_string()),
+        );
+        match page.body["next_after"].as_str() {
+            Some(next) => {
+                assert_eq!(agents.len(), 1);
+                assert_eq!(next, agents[0]["id"].as_str().unwrap());
+                after = Some(next.to_string());
+            }
+            None => break,
+        }
+        assert!(names.len() <= 2, "paging does not end: {names:?}");
+    }
+    let mut sorted = names.clone();
+    sorted.sort_by_key(|n| n.to_lowercase());
+    assert_eq!((names.len(), &names), (2, &sorted));
+    let r = s.get(
+        Some(&viewer),
+        &format!("/api/v1/agents?after={}", uuid::Uuid::new_v4()),
+    );
+    assert_eq!((r.status, code(&r)), (400, "invalid_cursor"), "{r:?}");
+    for bad in ["limit=x", "after=not-a-uuid"] {
+        let r = s.get(Some(&viewer), &format!("/api/v1/agents?{bad}"));
+        assert_eq!(r.status, 400, "{bad}: {r:?}");
+    }
     assert_eq!(
         s.get(
             Some(&viewer),
@@ -403,10 +441,26 @@ fn enrollment_tokens_enrollment_and_agent_authentication() {
         403
     );
     assert_eq!(heartbeat(&s, &b.credential).status, 200);
-    assert_eq!(
-        s.delete(Some(&operator), &format!("/api/v1/agents/{}", b.id))
-            .status,
-        204
+    // A long poll under way when the agent is revoked ends at once with the
+    // refusal, not at the end of its wait.
+    let (r, waited) = std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| {
+            let started = Instant::now();
+            (poll(&s, &b.credential, "wait=8"), started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            s.delete(Some(&operator), &format!("/api/v1/agents/{}", b.id))
+                .status,
+            204
+        );
+        waiting.join().unwrap()
+    });
+    assert_eq!((r.status, code(&r)), (401, "agent_revoked"), "{r:?}");
+    // Unwoken, it would have looked again only after 5 s (RECHECK).
+    assert!(
+        waited < Duration::from_secs(4),
+        "the poll ended after {waited:?}, as if never woken"
     );
     let r = heartbeat(&s, &b.credential);
     assert_eq!((r.status, code(&r)), (401, "agent_revoked"), "{r:?}");

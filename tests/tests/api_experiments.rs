@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use phoenix_tests::{Reply, Stack, wait_until};
+use phoenix_tests::{Reply, Stack, Supervisor, wait_until};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -508,6 +508,27 @@ fn an_experiment_runs_is_measured_from_pushed_data_promoted_and_costed() {
     wait_until("experiment groups deleted", Duration::from_secs(10), || {
         (!pushgateway_text(&s).contains(&id)).then_some(())
     });
+    // ... and pushes to it are refused, so a late one cannot bring them back.
+    let late = |agent: &Agent| {
+        s.reply(
+            s.agent(
+                Method::PUT,
+                &format!("/api/v1/agent/metrics?experiment={id}&variant=baseline"),
+            )
+            .bearer_auth(&agent.credential)
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(exposition(&procs_a, None)),
+        )
+    };
+    let r = late(a);
+    assert_eq!(
+        (r.status, code(&r)),
+        (409, "experiment_not_running"),
+        "{r:?}"
+    );
+    let r = late(c);
+    assert_eq!((r.status, code(&r)), (409, "not_in_experiment"), "{r:?}");
+    assert!(!pushgateway_text(&s).contains(&id));
 
     let promoted = act(&s, &operator, &id, "promote");
     assert_eq!(promoted.status, 200, "{promoted:?}");
@@ -753,9 +774,22 @@ fn illegal_transitions_failures_stops_and_rollbacks() {
         "{r:?}"
     );
 
-    // Stopping a deployment cancels the task that was not picked up.
+    // Stopping a deployment cancels the task that was not picked up. The
+    // Pushgateway is down when it stops, so deleting the groups fails; they
+    // come back with the Pushgateway (it persists them) and the API's
+    // housekeeping deletes them then.
     let e2 = new("stopped", &[b], top10.clone());
     assert_eq!(act(&s, &operator, &e2, "start").status, 200);
+    push(
+        &s,
+        b,
+        Some((&e2, "baseline")),
+        &exposition(&processes(3), None),
+    );
+    assert!(pushgateway_text(&s).contains(&e2));
+    Supervisor::ok(&s.sup.ctl(&["stop", "pushgateway"]));
+    s.sup
+        .wait_state("pushgateway", "stopped", Duration::from_secs(30));
     let stopped = act(&s, &operator, &e2, "stop");
     assert_eq!(stopped.status, 200, "{stopped:?}");
     assert_eq!(stopped.body["state"], "stopped");
@@ -772,6 +806,40 @@ fn illegal_transitions_failures_stops_and_rollbacks() {
         (tasks.len(), &tasks[0]["kind"]),
         (1, &json!("stop_experiment")),
         "{tasks:?}"
+    );
+    let r = s.reply(
+        s.agent(
+            Method::PUT,
+            &format!("/api/v1/agent/metrics?experiment={e2}&variant=baseline"),
+        )
+        .bearer_auth(&b.credential)
+        .header("content-type", "text/plain; version=0.0.4")
+        .body("late 1\n"),
+    );
+    assert_eq!(
+        (r.status, code(&r)),
+        (409, "experiment_not_running"),
+        "{r:?}"
+    );
+    let api_log = || std::fs::read_to_string(s.sup.path("log/api.log")).unwrap_or_default();
+    wait_until(
+        "the failed deletion logged",
+        Duration::from_secs(15),
+        || {
+            api_log()
+                .contains("could not delete the experiment's Pushgateway groups")
+                .then_some(())
+        },
+    );
+    Supervisor::ok(&s.sup.ctl(&["start", "pushgateway"]));
+    s.sup
+        .wait_state("pushgateway", "ready", Duration::from_secs(30));
+    wait_until("the stale group deleted", Duration::from_secs(45), || {
+        (!pushgateway_text(&s).contains(&e2)).then_some(())
+    });
+    assert!(
+        api_log().contains("deleted Pushgateway groups of revoked agents and ended experiments"),
+        "the housekeeping sweep deleted it"
     );
 
     // A candidate that filters processes away loses host totals: measured,

@@ -121,12 +121,16 @@ async fn housekeeping(state: AppState) {
             if let Err(error) = refresh_gauges(&state).await {
                 tracing::warn!(%error, "could not refresh the agent and task gauges");
             }
-            match push::delete_groups_of_revoked_agents(&state).await {
+            match push::delete_stale_groups(&state).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(groups = n, "deleted Pushgateway groups of revoked agents"),
-                Err(error) => {
-                    tracing::warn!(%error, "could not delete Pushgateway groups of revoked agents")
-                }
+                Ok(n) => tracing::info!(
+                    groups = n,
+                    "deleted Pushgateway groups of revoked agents and ended experiments"
+                ),
+                Err(error) => tracing::warn!(
+                    error = format!("{error:#}"),
+                    "could not delete stale Pushgateway groups; retrying at the next sweep"
+                ),
             }
         }
         tick += 1;

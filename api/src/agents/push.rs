@@ -29,6 +29,7 @@ use super::credential::AgentCaller;
 use super::exposition::{self, Invalid};
 use crate::AppState;
 use crate::error::ApiError;
+use crate::experiment_state::State as ExperimentState;
 use crate::problem::Problem;
 
 /// Largest push body. Larger than the JSON limit of the other routes: a
@@ -263,7 +264,10 @@ fn check_media_type(headers: &HeaderMap) -> Result<(), PushError> {
                        no timestamps, without the labels agent, experiment, variant, job, instance"),
     responses((status = 200, body = Pushed),
         (status = 400, description = "invalid body (the problem's `code` and `line` say why and where)"),
-        (status = 401), (status = 413), (status = 415),
+        (status = 401),
+        (status = 409, description = "the experiment is not running, or this agent is not in it \
+                                      (`experiment_not_running`, `not_in_experiment`): drop the batch"),
+        (status = 413), (status = 415),
         (status = 502, description = "the Pushgateway failed"),
         (status = 503, description = "no Pushgateway configured")),
     security(("agent" = [])))]
@@ -281,6 +285,7 @@ pub async fn push(
     let text = read_body(&headers, body).await?;
     let summary = exposition::validate(&text, MAX_SERIES).map_err(PushError::Invalid)?;
     let url = group_url(&base, agent.id, &experiment, &variant).map_err(ApiError::Internal)?;
+    accepts_pushes(&state, agent.id, &experiment).await?;
 
     // Known before it exists, so that it can always be deleted.
     sqlx::query(
@@ -338,7 +343,8 @@ pub async fn push(
         "INSERT INTO agent_metric_groups (agent_id, experiment, variant, series, pushed_at) \
          VALUES ($1, $2, $3, $4, now()) \
          ON CONFLICT (agent_id, experiment, variant) \
-         DO UPDATE SET series = EXCLUDED.series, pushed_at = EXCLUDED.pushed_at",
+         DO UPDATE SET series = EXCLUDED.series, pushed_at = EXCLUDED.pushed_at, \
+                       pushes = agent_metric_groups.pushes + 1",
     )
     .bind(agent.id)
     .bind(&experiment)
@@ -353,13 +359,61 @@ pub async fn push(
     }))
 }
 
-/// Deletes one group from the Pushgateway, then forgets it.
+/// Refuses a push to an experiment whose variants are no longer (or not
+/// yet) pushed, or that the agent is not part of. `experiment` values that
+/// are no experiment's id are free-form groups, deleted with the agent.
+async fn accepts_pushes(state: &AppState, agent: Uuid, experiment: &str) -> Result<(), ApiError> {
+    let Ok(id) = Uuid::parse_str(experiment) else {
+        return Ok(());
+    };
+    let row: Option<(String, bool)> =
+        sqlx::query_as("SELECT state, $2 = ANY (agent_ids) FROM experiments WHERE id = $1")
+            .bind(id)
+            .bind(agent)
+            .fetch_optional(&state.pool)
+            .await?;
+    let Some((experiment_state, member)) = row else {
+        return Ok(());
+    };
+    if !member {
+        return Err(ApiError::conflict(
+            "not_in_experiment",
+            format!("this agent is not one of experiment {id}'s agents"),
+        ));
+    }
+    match ExperimentState::parse(&experiment_state) {
+        Some(s) if s.agents_push() => Ok(()),
+        _ => Err(ApiError::conflict(
+            "experiment_not_running",
+            format!(
+                "experiment {id} is {experiment_state}: its metrics are not accepted; \
+                 drop this batch"
+            ),
+        )),
+    }
+}
+
+/// Deletes one group from the Pushgateway, then forgets it — unless a push
+/// to it landed meanwhile (`pushes` moved on), which may have re-created it:
+/// then the row stays and the sweep ([`delete_stale_groups`]) tries again.
 async fn delete_group(
     state: &AppState,
     agent: Uuid,
     experiment: &str,
     variant: &str,
 ) -> anyhow::Result<()> {
+    let seen: Option<i64> = sqlx::query_scalar(
+        "SELECT pushes FROM agent_metric_groups \
+         WHERE agent_id = $1 AND experiment = $2 AND variant = $3",
+    )
+    .bind(agent)
+    .bind(experiment)
+    .bind(variant)
+    .fetch_optional(&state.pool)
+    .await?;
+    let Some(seen) = seen else {
+        return Ok(());
+    };
     if let Some(base) = &state.settings.pushgateway_url {
         let url = group_url(base, agent, experiment, variant)?;
         let response = CLIENT
@@ -374,11 +428,13 @@ async fn delete_group(
         );
     }
     sqlx::query(
-        "DELETE FROM agent_metric_groups WHERE agent_id = $1 AND experiment = $2 AND variant = $3",
+        "DELETE FROM agent_metric_groups \
+         WHERE agent_id = $1 AND experiment = $2 AND variant = $3 AND pushes = $4",
     )
     .bind(agent)
     .bind(experiment)
     .bind(variant)
+    .bind(seen)
     .execute(&state.pool)
     .await?;
     Ok(())
@@ -435,12 +491,16 @@ pub async fn delete_experiment_groups(state: &AppState, experiment: &str) -> any
     delete_groups(state, rows).await
 }
 
-/// Deletes the groups of revoked agents that are still known: those whose
-/// deletion failed at revocation, or that a push racing with it created.
-pub async fn delete_groups_of_revoked_agents(state: &AppState) -> anyhow::Result<usize> {
+/// Deletes the groups that should not exist but are still known: those of
+/// revoked agents and of experiments whose variants are no longer pushed —
+/// a deletion that failed (the Pushgateway was down) or a push that raced
+/// with it. The API's housekeeping runs it periodically.
+pub async fn delete_stale_groups(state: &AppState) -> anyhow::Result<usize> {
     let rows = sqlx::query(
         "SELECT g.agent_id, g.experiment, g.variant FROM agent_metric_groups g \
-         JOIN agents a ON a.id = g.agent_id WHERE a.revoked_at IS NOT NULL",
+         JOIN agents a ON a.id = g.agent_id \
+         LEFT JOIN experiments e ON e.id::text = g.experiment \
+         WHERE a.revoked_at IS NOT NULL OR e.state NOT IN ('deploying', 'running')",
     )
     .fetch_all(&state.pool)
     .await?;

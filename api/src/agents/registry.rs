@@ -92,28 +92,64 @@ fn agent_from(r: &sqlx::postgres::PgRow) -> ApiResult<Agent> {
 pub struct AgentQuery {
     /// Only agents with this status.
     pub status: Option<AgentStatus>,
+    /// The page after this agent (the previous page's `next_after`).
+    pub after: Option<Uuid>,
+    /// At most this many agents (default 500, at most 1000).
+    pub limit: Option<i64>,
 }
 
-/// All agents, by name, with their last-seen time and status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentPage {
+    pub agents: Vec<Agent>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<Uuid>,
+}
+
+/// Agents by name (then enrollment time), with their last-seen time and
+/// status, a page at a time.
 #[utoipa::path(get, path = "/api/v1/agents", tag = "agents", params(AgentQuery),
-    responses((status = 200, body = [Agent]), (status = 401)), security(("bearer" = [])))]
+    responses((status = 200, body = AgentPage), (status = 400, description = "`after` names no agent"),
+        (status = 401)),
+    security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
     _caller: Caller,
     Query(q): Query<AgentQuery>,
-) -> ApiResult<Json<Vec<Agent>>> {
+) -> ApiResult<Json<AgentPage>> {
     let status = q.status.map(|s| match s {
         AgentStatus::Online => "online",
         AgentStatus::Offline => "offline",
         AgentStatus::Revoked => "revoked",
     });
+    let limit = q.limit.unwrap_or(500).clamp(1, 1000);
+    if let Some(after) = q.after {
+        let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agents WHERE id = $1)")
+            .bind(after)
+            .fetch_one(&state.pool)
+            .await?;
+        if !known {
+            return Err(ApiError::bad_request(
+                "invalid_cursor",
+                format!("`after` names no agent ({after}); start again without it"),
+            ));
+        }
+    }
     let rows = sqlx::query(&agents_query(
-        "WHERE ($1::text IS NULL OR status = $1) ORDER BY lower(name), created_at",
+        "WHERE ($1::text IS NULL OR status = $1) \
+           AND ($2::uuid IS NULL OR (lower(name), created_at, id) > \
+                (SELECT lower(name), created_at, id FROM agents WHERE id = $2)) \
+         ORDER BY lower(name), created_at, id LIMIT $3",
     ))
     .bind(status)
+    .bind(q.after)
+    .bind(limit)
     .fetch_all(&state.pool)
     .await?;
-    Ok(Json(rows.iter().map(agent_from).collect::<ApiResult<_>>()?))
+    let agents: Vec<Agent> = rows.iter().map(agent_from).collect::<ApiResult<_>>()?;
+    let next_after = (agents.len() as i64 == limit)
+        .then(|| agents.last().map(|a| a.id))
+        .flatten();
+    Ok(Json(AgentPage { agents, next_after }))
 }
 
 /// One agent.

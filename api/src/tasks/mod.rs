@@ -549,11 +549,28 @@ pub async fn poll(
     }
     let deadline = Instant::now() + wait;
     let subscription = wake::subscribe(agent.id);
+    let mut first = true;
     loop {
         let notified = subscription.notified();
         tokio::pin!(notified);
         // Registered before looking, so a task queued meanwhile still wakes us.
         notified.as_mut().enable();
+        // Revoked while waiting (revocation wakes the poll): the credential
+        // is refused from now on, as it would be on a new request. The
+        // first look needs no check: the credential was just accepted.
+        let revoked: bool = !first
+            && sqlx::query_scalar("SELECT revoked_at IS NOT NULL FROM agents WHERE id = $1")
+                .bind(agent.id)
+                .fetch_optional(&state.pool)
+                .await?
+                .unwrap_or(true);
+        first = false;
+        if revoked {
+            return Err(ApiError::unauthorized(
+                "agent_revoked",
+                "this agent was revoked; enroll it again with a new enrollment token",
+            ));
+        }
         requeue_expired_leases(&state.pool, Some(agent.id)).await?;
         let tasks = claim(&state.pool, agent.id, max, lease).await?;
         let now = Instant::now();
