@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what Phoenix needs to build, run and test on Debian/Ubuntu:
 # PostgreSQL 15, Prometheus, the Pushgateway, runit (benchmark peer),
-# util-linux (unshare), schemathesis (PyPI) and the `phoenix` system user.
+# util-linux (unshare), pebble (ACME), schemathesis (PyPI) and the `phoenix`
+# system user.
 # Idempotent.
 set -euo pipefail
 
@@ -9,7 +10,9 @@ packages=(postgresql prometheus prometheus-pushgateway runit util-linux procps c
   # the boot test: a Debian root file system, kernel modules, an initramfs, qemu (TCG)
   debootstrap busybox-static e2fsprogs cpio kmod qemu-system-x86
   # the Nix checks: nix-instantiate (Debian's Nix) and jq
-  nix-bin jq)
+  nix-bin jq
+  # ACME tests: pebble, a test CA, and pebble-challtestsrv, its DNS server
+  pebble)
 
 need_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -16,10 +16,19 @@ use crate::supervisor::Event;
 pub enum Request {
     Status,
     Health,
-    Start { service: String },
-    Stop { service: String },
-    Restart { service: String },
+    Start {
+        service: String,
+    },
+    Stop {
+        service: String,
+    },
+    Restart {
+        service: String,
+    },
     Reload,
+    /// Order a new certificate over ACME now.
+    #[serde(rename = "renew-certificate")]
+    RenewCertificate,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

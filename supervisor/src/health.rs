@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::status::{Snapshot, State, now_ms};
+use crate::status::{CertificateStatus, Snapshot, State, now_ms};
 
 /// The loop is considered stuck when its heartbeat is older than this.
 const LIVENESS_STALE_MS: u64 = 10_000;
@@ -87,6 +87,13 @@ pub fn health_document(s: &Snapshot) -> (Status, Value) {
         }
         checks.insert(format!("{}:state", svc.name), json!([check]));
     }
+    if let Some(cert) = &s.certificate {
+        let (status, check) = certificate_check(cert, now);
+        overall = overall.max(status);
+        let mut check = check;
+        check["time"] = json!(time);
+        checks.insert("tls:certificate".into(), json!([check]));
+    }
     let mut doc = json!({
         "status": overall.as_str(),
         "version": s.version,
@@ -98,6 +105,73 @@ pub fn health_document(s: &Snapshot) -> (Status, Value) {
         doc["notes"] = json!([format!("resource limits are not applied: {why}")]);
     }
     (overall, doc)
+}
+
+/// Days left before health warns, and fails, about the certificate.
+pub const CERT_WARN_DAYS: u64 = 14;
+pub const CERT_FAIL_DAYS: u64 = 3;
+
+/// The certificate's check: fail when it is unreadable or has less than 3
+/// days left, warn under 14 days, or when ACME challenges cannot be
+/// answered (the plain-HTTP listener is down).
+pub fn certificate_check(c: &CertificateStatus, now_ms: u64) -> (Status, Value) {
+    const DAY_MS: u64 = 86_400_000;
+    let mut output = Vec::new();
+    let status = match c.not_after_ms {
+        None => Status::Fail,
+        Some(t) if t < now_ms + CERT_FAIL_DAYS * DAY_MS => Status::Fail,
+        Some(t) if t < now_ms + CERT_WARN_DAYS * DAY_MS => Status::Warn,
+        Some(_) => Status::Pass,
+    };
+    if status != Status::Pass {
+        output.push(match c.not_after_ms {
+            Some(t) if t <= now_ms => "the certificate has expired".to_string(),
+            Some(_) => format!(
+                "the certificate expires within {} days",
+                if status == Status::Fail {
+                    CERT_FAIL_DAYS
+                } else {
+                    CERT_WARN_DAYS
+                }
+            ),
+            None => "no readable certificate".to_string(),
+        });
+    }
+    let mut status = status;
+    if let Some(e) = &c.error {
+        output.push(if c.failures > 0 {
+            format!("ACME failed {} time(s) in a row: {e}", c.failures)
+        } else {
+            e.clone()
+        });
+    }
+    if let Some(e) = &c.http_error {
+        if c.mode == "acme" {
+            status = status.max(Status::Warn);
+        }
+        output.push(e.clone());
+    }
+    let mut check = json!({
+        "componentId": c.path,
+        "componentType": "certificate",
+        "observedValue": c.not_after_ms.map(|t| (t.saturating_sub(now_ms)) as f64 / DAY_MS as f64),
+        "observedUnit": "days",
+        "status": status.as_str(),
+        "mode": c.mode,
+        "names": c.names,
+        "issuer": c.issuer,
+        "notAfter": c.not_after_ms.map(rfc3339),
+        "renewAt": c.renew_at_ms.map(rfc3339),
+    });
+    if !output.is_empty() {
+        check["output"] = json!(output.join("; "));
+    }
+    (status, check)
+}
+
+fn rfc3339(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 pub fn all_ready(s: &Snapshot) -> bool {
@@ -226,6 +300,24 @@ pub fn render_metrics(s: &Snapshot) -> String {
         "Seconds since the service's process started",
         uptime,
     );
+    if let Some(not_after) = s.certificate.as_ref().and_then(|c| c.not_after_ms) {
+        let expiry = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        expiry.set(not_after as f64 / 1000.0);
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the API's TLS certificate expires (Unix seconds)",
+            expiry,
+        );
+    }
+    if let Some(c) = &s.certificate {
+        let failures = Gauge::<i64>::default();
+        failures.set(i64::from(c.failures));
+        registry.register(
+            "certificate_renewal_failures",
+            "ACME attempts failed in a row",
+            failures,
+        );
+    }
     let orphans = Gauge::<i64>::default();
     orphans.set(s.orphans_reaped as i64);
     registry.register("orphans_reaped", "Orphaned processes reaped", orphans);
@@ -285,7 +377,61 @@ mod tests {
             shutting_down: false,
             orphans_reaped: 0,
             services,
+            certificate: None,
         }
+    }
+
+    #[test]
+    fn certificate_expiry_warns_at_14_days_and_fails_at_3() {
+        const DAY: u64 = 86_400_000;
+        let now = 1_000 * DAY;
+        let cert = |days_left: f64| CertificateStatus {
+            mode: "acme".into(),
+            path: "/var/lib/phoenix/tls/cert.pem".into(),
+            not_after_ms: Some((now as f64 + days_left * DAY as f64) as u64),
+            ..Default::default()
+        };
+        let status = |c: &CertificateStatus| certificate_check(c, now).0;
+        assert_eq!(status(&cert(60.0)), Status::Pass);
+        assert_eq!(status(&cert(14.1)), Status::Pass);
+        assert_eq!(status(&cert(13.9)), Status::Warn);
+        assert_eq!(status(&cert(3.1)), Status::Warn);
+        assert_eq!(status(&cert(2.9)), Status::Fail);
+        let (_, check) = certificate_check(&cert(-1.0), now);
+        assert_eq!(check["status"], "fail");
+        assert_eq!(check["output"], "the certificate has expired");
+        assert_eq!(status(&CertificateStatus::default()), Status::Fail);
+
+        // A failing renewal shows, and counts only once the expiry nears.
+        let failing = CertificateStatus {
+            error: Some("connection refused".into()),
+            failures: 2,
+            ..cert(50.0)
+        };
+        let (st, check) = certificate_check(&failing, now);
+        assert_eq!(st, Status::Pass);
+        assert_eq!(
+            check["output"],
+            "ACME failed 2 time(s) in a row: connection refused"
+        );
+        // No port 80, no HTTP-01: a warning in ACME mode only.
+        let no_http = CertificateStatus {
+            http_error: Some("cannot listen on 0.0.0.0:80".into()),
+            ..cert(50.0)
+        };
+        assert_eq!(status(&no_http), Status::Warn);
+        let self_signed = CertificateStatus {
+            mode: "self-signed".into(),
+            ..no_http
+        };
+        assert_eq!(status(&self_signed), Status::Pass);
+
+        // In the health document, the worst check decides.
+        let mut s = snap(vec![svc("a", State::Ready)]);
+        s.certificate = Some(cert(2.0));
+        let (overall, doc) = health_document(&s);
+        assert_eq!(overall, Status::Fail);
+        assert_eq!(doc["checks"]["tls:certificate"][0]["status"], "fail");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! phoenix-supervisor: launches and monitors the Phoenix appliance's services
 //! from one TOML file. See docs/ARCHITECTURE.md for the code map.
 
+pub mod acme;
+pub mod certs;
 pub mod cgroup;
 pub mod config;
 pub mod control;

@@ -12,11 +12,12 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 use tokio::sync::mpsc;
 
 use crate::cgroup::Cgroups;
+use crate::config::TlsSettings;
 use crate::config::{self, LoadOptions};
 use crate::reaper::Reaper;
 use crate::status::now_ms;
 use crate::supervisor::{Context, Event, Outcome, Supervisor};
-use crate::{control, health, pid1, state};
+use crate::{acme, certs, control, health, pid1, state};
 
 pub struct RunOptions {
     pub config: PathBuf,
@@ -63,12 +64,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
 
     let (tx, rx) = mpsc::unbounded_channel();
     let heartbeat = Arc::new(AtomicU64::new(now_ms()));
+    let certificate = certs::Shared::default();
+    let renew_certificate = Arc::new(tokio::sync::Notify::new());
+    spawn_certificate_tasks(&config.tls, &certificate, &renew_certificate, &tx);
     let ctx = Context {
         opts: load,
         reaper: Arc::new(Reaper::default()),
         cgroups,
         pid1,
         heartbeat: heartbeat.clone(),
+        certificate,
+        renew_certificate,
     };
     let socket = config.supervisor.control_socket();
     tracing::info!(
@@ -110,4 +116,42 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     let _ = std::fs::remove_file(&socket);
     tracing::info!(?outcome, "phoenix-supervisor stopped");
     Ok(outcome)
+}
+
+/// The certificate task (watching, and in ACME mode renewing) and the
+/// plain-HTTP listener (challenges, redirect to HTTPS). `[tls]` changes
+/// reach them at the next start of the supervisor.
+fn spawn_certificate_tasks(
+    tls: &TlsSettings,
+    shared: &certs::Shared,
+    renew: &Arc<tokio::sync::Notify>,
+    tx: &mpsc::UnboundedSender<Event>,
+) {
+    let challenges = acme::Challenges::default();
+    let issuer = tls.acme.clone().map(|settings| acme::AcmeIssuer {
+        settings,
+        hostnames: tls.hostnames.clone(),
+        challenges: challenges.clone(),
+    });
+    let events = tx.clone();
+    tokio::spawn(certs::run(
+        tls.clone(),
+        issuer,
+        renew.clone(),
+        shared.clone(),
+        move |renewed| {
+            let _ = events.send(Event::Certificate { renewed });
+        },
+    ));
+    if let Some(addr) = tls.http_listen {
+        let events = tx.clone();
+        tokio::spawn(acme::serve_http(
+            addr,
+            acme::http_router(challenges, tls.https_port),
+            shared.clone(),
+            move || {
+                let _ = events.send(Event::Certificate { renewed: false });
+            },
+        ));
+    }
 }

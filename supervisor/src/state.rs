@@ -89,7 +89,16 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
 
     let tls = &config.tls;
     let key_owner = owner_of(&tls.key_owner)?;
-    if tls.self_signed {
+    if tls.acme.is_some() {
+        // A certificate from the CA is renewed by the certificate task; a
+        // self-signed stand-in serves only until the first one comes.
+        if !crate::certs::usable(&tls.cert) || !tls.key.exists() {
+            crate::tls::ensure_self_signed(tls, key_owner.as_ref())
+                .context("self-signed TLS certificate (stand-in until ACME)")?;
+        } else if let Some(u) = &key_owner {
+            std::os::unix::fs::chown(&tls.key, Some(u.uid), Some(u.gid))?;
+        }
+    } else if tls.self_signed {
         crate::tls::ensure_self_signed(tls, key_owner.as_ref())
             .context("self-signed TLS certificate")?;
     } else {

@@ -81,6 +81,33 @@ pub struct Snapshot {
     pub shutting_down: bool,
     pub orphans_reaped: u64,
     pub services: Vec<ServiceStatus>,
+    /// The API's TLS certificate; None before the first look at it.
+    #[serde(default)]
+    pub certificate: Option<CertificateStatus>,
+}
+
+/// What the certificate task last saw and did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct CertificateStatus {
+    /// `self-signed`, `files` or `acme`.
+    pub mode: String,
+    pub path: String,
+    /// The names the certificate is valid for.
+    pub names: Vec<String>,
+    pub issuer: Option<String>,
+    /// Unix milliseconds.
+    pub not_after_ms: Option<u64>,
+    /// When the next ACME order is due (Unix milliseconds).
+    pub renew_at_ms: Option<u64>,
+    /// Unix milliseconds of the last certificate obtained over ACME.
+    pub renewed_at_ms: Option<u64>,
+    /// The certificate cannot be read, or the last ACME attempt failed.
+    pub error: Option<String>,
+    /// ACME attempts failed in a row.
+    pub failures: u32,
+    /// Plain-HTTP listener (challenges, redirect): address, or why not.
+    pub http_listen: Option<String>,
+    pub http_error: Option<String>,
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {

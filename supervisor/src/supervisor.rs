@@ -52,6 +52,10 @@ pub enum Event {
     Control(Request, oneshot::Sender<Response>),
     ShutdownDeadline,
     Tick,
+    /// The certificate task looked again; `renewed` when the file changed.
+    Certificate {
+        renewed: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +166,10 @@ pub struct Context {
     pub cgroups: Result<Arc<Cgroups>, String>,
     pub pid1: bool,
     pub heartbeat: Arc<AtomicU64>,
+    /// The certificate task's status, read into every snapshot.
+    pub certificate: crate::certs::Shared,
+    /// Wakes the certificate task for an ACME order now.
+    pub renew_certificate: Arc<tokio::sync::Notify>,
 }
 
 pub struct Supervisor {
@@ -276,6 +284,13 @@ impl Supervisor {
             Event::Tick => {
                 self.ctx.heartbeat.store(now_ms(), Ordering::Relaxed);
                 self.ctx.reaper.reap();
+            }
+            Event::Certificate { renewed } => {
+                if renewed {
+                    for note in self.signal_new_certificate() {
+                        tracing::info!(%note, "new TLS certificate");
+                    }
+                }
             }
         }
         self.schedule();
@@ -865,6 +880,17 @@ impl Supervisor {
                 Ok(summary) => Response::Ok(summary),
                 Err(e) => Response::Error(e),
             },
+            Request::RenewCertificate => {
+                if self.config.tls.acme.is_none() {
+                    return Response::Error(
+                        "[tls] mode is not \"acme\": there is nothing to renew".into(),
+                    );
+                }
+                self.ctx.renew_certificate.notify_one();
+                Response::Ok(
+                    "ordering a certificate over ACME; `phoenixctl certs` shows the outcome".into(),
+                )
+            }
             Request::Start { service } => self.control_start(&service),
             Request::Stop { service } => {
                 let Some(i) = self.index(&service) else {
@@ -1007,15 +1033,8 @@ impl Supervisor {
                         rt.after_stop = AfterStop::Restart;
                     }
                     if rt.spec == *spec {
-                        if let (true, true, Some(sig), Some(pid)) =
-                            (new_certificate, spec.tls_reload, spec.reload_signal, rt.pid)
-                        {
-                            process::signal(pid, sig);
-                            notes.push(format!(
-                                "{}: sent {} (new TLS certificate)",
-                                spec.name,
-                                sig.as_str()
-                            ));
+                        if new_certificate {
+                            notes.extend(signal_new_certificate(rt));
                         }
                     } else if rt.spec.differs_only_in_files(spec)
                         && rt.spec.reload_signal.is_some()
@@ -1081,6 +1100,15 @@ impl Supervisor {
         Ok(notes.join("; "))
     }
 
+    /// Sends the reload signal to the running services that serve the
+    /// certificate (the API), so they load the new one.
+    fn signal_new_certificate(&self) -> Vec<String> {
+        self.services
+            .iter()
+            .filter_map(signal_new_certificate)
+            .collect()
+    }
+
     fn build_snapshot(&self) -> Snapshot {
         Snapshot {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -1112,6 +1140,14 @@ impl Supervisor {
                     },
                 })
                 .collect(),
+            certificate: Some(
+                self.ctx
+                    .certificate
+                    .lock()
+                    .expect("certificate status")
+                    .clone(),
+            )
+            .filter(|c| !c.mode.is_empty()),
         }
     }
 
@@ -1146,6 +1182,20 @@ impl tokio::io::AsyncRead for Pipe {
     }
 }
 
+fn signal_new_certificate(rt: &Runtime) -> Option<String> {
+    match (rt.spec.tls_reload, rt.spec.reload_signal, rt.pid) {
+        (true, Some(sig), Some(pid)) => {
+            process::signal(pid, sig);
+            Some(format!(
+                "{}: sent {} (new TLS certificate)",
+                rt.spec.name,
+                sig.as_str()
+            ))
+        }
+        _ => None,
+    }
+}
+
 fn empty_snapshot(config: &Config) -> Snapshot {
     Snapshot {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -1156,6 +1206,7 @@ fn empty_snapshot(config: &Config) -> Snapshot {
         shutting_down: false,
         orphans_reaped: 0,
         services: Vec::new(),
+        certificate: None,
     }
 }
 
@@ -1199,6 +1250,8 @@ mod tests {
             cgroups: Err("not in tests".into()),
             pid1: false,
             heartbeat: Arc::new(AtomicU64::new(0)),
+            certificate: Default::default(),
+            renew_certificate: Default::default(),
         };
         let (sup, _snapshot) = Supervisor::new(config, state::Prepared::default(), ctx, tx.clone());
         tokio::spawn(sup.run(rx));

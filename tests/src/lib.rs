@@ -441,6 +441,8 @@ pub struct StackPorts {
     pub push: u16,
     pub api: u16,
     pub agent: u16,
+    /// Plain HTTP: ACME challenges and the redirect to HTTPS.
+    pub http: u16,
 }
 
 impl StackPorts {
@@ -451,19 +453,35 @@ impl StackPorts {
             push: free_port(),
             api: free_port(),
             agent: free_port(),
+            http: free_port(),
         }
     }
 
     /// The built-in sections for these ports (Prometheus scraping every second),
-    /// followed by `extra`.
+    /// followed by `extra`. A `[tls]` table in `extra` must set `http_listen`
+    /// itself (see [`StackPorts::http_listen`]).
     pub fn config(&self, extra: &str) -> String {
+        let tls = if extra.contains("[tls]") {
+            String::new()
+        } else {
+            format!("[tls]\n{}\n", self.http_listen())
+        };
         format!(
             "[postgres]\nport = {}\n\
              [prometheus]\nlisten = \"127.0.0.1:{}\"\nscrape_interval = \"1s\"\n\
              [pushgateway]\nlisten = \"127.0.0.1:{}\"\n\
-             [api]\nlisten = \"127.0.0.1:{}\"\nagent_listen = \"127.0.0.1:{}\"\n{extra}",
+             [api]\nlisten = \"127.0.0.1:{}\"\nagent_listen = \"127.0.0.1:{}\"\n{tls}{extra}",
             self.pg, self.prom, self.push, self.api, self.agent
         )
+    }
+
+    /// The `[tls]` key for this stack's plain-HTTP port.
+    pub fn http_listen(&self) -> String {
+        format!("http_listen = \"127.0.0.1:{}\"", self.http)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
     }
 
     pub fn api_url(&self, path: &str) -> String {
@@ -511,7 +529,11 @@ pub struct Reply {
 impl Stack {
     /// Start the stack with `extra` appended to the config, and wait until ready.
     pub fn start(extra: &str) -> Stack {
-        let ports = StackPorts::free();
+        Stack::start_on(StackPorts::free(), extra)
+    }
+
+    /// [`Stack::start`] on ports chosen beforehand.
+    pub fn start_on(ports: StackPorts, extra: &str) -> Stack {
         let mut sup = Supervisor::config(&ports.config(extra));
         sup.start();
         sup.wait_all_ready(Duration::from_secs(180));

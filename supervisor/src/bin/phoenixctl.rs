@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use phoenix_supervisor::control::{Request, Response, call};
-use phoenix_supervisor::health::{Status, health_document, service_status};
-use phoenix_supervisor::status::{Snapshot, now_ms};
+use phoenix_supervisor::health::{Status, certificate_check, health_document, service_status};
+use phoenix_supervisor::status::{CertificateStatus, Snapshot, now_ms};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +44,17 @@ enum Cmd {
     Restart { service: String },
     /// Re-read the config file; restart only services whose settings changed.
     Reload,
+    /// The TLS certificate: names, issuer, expiry, next renewal, errors.
+    Certs {
+        #[command(subcommand)]
+        action: Option<CertsCmd>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Order a new certificate over ACME now (mode = "acme").
+    Renew,
 }
 
 fn main() -> ExitCode {
@@ -61,6 +72,10 @@ fn main() -> ExitCode {
             service: service.clone(),
         },
         Cmd::Reload => Request::Reload,
+        Cmd::Certs { action: None } => Request::Status,
+        Cmd::Certs {
+            action: Some(CertsCmd::Renew),
+        } => Request::RenewCertificate,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -88,6 +103,19 @@ fn main() -> ExitCode {
                 println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
             } else {
                 print_health(&s, status);
+            }
+            ExitCode::from(status.exit_code())
+        }
+        (Response::Snapshot(s), Cmd::Certs { .. }) => {
+            let Some(cert) = &s.certificate else {
+                eprintln!("error: the supervisor has not looked at the certificate yet");
+                return ExitCode::from(1);
+            };
+            let (status, check) = certificate_check(cert, now_ms());
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&check).expect("json"));
+            } else {
+                print_certificate(cert, status);
             }
             ExitCode::from(status.exit_code())
         }
@@ -155,4 +183,39 @@ fn print_health(s: &Snapshot, overall: Status) {
         println!("note: resource limits are not applied: {why}");
     }
     println!("overall: {}", overall.as_str());
+}
+
+fn print_certificate(c: &CertificateStatus, status: Status) {
+    let when = |ms: Option<u64>| {
+        ms.map_or("-".to_string(), |ms| {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+            let left = ms.saturating_sub(now_ms()) / 1000;
+            let rel = if ms > now_ms() {
+                format!(
+                    " (in {})",
+                    humantime::format_duration(std::time::Duration::from_secs(left / 3600 * 3600))
+                )
+            } else {
+                String::new()
+            };
+            format!("{}{rel}", humantime::format_rfc3339_seconds(t))
+        })
+    };
+    println!("status      {}", status.as_str());
+    println!("mode        {}", c.mode);
+    println!("file        {}", c.path);
+    println!("names       {}", c.names.join(", "));
+    println!("issuer      {}", c.issuer.as_deref().unwrap_or("-"));
+    println!("expires     {}", when(c.not_after_ms));
+    if c.mode == "acme" {
+        println!("renews      {}", when(c.renew_at_ms));
+        println!("last renew  {}", when(c.renewed_at_ms));
+        println!("failures    {}", c.failures);
+    }
+    if let Some(addr) = &c.http_listen {
+        println!("http        {addr}");
+    }
+    for e in [&c.error, &c.http_error].into_iter().flatten() {
+        println!("error       {e}");
+    }
 }

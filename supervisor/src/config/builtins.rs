@@ -94,29 +94,80 @@ pub fn expand(
         .expect("valid address")
     });
 
-    let tls = match raw.tls.mode {
-        TlsMode::SelfSigned => {
-            if raw.tls.cert.is_some() || raw.tls.key.is_some() {
+    let acme_keys = [
+        ("acme_directory", raw.tls.acme_directory.is_some()),
+        ("acme_email", raw.tls.acme_email.is_some()),
+        ("acme_ca", raw.tls.acme_ca.is_some()),
+    ];
+    if raw.tls.mode != TlsMode::Acme
+        && let Some((key, _)) = acme_keys.iter().find(|(_, set)| *set)
+    {
+        return Err(loc.error(&["tls", key], "this key is for mode = \"acme\""));
+    }
+    let key_owner = api_user.clone().filter(|_| api_enabled);
+    let generated = |self_signed, acme| TlsSettings {
+        cert: state.join("tls/cert.pem"),
+        key: state.join("tls/key.pem"),
+        self_signed,
+        hostnames: raw.tls.hostnames.clone(),
+        key_owner: key_owner.clone(),
+        acme,
+        http_listen: None,
+        https_port: api_listen.port(),
+    };
+    let mut tls = match raw.tls.mode {
+        TlsMode::SelfSigned | TlsMode::Acme if raw.tls.cert.is_some() || raw.tls.key.is_some() => {
+            return Err(loc.error(
+                &["tls", "cert"],
+                "cert and key are for mode = \"files\"; the other modes keep their own in state_dir/tls",
+            ));
+        }
+        TlsMode::SelfSigned => generated(true, None),
+        TlsMode::Acme => {
+            if raw.tls.hostnames.is_empty() {
                 return Err(loc.error(
-                    &["tls", "cert"],
-                    "cert and key are for mode = \"files\"; self-signed generates its own",
+                    &["tls", "hostnames"],
+                    "mode = \"acme\" needs the names to get a certificate for, e.g. hostnames = [\"phoenix.example.com\"]",
                 ));
             }
-            TlsSettings {
-                cert: state.join("tls/cert.pem"),
-                key: state.join("tls/key.pem"),
-                self_signed: true,
-                hostnames: raw.tls.hostnames.clone(),
-                key_owner: api_user.clone().filter(|_| api_enabled),
+            if let Some(bad) = raw.tls.hostnames.iter().find(|h| !is_dns_name(h)) {
+                return Err(loc.error(
+                    &["tls", "hostnames"],
+                    format!("{bad:?} is not a DNS name an ACME CA can validate over HTTP-01 (no IP addresses or wildcards)"),
+                ));
             }
+            let directory = raw
+                .tls
+                .acme_directory
+                .clone()
+                .unwrap_or_else(|| super::spec::LETS_ENCRYPT.to_string());
+            if !directory.starts_with("https://") {
+                return Err(loc.error(
+                    &["tls", "acme_directory"],
+                    "the ACME directory must be an https:// URL",
+                ));
+            }
+            if let Some(email) = &raw.tls.acme_email
+                && (email.contains(char::is_whitespace) || !email.contains('@'))
+            {
+                return Err(loc.error(&["tls", "acme_email"], "not an email address"));
+            }
+            generated(
+                // A self-signed stand-in until the first certificate comes.
+                true,
+                Some(AcmeSettings {
+                    directory,
+                    email: raw.tls.acme_email.clone(),
+                    ca: raw.tls.acme_ca.clone(),
+                    account_file: secrets_dir.join("acme-account.json"),
+                }),
+            )
         }
         TlsMode::Files => match (&raw.tls.cert, &raw.tls.key) {
             (Some(cert), Some(key)) => TlsSettings {
                 cert: cert.clone(),
                 key: key.clone(),
-                self_signed: false,
-                hostnames: raw.tls.hostnames.clone(),
-                key_owner: api_user.clone().filter(|_| api_enabled),
+                ..generated(false, None)
             },
             _ => {
                 return Err(loc.error(
@@ -126,6 +177,17 @@ pub fn expand(
             }
         },
     };
+    if api_enabled || tls.acme.is_some() {
+        tls.http_listen = Some(raw.tls.http_listen.unwrap_or_else(|| {
+            if opts.dev {
+                "127.0.0.1:8080"
+            } else {
+                "0.0.0.0:80"
+            }
+            .parse()
+            .expect("valid address")
+        }));
+    }
 
     // PostgreSQL: initdb once (postgres-init), the server, then the API's role
     // and database (postgres-setup).
@@ -586,4 +648,17 @@ fn prometheus_yml(
         ));
     }
     y
+}
+
+/// A name an ACME CA can validate with HTTP-01: dot-separated labels of
+/// letters, digits and inner hyphens; not an IP address, no wildcard.
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.parse::<std::net::IpAddr>().is_err()
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }

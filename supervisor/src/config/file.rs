@@ -106,6 +106,7 @@ pub enum TlsMode {
     #[default]
     SelfSigned,
     Files,
+    Acme,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,9 +116,20 @@ pub struct TlsSection {
     pub mode: TlsMode,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
-    /// Names put in the self-signed certificate besides localhost and 127.0.0.1.
+    /// Names put in the self-signed certificate besides localhost and
+    /// 127.0.0.1; with mode = "acme", the names to get a certificate for.
     #[serde(default)]
     pub hostnames: Vec<String>,
+    /// Plain-HTTP listener: ACME HTTP-01 challenges, and a redirect of
+    /// everything else to the API's HTTPS address.
+    pub http_listen: Option<SocketAddr>,
+    /// The ACME directory URL (default: Let's Encrypt).
+    pub acme_directory: Option<String>,
+    /// Contact address for the ACME account.
+    pub acme_email: Option<String>,
+    /// PEM file with the root certificate that the ACME directory's HTTPS
+    /// certificate chains to, for a private CA; default: the system roots.
+    pub acme_ca: Option<PathBuf>,
 }
 
 /// `[services.<name>]`: a new service, or fields that override a built-in one.

@@ -59,7 +59,26 @@ pub struct TlsSettings {
     pub hostnames: Vec<String>,
     /// User that must be able to read the key (the API's).
     pub key_owner: Option<String>,
+    /// Certificates from an ACME CA (mode = "acme").
+    pub acme: Option<AcmeSettings>,
+    /// The plain-HTTP listener (challenges, redirect); None when neither
+    /// the API nor ACME needs it.
+    pub http_listen: Option<SocketAddr>,
+    /// The HTTPS port that plain HTTP is redirected to.
+    pub https_port: u16,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeSettings {
+    pub directory: String,
+    pub email: Option<String>,
+    pub ca: Option<PathBuf>,
+    /// The account's key and URL (0600).
+    pub account_file: PathBuf,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretSpec {

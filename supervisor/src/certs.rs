@@ -1,0 +1,480 @@
+//! The API's TLS certificate over time. In every mode the certificate is
+//! read once a minute: its expiry feeds /health, and a file replaced on disk
+//! (a new ACME certificate, or an operator's new one in mode = "files") is
+//! announced to the event loop, which sends the API its reload signal. In
+//! mode = "acme" the certificate is also obtained and renewed: when none
+//! from the CA is there yet (the self-signed stand-in), when the names
+//! changed, or when a third of its lifetime is left; failures are retried
+//! with backoff while the current certificate keeps serving.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use phoenix_backoff::Backoff;
+use tokio::sync::Notify;
+
+use crate::config::TlsSettings;
+use crate::process::RunAs;
+use crate::state::write_atomic;
+use crate::status::{CertificateStatus, unix_ms};
+
+/// How often the certificate file is read again.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Between failed ACME attempts: 1 min, doubling, at most 1 h (20 % jitter),
+/// well inside Let's Encrypt's limit of 5 failed validations an hour.
+pub const RETRY: Backoff =
+    match Backoff::try_new(Duration::from_secs(60), Duration::from_secs(3600), 0.2) {
+        Ok(b) => b,
+        Err(_) => panic!("valid backoff"),
+    };
+
+/// What a certificate says of itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// DNS names and IP addresses of its subjectAltName.
+    pub names: Vec<String>,
+    pub issuer: String,
+    pub self_signed: bool,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+/// The first certificate of a PEM file (the leaf of a chain).
+pub fn inspect(pem: &[u8]) -> anyhow::Result<CertInfo> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).context("not a PEM certificate")?;
+    let cert = pem.parse_x509().context("not an X.509 certificate")?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                x509_parser::extensions::GeneralName::DNSName(n) => names.push(n.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*bytes)
+                            .ok()
+                            .map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    names.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    let time = |t: x509_parser::time::ASN1Time| {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64)
+    };
+    Ok(CertInfo {
+        names,
+        issuer: cert.issuer().to_string(),
+        self_signed: cert.issuer() == cert.subject(),
+        not_before: time(cert.validity().not_before),
+        not_after: time(cert.validity().not_after),
+    })
+}
+
+/// When the next ACME order is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// At once, and why.
+    Now(&'static str),
+    At(SystemTime),
+}
+
+/// The renewal rule: no usable certificate from the CA, or names missing
+/// from it, means now; otherwise when a third of its lifetime is left.
+pub fn renewal(cert: Option<&CertInfo>, hostnames: &[String]) -> Due {
+    let Some(cert) = cert else {
+        return Due::Now("no readable certificate");
+    };
+    if cert.self_signed {
+        return Due::Now("the self-signed stand-in is serving");
+    }
+    if hostnames.iter().any(|h| !cert.names.contains(h)) {
+        return Due::Now("the hostnames changed");
+    }
+    let lifetime = cert
+        .not_after
+        .duration_since(cert.not_before)
+        .unwrap_or_default();
+    Due::At(cert.not_after - lifetime / 3)
+}
+
+/// Gets a new certificate chain and its key, both PEM.
+pub trait Issuer {
+    fn issue(&self) -> impl Future<Output = anyhow::Result<Issued>> + Send;
+}
+
+pub struct Issued {
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+/// Writes a new key and certificate so that readers always find a whole
+/// file; the key first, so a certificate is never newer than its key.
+pub fn install(
+    tls: &TlsSettings,
+    issued: &Issued,
+    key_owner: Option<&RunAs>,
+) -> anyhow::Result<()> {
+    inspect(issued.chain_pem.as_bytes()).context("the CA's certificate")?;
+    if let Some(dir) = tls.cert.parent() {
+        crate::state::ensure_dir(dir, 0o755, None)?;
+    }
+    write_atomic(&tls.key, issued.key_pem.as_bytes(), 0o600, key_owner)
+        .with_context(|| format!("writing {}", tls.key.display()))?;
+    write_atomic(&tls.cert, issued.chain_pem.as_bytes(), 0o644, None)
+        .with_context(|| format!("writing {}", tls.cert.display()))?;
+    Ok(())
+}
+
+/// The certificate's status, shared by this task, the plain-HTTP listener
+/// and the event loop (which reads it into every snapshot).
+pub type Shared = Arc<Mutex<CertificateStatus>>;
+
+pub fn mode_name(tls: &TlsSettings) -> &'static str {
+    match (&tls.acme, tls.self_signed) {
+        (Some(_), _) => "acme",
+        (None, true) => "self-signed",
+        (None, false) => "files",
+    }
+}
+
+/// Watches (and in ACME mode renews) the certificate until the process
+/// ends. `changed(renewed)` is called after every look: `renewed` when the
+/// file's contents differ from the previous look.
+pub async fn run<I: Issuer>(
+    tls: TlsSettings,
+    issuer: Option<I>,
+    renew_now: Arc<Notify>,
+    shared: Shared,
+    changed: impl Fn(bool),
+) {
+    let key_owner = tls
+        .key_owner
+        .as_deref()
+        .and_then(|name| RunAs::lookup(name).ok());
+    let mut previous: Option<Vec<u8>> = None;
+    let mut failures: u32 = 0;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        let pem = std::fs::read(&tls.cert);
+        let info = pem
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", tls.cert.display()))
+            .and_then(|pem| inspect(pem));
+        let renewed = match (&previous, &pem) {
+            (Some(before), Ok(now)) => before != now,
+            _ => false,
+        };
+        if let Ok(pem) = &pem {
+            previous = Some(pem.clone());
+        }
+        let due = issuer
+            .as_ref()
+            .map(|_| renewal(info.as_ref().ok(), &tls.hostnames));
+        let now = SystemTime::now();
+        let wait = match due {
+            None => CHECK_INTERVAL,
+            Some(due) => {
+                let until_due = match due {
+                    Due::Now(_) => Duration::ZERO,
+                    Due::At(t) => t.duration_since(now).unwrap_or_default(),
+                };
+                let until_retry = retry_at
+                    .map(|r| r.saturating_duration_since(tokio::time::Instant::now()))
+                    .unwrap_or_default();
+                until_due.max(until_retry).min(CHECK_INTERVAL)
+            }
+        };
+        {
+            let mut s = shared.lock().expect("certificate status");
+            s.mode = mode_name(&tls).to_string();
+            s.path = tls.cert.display().to_string();
+            match &info {
+                Ok(i) => {
+                    s.names = i.names.clone();
+                    s.issuer = Some(i.issuer.clone());
+                    s.not_after_ms = Some(unix_ms(i.not_after));
+                    if failures == 0 {
+                        s.error = None;
+                    }
+                }
+                Err(e) => {
+                    s.names.clear();
+                    s.issuer = None;
+                    s.not_after_ms = None;
+                    s.error = Some(format!("{e:#}"));
+                }
+            }
+            s.renew_at_ms = due.map(|d| match d {
+                Due::Now(_) => unix_ms(now),
+                Due::At(t) => unix_ms(t),
+            });
+            s.failures = failures;
+        }
+        changed(renewed);
+        if renewed {
+            tracing::info!(cert = %tls.cert.display(), "the TLS certificate changed");
+        }
+
+        let forced = tokio::select! {
+            () = tokio::time::sleep(wait) => false,
+            () = renew_now.notified() => true,
+        };
+        let Some(issuer) = &issuer else {
+            continue;
+        };
+        let retry_passed = retry_at.is_none_or(|r| tokio::time::Instant::now() >= r);
+        let due_now = match due.expect("an issuer has a due time") {
+            Due::Now(_) => true,
+            Due::At(t) => SystemTime::now() >= t,
+        };
+        if !(forced || (due_now && retry_passed)) {
+            continue;
+        }
+        let why = match due {
+            Some(Due::Now(why)) => why,
+            _ if forced => "renewal asked for",
+            _ => "a third of the lifetime is left",
+        };
+        tracing::info!(names = ?tls.hostnames, reason = why, "ordering a TLS certificate over ACME");
+        let result = match issuer.issue().await {
+            Ok(issued) => install(&tls, &issued, key_owner.as_ref()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                failures = 0;
+                retry_at = None;
+                let mut s = shared.lock().expect("certificate status");
+                s.renewed_at_ms = Some(unix_ms(SystemTime::now()));
+                s.error = None;
+                tracing::info!(cert = %tls.cert.display(), "obtained a TLS certificate over ACME");
+            }
+            Err(e) => {
+                let delay = RETRY.delay(failures);
+                failures = failures.saturating_add(1);
+                retry_at = Some(tokio::time::Instant::now() + delay);
+                shared.lock().expect("certificate status").error = Some(format!("{e:#}"));
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    failures,
+                    retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())),
+                    "could not obtain a TLS certificate over ACME; the current one keeps serving"
+                );
+            }
+        }
+    }
+}
+
+/// Whether `path` holds a certificate the API can serve now.
+pub fn usable(path: &Path) -> bool {
+    std::fs::read(path)
+        .ok()
+        .and_then(|pem| inspect(&pem).ok())
+        .is_some_and(|c| c.not_after > SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn info(days_valid: u64, age_days: u64, self_signed: bool, names: &[&str]) -> CertInfo {
+        let day = Duration::from_secs(86_400);
+        let not_before = SystemTime::now() - day * age_days as u32;
+        CertInfo {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            issuer: "CN=test".into(),
+            self_signed,
+            not_before,
+            not_after: not_before + day * days_valid as u32,
+        }
+    }
+
+    #[test]
+    fn renewal_when_a_third_of_the_lifetime_is_left_or_at_once() {
+        let names = vec!["phoenix.example.com".to_string()];
+        assert_eq!(renewal(None, &names), Due::Now("no readable certificate"));
+        let stand_in = info(397, 0, true, &["phoenix.example.com"]);
+        assert!(matches!(renewal(Some(&stand_in), &names), Due::Now(_)));
+        let other = info(90, 0, false, &["old.example.com"]);
+        assert_eq!(
+            renewal(Some(&other), &names),
+            Due::Now("the hostnames changed")
+        );
+        let fresh = info(90, 0, false, &["phoenix.example.com", "www.example.com"]);
+        assert_eq!(
+            renewal(Some(&fresh), &names),
+            Due::At(fresh.not_before + Duration::from_secs(60 * 86_400))
+        );
+    }
+
+    /// A CA for the tests and a certificate from it valid for `days`.
+    fn issued(days: i64) -> Issued {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "test CA");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["phoenix.example.com".to_string()]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now;
+        params.not_after = now + time::Duration::days(days);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        Issued {
+            chain_pem: cert.pem() + &ca.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// Fails `failing` times, then issues; remembers when it was called.
+    struct Flaky {
+        failing: u32,
+        calls: AtomicU32,
+        at: Mutex<Vec<tokio::time::Instant>>,
+    }
+
+    impl Issuer for Arc<Flaky> {
+        async fn issue(&self) -> anyhow::Result<Issued> {
+            self.at.lock().unwrap().push(tokio::time::Instant::now());
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            if n < self.failing {
+                anyhow::bail!("the CA is down (attempt {})", n + 1)
+            }
+            Ok(issued(90))
+        }
+    }
+
+    fn settings(dir: &Path) -> TlsSettings {
+        TlsSettings {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            self_signed: true,
+            hostnames: vec!["phoenix.example.com".into()],
+            key_owner: None,
+            acme: Some(crate::config::AcmeSettings {
+                directory: "https://ca.invalid/directory".into(),
+                email: None,
+                ca: None,
+                account_file: dir.join("account.json"),
+            }),
+            http_listen: None,
+            https_port: 443,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_orders_back_off_then_the_new_certificate_is_announced() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = settings(dir.path());
+        crate::tls::ensure_self_signed(&tls, None).unwrap();
+        let stand_in = std::fs::read(&tls.cert).unwrap();
+        let flaky = Arc::new(Flaky {
+            failing: 3,
+            calls: AtomicU32::new(0),
+            at: Mutex::new(Vec::new()),
+        });
+        let shared = Shared::default();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let start = tokio::time::Instant::now();
+        let task = tokio::spawn(run(
+            tls.clone(),
+            Some(flaky.clone()),
+            Arc::new(Notify::new()),
+            shared.clone(),
+            move |renewed| {
+                let _ = tx.send(renewed);
+            },
+        ));
+        // Looks until the file changes, then once more.
+        while !rx.recv().await.unwrap() {}
+        let status = shared.lock().unwrap().clone();
+        task.abort();
+
+        let at: Vec<Duration> = flaky
+            .at
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| *t - start)
+            .collect();
+        assert_eq!(at.len(), 4, "{at:?}");
+        assert_eq!(at[0], Duration::ZERO, "the stand-in is replaced at once");
+        // 1, 2 and 4 minutes apart, each within 20 % jitter.
+        for (i, want) in [(1, 60.0), (2, 120.0), (3, 240.0)] {
+            let gap = (at[i] - at[i - 1]).as_secs_f64();
+            assert!(
+                (want * 0.8..=want * 1.2 + 1.0).contains(&gap),
+                "attempt {i} came {gap} s after the one before, want about {want} s: {at:?}"
+            );
+        }
+        assert_ne!(std::fs::read(&tls.cert).unwrap(), stand_in);
+        assert_eq!(status.failures, 0);
+        assert_eq!(status.error, None);
+        assert_eq!(status.names, ["phoenix.example.com"]);
+        assert_eq!(status.issuer.as_deref(), Some("CN=test CA"));
+        assert!(status.renewed_at_ms.is_some());
+        let key_mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&tls.key).unwrap().permissions(),
+        );
+        assert_eq!(key_mode & 0o777, 0o600);
+        // Next order when 30 of the 90 days are left.
+        let renew_at = status.renew_at_ms.unwrap();
+        let in_days = (renew_at - unix_ms(SystemTime::now())) as f64 / 86_400_000.0;
+        assert!((59.9..=60.0).contains(&in_days), "{in_days}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_keeps_the_certificate_and_reports_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = settings(dir.path());
+        crate::tls::ensure_self_signed(&tls, None).unwrap();
+        let before = std::fs::read(&tls.cert).unwrap();
+        let flaky = Arc::new(Flaky {
+            failing: u32::MAX,
+            calls: AtomicU32::new(0),
+            at: Mutex::new(Vec::new()),
+        });
+        let shared = Shared::default();
+        let task = tokio::spawn(run(
+            tls.clone(),
+            Some(flaky.clone()),
+            Arc::new(Notify::new()),
+            shared.clone(),
+            |renewed| assert!(!renewed, "nothing was installed"),
+        ));
+        // Six hours of virtual time: attempts thin out to one an hour.
+        tokio::time::sleep(Duration::from_secs(6 * 3600)).await;
+        task.abort();
+        let calls = flaky.calls.load(Ordering::SeqCst);
+        assert!((8..=14).contains(&calls), "{calls} attempts in 6 h");
+        let status = shared.lock().unwrap().clone();
+        assert_eq!(status.failures, calls);
+        assert!(
+            status.error.as_deref().unwrap().contains("the CA is down"),
+            "{status:?}"
+        );
+        assert_eq!(std::fs::read(&tls.cert).unwrap(), before);
+    }
+
+    #[test]
+    fn inspect_reads_names_issuer_and_validity() {
+        let i = inspect(issued(30).chain_pem.as_bytes()).unwrap();
+        assert_eq!(i.names, ["phoenix.example.com"]);
+        assert!(!i.self_signed);
+        let days = i.not_after.duration_since(i.not_before).unwrap().as_secs() / 86_400;
+        assert_eq!(days, 30);
+        assert!(inspect(b"not a certificate").is_err());
+    }
+}
