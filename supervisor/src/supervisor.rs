@@ -1009,6 +1009,17 @@ impl Supervisor {
                     .into(),
             );
         }
+        let (old_tls, new_tls) = (&self.config.tls, &new.tls);
+        if (&old_tls.acme, old_tls.http_listen, old_tls.self_signed)
+            != (&new_tls.acme, new_tls.http_listen, new_tls.self_signed)
+            || (new_tls.acme.is_some() && old_tls.hostnames != new_tls.hostnames)
+        {
+            return Err(
+                "[tls] mode, ACME settings, ACME hostnames and http_listen cannot change while \
+                 running: restart phoenix-supervisor to apply them"
+                    .into(),
+            );
+        }
         let certificate = |c: &Config| std::fs::read(&c.tls.cert).ok();
         let certificate_before = certificate(&self.config);
         let prepared = state::prepare(&new).map_err(|e| format!("{e:#}"))?;
