@@ -288,6 +288,17 @@ fn certificates_come_from_an_acme_ca_and_are_renewed_without_a_restart() {
         "{metrics}"
     );
     assert!(metrics.contains("phoenix_supervisor_certificate_expiry_timestamp_seconds"));
+
+    // Leaving ACME needs a restart: a reload that tries is refused whole.
+    s.sup.write_config(&ports.config(&format!(
+        "[tls]\nmode = \"self-signed\"\n{}\n",
+        ports.http_listen()
+    )));
+    let out = s.sup.ctl(&["reload"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("restart phoenix-supervisor"), "{err}");
+    assert_eq!(served_certificate(&ports), second);
 }
 
 #[test]
