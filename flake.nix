@@ -138,7 +138,26 @@
         };
       });
 
+      # `nix fmt` formats the whole flake. A bare `nix fmt` used to run the
+      # formatter with "."; newer Nix (NixOS/nix#11438) runs it with no
+      # arguments (and sets PRJ_ROOT to the flake's directory), and
+      # nixpkgs-fmt with no arguments formats stdin: it would wait for input.
       formatter = lib.filterAttrs (_system: fmt: fmt != null)
-        (forAllSystems (_system: nixpkgsFmt));
+        (forAllSystems (_system: pkgs:
+          let
+            fmt = nixpkgsFmt pkgs;
+          in
+          if fmt == null then null
+          else
+            pkgs.writeShellApplication {
+              name = "phoenix-nix-fmt";
+              runtimeInputs = [ fmt ];
+              text = ''
+                if [[ $# -eq 0 ]]; then
+                  set -- "''${PRJ_ROOT:-.}"
+                fi
+                exec nixpkgs-fmt "$@"
+              '';
+            }));
     };
 }

@@ -35,7 +35,8 @@ let
   portOf = address: lib.toInt (lib.last (lib.splitString ":" address));
 
   firewallPorts = [
-    80 # ACME HTTP-01 challenges and the redirect to HTTPS
+    # ACME HTTP-01 challenges and the redirect to HTTPS
+    (portOf (cfg.settings.tls.http_listen or "0.0.0.0:80"))
     (portOf (cfg.settings.health.listen or "0.0.0.0:8081"))
   ] ++ lib.optionals (sectionEnabled "api") [
     (portOf (cfg.settings.api.listen or "0.0.0.0:443"))
@@ -174,7 +175,8 @@ in
       description = ''
         Whether to open the firewall for the API (`[api] listen`), the agent
         listener (`[api] agent_listen`), health (`[health] listen`) and
-        port 80 for ACME, with the ports given in `settings`. Ports changed
+        plain HTTP for ACME challenges and the redirect to HTTPS
+        (`[tls] http_listen`, port 80), with the ports given in `settings`. Ports changed
         later in the file on the machine are not followed.
       '';
     };
@@ -245,7 +247,8 @@ in
         # SIGTERM to the supervisor alone: it stops the services in reverse
         # dependency order within `[supervisor] shutdown_timeout`.
         KillMode = "mixed";
-        # READY=1 comes when every service is ready; the first start runs
+        # READY=1 comes once start-up has settled: every service ready, or
+        # parked as failed (STATUS= and /health say which); the first start runs
         # initdb and the API's migrations.
         TimeoutStartSec = "10min";
         # A backstop behind the supervisor's own shutdown_timeout (60 s).

@@ -2,6 +2,7 @@
 # in ./.phoenix-dev, loopback listeners on unprivileged ports, self-signed
 # TLS. PostgreSQL, Prometheus and the Pushgateway come from nixpkgs.
 { writeShellApplication
+, coreutils
 , phoenix
 , postgresql_15
 , prometheus
@@ -10,6 +11,7 @@
 
 writeShellApplication {
   name = "phoenix-dev";
+  runtimeInputs = [ coreutils ];
   text = ''
     mkdir -p .phoenix-dev
     config=.phoenix-dev/phoenix.toml

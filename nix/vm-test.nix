@@ -1,8 +1,8 @@
 # checks.<system>.vm: services.phoenix on a NixOS VM, reached from a second
-# one. Waits for the unit (READY=1 comes only when every service is ready),
-# for /health to pass through the firewall and for the initial admin to log
-# in over the API; then edits the TOML file, applies it with a reload and
-# checks that a restart keeps the edit.
+# one. Waits for the unit (READY=1 once start-up has settled), for /health
+# to pass through the firewall, for port 80 to redirect to HTTPS and for the
+# initial admin to log in over the API; then edits the TOML file, applies it
+# with a reload and checks that a restart keeps the edit.
 { pkgs, module }:
 
 let
@@ -64,6 +64,12 @@ pkgs.testers.runNixOSTest {
         )
         client.wait_until_succeeds(
             "curl -sf http://appliance:8081/health | jq -e '.status == \"pass\"'", timeout=120
+        )
+
+    with subtest("plain HTTP redirects to HTTPS"):
+        client.wait_until_succeeds(
+            "curl -s -o /dev/null -w '%{http_code} %{redirect_url}' http://appliance/x | grep -qx '308 https://appliance/x'",
+            timeout=120,
         )
 
     with subtest("the initial admin logs in over the API"):

@@ -51,7 +51,7 @@ if ! python3 -c "import schemathesis" 2>/dev/null; then
 fi
 
 if ! command -v cargo >/dev/null; then
-  echo "setup: cargo not found. Install a Rust toolchain (1.85 or newer), e.g. with rustup, then run this again." >&2
+  echo "setup: cargo not found. Install a Rust toolchain (1.89 or newer), e.g. with rustup, then run this again." >&2
   exit 1
 fi
 

@@ -81,10 +81,16 @@ struct Validated {
 impl PipelineInput {
     fn validate(self) -> ApiResult<Validated> {
         let name = validate_name(&self.name)?;
-        if self.description.chars().count() > MAX_DESCRIPTION_CHARS {
+        let control = |c: char| c.is_control() && !matches!(c, '\n' | '\r' | '\t');
+        if self.description.chars().count() > MAX_DESCRIPTION_CHARS
+            || self.description.chars().any(control)
+        {
             return Err(ApiError::bad_request(
                 "invalid_description",
-                format!("a description has at most {MAX_DESCRIPTION_CHARS} characters"),
+                format!(
+                    "a description has at most {MAX_DESCRIPTION_CHARS} characters, and no control \
+                     characters but line breaks and tabs"
+                ),
             ));
         }
         let spec = PipelineSpec::from_json(&self.spec)?;

@@ -171,7 +171,7 @@ let
           settings.max_connections = 200;
         };
         prometheus = { enable = false; retention = "30d"; };
-        tls.hostnames = [ "phoenix.example.com" ];
+        tls = { hostnames = [ "phoenix.example.com" ]; http_listen = "0.0.0.0:8080"; };
         services.worker = {
           command = [ "/run/current-system/sw/bin/sleep" "infinity" ];
           user = "phoenix-api";
@@ -248,7 +248,7 @@ let
           user = "phoenix-api";
           price_per_series_month = 0.08;
         };
-        tls.hostnames = [ "phoenix.example.com" ];
+        tls = { hostnames = [ "phoenix.example.com" ]; http_listen = "0.0.0.0:8080"; };
         services.worker = {
           command = [ "/run/current-system/sw/bin/sleep" "infinity" ];
           user = "phoenix-api";
@@ -267,7 +267,7 @@ let
       enable = false;
       retention = "30d";
     })
-    (expect "firewall ports" custom.networking.firewall.allowedTCPPorts [ 80 9081 8443 7700 ])
+    (expect "firewall ports" custom.networking.firewall.allowedTCPPorts [ 8080 9081 8443 7700 ])
     (expect "custom users" (lib.attrNames custom.users.users) [ "phoenix-api" "postgres" "prometheus" ])
     (expectThat "no prometheus link when prometheus is disabled"
       (!(custom.environment.etc ? "phoenix/pkgs/prometheus")))
