@@ -51,6 +51,7 @@ pub struct Metrics {
     registry: Registry,
     request_duration: HistogramFamily,
     database_up: Gauge,
+    database_size: Gauge,
     agents_connected: Gauge,
     tasks: Family<TaskStateLabels, Gauge>,
 }
@@ -78,6 +79,13 @@ impl Metrics {
             "Whether the last database ping succeeded (1) or not (0)",
             database_up.clone(),
         );
+        let database_size = Gauge::default();
+        registry.register_with_unit(
+            "database_size",
+            "Size of the API's database (pg_database_size)",
+            Unit::Bytes,
+            database_size.clone(),
+        );
         let agents_connected = Gauge::default();
         registry.register(
             "agents_connected",
@@ -90,6 +98,7 @@ impl Metrics {
             registry,
             request_duration,
             database_up,
+            database_size,
             agents_connected,
             tasks,
         }
@@ -121,6 +130,10 @@ impl Metrics {
     }
 
     /// Records how many agents are connected (from the database).
+    pub fn set_database_size(&self, bytes: i64) {
+        self.database_size.set(bytes);
+    }
+
     pub fn set_agents_connected(&self, agents: i64) {
         self.agents_connected.set(agents);
     }

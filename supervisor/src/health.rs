@@ -10,13 +10,14 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::status::{CertificateStatus, Snapshot, State, now_ms};
+use crate::status::{CertificateStatus, Level, Snapshot, State, now_ms};
 
 /// The loop is considered stuck when its heartbeat is older than this.
 const LIVENESS_STALE_MS: u64 = 10_000;
@@ -93,6 +94,34 @@ pub fn health_document(s: &Snapshot) -> (Status, Value) {
         let mut check = check;
         check["time"] = json!(time);
         checks.insert("tls:certificate".into(), json!([check]));
+    }
+    for t in &s.scaling {
+        // Capacity is a warning at most: failing health would take the
+        // appliance out of a load balancer when it is busiest.
+        let status = match t.level {
+            Level::Ok => Status::Pass,
+            Level::Warning | Level::Critical => Status::Warn,
+        };
+        overall = overall.max(status);
+        let mut check = json!({
+            "componentId": t.trigger,
+            "componentType": "scaling",
+            "observedValue": t.value,
+            "observedUnit": t.unit,
+            "status": status.as_str(),
+            "level": t.level.as_str(),
+            "warning": t.warning,
+            "critical": t.critical,
+            "time": time,
+        });
+        let output: Vec<&str> = [t.recommendation.as_deref(), t.error.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !output.is_empty() {
+            check["output"] = json!(output.join("; "));
+        }
+        checks.insert(format!("scaling:{}", t.trigger), json!([check]));
     }
     let mut doc = json!({
         "status": overall.as_str(),
@@ -250,6 +279,11 @@ async fn readyz(AxState(sh): AxState<Shared>) -> Response {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabel {
+    trigger: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
     service: String,
 }
@@ -318,6 +352,36 @@ pub fn render_metrics(s: &Snapshot) -> String {
             failures,
         );
     }
+    if !s.scaling.is_empty() {
+        let level = Family::<TriggerLabel, Gauge>::default();
+        let value = Family::<TriggerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let alerts = Family::<TriggerLabel, Counter>::default();
+        for t in &s.scaling {
+            let label = TriggerLabel {
+                trigger: t.trigger.clone(),
+            };
+            level.get_or_create(&label).set(t.level as i64);
+            if let Some(v) = t.value {
+                value.get_or_create(&label).set(v);
+            }
+            alerts.get_or_create(&label).inc_by(t.alerts);
+        }
+        registry.register(
+            "scaling_level",
+            "Capacity trigger level: 0 ok, 1 warning, 2 critical",
+            level,
+        );
+        registry.register(
+            "scaling_value",
+            "The value each capacity trigger last measured, in its unit",
+            value,
+        );
+        registry.register(
+            "scaling_alerts",
+            "Capacity alerts sent (changes of level and reminders)",
+            alerts,
+        );
+    }
     let orphans = Gauge::<i64>::default();
     orphans.set(s.orphans_reaped as i64);
     registry.register("orphans_reaped", "Orphaned processes reaped", orphans);
@@ -378,6 +442,7 @@ mod tests {
             orphans_reaped: 0,
             services,
             certificate: None,
+            scaling: Vec::new(),
         }
     }
 

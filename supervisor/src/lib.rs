@@ -15,6 +15,7 @@ pub mod probe;
 pub mod process;
 pub mod reaper;
 pub mod run;
+pub mod scaling;
 pub mod state;
 pub mod status;
 pub mod supervisor;

@@ -81,12 +81,11 @@ pub async fn pump(
         let line = text.trim_end_matches(['\n', '\r']);
         tracing::info!(target: "phoenix::service", service = %log.name, stream, "{line}");
         log.write_line(stream, line);
-        if let Some(re) = &ready {
-            if re.is_match(line) {
-                if let Some(f) = on_match.take() {
-                    f();
-                }
-            }
+        if let Some(re) = &ready
+            && re.is_match(line)
+            && let Some(f) = on_match.take()
+        {
+            f();
         }
     }
 }

@@ -90,15 +90,15 @@ impl Prober {
         // Kill the check if it outlives the timeout (this future is dropped).
         let mut guard = KillOnDrop(Some(pid));
         let mut output = String::new();
-        if let Some(stderr) = child.stderr.take() {
-            if let Ok(mut stderr) = tokio::process::ChildStderr::from_std(stderr) {
-                // Read to the end (a closed pipe would kill a chatty check),
-                // keep the start for the message.
-                let mut buf = Vec::new();
-                let _ = stderr.read_to_end(&mut buf).await;
-                buf.truncate(4096);
-                output = String::from_utf8_lossy(&buf).trim().to_string();
-            }
+        if let Some(stderr) = child.stderr.take()
+            && let Ok(mut stderr) = tokio::process::ChildStderr::from_std(stderr)
+        {
+            // Read to the end (a closed pipe would kill a chatty check),
+            // keep the start for the message.
+            let mut buf = Vec::new();
+            let _ = stderr.read_to_end(&mut buf).await;
+            buf.truncate(4096);
+            output = String::from_utf8_lossy(&buf).trim().to_string();
         }
         let status = exit
             .await

@@ -109,10 +109,10 @@ pub fn command(
                 let _keep = &cgroup_procs;
                 // Into the cgroup first, while still root: "0" moves the
                 // writer, so the service and all its descendants start there.
-                if let Some(fd) = cgroup {
-                    if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(io::Error::last_os_error());
-                    }
+                if let Some(fd) = cgroup
+                    && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
+                {
+                    return Err(io::Error::last_os_error());
                 }
                 let Some((uid, gid)) = drop_to else {
                     return Ok(());

@@ -17,7 +17,7 @@ use crate::config::{self, LoadOptions};
 use crate::reaper::Reaper;
 use crate::status::now_ms;
 use crate::supervisor::{Context, Event, Outcome, Supervisor};
-use crate::{acme, certs, control, health, pid1, state};
+use crate::{acme, certs, control, health, pid1, scaling, state};
 
 pub struct RunOptions {
     pub config: PathBuf,
@@ -67,6 +67,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     let certificate = certs::Shared::default();
     let renew_certificate = Arc::new(tokio::sync::Notify::new());
     spawn_certificate_tasks(&config.tls, &certificate, &renew_certificate, &tx);
+    let scaling = scaling::Shared::default();
+    if config.scaling.enable {
+        let events = tx.clone();
+        tokio::spawn(scaling::run(
+            config.scaling.clone(),
+            scaling::SystemSampler::new(&config.scaling),
+            scaling.clone(),
+            move || {
+                let _ = events.send(Event::Scaling);
+            },
+        ));
+    }
     let ctx = Context {
         opts: load,
         reaper: Arc::new(Reaper::default()),
@@ -75,6 +87,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         heartbeat: heartbeat.clone(),
         certificate,
         renew_certificate,
+        scaling,
     };
     let socket = config.supervisor.control_socket();
     tracing::info!(

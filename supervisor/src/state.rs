@@ -128,13 +128,13 @@ pub fn preflight(config: &Config) -> anyhow::Result<()> {
         .into_iter()
         .flatten()
         {
-            if let Probe::Exec(argv) = probe {
-                if find_program(&argv[0]).is_none() {
-                    problems.push(format!(
-                        "service {}: check program `{}` not found",
-                        spec.name, argv[0]
-                    ));
-                }
+            if let Probe::Exec(argv) = probe
+                && find_program(&argv[0]).is_none()
+            {
+                problems.push(format!(
+                    "service {}: check program `{}` not found",
+                    spec.name, argv[0]
+                ));
             }
         }
         for addr in &spec.ports {

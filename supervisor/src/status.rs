@@ -84,6 +84,51 @@ pub struct Snapshot {
     /// The API's TLS certificate; None before the first look at it.
     #[serde(default)]
     pub certificate: Option<CertificateStatus>,
+    /// The capacity triggers; empty when `[scaling]` is off or before the
+    /// first sample.
+    #[serde(default)]
+    pub scaling: Vec<ScalingStatus>,
+}
+
+/// How far a capacity trigger is raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    #[default]
+    Ok,
+    Warning,
+    Critical,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Warning => "warning",
+            Level::Critical => "critical",
+        }
+    }
+}
+
+/// One capacity trigger as last evaluated.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScalingStatus {
+    pub trigger: String,
+    pub level: Level,
+    /// The last value measured; None without data.
+    pub value: Option<f64>,
+    pub unit: String,
+    pub warning: f64,
+    pub critical: f64,
+    /// Unix milliseconds when the trigger entered its level.
+    pub since_ms: u64,
+    /// Why the value could not be measured.
+    pub error: Option<String>,
+    /// What to do at this level.
+    pub recommendation: Option<String>,
+    /// Alerts sent since the supervisor started.
+    pub alerts: u64,
+    pub last_alert_ms: Option<u64>,
 }
 
 /// What the certificate task last saw and did.

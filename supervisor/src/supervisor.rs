@@ -56,6 +56,8 @@ pub enum Event {
     Certificate {
         renewed: bool,
     },
+    /// The capacity checks evaluated their triggers.
+    Scaling,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +172,8 @@ pub struct Context {
     pub certificate: crate::certs::Shared,
     /// Wakes the certificate task for an ACME order now.
     pub renew_certificate: Arc<tokio::sync::Notify>,
+    /// The capacity triggers' statuses, read into every snapshot.
+    pub scaling: crate::scaling::Shared,
 }
 
 pub struct Supervisor {
@@ -261,10 +265,10 @@ impl Supervisor {
                 }
             }
             Event::LogMatched { name, generation } => {
-                if let Some(i) = self.current(&name, generation) {
-                    if self.services[i].state == State::Starting {
-                        self.became_ready(i);
-                    }
+                if let Some(i) = self.current(&name, generation)
+                    && self.services[i].state == State::Starting
+                {
+                    self.became_ready(i);
                 }
             }
             Event::Timer {
@@ -285,6 +289,7 @@ impl Supervisor {
                 self.ctx.heartbeat.store(now_ms(), Ordering::Relaxed);
                 self.ctx.reaper.reap();
             }
+            Event::Scaling => {}
             Event::Certificate { renewed } => {
                 if renewed {
                     for note in self.signal_new_certificate() {
@@ -845,10 +850,10 @@ impl Supervisor {
             .flat_map(|s| s.spec.depends_on.iter().map(String::as_str))
             .collect();
         while let Some(name) = stack.pop() {
-            if needed.insert(name.to_string()) {
-                if let Some(s) = self.services.iter().find(|s| s.spec.name == name) {
-                    stack.extend(s.spec.depends_on.iter().map(String::as_str));
-                }
+            if needed.insert(name.to_string())
+                && let Some(s) = self.services.iter().find(|s| s.spec.name == name)
+            {
+                stack.extend(s.spec.depends_on.iter().map(String::as_str));
             }
         }
         for i in (0..self.services.len()).rev() {
@@ -1159,6 +1164,7 @@ impl Supervisor {
                     .clone(),
             )
             .filter(|c| !c.mode.is_empty()),
+            scaling: self.ctx.scaling.lock().expect("scaling status").clone(),
         }
     }
 
@@ -1218,6 +1224,7 @@ fn empty_snapshot(config: &Config) -> Snapshot {
         orphans_reaped: 0,
         services: Vec::new(),
         certificate: None,
+        scaling: Vec::new(),
     }
 }
 
@@ -1263,6 +1270,7 @@ mod tests {
             heartbeat: Arc::new(AtomicU64::new(0)),
             certificate: Default::default(),
             renew_certificate: Default::default(),
+            scaling: Default::default(),
         };
         let (sup, _snapshot) = Supervisor::new(config, state::Prepared::default(), ctx, tx.clone());
         tokio::spawn(sup.run(rx));

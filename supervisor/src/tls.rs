@@ -28,10 +28,10 @@ pub fn ensure_self_signed(tls: &TlsSettings, key_owner: Option<&RunAs>) -> anyho
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
-    if let Ok(host) = nix::unistd::gethostname() {
-        if let Some(h) = host.to_str().filter(|h| !h.is_empty()) {
-            names.push(h.to_string());
-        }
+    if let Ok(host) = nix::unistd::gethostname()
+        && let Some(h) = host.to_str().filter(|h| !h.is_empty())
+    {
+        names.push(h.to_string());
     }
     names.extend(tls.hostnames.iter().cloned());
     names.sort();

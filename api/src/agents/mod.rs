@@ -117,7 +117,7 @@ async fn housekeeping(state: AppState) {
         if let Err(error) = tasks::requeue_expired_leases(&state.pool, None).await {
             tracing::warn!(%error, "could not sweep expired task leases");
         }
-        if tick % refresh_every == 0 {
+        if tick.is_multiple_of(refresh_every) {
             if let Err(error) = refresh_gauges(&state).await {
                 tracing::warn!(%error, "could not refresh the agent and task gauges");
             }
@@ -150,6 +150,10 @@ async fn refresh_gauges(state: &AppState) -> sqlx::Result<()> {
             .fetch_all(&state.pool)
             .await?;
     state.metrics.set_agents_connected(connected);
+    let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+        .fetch_one(&state.pool)
+        .await?;
+    state.metrics.set_database_size(size);
     for task_state in tasks::STATES {
         let n = counts
             .iter()

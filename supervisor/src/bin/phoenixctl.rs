@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use phoenix_supervisor::control::{Request, Response, call};
 use phoenix_supervisor::health::{Status, certificate_check, health_document, service_status};
-use phoenix_supervisor::status::{CertificateStatus, Snapshot, now_ms};
+use phoenix_supervisor::status::{CertificateStatus, Level, ScalingStatus, Snapshot, now_ms};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +44,8 @@ enum Cmd {
     Restart { service: String },
     /// Re-read the config file; restart only services whose settings changed.
     Reload,
+    /// The capacity triggers: level, value, thresholds, recommendation.
+    Scaling,
     /// The TLS certificate: names, issuer, expiry, next renewal, errors.
     Certs {
         #[command(subcommand)]
@@ -72,7 +74,7 @@ fn main() -> ExitCode {
             service: service.clone(),
         },
         Cmd::Reload => Request::Reload,
-        Cmd::Certs { action: None } => Request::Status,
+        Cmd::Certs { action: None } | Cmd::Scaling => Request::Status,
         Cmd::Certs {
             action: Some(CertsCmd::Renew),
         } => Request::RenewCertificate,
@@ -118,6 +120,18 @@ fn main() -> ExitCode {
                 print_certificate(cert, status);
             }
             ExitCode::from(status.exit_code())
+        }
+        (Response::Snapshot(s), Cmd::Scaling) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s.scaling).expect("json")
+                );
+            } else {
+                print_scaling(&s.scaling);
+            }
+            let raised = s.scaling.iter().any(|t| t.level != Level::Ok);
+            ExitCode::from(u8::from(raised))
         }
         (Response::Snapshot(s), _) => {
             if cli.json {
@@ -217,5 +231,36 @@ fn print_certificate(c: &CertificateStatus, status: Status) {
     }
     for e in [&c.error, &c.http_error].into_iter().flatten() {
         println!("error       {e}");
+    }
+}
+
+fn print_scaling(triggers: &[ScalingStatus]) {
+    if triggers.is_empty() {
+        println!(
+            "no capacity checks yet ([scaling] enable = false, or the first interval has not passed)"
+        );
+        return;
+    }
+    println!(
+        "{:<12} {:<9} {:>14} {:>12} {:>12}  NOTE",
+        "TRIGGER", "LEVEL", "VALUE", "WARNING", "CRITICAL"
+    );
+    for t in triggers {
+        let value = t
+            .value
+            .map_or("-".to_string(), |v| format!("{v:.1} {}", t.unit));
+        let note = t
+            .recommendation
+            .as_deref()
+            .or(t.error.as_deref())
+            .unwrap_or("");
+        println!(
+            "{:<12} {:<9} {:>14} {:>12} {:>12}  {note}",
+            t.trigger,
+            t.level.as_str(),
+            value,
+            t.warning,
+            t.critical
+        );
     }
 }

@@ -17,6 +17,7 @@ pub struct Expanded {
     pub services: Vec<ServiceSpec>,
     pub secrets: Vec<SecretSpec>,
     pub tls: TlsSettings,
+    pub scaling: ScalingSettings,
 }
 
 pub const POSTGRES_SUPERUSER: &str = "postgres";
@@ -600,10 +601,89 @@ pub fn expand(
         services.push(api);
     }
 
+    let scaling = scaling(
+        &raw.scaling,
+        state,
+        prom_enabled.then(|| format!("http://{}", local(prom_listen))),
+        loc,
+    )?;
     Ok(Expanded {
         services,
         secrets,
         tls,
+        scaling,
+    })
+}
+
+fn scaling(
+    raw: &super::file::ScalingSection,
+    state: &Path,
+    prometheus: Option<String>,
+    loc: &Located<'_>,
+) -> Result<ScalingSettings, ConfigError> {
+    let hysteresis = raw.hysteresis.unwrap_or(10.0);
+    if !(0.0..=50.0).contains(&hysteresis) {
+        return Err(loc.error(
+            &["scaling", "hysteresis"],
+            "a percentage from 0 to 50: how far below a threshold a value must fall to clear it",
+        ));
+    }
+    let interval = raw.interval.map_or(Duration::from_secs(60), |d| d.0);
+    if interval < Duration::from_secs(1) {
+        return Err(loc.error(&["scaling", "interval"], "at least 1s"));
+    }
+    let repeat = raw.repeat.map_or(Duration::from_secs(3600), |d| d.0);
+    if let Some(url) = &raw.webhook
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        return Err(loc.error(&["scaling", "webhook"], "an http:// or https:// URL"));
+    }
+    let mut triggers = Vec::new();
+    for kind in TriggerKind::ALL {
+        let table = match kind {
+            TriggerKind::Cpu => raw.cpu,
+            TriggerKind::Memory => raw.memory,
+            TriggerKind::Disk => raw.disk,
+            TriggerKind::ApiLatency => raw.api_latency,
+            TriggerKind::Agents => raw.agents,
+            TriggerKind::Metrics => raw.metrics,
+            TriggerKind::DbSize => raw.db_size,
+        }
+        .unwrap_or_default();
+        if table.enable == Some(false) {
+            continue;
+        }
+        let (warning, critical) = kind.defaults();
+        let (warning, critical) = (
+            table.warning.unwrap_or(warning),
+            table.critical.unwrap_or(critical),
+        );
+        if !(warning.is_finite() && critical.is_finite() && 0.0 <= warning && warning <= critical) {
+            return Err(loc.error(
+                &["scaling", kind.name()],
+                format!(
+                    "warning ({warning}) and critical ({critical}) must be numbers with 0 <= warning <= critical, in {}",
+                    kind.unit()
+                ),
+            ));
+        }
+        triggers.push(TriggerSettings {
+            kind,
+            warning,
+            critical,
+            sustain: table.sustain.map_or(Duration::from_secs(300), |d| d.0),
+        });
+    }
+    Ok(ScalingSettings {
+        enable: raw.enable.unwrap_or(true),
+        interval,
+        repeat,
+        hysteresis: hysteresis / 100.0,
+        webhook: raw.webhook.clone(),
+        triggers,
+        state_file: state.join("scaling-state.json"),
+        prometheus,
+        disk_path: state.to_path_buf(),
     })
 }
 

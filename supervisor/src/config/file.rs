@@ -27,7 +27,40 @@ pub struct FileConfig {
     #[serde(default)]
     pub tls: TlsSection,
     #[serde(default)]
+    pub scaling: ScalingSection,
+    #[serde(default)]
     pub services: BTreeMap<String, ServiceTable>,
+}
+
+/// `[scaling]`: capacity checks against the reviewed deployment's triggers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingSection {
+    pub enable: Option<bool>,
+    pub interval: Option<HumanDuration>,
+    /// How often an alert is repeated while a trigger stays raised.
+    pub repeat: Option<HumanDuration>,
+    /// Percent below a threshold that a value must fall to clear it.
+    pub hysteresis: Option<f64>,
+    /// URL that each alert is POSTed to as JSON.
+    pub webhook: Option<String>,
+    pub cpu: Option<TriggerTable>,
+    pub memory: Option<TriggerTable>,
+    pub disk: Option<TriggerTable>,
+    pub api_latency: Option<TriggerTable>,
+    pub agents: Option<TriggerTable>,
+    pub metrics: Option<TriggerTable>,
+    pub db_size: Option<TriggerTable>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerTable {
+    pub enable: Option<bool>,
+    pub warning: Option<f64>,
+    pub critical: Option<f64>,
+    /// How long a value must stay past a threshold (or back below it).
+    pub sustain: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -247,6 +247,7 @@ fn expand(raw: FileConfig, loc: &Located<'_>, opts: &LoadOptions) -> Result<Conf
         supervisor,
         health,
         tls: expanded.tls,
+        scaling: expanded.scaling,
         secrets: expanded.secrets,
         services,
     })

@@ -17,6 +17,7 @@ pub struct Config {
     pub supervisor: SupervisorSettings,
     pub health: HealthSettings,
     pub tls: TlsSettings,
+    pub scaling: ScalingSettings,
     /// Secrets generated once on first start (random, mode 0600).
     pub secrets: Vec<SecretSpec>,
     /// Services in dependency order: each comes after everything it depends on.
@@ -277,5 +278,93 @@ impl ServiceSpec {
         let mut a = self.clone();
         a.files = other.files.clone();
         a == *other && self.files != other.files
+    }
+}
+
+/// `[scaling]`, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalingSettings {
+    pub enable: bool,
+    pub interval: Duration,
+    pub repeat: Duration,
+    /// Fraction below a threshold that clears it (0.1 = 10 %).
+    pub hysteresis: f64,
+    pub webhook: Option<String>,
+    pub triggers: Vec<TriggerSettings>,
+    /// Where trigger states survive restarts.
+    pub state_file: PathBuf,
+    /// The managed Prometheus, for the API's and Prometheus's own figures.
+    pub prometheus: Option<String>,
+    /// The file system whose use the disk trigger watches.
+    pub disk_path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TriggerSettings {
+    pub kind: TriggerKind,
+    pub warning: f64,
+    pub critical: f64,
+    pub sustain: Duration,
+}
+
+/// What is measured, in which unit, and the reviewed deployment's limits.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerKind {
+    Cpu,
+    Memory,
+    Disk,
+    ApiLatency,
+    Agents,
+    Metrics,
+    DbSize,
+}
+
+impl TriggerKind {
+    pub const ALL: [TriggerKind; 7] = [
+        TriggerKind::Cpu,
+        TriggerKind::Memory,
+        TriggerKind::Disk,
+        TriggerKind::ApiLatency,
+        TriggerKind::Agents,
+        TriggerKind::Metrics,
+        TriggerKind::DbSize,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TriggerKind::Cpu => "cpu",
+            TriggerKind::Memory => "memory",
+            TriggerKind::Disk => "disk",
+            TriggerKind::ApiLatency => "api_latency",
+            TriggerKind::Agents => "agents",
+            TriggerKind::Metrics => "metrics",
+            TriggerKind::DbSize => "db_size",
+        }
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            TriggerKind::Cpu | TriggerKind::Memory | TriggerKind::Disk => "%",
+            TriggerKind::ApiLatency => "ms",
+            TriggerKind::Agents => "agents",
+            TriggerKind::Metrics => "samples/s",
+            TriggerKind::DbSize => "GB",
+        }
+    }
+
+    /// (warning, critical) of the reviewed deployment.
+    pub fn defaults(self) -> (f64, f64) {
+        match self {
+            TriggerKind::Cpu => (70.0, 85.0),
+            TriggerKind::Memory => (80.0, 90.0),
+            TriggerKind::Disk => (80.0, 90.0),
+            TriggerKind::ApiLatency => (200.0, 500.0),
+            TriggerKind::Agents => (150.0, 200.0),
+            TriggerKind::Metrics => (800_000.0, 1_000_000.0),
+            TriggerKind::DbSize => (20.0, 25.0),
+        }
     }
 }
