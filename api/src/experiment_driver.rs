@@ -101,9 +101,12 @@ pub async fn run(state: AppState, config: DriverConfig, shutdown: Shutdown) {
     let mut interval = tokio::time::interval(config.tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Shutdown first: after a slow tick both are ready, and an unbiased
+        // select could keep choosing the tick.
         tokio::select! {
-            _ = interval.tick() => {}
+            biased;
             () = shutdown.requested() => break,
+            _ = interval.tick() => {}
         }
         if let Err(error) = tick(&state, &config).await {
             warn!(

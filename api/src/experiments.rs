@@ -811,6 +811,10 @@ pub async fn after_commit(state: &AppState, id: Uuid, to: State) {
         return;
     }
     if let Err(error) = delete_experiment_groups(state, &id.to_string()).await {
-        tracing::warn!(experiment = %id, %error, "could not delete the experiment's Pushgateway groups");
+        tracing::warn!(
+            experiment = %id,
+            error = format!("{error:#}"),
+            "could not delete the experiment's Pushgateway groups; the housekeeping retries"
+        );
     }
 }

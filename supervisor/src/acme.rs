@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -221,12 +222,12 @@ impl Drop for TokenGuard {
 #[derive(Clone)]
 struct HttpState {
     challenges: Challenges,
-    https_port: u16,
+    https_port: Arc<AtomicU16>,
 }
 
 /// Port 80: `/.well-known/acme-challenge/<token>` for the CA, and a
 /// permanent redirect to the same path over HTTPS for everything else.
-pub fn http_router(challenges: Challenges, https_port: u16) -> Router {
+pub fn http_router(challenges: Challenges, https_port: Arc<AtomicU16>) -> Router {
     Router::new()
         .route("/.well-known/acme-challenge/{token}", get(challenge))
         .fallback(redirect)
@@ -259,7 +260,7 @@ async fn redirect(State(st): State<HttpState>, headers: HeaderMap, uri: Uri) -> 
         )
             .into_response();
     };
-    let port = match st.https_port {
+    let port = match st.https_port.load(Ordering::Relaxed) {
         443 => String::new(),
         p => format!(":{p}"),
     };
@@ -296,7 +297,7 @@ pub async fn serve_http(addr: SocketAddr, app: Router, shared: Shared, changed: 
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
                 {
-                    let mut s = shared.lock().expect("certificate status");
+                    let mut s = crate::certs::lock(&shared);
                     s.http_listen = Some(addr.to_string());
                     s.http_error = None;
                 }
@@ -317,7 +318,7 @@ pub async fn serve_http(addr: SocketAddr, app: Router, shared: Shared, changed: 
                     tracing::warn!(error = %why, "no ACME challenges or HTTPS redirect until it can; retrying");
                 }
                 {
-                    let mut s = shared.lock().expect("certificate status");
+                    let mut s = crate::certs::lock(&shared);
                     s.http_listen = Some(addr.to_string());
                     s.http_error = Some(why);
                 }

@@ -88,6 +88,7 @@ pub enum Due {
 
 /// The renewal rule: no usable certificate from the CA, or names missing
 /// from it, means now; otherwise when a third of its lifetime is left.
+/// Names compare without regard to case, as DNS does.
 pub fn renewal(cert: Option<&CertInfo>, hostnames: &[String]) -> Due {
     let Some(cert) = cert else {
         return Due::Now("no readable certificate");
@@ -95,7 +96,10 @@ pub fn renewal(cert: Option<&CertInfo>, hostnames: &[String]) -> Due {
     if cert.self_signed {
         return Due::Now("the self-signed stand-in is serving");
     }
-    if hostnames.iter().any(|h| !cert.names.contains(h)) {
+    if hostnames
+        .iter()
+        .any(|h| !cert.names.iter().any(|n| n.eq_ignore_ascii_case(h)))
+    {
         return Due::Now("the hostnames changed");
     }
     let lifetime = cert
@@ -103,6 +107,15 @@ pub fn renewal(cert: Option<&CertInfo>, hostnames: &[String]) -> Due {
         .duration_since(cert.not_before)
         .unwrap_or_default();
     Due::At(cert.not_after - lifetime / 3)
+}
+
+/// Whether the PEM key belongs to the PEM certificate; None when the key
+/// is of a kind that cannot be read here (the API will tell).
+pub fn key_matches(cert_pem: &[u8], key_pem: &[u8]) -> Option<bool> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let key = rcgen::KeyPair::from_pem(std::str::from_utf8(key_pem).ok()?).ok()?;
+    Some(cert.public_key().raw == key.public_key_der().as_slice())
 }
 
 /// Gets a new certificate chain and its key, both PEM.
@@ -116,17 +129,20 @@ pub struct Issued {
 }
 
 /// Writes a new key and certificate so that readers always find a whole
-/// file; the key first, so a certificate is never newer than its key.
-pub fn install(
-    tls: &TlsSettings,
-    issued: &Issued,
-    key_owner: Option<&RunAs>,
-) -> anyhow::Result<()> {
+/// file; the key first, so a certificate is never newer than its key. The
+/// key's owner (the API's user) must exist: a key it cannot read would only
+/// fail later, in the API.
+pub fn install(tls: &TlsSettings, issued: &Issued) -> anyhow::Result<()> {
     inspect(issued.chain_pem.as_bytes()).context("the CA's certificate")?;
+    let owner = tls
+        .key_owner
+        .as_deref()
+        .map(|name| RunAs::lookup(name).with_context(|| format!("the key's owner {name:?}")))
+        .transpose()?;
     if let Some(dir) = tls.cert.parent() {
         crate::state::ensure_dir(dir, 0o755, None)?;
     }
-    write_atomic(&tls.key, issued.key_pem.as_bytes(), 0o600, key_owner)
+    write_atomic(&tls.key, issued.key_pem.as_bytes(), 0o600, owner.as_ref())
         .with_context(|| format!("writing {}", tls.key.display()))?;
     write_atomic(&tls.cert, issued.chain_pem.as_bytes(), 0o644, None)
         .with_context(|| format!("writing {}", tls.cert.display()))?;
@@ -145,9 +161,25 @@ pub fn mode_name(tls: &TlsSettings) -> &'static str {
     }
 }
 
+/// The lock, even if a panic elsewhere poisoned it: the status is plain
+/// data, and the event loop (PID 1) must not panic over it.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The certificate and key files' contents, read together.
+type Pair = (Vec<u8>, Vec<u8>);
+
+fn read_pair(tls: &TlsSettings) -> std::io::Result<Pair> {
+    Ok((std::fs::read(&tls.cert)?, std::fs::read(&tls.key)?))
+}
+
 /// Watches (and in ACME mode renews) the certificate until the process
-/// ends. `changed(renewed)` is called after every look: `renewed` when the
-/// file's contents differ from the previous look.
+/// ends. `changed(renewed)` is called after every look; `renewed` when a
+/// new certificate and key are in place: one installed here, or a pair
+/// replaced by someone else that reads the same on two looks in a row and
+/// whose key fits (so a certificate copied before its key is not announced
+/// half done).
 pub async fn run<I: Issuer>(
     tls: TlsSettings,
     issuer: Option<I>,
@@ -155,26 +187,46 @@ pub async fn run<I: Issuer>(
     shared: Shared,
     changed: impl Fn(bool),
 ) {
-    let key_owner = tls
-        .key_owner
-        .as_deref()
-        .and_then(|name| RunAs::lookup(name).ok());
-    let mut previous: Option<Vec<u8>> = None;
+    let mut announced: Option<Pair> = read_pair(&tls).ok();
+    let mut candidate: Option<Pair> = None;
+    let mut installed = false;
     let mut failures: u32 = 0;
     let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
-        let pem = std::fs::read(&tls.cert);
-        let info = pem
-            .as_ref()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", tls.cert.display()))
-            .and_then(|pem| inspect(pem));
-        let renewed = match (&previous, &pem) {
-            (Some(before), Ok(now)) => before != now,
-            _ => false,
-        };
-        if let Ok(pem) = &pem {
-            previous = Some(pem.clone());
+        // The self-signed certificate is renewed here too, 30 days ahead.
+        if issuer.is_none()
+            && tls.self_signed
+            && crate::tls::expires_within(&tls.cert, crate::tls::RENEW_BEFORE)
+        {
+            let owner = tls.key_owner.as_deref().and_then(|n| RunAs::lookup(n).ok());
+            match crate::tls::ensure_self_signed(&tls, owner.as_ref()) {
+                Ok(()) => installed = true,
+                Err(e) => tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not renew the self-signed certificate"
+                ),
+            }
         }
+        let pair = read_pair(&tls);
+        let mut renewed = false;
+        match &pair {
+            Ok(now) if announced.as_ref() != Some(now) => {
+                let settled = installed || candidate.as_ref() == Some(now);
+                if settled && key_matches(&now.0, &now.1) != Some(false) {
+                    announced = Some(now.clone());
+                    candidate = None;
+                    renewed = true;
+                } else {
+                    candidate = Some(now.clone());
+                }
+            }
+            _ => candidate = None,
+        }
+        installed = false;
+        let info = pair
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{} or {}: {e}", tls.cert.display(), tls.key.display()))
+            .and_then(|(cert, _)| inspect(cert));
         let due = issuer
             .as_ref()
             .map(|_| renewal(info.as_ref().ok(), &tls.hostnames));
@@ -193,13 +245,14 @@ pub async fn run<I: Issuer>(
             }
         };
         {
-            let mut s = shared.lock().expect("certificate status");
+            let mut s = lock(&shared);
             s.mode = mode_name(&tls).to_string();
             s.path = tls.cert.display().to_string();
             match &info {
                 Ok(i) => {
                     s.names = i.names.clone();
                     s.issuer = Some(i.issuer.clone());
+                    s.self_signed = i.self_signed;
                     s.not_after_ms = Some(unix_ms(i.not_after));
                     if failures == 0 {
                         s.error = None;
@@ -245,14 +298,31 @@ pub async fn run<I: Issuer>(
         };
         tracing::info!(names = ?tls.hostnames, reason = why, "ordering a TLS certificate over ACME");
         let result = match issuer.issue().await {
-            Ok(issued) => install(&tls, &issued, key_owner.as_ref()),
+            Ok(issued) => install(&tls, &issued).map(|()| issued),
             Err(e) => Err(e),
         };
+        // What was installed must not be due again at once (names the CA
+        // left out, or a clock far off): that would order in a loop.
+        let result = result.and_then(|issued| {
+            installed = true;
+            let info = inspect(issued.chain_pem.as_bytes()).ok();
+            match renewal(info.as_ref(), &tls.hostnames) {
+                Due::At(t) if t > SystemTime::now() => Ok(()),
+                Due::At(_) => anyhow::bail!(
+                    "the new certificate is already due for renewal: is this machine's clock right?"
+                ),
+                Due::Now(why) => anyhow::bail!(
+                    "the CA's certificate is still due for renewal ({why}): it names {:?}, {:?} were asked for",
+                    info.map(|i| i.names).unwrap_or_default(),
+                    tls.hostnames
+                ),
+            }
+        });
         match result {
             Ok(()) => {
                 failures = 0;
                 retry_at = None;
-                let mut s = shared.lock().expect("certificate status");
+                let mut s = lock(&shared);
                 s.renewed_at_ms = Some(unix_ms(SystemTime::now()));
                 s.error = None;
                 tracing::info!(cert = %tls.cert.display(), "obtained a TLS certificate over ACME");
@@ -261,7 +331,7 @@ pub async fn run<I: Issuer>(
                 let delay = RETRY.delay(failures);
                 failures = failures.saturating_add(1);
                 retry_at = Some(tokio::time::Instant::now() + delay);
-                shared.lock().expect("certificate status").error = Some(format!("{e:#}"));
+                lock(&shared).error = Some(format!("{e:#}"));
                 tracing::warn!(
                     error = format!("{e:#}"),
                     failures,
@@ -318,6 +388,10 @@ mod tests {
 
     /// A CA for the tests and a certificate from it valid for `days`.
     fn issued(days: i64) -> Issued {
+        issued_for("phoenix.example.com", days)
+    }
+
+    fn issued_for(name: &str, days: i64) -> Issued {
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         ca_params
@@ -325,8 +399,7 @@ mod tests {
             .push(rcgen::DnType::CommonName, "test CA");
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let ca = ca_params.self_signed(&ca_key).unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(vec!["phoenix.example.com".to_string()]).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now;
         params.not_after = now + time::Duration::days(days);
@@ -466,6 +539,97 @@ mod tests {
             "{status:?}"
         );
         assert_eq!(std::fs::read(&tls.cert).unwrap(), before);
+    }
+
+    /// Always issues a certificate for another name.
+    struct WrongName(AtomicU32);
+
+    impl Issuer for Arc<WrongName> {
+        async fn issue(&self) -> anyhow::Result<Issued> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(issued_for("other.example.com", 90))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_certificate_without_the_names_backs_off_instead_of_ordering_in_a_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = settings(dir.path());
+        crate::tls::ensure_self_signed(&tls, None).unwrap();
+        let issuer = Arc::new(WrongName(AtomicU32::new(0)));
+        let shared = Shared::default();
+        let task = tokio::spawn(run(
+            tls,
+            Some(issuer.clone()),
+            Arc::new(Notify::new()),
+            shared.clone(),
+            |_| {},
+        ));
+        tokio::time::sleep(Duration::from_secs(10 * 60)).await;
+        task.abort();
+        // At once, then 1, 2 and 4 minutes later (±20 %): 3 or 4 in 10 min.
+        let orders = issuer.0.load(Ordering::SeqCst);
+        assert!((3..=4).contains(&orders), "{orders} orders in 10 minutes");
+        let status = lock(&shared).clone();
+        let error = status.error.unwrap();
+        assert!(error.contains("other.example.com"), "{error}");
+        assert_eq!(status.failures, orders);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pair_replaced_by_someone_else_is_announced_once_whole_and_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tls = settings(dir.path());
+        tls.acme = None;
+        tls.self_signed = false;
+        let first = issued(90);
+        std::fs::write(&tls.cert, &first.chain_pem).unwrap();
+        std::fs::write(&tls.key, &first.key_pem).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(run::<Arc<Flaky>>(
+            tls.clone(),
+            None,
+            Arc::new(Notify::new()),
+            Shared::default(),
+            move |renewed| {
+                let _ = tx.send(renewed);
+            },
+        ));
+        assert!(
+            !rx.recv().await.unwrap(),
+            "the first look announces nothing"
+        );
+        // The certificate is copied, its key not yet: not announced.
+        let second = issued(90);
+        std::fs::write(&tls.cert, &second.chain_pem).unwrap();
+        assert!(!rx.recv().await.unwrap());
+        assert!(
+            !rx.recv().await.unwrap(),
+            "a key that does not fit is not announced"
+        );
+        // The key follows: announced after it reads the same twice.
+        std::fs::write(&tls.key, &second.key_pem).unwrap();
+        assert!(!rx.recv().await.unwrap());
+        assert!(rx.recv().await.unwrap());
+        assert!(!rx.recv().await.unwrap(), "and only once");
+        task.abort();
+    }
+
+    #[test]
+    fn keys_are_matched_to_their_certificates() {
+        let (a, b) = (issued(30), issued(30));
+        assert_eq!(
+            key_matches(a.chain_pem.as_bytes(), a.key_pem.as_bytes()),
+            Some(true)
+        );
+        assert_eq!(
+            key_matches(a.chain_pem.as_bytes(), b.key_pem.as_bytes()),
+            Some(false)
+        );
+        assert_eq!(key_matches(a.chain_pem.as_bytes(), b"not a key"), None);
+        let upper = vec!["PHOENIX.example.com".to_string()];
+        let info = inspect(a.chain_pem.as_bytes()).unwrap();
+        assert!(matches!(renewal(Some(&info), &upper), Due::At(_)));
     }
 
     #[test]

@@ -174,6 +174,13 @@ pub fn certificate_check(c: &CertificateStatus, now_ms: u64) -> (Status, Value) 
             e.clone()
         });
     }
+    if c.mode == "acme" && c.self_signed && c.failures > 0 {
+        // The stand-in would pass on its expiry for a year while ACME fails.
+        status = status.max(Status::Warn);
+        output.push(
+            "the self-signed stand-in is still serving: no certificate from the CA yet".into(),
+        );
+    }
     if let Some(e) = &c.http_error {
         if c.mode == "acme" {
             status = status.max(Status::Warn);
@@ -490,6 +497,17 @@ mod tests {
             ..no_http
         };
         assert_eq!(status(&self_signed), Status::Pass);
+
+        // ACME failing behind the self-signed stand-in is a warning.
+        let stand_in = CertificateStatus {
+            self_signed: true,
+            failures: 1,
+            error: Some("connection refused".into()),
+            ..cert(397.0)
+        };
+        let (st, check) = certificate_check(&stand_in, now);
+        assert_eq!(st, Status::Warn);
+        assert!(check["output"].as_str().unwrap().contains("stand-in"));
 
         // In the health document, the worst check decides.
         let mut s = snap(vec![svc("a", State::Ready)]);

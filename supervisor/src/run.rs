@@ -66,18 +66,28 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     let heartbeat = Arc::new(AtomicU64::new(now_ms()));
     let certificate = certs::Shared::default();
     let renew_certificate = Arc::new(tokio::sync::Notify::new());
-    spawn_certificate_tasks(&config.tls, &certificate, &renew_certificate, &tx);
+    let https_port = Arc::new(std::sync::atomic::AtomicU16::new(config.tls.https_port));
+    spawn_certificate_tasks(
+        &config.tls,
+        &certificate,
+        &renew_certificate,
+        &https_port,
+        &tx,
+    );
     let scaling = scaling::Shared::default();
     if config.scaling.enable {
-        let events = tx.clone();
-        tokio::spawn(scaling::run(
-            config.scaling.clone(),
-            scaling::SystemSampler::new(&config.scaling),
-            scaling.clone(),
-            move || {
-                let _ = events.send(Event::Scaling);
-            },
-        ));
+        let (settings, shared, events) = (config.scaling.clone(), scaling.clone(), tx.clone());
+        keep_running("capacity checks", move || {
+            let events = events.clone();
+            scaling::run(
+                settings.clone(),
+                scaling::SystemSampler::new(&settings),
+                shared.clone(),
+                move || {
+                    let _ = events.send(Event::Scaling);
+                },
+            )
+        });
     }
     let ctx = Context {
         opts: load,
@@ -88,6 +98,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         certificate,
         renew_certificate,
         scaling,
+        https_port,
     };
     let socket = config.supervisor.control_socket();
     tracing::info!(
@@ -138,33 +149,68 @@ fn spawn_certificate_tasks(
     tls: &TlsSettings,
     shared: &certs::Shared,
     renew: &Arc<tokio::sync::Notify>,
+    https_port: &Arc<std::sync::atomic::AtomicU16>,
     tx: &mpsc::UnboundedSender<Event>,
 ) {
     let challenges = acme::Challenges::default();
-    let issuer = tls.acme.clone().map(|settings| acme::AcmeIssuer {
-        settings,
-        hostnames: tls.hostnames.clone(),
-        challenges: challenges.clone(),
-    });
-    let events = tx.clone();
-    tokio::spawn(certs::run(
-        tls.clone(),
-        issuer,
-        renew.clone(),
-        shared.clone(),
-        move |renewed| {
-            let _ = events.send(Event::Certificate { renewed });
-        },
-    ));
-    if let Some(addr) = tls.http_listen {
-        let events = tx.clone();
-        tokio::spawn(acme::serve_http(
-            addr,
-            acme::http_router(challenges, tls.https_port),
+    {
+        let (tls, challenges, renew, shared, events) = (
+            tls.clone(),
+            challenges.clone(),
+            renew.clone(),
             shared.clone(),
-            move || {
-                let _ = events.send(Event::Certificate { renewed: false });
-            },
-        ));
+            tx.clone(),
+        );
+        keep_running("certificate", move || {
+            let issuer = tls.acme.clone().map(|settings| acme::AcmeIssuer {
+                settings,
+                hostnames: tls.hostnames.clone(),
+                challenges: challenges.clone(),
+            });
+            let events = events.clone();
+            certs::run(
+                tls.clone(),
+                issuer,
+                renew.clone(),
+                shared.clone(),
+                move |renewed| {
+                    let _ = events.send(Event::Certificate { renewed });
+                },
+            )
+        });
     }
+    if let Some(addr) = tls.http_listen {
+        let (app, shared, events) = (
+            acme::http_router(challenges, https_port.clone()),
+            shared.clone(),
+            tx.clone(),
+        );
+        keep_running("plain HTTP", move || {
+            let events = events.clone();
+            acme::serve_http(addr, app.clone(), shared.clone(), move || {
+                let _ = events.send(Event::Certificate { renewed: false });
+            })
+        });
+    }
+}
+
+/// Runs one of the supervisor's own tasks for the life of the process: a
+/// panic is logged and the task started afresh 10 s later, so that a bug
+/// in, say, renewal does not silently end renewals.
+fn keep_running<F, Fut>(name: &'static str, make: F)
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            match tokio::spawn(make()).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::error!(task = name, error = %e, "a supervisor task panicked; starting it again in 10 s");
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            }
+        }
+    });
 }

@@ -320,7 +320,7 @@ pub async fn run<S: Sampler>(
                 }
             }
         }
-        *shared.lock().expect("scaling status") = statuses;
+        *crate::certs::lock(&shared) = statuses;
         changed();
     }
 }

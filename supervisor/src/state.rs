@@ -92,7 +92,11 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     if tls.acme.is_some() {
         // A certificate from the CA is renewed by the certificate task; a
         // self-signed stand-in serves only until the first one comes.
-        if !crate::certs::usable(&tls.cert) || !tls.key.exists() {
+        let pair_fits = match (fs::read(&tls.cert), fs::read(&tls.key)) {
+            (Ok(cert), Ok(key)) => crate::certs::key_matches(&cert, &key) != Some(false),
+            _ => false,
+        };
+        if !crate::certs::usable(&tls.cert) || !pair_fits {
             crate::tls::ensure_self_signed(tls, key_owner.as_ref())
                 .context("self-signed TLS certificate (stand-in until ACME)")?;
         } else if let Some(u) = &key_owner {
@@ -178,10 +182,13 @@ pub fn write_atomic(
     owner: Option<&RunAs>,
 ) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    // Unique per write: two tasks writing the same file never share one.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.tmp{}",
+        ".{}.tmp{}-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
+        std::process::id(),
+        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let result = (|| {
         let mut f = fs::OpenOptions::new()

@@ -140,6 +140,9 @@ pub struct CertificateStatus {
     /// The names the certificate is valid for.
     pub names: Vec<String>,
     pub issuer: Option<String>,
+    /// Issued by itself: generated here (or, in ACME mode, the stand-in).
+    #[serde(default)]
+    pub self_signed: bool,
     /// Unix milliseconds.
     pub not_after_ms: Option<u64>,
     /// When the next ACME order is due (Unix milliseconds).

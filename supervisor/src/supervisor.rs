@@ -174,6 +174,8 @@ pub struct Context {
     pub renew_certificate: Arc<tokio::sync::Notify>,
     /// The capacity triggers' statuses, read into every snapshot.
     pub scaling: crate::scaling::Shared,
+    /// The API's HTTPS port, that plain HTTP redirects to.
+    pub https_port: Arc<std::sync::atomic::AtomicU16>,
 }
 
 pub struct Supervisor {
@@ -1015,13 +1017,22 @@ impl Supervisor {
             );
         }
         let (old_tls, new_tls) = (&self.config.tls, &new.tls);
-        if (&old_tls.acme, old_tls.http_listen, old_tls.self_signed)
-            != (&new_tls.acme, new_tls.http_listen, new_tls.self_signed)
-            || (new_tls.acme.is_some() && old_tls.hostnames != new_tls.hostnames)
-        {
+        // The certificate task and the plain-HTTP listener keep what they
+        // started with.
+        let started_with = |t: &crate::config::TlsSettings| {
+            (
+                t.acme.clone(),
+                t.http_listen,
+                t.self_signed,
+                t.acme
+                    .as_ref()
+                    .map(|_| (t.hostnames.clone(), t.key_owner.clone())),
+            )
+        };
+        if started_with(old_tls) != started_with(new_tls) {
             return Err(
-                "[tls] mode, ACME settings, ACME hostnames and http_listen cannot change while \
-                 running: restart phoenix-supervisor to apply them"
+                "[tls] mode, ACME settings and hostnames, http_listen, and with ACME the [api] \
+                 user, cannot change while running: restart phoenix-supervisor to apply them"
                     .into(),
             );
         }
@@ -1113,6 +1124,10 @@ impl Supervisor {
         if notes.is_empty() {
             notes.push("no changes".into());
         }
+        // The redirect follows the API's port.
+        self.ctx
+            .https_port
+            .store(self.config.tls.https_port, Ordering::Relaxed);
         Ok(notes.join("; "))
     }
 
@@ -1156,15 +1171,9 @@ impl Supervisor {
                     },
                 })
                 .collect(),
-            certificate: Some(
-                self.ctx
-                    .certificate
-                    .lock()
-                    .expect("certificate status")
-                    .clone(),
-            )
-            .filter(|c| !c.mode.is_empty()),
-            scaling: self.ctx.scaling.lock().expect("scaling status").clone(),
+            certificate: Some(crate::certs::lock(&self.ctx.certificate).clone())
+                .filter(|c| !c.mode.is_empty()),
+            scaling: crate::certs::lock(&self.ctx.scaling).clone(),
         }
     }
 
@@ -1271,6 +1280,7 @@ mod tests {
             certificate: Default::default(),
             renew_certificate: Default::default(),
             scaling: Default::default(),
+            https_port: Default::default(),
         };
         let (sup, _snapshot) = Supervisor::new(config, state::Prepared::default(), ctx, tx.clone());
         tokio::spawn(sup.run(rx));

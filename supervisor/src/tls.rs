@@ -10,7 +10,7 @@ use crate::process::RunAs;
 use crate::state::write_atomic;
 
 /// Regenerate when less than this is left.
-const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 const VALIDITY_DAYS: i64 = 397;
 
 pub fn ensure_self_signed(tls: &TlsSettings, key_owner: Option<&RunAs>) -> anyhow::Result<()> {

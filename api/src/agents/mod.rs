@@ -112,6 +112,7 @@ async fn housekeeping(state: AppState) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let refresh_every = (REFRESH_INTERVAL.as_secs() / SWEEP_INTERVAL.as_secs()).max(1);
     let mut tick: u64 = 0;
+    let mut sweep_failing = false;
     loop {
         ticker.tick().await;
         if let Err(error) = tasks::requeue_expired_leases(&state.pool, None).await {
@@ -121,16 +122,30 @@ async fn housekeeping(state: AppState) {
             if let Err(error) = refresh_gauges(&state).await {
                 tracing::warn!(%error, "could not refresh the agent and task gauges");
             }
+            // Logged when it starts and stops failing, not every sweep.
             match push::delete_stale_groups(&state).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    groups = n,
-                    "deleted Pushgateway groups of revoked agents and ended experiments"
-                ),
-                Err(error) => tracing::warn!(
-                    error = format!("{error:#}"),
-                    "could not delete stale Pushgateway groups; retrying at the next sweep"
-                ),
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(
+                            groups = n,
+                            "deleted Pushgateway groups of revoked agents and ended experiments"
+                        );
+                    }
+                    if sweep_failing {
+                        tracing::info!("stale Pushgateway groups can be deleted again");
+                        sweep_failing = false;
+                    }
+                }
+                Err(error) => {
+                    if !sweep_failing {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "could not delete stale Pushgateway groups; retrying every {} s",
+                            REFRESH_INTERVAL.as_secs()
+                        );
+                        sweep_failing = true;
+                    }
+                }
             }
         }
         tick += 1;

@@ -282,10 +282,11 @@ pub async fn push(
     let variant = group_value("variant", q.variant)?;
     check_media_type(&headers)?;
     let base = pushgateway(&state)?.clone();
+    // Before reading the body: a refused batch costs no parsing.
+    accepts_pushes(&state, agent.id, &experiment).await?;
     let text = read_body(&headers, body).await?;
     let summary = exposition::validate(&text, MAX_SERIES).map_err(PushError::Invalid)?;
     let url = group_url(&base, agent.id, &experiment, &variant).map_err(ApiError::Internal)?;
-    accepts_pushes(&state, agent.id, &experiment).await?;
 
     // Known before it exists, so that it can always be deleted.
     sqlx::query(
@@ -366,6 +367,13 @@ async fn accepts_pushes(state: &AppState, agent: Uuid, experiment: &str) -> Resu
     let Ok(id) = Uuid::parse_str(experiment) else {
         return Ok(());
     };
+    // One spelling per experiment, or its groups would escape deletion.
+    if id.to_string() != experiment {
+        return Err(ApiError::bad_request(
+            "invalid_group",
+            format!("write the experiment id as {id} (lower case, with hyphens)"),
+        ));
+    }
     let row: Option<(String, bool)> =
         sqlx::query_as("SELECT state, $2 = ANY (agent_ids) FROM experiments WHERE id = $1")
             .bind(id)
@@ -496,12 +504,18 @@ pub async fn delete_experiment_groups(state: &AppState, experiment: &str) -> any
 /// a deletion that failed (the Pushgateway was down) or a push that raced
 /// with it. The API's housekeeping runs it periodically.
 pub async fn delete_stale_groups(state: &AppState) -> anyhow::Result<usize> {
+    let pushing: Vec<&str> = ExperimentState::ALL
+        .into_iter()
+        .filter(|s| s.agents_push())
+        .map(ExperimentState::as_str)
+        .collect();
     let rows = sqlx::query(
         "SELECT g.agent_id, g.experiment, g.variant FROM agent_metric_groups g \
          JOIN agents a ON a.id = g.agent_id \
          LEFT JOIN experiments e ON e.id::text = g.experiment \
-         WHERE a.revoked_at IS NOT NULL OR e.state NOT IN ('deploying', 'running')",
+         WHERE a.revoked_at IS NOT NULL OR e.state <> ALL ($1)",
     )
+    .bind(pushing)
     .fetch_all(&state.pool)
     .await?;
     delete_groups(state, rows).await

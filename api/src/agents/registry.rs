@@ -210,7 +210,11 @@ pub async fn revoke(
     wake::wake(id);
     // Failures are retried by the housekeeping loop; the agent is revoked either way.
     if let Err(e) = push::delete_agent_groups(&state, id).await {
-        tracing::warn!(agent = %id, error = %e, "could not delete the agent's Pushgateway groups yet; will retry");
+        tracing::warn!(
+            agent = %id,
+            error = format!("{e:#}"),
+            "could not delete the agent's Pushgateway groups yet; the housekeeping retries"
+        );
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -549,22 +549,21 @@ pub async fn poll(
     }
     let deadline = Instant::now() + wait;
     let subscription = wake::subscribe(agent.id);
-    let mut first = true;
+    let mut woken = false;
     loop {
         let notified = subscription.notified();
         tokio::pin!(notified);
         // Registered before looking, so a task queued meanwhile still wakes us.
         notified.as_mut().enable();
         // Revoked while waiting (revocation wakes the poll): the credential
-        // is refused from now on, as it would be on a new request. The
-        // first look needs no check: the credential was just accepted.
-        let revoked: bool = !first
+        // is refused from now on, as it would be on a new request. Looked
+        // at only after a wake-up, not at every recheck.
+        let revoked: bool = woken
             && sqlx::query_scalar("SELECT revoked_at IS NOT NULL FROM agents WHERE id = $1")
                 .bind(agent.id)
                 .fetch_optional(&state.pool)
                 .await?
                 .unwrap_or(true);
-        first = false;
         if revoked {
             return Err(ApiError::unauthorized(
                 "agent_revoked",
@@ -577,10 +576,10 @@ pub async fn poll(
         if !tasks.is_empty() || now >= deadline || wake::is_closed() {
             return Ok(Json(Claimed { tasks }));
         }
-        tokio::select! {
-            () = notified => {}
-            () = tokio::time::sleep_until(deadline.min(now + RECHECK)) => {}
-        }
+        woken = tokio::select! {
+            () = notified => true,
+            () = tokio::time::sleep_until(deadline.min(now + RECHECK)) => false,
+        };
     }
 }
 

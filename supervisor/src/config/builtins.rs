@@ -106,11 +106,13 @@ pub fn expand(
         return Err(loc.error(&["tls", key], "this key is for mode = \"acme\""));
     }
     let key_owner = api_user.clone().filter(|_| api_enabled);
+    // DNS names are case-insensitive; certificates carry them in lower case.
+    let hostnames: Vec<String> = raw.tls.hostnames.iter().map(|h| h.to_lowercase()).collect();
     let generated = |self_signed, acme| TlsSettings {
         cert: state.join("tls/cert.pem"),
         key: state.join("tls/key.pem"),
         self_signed,
-        hostnames: raw.tls.hostnames.clone(),
+        hostnames: hostnames.clone(),
         key_owner: key_owner.clone(),
         acme,
         http_listen: None,
@@ -178,16 +180,32 @@ pub fn expand(
             }
         },
     };
-    if api_enabled || tls.acme.is_some() {
-        tls.http_listen = Some(raw.tls.http_listen.unwrap_or_else(|| {
+    let http_listen = match raw.tls.http_listen.as_deref() {
+        Some("off") if tls.acme.is_some() => {
+            return Err(loc.error(
+                &["tls", "http_listen"],
+                "mode = \"acme\" answers the CA's HTTP-01 challenges on it: it cannot be \"off\"",
+            ));
+        }
+        Some("off") => None,
+        Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+            loc.error(
+                &["tls", "http_listen"],
+                format!("{text:?} is not an address like \"0.0.0.0:80\", nor \"off\""),
+            )
+        })?),
+        None => Some(
             if opts.dev {
                 "127.0.0.1:8080"
             } else {
                 "0.0.0.0:80"
             }
             .parse()
-            .expect("valid address")
-        }));
+            .expect("valid address"),
+        ),
+    };
+    if api_enabled || tls.acme.is_some() {
+        tls.http_listen = http_listen;
     }
 
     // PostgreSQL: initdb once (postgres-init), the server, then the API's role

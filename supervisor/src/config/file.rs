@@ -155,7 +155,8 @@ pub struct TlsSection {
     pub hostnames: Vec<String>,
     /// Plain-HTTP listener: ACME HTTP-01 challenges, and a redirect of
     /// everything else to the API's HTTPS address.
-    pub http_listen: Option<SocketAddr>,
+    /// An address, or "off".
+    pub http_listen: Option<String>,
     /// The ACME directory URL (default: Let's Encrypt).
     pub acme_directory: Option<String>,
     /// Contact address for the ACME account.
