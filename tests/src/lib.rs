@@ -314,6 +314,11 @@ impl Supervisor {
         Ok((code, resp.text().map_err(|e| e.to_string())?))
     }
 
+    /// The supervisor's /metrics.
+    pub fn metrics(&self) -> String {
+        self.http("/metrics").expect("supervisor /metrics").1
+    }
+
     pub fn health(&self) -> (u16, Value) {
         let (code, body) = self.http("/health").expect("health");
         (code, serde_json::from_str(&body).expect("health json"))
@@ -499,6 +504,30 @@ impl StackPorts {
     pub fn pushgateway_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.push)
     }
+}
+
+/// A plain HTTP client that shows redirects instead of following them.
+pub fn plain_http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("http client")
+}
+
+/// `phoenix-supervisor check-config` on a file holding `toml`, which must
+/// be refused; its error message.
+pub fn config_refused(toml: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("phoenix.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let out = Command::new(bin("phoenix-supervisor"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run check-config");
+    assert!(!out.status.success(), "accepted:\n{toml}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// An HTTPS client for the API's self-signed certificate.

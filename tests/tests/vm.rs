@@ -21,11 +21,12 @@ struct Vm {
     console: PathBuf,
     health: u16,
     api: u16,
+    http: u16,
 }
 
 impl Vm {
     fn boot(image: &Path, dir: &Path, name: &str) -> Vm {
-        let (health, api) = (free_port(), free_port());
+        let (health, api, http) = (free_port(), free_port(), free_port());
         let monitor = dir.join(format!("{name}.monitor"));
         let console = dir.join(format!("{name}.console"));
         let child = Command::new("qemu-system-x86_64")
@@ -37,7 +38,7 @@ impl Vm {
             .args(["-append", "console=ttyS0 root=/dev/vda rw panic=-1 init=/usr/local/bin/phoenix-supervisor"])
             .arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", image.join("root.ext4").display()))
-            .args(["-netdev", &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{health}-:8081,hostfwd=tcp:127.0.0.1:{api}-:443")])
+            .args(["-netdev", &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{health}-:8081,hostfwd=tcp:127.0.0.1:{api}-:443,hostfwd=tcp:127.0.0.1:{http}-:80")])
             .args(["-device", "virtio-net-pci,netdev=n0"])
             .arg("-monitor")
             .arg(format!("unix:{},server,nowait", monitor.display()))
@@ -54,6 +55,7 @@ impl Vm {
             console,
             health,
             api,
+            http,
         }
     }
 
@@ -154,6 +156,24 @@ fn boots_serves_powers_off_cleanly_and_keeps_data() {
     assert!(
         health.get("notes").is_none(),
         "cgroup v2 limits apply as PID 1 of a real kernel: {health}"
+    );
+    assert_eq!(
+        health["checks"]["tls:certificate"][0]["status"], "pass",
+        "{health}"
+    );
+    // Port 80, bound by the supervisor as root: plain HTTP goes to HTTPS.
+    let plain = phoenix_tests::plain_http();
+    let r = plain
+        .get(format!(
+            "http://127.0.0.1:{}/api/v1/openapi.json?x=1",
+            vm.http
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 308);
+    assert_eq!(
+        r.headers()["location"],
+        "https://127.0.0.1/api/v1/openapi.json?x=1"
     );
     let token = vm.login();
     let r = https()
