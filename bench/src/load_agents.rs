@@ -271,12 +271,33 @@ fn run(args: Args) -> Result<ExitCode> {
     let mut rows = Vec::new();
     let mut best = 0;
 
-    runtime.block_on(async {
+    // Ctrl-C or SIGTERM ends the run through an error, so that the stack
+    // (its own process group) is stopped on the way out, not orphaned.
+    let interrupted = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut int, mut term) = (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        );
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    };
+    let work = async {
         // Operator load: tasks for random agents at a steady rate.
         let ids: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
         let created = Arc::new(AtomicU64::new(0));
         {
-            let (t, ids, samples, stop, admin, created) = (target.clone(), ids.clone(), samples.clone(), stop.clone(), admin.clone(), created.clone());
+            let (t, ids, samples, stop, admin, created) = (
+                target.clone(),
+                ids.clone(),
+                samples.clone(),
+                stop.clone(),
+                admin.clone(),
+                created.clone(),
+            );
             let period = Duration::from_secs_f64(1.0 / args.task_rate.max(0.1));
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(period);
@@ -289,7 +310,11 @@ fn run(args: Args) -> Result<ExitCode> {
                         }
                         ids[rand::thread_rng().gen_range(0..ids.len())].clone()
                     };
-                    let req = t.client.post(format!("{}/api/v1/agents/{id}/tasks", t.api_base)).bearer_auth(&admin).json(&json!({ "kind": "noop", "payload": {} }));
+                    let req = t
+                        .client
+                        .post(format!("{}/api/v1/agents/{id}/tasks", t.api_base))
+                        .bearer_auth(&admin)
+                        .json(&json!({ "kind": "noop", "payload": {} }));
                     let (took, r) = timed(req).await;
                     samples.record("task create", took, r.map(|(s, _)| s)).await;
                     created.fetch_add(1, Ordering::Relaxed);
@@ -302,13 +327,28 @@ fn run(args: Args) -> Result<ExitCode> {
             while agent_ids.len() < n {
                 let i = agent_ids.len();
                 let body = json!({ "token": enroll_token, "name": format!("load-{i}"), "hostname": format!("host-{i}") });
-                let (took, r) = timed(target.client.post(format!("{}/api/v1/agents/enroll", target.agent_base)).json(&body)).await;
+                let (took, r) = timed(
+                    target
+                        .client
+                        .post(format!("{}/api/v1/agents/enroll", target.agent_base))
+                        .json(&body),
+                )
+                .await;
                 let (status, body) = r.map_err(anyhow::Error::msg)?;
                 ensure!(status == 201, "enrolling agent {i}: HTTP {status} {body}");
                 enroll_times.push(took);
-                let credential = body["credential"].as_str().context("credential")?.to_string();
+                let credential = body["credential"]
+                    .as_str()
+                    .context("credential")?
+                    .to_string();
                 agent_ids.push(body["agent_id"].as_str().context("agent_id")?.to_string());
-                tokio::spawn(agent(target.clone(), credential, samples.clone(), args.series, stop.clone()));
+                tokio::spawn(agent(
+                    target.clone(),
+                    credential,
+                    samples.clone(),
+                    args.series,
+                    stop.clone(),
+                ));
             }
             *ids.lock().await = agent_ids.clone();
             // Let the new agents settle into their 15 s rhythm, then measure.
@@ -335,12 +375,21 @@ fn run(args: Args) -> Result<ExitCode> {
                 ));
             }
             if let Some(e) = Summary::of(&enroll_times) {
-                rows.push(format!("| {n} | enroll (new agents) | {} | - | {} | {} | {} |", e.count, ms(e.p50), ms(e.p99), ms(e.max)));
+                rows.push(format!(
+                    "| {n} | enroll (new agents) | {} | - | {} | {} | {} |",
+                    e.count,
+                    ms(e.p50),
+                    ms(e.p99),
+                    ms(e.max)
+                ));
             }
             for (what, count) in &errors {
                 rows.push(format!("| {n} | error: {what} | {count} | | | | |"));
             }
-            rows.push(format!("| {n} | **step {}** | | | | | |", if pass { "PASS" } else { "MISS" }));
+            rows.push(format!(
+                "| {n} | **step {}** | | | | | |",
+                if pass { "PASS" } else { "MISS" }
+            ));
             if pass {
                 best = n;
             } else {
@@ -349,6 +398,15 @@ fn run(args: Args) -> Result<ExitCode> {
         }
         stop.store(true, Ordering::Relaxed);
         anyhow::Ok(())
+    };
+    runtime.block_on(async {
+        tokio::select! {
+            result = work => result,
+            signal = interrupted => {
+                signal?;
+                anyhow::bail!("interrupted; stopping the stack")
+            }
+        }
     })?;
 
     println!("| agents | request | n | per s | p50 ms | p99 ms | max ms |");

@@ -47,7 +47,9 @@ pub struct RefreshRequest {
 }
 
 /// Start a session and a refresh-token family; returns both tokens.
-async fn open_session(state: &AppState, user: UserInfo) -> ApiResult<TokenResponse> {
+/// A new session and its first token pair; `event` (the login) is audited
+/// in the same transaction, so no session exists without its audit row.
+async fn open_session(state: &AppState, user: UserInfo, event: Event) -> ApiResult<TokenResponse> {
     let session = Uuid::new_v4();
     let (refresh, hash) = tokens::new_refresh();
     let mut tx = state.pool.begin().await?;
@@ -58,6 +60,7 @@ async fn open_session(state: &AppState, user: UserInfo) -> ApiResult<TokenRespon
         .execute(&mut *tx)
         .await?;
     insert_refresh(&mut tx, session, &hash).await?;
+    event.record(&mut *tx).await?;
     tx.commit().await?;
     token_pair(state, user, session, refresh)
 }
@@ -165,16 +168,9 @@ pub async fn login(
             ));
         }
     };
-    let response = open_session(&state, user).await?;
-    Event::new(
-        format!("user:{}", response.user.username),
-        "auth.login",
-        format!("user:{}", response.user.username),
-        ip,
-    )
-    .record(&state.pool)
-    .await?;
-    Ok(Json(response))
+    let actor = format!("user:{}", user.username);
+    let login = Event::new(actor.clone(), "auth.login", actor, ip);
+    Ok(Json(open_session(&state, user, login).await?))
 }
 
 /// Exchange a refresh token for a new pair. A refresh token works once:
