@@ -42,21 +42,9 @@ fn schemathesis(s: &Stack, base: &str, credential: &str, filter: &[&str]) {
 fn schemathesis_finds_no_server_errors_on_either_listener() {
     let s = Stack::start("");
     let admin = s.admin_token();
-    // People and tools: everything but the agent listener's paths. Logging
-    // out would end the fuzzer's own session halfway.
-    schemathesis(
-        &s,
-        &s.ports.api_url(""),
-        &admin,
-        &[
-            "--exclude-path-regex",
-            "^/api/v1/agent/|^/api/v1/agents/enroll$",
-            "--exclude-path",
-            "/api/v1/auth/logout",
-        ],
-    );
 
-    // Agents: the agent listener's paths, with an enrolled agent's credential.
+    // Agents first: fuzzing the user listener may disable the admin (once
+    // it has made another) and so end the admin's token.
     let token = s.post(
         Some(&admin),
         "/api/v1/enrollment-tokens",
@@ -71,7 +59,8 @@ fn schemathesis_finds_no_server_errors_on_either_listener() {
     );
     assert_eq!(enrolled.status, 201, "{enrolled:?}");
     let credential = enrolled.body["credential"].as_str().unwrap().to_string();
-    // The long poll is left out: each call may hold for its whole wait.
+    // The agent listener's paths, with the agent's credential. The long
+    // poll is left out: each call may hold for its whole wait.
     schemathesis(
         &s,
         &s.ports.agent_url(""),
@@ -81,6 +70,20 @@ fn schemathesis_finds_no_server_errors_on_either_listener() {
             "^/api/v1/agent/|^/api/v1/agents/enroll$",
             "--exclude-path",
             "/api/v1/agent/tasks",
+        ],
+    );
+
+    // People and tools: everything but the agent listener's paths. Logging
+    // out would end the fuzzer's own session halfway.
+    schemathesis(
+        &s,
+        &s.ports.api_url(""),
+        &admin,
+        &[
+            "--exclude-path-regex",
+            "^/api/v1/agent/|^/api/v1/agents/enroll$",
+            "--exclude-path",
+            "/api/v1/auth/logout",
         ],
     );
 }
