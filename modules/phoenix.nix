@@ -59,15 +59,6 @@ let
       ''
     else generatedConfig;
 
-  # The same settings for merging EC2 user data over them at first boot.
-  defaultJson = pkgs.writeText "phoenix-defaults.json" (builtins.toJSON cfg.settings);
-
-  firstBoot = pkgs.writeShellApplication {
-    name = "phoenix-first-boot";
-    runtimeInputs = [ pkgs.coreutils pkgs.curl pkgs.jq pkgs.remarshal cfg.package ];
-    text = builtins.readFile ./phoenix-first-boot.sh;
-  };
-
   # A built-in section's table with its program path option; other keys are
   # free-form and checked by `phoenix-supervisor check-config`.
   sectionOption = section: programOptions: lib.mkOption {
@@ -236,7 +227,8 @@ in
       serviceConfig = {
         Type = "notify";
         NotifyAccess = "main";
-        ExecStartPre = lib.concatStringsSep " " ([ (lib.getExe firstBoot) configFile "${defaultConfig}" "${defaultJson}" ]
+        # Writes ${configFile} when it is missing, and only then.
+        ExecStartPre = lib.concatStringsSep " " ([ supervisor "first-boot" "--config" configFile "--defaults" "${defaultConfig}" ]
           ++ lib.optional cfg.ec2UserData "--ec2-user-data");
         ExecStart = "${supervisor} run --config ${configFile}";
         # Synchronous, and fails (leaving the running config) on a bad file.

@@ -17,7 +17,7 @@ rustPlatform.buildRustPackage {
   # Everything cargo needs, and nothing else: editing Nix files, docs or
   # scripts does not rebuild the Rust code. Cargo needs every workspace
   # member's manifest, so whole member directories stay in. modules/ holds
-  # the NixOS module and its first-boot script, none of them cargo's.
+  # the NixOS module, none of it cargo's.
   src = lib.fileset.toSource {
     inherit root;
     fileset = lib.fileset.difference root (lib.fileset.unions [

@@ -9,8 +9,8 @@ set -euo pipefail
 packages=(postgresql prometheus prometheus-pushgateway runit util-linux procps curl ca-certificates
   # the boot test: a Debian root file system, kernel modules, an initramfs, qemu (TCG)
   debootstrap busybox-static e2fsprogs cpio kmod qemu-system-x86
-  # the Nix checks: nix-instantiate (Debian's Nix) and jq
-  nix-bin jq
+  # the Nix checks: nix-instantiate (Debian's Nix)
+  nix-bin
   # ACME tests: pebble, a test CA, and pebble-challtestsrv, its DNS server
   pebble)
 
@@ -55,15 +55,9 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
-# The Nix checks (tests/tests/nix.rs): remarshal for the module's first-boot
-# script, and nixpkgs-fmt and deadnix from crates.io (each builds in under
-# 30 s on 2 cores); nix-instantiate and jq come with the packages above.
-if ! python3 -c "import remarshal" 2>/dev/null; then
-  echo "setup: installing remarshal (PyPI)"
-  python3 -m pip install --quiet remarshal 2>/dev/null ||
-    python3 -m pip install --quiet --break-system-packages remarshal ||
-    { echo "setup: pip install remarshal failed" >&2; exit 1; }
-fi
+# The Nix checks (tests/tests/nix.rs): nixpkgs-fmt and deadnix from
+# crates.io (each builds in under 30 s on 2 cores); nix-instantiate comes
+# with the packages above.
 for tool in nixpkgs-fmt deadnix; do
   if ! command -v "$tool" >/dev/null; then
     echo "setup: installing $tool (crates.io)"

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod cgroup;
 pub mod config;
 pub mod control;
+pub mod firstboot;
 pub mod health;
 pub mod logs;
 pub mod notify;

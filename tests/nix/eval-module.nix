@@ -76,10 +76,6 @@ let
     postgresql_15 = fakePackage "postgresql-15.0";
     prometheus = fakePackage "prometheus-3.0.0";
     prometheus-pushgateway = fakePackage "pushgateway-1.0.0";
-    coreutils = fakePackage "coreutils";
-    curl = fakePackage "curl";
-    jq = fakePackage "jq";
-    remarshal = fakePackage "remarshal";
   };
 
   # Only the options modules/phoenix.nix touches, typed as loosely as is
@@ -232,7 +228,7 @@ let
     (expect "ExecReload" defaultUnit.serviceConfig.ExecReload
       "${store "phoenix-0.1.0"}/bin/phoenixctl --socket /run/phoenix/control.sock reload")
     (expect "ExecStartPre" defaultUnit.serviceConfig.ExecStartPre
-      "${store "phoenix-first-boot"}/bin/phoenix-first-boot /etc/phoenix/phoenix.toml ${store "phoenix.toml"} ${store "phoenix-defaults.json"}")
+      "${store "phoenix-0.1.0"}/bin/phoenix-supervisor first-boot --config /etc/phoenix/phoenix.toml --defaults ${store "phoenix.toml"}")
     (expect "wantedBy" defaultUnit.wantedBy [ "multi-user.target" ])
     (expect "no warnings" defaults.warnings [ ])
 
@@ -274,7 +270,7 @@ let
     (expect "unchecked default file" custom.environment.etc."phoenix/phoenix.default.toml".source.value
       custom.services.phoenix.settings)
     (expect "first boot reads EC2 user data" customUnit.serviceConfig.ExecStartPre
-      "${store "phoenix-first-boot"}/bin/phoenix-first-boot /etc/phoenix/phoenix.toml ${store "phoenix.toml"} ${store "phoenix-defaults.json"} --ec2-user-data")
+      "${store "phoenix-0.1.0"}/bin/phoenix-supervisor first-boot --config /etc/phoenix/phoenix.toml --defaults ${store "phoenix.toml"} --ec2-user-data")
     (expect "control socket follows run_dir" customUnit.serviceConfig.ExecReload
       "${store "phoenix-0.1.0"}/bin/phoenixctl --socket /run/phoenix-custom/control.sock reload")
 

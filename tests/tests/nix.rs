@@ -3,8 +3,9 @@
 //! no dead code (`deadnix --fail`); flake.lock pins nixpkgs; with
 //! NIXPKGS_LIB, modules/phoenix.nix evaluates with `lib.evalModules` against
 //! stubs and its settings pass `check-config`; and the module's first-boot
-//! script writes /etc/phoenix/phoenix.toml once, from EC2 user data (IMDSv2)
-//! when that is valid. `scripts/setup.sh` installs the tools.
+//! step (`phoenix-supervisor first-boot`) writes /etc/phoenix/phoenix.toml
+//! once, from EC2 user data (IMDSv2) when that is valid. `scripts/setup.sh`
+//! installs the tools.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -60,7 +61,7 @@ fn tool(program: &str) -> Command {
         .unwrap_or(false);
     assert!(
         found,
-        "{program} is not installed: run scripts/setup.sh (it installs nix-bin, nixpkgs-fmt, deadnix, jq and remarshal)"
+        "{program} is not installed: run scripts/setup.sh (it installs nix-bin, nixpkgs-fmt and deadnix)"
     );
     let mut command = Command::new(program);
     // Debian's Nix names a build group that only a Nix daemon set-up has.
@@ -191,71 +192,37 @@ fn module_evaluates_against_stubs_and_its_settings_pass_check_config() {
     }
 }
 
-// The first-boot script, with the module's default settings.
+// The first-boot step, with the module's default settings.
 
 const DEFAULT_TOML: &str = "[postgres]\nbin_dir = \"/etc/phoenix/pkgs/postgresql/bin\"\n\n\
     [prometheus]\nbin = \"/etc/phoenix/pkgs/prometheus/bin/prometheus\"\n\n\
     [pushgateway]\nbin = \"/etc/phoenix/pkgs/pushgateway/bin/pushgateway\"\n";
 
-const DEFAULT_JSON: &str = r#"{"postgres":{"bin_dir":"/etc/phoenix/pkgs/postgresql/bin"},"prometheus":{"bin":"/etc/phoenix/pkgs/prometheus/bin/prometheus"},"pushgateway":{"bin":"/etc/phoenix/pkgs/pushgateway/bin/pushgateway"}}"#;
-
 struct FirstBoot {
     dir: tempfile::TempDir,
-    path: String,
 }
 
 impl FirstBoot {
     fn new() -> FirstBoot {
-        for program in ["curl", "jq"] {
-            tool(program);
-        }
-        let python = run(Command::new("python3").args(["-c", "import remarshal"]));
-        assert!(
-            python.status.success(),
-            "remarshal is not installed: run scripts/setup.sh\n{}",
-            text(&python)
-        );
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("default.toml"), DEFAULT_TOML).unwrap();
-        std::fs::write(dir.path().join("default.json"), DEFAULT_JSON).unwrap();
-        // NixOS has remarshal's toml2json and json2toml; pip may not put
-        // them on PATH, `python3 -m remarshal` always works.
-        let shims = dir.path().join("bin");
-        std::fs::create_dir(&shims).unwrap();
-        for (name, from, to) in [("toml2json", "toml", "json"), ("json2toml", "json", "toml")] {
-            let shim = shims.join(name);
-            std::fs::write(
-                &shim,
-                format!("#!/bin/sh\nexec python3 -m remarshal -f {from} -t {to} \"$@\"\n"),
-            )
-            .unwrap();
-            std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        let supervisor_dir = bin("phoenix-supervisor").parent().unwrap().to_path_buf();
-        let mut path = vec![shims, supervisor_dir];
-        path.extend(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_default(),
-        ));
-        let path = std::env::join_paths(path)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        FirstBoot { dir, path }
+        FirstBoot { dir }
     }
 
     fn config(&self) -> PathBuf {
         self.dir.path().join("etc/phoenix/phoenix.toml")
     }
 
-    /// Runs the script; `imds` is the metadata endpoint for --ec2-user-data.
+    /// `phoenix-supervisor first-boot`, as the NixOS module runs it before
+    /// every start; `imds` is the metadata endpoint for --ec2-user-data.
     fn run(&self, imds: Option<&str>) -> Output {
-        let mut command = Command::new("bash");
+        let mut command = Command::new(bin("phoenix-supervisor"));
         command
-            .arg(repo().join("modules/phoenix-first-boot.sh"))
+            .arg("first-boot")
+            .arg("--config")
             .arg(self.config())
-            .arg(self.dir.path().join("default.toml"))
-            .arg(self.dir.path().join("default.json"))
-            .env("PATH", &self.path);
+            .arg("--defaults")
+            .arg(self.dir.path().join("default.toml"));
         if let Some(url) = imds {
             command
                 .arg("--ec2-user-data")

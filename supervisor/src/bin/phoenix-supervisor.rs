@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use phoenix_supervisor::config::{self, DEFAULT_CONFIG_PATH, LoadOptions};
+use phoenix_supervisor::firstboot;
 use phoenix_supervisor::pginit::{InitOptions, postgres_init};
 use phoenix_supervisor::pid1;
 use phoenix_supervisor::run::{RunOptions, run};
@@ -38,6 +39,21 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         dev: bool,
+    },
+    /// Write the config file from the image's defaults, and with
+    /// --ec2-user-data from EC2 user data over them, unless it exists.
+    FirstBoot {
+        #[arg(long, env = "PHOENIX_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The image's default settings (TOML).
+        #[arg(long)]
+        defaults: PathBuf,
+        /// Read EC2 user data over IMDSv2 and merge it over the defaults.
+        #[arg(long)]
+        ec2_user_data: bool,
+        /// The instance metadata service.
+        #[arg(long, env = "PHOENIX_IMDS_ENDPOINT", default_value = firstboot::IMDS, hide = true)]
+        imds: String,
     },
     /// Initialise the PostgreSQL data directory once (run by the postgres-init service).
     #[command(hide = true)]
@@ -96,6 +112,22 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::FirstBoot {
+            config,
+            defaults,
+            ec2_user_data,
+            imds,
+        } => match firstboot::first_boot(&firstboot::FirstBootOptions {
+            config,
+            defaults,
+            imds: ec2_user_data.then_some(imds),
+        }) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::PostgresInit {
             bin_dir,
             data_dir,
