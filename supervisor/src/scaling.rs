@@ -277,7 +277,11 @@ pub async fn run<S: Sampler>(
         .timeout(Duration::from_secs(10))
         .build()
         .expect("an HTTP client");
-    let mut ticker = tokio::time::interval(settings.interval);
+    // The first sample waits a little, for the servers measured through
+    // Prometheus to come up.
+    let first = settings.interval.min(Duration::from_secs(10));
+    let mut ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + first, settings.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut persisted: Vec<TriggerState> = triggers.iter().map(|t| t.state).collect();
     loop {
@@ -421,7 +425,7 @@ impl SystemSampler {
             .query(&[("query", promql)])
             .send()
             .await
-            .map_err(|e| format!("Prometheus at {base}: {e}"))?;
+            .map_err(|e| format!("Prometheus at {base}: {}", causes(&e.without_url())))?;
         let status = response.status();
         let body: serde_json::Value = response
             .json()
@@ -442,6 +446,18 @@ impl SystemSampler {
             .ok_or_else(|| format!("Prometheus at {base}: unexpected answer {first}"))?;
         Ok(value.is_finite().then_some(value))
     }
+}
+
+/// An error with its causes, `a: b: c` (reqwest's own text says little).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Percent of the file system holding `path` in use, as `df` counts it.
