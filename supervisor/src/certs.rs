@@ -21,8 +21,39 @@ use crate::process::RunAs;
 use crate::state::write_atomic;
 use crate::status::{CertificateStatus, unix_ms};
 
-/// How often the certificate file is read again.
+/// How often the certificate file is read again, and the API asked which
+/// certificate it serves; `PHOENIX_CERT_CHECK_INTERVAL` (humantime) sets
+/// another, for tests.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+fn check_interval() -> Duration {
+    std::env::var("PHOENIX_CERT_CHECK_INTERVAL")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(CHECK_INTERVAL)
+}
+
+/// The leaf certificate (DER) of a PEM chain.
+fn leaf_der(pem: &[u8]) -> Option<Vec<u8>> {
+    x509_parser::pem::parse_x509_pem(pem)
+        .ok()
+        .map(|(_, p)| p.contents)
+}
+
+/// The leaf certificate the API serves at `addr`, DER.
+async fn served_leaf(client: &reqwest::Client, addr: std::net::SocketAddr) -> Option<Vec<u8>> {
+    let response = client
+        .get(format!("https://{addr}/health"))
+        .send()
+        .await
+        .ok()?;
+    response
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()?
+        .peer_certificate()
+        .map(<[u8]>::to_vec)
+}
 
 /// Between failed ACME attempts: 1 min, doubling, at most 1 h (20 % jitter),
 /// well inside Let's Encrypt's limit of 5 failed validations an hour.
@@ -187,6 +218,18 @@ pub async fn run<I: Issuer>(
     shared: Shared,
     changed: impl Fn(bool),
 ) {
+    let interval = check_interval();
+    // Only for reading which certificate the API serves: never trusted.
+    let served_client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .tls_info(true)
+        // A new handshake each time: a kept connection shows the
+        // certificate of its own handshake, not the one served now.
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client");
+    let mut stale_looks: u32 = 0;
     let mut announced: Option<Pair> = read_pair(&tls).ok();
     let mut candidate: Option<Pair> = None;
     let mut installed = false;
@@ -231,8 +274,32 @@ pub async fn run<I: Issuer>(
             .as_ref()
             .map(|_| renewal(info.as_ref().ok(), &tls.hostnames));
         let now = SystemTime::now();
+        // The API should serve the file's certificate: once it did not on
+        // two looks in a row (a reload it refused), say so.
+        // Compared with the pair last announced (the API was told to load
+        // it), from the look after the announcement on.
+        if renewed {
+            stale_looks = 0;
+        }
+        let served = match (tls.api_local, &announced) {
+            (Some(addr), Some((cert, _))) if !renewed => {
+                match served_leaf(&served_client, addr).await {
+                    Some(der) if Some(&der) == leaf_der(cert).as_ref() => {
+                        stale_looks = 0;
+                        None
+                    }
+                    Some(der) => {
+                        stale_looks += 1;
+                        Some(der)
+                    }
+                    // Not answering: the API's own state shows that.
+                    None => None,
+                }
+            }
+            _ => None,
+        };
         let wait = match due {
-            None => CHECK_INTERVAL,
+            None => interval,
             Some(due) => {
                 let until_due = match due {
                     Due::Now(_) => Duration::ZERO,
@@ -241,7 +308,7 @@ pub async fn run<I: Issuer>(
                 let until_retry = retry_at
                     .map(|r| r.saturating_duration_since(tokio::time::Instant::now()))
                     .unwrap_or_default();
-                until_due.max(until_retry).min(CHECK_INTERVAL)
+                until_due.max(until_retry).min(interval)
             }
         };
         {
@@ -270,11 +337,32 @@ pub async fn run<I: Issuer>(
                 Due::At(t) => unix_ms(t),
             });
             s.failures = failures;
+            s.served_error = match (&served, stale_looks >= 2) {
+                (Some(der), true) => {
+                    let expires = x509_parser::parse_x509_certificate(der)
+                        .ok()
+                        .map(|(_, c)| c.validity().not_after.to_string())
+                        .unwrap_or_else(|| "unknown".into());
+                    Some(format!(
+                        "the API still serves another certificate (expires {expires}) than {}: \
+                         its reload failed; see the API's log",
+                        tls.cert.display()
+                    ))
+                }
+                _ => None,
+            };
         }
-        changed(renewed);
         if renewed {
             tracing::info!(cert = %tls.cert.display(), "the TLS certificate changed");
+        } else if stale_looks >= 2 {
+            // Ask again: a reload the API refused (a key it could not read,
+            // say) succeeds once the cause is fixed.
+            tracing::warn!(
+                cert = %tls.cert.display(),
+                "the API does not serve the certificate file; asking it to reload again"
+            );
         }
+        changed(renewed || stale_looks >= 2);
 
         let forced = tokio::select! {
             () = tokio::time::sleep(wait) => false,
@@ -444,6 +532,7 @@ mod tests {
             }),
             http_listen: None,
             https_port: 443,
+            api_local: None,
         }
     }
 

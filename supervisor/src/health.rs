@@ -181,6 +181,10 @@ pub fn certificate_check(c: &CertificateStatus, now_ms: u64) -> (Status, Value) 
             "the self-signed stand-in is still serving: no certificate from the CA yet".into(),
         );
     }
+    if let Some(e) = &c.served_error {
+        status = status.max(Status::Warn);
+        output.push(e.clone());
+    }
     if let Some(e) = &c.http_error {
         if c.mode == "acme" {
             status = status.max(Status::Warn);

@@ -156,6 +156,9 @@ pub struct CertificateStatus {
     /// Plain-HTTP listener (challenges, redirect): address, or why not.
     pub http_listen: Option<String>,
     pub http_error: Option<String>,
+    /// The API serves another certificate than the file's.
+    #[serde(default)]
+    pub served_error: Option<String>,
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {

@@ -563,7 +563,11 @@ impl Stack {
 
     /// [`Stack::start`] on ports chosen beforehand.
     pub fn start_on(ports: StackPorts, extra: &str) -> Stack {
-        let mut sup = Supervisor::config(&ports.config(extra));
+        Stack::started(Supervisor::config(&ports.config(extra)), ports)
+    }
+
+    /// Starts a supervisor prepared for `ports` (say, with extra environment).
+    pub fn started(mut sup: Supervisor, ports: StackPorts) -> Stack {
         sup.start();
         sup.wait_all_ready(Duration::from_secs(180));
         Stack {

@@ -117,6 +117,7 @@ pub fn expand(
         acme,
         http_listen: None,
         https_port: api_listen.port(),
+        api_local: api_enabled.then(|| local(api_listen)),
     };
     let mut tls = match raw.tls.mode {
         TlsMode::SelfSigned | TlsMode::Acme if raw.tls.cert.is_some() || raw.tls.key.is_some() => {

@@ -67,6 +67,9 @@ pub struct TlsSettings {
     pub http_listen: Option<SocketAddr>,
     /// The HTTPS port that plain HTTP is redirected to.
     pub https_port: u16,
+    /// Where the supervisor reaches the API to see which certificate it
+    /// serves; None without the API.
+    pub api_local: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
