@@ -485,6 +485,25 @@ impl StackPorts {
         format!("http_listen = \"127.0.0.1:{}\"", self.http)
     }
 
+    /// The certificate the API serves right now (DER), from a new handshake.
+    pub fn served_certificate(&self) -> Vec<u8> {
+        let client = reqwest::blocking::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .tls_info(true)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("https client");
+        let r = client
+            .get(self.api_url("/health"))
+            .send()
+            .expect("the API answers");
+        r.extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|i| i.peer_certificate())
+            .expect("the server's certificate")
+            .to_vec()
+    }
+
     pub fn http_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http)
     }

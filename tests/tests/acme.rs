@@ -129,22 +129,6 @@ fn start_ca(dir: &Path, http_port: u16) -> Ca {
     }
 }
 
-/// The certificate the API serves right now, DER.
-fn served_certificate(ports: &StackPorts) -> Vec<u8> {
-    let client = reqwest::blocking::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .tls_info(true)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
-    let r = client.get(ports.api_url("/health")).send().unwrap();
-    r.extensions()
-        .get::<reqwest::tls::TlsInfo>()
-        .and_then(|i| i.peer_certificate())
-        .expect("the server's certificate")
-        .to_vec()
-}
-
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
@@ -187,7 +171,7 @@ fn certificates_come_from_an_acme_ca_and_are_renewed_without_a_restart() {
     assert_eq!(cert["failures"], 0);
     assert!(cert["renewed_at_ms"].is_u64(), "{cert}");
     let first = wait_until("the API serving it", Duration::from_secs(30), || {
-        let der = served_certificate(&ports);
+        let der = ports.served_certificate();
         contains(&der, "Pebble").then_some(der)
     });
     assert!(contains(&first, NAME));
@@ -254,7 +238,7 @@ fn certificates_come_from_an_acme_ca_and_are_renewed_without_a_restart() {
         "a renewed certificate served",
         Duration::from_secs(90),
         || {
-            let der = served_certificate(&ports);
+            let der = ports.served_certificate();
             (der != first).then_some(der)
         },
     );
@@ -282,7 +266,7 @@ fn certificates_come_from_an_acme_ca_and_are_renewed_without_a_restart() {
         failing["error"].as_str().unwrap().contains("127.0.0.1"),
         "{failing}"
     );
-    assert_eq!(served_certificate(&ports), second);
+    assert_eq!(ports.served_certificate(), second);
     let (code, health) = s.sup.health();
     assert_eq!(code, 200, "a fresh certificate still passes: {health:#}");
     let output = health["checks"]["tls:certificate"][0]["output"]
@@ -309,7 +293,7 @@ fn certificates_come_from_an_acme_ca_and_are_renewed_without_a_restart() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("restart phoenix-supervisor"), "{err}");
-    assert_eq!(served_certificate(&ports), second);
+    assert_eq!(ports.served_certificate(), second);
 }
 
 #[test]
