@@ -8,7 +8,6 @@
 //! with backoff while the current certificate keeps serving.
 
 use std::future::Future;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -163,8 +162,9 @@ pub struct Issued {
 /// file; the key first, so a certificate is never newer than its key. The
 /// key's owner (the API's user) must exist: a key it cannot read would only
 /// fail later, in the API.
-pub fn install(tls: &TlsSettings, issued: &Issued) -> anyhow::Result<()> {
-    inspect(issued.chain_pem.as_bytes()).context("the CA's certificate")?;
+/// Returns what the installed certificate says of itself.
+pub fn install(tls: &TlsSettings, issued: &Issued) -> anyhow::Result<CertInfo> {
+    let info = inspect(issued.chain_pem.as_bytes()).context("the CA's certificate")?;
     let owner = tls
         .key_owner
         .as_deref()
@@ -177,7 +177,7 @@ pub fn install(tls: &TlsSettings, issued: &Issued) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", tls.key.display()))?;
     write_atomic(&tls.cert, issued.chain_pem.as_bytes(), 0o644, None)
         .with_context(|| format!("writing {}", tls.cert.display()))?;
-    Ok(())
+    Ok(info)
 }
 
 /// The certificate's status, shared by this task, the plain-HTTP listener
@@ -386,22 +386,21 @@ pub async fn run<I: Issuer>(
         };
         tracing::info!(names = ?tls.hostnames, reason = why, "ordering a TLS certificate over ACME");
         let result = match issuer.issue().await {
-            Ok(issued) => install(&tls, &issued).map(|()| issued),
+            Ok(issued) => install(&tls, &issued),
             Err(e) => Err(e),
         };
         // What was installed must not be due again at once (names the CA
         // left out, or a clock far off): that would order in a loop.
-        let result = result.and_then(|issued| {
+        let result = result.and_then(|info| {
             installed = true;
-            let info = inspect(issued.chain_pem.as_bytes()).ok();
-            match renewal(info.as_ref(), &tls.hostnames) {
+            match renewal(Some(&info), &tls.hostnames) {
                 Due::At(t) if t > SystemTime::now() => Ok(()),
                 Due::At(_) => anyhow::bail!(
                     "the new certificate is already due for renewal: is this machine's clock right?"
                 ),
                 Due::Now(why) => anyhow::bail!(
                     "the CA's certificate is still due for renewal ({why}): it names {:?}, {:?} were asked for",
-                    info.map(|i| i.names).unwrap_or_default(),
+                    info.names,
                     tls.hostnames
                 ),
             }
@@ -429,14 +428,6 @@ pub async fn run<I: Issuer>(
             }
         }
     }
-}
-
-/// Whether `path` holds a certificate the API can serve now.
-pub fn usable(path: &Path) -> bool {
-    std::fs::read(path)
-        .ok()
-        .and_then(|pem| inspect(&pem).ok())
-        .is_some_and(|c| c.not_after > SystemTime::now())
 }
 
 #[cfg(test)]
@@ -517,7 +508,7 @@ mod tests {
         }
     }
 
-    fn settings(dir: &Path) -> TlsSettings {
+    fn settings(dir: &std::path::Path) -> TlsSettings {
         TlsSettings {
             cert: dir.join("cert.pem"),
             key: dir.join("key.pem"),

@@ -96,7 +96,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             (Ok(cert), Ok(key)) => crate::certs::key_matches(&cert, &key) != Some(false),
             _ => false,
         };
-        if !crate::certs::usable(&tls.cert) || !pair_fits {
+        if crate::tls::expires_within(&tls.cert, std::time::Duration::ZERO) || !pair_fits {
             crate::tls::ensure_self_signed(tls, key_owner.as_ref())
                 .context("self-signed TLS certificate (stand-in until ACME)")?;
         } else if let Some(u) = &key_owner {

@@ -1,7 +1,7 @@
 //! The self-signed certificate that makes everything TLS from the first boot.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 
@@ -55,19 +55,18 @@ fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
-/// True when the certificate is missing, unreadable, or expires within `within`.
+/// True when the certificate is missing, unreadable, or expires within
+/// `within` (`Duration::ZERO`: it cannot be served now).
 pub fn expires_within(cert: &Path, within: Duration) -> bool {
-    match not_after(cert) {
-        Some(t) => {
-            t - time_now() < time::Duration::try_from(within).unwrap_or(time::Duration::ZERO)
-        }
+    let info = std::fs::read(cert)
+        .ok()
+        .and_then(|pem| crate::certs::inspect(&pem).ok());
+    match info {
+        Some(info) => info
+            .not_after
+            .duration_since(SystemTime::now())
+            // An error: it has expired already.
+            .map_or(true, |left| left < within),
         None => true,
     }
-}
-
-pub fn not_after(cert: &Path) -> Option<time::OffsetDateTime> {
-    let pem = std::fs::read(cert).ok()?;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
-    let cert = pem.parse_x509().ok()?;
-    Some(cert.validity().not_after.to_datetime())
 }

@@ -146,35 +146,38 @@ let
   defaults = evaluate { services.phoenix.enable = true; };
   defaultUnit = defaults.systemd.services.phoenix;
 
+  # Settings given to the module; all but the three program sections must
+  # come out exactly as given.
+  customSettings = {
+    supervisor.run_dir = "/run/phoenix-custom";
+    health.listen = "0.0.0.0:9081";
+    api = {
+      listen = "[::]:8443";
+      agent_listen = "0.0.0.0:7700";
+      user = "phoenix-api";
+      price_per_series_month = 0.08;
+    };
+    postgres = {
+      port = 5433;
+      limits = { memory = "2GiB"; cpus = 1.5; };
+      settings.max_connections = 200;
+    };
+    prometheus = { enable = false; retention = "30d"; };
+    tls = { hostnames = [ "phoenix.example.com" ]; http_listen = "0.0.0.0:8080"; };
+    services.worker = {
+      command = [ "/run/current-system/sw/bin/sleep" "infinity" ];
+      user = "phoenix-api";
+      depends_on = [ "api" ];
+      restart = { policy = "on-failure"; initial_delay = "1s"; };
+    };
+  };
   custom = evaluate {
     services.phoenix = {
       enable = true;
       ec2UserData = true;
       openFirewall = true;
       checkConfig = false;
-      settings = {
-        supervisor.run_dir = "/run/phoenix-custom";
-        health.listen = "0.0.0.0:9081";
-        api = {
-          listen = "[::]:8443";
-          agent_listen = "0.0.0.0:7700";
-          user = "phoenix-api";
-          price_per_series_month = 0.08;
-        };
-        postgres = {
-          port = 5433;
-          limits = { memory = "2GiB"; cpus = 1.5; };
-          settings.max_connections = 200;
-        };
-        prometheus = { enable = false; retention = "30d"; };
-        tls = { hostnames = [ "phoenix.example.com" ]; http_listen = "0.0.0.0:8080"; };
-        services.worker = {
-          command = [ "/run/current-system/sw/bin/sleep" "infinity" ];
-          user = "phoenix-api";
-          depends_on = [ "api" ];
-          restart = { policy = "on-failure"; initial_delay = "1s"; };
-        };
-      };
+      settings = customSettings;
     };
   };
   customUnit = custom.systemd.services.phoenix;
@@ -235,23 +238,7 @@ let
     # Custom settings: kept as given, ports and users follow them.
     (expect "custom settings keep every key"
       (builtins.removeAttrs custom.services.phoenix.settings [ "postgres" "prometheus" "pushgateway" ])
-      {
-        supervisor.run_dir = "/run/phoenix-custom";
-        health.listen = "0.0.0.0:9081";
-        api = {
-          listen = "[::]:8443";
-          agent_listen = "0.0.0.0:7700";
-          user = "phoenix-api";
-          price_per_series_month = 0.08;
-        };
-        tls = { hostnames = [ "phoenix.example.com" ]; http_listen = "0.0.0.0:8080"; };
-        services.worker = {
-          command = [ "/run/current-system/sw/bin/sleep" "infinity" ];
-          user = "phoenix-api";
-          depends_on = [ "api" ];
-          restart = { policy = "on-failure"; initial_delay = "1s"; };
-        };
-      })
+      (builtins.removeAttrs customSettings [ "postgres" "prometheus" ]))
     (expect "custom postgres section" custom.services.phoenix.settings.postgres {
       bin_dir = "/etc/phoenix/pkgs/postgresql/bin";
       port = 5433;
