@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::certs::{Issued, Issuer, Shared};
 use crate::config::AcmeSettings;
-use crate::state::write_atomic;
+use crate::fsafe::write_atomic;
 
 /// HTTP-01 tokens being validated, with their key authorizations.
 pub type Challenges = Arc<RwLock<HashMap<String, String>>>;

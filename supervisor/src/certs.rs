@@ -16,8 +16,8 @@ use phoenix_backoff::Backoff;
 use tokio::sync::Notify;
 
 use crate::config::TlsSettings;
+use crate::fsafe;
 use crate::process::RunAs;
-use crate::state::write_atomic;
 use crate::status::{CertificateStatus, unix_ms};
 
 /// How often the certificate file is read again, and the API asked which
@@ -171,11 +171,12 @@ pub fn install(tls: &TlsSettings, issued: &Issued) -> anyhow::Result<CertInfo> {
         .map(|name| RunAs::lookup(name).with_context(|| format!("the key's owner {name:?}")))
         .transpose()?;
     if let Some(dir) = tls.cert.parent() {
-        crate::state::ensure_dir(dir, 0o755, None)?;
+        fsafe::ensure_private_dir(dir, 0o755)?;
     }
-    write_atomic(&tls.key, issued.key_pem.as_bytes(), 0o600, owner.as_ref())
+    let owner = owner.as_ref().map(RunAs::owner);
+    fsafe::write_atomic(&tls.key, issued.key_pem.as_bytes(), 0o600, owner)
         .with_context(|| format!("writing {}", tls.key.display()))?;
-    write_atomic(&tls.cert, issued.chain_pem.as_bytes(), 0o644, None)
+    fsafe::write_atomic(&tls.cert, issued.chain_pem.as_bytes(), 0o644, None)
         .with_context(|| format!("writing {}", tls.cert.display()))?;
     Ok(info)
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 use crate::config::{self, LoadOptions};
-use crate::state::write_atomic;
+use crate::fsafe::{self, write_atomic};
 
 /// The instance metadata service of EC2.
 pub const IMDS: &str = "http://169.254.169.254";
@@ -44,8 +44,7 @@ pub fn first_boot(opts: &FirstBootOptions) -> anyhow::Result<Option<Origin>> {
     let defaults = std::fs::read_to_string(&opts.defaults)
         .with_context(|| format!("the image's defaults {}", opts.defaults.display()))?;
     let dir = opts.config.parent().unwrap_or(Path::new("/"));
-    crate::state::ensure_dir(dir, 0o755, None)
-        .with_context(|| format!("creating {}", dir.display()))?;
+    fsafe::ensure_dir(dir, 0o755, None).with_context(|| format!("creating {}", dir.display()))?;
 
     let mut body = defaults.clone();
     let mut origin = Origin::Defaults;

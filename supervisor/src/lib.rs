@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod config;
 pub mod control;
 pub mod firstboot;
+pub mod fsafe;
 pub mod health;
 pub mod logs;
 pub mod notify;

@@ -24,7 +24,10 @@ impl ServiceLog {
     pub fn open(dir: &Path, name: &str, max_bytes: u64, keep: usize) -> Arc<Self> {
         let mut options = std::fs::OpenOptions::new();
         options.append(true).create(true);
+        // `dir` is the supervisor's own (root-owned, checked by `prepare`);
+        // never write through a link all the same.
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o640);
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
         let file = FileRotate::new(
             dir.join(format!("{name}.log")),
             AppendCount::new(keep),

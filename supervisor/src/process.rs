@@ -26,6 +26,14 @@ pub struct RunAs {
 }
 
 impl RunAs {
+    /// The user and its primary group, as files are given to it.
+    pub fn owner(&self) -> crate::fsafe::Owner {
+        crate::fsafe::Owner {
+            uid: self.uid,
+            gid: self.gid,
+        }
+    }
+
     pub fn lookup(name: &str) -> io::Result<RunAs> {
         match User::from_name(name) {
             Ok(Some(u)) => Ok(RunAs {

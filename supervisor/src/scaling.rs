@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ScalingSettings, TriggerKind, TriggerSettings};
-use crate::state::write_atomic;
+use crate::fsafe::write_atomic;
 use crate::status::{Level, ScalingStatus, now_ms};
 
 /// The triggers' statuses, read by the event loop into every snapshot.

@@ -1,17 +1,19 @@
 //! First-boot and every-boot preparation: directories with the right owners,
 //! secrets generated once (0600), the self-signed certificate, and the
-//! pre-flight checks that refuse to start a half-working stack.
+//! pre-flight checks that refuse to start a half-working stack. Every write
+//! goes through `fsafe`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use rand::RngCore;
 
-use crate::config::{Config, Probe};
+use crate::config::{Config, GeneratedFile, Probe, ServiceSpec};
+use crate::fsafe;
 use crate::process::{RunAs, find_program};
 
 #[derive(Debug, Default)]
@@ -36,11 +38,9 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         (&sup.run_dir, 0o755, "run_dir"),
         (&sup.log_dir, 0o750, "log_dir"),
     ] {
-        ensure_dir(dir, mode, None)
-            .with_context(|| format!("[supervisor] {what} = {} cannot be used", dir.display()))?;
-        let probe = dir.join(".phoenix-write-test");
-        fs::write(&probe, b"")
-            .and_then(|()| fs::remove_file(&probe))
+        fsafe::ensure_private_dir(dir, mode)
+            .with_context(|| format!("[supervisor] {what} = {} cannot be used", dir.display()))?
+            .check_writable()
             .with_context(|| format!("[supervisor] {what} = {} is not writable", dir.display()))?;
     }
 
@@ -68,17 +68,13 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             .map_err(Into::into)
     };
 
-    for spec in &config.services {
-        let owner = users.get(&spec.name);
-        for dir in &spec.dirs {
-            ensure_dir(dir, 0o700, owner)
-                .with_context(|| format!("service {}: directory {}", spec.name, dir.display()))?;
-        }
-    }
+    // Service directories are made before each start of their service
+    // (`service_dirs`): one a service user spoiled stops that service only.
 
-    if !config.secrets.is_empty() {
+    // Also the ACME account's directory.
+    if !config.secrets.is_empty() || config.tls.acme.is_some() {
         let dir = sup.state_dir.join("secrets");
-        ensure_dir(&dir, 0o711, None)
+        fsafe::ensure_private_dir(&dir, 0o711)
             .with_context(|| format!("secrets directory {}", dir.display()))?;
     }
     for secret in &config.secrets {
@@ -99,8 +95,9 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         if crate::tls::expires_within(&tls.cert, std::time::Duration::ZERO) || !pair_fits {
             crate::tls::ensure_self_signed(tls, key_owner.as_ref())
                 .context("self-signed TLS certificate (stand-in until ACME)")?;
-        } else if let Some(u) = &key_owner {
-            std::os::unix::fs::chown(&tls.key, Some(u.uid), Some(u.gid))?;
+        } else {
+            fsafe::fix_file(&tls.key, 0o600, key_owner.as_ref().map(RunAs::owner))
+                .with_context(|| format!("TLS key {}", tls.key.display()))?;
         }
     } else if tls.self_signed {
         crate::tls::ensure_self_signed(tls, key_owner.as_ref())
@@ -150,6 +147,7 @@ pub fn preflight(config: &Config) -> anyhow::Result<()> {
             }
         }
     }
+    problems.extend(unreachable(config));
     if problems.is_empty() {
         Ok(())
     } else {
@@ -157,80 +155,144 @@ pub fn preflight(config: &Config) -> anyhow::Result<()> {
     }
 }
 
-pub fn ensure_dir(dir: &Path, mode: u32, owner: Option<&RunAs>) -> std::io::Result<()> {
-    let created = !dir.exists();
-    fs::create_dir_all(dir)?;
-    if created {
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
+/// As root: directories on the way to a service's files that its user
+/// cannot enter (say, `state_dir` under a 0700 directory). One line per
+/// user and directory, naming both. Empty when not root (every service
+/// runs as the supervisor's own user then).
+pub fn unreachable(config: &Config) -> Vec<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Vec::new();
     }
-    if let Some(u) = owner {
-        chown(dir, u)?;
+    // Per (user, directory): the services, and the first path found behind it.
+    let mut closed: BTreeMap<(String, PathBuf), (fs::Metadata, Vec<String>, PathBuf)> =
+        BTreeMap::new();
+    for spec in &config.services {
+        let Some(name) = &spec.user else { continue };
+        // A missing user is named by `prepare`.
+        let Ok(user) = RunAs::lookup(name) else {
+            continue;
+        };
+        if user.uid == 0 {
+            continue;
+        }
+        for path in needed_by(config, spec) {
+            let Some((dir, meta)) = first_closed(path, &spec.dirs, &user) else {
+                continue;
+            };
+            let (_, services, _) = closed
+                .entry((user.name.clone(), dir))
+                .or_insert_with(|| (meta, Vec::new(), path.to_path_buf()));
+            if !services.contains(&spec.name) {
+                services.push(spec.name.clone());
+            }
+        }
+    }
+    closed
+        .into_iter()
+        .map(|((user, dir), (meta, services, path))| {
+            let owner = nix::unistd::User::from_uid(meta.uid().into())
+                .ok()
+                .flatten()
+                .map_or_else(|| format!("uid {}", meta.uid()), |u| u.name);
+            format!(
+                "user `{user}` (service {}) cannot enter {} (mode {:04o}, owner {owner}) to reach {}; \
+                 let it through (for example `chmod o+x {}`) or move the [supervisor] directories elsewhere",
+                services.join(", "),
+                dir.display(),
+                meta.mode() & 0o7777,
+                path.display(),
+                dir.display()
+            )
+        })
+        .collect()
+}
+
+/// What a service's user opens itself: its directories, its generated
+/// files, the secrets it owns and, for the API, the TLS files.
+fn needed_by<'a>(config: &'a Config, spec: &'a ServiceSpec) -> Vec<&'a Path> {
+    let mut paths: Vec<&Path> = spec.dirs.iter().map(PathBuf::as_path).collect();
+    paths.extend(spec.files.iter().map(|f| f.path.as_path()));
+    paths.extend(
+        config
+            .secrets
+            .iter()
+            .filter(|s| s.owner.is_some() && s.owner == spec.user)
+            .map(|s| s.path.as_path()),
+    );
+    if spec.tls_reload {
+        paths.extend([config.tls.cert.as_path(), config.tls.key.as_path()]);
+    }
+    paths
+}
+
+/// The first existing directory above `path`, from `/` down, that `user`
+/// may not search. The service's own directories are skipped (they are
+/// handed to the user at start), and so is a directory with an ACL (its
+/// mode bits do not tell).
+fn first_closed(path: &Path, own: &[PathBuf], user: &RunAs) -> Option<(PathBuf, fs::Metadata)> {
+    let mut above: Vec<&Path> = path.ancestors().skip(1).collect();
+    above.reverse();
+    for dir in above {
+        if own.iter().any(|d| d == dir) {
+            continue;
+        }
+        // Missing: made 0755 by the supervisor.
+        let Ok(meta) = fs::metadata(dir) else { break };
+        let bit = if meta.uid() == user.uid {
+            0o100
+        } else if meta.gid() == user.gid {
+            0o010
+        } else {
+            0o001
+        };
+        let acl = rustix::fs::getxattr_query(dir, "system.posix_acl_access").is_ok();
+        if meta.mode() & bit == 0 && !acl {
+            return Some((dir.to_path_buf(), meta));
+        }
+    }
+    None
+}
+
+/// A service's directories, made before each of its starts (0700) and
+/// handed to its user through their descriptors; a symbolic link where a
+/// service user could have put it is refused, and the service does not start.
+pub fn service_dirs(spec: &ServiceSpec, run_as: Option<&RunAs>) -> io::Result<()> {
+    for dir in &spec.dirs {
+        fsafe::ensure_dir(dir, 0o700, run_as.map(RunAs::owner))?;
     }
     Ok(())
 }
 
-fn chown(path: &Path, u: &RunAs) -> std::io::Result<()> {
-    std::os::unix::fs::chown(path, Some(u.uid), Some(u.gid))
-}
-
-/// Write a file so that readers see the old or the new contents, never half:
-/// temporary file in the same directory, fsync, then rename.
-pub fn write_atomic(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    owner: Option<&RunAs>,
-) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    // Unique per write: two tasks writing the same file never share one.
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let tmp = dir.join(format!(
-        ".{}.tmp{}-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id(),
-        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        if let Some(u) = owner {
-            chown(&tmp, u)?;
-        }
-        f.write_all(contents)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+/// A generated file (0644), in a directory of the supervisor's own that the
+/// service can read but not change (`<state_dir>/generated/<service>`, 0755).
+pub fn write_generated(file: &GeneratedFile) -> io::Result<()> {
+    let (Some(dir), Some(name)) = (file.path.parent(), file.path.file_name()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{}: not a file path", file.path.display()),
+        ));
+    };
+    fsafe::ensure_private_dir(dir, 0o755)?.write_file(name, file.contents.as_bytes(), 0o644, None)
 }
 
 /// Generate a random secret once; afterwards only fix its mode and owner.
-fn ensure_secret(path: &Path, owner: Option<&RunAs>) -> std::io::Result<()> {
-    if path.exists() {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
-        if let Some(u) = owner {
-            chown(path, u)?;
-        }
-        return Ok(());
+fn ensure_secret(path: &Path, owner: Option<&RunAs>) -> io::Result<()> {
+    let owner = owner.map(RunAs::owner);
+    match fsafe::fix_file(path, 0o600, owner) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        done => return done,
     }
     let mut bytes = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     tracing::info!(path = %path.display(), "generated a secret");
-    write_atomic(path, format!("{text}\n").as_bytes(), 0o600, owner)
+    fsafe::write_atomic(path, format!("{text}\n").as_bytes(), 0o600, owner)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn secrets_are_generated_once_with_mode_0600() {
@@ -254,20 +316,6 @@ mod tests {
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600,
             "mode repaired"
-        );
-    }
-
-    #[test]
-    fn atomic_write_replaces_whole_file_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        write_atomic(&path, b"one", 0o640, None).unwrap();
-        write_atomic(&path, b"two", 0o640, None).unwrap();
-        assert_eq!(fs::read(&path).unwrap(), b"two");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o640
         );
     }
 }

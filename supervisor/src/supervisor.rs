@@ -485,8 +485,9 @@ impl Supervisor {
             Err(_) => None,
         };
         let rt = &mut self.services[i];
+        state::service_dirs(&rt.spec, rt.run_as.as_ref()).map_err(|e| e.to_string())?;
         for f in &rt.spec.files {
-            state::write_atomic(&f.path, f.contents.as_bytes(), 0o644, None)
+            state::write_generated(f)
                 .map_err(|e| format!("cannot write {}: {e}", f.path.display()))?;
         }
         let mut cmd = process::command(&rt.spec.command, &rt.spec, rt.run_as.as_ref(), cgroup_fd)
@@ -1038,6 +1039,10 @@ impl Supervisor {
         }
         let certificate = |c: &Config| std::fs::read(&c.tls.cert).ok();
         let certificate_before = certificate(&self.config);
+        let unreachable = state::unreachable(&new);
+        if !unreachable.is_empty() {
+            return Err(unreachable.join("\n"));
+        }
         let prepared = state::prepare(&new).map_err(|e| format!("{e:#}"))?;
         let new_certificate = certificate(&new) != certificate_before;
         let mut notes = Vec::new();
@@ -1068,7 +1073,7 @@ impl Supervisor {
                         && rt.running()
                     {
                         for f in &spec.files {
-                            state::write_atomic(&f.path, f.contents.as_bytes(), 0o644, None)
+                            state::write_generated(f)
                                 .map_err(|e| format!("cannot write {}: {e}", f.path.display()))?;
                         }
                         let sig = rt.spec.reload_signal.expect("checked");

@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 
 use crate::config::TlsSettings;
+use crate::fsafe;
 use crate::process::RunAs;
-use crate::state::write_atomic;
 
 /// Regenerate when less than this is left.
 pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -15,13 +15,14 @@ const VALIDITY_DAYS: i64 = 397;
 
 pub fn ensure_self_signed(tls: &TlsSettings, key_owner: Option<&RunAs>) -> anyhow::Result<()> {
     if let Some(dir) = tls.cert.parent() {
-        crate::state::ensure_dir(dir, 0o755, None)?;
+        fsafe::ensure_private_dir(dir, 0o755)?;
     }
-    if tls.key.exists() && !expires_within(&tls.cert, RENEW_BEFORE) {
-        if let Some(u) = key_owner {
-            std::os::unix::fs::chown(&tls.key, Some(u.uid), Some(u.gid))?;
+    let key_owner = key_owner.map(RunAs::owner);
+    if !expires_within(&tls.cert, RENEW_BEFORE) {
+        match fsafe::fix_file(&tls.key, 0o600, key_owner) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            done => return done.with_context(|| format!("TLS key {}", tls.key.display())),
         }
-        return Ok(());
     }
     let mut names = vec![
         "localhost".to_string(),
@@ -45,8 +46,10 @@ pub fn ensure_self_signed(tls: &TlsSettings, key_owner: Option<&RunAs>) -> anyho
     params.not_after = now + time::Duration::days(VALIDITY_DAYS);
     let key = rcgen::KeyPair::generate().context("key generation")?;
     let cert = params.self_signed(&key).context("self-signing")?;
-    write_atomic(&tls.key, key.serialize_pem().as_bytes(), 0o600, key_owner)?;
-    write_atomic(&tls.cert, cert.pem().as_bytes(), 0o644, None)?;
+    fsafe::write_atomic(&tls.key, key.serialize_pem().as_bytes(), 0o600, key_owner)
+        .with_context(|| format!("writing {}", tls.key.display()))?;
+    fsafe::write_atomic(&tls.cert, cert.pem().as_bytes(), 0o644, None)
+        .with_context(|| format!("writing {}", tls.cert.display()))?;
     tracing::info!(cert = %tls.cert.display(), "generated a self-signed TLS certificate");
     Ok(())
 }

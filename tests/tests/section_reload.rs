@@ -109,7 +109,7 @@ fn changed_generated_file_sends_the_reload_signal_instead_of_restarting() {
     s.start();
     s.wait_state("prometheus", "ready", Duration::from_secs(10));
     let pid = s.pid_of("prometheus");
-    let yml = s.path("state/prometheus/prometheus.yml");
+    let yml = s.path("state/generated/prometheus/prometheus.yml");
     assert!(
         std::fs::read_to_string(&yml)
             .unwrap()

@@ -79,6 +79,11 @@ pub fn expand(
 ) -> Result<Expanded, ConfigError> {
     let state = &sup.state_dir;
     let secrets_dir = state.join("secrets");
+    // Generated files live where the supervisor alone writes: a service
+    // user owns its own directories and could swap a file there between
+    // the write and its use.
+    let generated_file =
+        |service: &str, file: &str| state.join("generated").join(service).join(file);
     let mut services = Vec::new();
     let mut secrets = Vec::new();
     let supervisor_exe = path_str(&opts.exe_dir.join("phoenix-supervisor"));
@@ -333,7 +338,7 @@ pub fn expand(
                 path: api_password.clone(),
                 owner: api_user.clone(),
             });
-            let script = state.join("postgres/setup.sql");
+            let script = generated_file("postgres-setup", "setup.sql");
             let mut setup = ServiceSpec::new(
                 "postgres-setup",
                 vec![
@@ -399,7 +404,7 @@ pub fn expand(
     if prom_enabled {
         let p = &raw.prometheus;
         let dir = state.join("prometheus");
-        let config_file = dir.join("prometheus.yml");
+        let config_file = generated_file("prometheus", "prometheus.yml");
         let scrape = p.scrape_interval.map_or(Duration::from_secs(15), |d| d.0);
         let health_listen = raw
             .health
