@@ -3,8 +3,7 @@
 
 use std::net::IpAddr;
 
-use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgExecutor, Row};
 use utoipa::{IntoParams, ToSchema};
@@ -12,6 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::AppState;
 use crate::auth::{Caller, Role};
 use crate::error::ApiResult;
+use crate::input::{Json, Query, page_limit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -114,6 +114,7 @@ pub struct AuditQuery {
     /// Entries with an id below this (for paging back); see `next_before_id`.
     pub before_id: Option<i64>,
     /// At most this many entries, newest first (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -146,7 +147,7 @@ pub async fn list(
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
     caller.require(Role::Admin, "audit.read", &state).await?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = page_limit(q.limit, 100, 1000)?;
     let rows = sqlx::query(
         "SELECT id, at, actor, action, target, host(source_ip) AS ip, outcome, details FROM audit_log \
          WHERE ($1::text IS NULL OR actor = $1) \

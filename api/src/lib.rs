@@ -10,6 +10,9 @@
 //! - [`audit`]: the append-only audit log: writing entries (in the same
 //!   transaction as the change they record) and reading it.
 //! - [`error`]: [`error::ApiError`], each variant one status and a stable code.
+//! - [`input`]: the `Json`, `Query` and `Path` extractors every handler
+//!   takes, which refuse U+0000 in any string (400 `invalid_text`) before
+//!   it can reach PostgreSQL; paging limits refused outside their range.
 //! - [`health`], [`metrics`]: `GET /health` and `GET /metrics`; the metrics
 //!   middleware times every request under its matched route.
 //! - [`problem`]: RFC 9457 problem details, the one shape of every error
@@ -47,6 +50,7 @@ pub mod experiment_driver;
 pub mod experiment_state;
 pub mod experiments;
 pub mod health;
+pub mod input;
 pub mod kpi;
 pub mod metrics;
 pub mod pipeline_spec;

@@ -22,8 +22,7 @@ pub mod wake;
 
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -37,6 +36,7 @@ use crate::agents::credential::AgentCaller;
 use crate::audit::Event;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ApiResult};
+use crate::input::{Json, Path, Query, page_limit};
 
 /// Lease of a claimed task unless the poll asks for another.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
@@ -280,6 +280,7 @@ pub struct TaskQuery {
     /// `created_at` of the last task of the previous page).
     pub before: Option<DateTime<Utc>>,
     /// At most this many, newest first (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -291,6 +292,7 @@ pub async fn list(
     _caller: Caller,
     Query(q): Query<TaskQuery>,
 ) -> ApiResult<Json<Vec<Task>>> {
+    let limit = page_limit(q.limit, 100, 1000)?;
     let rows = sqlx::query(&format!(
         "SELECT {TASK_COLUMNS} FROM tasks \
          WHERE ($1::uuid IS NULL OR agent_id = $1) AND ($2::text IS NULL OR state = $2) \
@@ -301,7 +303,7 @@ pub async fn list(
     .bind(q.state.map(TaskState::as_str))
     .bind(q.experiment)
     .bind(q.before)
-    .bind(q.limit.unwrap_or(100).clamp(1, 1000))
+    .bind(limit)
     .fetch_all(&state.pool)
     .await?;
     Ok(Json(rows.iter().map(task_from).collect::<ApiResult<_>>()?))
