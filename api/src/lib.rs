@@ -8,7 +8,9 @@
 //! - [`auth`]: users, roles, passwords, tokens and sessions; the [`auth::Caller`]
 //!   extractor that authenticates every protected request against the database.
 //! - [`audit`]: the append-only audit log: writing entries (in the same
-//!   transaction as the change they record) and reading it.
+//!   transaction as the change they record, texts bounded), summing
+//!   repeated refusals ([`audit::refusals`]), monthly partitions dropped
+//!   past the retention ([`audit::retention`]), and reading it.
 //! - [`error`]: [`error::ApiError`], each variant one status and a stable code.
 //! - [`input`]: the `Json`, `Query` and `Path` extractors every handler
 //!   takes, which refuse U+0000 in any string (400 `invalid_text`) before
@@ -91,6 +93,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub auth: Arc<AuthState>,
     pub settings: Arc<Settings>,
+    pub audit: Arc<audit::AuditState>,
 }
 
 /// Keys and limits of authentication.
@@ -168,6 +171,7 @@ fn user_api() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::users::list, auth::users::create))
         .routes(routes!(auth::users::update, auth::users::delete))
         .routes(routes!(audit::list))
+        .routes(routes!(audit::retention::show, audit::retention::update))
         .routes(routes!(pipelines::list_templates))
         .routes(routes!(pipelines::list, pipelines::create))
         .routes(routes!(
@@ -330,6 +334,7 @@ mod tests {
                 prometheus_url: None,
                 price_per_series_month: 0.05,
             }),
+            audit: Arc::default(),
         }
     }
 
