@@ -12,9 +12,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State as AxumState};
+use axum::extract::State as AxumState;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, Row};
@@ -27,9 +25,10 @@ use crate::audit::{Event, Outcome};
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::experiment_state::{Action, State, allowed_actions, transition};
+use crate::input::{Json, Path, Query, Rejection, json_body, page_limit};
 use crate::kpi::{Kpis, Variant};
 use crate::pipeline_spec::{PipelineSpec, task};
-use crate::pipelines::{json_body, validate_name};
+use crate::pipelines::validate_name;
 use crate::tasks::{self, NewTask};
 
 /// Default success criterion: at least this many percent fewer series.
@@ -165,6 +164,7 @@ pub struct ExperimentQuery {
     /// Only experiments in this state.
     pub state: Option<State>,
     /// At most this many, newest first (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -297,7 +297,7 @@ fn list_ids(ids: &[Uuid]) -> String {
 pub async fn create(
     AxumState(state): AxumState<AppState>,
     caller: Caller,
-    body: Result<Json<NewExperiment>, JsonRejection>,
+    body: Result<Json<NewExperiment>, Rejection>,
 ) -> ApiResult<(StatusCode, Json<ExperimentDetail>)> {
     caller
         .require(Role::Operator, "experiments.create", &state)
@@ -386,7 +386,7 @@ pub async fn list(
     _caller: Caller,
     Query(q): Query<ExperimentQuery>,
 ) -> ApiResult<Json<Vec<Experiment>>> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = page_limit(q.limit, 100, 1000)?;
     let rows = sqlx::query(&format!(
         "SELECT {COLUMNS} FROM experiments WHERE ($1::text IS NULL OR state = $1) \
          ORDER BY created_at DESC, id LIMIT $2"

@@ -8,8 +8,13 @@
 //! - [`auth`]: users, roles, passwords, tokens and sessions; the [`auth::Caller`]
 //!   extractor that authenticates every protected request against the database.
 //! - [`audit`]: the append-only audit log: writing entries (in the same
-//!   transaction as the change they record) and reading it.
+//!   transaction as the change they record, texts bounded), summing
+//!   repeated refusals ([`audit::refusals`]), monthly partitions dropped
+//!   past the retention ([`audit::retention`]), and reading it.
 //! - [`error`]: [`error::ApiError`], each variant one status and a stable code.
+//! - [`input`]: the `Json`, `Query` and `Path` extractors every handler
+//!   takes, which refuse U+0000 in any string (400 `invalid_text`) before
+//!   it can reach PostgreSQL; paging limits refused outside their range.
 //! - [`health`], [`metrics`]: `GET /health` and `GET /metrics`; the metrics
 //!   middleware times every request under its matched route.
 //! - [`problem`]: RFC 9457 problem details, the one shape of every error
@@ -47,6 +52,7 @@ pub mod experiment_driver;
 pub mod experiment_state;
 pub mod experiments;
 pub mod health;
+pub mod input;
 pub mod kpi;
 pub mod metrics;
 pub mod pipeline_spec;
@@ -87,6 +93,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub auth: Arc<AuthState>,
     pub settings: Arc<Settings>,
+    pub audit: Arc<audit::AuditState>,
 }
 
 /// Keys and limits of authentication.
@@ -164,6 +171,7 @@ fn user_api() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::users::list, auth::users::create))
         .routes(routes!(auth::users::update, auth::users::delete))
         .routes(routes!(audit::list))
+        .routes(routes!(audit::retention::show, audit::retention::update))
         .routes(routes!(pipelines::list_templates))
         .routes(routes!(pipelines::list, pipelines::create))
         .routes(routes!(
@@ -326,6 +334,7 @@ mod tests {
                 prometheus_url: None,
                 price_per_series_month: 0.05,
             }),
+            audit: Arc::default(),
         }
     }
 

@@ -3,9 +3,7 @@
 //! (viewer and up) reads; operators change, and every change is audited in
 //! the same transaction.
 
-use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -15,19 +13,13 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ApiResult};
+use crate::input::{Json, Path, Rejection, json_body};
 use crate::pipeline_spec::{PipelineSpec, SpecError, Template, templates};
 
 /// Longest pipeline or experiment name, in characters.
 pub const MAX_NAME_CHARS: usize = 100;
 /// Longest description, in characters.
 const MAX_DESCRIPTION_CHARS: usize = 2000;
-
-/// A request body that is not the JSON the endpoint expects is a 400 with
-/// code `invalid_body`, like every other input error.
-pub fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
-    body.map(|Json(value)| value)
-        .map_err(|rejection| ApiError::bad_request("invalid_body", rejection.body_text()))
-}
 
 impl From<SpecError> for ApiError {
     fn from(e: SpecError) -> Self {
@@ -159,7 +151,7 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
-    body: Result<Json<PipelineInput>, JsonRejection>,
+    body: Result<Json<PipelineInput>, Rejection>,
 ) -> ApiResult<(StatusCode, Json<Pipeline>)> {
     caller
         .require(Role::Operator, "pipelines.create", &state)
@@ -213,7 +205,7 @@ pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<Uuid>,
-    body: Result<Json<PipelineInput>, JsonRejection>,
+    body: Result<Json<PipelineInput>, Rejection>,
 ) -> ApiResult<Json<Pipeline>> {
     caller
         .require(Role::Operator, "pipelines.update", &state)

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
 
 use crate::{
-    AppState, AuthState, agent_router,
+    AppState, AuthState, agent_router, audit,
     auth::{limiter::LoginLimiter, tokens::JwtKeys, users::ensure_initial_admin},
     config::{Config, TlsFiles},
     db, experiment_driver,
@@ -87,6 +87,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let pool = db::connect(&config.database).await?;
         db::migrate(&pool).await?;
         ensure_initial_admin(&pool, config.initial_admin_password_file.as_deref()).await?;
+        // Before serving: after a long stop, this month may have no partition yet.
+        audit::retention::housekeep_logged(&pool).await;
         anyhow::Ok(pool)
     };
     let pool = tokio::select! {
@@ -134,6 +136,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             limiter: LoginLimiter::new(config.login_rate_per_ip, config.login_rate_per_user),
         }),
         settings: Arc::new(config.settings.clone()),
+        audit: Arc::default(),
     };
     let app =
         router(state.clone(), config.http).into_make_service_with_connect_info::<SocketAddr>();
@@ -190,6 +193,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     crate::agents::spawn_background(&state, &shutdown);
+    audit::spawn_background(&state, &shutdown);
     tokio::spawn({
         let auth = state.auth.clone();
         async move {
@@ -211,6 +215,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Err(error) = driver.await {
         warn!(%error, "the experiment driver ended abnormally");
     }
+    // No request is left that could add a refusal.
+    audit::flush_refusals(&state).await;
 
     pool.close().await;
     info!("stopped");

@@ -618,3 +618,134 @@ async fn a_password_in_the_database_url_is_refused_at_once() {
     assert!(stderr.contains("--database-password-file"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+/// Migration 0006 makes the audit log monthly partitions: entries written
+/// before it move over with their ids, every partition refuses UPDATE,
+/// DELETE and TRUNCATE like the log itself, and the housekeeping creates
+/// months ahead and drops only whole months past the retention, auditing
+/// each drop, one replica at a time.
+#[tokio::test]
+async fn audit_log_partitions_keep_old_entries_refuse_changes_and_expire_by_retention() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    postgres.create_phoenix_database();
+    let url = format!(
+        "postgres://phoenix:{DB_PASSWORD}@127.0.0.1:{}/phoenix",
+        postgres.port
+    );
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+
+    // The schema before partitioning, with an entry from long ago and one from now.
+    let mut before = sqlx::migrate!("./migrations");
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 6)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    before.run(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, target, outcome) VALUES \
+         ('2020-01-15T12:00:00Z', 'user:admin', 'users.create', 'user:old', 'success'), \
+         (now(), 'user:admin', 'users.create', 'user:new', 'success')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    phoenix_api::db::migrate(&pool).await.unwrap();
+
+    let moved: Vec<(i64, String, String, i64)> = sqlx::query_as(
+        "SELECT id, target, tableoid::regclass::text, count FROM audit_log ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(moved.len(), 2, "{moved:?}");
+    assert_eq!(
+        (
+            moved[0].0,
+            moved[0].1.as_str(),
+            moved[0].2.as_str(),
+            moved[0].3
+        ),
+        (1, "user:old", "audit_log_p202001", 1)
+    );
+    assert_eq!((moved[1].0, moved[1].1.as_str()), (2, "user:new"));
+    let next: i64 = sqlx::query_scalar(
+        "INSERT INTO audit_log (actor, action, target, outcome) \
+         VALUES ('system', 'test', '-', 'success') RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(next, 3, "the ids carry on");
+
+    for statement in [
+        "UPDATE audit_log SET outcome = 'failure'",
+        "DELETE FROM audit_log WHERE false",
+        "TRUNCATE audit_log",
+        "UPDATE audit_log_p202001 SET outcome = 'failure'",
+        "DELETE FROM audit_log_p202001",
+        "TRUNCATE audit_log_p202001",
+    ] {
+        let error = sqlx::query(statement).execute(&pool).await.unwrap_err();
+        assert!(
+            error.to_string().contains("audit_log is append-only"),
+            "{statement}: {error}"
+        );
+    }
+
+    // Another replica housekeeping: this one leaves it alone.
+    let mut other = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('phoenix.audit.housekeeping'))")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let skipped = phoenix_api::audit::retention::housekeeping(&pool)
+        .await
+        .unwrap();
+    assert!(skipped.is_none(), "{skipped:?}");
+    other.rollback().await.unwrap();
+
+    // The default 13 months: 2020-01 goes, the month of the newer entry stays.
+    let done = phoenix_api::audit::retention::housekeeping(&pool)
+        .await
+        .unwrap()
+        .expect("the lock is free");
+    assert_eq!(done.dropped, ["audit_log_p202001"]);
+    let (left, months_ahead): (Vec<String>, i64) = (
+        sqlx::query_scalar("SELECT target FROM audit_log WHERE action = 'users.create'")
+            .fetch_all(&pool)
+            .await
+            .unwrap(),
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'audit_log'::regclass \
+             AND inhrelid::regclass::text > 'audit_log_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMM')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap(),
+    );
+    assert_eq!(left, ["user:new"]);
+    assert_eq!(months_ahead, 3, "three months are made ahead");
+    let drop: (String, String, Value) = sqlx::query_as(
+        "SELECT actor, target, details FROM audit_log WHERE action = 'audit.partition.drop'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(drop.0, "system:housekeeping");
+    assert_eq!(drop.1, "audit_log_p202001");
+    assert_eq!(drop.2["rows"], 1);
+    assert_eq!(drop.2["month"], "2020-01");
+    assert_eq!(drop.2["retention_months"], 13);
+    // Nothing more to drop the second time.
+    let again = phoenix_api::audit::retention::housekeeping(&pool)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(again.dropped.is_empty(), "{again:?}");
+    pool.close().await;
+}

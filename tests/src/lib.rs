@@ -691,4 +691,24 @@ impl Stack {
         assert_eq!(r.status, 200, "{r:?}");
         r.body["entries"].as_array().cloned().unwrap_or_default()
     }
+
+    /// Runs `sql` with `psql` as the API's own database role (`phoenix`,
+    /// with its generated password): the rows as `psql -At` prints them, or
+    /// PostgreSQL's error.
+    pub fn sql(&self, sql: &str) -> Result<String, String> {
+        let password = std::fs::read_to_string(self.sup.path("state/secrets/api-db-password"))
+            .expect("the API's database password");
+        let out = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &self.ports.pg.to_string()])
+            .args(["-U", "phoenix", "-d", "phoenix", "-At", "--no-psqlrc"])
+            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGPASSWORD", password.trim())
+            .output()
+            .expect("run psql");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
 }

@@ -262,12 +262,13 @@ fn pipelines_are_validated_saved_and_guarded_by_role() {
         &json!({ "name": "top 10 cpu", "spec": {} }),
     );
     assert_eq!((again.status, code(&again)), (409, "pipeline_exists"));
-    // PostgreSQL cannot store NUL: refused as input, on create and on update.
+    // PostgreSQL cannot store NUL: refused as input, on create and on update,
+    // with the code of every NUL refusal.
     let nul = json!({ "name": "nul", "description": "a\u{0}b", "spec": {} });
     let r = s.post(Some(&operator), "/api/v1/pipelines", &nul);
-    assert_eq!((r.status, code(&r)), (400, "invalid_description"), "{r:?}");
+    assert_eq!((r.status, code(&r)), (400, "invalid_text"), "{r:?}");
     let r = s.put(Some(&operator), &format!("/api/v1/pipelines/{id}"), &nul);
-    assert_eq!((r.status, code(&r)), (400, "invalid_description"), "{r:?}");
+    assert_eq!((r.status, code(&r)), (400, "invalid_text"), "{r:?}");
     let lines = json!({ "name": "lines", "description": "one\ntwo\tthree", "spec": {} });
     let r = s.post(Some(&operator), "/api/v1/pipelines", &lines);
     assert_eq!(r.status, 201, "line breaks and tabs are fine: {r:?}");

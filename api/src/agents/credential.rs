@@ -51,7 +51,7 @@ impl AgentCaller {
 
     /// An audit event by this agent.
     pub fn event(&self, action: &str, target: impl Into<String>) -> Event {
-        Event::new(self.actor(), action, target, self.ip)
+        Event::new(self.actor(), action, target, self.ip).authenticated()
     }
 }
 

@@ -6,8 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -22,6 +21,7 @@ use crate::audit::{Event, Outcome};
 use crate::auth::caller::ClientIp;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ApiResult};
+use crate::input::{Json, Path};
 
 const DEFAULT_TTL_SECS: i64 = 24 * 3600;
 const MAX_TTL_SECS: i64 = 30 * 24 * 3600;

@@ -14,9 +14,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::Json;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
@@ -30,6 +29,7 @@ use super::exposition::{self, Invalid};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::experiment_state::State as ExperimentState;
+use crate::input::{Json, Query};
 use crate::problem::Problem;
 
 /// Largest push body. Larger than the JSON limit of the other routes: a

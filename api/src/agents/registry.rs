@@ -3,8 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -17,6 +16,7 @@ use super::{HEARTBEAT_INTERVAL, ONLINE_WINDOW, check_text, push};
 use crate::AppState;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ApiResult};
+use crate::input::{Json, Path, Query, page_limit};
 use crate::tasks::wake;
 
 /// Largest `status` object a heartbeat may carry, serialized.
@@ -95,6 +95,7 @@ pub struct AgentQuery {
     /// The page after this agent (the previous page's `next_after`).
     pub after: Option<Uuid>,
     /// At most this many agents (default 500, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -121,7 +122,7 @@ pub async fn list(
         AgentStatus::Offline => "offline",
         AgentStatus::Revoked => "revoked",
     });
-    let limit = q.limit.unwrap_or(500).clamp(1, 1000);
+    let limit = page_limit(q.limit, 500, 1000)?;
     if let Some(after) = q.after {
         let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agents WHERE id = $1)")
             .bind(after)

@@ -32,7 +32,7 @@ impl Caller {
 
     /// An audit event by this caller.
     pub fn event(&self, action: &str, target: impl Into<String>) -> Event {
-        Event::new(self.actor(), action, target, self.ip)
+        Event::new(self.actor(), action, target, self.ip).authenticated()
     }
 
     /// Refuse (403, audited) unless the caller has at least `role`.

@@ -1,6 +1,5 @@
 //! Login, refresh, logout and "who am I".
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -14,6 +13,7 @@ use super::{Caller, Role, password};
 use crate::AppState;
 use crate::audit::{Event, Outcome};
 use crate::error::{ApiError, ApiResult};
+use crate::input::Json;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginRequest {

@@ -2,8 +2,7 @@
 
 use std::path::Path;
 
-use axum::Json;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -14,6 +13,7 @@ use super::{Caller, Role, password};
 use crate::AppState;
 use crate::audit::Event;
 use crate::error::{ApiError, ApiResult};
+use crate::input::{Json, Path as UrlPath};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct User {
