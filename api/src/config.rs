@@ -155,22 +155,25 @@ impl TryFrom<Args> for Config {
     fn try_from(args: Args) -> anyhow::Result<Self> {
         let connect_options =
             database_connect_options(&args.database_url, args.database_password_file.as_ref())?;
-        ensure!(
-            !args.database_connect_timeout.is_zero(),
-            "--database-connect-timeout must be greater than zero"
-        );
-        ensure!(
-            args.database_max_connections > 0,
-            "--database-max-connections must be at least 1"
-        );
-        ensure!(
-            !args.request_timeout.is_zero(),
-            "--request-timeout must be greater than zero"
-        );
-        ensure!(
-            args.max_body_bytes > 0,
-            "--max-body-bytes must be at least 1"
-        );
+        duration_within(
+            "--database-connect-timeout",
+            args.database_connect_timeout,
+            SECOND,
+            HOUR,
+        )?;
+        count_within(
+            "--database-max-connections",
+            args.database_max_connections.into(),
+            1,
+            1000,
+        )?;
+        duration_within("--request-timeout", args.request_timeout, SECOND, HOUR)?;
+        count_within(
+            "--max-body-bytes",
+            args.max_body_bytes as u64,
+            1024,
+            1 << 30,
+        )?;
         let tls = match (args.tls_cert, args.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
@@ -187,10 +190,18 @@ impl TryFrom<Args> for Config {
             args.price_per_series_month.is_finite() && args.price_per_series_month >= 0.0,
             "--price-per-series-month must be a non-negative number of dollars"
         );
-        ensure!(
-            args.login_rate_per_ip > 0 && args.login_rate_per_user > 0,
-            "--login-rate-per-ip and --login-rate-per-user must be at least 1"
-        );
+        count_within(
+            "--login-rate-per-ip",
+            args.login_rate_per_ip.into(),
+            1,
+            10_000,
+        )?;
+        count_within(
+            "--login-rate-per-user",
+            args.login_rate_per_user.into(),
+            1,
+            10_000,
+        )?;
         ensure!(
             args.agent_listen != Some(args.listen),
             "--agent-listen must differ from --listen: agents and people use separate listeners"
@@ -238,6 +249,36 @@ impl TryFrom<Args> for Config {
             },
         })
     }
+}
+
+pub(crate) const SECOND: Duration = Duration::from_secs(1);
+pub(crate) const HOUR: Duration = Duration::from_secs(3600);
+pub(crate) const DAY: Duration = Duration::from_secs(86_400);
+
+/// Refuses a duration outside `min..=max`, naming the flag or variable and
+/// the range: zero and `18446744073709551615s` parse, but neither makes sense.
+pub(crate) fn duration_within(
+    name: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> anyhow::Result<Duration> {
+    ensure!(
+        (min..=max).contains(&value),
+        "{name} is out of range: give a duration from {} to {}",
+        humantime::format_duration(min),
+        humantime::format_duration(max)
+    );
+    Ok(value)
+}
+
+/// Refuses a count outside `min..=max`, naming the flag and the range.
+fn count_within(name: &str, value: u64, min: u64, max: u64) -> anyhow::Result<u64> {
+    ensure!(
+        (min..=max).contains(&value),
+        "{name} = {value} is out of range: give a whole number from {min} to {max}"
+    );
+    Ok(value)
 }
 
 fn database_connect_options(
@@ -429,6 +470,40 @@ mod tests {
                 "could not read the database password file /nonexistent/phoenix-db-password"
             ),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn durations_and_counts_outside_their_range_are_refused_naming_it() {
+        assert_eq!(
+            error_of(&[
+                "--database-url",
+                URL,
+                "--request-timeout",
+                "18446744073709551615s"
+            ]),
+            "--request-timeout is out of range: give a duration from 1s to 1h"
+        );
+        assert_eq!(
+            error_of(&["--database-url", URL, "--database-connect-timeout", "2h"]),
+            "--database-connect-timeout is out of range: give a duration from 1s to 1h"
+        );
+        assert_eq!(
+            error_of(&[
+                "--database-url",
+                URL,
+                "--database-max-connections",
+                "100000"
+            ]),
+            "--database-max-connections = 100000 is out of range: give a whole number from 1 to 1000"
+        );
+        assert_eq!(
+            error_of(&["--database-url", URL, "--max-body-bytes", "10"]),
+            "--max-body-bytes = 10 is out of range: give a whole number from 1024 to 1073741824"
+        );
+        assert_eq!(
+            error_of(&["--database-url", URL, "--login-rate-per-user", "0"]),
+            "--login-rate-per-user = 0 is out of range: give a whole number from 1 to 10000"
         );
     }
 

@@ -67,24 +67,33 @@ impl DriverConfig {
 
     /// Reads the settings through `lookup`; a bad value names its variable.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        use crate::config::{DAY, HOUR, SECOND, duration_within};
         let mut config = DriverConfig::default();
-        for (key, field) in [
-            ("PHOENIX_EXPERIMENT_TICK", &mut config.tick),
+        for (key, field, min, max) in [
+            (
+                "PHOENIX_EXPERIMENT_TICK",
+                &mut config.tick,
+                Duration::from_millis(100),
+                HOUR,
+            ),
             (
                 "PHOENIX_EXPERIMENT_DEPLOY_TIMEOUT",
                 &mut config.deploy_timeout,
+                SECOND,
+                DAY,
             ),
             (
                 "PHOENIX_EXPERIMENT_ANALYSIS_GRACE",
                 &mut config.analysis_grace,
+                SECOND,
+                DAY,
             ),
         ] {
             if let Some(text) = lookup(key) {
                 let value = humantime::parse_duration(&text).with_context(|| {
                     format!("{key}={text:?} is not a duration; write e.g. 2s or 500ms")
                 })?;
-                anyhow::ensure!(!value.is_zero(), "{key} must be greater than zero");
-                *field = value;
+                *field = duration_within(key, value, min, max)?;
             }
         }
         Ok(config)
@@ -384,6 +393,16 @@ mod tests {
         assert!(
             DriverConfig::from_lookup(|key| (key == "PHOENIX_EXPERIMENT_TICK").then(|| "0s".into()))
                 .is_err()
+        );
+        let error = DriverConfig::from_lookup(|key| {
+            (key == "PHOENIX_EXPERIMENT_DEPLOY_TIMEOUT").then(|| "18446744073709551615s".into())
+        })
+        .unwrap_err();
+        assert!(
+            format!("{error:#}").contains(
+                "PHOENIX_EXPERIMENT_DEPLOY_TIMEOUT is out of range: give a duration from 1s to 1day"
+            ),
+            "{error:#}"
         );
     }
 }

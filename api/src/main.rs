@@ -13,8 +13,12 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        // Colour only for a person at a terminal; the supervisor's log capture wants plain text.
-        .with_ansi(std::io::stderr().is_terminal())
+        // Colour only for a person at a terminal, and never with NO_COLOR
+        // (no-color.org); the supervisor's log capture wants plain text.
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_env_filter(
             EnvFilter::builder()
                 .with_default_directive(LevelFilter::INFO.into())

@@ -55,6 +55,20 @@ impl RunAs {
     }
 }
 
+/// Whether a supervisor with this effective uid can run a service as
+/// `name`: the user exists, and is its own unless it is root.
+pub fn can_run_as(name: &str) -> Result<(), String> {
+    let user = RunAs::lookup(name).map_err(|e| e.to_string())?;
+    let me = nix::unistd::geteuid();
+    if !me.is_root() && user.uid != me.as_raw() {
+        return Err(format!(
+            "runs as user `{name}`, but the supervisor is not root and cannot switch users; \
+             remove `user` or run as root"
+        ));
+    }
+    Ok(())
+}
+
 /// Environment every child starts from; the supervisor's own is not inherited.
 fn base_env(run_as: Option<&RunAs>) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();

@@ -36,7 +36,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     let mut signals = signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
         .context("cannot install signal handlers")?;
 
-    let load = LoadOptions::detect(opts.dev);
+    let load = LoadOptions::detect(opts.dev).checking_users(crate::process::can_run_as);
     let config = config::load(&opts.config, &load)?;
     state::preflight(&config)?;
     let prepared = state::prepare(&config)?;

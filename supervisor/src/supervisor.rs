@@ -1004,39 +1004,10 @@ impl Supervisor {
     }
 
     fn apply_reload(&mut self) -> Result<String, String> {
-        let mut new =
-            config::load(&self.config.source, &self.ctx.opts).map_err(|e| e.to_string())?;
-        let (old_sup, new_sup) = (&self.config.supervisor, &new.supervisor);
-        if (&old_sup.state_dir, &old_sup.run_dir, &old_sup.log_dir)
-            != (&new_sup.state_dir, &new_sup.run_dir, &new_sup.log_dir)
-            || new.health != self.config.health
-        {
-            return Err(
-                "state_dir, run_dir, log_dir and [health] listen cannot change while running: \
-                        restart phoenix-supervisor to apply them"
-                    .into(),
-            );
-        }
-        let (old_tls, new_tls) = (&self.config.tls, &new.tls);
-        // The certificate task and the plain-HTTP listener keep what they
-        // started with.
-        let started_with = |t: &crate::config::TlsSettings| {
-            (
-                t.acme.clone(),
-                t.http_listen,
-                t.self_signed,
-                t.acme
-                    .as_ref()
-                    .map(|_| (t.hostnames.clone(), t.key_owner.clone())),
-            )
-        };
-        if started_with(old_tls) != started_with(new_tls) {
-            return Err(
-                "[tls] mode, ACME settings and hostnames, http_listen, and with ACME the [api] \
-                 user, cannot change while running: restart phoenix-supervisor to apply them"
-                    .into(),
-            );
-        }
+        // Also refuses, at their keys, the directories, listeners and TLS
+        // settings that only a restart of the supervisor applies.
+        let mut new = config::reload(&self.config.source, &self.ctx.opts, &self.config)
+            .map_err(|e| e.to_string())?;
         let certificate = |c: &Config| std::fs::read(&c.tls.cert).ok();
         let certificate_before = certificate(&self.config);
         let unreachable = state::unreachable(&new);
@@ -1272,6 +1243,7 @@ mod tests {
             root: false,
             cwd: dir.path().into(),
             exe_dir: "/nonexistent".into(),
+            users: None,
         };
         let config = config::parse(&text, Path::new("test.toml"), &opts).unwrap();
         std::fs::create_dir_all(&config.supervisor.log_dir).unwrap();

@@ -418,6 +418,43 @@ pub fn process_alive(pid: i32) -> bool {
             .is_ok_and(|s| s.rsplit_once(") ").and_then(|(_, r)| r.chars().next()) != Some('Z'))
 }
 
+/// The addresses with a TCP socket listening on `port` in this network
+/// namespace, IPv4 and IPv6, as the kernel lists them in /proc/net.
+pub fn tcp_listeners(port: u16) -> Vec<std::net::IpAddr> {
+    const LISTEN: &str = "0A";
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else {
+                continue;
+            };
+            let Some((addr, p)) = local.split_once(':') else {
+                continue;
+            };
+            if *state != LISTEN || u16::from_str_radix(p, 16) != Ok(port) {
+                continue;
+            }
+            // The address is in 32-bit words of host (little-endian) order.
+            let bytes: Vec<u8> = (0..addr.len() / 8)
+                .flat_map(|w| {
+                    u32::from_str_radix(&addr[w * 8..w * 8 + 8], 16)
+                        .unwrap_or(0)
+                        .to_le_bytes()
+                })
+                .collect();
+            out.push(match <[u8; 4]>::try_from(bytes.as_slice()) {
+                Ok(v4) => v4.into(),
+                Err(_) => <[u8; 16]>::try_from(bytes.as_slice())
+                    .map_or(std::net::Ipv6Addr::UNSPECIFIED, Into::into)
+                    .into(),
+            });
+        }
+    }
+    out
+}
+
 /// Every live process whose command line mentions `needle`.
 pub fn processes_matching(needle: &str) -> Vec<i32> {
     let mut out = Vec::new();

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use phoenix_tests::{NO_BUILTINS, Supervisor, testprog};
+use phoenix_tests::{NO_BUILTINS, Supervisor, free_port, tcp_listeners, testprog};
 
 fn two_services(greeting: &str, extra: &str) -> String {
     let p = testprog();
@@ -144,8 +144,11 @@ fn moving_state_dirs_needs_a_restart_and_is_refused_by_reload() {
     std::fs::write(&s.config, text).unwrap();
     let out = s.ctl(&["reload"]);
     assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("restart phoenix-supervisor to apply them")
+        err.contains("phoenix.toml:4:1: supervisor.log_dir: cannot change while running")
+            && err.contains("restart phoenix-supervisor to apply it"),
+        "{err}"
     );
     assert_eq!(s.pid_of("keep"), keep);
     assert!(!s.path("elsewhere").exists());
@@ -171,4 +174,75 @@ fn reload_keeps_an_operator_stop_and_start_runs_the_new_spec() {
     s.wait_state("change", "ready", Duration::from_secs(10));
     let environ = std::fs::read(format!("/proc/{}/environ", s.pid_of("change"))).unwrap();
     assert!(String::from_utf8_lossy(&environ).contains("GREETING=salut"));
+}
+
+/// PostgreSQL compares setting names without case, so the guard must too:
+/// `LISTEN_ADDRESSES` used to pass it, and a reload put PostgreSQL on every
+/// address.
+#[test]
+fn reload_refuses_listen_addresses_in_any_spelling_and_postgres_stays_on_loopback() {
+    let port = free_port();
+    let config = |settings: &str| {
+        format!(
+            "[postgres]\nport = {port}\n{settings}\n[prometheus]\nenable = false\n\
+             [pushgateway]\nenable = false\n[api]\nenable = false\n"
+        )
+    };
+    let mut s = Supervisor::config(&config(""));
+    s.start();
+    s.wait_all_ready(Duration::from_secs(180));
+    let pid = s.pid_of("postgres");
+    let loopback = vec![std::net::IpAddr::from([127, 0, 0, 1])];
+    assert_eq!(tcp_listeners(port), loopback);
+
+    s.write_config(&config("settings = { LISTEN_ADDRESSES = \"0.0.0.0\" }"));
+    let out = s.ctl(&["reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The supervisor's own two sections come first (lines 1 to 7).
+    assert!(
+        err.contains(
+            "phoenix.toml:10:14: postgres.settings.LISTEN_ADDRESSES: `LISTEN_ADDRESSES` is \
+             PostgreSQL's `listen_addresses`, which the supervisor sets"
+        ),
+        "{err}"
+    );
+    for spelling in [
+        "listen-addresses",
+        "Listen_Addresses",
+        "PORT",
+        "unix-socket-directories",
+    ] {
+        s.write_config(&config(&format!(
+            "settings = {{ {spelling} = \"0.0.0.0\" }}"
+        )));
+        let out = s.ctl(&["reload"]);
+        assert_eq!(out.status.code(), Some(1), "{spelling}");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(s.pid_of("postgres"), pid, "not restarted");
+    assert_eq!(tcp_listeners(port), loopback);
+    let password =
+        std::fs::read_to_string(s.path("state/secrets/postgres-superuser-password")).unwrap();
+    let show = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-tA",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .args(["-p", &port.to_string(), "-c", "SHOW listen_addresses"])
+        .env("PGPASSWORD", password.trim())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&show.stdout).trim(),
+        "127.0.0.1",
+        "{}",
+        String::from_utf8_lossy(&show.stderr)
+    );
 }

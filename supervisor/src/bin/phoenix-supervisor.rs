@@ -1,6 +1,7 @@
 //! Exit codes: 0 stopped cleanly (or config valid); 1 bad config or start-up
 //! failure; 2 the shutdown timeout ran out and remaining processes were killed.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -76,6 +77,12 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, and never with NO_COLOR
+        // (no-color.org): the journal and log files keep plain text.
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     let pid1 = pid1::is_pid1();
     // As PID 1 the kernel passes unknown boot parameters as arguments: run anyway.

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 
 use super::file::{FileConfig, LimitsTable, TlsMode};
 use super::spec::*;
-use super::{LoadOptions, Located, limits};
+use super::{LoadOptions, Located, check_user, limits};
 use crate::config::ConfigError;
 
 pub struct Expanded {
@@ -42,13 +42,22 @@ fn local(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-fn user_for(opts: &LoadOptions, configured: &Option<String>, root_default: &str) -> Option<String> {
-    match configured {
-        Some(u) if u.is_empty() => None,
-        Some(u) => Some(u.clone()),
-        None if opts.root => Some(root_default.to_string()),
-        None => None,
-    }
+/// The user of a built-in section's services, checked at `[section] user`.
+fn user_for(
+    opts: &LoadOptions,
+    configured: &Option<String>,
+    root_default: &str,
+    loc: &Located<'_>,
+    section: &str,
+) -> Result<Option<String>, ConfigError> {
+    let (user, defaulted) = match configured {
+        Some(u) if u.is_empty() => return Ok(None),
+        Some(u) => (u.as_str(), false),
+        None if opts.root => (root_default, true),
+        None => return Ok(None),
+    };
+    check_user(opts, user, defaulted, loc, &[section, "user"])?;
+    Ok(Some(user.to_string()))
 }
 
 fn with_limits(
@@ -58,7 +67,7 @@ fn with_limits(
     section: &str,
 ) -> Result<Limits, ConfigError> {
     match table {
-        Some(t) => limits(defaults, t).map_err(|m| loc.error(&[section, "limits"], m)),
+        Some(t) => limits(defaults, t).map_err(|(key, m)| loc.error(&[section, "limits", key], m)),
         None => Ok(defaults),
     }
 }
@@ -89,7 +98,11 @@ pub fn expand(
     let supervisor_exe = path_str(&opts.exe_dir.join("phoenix-supervisor"));
 
     let api_enabled = raw.api.enable.unwrap_or(true);
-    let api_user = user_for(opts, &raw.api.user, "phoenix");
+    let api_user = if api_enabled {
+        user_for(opts, &raw.api.user, "phoenix", loc, "api")?
+    } else {
+        None
+    };
     let api_listen = raw.api.listen.unwrap_or_else(|| {
         if opts.dev {
             "127.0.0.1:8443"
@@ -194,12 +207,17 @@ pub fn expand(
             ));
         }
         Some("off") => None,
-        Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
-            loc.error(
-                &["tls", "http_listen"],
-                format!("{text:?} is not an address like \"0.0.0.0:80\", nor \"off\""),
-            )
-        })?),
+        Some(text) => Some(
+            text.parse::<SocketAddr>()
+                .ok()
+                .filter(|a| a.port() != 0)
+                .ok_or_else(|| {
+                    loc.error(
+                        &["tls", "http_listen"],
+                        format!("{text:?} is not an address like \"0.0.0.0:80\" (port 0 cannot be found by the CA or redirected to), nor \"off\""),
+                    )
+                })?,
+        ),
         None => Some(
             if opts.dev {
                 "127.0.0.1:8080"
@@ -218,7 +236,10 @@ pub fn expand(
     // and database (postgres-setup).
     let pg = &raw.postgres;
     let pg_enabled = pg.enable.unwrap_or(true);
-    let pg_port = pg.port.unwrap_or(if opts.dev { 15432 } else { 5432 });
+    // At most 65535, by its type.
+    let pg_port = pg
+        .port
+        .map_or(if opts.dev { 15432 } else { 5432 }, |p| p.0 as u16);
     let mut database_url = None;
     let api_password = secrets_dir.join("api-db-password");
     if pg_enabled {
@@ -232,7 +253,7 @@ pub fn expand(
             .bin_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
-        let user = user_for(opts, &pg.user, "postgres");
+        let user = user_for(opts, &pg.user, "postgres", loc, "postgres")?;
         let data = state.join("postgres/data");
         let socket_dir = sup.run_dir.join("postgres");
         let superuser_password = secrets_dir.join("postgres-superuser-password");
@@ -273,12 +294,28 @@ pub fn expand(
             "-c".into(),
             format!("unix_socket_directories={}", socket_dir.display()),
         ];
+        let mut seen = BTreeMap::new();
         for (key, value) in &pg.settings {
-            if matches!(
-                key.as_str(),
-                "listen_addresses" | "port" | "unix_socket_directories"
-            ) {
-                return Err(loc.error(&["postgres", "settings", key], "set by the supervisor (use [postgres] port); PostgreSQL only listens on 127.0.0.1"));
+            let at = || ["postgres", "settings", key.as_str()];
+            let name = pg_setting_name(key).ok_or_else(|| {
+                loc.error(
+                    &at(),
+                    format!("`{key}` is not a PostgreSQL setting name (letters, digits, `_`, `.`)"),
+                )
+            })?;
+            if let Some(why) = supervisor_owned_setting(&name) {
+                return Err(loc.error(
+                    &at(),
+                    format!("`{key}` is PostgreSQL's `{name}`, which the supervisor sets: {why}"),
+                ));
+            }
+            if let Some(first) = seen.insert(name.clone(), key) {
+                return Err(loc.error(
+                    &at(),
+                    format!(
+                        "`{key}` and `{first}` are the same PostgreSQL setting, `{name}`: keep one"
+                    ),
+                ));
             }
             let value = match value {
                 toml::Value::String(s) => s.clone(),
@@ -293,7 +330,7 @@ pub fn expand(
                 }
             };
             command.push("-c".into());
-            command.push(format!("{key}={value}"));
+            command.push(format!("{name}={value}"));
         }
         let mut server = ServiceSpec::new("postgres", command);
         server.user = user.clone();
@@ -376,6 +413,7 @@ pub fn expand(
             ));
         }
     } else if let Some(url) = &pg.external_url {
+        check_database_url(url).map_err(|m| loc.error(&["postgres", "external_url"], m))?;
         database_url = Some(url.clone());
     } else if pg.external_password_file.is_some() {
         return Err(loc.error(
@@ -406,6 +444,13 @@ pub fn expand(
         let dir = state.join("prometheus");
         let config_file = generated_file("prometheus", "prometheus.yml");
         let scrape = p.scrape_interval.map_or(Duration::from_secs(15), |d| d.0);
+        let retention = p.retention.clone().unwrap_or_else(|| "15d".into());
+        if !is_prometheus_duration(&retention) {
+            return Err(loc.error(
+                &["prometheus", "retention"],
+                format!("{retention:?} is not a Prometheus duration: write e.g. \"15d\", \"12w\" or \"1y\""),
+            ));
+        }
         let health_listen = raw
             .health
             .listen
@@ -427,14 +472,11 @@ pub fn expand(
                 ),
                 arg("--config.file", config_file.display()),
                 arg("--storage.tsdb.path", dir.join("data").display()),
-                arg(
-                    "--storage.tsdb.retention.time",
-                    p.retention.clone().unwrap_or_else(|| "15d".into()),
-                ),
+                arg("--storage.tsdb.retention.time", retention),
                 arg("--web.listen-address", prom_listen),
             ],
         );
-        prom.user = user_for(opts, &p.user, "prometheus");
+        prom.user = user_for(opts, &p.user, "prometheus", loc, "prometheus")?;
         prom.dirs = vec![dir.clone(), dir.join("data")];
         prom.files = vec![GeneratedFile {
             path: config_file,
@@ -484,7 +526,7 @@ pub fn expand(
                 "--push.disable-consistency-check".into(),
             ],
         );
-        push.user = user_for(opts, &p.user, "prometheus");
+        push.user = user_for(opts, &p.user, "prometheus", loc, "pushgateway")?;
         push.dirs = vec![dir];
         push.readiness = Some(ServiceSpec::readiness(Probe::Http(format!(
             "http://{}/-/ready",
@@ -653,9 +695,6 @@ fn scaling(
         ));
     }
     let interval = raw.interval.map_or(Duration::from_secs(60), |d| d.0);
-    if interval < Duration::from_secs(1) {
-        return Err(loc.error(&["scaling", "interval"], "at least 1s"));
-    }
     let repeat = raw.repeat.map_or(Duration::from_secs(3600), |d| d.0);
     if let Some(url) = &raw.webhook
         && !(url.starts_with("https://") || url.starts_with("http://"))
@@ -736,8 +775,8 @@ fn prometheus_yml(
          scrape_configs:\n\
          \x20 - job_name: prometheus\n    static_configs:\n      - targets: ['{prometheus}']\n\
          \x20 - job_name: phoenix-supervisor\n    static_configs:\n      - targets: ['{supervisor}']\n",
-        scrape_interval.as_millis().max(1),
-        scrape_interval.as_millis().max(1),
+        scrape_interval.as_millis(),
+        scrape_interval.as_millis(),
     );
     if let Some(api) = api {
         // The API's certificate names the public host; over loopback only
@@ -765,4 +804,82 @@ fn is_dns_name(name: &str) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
+}
+
+/// The name PostgreSQL gives a setting passed as `-c name=value`: the
+/// postmaster turns `-` into `_` (ParseLongOption), and GUC names compare
+/// without regard to ASCII case (guc_name_compare). `None` for a key that
+/// is no setting name at all (it would also change where `=` splits).
+fn pg_setting_name(key: &str) -> Option<String> {
+    let name = key.replace('-', "_").to_ascii_lowercase();
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
+    (first_ok && rest_ok).then_some(name)
+}
+
+/// Why `[postgres] settings` may not set `name` (as [`pg_setting_name`]
+/// gives it), or `None` when it may.
+fn supervisor_owned_setting(name: &str) -> Option<&'static str> {
+    const BACKUPS: &str =
+        "WAL archiving and restores belong to the supervisor's backups (pgBackRest)";
+    Some(match name {
+        "listen_addresses" => "PostgreSQL only listens on 127.0.0.1",
+        "port" => "set the port with [postgres] port",
+        "unix_socket_directories" | "unix_socket_group" | "unix_socket_permissions" => {
+            "the supervisor keeps PostgreSQL's socket in <run_dir>/postgres, reachable by the postgres user only"
+        }
+        "data_directory" => {
+            "the data directory is <state_dir>/postgres/data, initialised and backed up by the supervisor"
+        }
+        "config_file" | "hba_file" | "ident_file" => {
+            "the files initdb wrote in the data directory decide who may connect (passwords, scram-sha-256)"
+        }
+        "archive_mode"
+        | "archive_command"
+        | "archive_library"
+        | "archive_cleanup_command"
+        | "restore_command"
+        | "recovery_end_command" => BACKUPS,
+        _ if name.starts_with("recovery_target") => BACKUPS,
+        _ => return None,
+    })
+}
+
+/// `[postgres] external_url` is handed to the API, which refuses a
+/// password in it; say so here, where the key is.
+fn check_database_url(text: &str) -> Result<(), String> {
+    const EXAMPLE: &str = "postgres://phoenix@db.example:5432/phoenix";
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| format!("not a URL ({e}); write one like \"{EXAMPLE}\""))?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err(format!(
+            "must start with postgres:// (not {}://), like \"{EXAMPLE}\"",
+            url.scheme()
+        ));
+    }
+    if url.password().is_some() {
+        return Err(
+            "contains a password: remove it and put the password in the file named by \
+             external_password_file (a URL shows up in process listings and logs)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Prometheus's duration syntax (`15d`, `1y`, `2w3d`, `0`), which
+/// `--storage.tsdb.retention.time` takes.
+fn is_prometheus_duration(text: &str) -> bool {
+    static SYNTAX: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"^(0|([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?)$",
+        )
+        .expect("valid regex")
+    });
+    !text.is_empty() && SYNTAX.is_match(text)
 }

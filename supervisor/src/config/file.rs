@@ -7,7 +7,12 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::units::{ByteSize, HumanDuration, SignalName};
+use super::units::{
+    self, CountIn, DAY, DurationIn, GIB, HOUR, KIB, MIB, MINUTE, MS, SECOND, SignalName, TIB,
+};
+
+// Every duration, count and size carries its range in its type (see
+// `units`); docs/configuration.md lists the same ranges.
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,9 +42,9 @@ pub struct FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct ScalingSection {
     pub enable: Option<bool>,
-    pub interval: Option<HumanDuration>,
+    pub interval: Option<DurationIn<SECOND, HOUR>>,
     /// How often an alert is repeated while a trigger stays raised.
-    pub repeat: Option<HumanDuration>,
+    pub repeat: Option<DurationIn<MINUTE, { 7 * DAY }>>,
     /// Percent below a threshold that a value must fall to clear it.
     pub hysteresis: Option<f64>,
     /// URL that each alert is POSTed to as JSON.
@@ -60,23 +65,27 @@ pub struct TriggerTable {
     pub warning: Option<f64>,
     pub critical: Option<f64>,
     /// How long a value must stay past a threshold (or back below it).
-    pub sustain: Option<HumanDuration>,
+    pub sustain: Option<DurationIn<0, DAY>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SupervisorSection {
+    #[serde(default, deserialize_with = "units::path")]
     pub state_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "units::path")]
     pub run_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "units::path")]
     pub log_dir: Option<PathBuf>,
-    pub shutdown_timeout: Option<HumanDuration>,
-    pub log_max_size: Option<ByteSize>,
-    pub log_keep: Option<usize>,
+    pub shutdown_timeout: Option<DurationIn<SECOND, HOUR>>,
+    pub log_max_size: Option<units::SizeIn<{ 4 * KIB }, GIB>>,
+    pub log_keep: Option<CountIn<1, 1000>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSection {
+    #[serde(default, deserialize_with = "units::listen")]
     pub listen: Option<SocketAddr>,
 }
 
@@ -84,8 +93,9 @@ pub struct HealthSection {
 #[serde(deny_unknown_fields)]
 pub struct PostgresSection {
     pub enable: Option<bool>,
+    #[serde(default, deserialize_with = "units::path")]
     pub bin_dir: Option<PathBuf>,
-    pub port: Option<u16>,
+    pub port: Option<CountIn<1, 65535>>,
     pub user: Option<String>,
     pub limits: Option<LimitsTable>,
     /// Extra `postgresql.conf` parameters, passed as `-c key=value`.
@@ -94,6 +104,7 @@ pub struct PostgresSection {
     /// Database of the API when `enable = false` (no password in the URL).
     pub external_url: Option<String>,
     /// File holding the password for `external_url`.
+    #[serde(default, deserialize_with = "units::path")]
     pub external_password_file: Option<PathBuf>,
 }
 
@@ -101,10 +112,12 @@ pub struct PostgresSection {
 #[serde(deny_unknown_fields)]
 pub struct PrometheusSection {
     pub enable: Option<bool>,
+    #[serde(default, deserialize_with = "units::path")]
     pub bin: Option<PathBuf>,
+    #[serde(default, deserialize_with = "units::listen")]
     pub listen: Option<SocketAddr>,
     pub retention: Option<String>,
-    pub scrape_interval: Option<HumanDuration>,
+    pub scrape_interval: Option<DurationIn<SECOND, HOUR>>,
     pub user: Option<String>,
     pub limits: Option<LimitsTable>,
 }
@@ -113,7 +126,9 @@ pub struct PrometheusSection {
 #[serde(deny_unknown_fields)]
 pub struct PushgatewaySection {
     pub enable: Option<bool>,
+    #[serde(default, deserialize_with = "units::path")]
     pub bin: Option<PathBuf>,
+    #[serde(default, deserialize_with = "units::listen")]
     pub listen: Option<SocketAddr>,
     pub user: Option<String>,
     pub limits: Option<LimitsTable>,
@@ -123,9 +138,12 @@ pub struct PushgatewaySection {
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {
     pub enable: Option<bool>,
+    #[serde(default, deserialize_with = "units::path")]
     pub bin: Option<PathBuf>,
+    #[serde(default, deserialize_with = "units::listen")]
     pub listen: Option<SocketAddr>,
     /// The agents-only listener.
+    #[serde(default, deserialize_with = "units::listen")]
     pub agent_listen: Option<SocketAddr>,
     /// Dollars per active series per month, for cost figures.
     pub price_per_series_month: Option<f64>,
@@ -147,7 +165,9 @@ pub enum TlsMode {
 pub struct TlsSection {
     #[serde(default)]
     pub mode: TlsMode,
+    #[serde(default, deserialize_with = "units::path")]
     pub cert: Option<PathBuf>,
+    #[serde(default, deserialize_with = "units::path")]
     pub key: Option<PathBuf>,
     /// Names put in the self-signed certificate besides localhost and
     /// 127.0.0.1; with mode = "acme", the names to get a certificate for.
@@ -163,6 +183,7 @@ pub struct TlsSection {
     pub acme_email: Option<String>,
     /// PEM file with the root certificate that the ACME directory's HTTPS
     /// certificate chains to, for a private CA; default: the system roots.
+    #[serde(default, deserialize_with = "units::path")]
     pub acme_ca: Option<PathBuf>,
 }
 
@@ -174,6 +195,7 @@ pub struct ServiceTable {
     pub command: Option<Vec<String>>,
     pub env: Option<BTreeMap<String, String>>,
     pub user: Option<String>,
+    #[serde(default, deserialize_with = "units::path")]
     pub working_dir: Option<PathBuf>,
     pub depends_on: Option<Vec<String>>,
     pub readiness: Option<ProbeTable>,
@@ -190,16 +212,17 @@ pub struct ServiceTable {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeTable {
+    #[serde(default, deserialize_with = "units::listen")]
     pub tcp: Option<SocketAddr>,
     pub http: Option<String>,
     pub exec: Option<Vec<String>>,
     pub log: Option<String>,
-    pub interval: Option<HumanDuration>,
-    pub timeout: Option<HumanDuration>,
+    pub interval: Option<DurationIn<{ 10 * MS }, HOUR>>,
+    pub timeout: Option<DurationIn<{ 10 * MS }, { 10 * MINUTE }>>,
     /// Liveness: consecutive failures before a restart.
-    pub failures: Option<u32>,
+    pub failures: Option<CountIn<1, 100>>,
     /// Readiness: how long a start may take before it counts as failed.
-    pub start_timeout: Option<HumanDuration>,
+    pub start_timeout: Option<DurationIn<{ 100 * MS }, DAY>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -215,31 +238,32 @@ pub enum RestartPolicyName {
 #[serde(deny_unknown_fields)]
 pub struct RestartTable {
     pub policy: Option<RestartPolicyName>,
-    pub initial_delay: Option<HumanDuration>,
-    pub max_delay: Option<HumanDuration>,
+    pub initial_delay: Option<DurationIn<{ 10 * MS }, HOUR>>,
+    pub max_delay: Option<DurationIn<{ 10 * MS }, HOUR>>,
     pub jitter: Option<f64>,
-    pub reset_after: Option<HumanDuration>,
+    pub reset_after: Option<DurationIn<SECOND, DAY>>,
     pub start_limit: Option<StartLimitTable>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StartLimitTable {
-    pub burst: u32,
-    pub interval: HumanDuration,
+    pub burst: CountIn<1, 1000>,
+    pub interval: DurationIn<SECOND, DAY>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StopTable {
     pub signal: Option<SignalName>,
-    pub timeout: Option<HumanDuration>,
+    pub timeout: Option<DurationIn<{ 100 * MS }, HOUR>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsTable {
-    pub memory: Option<ByteSize>,
+    pub memory: Option<units::SizeIn<MIB, { 16 * TIB }>>,
     pub cpus: Option<f64>,
-    pub pids: Option<u64>,
+    /// The kernel's largest pid_max.
+    pub pids: Option<CountIn<1, 4_194_304>>,
 }

@@ -56,7 +56,16 @@ pub struct LoadOptions {
     pub cwd: PathBuf,
     /// Directory holding `phoenix-supervisor` and `phoenix-api`.
     pub exe_dir: PathBuf,
+    /// Checks that the supervisor can run a service as a user (it exists,
+    /// and is the supervisor's own unless that is root). Given by `run`, so
+    /// that an unknown user is refused with the location of its key while
+    /// `parse` stays a function of its inputs; `None` (check-config, first
+    /// boot, a build sandbox without the users) skips the check.
+    pub users: Option<UserCheck>,
 }
+
+/// `Err` says why the supervisor cannot run a service as the named user.
+pub type UserCheck = fn(&str) -> Result<(), String>;
 
 impl LoadOptions {
     pub fn detect(dev: bool) -> Self {
@@ -69,6 +78,15 @@ impl LoadOptions {
             root: nix::unistd::geteuid().is_root(),
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
             exe_dir,
+            users: None,
+        }
+    }
+
+    /// The same options, checking every `user` with `check`.
+    pub fn checking_users(self, check: UserCheck) -> Self {
+        LoadOptions {
+            users: Some(check),
+            ..self
         }
     }
 }
@@ -76,25 +94,102 @@ impl LoadOptions {
 /// Read and expand a config file. A missing file is an error unless it is
 /// the default path, which then means "all defaults".
 pub fn load(path: &Path, opts: &LoadOptions) -> Result<Config, ConfigError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    parse(&read(path)?, path, opts)
+}
+
+/// [`load`] for a reload of `running`: also refuses, at the key that
+/// changed, what only a restart of the supervisor can apply.
+pub fn reload(path: &Path, opts: &LoadOptions, running: &Config) -> Result<Config, ConfigError> {
+    let text = read(path)?;
+    let new = parse(&text, path, opts)?;
+    let located = Located {
+        text: &text,
+        file: path,
+    };
+    unchangeable(running, &new, &located)?;
+    Ok(new)
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(t),
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound
                 && path == Path::new(DEFAULT_CONFIG_PATH) =>
         {
-            String::new()
+            Ok(String::new())
         }
-        Err(e) => {
-            return Err(ConfigError {
-                file: path.to_path_buf(),
-                line: 0,
-                column: 0,
-                key: String::new(),
-                message: format!("cannot read the config file: {e}"),
-            });
-        }
+        Err(e) => Err(ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        }),
+    }
+}
+
+/// What the running supervisor keeps until it is restarted: its
+/// directories, the health listener, and what the certificate task and
+/// the plain-HTTP listener started with. Each refusal names its key.
+fn unchangeable(running: &Config, new: &Config, loc: &Located<'_>) -> Result<(), ConfigError> {
+    let refuse = |key: &[&str], was: String| {
+        Err(loc.error(
+            key,
+            format!(
+                "cannot change while running (running with {was}): restart phoenix-supervisor to apply it"
+            ),
+        ))
     };
-    parse(&text, path, opts)
+    let (old, sup) = (&running.supervisor, &new.supervisor);
+    for (key, was, now) in [
+        ("state_dir", &old.state_dir, &sup.state_dir),
+        ("run_dir", &old.run_dir, &sup.run_dir),
+        ("log_dir", &old.log_dir, &sup.log_dir),
+    ] {
+        if was != now {
+            return refuse(&["supervisor", key], was.display().to_string());
+        }
+    }
+    if running.health != new.health {
+        return refuse(&["health", "listen"], running.health.listen.to_string());
+    }
+    let (old, tls) = (&running.tls, &new.tls);
+    let mode = |t: &TlsSettings| match (&t.acme, t.self_signed) {
+        (Some(_), _) => "mode = \"acme\"",
+        (None, true) => "mode = \"self-signed\"",
+        (None, false) => "mode = \"files\"",
+    };
+    let shown = |v: Option<String>| v.unwrap_or_else(|| "none".into());
+    if mode(old) != mode(tls) {
+        return refuse(&["tls", "mode"], mode(old).to_string());
+    }
+    if let (Some(a), Some(b)) = (&old.acme, &tls.acme) {
+        if a.directory != b.directory {
+            return refuse(&["tls", "acme_directory"], a.directory.clone());
+        }
+        if a.email != b.email {
+            return refuse(&["tls", "acme_email"], shown(a.email.clone()));
+        }
+        if a.ca != b.ca {
+            let ca = a.ca.as_ref().map(|p| p.display().to_string());
+            return refuse(&["tls", "acme_ca"], shown(ca));
+        }
+        if old.hostnames != tls.hostnames {
+            return refuse(&["tls", "hostnames"], format!("{:?}", old.hostnames));
+        }
+        if old.key_owner != tls.key_owner {
+            // The certificate task hands new keys to the user it started with.
+            return refuse(&["api", "user"], shown(old.key_owner.clone()));
+        }
+    }
+    if old.http_listen != tls.http_listen {
+        return refuse(
+            &["tls", "http_listen"],
+            shown(old.http_listen.map(|a| a.to_string())),
+        );
+    }
+    Ok(())
 }
 
 pub fn parse(text: &str, path: &Path, opts: &LoadOptions) -> Result<Config, ConfigError> {
@@ -192,11 +287,8 @@ fn expand(raw: FileConfig, loc: &Located<'_>, opts: &LoadOptions) -> Result<Conf
             .unwrap_or_else(|| dir_default("log", "/var/log/phoenix")),
         shutdown_timeout: s.shutdown_timeout.map_or(Duration::from_secs(60), |d| d.0),
         log_max_bytes: s.log_max_size.map_or(10 << 20, |b| b.0),
-        log_keep: s.log_keep.unwrap_or(5),
+        log_keep: s.log_keep.map_or(5, |n| n.0 as usize),
     };
-    if supervisor.log_max_bytes < 4096 {
-        return Err(loc.error(&["supervisor", "log_max_size"], "must be at least 4KiB"));
-    }
     let health = HealthSettings {
         listen: raw.health.listen.unwrap_or_else(|| {
             if opts.dev {
@@ -220,7 +312,7 @@ fn expand(raw: FileConfig, loc: &Located<'_>, opts: &LoadOptions) -> Result<Conf
                 services.remove(i);
             }
             (None, Some(false)) => {}
-            (Some(i), _) => apply_table(&mut services[i], name, table, loc)?,
+            (Some(i), _) => apply_table(&mut services[i], name, table, opts, loc)?,
             (None, _) => {
                 let Some(command) = &table.command else {
                     return Err(loc.error(
@@ -233,7 +325,7 @@ fn expand(raw: FileConfig, loc: &Located<'_>, opts: &LoadOptions) -> Result<Conf
                 if table.oneshot == Some(true) {
                     spec.restart.policy = RestartPolicy::OnFailure;
                 }
-                apply_table(&mut spec, name, table, loc)?;
+                apply_table(&mut spec, name, table, opts, loc)?;
                 services.push(spec);
             }
         }
@@ -298,13 +390,41 @@ fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Refuses, at `key`, a user the supervisor cannot run a service as; the
+/// check is [`LoadOptions::users`]. `defaulted`: the user is the built-in
+/// default, not written in the file.
+fn check_user(
+    opts: &LoadOptions,
+    user: &str,
+    defaulted: bool,
+    loc: &Located<'_>,
+    key: &[&str],
+) -> Result<(), ConfigError> {
+    match opts.users.map(|check| check(user)) {
+        Some(Err(why)) if defaulted => Err(loc.error(
+            key,
+            format!(
+                "{why} (`{user}` is the default as root; set `user` to another one, or \"\" for root)"
+            ),
+        )),
+        Some(Err(why)) => Err(loc.error(key, why)),
+        _ => Ok(()),
+    }
+}
+
 fn apply_table(
     spec: &mut ServiceSpec,
     name: &str,
     t: &ServiceTable,
+    opts: &LoadOptions,
     loc: &Located<'_>,
 ) -> Result<(), ConfigError> {
     let err = |key: &str, msg: String| loc.error(&["services", name, key], msg);
+    // A key within one of the service's tables; "" for the table itself.
+    let within = |table: &str, (key, msg): (&str, String)| {
+        let path = ["services", name, table, key];
+        loc.error(&path[..if key.is_empty() { 3 } else { 4 }], msg)
+    };
     if let Some(command) = &t.command {
         if command.is_empty() || command[0].trim().is_empty() {
             return Err(err(
@@ -329,6 +449,7 @@ fn apply_table(
         spec.user = if user.is_empty() {
             None
         } else {
+            check_user(opts, user, false, loc, &["services", name, "user"])?;
             Some(user.clone())
         };
     }
@@ -353,11 +474,11 @@ fn apply_table(
     }
     if let Some(probe) = &t.readiness {
         spec.readiness =
-            Some(readiness(spec.readiness.take(), probe).map_err(|m| err("readiness", m))?);
+            Some(readiness(spec.readiness.take(), probe).map_err(|e| within("readiness", e))?);
     }
     if let Some(probe) = &t.liveness {
         spec.liveness =
-            Some(liveness(spec.liveness.take(), probe).map_err(|m| err("liveness", m))?);
+            Some(liveness(spec.liveness.take(), probe).map_err(|e| within("liveness", e))?);
     }
     if let Some(r) = &t.restart {
         if let Some(p) = r.policy {
@@ -377,14 +498,9 @@ fn apply_table(
             spec.restart.reset_after = d.0;
         }
         if let Some(l) = r.start_limit {
-            if l.burst == 0 || l.interval.0.is_zero() {
-                return Err(err(
-                    "restart",
-                    "start_limit needs burst >= 1 and a non-zero interval".into(),
-                ));
-            }
             spec.restart.start_limit = StartLimit {
-                burst: l.burst,
+                // At most 1000, by its type.
+                burst: l.burst.0 as u32,
                 interval: l.interval.0,
             };
         }
@@ -398,7 +514,7 @@ fn apply_table(
         }
     }
     if let Some(l) = &t.limits {
-        spec.limits = limits(spec.limits, l).map_err(|m| err("limits", m))?;
+        spec.limits = limits(spec.limits, l).map_err(|e| within("limits", e))?;
     }
     if !spec.capabilities.is_empty() && spec.user.is_none() {
         return Err(err(
@@ -415,24 +531,26 @@ fn apply_table(
     Ok(())
 }
 
-pub(crate) fn limits(mut base: Limits, l: &file::LimitsTable) -> Result<Limits, String> {
+/// Errors name the key within the `limits` table.
+pub(crate) fn limits(
+    mut base: Limits,
+    l: &file::LimitsTable,
+) -> Result<Limits, (&'static str, String)> {
     if let Some(m) = l.memory {
-        if m.0 < (1 << 20) {
-            return Err("memory must be at least 1MiB".into());
-        }
         base.memory = Some(m.0);
     }
     if let Some(c) = l.cpus {
-        if !(c > 0.0 && c <= 1024.0) {
-            return Err(format!("cpus = {c}: must be greater than 0"));
+        // cpu.max takes a quota of at least 1ms per 100ms period.
+        if !(0.01..=1024.0).contains(&c) {
+            return Err((
+                "cpus",
+                format!("{c} is out of range: give a number of CPUs from 0.01 to 1024"),
+            ));
         }
         base.cpus = Some(c);
     }
     if let Some(p) = l.pids {
-        if p == 0 {
-            return Err("pids must be at least 1".into());
-        }
-        base.pids = Some(p);
+        base.pids = Some(p.0);
     }
     Ok(base)
 }
@@ -469,43 +587,47 @@ fn probe_kind(t: &ProbeTable, previous: Option<Probe>) -> Result<Probe, String> 
     }
 }
 
-fn positive(d: Option<units::HumanDuration>, what: &str) -> Result<Option<Duration>, String> {
-    match d {
-        Some(d) if d.0.is_zero() => Err(format!("{what} must be greater than zero")),
-        other => Ok(other.map(|d| d.0)),
-    }
-}
-
-fn readiness(previous: Option<Readiness>, t: &ProbeTable) -> Result<Readiness, String> {
+/// Errors name the key within the probe table (empty: the table itself).
+fn readiness(
+    previous: Option<Readiness>,
+    t: &ProbeTable,
+) -> Result<Readiness, (&'static str, String)> {
     if t.failures.is_some() {
-        return Err("`failures` belongs to liveness; readiness uses start_timeout".into());
+        return Err((
+            "failures",
+            "belongs to liveness; readiness uses start_timeout".into(),
+        ));
     }
-    let probe = probe_kind(t, previous.as_ref().map(|p| p.probe.clone()))?;
+    let probe = probe_kind(t, previous.as_ref().map(|p| p.probe.clone())).map_err(|m| ("", m))?;
     let mut r = previous.unwrap_or_else(|| ServiceSpec::readiness(probe.clone()));
     r.probe = probe;
-    r.interval = positive(t.interval, "interval")?.unwrap_or(r.interval);
-    r.timeout = positive(t.timeout, "timeout")?.unwrap_or(r.timeout);
-    r.start_timeout = positive(t.start_timeout, "start_timeout")?.unwrap_or(r.start_timeout);
+    r.interval = t.interval.map_or(r.interval, |d| d.0);
+    r.timeout = t.timeout.map_or(r.timeout, |d| d.0);
+    r.start_timeout = t.start_timeout.map_or(r.start_timeout, |d| d.0);
     Ok(r)
 }
 
-fn liveness(previous: Option<Liveness>, t: &ProbeTable) -> Result<Liveness, String> {
+fn liveness(
+    previous: Option<Liveness>,
+    t: &ProbeTable,
+) -> Result<Liveness, (&'static str, String)> {
     if t.start_timeout.is_some() {
-        return Err("`start_timeout` belongs to readiness".into());
+        return Err(("start_timeout", "belongs to readiness".into()));
     }
-    let probe = probe_kind(t, previous.as_ref().map(|p| p.probe.clone()))?;
+    let probe = probe_kind(t, previous.as_ref().map(|p| p.probe.clone())).map_err(|m| ("", m))?;
     if matches!(probe, Probe::Log(_)) {
-        return Err("a log line cannot tell that a service is alive; use tcp, http or exec".into());
+        return Err((
+            "log",
+            "a log line cannot tell that a service is alive; use tcp, http or exec".into(),
+        ));
     }
     let mut l = previous.unwrap_or_else(|| ServiceSpec::liveness(probe.clone()));
     l.probe = probe;
-    l.interval = positive(t.interval, "interval")?.unwrap_or(l.interval);
-    l.timeout = positive(t.timeout, "timeout")?.unwrap_or(l.timeout);
+    l.interval = t.interval.map_or(l.interval, |d| d.0);
+    l.timeout = t.timeout.map_or(l.timeout, |d| d.0);
     if let Some(f) = t.failures {
-        if f == 0 {
-            return Err("failures must be at least 1".into());
-        }
-        l.failures = f;
+        // At most 100, by its type.
+        l.failures = f.0 as u32;
     }
     Ok(l)
 }

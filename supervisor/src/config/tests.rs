@@ -6,6 +6,15 @@ fn opts(root: bool, dev: bool) -> LoadOptions {
         root,
         cwd: PathBuf::from("/work"),
         exe_dir: PathBuf::from("/opt/phoenix/bin"),
+        users: None,
+    }
+}
+
+/// The located error for `text`, as `FILE:LINE:COLUMN: KEY: MESSAGE`.
+fn refused(text: &str) -> String {
+    match parse_str(text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.to_string(),
     }
 }
 
@@ -306,4 +315,298 @@ fn oneshots_take_no_readiness_or_liveness_checks() {
     let err = parse_str("[services.m]\ncommand = [\"/bin/m\"]\noneshot = true\nreadiness = { tcp = \"127.0.0.1:1\" }\n").unwrap_err();
     assert_eq!(err.key, "services.m.oneshot");
     assert!(err.message.contains("ready when it exits 0"), "{err}");
+}
+
+#[test]
+fn postgres_settings_that_bypass_the_loopback_guard_are_refused_in_any_spelling() {
+    assert_eq!(
+        refused("[postgres]\nsettings = { LISTEN_ADDRESSES = \"0.0.0.0\" }\n"),
+        "/etc/phoenix/phoenix.toml:2:14: postgres.settings.LISTEN_ADDRESSES: `LISTEN_ADDRESSES` is \
+         PostgreSQL's `listen_addresses`, which the supervisor sets: PostgreSQL only listens on 127.0.0.1"
+    );
+    // PostgreSQL compares setting names without case, and its -c turns `-` into `_`.
+    for (key, name) in [
+        ("listen-addresses", "listen_addresses"),
+        ("Listen_Addresses", "listen_addresses"),
+        ("\"listen_addresses\"", "listen_addresses"),
+        ("PORT", "port"),
+        ("unix-socket-directories", "unix_socket_directories"),
+        ("Unix_Socket_Permissions", "unix_socket_permissions"),
+        ("data-directory", "data_directory"),
+        ("HBA_FILE", "hba_file"),
+        ("ident_file", "ident_file"),
+        ("config_file", "config_file"),
+        ("archive_mode", "archive_mode"),
+        ("Archive-Command", "archive_command"),
+        ("restore_command", "restore_command"),
+        ("recovery_target_time", "recovery_target_time"),
+    ] {
+        let err = refused(&format!(
+            "[postgres]\n[postgres.settings]\nwork_mem = \"8MB\"\n{key} = \"x\"\n"
+        ));
+        let shown = key.trim_matches('"');
+        assert!(
+            err.starts_with(&format!(
+                "/etc/phoenix/phoenix.toml:4:1: postgres.settings.{shown}: `{shown}` is PostgreSQL's `{name}`, which the supervisor sets: "
+            )),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        refused("[postgres]\nsettings = { work_mem = \"8MB\", \"Work-Mem\" = \"16MB\" }\n"),
+        "/etc/phoenix/phoenix.toml:2:14: postgres.settings.work_mem: `work_mem` and `Work-Mem` \
+         are the same PostgreSQL setting, `work_mem`: keep one"
+    );
+    assert_eq!(
+        refused("[postgres]\nsettings = { \"port=5433 x\" = 1 }\n"),
+        "/etc/phoenix/phoenix.toml:2:14: postgres.settings.port=5433 x: `port=5433 x` is not a \
+         PostgreSQL setting name (letters, digits, `_`, `.`)"
+    );
+    // Other settings pass, under the name PostgreSQL gives them.
+    let c = parse_str(
+        "[postgres]\nsettings = { Shared-Buffers = \"1GB\", \"auto_explain.log_min_duration\" = \"1s\", max_connections = 200 }\n",
+    )
+    .unwrap();
+    let cmd = &c.service("postgres").unwrap().command;
+    for arg in [
+        "shared_buffers=1GB",
+        "auto_explain.log_min_duration=1s",
+        "max_connections=200",
+        "listen_addresses=127.0.0.1",
+    ] {
+        assert!(cmd.contains(&arg.to_string()), "{arg} in {cmd:?}");
+    }
+}
+
+#[test]
+fn durations_counts_and_sizes_outside_their_range_are_refused_naming_it() {
+    for (text, want) in [
+        (
+            "[supervisor]\nshutdown_timeout = \"18446744073709551615s\"\n",
+            "/etc/phoenix/phoenix.toml:2:20: supervisor.shutdown_timeout: `18446744073709551615s` is \
+             out of range: give a duration from 1s to 1h",
+        ),
+        (
+            "[prometheus]\nscrape_interval = \"0s\"\n",
+            "/etc/phoenix/phoenix.toml:2:19: prometheus.scrape_interval: `0s` is out of range: \
+             give a duration from 1s to 1h",
+        ),
+        (
+            "[services.postgres]\nstop = { timeout = \"2h\" }\n",
+            "/etc/phoenix/phoenix.toml:2:20: services.postgres.stop.timeout: `2h` is out of range: \
+             give a duration from 100ms to 1h",
+        ),
+        (
+            "[services.api]\nliveness = { interval = \"1ms\" }\n",
+            "/etc/phoenix/phoenix.toml:2:25: services.api.liveness.interval: `1ms` is out of range: \
+             give a duration from 10ms to 1h",
+        ),
+        (
+            "[services.api]\nreadiness = { start_timeout = \"2days\" }\n",
+            "/etc/phoenix/phoenix.toml:2:31: services.api.readiness.start_timeout: `2days` is out of \
+             range: give a duration from 100ms to 1day",
+        ),
+        (
+            "[services.api]\nrestart = { max_delay = \"2h\" }\n",
+            "/etc/phoenix/phoenix.toml:2:25: services.api.restart.max_delay: `2h` is out of range: \
+             give a duration from 10ms to 1h",
+        ),
+        (
+            "[services.api]\nrestart = { start_limit = { burst = 0, interval = \"1m\" } }\n",
+            "/etc/phoenix/phoenix.toml:2:37: services.api.restart.start_limit.burst: 0 is out of \
+             range: give a whole number from 1 to 1000",
+        ),
+        (
+            "[services.api]\nrestart = { start_limit = { burst = 5, interval = \"0s\" } }\n",
+            "/etc/phoenix/phoenix.toml:2:51: services.api.restart.start_limit.interval: `0s` is out \
+             of range: give a duration from 1s to 1day",
+        ),
+        (
+            "[services.api]\nliveness = { failures = 1000 }\n",
+            "/etc/phoenix/phoenix.toml:2:25: services.api.liveness.failures: 1000 is out of range: \
+             give a whole number from 1 to 100",
+        ),
+        (
+            "[scaling.cpu]\nsustain = \"30days\"\n",
+            "/etc/phoenix/phoenix.toml:2:11: scaling.cpu.sustain: `30days` is out of range: give a \
+             duration from 0s to 1day",
+        ),
+        (
+            "[supervisor]\nlog_keep = 0\n",
+            "/etc/phoenix/phoenix.toml:2:12: supervisor.log_keep: 0 is out of range: give a whole \
+             number from 1 to 1000",
+        ),
+        (
+            "[supervisor]\nlog_max_size = \"1KiB\"\n",
+            "/etc/phoenix/phoenix.toml:2:16: supervisor.log_max_size: 1KiB is out of range: give a \
+             size from 4KiB to 1GiB",
+        ),
+        (
+            "[api]\nlimits = { memory = 1000 }\n",
+            "/etc/phoenix/phoenix.toml:2:21: api.limits.memory: 1000 bytes is out of range: give a \
+             size from 1MiB to 16TiB",
+        ),
+        (
+            "[api]\nlimits = { cpus = 0.001 }\n",
+            "/etc/phoenix/phoenix.toml:2:12: api.limits.cpus: 0.001 is out of range: give a number \
+             of CPUs from 0.01 to 1024",
+        ),
+        (
+            "[services.api]\nlimits = { pids = 0 }\n",
+            "/etc/phoenix/phoenix.toml:2:19: services.api.limits.pids: 0 is out of range: give a \
+             whole number from 1 to 4194304",
+        ),
+        (
+            "[postgres]\nport = 0\n",
+            "/etc/phoenix/phoenix.toml:2:8: postgres.port: 0 is out of range: give a whole number \
+             from 1 to 65535",
+        ),
+        (
+            "[prometheus]\nretention = \"forever\"\n",
+            "/etc/phoenix/phoenix.toml:2:1: prometheus.retention: \"forever\" is not a Prometheus \
+             duration: write e.g. \"15d\", \"12w\" or \"1y\"",
+        ),
+    ] {
+        assert_eq!(refused(text), want, "{text}");
+    }
+    // The bounds themselves are allowed.
+    let c = parse_str(
+        "[supervisor]\nshutdown_timeout = \"1h\"\n[prometheus]\nscrape_interval = \"1s\"\n\
+         [services.api]\nstop = { timeout = \"100ms\" }\n",
+    )
+    .unwrap();
+    assert_eq!(c.supervisor.shutdown_timeout, Duration::from_secs(3600));
+    assert!(
+        c.service("prometheus").unwrap().files[0]
+            .contents
+            .contains("scrape_interval: 1000ms")
+    );
+}
+
+#[test]
+fn listeners_on_port_zero_are_refused() {
+    assert_eq!(
+        refused("[api]\nagent_listen = \"0.0.0.0:0\"\n"),
+        "/etc/phoenix/phoenix.toml:2:16: api.agent_listen: `0.0.0.0:0` has port 0: give the port \
+         to listen on, e.g. \"0.0.0.0:8080\""
+    );
+    let err = refused("[tls]\nhttp_listen = \"[::]:0\"\n");
+    assert!(
+        err.starts_with(
+            "/etc/phoenix/phoenix.toml:2:1: tls.http_listen: \"[::]:0\" is not an address"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_paths_are_refused() {
+    assert_eq!(
+        refused("[supervisor]\nstate_dir = \"\"\n"),
+        "/etc/phoenix/phoenix.toml:2:13: supervisor.state_dir: is empty: give a path, e.g. \
+         \"/var/lib/phoenix\""
+    );
+    let err = refused("[services.w]\ncommand = [\"/bin/w\"]\nworking_dir = \"\"\n");
+    assert!(
+        err.starts_with("/etc/phoenix/phoenix.toml:3:15: services.w.working_dir: is empty"),
+        "{err}"
+    );
+}
+
+#[test]
+fn external_url_with_a_password_is_refused_without_showing_it() {
+    let err = refused(
+        "[postgres]\nenable = false\nexternal_url = \"postgres://phoenix:hunter2@db.example/phoenix\"\n",
+    );
+    assert_eq!(
+        err,
+        "/etc/phoenix/phoenix.toml:3:1: postgres.external_url: contains a password: remove it and \
+         put the password in the file named by external_password_file (a URL shows up in process \
+         listings and logs)"
+    );
+    let err = refused("[postgres]\nenable = false\nexternal_url = \"mysql://db/phoenix\"\n");
+    assert!(err.contains("must start with postgres://"), "{err}");
+}
+
+#[test]
+fn unknown_users_are_refused_at_their_key() {
+    let checking = LoadOptions {
+        users: Some(crate::process::can_run_as),
+        ..opts(true, false)
+    };
+    let user = "phoenix-no-such-user";
+    let text = format!(
+        "[prometheus]\nuser = \"{user}\"\n[services.w]\ncommand = [\"/bin/w\"]\nuser = \"{user}\"\n"
+    );
+    let err = parse(&text, Path::new("/etc/phoenix/phoenix.toml"), &checking).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "/etc/phoenix/phoenix.toml:2:1: prometheus.user: user `{user}` does not exist; create it \
+             (e.g. `useradd --system {user}`) or set another user"
+        )
+    );
+    let text = format!("[services.w]\ncommand = [\"/bin/w\"]\nuser = \"{user}\"\n");
+    let err = parse(&text, Path::new("/etc/phoenix/phoenix.toml"), &checking).unwrap_err();
+    assert_eq!(
+        (err.line, err.column, err.key.as_str()),
+        (3, 1, "services.w.user")
+    );
+    // check-config does not look users up (a build sandbox has none).
+    parse_str(&text).unwrap();
+}
+
+#[test]
+fn reload_refuses_what_needs_a_restart_at_the_changed_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("phoenix.toml");
+    let opts = opts(true, false);
+    let base =
+        "[supervisor]\nstate_dir = \"/srv/phoenix\"\n[health]\nlisten = \"127.0.0.1:8081\"\n";
+    let running = parse(base, &path, &opts).unwrap();
+    let refusal = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        match reload(&path, &opts, &running) {
+            Ok(_) => panic!("reload accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let file = path.display();
+    assert_eq!(
+        refusal(&base.replace("/srv/phoenix", "/srv/other")),
+        format!(
+            "{file}:2:1: supervisor.state_dir: cannot change while running (running with \
+             /srv/phoenix): restart phoenix-supervisor to apply it"
+        )
+    );
+    assert_eq!(
+        refusal(&format!("\n{}", base.replace("8081", "9081"))),
+        format!(
+            "{file}:5:1: health.listen: cannot change while running (running with \
+             127.0.0.1:8081): restart phoenix-supervisor to apply it"
+        )
+    );
+    assert_eq!(
+        refusal(&format!(
+            "{base}[tls]\nmode = \"acme\"\nhostnames = [\"phoenix.example.com\"]\n"
+        )),
+        format!(
+            "{file}:6:1: tls.mode: cannot change while running (running with mode = \
+             \"self-signed\"): restart phoenix-supervisor to apply it"
+        )
+    );
+    assert_eq!(
+        refusal(&format!("{base}[tls]\nhttp_listen = \"off\"\n")),
+        format!(
+            "{file}:6:1: tls.http_listen: cannot change while running (running with \
+             0.0.0.0:80): restart phoenix-supervisor to apply it"
+        )
+    );
+    // Everything else reloads.
+    std::fs::write(
+        &path,
+        format!("{base}[prometheus]\nscrape_interval = \"30s\"\n"),
+    )
+    .unwrap();
+    reload(&path, &opts, &running).unwrap();
 }

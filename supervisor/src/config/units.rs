@@ -2,6 +2,8 @@
 //! value is reported by the deserializer with its line and column.
 
 use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -29,6 +31,106 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// Milliseconds in the units that bounds are written with.
+pub const MS: u64 = 1;
+pub const SECOND: u64 = 1000 * MS;
+pub const MINUTE: u64 = 60 * SECOND;
+pub const HOUR: u64 = 60 * MINUTE;
+pub const DAY: u64 = 24 * HOUR;
+
+/// A duration that must lie within `MIN_MS..=MAX_MS` milliseconds. The
+/// range is part of the key's type, so a value outside it is refused where
+/// it is read, with its line and column, and the file's struct says what
+/// each key allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct DurationIn<const MIN_MS: u64, const MAX_MS: u64>(pub Duration);
+
+impl<const MIN_MS: u64, const MAX_MS: u64> TryFrom<String> for DurationIn<MIN_MS, MAX_MS> {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        let d = HumanDuration::try_from(text.clone())?.0;
+        let (min, max) = (Duration::from_millis(MIN_MS), Duration::from_millis(MAX_MS));
+        if (min..=max).contains(&d) {
+            Ok(DurationIn(d))
+        } else {
+            Err(format!(
+                "`{text}` is out of range: give a duration from {} to {}",
+                HumanDuration(min),
+                HumanDuration(max)
+            ))
+        }
+    }
+}
+
+/// A whole number within `MIN..=MAX` (counts, ports, bursts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "i64")]
+pub struct CountIn<const MIN: u64, const MAX: u64>(pub u64);
+
+impl<const MIN: u64, const MAX: u64> TryFrom<i64> for CountIn<MIN, MAX> {
+    type Error = String;
+    fn try_from(n: i64) -> Result<Self, String> {
+        match u64::try_from(n) {
+            Ok(n) if (MIN..=MAX).contains(&n) => Ok(CountIn(n)),
+            _ => Err(format!(
+                "{n} is out of range: give a whole number from {MIN} to {MAX}"
+            )),
+        }
+    }
+}
+
+/// A size within `MIN..=MAX` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "ByteSize")]
+pub struct SizeIn<const MIN: u64, const MAX: u64>(pub u64);
+
+impl<const MIN: u64, const MAX: u64> TryFrom<ByteSize> for SizeIn<MIN, MAX> {
+    type Error = String;
+    fn try_from(b: ByteSize) -> Result<Self, String> {
+        if (MIN..=MAX).contains(&b.0) {
+            Ok(SizeIn(b.0))
+        } else {
+            Err(format!(
+                "{} is out of range: give a size from {} to {}",
+                ByteSize(b.0),
+                ByteSize(MIN),
+                ByteSize(MAX)
+            ))
+        }
+    }
+}
+
+pub const KIB: u64 = 1 << 10;
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+pub const TIB: u64 = 1 << 40;
+
+/// A path key that must not be empty: `""` would otherwise resolve to the
+/// config file's own directory.
+pub fn path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let p = PathBuf::deserialize(d)?;
+    if p.as_os_str().is_empty() {
+        return Err(serde::de::Error::custom(
+            "is empty: give a path, e.g. \"/var/lib/phoenix\"",
+        ));
+    }
+    Ok(Some(p))
+}
+
+/// A listen address: port 0 would bind a random port that nothing (probes,
+/// Prometheus, the API's clients) could find.
+pub fn listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let addr = SocketAddr::deserialize(d)?;
+    if addr.port() == 0 {
+        return Err(serde::de::Error::custom(format!(
+            "`{addr}` has port 0: give the port to listen on, e.g. \"{}\"",
+            SocketAddr::new(addr.ip(), 8080)
+        )));
+    }
+    Ok(Some(addr))
+}
+
 /// A memory size: `"512MiB"`, `"2GiB"`, or a plain number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "SizeText")]
@@ -51,6 +153,20 @@ impl TryFrom<SizeText> for ByteSize {
                 .map_err(|e| {
                     format!("`{text}` is not a size ({e}); write e.g. \"512MiB\" or \"2GiB\"")
                 }),
+        }
+    }
+}
+
+impl fmt::Display for ByteSize {
+    /// The largest binary unit that divides the size exactly: `4KiB`, `1GiB`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        match [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")]
+            .into_iter()
+            .find(|(unit, _)| n != 0 && n.is_multiple_of(*unit))
+        {
+            Some((unit, name)) => write!(f, "{}{name}", n / unit),
+            None => write!(f, "{n} bytes"),
         }
     }
 }
