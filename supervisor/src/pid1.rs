@@ -11,6 +11,29 @@ pub fn become_subreaper() {
     }
 }
 
+/// Mark every descriptor the supervisor inherited (from a shell, a wrapper,
+/// a careless parent) close-on-exec, so that no service, which runs as
+/// another user, receives a descriptor opened by root. Those the supervisor
+/// opens itself already are: Rust opens everything with `O_CLOEXEC`.
+pub fn close_inherited_descriptors() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        tracing::warn!("cannot list /proc/self/fd; inherited descriptors stay open in services");
+        return;
+    };
+    let fds: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // Only the flag changes; the listing's own descriptor, closed by
+        // now, answers EBADF, which is fine.
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
+}
+
 pub fn is_pid1() -> bool {
     std::process::id() == 1
 }

@@ -26,6 +26,7 @@ pub struct RunOptions {
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     let pid1 = pid1::is_pid1();
+    pid1::close_inherited_descriptors();
     pid1::become_subreaper();
     pid1::raise_open_files_limit();
     if pid1 {

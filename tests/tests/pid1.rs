@@ -98,3 +98,32 @@ fn as_subreaper_reaps_orphans_of_its_services() {
     );
     assert!(processes_matching(&tag).is_empty());
 }
+
+/// A descriptor the supervisor inherits (here a root-owned file opened by
+/// its parent shell as fd 7) must not reach the services, which run as
+/// other users.
+#[test]
+fn services_inherit_no_descriptor_of_the_supervisor() {
+    let mut s = Supervisor::config("");
+    let secret = s.path("root-only");
+    std::fs::write(&secret, "secret").unwrap();
+    let seen = s.path("fds-seen");
+    s.write_config(&format!(
+        "{NO_BUILTINS}\
+         [services.lister]\n\
+         command = [\"/bin/sh\", \"-c\", \"for f in /proc/$$/fd/*; do readlink $f; done > {seen}.tmp; mv {seen}.tmp {seen}; exec sleep 300\"]\n",
+        seen = seen.display()
+    ));
+    let opener = format!("exec 7<'{}'; exec \"$@\"", secret.display());
+    s.start_with(&["/bin/sh", "-c", &opener, "sh"]);
+    let listed = wait_until(
+        "the service lists its descriptors",
+        Duration::from_secs(20),
+        || std::fs::read_to_string(&seen).ok(),
+    );
+    assert!(!listed.is_empty());
+    assert!(
+        !listed.lines().any(|l| l == secret.display().to_string()),
+        "the service holds the supervisor's inherited descriptor: {listed}"
+    );
+}
