@@ -59,7 +59,7 @@ use std::sync::Arc;
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, FromRef},
+    extract::DefaultBodyLimit,
     http::{StatusCode, header},
     middleware,
     routing::get,
@@ -105,12 +105,6 @@ pub struct Settings {
     pub prometheus_url: Option<url::Url>,
     /// Price of one active series per month, in dollars, for cost figures.
     pub price_per_series_month: f64,
-}
-
-impl FromRef<AppState> for Arc<Metrics> {
-    fn from_ref(state: &AppState) -> Self {
-        state.metrics.clone()
-    }
 }
 
 #[derive(OpenApi)]
@@ -354,6 +348,38 @@ mod tests {
         Request::get(uri).body(Body::empty()).unwrap()
     }
 
+    /// `GET /metrics` as if from `peer`.
+    fn scrape(peer: &str) -> Request<Body> {
+        let mut request = get("/metrics");
+        let peer = std::net::SocketAddr::new(peer.parse().unwrap(), 40000);
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        request
+    }
+
+    #[tokio::test]
+    async fn metrics_without_a_token_are_for_loopback_peers_only() {
+        let app = router(state_without_database(), LIMITS);
+        for peer in ["192.0.2.1", "2001:db8::1"] {
+            let (status, content_type, body) = call(&app, scrape(peer)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{peer}");
+            assert_eq!(content_type, problem::PROBLEM_CONTENT_TYPE);
+            assert!(body.contains(r#""code":"missing_token""#), "{body}");
+            assert!(!body.contains("phoenix_api"), "{body}");
+        }
+        let (status, _, body) = call(&app, get("/metrics")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "no peer address: {body}");
+        for peer in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            let (status, content_type, _) = call(&app, scrape(peer)).await;
+            assert_eq!(status, StatusCode::OK, "{peer}");
+            assert_eq!(content_type, metrics::METRICS_CONTENT_TYPE);
+        }
+        let agents = agent_router(state_without_database(), LIMITS);
+        let (status, _, _) = call(&agents, scrape("127.0.0.1")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "not on the agent listener");
+    }
+
     #[tokio::test]
     async fn unknown_paths_are_404_problems_counted_as_unmatched() {
         let state = state_without_database();
@@ -368,7 +394,7 @@ mod tests {
             "there is no resource at GET /api/v1/nothing"
         );
 
-        let (_, content_type, text) = call(&app, get("/metrics")).await;
+        let (_, content_type, text) = call(&app, scrape("127.0.0.1")).await;
         assert_eq!(content_type, metrics::METRICS_CONTENT_TYPE);
         assert!(
             text.contains(r#"method="GET",route="unmatched",status="404""#),
@@ -390,7 +416,7 @@ mod tests {
             "fail"
         );
 
-        let (_, _, text) = call(&app, get("/metrics")).await;
+        let (_, _, text) = call(&app, scrape("127.0.0.1")).await;
         assert!(text.contains("\nphoenix_api_database_up 0\n"), "{text}");
         assert!(
             text.contains(r#"method="GET",route="/health",status="503""#),
@@ -414,7 +440,7 @@ mod tests {
             health::HEALTH_CONTENT_TYPE,
             "the handler was not cut off"
         );
-        let (_, _, text) = call(&app, get("/metrics")).await;
+        let (_, _, text) = call(&app, scrape("127.0.0.1")).await;
         assert!(
             text.contains(r#"method="GET",route="/health",status="503""#),
             "{text}"

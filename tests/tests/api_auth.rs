@@ -398,6 +398,77 @@ fn logins_are_rate_limited_per_user() {
     );
 }
 
+/// `/metrics` on the public listener used to give agent counts, the database
+/// size and per-route latencies to anyone.
+#[test]
+fn metrics_are_for_the_local_prometheus_and_admins_only() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let viewer = s.user_token(&admin, "watcher", "viewer");
+    let scrape = |token: Option<&str>| {
+        let request = phoenix_tests::https().get(s.ports.api_url("/metrics"));
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        s.reply(request)
+    };
+    let refused = scrape(Some(&viewer));
+    assert_eq!(
+        (refused.status, code(&refused)),
+        (403, "forbidden"),
+        "{refused:?}"
+    );
+    let forged = scrape(Some("not-a-token"));
+    assert_eq!(forged.status, 401, "{forged:?}");
+    let response = phoenix_tests::https()
+        .get(s.ports.api_url("/metrics"))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(
+        response
+            .text()
+            .unwrap()
+            .contains("phoenix_api_agents_connected")
+    );
+    // Over loopback without a token: the appliance's Prometheus.
+    let response = phoenix_tests::https()
+        .get(s.ports.api_url("/metrics"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(
+        response
+            .text()
+            .unwrap()
+            .contains("phoenix_api_agents_connected")
+    );
+    let r = s.reply(s.agent(reqwest::Method::GET, "/metrics"));
+    assert_eq!(r.status, 404, "not on the agent listener: {r:?}");
+    // And Prometheus still scrapes the API.
+    wait_until(
+        "Prometheus scrapes the API",
+        Duration::from_secs(30),
+        || {
+            let r = phoenix_tests::plain_http()
+                .get(s.ports.prometheus_url("/api/v1/query"))
+                .query(&[("query", "up{job=\"phoenix-api\"}")])
+                .send()
+                .ok()?
+                .json::<Value>()
+                .ok()?;
+            (r["data"]["result"][0]["value"][1] == "1").then_some(())
+        },
+    );
+    let denied = s.audit(&admin, "action=metrics.read&outcome=denied");
+    assert!(
+        denied.iter().any(|e| e["actor"] == "user:watcher"),
+        "{denied:#?}"
+    );
+}
+
 #[test]
 fn bodies_routes_openapi_and_tls_reload() {
     let s = Stack::start("");
