@@ -90,13 +90,32 @@ pub struct Args {
     #[arg(long, env = "PHOENIX_PRICE_PER_SERIES_MONTH", default_value_t = 0.05)]
     pub price_per_series_month: f64,
 
-    /// Login attempts per minute from one IP address.
-    #[arg(long, env = "PHOENIX_LOGIN_RATE_PER_IP", default_value_t = 20)]
-    pub login_rate_per_ip: u32,
+    /// Failed logins of one user name from one source (an IPv4 address or
+    /// an IPv6 /64) before each further attempt waits, doubling from 1 s.
+    #[arg(
+        long,
+        env = "PHOENIX_LOGIN_FAILURES_PER_USER_SOURCE",
+        default_value_t = 5
+    )]
+    pub login_failures_per_user_source: u32,
 
-    /// Login attempts per minute for one user name.
-    #[arg(long, env = "PHOENIX_LOGIN_RATE_PER_USER", default_value_t = 10)]
-    pub login_rate_per_user: u32,
+    /// Failed logins from one source, whatever the user names, before delays start.
+    #[arg(long, env = "PHOENIX_LOGIN_FAILURES_PER_SOURCE", default_value_t = 20)]
+    pub login_failures_per_source: u32,
+
+    /// Failed logins of one user name from all sources before sources that
+    /// failed themselves share its delay (at most 1 min); clean sources never wait.
+    #[arg(long, env = "PHOENIX_LOGIN_FAILURES_PER_USER", default_value_t = 100)]
+    pub login_failures_per_user: u32,
+
+    /// Longest wait imposed on a source or a user name from one source (1s to 15m).
+    #[arg(
+        long,
+        env = "PHOENIX_LOGIN_MAX_DELAY",
+        default_value = "15m",
+        value_parser = humantime::parse_duration
+    )]
+    pub login_max_delay: Duration,
 }
 
 /// The validated configuration the service runs with.
@@ -112,8 +131,7 @@ pub struct Config {
     pub jwt_key: Option<Secret>,
     pub initial_admin_password_file: Option<PathBuf>,
     pub settings: crate::Settings,
-    pub login_rate_per_ip: u32,
-    pub login_rate_per_user: u32,
+    pub login: crate::auth::limiter::Policy,
 }
 
 /// Bytes that must not appear in logs or `Debug` output.
@@ -188,8 +206,16 @@ impl TryFrom<Args> for Config {
             "--price-per-series-month must be a non-negative number of dollars"
         );
         ensure!(
-            args.login_rate_per_ip > 0 && args.login_rate_per_user > 0,
-            "--login-rate-per-ip and --login-rate-per-user must be at least 1"
+            args.login_failures_per_user_source > 0
+                && args.login_failures_per_source > 0
+                && args.login_failures_per_user > 0,
+            "--login-failures-per-user-source, --login-failures-per-source and \
+             --login-failures-per-user must be at least 1"
+        );
+        ensure!(
+            (Duration::from_secs(1)..=crate::auth::limiter::FORGET_AFTER)
+                .contains(&args.login_max_delay),
+            "--login-max-delay must be between 1s and 15m (failures are forgotten after 15 minutes)"
         );
         ensure!(
             args.agent_listen != Some(args.listen),
@@ -223,8 +249,12 @@ impl TryFrom<Args> for Config {
                 prometheus_url: args.prometheus_url,
                 price_per_series_month: args.price_per_series_month,
             },
-            login_rate_per_ip: args.login_rate_per_ip,
-            login_rate_per_user: args.login_rate_per_user,
+            login: crate::auth::limiter::Policy {
+                per_user_source: args.login_failures_per_user_source,
+                per_source: args.login_failures_per_source,
+                per_user: args.login_failures_per_user,
+                max_delay: args.login_max_delay,
+            },
             listen: args.listen,
             database: DatabaseConfig {
                 connect_options,
@@ -442,6 +472,19 @@ mod tests {
         assert!(error.contains("--max-body-bytes"), "{error}");
         let error = error_of(&["--database-url", URL, "--database-max-connections", "0"]);
         assert!(error.contains("--database-max-connections"), "{error}");
+    }
+
+    #[test]
+    fn login_limits_out_of_range_are_refused() {
+        for (flag, value) in [
+            ("--login-failures-per-user", "0"),
+            ("--login-max-delay", "1h"),
+        ] {
+            let error = error_of(&["--database-url", URL, flag, value]);
+            assert!(error.contains(flag), "{flag} {value}: {error}");
+        }
+        let config = parse(&["--database-url", URL]).unwrap();
+        assert_eq!(config.login, crate::auth::limiter::Policy::default());
     }
 
     #[test]

@@ -313,7 +313,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             auth: Arc::new(AuthState {
                 keys: JwtKeys::from_secret(&[1u8; 32]).unwrap(),
-                limiter: LoginLimiter::new(10, 5),
+                limiter: LoginLimiter::new(Default::default()).unwrap(),
             }),
             settings: Arc::new(Settings {
                 pushgateway_url: None,

@@ -131,7 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
         auth: Arc::new(AuthState {
             keys,
-            limiter: LoginLimiter::new(config.login_rate_per_ip, config.login_rate_per_user),
+            limiter: LoginLimiter::new(config.login)?,
         }),
         settings: Arc::new(config.settings.clone()),
     };

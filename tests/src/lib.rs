@@ -558,6 +558,17 @@ pub fn https() -> reqwest::blocking::Client {
         .expect("https client")
 }
 
+/// An HTTPS client like [`https`] whose connections leave from `source`:
+/// any address in 127.0.0.0/8 is loopback, so tests can be several clients.
+pub fn https_from(source: std::net::IpAddr) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .local_address(source)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("https client")
+}
+
 /// A whole appliance stack (PostgreSQL, Prometheus, Pushgateway, API) under a
 /// supervisor, with an HTTPS client for the API's two listeners.
 pub struct Stack {
@@ -612,6 +623,19 @@ impl Stack {
             "/api/v1/auth/login",
             &serde_json::json!({ "username": username, "password": password }),
         )
+    }
+
+    /// One login attempt from the loopback address `source`.
+    pub fn login_attempt_from(
+        &self,
+        source: std::net::IpAddr,
+        username: &str,
+        password: &str,
+    ) -> Reply {
+        let request = https_from(source)
+            .post(self.ports.api_url("/api/v1/auth/login"))
+            .json(&serde_json::json!({ "username": username, "password": password }));
+        self.send(request, None)
     }
 
     pub fn login(&self, username: &str, password: &str) -> String {
