@@ -116,6 +116,47 @@ pub struct Args {
         value_parser = humantime::parse_duration
     )]
     pub login_max_delay: Duration,
+
+    /// Most connections held open on the user listener; more wait to be accepted.
+    #[arg(long, env = "PHOENIX_API_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+
+    /// Most connections held open on the agent listener; more wait to be accepted.
+    #[arg(
+        long,
+        env = "PHOENIX_API_AGENT_MAX_CONNECTIONS",
+        default_value_t = 4096
+    )]
+    pub agent_max_connections: usize,
+
+    /// Longest a client may take to complete the TLS handshake.
+    #[arg(
+        long,
+        env = "PHOENIX_API_TLS_HANDSHAKE_TIMEOUT",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
+    pub tls_handshake_timeout: Duration,
+
+    /// Longest a client may take to send a request's headers, counted from
+    /// when the connection is ready for the request (so it also closes an
+    /// HTTP/1.1 connection kept alive without a next request).
+    #[arg(
+        long,
+        env = "PHOENIX_API_HEADER_READ_TIMEOUT",
+        default_value = "20s",
+        value_parser = humantime::parse_duration
+    )]
+    pub header_read_timeout: Duration,
+
+    /// A connection with no request in flight for this long is closed.
+    #[arg(
+        long,
+        env = "PHOENIX_API_IDLE_TIMEOUT",
+        default_value = "60s",
+        value_parser = humantime::parse_duration
+    )]
+    pub idle_timeout: Duration,
 }
 
 /// The validated configuration the service runs with.
@@ -132,6 +173,10 @@ pub struct Config {
     pub initial_admin_password_file: Option<PathBuf>,
     pub settings: crate::Settings,
     pub login: crate::auth::limiter::Policy,
+    /// Connection limits and timeouts of the user listener.
+    pub edge: crate::edge::EdgeLimits,
+    /// The same for the agent listener.
+    pub agent_edge: crate::edge::EdgeLimits,
 }
 
 /// Bytes that must not appear in logs or `Debug` output.
@@ -217,6 +262,30 @@ impl TryFrom<Args> for Config {
                 .contains(&args.login_max_delay),
             "--login-max-delay must be between 1s and 15m (failures are forgotten after 15 minutes)"
         );
+        let edge = |max_connections: usize, flag: &str| {
+            ensure!(
+                (1..=65536).contains(&max_connections),
+                "{flag} must be between 1 and 65536"
+            );
+            for (value, flag) in [
+                (args.tls_handshake_timeout, "--tls-handshake-timeout"),
+                (args.header_read_timeout, "--header-read-timeout"),
+                (args.idle_timeout, "--idle-timeout"),
+            ] {
+                ensure!(
+                    (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&value),
+                    "{flag} must be between 1s and 1h"
+                );
+            }
+            Ok(crate::edge::EdgeLimits {
+                max_connections,
+                tls_handshake_timeout: args.tls_handshake_timeout,
+                header_read_timeout: args.header_read_timeout,
+                idle_timeout: args.idle_timeout,
+            })
+        };
+        let user_edge = edge(args.max_connections, "--max-connections")?;
+        let agent_edge = edge(args.agent_max_connections, "--agent-max-connections")?;
         ensure!(
             args.agent_listen != Some(args.listen),
             "--agent-listen must differ from --listen: agents and people use separate listeners"
@@ -255,6 +324,8 @@ impl TryFrom<Args> for Config {
                 per_user: args.login_failures_per_user,
                 max_delay: args.login_max_delay,
             },
+            edge: user_edge,
+            agent_edge,
             listen: args.listen,
             database: DatabaseConfig {
                 connect_options,
@@ -475,15 +546,23 @@ mod tests {
     }
 
     #[test]
-    fn login_limits_out_of_range_are_refused() {
+    fn edge_and_login_limits_out_of_range_are_refused() {
         for (flag, value) in [
+            ("--max-connections", "0"),
+            ("--agent-max-connections", "100000"),
+            ("--tls-handshake-timeout", "0s"),
+            ("--header-read-timeout", "2h"),
+            ("--idle-timeout", "10ms"),
             ("--login-failures-per-user", "0"),
             ("--login-max-delay", "1h"),
         ] {
             let error = error_of(&["--database-url", URL, flag, value]);
             assert!(error.contains(flag), "{flag} {value}: {error}");
         }
-        let config = parse(&["--database-url", URL]).unwrap();
+        let config = parse(&["--database-url", URL, "--agent-max-connections", "10"]).unwrap();
+        assert_eq!(config.agent_edge.max_connections, 10);
+        assert_eq!(config.edge.max_connections, 512);
+        assert_eq!(config.edge.idle_timeout, Duration::from_secs(60));
         assert_eq!(config.login, crate::auth::limiter::Policy::default());
     }
 

@@ -14,8 +14,11 @@
 //!   middleware times every request under its matched route.
 //! - [`problem`]: RFC 9457 problem details, the one shape of every error
 //!   response.
-//! - [`server`]: binds the listeners, serves HTTPS (reloading the certificate
-//!   on SIGHUP), and shuts down gracefully on SIGTERM/SIGINT.
+//! - [`server`]: binds the listeners, reloads the certificate on SIGHUP, and
+//!   shuts down gracefully on SIGTERM/SIGINT.
+//! - [`edge`]: what faces the network on both listeners: the connection
+//!   limit, TLS, HTTP/1.1 and HTTP/2 with their timeouts, and the lingering
+//!   read of request bodies an early answer left unread.
 //! - [`pipeline_spec`]: reduction pipelines and experiment task payloads as
 //!   data, with their validation; no I/O (shared with the agent later).
 //! - [`pipelines`]: saved pipelines and templates.
@@ -42,6 +45,7 @@ pub mod auth;
 pub mod config;
 pub mod cost;
 pub mod db;
+pub mod edge;
 pub mod error;
 pub mod experiment_driver;
 pub mod experiment_state;
@@ -261,8 +265,9 @@ pub fn agent_router(state: AppState, limits: HttpLimits) -> Router {
 /// Tracing, metrics, timeout and body limit, for both listeners.
 fn with_layers(app: Router<AppState>, state: AppState, limits: HttpLimits) -> Router {
     // Each `layer` wraps everything added before it, so the last one added
-    // sees a request first: trace, then metrics (which so also time timeouts
-    // and refusals), then the timeout, then the body limit.
+    // sees a request first: the drain of unread bodies, trace, then metrics
+    // (which so also time timeouts and refusals), then the timeout, then the
+    // body limit.
     app.fallback(problem::not_found)
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(DefaultBodyLimit::disable())
@@ -281,6 +286,7 @@ fn with_layers(app: Router<AppState>, state: AppState, limits: HttpLimits) -> Ro
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
                 .on_failure(DefaultOnFailure::new().level(Level::WARN)),
         )
+        .layer(middleware::from_fn(edge::drain_unread_body))
         .with_state(state)
 }
 
