@@ -90,13 +90,73 @@ pub struct Args {
     #[arg(long, env = "PHOENIX_PRICE_PER_SERIES_MONTH", default_value_t = 0.05)]
     pub price_per_series_month: f64,
 
-    /// Login attempts per minute from one IP address.
-    #[arg(long, env = "PHOENIX_LOGIN_RATE_PER_IP", default_value_t = 20)]
-    pub login_rate_per_ip: u32,
+    /// Failed logins of one user name from one source (an IPv4 address or
+    /// an IPv6 /64) before each further attempt waits, doubling from 1 s.
+    #[arg(
+        long,
+        env = "PHOENIX_LOGIN_FAILURES_PER_USER_SOURCE",
+        default_value_t = 5
+    )]
+    pub login_failures_per_user_source: u32,
 
-    /// Login attempts per minute for one user name.
-    #[arg(long, env = "PHOENIX_LOGIN_RATE_PER_USER", default_value_t = 10)]
-    pub login_rate_per_user: u32,
+    /// Failed logins from one source, whatever the user names, before delays start.
+    #[arg(long, env = "PHOENIX_LOGIN_FAILURES_PER_SOURCE", default_value_t = 20)]
+    pub login_failures_per_source: u32,
+
+    /// Failed logins of one user name from all sources before sources that
+    /// failed themselves share its delay (at most 1 min); clean sources never wait.
+    #[arg(long, env = "PHOENIX_LOGIN_FAILURES_PER_USER", default_value_t = 100)]
+    pub login_failures_per_user: u32,
+
+    /// Longest wait imposed on a source or a user name from one source (1s to 15m).
+    #[arg(
+        long,
+        env = "PHOENIX_LOGIN_MAX_DELAY",
+        default_value = "15m",
+        value_parser = humantime::parse_duration
+    )]
+    pub login_max_delay: Duration,
+
+    /// Most connections held open on the user listener; more wait to be accepted.
+    #[arg(long, env = "PHOENIX_API_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+
+    /// Most connections held open on the agent listener; more wait to be accepted.
+    #[arg(
+        long,
+        env = "PHOENIX_API_AGENT_MAX_CONNECTIONS",
+        default_value_t = 4096
+    )]
+    pub agent_max_connections: usize,
+
+    /// Longest a client may take to complete the TLS handshake.
+    #[arg(
+        long,
+        env = "PHOENIX_API_TLS_HANDSHAKE_TIMEOUT",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
+    pub tls_handshake_timeout: Duration,
+
+    /// Longest a client may take to send a request's headers, counted from
+    /// when the connection is ready for the request (so it also closes an
+    /// HTTP/1.1 connection kept alive without a next request).
+    #[arg(
+        long,
+        env = "PHOENIX_API_HEADER_READ_TIMEOUT",
+        default_value = "20s",
+        value_parser = humantime::parse_duration
+    )]
+    pub header_read_timeout: Duration,
+
+    /// A connection with no request in flight for this long is closed.
+    #[arg(
+        long,
+        env = "PHOENIX_API_IDLE_TIMEOUT",
+        default_value = "60s",
+        value_parser = humantime::parse_duration
+    )]
+    pub idle_timeout: Duration,
 }
 
 /// The validated configuration the service runs with.
@@ -112,8 +172,11 @@ pub struct Config {
     pub jwt_key: Option<Secret>,
     pub initial_admin_password_file: Option<PathBuf>,
     pub settings: crate::Settings,
-    pub login_rate_per_ip: u32,
-    pub login_rate_per_user: u32,
+    pub login: crate::auth::limiter::Policy,
+    /// Connection limits and timeouts of the user listener.
+    pub edge: crate::edge::EdgeLimits,
+    /// The same for the agent listener.
+    pub agent_edge: crate::edge::EdgeLimits,
 }
 
 /// Bytes that must not appear in logs or `Debug` output.
@@ -190,18 +253,45 @@ impl TryFrom<Args> for Config {
             args.price_per_series_month.is_finite() && args.price_per_series_month >= 0.0,
             "--price-per-series-month must be a non-negative number of dollars"
         );
-        count_within(
-            "--login-rate-per-ip",
-            args.login_rate_per_ip.into(),
-            1,
-            10_000,
-        )?;
-        count_within(
-            "--login-rate-per-user",
-            args.login_rate_per_user.into(),
-            1,
-            10_000,
-        )?;
+        for (flag, value) in [
+            (
+                "--login-failures-per-user-source",
+                args.login_failures_per_user_source,
+            ),
+            ("--login-failures-per-source", args.login_failures_per_source),
+            ("--login-failures-per-user", args.login_failures_per_user),
+        ] {
+            count_within(flag, value.into(), 1, 10_000)?;
+        }
+        ensure!(
+            (Duration::from_secs(1)..=crate::auth::limiter::FORGET_AFTER)
+                .contains(&args.login_max_delay),
+            "--login-max-delay must be between 1s and 15m (failures are forgotten after 15 minutes)"
+        );
+        let edge = |max_connections: usize, flag: &str| {
+            ensure!(
+                (1..=65536).contains(&max_connections),
+                "{flag} must be between 1 and 65536"
+            );
+            for (value, flag) in [
+                (args.tls_handshake_timeout, "--tls-handshake-timeout"),
+                (args.header_read_timeout, "--header-read-timeout"),
+                (args.idle_timeout, "--idle-timeout"),
+            ] {
+                ensure!(
+                    (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&value),
+                    "{flag} must be between 1s and 1h"
+                );
+            }
+            Ok(crate::edge::EdgeLimits {
+                max_connections,
+                tls_handshake_timeout: args.tls_handshake_timeout,
+                header_read_timeout: args.header_read_timeout,
+                idle_timeout: args.idle_timeout,
+            })
+        };
+        let user_edge = edge(args.max_connections, "--max-connections")?;
+        let agent_edge = edge(args.agent_max_connections, "--agent-max-connections")?;
         ensure!(
             args.agent_listen != Some(args.listen),
             "--agent-listen must differ from --listen: agents and people use separate listeners"
@@ -234,8 +324,14 @@ impl TryFrom<Args> for Config {
                 prometheus_url: args.prometheus_url,
                 price_per_series_month: args.price_per_series_month,
             },
-            login_rate_per_ip: args.login_rate_per_ip,
-            login_rate_per_user: args.login_rate_per_user,
+            login: crate::auth::limiter::Policy {
+                per_user_source: args.login_failures_per_user_source,
+                per_source: args.login_failures_per_source,
+                per_user: args.login_failures_per_user,
+                max_delay: args.login_max_delay,
+            },
+            edge: user_edge,
+            agent_edge,
             listen: args.listen,
             database: DatabaseConfig {
                 connect_options,
@@ -502,8 +598,8 @@ mod tests {
             "--max-body-bytes = 10 is out of range: give a whole number from 1024 to 1073741824"
         );
         assert_eq!(
-            error_of(&["--database-url", URL, "--login-rate-per-user", "0"]),
-            "--login-rate-per-user = 0 is out of range: give a whole number from 1 to 10000"
+            error_of(&["--database-url", URL, "--login-failures-per-user", "0"]),
+            "--login-failures-per-user = 0 is out of range: give a whole number from 1 to 10000"
         );
     }
 
@@ -517,6 +613,27 @@ mod tests {
         assert!(error.contains("--max-body-bytes"), "{error}");
         let error = error_of(&["--database-url", URL, "--database-max-connections", "0"]);
         assert!(error.contains("--database-max-connections"), "{error}");
+    }
+
+    #[test]
+    fn edge_and_login_limits_out_of_range_are_refused() {
+        for (flag, value) in [
+            ("--max-connections", "0"),
+            ("--agent-max-connections", "100000"),
+            ("--tls-handshake-timeout", "0s"),
+            ("--header-read-timeout", "2h"),
+            ("--idle-timeout", "10ms"),
+            ("--login-failures-per-user", "0"),
+            ("--login-max-delay", "1h"),
+        ] {
+            let error = error_of(&["--database-url", URL, flag, value]);
+            assert!(error.contains(flag), "{flag} {value}: {error}");
+        }
+        let config = parse(&["--database-url", URL, "--agent-max-connections", "10"]).unwrap();
+        assert_eq!(config.agent_edge.max_connections, 10);
+        assert_eq!(config.edge.max_connections, 512);
+        assert_eq!(config.edge.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.login, crate::auth::limiter::Policy::default());
     }
 
     #[test]

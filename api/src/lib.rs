@@ -19,8 +19,11 @@
 //!   middleware times every request under its matched route.
 //! - [`problem`]: RFC 9457 problem details, the one shape of every error
 //!   response.
-//! - [`server`]: binds the listeners, serves HTTPS (reloading the certificate
-//!   on SIGHUP), and shuts down gracefully on SIGTERM/SIGINT.
+//! - [`server`]: binds the listeners, reloads the certificate on SIGHUP, and
+//!   shuts down gracefully on SIGTERM/SIGINT.
+//! - [`edge`]: what faces the network on both listeners: the connection
+//!   limit, TLS, HTTP/1.1 and HTTP/2 with their timeouts, and the lingering
+//!   read of request bodies an early answer left unread.
 //! - [`pipeline_spec`]: reduction pipelines and experiment task payloads as
 //!   data, with their validation; no I/O (shared with the agent later).
 //! - [`pipelines`]: saved pipelines and templates.
@@ -47,6 +50,7 @@ pub mod auth;
 pub mod config;
 pub mod cost;
 pub mod db;
+pub mod edge;
 pub mod error;
 pub mod experiment_driver;
 pub mod experiment_state;
@@ -65,7 +69,7 @@ use std::sync::Arc;
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, FromRef},
+    extract::DefaultBodyLimit,
     http::{StatusCode, header},
     middleware,
     routing::get,
@@ -112,12 +116,6 @@ pub struct Settings {
     pub prometheus_url: Option<url::Url>,
     /// Price of one active series per month, in dollars, for cost figures.
     pub price_per_series_month: f64,
-}
-
-impl FromRef<AppState> for Arc<Metrics> {
-    fn from_ref(state: &AppState) -> Self {
-        state.metrics.clone()
-    }
 }
 
 #[derive(OpenApi)]
@@ -275,8 +273,9 @@ pub fn agent_router(state: AppState, limits: HttpLimits) -> Router {
 /// Tracing, metrics, timeout and body limit, for both listeners.
 fn with_layers(app: Router<AppState>, state: AppState, limits: HttpLimits) -> Router {
     // Each `layer` wraps everything added before it, so the last one added
-    // sees a request first: trace, then metrics (which so also time timeouts
-    // and refusals), then the timeout, then the body limit.
+    // sees a request first: the drain of unread bodies, trace, then metrics
+    // (which so also time timeouts and refusals), then the timeout, then the
+    // body limit.
     app.fallback(problem::not_found)
         .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
         .layer(DefaultBodyLimit::disable())
@@ -295,6 +294,7 @@ fn with_layers(app: Router<AppState>, state: AppState, limits: HttpLimits) -> Ro
                 .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
                 .on_failure(DefaultOnFailure::new().level(Level::WARN)),
         )
+        .layer(middleware::from_fn(edge::drain_unread_body))
         .with_state(state)
 }
 
@@ -327,7 +327,7 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             auth: Arc::new(AuthState {
                 keys: JwtKeys::from_secret(&[1u8; 32]).unwrap(),
-                limiter: LoginLimiter::new(10, 5),
+                limiter: LoginLimiter::new(Default::default()).unwrap(),
             }),
             settings: Arc::new(Settings {
                 pushgateway_url: None,
@@ -363,6 +363,38 @@ mod tests {
         Request::get(uri).body(Body::empty()).unwrap()
     }
 
+    /// `GET /metrics` as if from `peer`.
+    fn scrape(peer: &str) -> Request<Body> {
+        let mut request = get("/metrics");
+        let peer = std::net::SocketAddr::new(peer.parse().unwrap(), 40000);
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        request
+    }
+
+    #[tokio::test]
+    async fn metrics_without_a_token_are_for_loopback_peers_only() {
+        let app = router(state_without_database(), LIMITS);
+        for peer in ["192.0.2.1", "2001:db8::1"] {
+            let (status, content_type, body) = call(&app, scrape(peer)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{peer}");
+            assert_eq!(content_type, problem::PROBLEM_CONTENT_TYPE);
+            assert!(body.contains(r#""code":"missing_token""#), "{body}");
+            assert!(!body.contains("phoenix_api"), "{body}");
+        }
+        let (status, _, body) = call(&app, get("/metrics")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "no peer address: {body}");
+        for peer in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            let (status, content_type, _) = call(&app, scrape(peer)).await;
+            assert_eq!(status, StatusCode::OK, "{peer}");
+            assert_eq!(content_type, metrics::METRICS_CONTENT_TYPE);
+        }
+        let agents = agent_router(state_without_database(), LIMITS);
+        let (status, _, _) = call(&agents, scrape("127.0.0.1")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "not on the agent listener");
+    }
+
     #[tokio::test]
     async fn unknown_paths_are_404_problems_counted_as_unmatched() {
         let state = state_without_database();
@@ -377,7 +409,7 @@ mod tests {
             "there is no resource at GET /api/v1/nothing"
         );
 
-        let (_, content_type, text) = call(&app, get("/metrics")).await;
+        let (_, content_type, text) = call(&app, scrape("127.0.0.1")).await;
         assert_eq!(content_type, metrics::METRICS_CONTENT_TYPE);
         assert!(
             text.contains(r#"method="GET",route="unmatched",status="404""#),
@@ -399,7 +431,7 @@ mod tests {
             "fail"
         );
 
-        let (_, _, text) = call(&app, get("/metrics")).await;
+        let (_, _, text) = call(&app, scrape("127.0.0.1")).await;
         assert!(text.contains("\nphoenix_api_database_up 0\n"), "{text}");
         assert!(
             text.contains(r#"method="GET",route="/health",status="503""#),
@@ -423,7 +455,7 @@ mod tests {
             health::HEALTH_CONTENT_TYPE,
             "the handler was not cut off"
         );
-        let (_, _, text) = call(&app, get("/metrics")).await;
+        let (_, _, text) = call(&app, scrape("127.0.0.1")).await;
         assert!(
             text.contains(r#"method="GET",route="/health",status="503""#),
             "{text}"

@@ -1,11 +1,12 @@
 //! Prometheus metrics: what they are, the middleware that times every request,
-//! and the `/metrics` endpoint.
+//! and the `/metrics` endpoint, which only the local Prometheus (over
+//! loopback) and admins may read.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use axum::{
-    extract::{MatchedPath, Request, State},
-    http::{Method, StatusCode, header},
+    extract::{FromRequestParts, MatchedPath, Request, State},
+    http::{Method, StatusCode, header, request::Parts},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -16,7 +17,15 @@ use prometheus_client::{
 };
 use tokio::time::Instant;
 
-use crate::problem::Problem;
+use crate::{
+    AppState,
+    auth::{
+        Caller, Role,
+        caller::{bearer, client_ip},
+    },
+    error::{ApiError, ApiResult},
+    problem::Problem,
+};
 
 /// Media type of the OpenMetrics text format that [`encode`] writes.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -185,9 +194,17 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
     response
 }
 
-/// `GET /metrics`.
-pub async fn handler(State(metrics): State<Arc<Metrics>>) -> Response {
-    match metrics.render() {
+/// `GET /metrics`. Agent counts, the database size and per-route latencies
+/// are not for strangers on the public listener: served without a token
+/// only to a loopback peer (the appliance's Prometheus), otherwise only to
+/// an admin's token. A token, when sent, is always checked, even over
+/// loopback.
+pub async fn handler(State(state): State<AppState>, request: Request) -> Response {
+    let (mut parts, _) = request.into_parts();
+    if let Err(refusal) = authorize(&mut parts, &state).await {
+        return refusal.into_response();
+    }
+    match state.metrics.render() {
         Ok(text) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
         Err(error) => {
             tracing::error!(%error, "could not render metrics");
@@ -196,6 +213,28 @@ pub async fn handler(State(metrics): State<Arc<Metrics>>) -> Response {
                 .into_response()
         }
     }
+}
+
+async fn authorize(parts: &mut Parts, state: &AppState) -> ApiResult<()> {
+    if bearer(parts).is_none() {
+        return if is_local_scrape(client_ip(parts)) {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized(
+                "missing_token",
+                "/metrics answers without a token only over loopback (the local Prometheus); \
+                 send `Authorization: Bearer <access token of an admin>`",
+            ))
+        };
+    }
+    let caller = Caller::from_request_parts(parts, state).await?;
+    caller.require(Role::Admin, "metrics.read", state).await
+}
+
+/// Whether `peer` may read the metrics without a token: a loopback address,
+/// also as an IPv4-mapped IPv6 one (a listener on `[::]`).
+pub fn is_local_scrape(peer: Option<IpAddr>) -> bool {
+    peer.is_some_and(|ip| ip.to_canonical().is_loopback())
 }
 
 #[cfg(test)]
@@ -265,6 +304,24 @@ mod tests {
             text.contains(r#"method="other",route="unmatched",status="404""#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn only_loopback_peers_scrape_without_a_token() {
+        for local in ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"] {
+            assert!(is_local_scrape(Some(local.parse().unwrap())), "{local}");
+        }
+        for remote in [
+            "192.0.2.1",
+            "10.0.0.1",
+            "0.0.0.0",
+            "2001:db8::1",
+            "::ffff:192.0.2.1",
+            "::",
+        ] {
+            assert!(!is_local_scrape(Some(remote.parse().unwrap())), "{remote}");
+        }
+        assert!(!is_local_scrape(None), "no peer address, no exception");
     }
 
     #[test]

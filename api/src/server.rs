@@ -1,13 +1,12 @@
 //! Startup, serving and shutdown of the whole service.
 //!
 //! Shutdown is one future, [`Shutdown::requested`], observed by startup (so a
-//! SIGTERM while waiting for the database exits cleanly) and by the server
-//! (which then stops accepting, finishes in-flight requests, and returns).
-
-use std::net::SocketAddr;
+//! SIGTERM while waiting for the database exits cleanly) and by the listeners
+//! in [`crate::edge`] (which then stop accepting, finish in-flight requests,
+//! and return).
 
 use anyhow::Context;
-use axum_server::{Handle, tls_rustls::RustlsConfig};
+use axum_server::tls_rustls::RustlsConfig;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
@@ -16,48 +15,14 @@ use tracing::{info, warn};
 
 use std::sync::Arc;
 
-use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
-
 use crate::{
     AppState, AuthState, agent_router, audit,
     auth::{limiter::LoginLimiter, tokens::JwtKeys, users::ensure_initial_admin},
     config::{Config, TlsFiles},
-    db, experiment_driver,
+    db, edge, experiment_driver,
     metrics::Metrics,
     router,
 };
-
-/// Serve one listener (HTTPS when `tls` is set) until the handle shuts it down.
-async fn serve(
-    listener: std::net::TcpListener,
-    tls: Option<RustlsConfig>,
-    handle: Handle<SocketAddr>,
-    app: IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
-    who: &'static str,
-) -> std::io::Result<()> {
-    let listen = listener.local_addr()?;
-    match tls {
-        Some(tls) => {
-            info!(%listen, for_whom = who, "serving HTTPS");
-            axum_server::from_tcp_rustls(listener, tls)?
-                .handle(handle)
-                .serve(app)
-                .await
-        }
-        None => {
-            warn!(
-                %listen,
-                for_whom = who,
-                "serving plain HTTP because --tls-cert and --tls-key are not set; \
-                 use this only for development or behind a TLS-terminating proxy"
-            );
-            axum_server::from_tcp(listener)?
-                .handle(handle)
-                .serve(app)
-                .await
-        }
-    }
-}
 
 /// On SIGHUP, load the certificate and key again: new connections get the
 /// new certificate, open ones continue undisturbed. A bad pair is refused
@@ -133,13 +98,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics,
         auth: Arc::new(AuthState {
             keys,
-            limiter: LoginLimiter::new(config.login_rate_per_ip, config.login_rate_per_user),
+            limiter: LoginLimiter::new(config.login)?,
         }),
         settings: Arc::new(config.settings.clone()),
         audit: Arc::default(),
     };
-    let app =
-        router(state.clone(), config.http).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(state.clone(), config.http);
 
     let listener = std::net::TcpListener::bind(config.listen).with_context(|| {
         format!(
@@ -157,37 +121,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
-    let handle = Handle::new();
+    // In-flight requests get one request timeout to finish at shutdown.
     let grace = config.http.request_timeout;
-    tokio::spawn({
-        let handle = handle.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            shutdown.requested().await;
-            info!(
-                grace_ms = grace.as_millis() as u64,
-                "finishing in-flight requests"
-            );
-            handle.graceful_shutdown(Some(grace));
-        }
-    });
     if let (Some(tls), Some(files)) = (&tls, &config.tls) {
         reload_tls_on_sighup(tls.clone(), files.clone())?;
     }
 
-    let user = serve(
+    let user = edge::serve(
         listener,
         tls.clone(),
-        handle.clone(),
         app,
+        config.edge,
+        shutdown.clone(),
+        grace,
         "people and tools",
     );
     let agents = async {
         match agent_listener {
             Some(listener) => {
-                let app = agent_router(state.clone(), config.http)
-                    .into_make_service_with_connect_info::<SocketAddr>();
-                serve(listener, tls.clone(), handle.clone(), app, "agents").await
+                let app = agent_router(state.clone(), config.http);
+                edge::serve(
+                    listener,
+                    tls.clone(),
+                    app,
+                    config.agent_edge,
+                    shutdown.clone(),
+                    grace,
+                    "agents",
+                )
+                .await
             }
             None => Ok(()),
         }

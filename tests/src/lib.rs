@@ -595,6 +595,74 @@ pub fn https() -> reqwest::blocking::Client {
         .expect("https client")
 }
 
+/// An HTTPS client like [`https`] whose connections leave from `source`:
+/// any address in 127.0.0.0/8 is loopback, so tests can be several clients.
+pub fn https_from(source: std::net::IpAddr) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .local_address(source)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("https client")
+}
+
+/// Runs `curl -sS -k` with `args`: exit code, stdout and stderr.
+pub fn curl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-k", "--max-time", "60"])
+        .args(args)
+        .output()
+        .expect("run curl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// TCP connections process `pid` holds on its listener at `port`: its
+/// sockets (from /proc/<pid>/fd) that /proc/net/tcp{,6} shows bound to the
+/// port and not listening.
+pub fn connections_on(pid: i32, port: u16) -> usize {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|link| {
+                    let link = link.to_string_lossy().into_owned();
+                    link.strip_prefix("socket:[")
+                        .and_then(|rest| rest.strip_suffix(']'))
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let listen_state = "0A";
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .map(|line| {
+                    line.split_whitespace()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        })
+        .filter(|fields| fields.len() > 9 && inodes.contains(&fields[9]))
+        .filter(|fields| fields[3] != listen_state)
+        .filter(|fields| {
+            fields[1]
+                .rsplit(':')
+                .next()
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+                == Some(port)
+        })
+        .count()
+}
+
 /// A whole appliance stack (PostgreSQL, Prometheus, Pushgateway, API) under a
 /// supervisor, with an HTTPS client for the API's two listeners.
 pub struct Stack {
@@ -649,6 +717,19 @@ impl Stack {
             "/api/v1/auth/login",
             &serde_json::json!({ "username": username, "password": password }),
         )
+    }
+
+    /// One login attempt from the loopback address `source`.
+    pub fn login_attempt_from(
+        &self,
+        source: std::net::IpAddr,
+        username: &str,
+        password: &str,
+    ) -> Reply {
+        let request = https_from(source)
+            .post(self.ports.api_url("/api/v1/auth/login"))
+            .json(&serde_json::json!({ "username": username, "password": password }));
+        self.send(request, None)
     }
 
     pub fn login(&self, username: &str, password: &str) -> String {

@@ -2,6 +2,7 @@
 //! stack: login, refresh rotation and reuse detection, logout, forged and
 //! expired tokens, roles, users, rate limits, the audit log, OpenAPI, TLS reload.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use phoenix_tests::{Stack, wait_until};
@@ -371,30 +372,150 @@ fn roles_users_injection_and_audit() {
     assert!(older.body["entries"][0]["id"].as_i64().unwrap() < before);
 }
 
+/// Ten wrong passwords a minute for `admin`, from anywhere, used to make
+/// the right one get 429 from every address.
 #[test]
-fn logins_are_rate_limited_per_user() {
-    let s = Stack::start("[services.api]\nenv = { PHOENIX_LOGIN_RATE_PER_USER = \"3\" }\n");
-    // Three attempts a minute for one user name: one success, two failures...
-    let admin = s.admin_token();
-    for _ in 0..2 {
-        let r = s.login_attempt("admin", "wrong-password-1");
-        assert_eq!(r.status, 401);
+fn a_flood_of_wrong_passwords_does_not_lock_the_admin_out() {
+    // Small allowances, so that the flood goes past every one of them.
+    let s = Stack::start(
+        "[services.api]\nenv = { PHOENIX_LOGIN_FAILURES_PER_USER_SOURCE = \"3\", \
+         PHOENIX_LOGIN_FAILURES_PER_USER = \"3\" }\n",
+    );
+    let source = |last: u8| IpAddr::from([127, 0, 0, last]);
+    let flooder = source(2);
+    let mut statuses = Vec::new();
+    let mut waits = Vec::new();
+    for _ in 0..12 {
+        let r = s.login_attempt_from(flooder, "admin", "wrong-password-1");
+        if r.status == 429 {
+            assert_eq!(code(&r), "rate_limited", "{r:?}");
+            waits.push(retry_after(&r));
+        }
+        statuses.push(r.status);
     }
-    // ...and the fourth waits, even with the right password.
-    let r = s.login_attempt("Admin", &s.admin_password());
-    assert_eq!((r.status, code(&r)), (429, "rate_limited"), "{r:?}");
-    let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!((1..=60).contains(&retry));
-    // Another user name is not affected; the session from before still works.
-    let r = s.login_attempt("someone", "wrong-password-1");
-    assert_eq!(r.status, 401);
-    assert_eq!(s.get(Some(&admin), "/api/v1/auth/me").status, 200);
-    let limited = s.audit(&admin, "action=auth.login&outcome=denied");
+    // Three free failures, a fourth that starts the delay, then refusals:
+    // each retry that does not wait doubles the wait.
+    assert_eq!(statuses[..4], [401; 4], "{statuses:?}");
+    let first_refusal = statuses.iter().position(|&s| s == 429).unwrap();
     assert!(
-        limited
+        statuses[first_refusal..].iter().all(|&s| s == 429),
+        "{statuses:?}"
+    );
+    assert!(waits.len() >= 6, "{statuses:?}");
+    assert!(waits.windows(2).all(|w| w[0] < w[1]), "growing: {waits:?}");
+    assert!(*waits.last().unwrap() >= 32, "{waits:?}");
+    // More addresses fail once each: the account is past its own allowance.
+    for last in 10..16 {
+        let r = s.login_attempt_from(source(last), "admin", "wrong-password-2");
+        assert_eq!(r.status, 401, "{r:?}");
+    }
+    let r = s.login_attempt_from(source(10), "admin", "wrong-password-3");
+    assert_eq!(
+        (r.status, code(&r)),
+        (429, "rate_limited"),
+        "an address that failed waits for the account: {r:?}"
+    );
+
+    // The right password from an address without failures works at once.
+    let password = s.admin_password();
+    let r = s.login_attempt_from(source(3), "admin", &password);
+    assert_eq!(r.status, 200, "{r:?}");
+    // From the flooding address it waits like any other attempt.
+    let r = s.login_attempt_from(flooder, "admin", &password);
+    assert_eq!(r.status, 429, "{r:?}");
+    // Another user name from a clean address is not affected either.
+    let r = s.login_attempt_from(source(4), "someone", "wrong-password-1");
+    assert_eq!(r.status, 401, "{r:?}");
+
+    let admin = admin_token_from(&s, source(3), &password);
+    let refused = s.audit(&admin, "action=auth.login&outcome=denied");
+    assert!(
+        refused
             .iter()
-            .any(|e| e["details"]["reason"] == "rate_limited"),
-        "{limited:#?}"
+            .any(|e| e["details"]["reason"] == "rate_limited" && e["source_ip"] == "127.0.0.2"),
+        "{refused:#?}"
+    );
+}
+
+fn retry_after(r: &phoenix_tests::Reply) -> u64 {
+    r.headers["retry-after"].to_str().unwrap().parse().unwrap()
+}
+
+/// An access token for `admin`, logging in from `source`.
+fn admin_token_from(s: &Stack, source: IpAddr, password: &str) -> String {
+    let r = s.login_attempt_from(source, "admin", password);
+    assert_eq!(r.status, 200, "{r:?}");
+    r.body["access_token"].as_str().unwrap().to_string()
+}
+
+/// `/metrics` on the public listener used to give agent counts, the database
+/// size and per-route latencies to anyone.
+#[test]
+fn metrics_are_for_the_local_prometheus_and_admins_only() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let viewer = s.user_token(&admin, "watcher", "viewer");
+    let scrape = |token: Option<&str>| {
+        let request = phoenix_tests::https().get(s.ports.api_url("/metrics"));
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        s.reply(request)
+    };
+    let refused = scrape(Some(&viewer));
+    assert_eq!(
+        (refused.status, code(&refused)),
+        (403, "forbidden"),
+        "{refused:?}"
+    );
+    let forged = scrape(Some("not-a-token"));
+    assert_eq!(forged.status, 401, "{forged:?}");
+    let response = phoenix_tests::https()
+        .get(s.ports.api_url("/metrics"))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(
+        response
+            .text()
+            .unwrap()
+            .contains("phoenix_api_agents_connected")
+    );
+    // Over loopback without a token: the appliance's Prometheus.
+    let response = phoenix_tests::https()
+        .get(s.ports.api_url("/metrics"))
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(
+        response
+            .text()
+            .unwrap()
+            .contains("phoenix_api_agents_connected")
+    );
+    let r = s.reply(s.agent(reqwest::Method::GET, "/metrics"));
+    assert_eq!(r.status, 404, "not on the agent listener: {r:?}");
+    // And Prometheus still scrapes the API.
+    wait_until(
+        "Prometheus scrapes the API",
+        Duration::from_secs(30),
+        || {
+            let r = phoenix_tests::plain_http()
+                .get(s.ports.prometheus_url("/api/v1/query"))
+                .query(&[("query", "up{job=\"phoenix-api\"}")])
+                .send()
+                .ok()?
+                .json::<Value>()
+                .ok()?;
+            (r["data"]["result"][0]["value"][1] == "1").then_some(())
+        },
+    );
+    let denied = s.audit(&admin, "action=metrics.read&outcome=denied");
+    assert!(
+        denied.iter().any(|e| e["actor"] == "user:watcher"),
+        "{denied:#?}"
     );
 }
 

@@ -1,89 +1,290 @@
-//! Login rate limits per source IP and per user name, so that guessing
-//! passwords is slow from one place and against one account.
+//! Login throttling by failures, so that guessing passwords is slow without
+//! letting strangers lock the real users out.
+//!
+//! Failures are counted under three keys: the source (an IPv4 address or an
+//! IPv6 /64, the smallest block one attacker usually holds), the user name
+//! from that source, and the user name from anywhere. Each key allows some
+//! failures for free; after that every further failure doubles the wait
+//! before the next attempt (1 s, 2 s, 4 s, ... up to a cap). An attempt
+//! refused with a wait counts against its source too, so a client that does
+//! not honour `Retry-After` only waits longer.
+//!
+//! The per-user key is loose (many free failures, a short cap) and binds only
+//! sources that have failed recently themselves: a correct password from a
+//! source without recent failures is never refused because of what other
+//! sources did. A botnet spraying one account gets one guess per fresh
+//! address and then shares the account's delay.
+//!
+//! Time comes from tokio, so the tests run in virtual time.
 
-use std::net::IpAddr;
-use std::num::NonZeroU32;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::NoOpMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
-use governor::{Quota, RateLimiter};
+use phoenix_backoff::Backoff;
+use tokio::time::Instant;
 
-type Keyed<K, C> =
-    RateLimiter<K, DefaultKeyedStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
-
-/// How often [`LoginLimiter::prune`] should run: each key is forgotten once
-/// its allowance is whole again (within a minute), so without pruning every
-/// address and user name ever tried would stay in memory.
+/// How often [`LoginLimiter::prune`] should run.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
-pub struct LoginLimiter<C: Clock = DefaultClock> {
-    clock: C,
-    by_ip: Keyed<IpAddr, C>,
-    by_user: Keyed<String, C>,
+/// A key with no failure for this long (and not waiting) is forgotten: its
+/// source counts as having no recent failures again.
+pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// The first delay once a key's free failures are spent.
+const FIRST_DELAY: Duration = Duration::from_secs(1);
+
+/// Cap of the per-user delay: it is shared by every failing source of an
+/// account, so it stays short for the real user who mistyped once.
+const USER_MAX_DELAY: Duration = Duration::from_secs(60);
+
+/// Login attempts one source may have in flight at once: a burst of parallel
+/// guesses would otherwise all pass the check before the first one fails.
+const MAX_IN_FLIGHT_PER_SOURCE: u32 = 4;
+
+/// Failures allowed before delays start, and the longest delay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Failures of one user name from one source.
+    pub per_user_source: u32,
+    /// Failures from one source, whatever the user names.
+    pub per_source: u32,
+    /// Failures of one user name from all sources (loose).
+    pub per_user: u32,
+    /// Longest wait for a source or a user name from one source; at least
+    /// [`FIRST_DELAY`] and at most [`FORGET_AFTER`].
+    pub max_delay: Duration,
 }
 
-impl<C: Clock> std::fmt::Debug for LoginLimiter<C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LoginLimiter(..)")
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            per_user_source: 5,
+            per_source: 20,
+            per_user: 100,
+            max_delay: FORGET_AFTER,
+        }
     }
+}
+
+/// Where an attempt comes from, as far as throttling is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    V4(Ipv4Addr),
+    /// The upper 64 bits of an IPv6 address.
+    V6Prefix(u64),
+    /// No peer address (in-process tests only): all such attempts share one.
+    Unknown,
+}
+
+impl Source {
+    fn of(ip: Option<IpAddr>) -> Source {
+        match ip.map(|ip| ip.to_canonical()) {
+            Some(IpAddr::V4(v4)) => Source::V4(v4),
+            Some(IpAddr::V6(v6)) => Source::V6Prefix((u128::from(v6) >> 64) as u64),
+            None => Source::Unknown,
+        }
+    }
+}
+
+/// Failures under one key.
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+    blocked_until: Instant,
+}
+
+impl Failures {
+    fn new(now: Instant) -> Self {
+        Failures {
+            count: 0,
+            last: now,
+            blocked_until: now,
+        }
+    }
+
+    fn wait(&self, now: Instant) -> Duration {
+        self.blocked_until.saturating_duration_since(now)
+    }
+
+    /// One more failure: past the free ones, the next attempt waits
+    /// `FIRST_DELAY * 2^(failures beyond the free ones - 1)`, capped.
+    fn add(&mut self, now: Instant, free: u32, delays: &Backoff) {
+        if self.forgotten(now) {
+            *self = Failures::new(now);
+        }
+        self.count = self.count.saturating_add(1);
+        self.last = now;
+        if self.count > free {
+            self.blocked_until = now + delays.base_delay(self.count - free - 1);
+        }
+    }
+
+    /// Nothing to remember: no failure, or none recent and no wait left.
+    fn forgotten(&self, now: Instant) -> bool {
+        self.count == 0
+            || (self.wait(now).is_zero()
+                && now.saturating_duration_since(self.last) >= FORGET_AFTER)
+    }
+}
+
+#[derive(Debug)]
+struct SourceState {
+    failures: Failures,
+    in_flight: u32,
+}
+
+#[derive(Debug, Default)]
+struct Keys {
+    sources: HashMap<Source, SourceState>,
+    pairs: HashMap<(String, Source), Failures>,
+    users: HashMap<String, Failures>,
+}
+
+pub struct LoginLimiter {
+    policy: Policy,
+    /// Delays of a source and of a user name from one source.
+    delays: Backoff,
+    /// Delays of a user name from all sources.
+    user_delays: Backoff,
+    keys: Mutex<Keys>,
+}
+
+impl std::fmt::Debug for LoginLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginLimiter")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an attempt was not even tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub retry_after: Duration,
+}
+
+impl Refused {
+    /// Whole seconds for `Retry-After`, rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        let secs = self.retry_after.as_secs();
+        let rounded = if self.retry_after.subsec_nanos() > 0 {
+            secs + 1
+        } else {
+            secs
+        };
+        rounded.max(1)
+    }
+}
+
+/// One admitted login attempt; say how it ended with [`Attempt::failed`] or
+/// [`Attempt::succeeded`]. Dropped without either (the database failed),
+/// nothing is counted.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    limiter: &'a LoginLimiter,
+    source: Source,
+    user: String,
 }
 
 impl LoginLimiter {
-    /// `per_ip` and `per_user` attempts per minute (each also the burst).
-    pub fn new(per_ip: u32, per_user: u32) -> Self {
-        Self::with_clock(per_ip, per_user, DefaultClock::default())
-    }
-}
-
-impl<C: Clock + Clone> LoginLimiter<C> {
-    pub fn with_clock(per_ip: u32, per_user: u32, clock: C) -> Self {
-        let quota = |n: u32| Quota::per_minute(NonZeroU32::new(n.max(1)).expect("at least 1"));
-        LoginLimiter {
-            by_ip: RateLimiter::new(
-                quota(per_ip),
-                DefaultKeyedStateStore::default(),
-                clock.clone(),
-            ),
-            by_user: RateLimiter::new(
-                quota(per_user),
-                DefaultKeyedStateStore::default(),
-                clock.clone(),
-            ),
-            clock,
-        }
+    pub fn new(policy: Policy) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            policy.per_user_source > 0 && policy.per_source > 0 && policy.per_user > 0,
+            "every login failure allowance must be at least 1"
+        );
+        anyhow::ensure!(
+            (FIRST_DELAY..=FORGET_AFTER).contains(&policy.max_delay),
+            "the longest login delay must be between {FIRST_DELAY:?} and {FORGET_AFTER:?}"
+        );
+        Ok(LoginLimiter {
+            policy,
+            delays: Backoff::try_new(FIRST_DELAY, policy.max_delay, 0.0)?,
+            user_delays: Backoff::try_new(FIRST_DELAY, policy.max_delay.min(USER_MAX_DELAY), 0.0)?,
+            keys: Mutex::new(Keys::default()),
+        })
     }
 
-    /// `Err(seconds to wait)` when either limit is spent.
-    pub fn check(&self, ip: Option<IpAddr>, username: &str) -> Result<(), u64> {
-        let now = self.clock.now();
-        let wait = |not_until: governor::NotUntil<C::Instant>| {
-            not_until.wait_time_from(now).as_secs().max(1)
+    fn keys(&self) -> MutexGuard<'_, Keys> {
+        // Every update leaves the maps consistent, so a panic elsewhere while
+        // holding the lock does not make them unusable.
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Admits an attempt, or refuses it with the time to wait. A refusal
+    /// counts as a failure of the source and of the user name from it.
+    pub fn begin(&self, ip: Option<IpAddr>, username: &str) -> Result<Attempt<'_>, Refused> {
+        let now = Instant::now();
+        let source = Source::of(ip);
+        let user = username.to_lowercase();
+        let mut keys = self.keys();
+        let Keys {
+            sources,
+            pairs,
+            users,
+        } = &mut *keys;
+        let source_state = sources.entry(source).or_insert_with(|| SourceState {
+            failures: Failures::new(now),
+            in_flight: 0,
+        });
+        let pair_key = (user.clone(), source);
+        let pair_wait = pairs.get(&pair_key).map_or(Duration::ZERO, |f| f.wait(now));
+        // Only a source that failed recently waits for the account's delay.
+        let tainted = !source_state.failures.forgotten(now);
+        let user_wait = match users.get(&user) {
+            Some(failures) if tainted => failures.wait(now),
+            _ => Duration::ZERO,
         };
-        // The user limit first: an attempt it refuses does not also spend
-        // the address's allowance.
-        self.by_user
-            .check_key(&username.to_lowercase())
-            .map_err(wait)?;
-        if let Some(ip) = ip {
-            self.by_ip.check_key(&ip).map_err(wait)?;
+        let wait = source_state
+            .failures
+            .wait(now)
+            .max(pair_wait)
+            .max(user_wait);
+        if !wait.is_zero() {
+            source_state
+                .failures
+                .add(now, self.policy.per_source, &self.delays);
+            let pair = pairs.entry(pair_key).or_insert_with(|| Failures::new(now));
+            pair.add(now, self.policy.per_user_source, &self.delays);
+            let retry_after = source_state
+                .failures
+                .wait(now)
+                .max(pair.wait(now))
+                .max(user_wait);
+            return Err(Refused { retry_after });
         }
-        Ok(())
+        if source_state.in_flight >= MAX_IN_FLIGHT_PER_SOURCE {
+            return Err(Refused {
+                retry_after: FIRST_DELAY,
+            });
+        }
+        source_state.in_flight += 1;
+        Ok(Attempt {
+            limiter: self,
+            source,
+            user,
+        })
     }
 
-    /// Forgets the addresses and user names whose allowance is whole again
-    /// (they would be admitted as if never seen).
+    /// Forgets the keys without recent failures.
     pub fn prune(&self) {
-        self.by_ip.retain_recent();
-        self.by_ip.shrink_to_fit();
-        self.by_user.retain_recent();
-        self.by_user.shrink_to_fit();
+        let now = Instant::now();
+        let mut keys = self.keys();
+        keys.sources
+            .retain(|_, s| s.in_flight > 0 || !s.failures.forgotten(now));
+        keys.pairs.retain(|_, f| !f.forgotten(now));
+        keys.users.retain(|_, f| !f.forgotten(now));
+        keys.sources.shrink_to_fit();
+        keys.pairs.shrink_to_fit();
+        keys.users.shrink_to_fit();
     }
 
-    /// Addresses and user names remembered.
+    /// Keys remembered (sources, user names per source, user names).
     pub fn len(&self) -> usize {
-        self.by_ip.len() + self.by_user.len()
+        let keys = self.keys();
+        keys.sources.len() + keys.pairs.len() + keys.users.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -91,69 +292,184 @@ impl<C: Clock + Clone> LoginLimiter<C> {
     }
 }
 
+impl Attempt<'_> {
+    /// A wrong password, an unknown or a disabled user: counts under all
+    /// three keys.
+    pub fn failed(self) {
+        let now = Instant::now();
+        let limiter = self.limiter;
+        let policy = limiter.policy;
+        let mut keys = limiter.keys();
+        if let Some(source) = keys.sources.get_mut(&self.source) {
+            source.failures.add(now, policy.per_source, &limiter.delays);
+        }
+        keys.pairs
+            .entry((self.user.clone(), self.source))
+            .or_insert_with(|| Failures::new(now))
+            .add(now, policy.per_user_source, &limiter.delays);
+        keys.users
+            .entry(self.user.clone())
+            .or_insert_with(|| Failures::new(now))
+            .add(now, policy.per_user, &limiter.user_delays);
+    }
+
+    /// The right password: this source's failures for this user name are
+    /// forgotten. Its failures for other names stay, so a valid account does
+    /// not launder guesses against another.
+    pub fn succeeded(self) {
+        self.limiter
+            .keys()
+            .pairs
+            .remove(&(self.user.clone(), self.source));
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if let Some(source) = self.limiter.keys().sources.get_mut(&self.source) {
+            source.in_flight = source.in_flight.saturating_sub(1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn limits_apply_per_user_and_per_ip() {
-        let l = LoginLimiter::new(5, 3);
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+    fn ip(text: &str) -> Option<IpAddr> {
+        Some(text.parse().unwrap())
+    }
+
+    fn fail(l: &LoginLimiter, from: Option<IpAddr>, user: &str) {
+        l.begin(from, user).expect("admitted").failed();
+    }
+
+    fn waits(l: &LoginLimiter, from: Option<IpAddr>, user: &str) -> u64 {
+        l.begin(from, user).expect_err("refused").retry_after_secs()
+    }
+
+    fn tight() -> LoginLimiter {
+        LoginLimiter::new(Policy {
+            per_user_source: 3,
+            per_source: 10,
+            per_user: 5,
+            max_delay: Duration::from_secs(60),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_from_one_source_never_locks_out_a_clean_source() {
+        let l = tight();
+        let attacker = ip("192.0.2.66");
         for _ in 0..3 {
-            assert!(l.check(Some(ip), "alice").is_ok());
+            fail(&l, attacker, "admin");
         }
-        assert!(
-            l.check(Some(ip), "ALICE").is_err(),
-            "user names are case-insensitive"
-        );
-        assert!(l.check(Some(ip), "bob").is_ok());
-        assert!(l.check(Some(ip), "carol").is_ok());
-        let wait = l.check(Some(ip), "dave").unwrap_err();
-        assert!(wait >= 1, "the IP's five attempts are spent");
-        assert!(l.check(Some("192.0.2.2".parse().unwrap()), "dave").is_ok());
+        // The fourth failure starts the delays; each refused retry doubles them.
+        fail(&l, attacker, "admin");
+        assert_eq!(waits(&l, attacker, "admin"), 2);
+        assert_eq!(waits(&l, attacker, "Admin"), 4, "user names ignore case");
+        assert_eq!(waits(&l, attacker, "admin"), 8);
+        // Keep flooding, far past the loose per-user allowance.
+        for _ in 0..50 {
+            tokio::time::advance(Duration::from_secs(61)).await;
+            fail(&l, attacker, "admin");
+        }
+        assert_eq!(waits(&l, attacker, "admin"), 60, "capped");
+        // The real admin at another address is admitted at once.
+        let admin = l.begin(ip("198.51.100.7"), "admin").expect("admitted");
+        admin.succeeded();
+        // So is a clean address from another IPv6 /64 ...
+        assert!(l.begin(ip("2001:db8:1::1"), "admin").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_per_user_delay_binds_only_sources_that_failed() {
+        let l = tight();
+        // A botnet: each address fails once, none reaches its own limits.
+        for i in 0..6u8 {
+            fail(&l, Some(IpAddr::from([203, 0, 113, i])), "admin");
+        }
+        // The account's delay now holds every address that failed ...
+        assert_eq!(waits(&l, ip("203.0.113.1"), "admin"), 1);
+        assert_eq!(waits(&l, ip("203.0.113.2"), "admin"), 1);
+        // ... not one that did not ...
+        assert!(l.begin(ip("203.0.113.200"), "admin").is_ok());
+        // ... nor the failed ones for other accounts.
+        assert!(l.begin(ip("203.0.113.1"), "alice").is_ok());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(l.begin(ip("203.0.113.1"), "admin").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_spraying_user_names_is_slowed_down() {
+        let l = tight();
+        let sprayer = ip("192.0.2.9");
+        for i in 0..10 {
+            fail(&l, sprayer, &format!("user-{i}"));
+        }
+        fail(&l, sprayer, "user-10");
+        assert_eq!(waits(&l, sprayer, "user-11"), 2);
+        // All of its /64 is one source.
+        let v6 = ip("2001:db8::1");
+        for i in 0..11 {
+            fail(&l, v6, &format!("user-{i}"));
+        }
+        assert_eq!(waits(&l, ip("2001:db8::ffff:1"), "someone"), 2);
+        assert!(l.begin(ip("2001:db8:0:1::1"), "someone").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn success_forgets_the_pair_and_time_forgets_everything() {
+        let l = tight();
+        let home = ip("198.51.100.1");
+        for _ in 0..2 {
+            fail(&l, home, "alice");
+        }
+        l.begin(home, "alice").unwrap().succeeded();
+        for _ in 0..3 {
+            fail(&l, home, "alice");
+        }
+        assert!(l.begin(home, "alice").is_ok(), "the count started over");
+
+        fail(&l, home, "alice");
+        assert!(l.begin(home, "alice").is_err());
+        assert_eq!(l.len(), 3);
+        tokio::time::advance(FORGET_AFTER - Duration::from_secs(1)).await;
+        l.prune();
+        assert_eq!(l.len(), 3, "failures stay recent for 15 minutes");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        l.prune();
+        assert!(l.is_empty());
+        for _ in 0..3 {
+            fail(&l, home, "alice");
+        }
+        assert!(l.begin(home, "alice").is_ok(), "free failures again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parallel_attempts_from_one_source_are_bounded() {
+        let l = tight();
+        let burst = ip("192.0.2.50");
+        let admitted: Vec<_> = (0..MAX_IN_FLIGHT_PER_SOURCE)
+            .map(|_| l.begin(burst, "admin").unwrap())
+            .collect();
+        assert_eq!(waits(&l, burst, "admin"), 1);
+        assert!(l.begin(ip("192.0.2.51"), "admin").is_ok());
+        drop(admitted);
+        assert!(l.begin(burst, "admin").is_ok());
     }
 
     #[test]
-    fn pruning_forgets_keys_once_their_allowance_is_whole() {
-        let clock = governor::clock::FakeRelativeClock::default();
-        // One attempt comes back after 12 s per address and 20 s per user;
-        // a key is forgotten one such interval after its allowance is whole.
-        let l = LoginLimiter::with_clock(5, 3, clock.clone());
-        for i in 0..100u8 {
-            let ip = IpAddr::from([198, 51, 100, i]);
-            assert!(l.check(Some(ip), &format!("user-{i}")).is_ok());
-        }
-        assert!(
-            l.check(Some("192.0.2.9".parse().unwrap()), "user-0")
-                .is_ok()
-        );
-        assert_eq!(l.len(), 201);
-
-        clock.advance(Duration::from_secs(10));
-        l.prune();
-        assert_eq!(l.len(), 201, "nothing is whole yet");
-
-        clock.advance(Duration::from_secs(20));
-        l.prune();
-        assert_eq!(l.len(), 100, "the addresses went at 24 s, the users stay");
-
-        clock.advance(Duration::from_secs(15));
-        l.prune();
-        assert_eq!(l.len(), 1, "user-0 tried twice: it stays until 60 s");
-
-        // A spent limit is not forgotten while it is spent.
-        let mallory = Some("192.0.2.10".parse().unwrap());
-        for _ in 0..3 {
-            assert!(l.check(mallory, "mallory").is_ok());
-        }
-        assert!(l.check(mallory, "mallory").is_err());
-        clock.advance(Duration::from_secs(20));
-        l.prune();
-        assert_eq!(l.len(), 2, "mallory and her address");
-
-        clock.advance(Duration::from_secs(61));
-        l.prune();
-        assert!(l.is_empty());
-        assert!(l.check(mallory, "mallory").is_ok());
+    fn policies_out_of_range_are_refused() {
+        let with = |f: fn(&mut Policy)| {
+            let mut p = Policy::default();
+            f(&mut p);
+            LoginLimiter::new(p)
+        };
+        assert!(with(|_| {}).is_ok());
+        assert!(with(|p| p.per_user = 0).is_err());
+        assert!(with(|p| p.max_delay = Duration::from_millis(10)).is_err());
+        assert!(with(|p| p.max_delay = Duration::from_secs(3600)).is_err());
     }
 }

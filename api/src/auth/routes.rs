@@ -125,14 +125,17 @@ pub async fn login(
         .outcome(outcome)
         .details(serde_json::json!({ "reason": reason }))
     };
-    if let Err(wait) = state.auth.limiter.check(ip, &username) {
-        event(Outcome::Denied, "rate_limited")
-            .record_refusal(&state)
-            .await;
-        return Err(ApiError::TooManyRequests {
-            retry_after_secs: wait,
-        });
-    }
+    let attempt = match state.auth.limiter.begin(ip, &username) {
+        Ok(attempt) => attempt,
+        Err(refused) => {
+            event(Outcome::Denied, "rate_limited")
+                .record_refusal(&state)
+                .await;
+            return Err(ApiError::TooManyRequests {
+                retry_after_secs: refused.retry_after_secs(),
+            });
+        }
+    };
     let row = sqlx::query("SELECT id, username, password_hash, role, disabled FROM users WHERE lower(username) = lower($1)")
         .bind(&username)
         .fetch_optional(&state.pool)
@@ -143,13 +146,17 @@ pub async fn login(
     );
     let matches = password::verify(req.password, stored).await?;
     let user = match row {
-        Some(r) if matches && !r.get::<bool, _>("disabled") => UserInfo {
-            id: r.get("id"),
-            username: r.get("username"),
-            role: Role::parse(r.get::<&str, _>("role"))
-                .ok_or_else(|| anyhow::anyhow!("unknown role"))?,
-        },
+        Some(r) if matches && !r.get::<bool, _>("disabled") => {
+            attempt.succeeded();
+            UserInfo {
+                id: r.get("id"),
+                username: r.get("username"),
+                role: Role::parse(r.get::<&str, _>("role"))
+                    .ok_or_else(|| anyhow::anyhow!("unknown role"))?,
+            }
+        }
         Some(r) if matches && r.get::<bool, _>("disabled") => {
+            attempt.failed();
             event(Outcome::Denied, "user_disabled")
                 .record_refusal(&state)
                 .await;
@@ -159,6 +166,7 @@ pub async fn login(
             ));
         }
         _ => {
+            attempt.failed();
             event(Outcome::Denied, "invalid_credentials")
                 .record_refusal(&state)
                 .await;

@@ -1,0 +1,185 @@
+//! The API's network edge on a real stack, with the clients people have:
+//! answers to oversized bodies over HTTP/2 and HTTP/1.1, and connection
+//! limits and timeouts against idle connections, on both listeners.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use phoenix_tests::{Stack, connections_on, curl};
+use serde_json::Value;
+
+/// An oversized body used to end in a network error instead of its 413:
+/// over HTTP/2 the stream was reset without the answer, over HTTP/1.1 the
+/// connection closed while the client was still sending. curl is limited
+/// to 16 MiB/s so that it is still sending when the answer comes, as on any
+/// real network.
+#[test]
+fn an_oversized_body_gets_its_413_over_http2_and_http1() {
+    let s = Stack::start("");
+    let mut body = tempfile::NamedTempFile::new().unwrap();
+    body.write_all(&vec![b'x'; 6 * 1024 * 1024]).unwrap();
+    let body_arg = format!("@{}", body.path().display());
+    let cases: [(&str, &[&str], &str); 3] = [
+        ("HTTP/2 (curl's default over TLS)", &[], "2"),
+        (
+            "HTTP/1.1 with Content-Length",
+            &["--http1.1", "-H", "Expect:"],
+            "1.1",
+        ),
+        (
+            "HTTP/1.1 chunked",
+            &[
+                "--http1.1",
+                "-H",
+                "Expect:",
+                "-H",
+                "Transfer-Encoding: chunked",
+            ],
+            "1.1",
+        ),
+    ];
+    for url in [
+        s.ports.api_url("/api/v1/auth/login"),
+        s.ports.agent_url("/api/v1/agents/enroll"),
+    ] {
+        for (name, flags, version) in cases {
+            let mut args = vec![
+                "--limit-rate",
+                "16M",
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &body_arg,
+                "-w",
+                "\n%{http_code} %{http_version}",
+            ];
+            args.extend_from_slice(flags);
+            args.push(&url);
+            let (exit, out, err) = curl(&args);
+            assert_eq!(exit, 0, "{url} over {name}: curl failed: {err}");
+            let (problem, status) = out.rsplit_once('\n').unwrap();
+            assert_eq!(status, format!("413 {version}"), "{url} over {name}");
+            let problem: Value = serde_json::from_str(problem).unwrap();
+            assert_eq!(problem["code"], "body_too_large", "{url} over {name}");
+        }
+    }
+}
+
+const LIMIT: usize = 8;
+
+/// Idle TLS connections were kept without limit: anyone could hold as many
+/// as the API had file descriptors.
+#[test]
+fn idle_connections_cannot_exhaust_the_listeners() {
+    let s = Stack::start(&format!(
+        "[services.api]\nenv = {{ PHOENIX_API_MAX_CONNECTIONS = \"{LIMIT}\", \
+         PHOENIX_API_AGENT_MAX_CONNECTIONS = \"{LIMIT}\", \
+         PHOENIX_API_TLS_HANDSHAKE_TIMEOUT = \"1s\", PHOENIX_API_HEADER_READ_TIMEOUT = \"1s\", \
+         PHOENIX_API_IDLE_TIMEOUT = \"1s\" }}\n"
+    ));
+    let api = s.sup.pid_of("api");
+    for (port, health) in [
+        (s.ports.api, s.ports.api_url("/health")),
+        (s.ports.agent, s.ports.agent_url("/health")),
+    ] {
+        // Connections that never start the TLS handshake.
+        let silent: Vec<TcpStream> = (0..3 * LIMIT)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        let most = most_connections(api, port, Duration::from_secs(1));
+        assert!(most <= LIMIT, "port {port}: {most} connections held");
+        // A fresh client is served once the silent ones time out, while
+        // their clients still hold them open.
+        let started = Instant::now();
+        let r = phoenix_tests::https().get(&health).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(silent);
+
+        // TLS clients that make one request and keep their connection.
+        let clients: Vec<_> = (0..2 * LIMIT)
+            .map(|_| {
+                let health = health.clone();
+                std::thread::spawn(move || {
+                    let client = phoenix_tests::https();
+                    let status = client.get(&health).send().map(|r| r.status().as_u16());
+                    (client, status.map_err(|e| e.to_string()))
+                })
+            })
+            .collect();
+        let most = most_connections(api, port, Duration::from_secs(2));
+        assert!(most <= LIMIT, "port {port}: {most} connections held");
+        let clients: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        for (_, status) in &clients {
+            assert_eq!(status, &Ok(200), "every client is served in turn");
+        }
+        let started = Instant::now();
+        let r = phoenix_tests::https().get(&health).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(started.elapsed() < Duration::from_secs(15));
+        drop(clients);
+    }
+}
+
+/// The most connections `pid` held on `port` over `during`.
+fn most_connections(pid: i32, port: u16, during: Duration) -> usize {
+    let until = Instant::now() + during;
+    let mut most = 0;
+    while Instant::now() < until {
+        most = most.max(connections_on(pid, port));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    most
+}
+
+/// Out of file descriptors, every accept fails until connections close: the
+/// listener must wait between attempts instead of spinning on a core.
+#[test]
+fn accept_errors_back_off_instead_of_spinning() {
+    // The API with few file descriptors, and no connection limit below them.
+    let s = Stack::start(&format!(
+        "[services.api]\ncommand = [\"prlimit\", \"--nofile=64:64\", \"--\", \"{}\"]\n\
+         env = {{ PHOENIX_API_MAX_CONNECTIONS = \"1000\" }}\n",
+        phoenix_tests::bin("phoenix-api").display()
+    ));
+    let api = s.sup.pid_of("api");
+    let waiting: Vec<TcpStream> = (0..80)
+        .map(|_| TcpStream::connect(("127.0.0.1", s.ports.api)).unwrap())
+        .collect();
+    phoenix_tests::wait_until("accept errors", Duration::from_secs(10), || {
+        s.sup
+            .stderr()
+            .contains("could not accept a connection")
+            .then_some(())
+    });
+    let before = cpu_ticks(api);
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_ticks(api) - before;
+    assert!(spent < 50, "{spent} ticks of CPU in 2 s");
+    drop(waiting);
+    let r = phoenix_tests::https()
+        .get(s.ports.api_url("/health"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "accepting again");
+}
+
+/// User and system CPU time of `pid`, in clock ticks (1/100 s).
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
