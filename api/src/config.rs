@@ -129,6 +129,24 @@ pub struct Args {
     )]
     pub agent_max_connections: usize,
 
+    /// Most connections one source (an IPv4 address or an IPv6 /64) holds
+    /// open on the user listener; more are closed at once.
+    #[arg(
+        long,
+        env = "PHOENIX_API_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 128
+    )]
+    pub max_connections_per_source: usize,
+
+    /// The same on the agent listener, where many agents may share one NAT
+    /// address.
+    #[arg(
+        long,
+        env = "PHOENIX_API_AGENT_MAX_CONNECTIONS_PER_SOURCE",
+        default_value_t = 1024
+    )]
+    pub agent_max_connections_per_source: usize,
+
     /// Longest a client may take to complete the TLS handshake.
     #[arg(
         long,
@@ -258,7 +276,10 @@ impl TryFrom<Args> for Config {
                 "--login-failures-per-user-source",
                 args.login_failures_per_user_source,
             ),
-            ("--login-failures-per-source", args.login_failures_per_source),
+            (
+                "--login-failures-per-source",
+                args.login_failures_per_source,
+            ),
             ("--login-failures-per-user", args.login_failures_per_user),
         ] {
             count_within(flag, value.into(), 1, 10_000)?;
@@ -268,30 +289,47 @@ impl TryFrom<Args> for Config {
                 .contains(&args.login_max_delay),
             "--login-max-delay must be between 1s and 15m (failures are forgotten after 15 minutes)"
         );
-        let edge = |max_connections: usize, flag: &str| {
-            ensure!(
-                (1..=65536).contains(&max_connections),
-                "{flag} must be between 1 and 65536"
-            );
-            for (value, flag) in [
-                (args.tls_handshake_timeout, "--tls-handshake-timeout"),
-                (args.header_read_timeout, "--header-read-timeout"),
-                (args.idle_timeout, "--idle-timeout"),
-            ] {
+        let edge =
+            |max_connections: usize, flag: &str, per_source: usize, per_source_flag: &str| {
                 ensure!(
-                    (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&value),
-                    "{flag} must be between 1s and 1h"
+                    (1..=65536).contains(&max_connections),
+                    "{flag} must be between 1 and 65536"
                 );
-            }
-            Ok(crate::edge::EdgeLimits {
-                max_connections,
-                tls_handshake_timeout: args.tls_handshake_timeout,
-                header_read_timeout: args.header_read_timeout,
-                idle_timeout: args.idle_timeout,
-            })
-        };
-        let user_edge = edge(args.max_connections, "--max-connections")?;
-        let agent_edge = edge(args.agent_max_connections, "--agent-max-connections")?;
+                ensure!(
+                    (1..=65536).contains(&per_source),
+                    "{per_source_flag} must be between 1 and 65536"
+                );
+                for (value, flag) in [
+                    (args.tls_handshake_timeout, "--tls-handshake-timeout"),
+                    (args.header_read_timeout, "--header-read-timeout"),
+                    (args.idle_timeout, "--idle-timeout"),
+                ] {
+                    ensure!(
+                        (Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&value),
+                        "{flag} must be between 1s and 1h"
+                    );
+                }
+                Ok(crate::edge::EdgeLimits {
+                    max_connections,
+                    // A share above the whole is the whole.
+                    max_connections_per_source: per_source.min(max_connections),
+                    tls_handshake_timeout: args.tls_handshake_timeout,
+                    header_read_timeout: args.header_read_timeout,
+                    idle_timeout: args.idle_timeout,
+                })
+            };
+        let user_edge = edge(
+            args.max_connections,
+            "--max-connections",
+            args.max_connections_per_source,
+            "--max-connections-per-source",
+        )?;
+        let agent_edge = edge(
+            args.agent_max_connections,
+            "--agent-max-connections",
+            args.agent_max_connections_per_source,
+            "--agent-max-connections-per-source",
+        )?;
         ensure!(
             args.agent_listen != Some(args.listen),
             "--agent-listen must differ from --listen: agents and people use separate listeners"

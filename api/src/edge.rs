@@ -9,7 +9,14 @@
 //! timeout itself is a layer of the router (`lib.rs`), so that long polls
 //! keep their budget below it.
 
-use std::{net::SocketAddr, pin::Pin, sync::Arc, task, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task,
+    time::Duration,
+};
 
 use axum::{
     Router,
@@ -43,6 +50,10 @@ use crate::server::Shutdown;
 pub struct EdgeLimits {
     /// Connections held at once; more wait to be accepted.
     pub max_connections: usize,
+    /// Connections one source ([`crate::peer::source_block`]) may hold at
+    /// once; more are closed as soon as they are accepted, so that one
+    /// client cannot take every slot.
+    pub max_connections_per_source: usize,
     /// From accept to the end of the TLS handshake.
     pub tls_handshake_timeout: Duration,
     /// From when a connection is ready for a request to the end of its
@@ -112,8 +123,13 @@ pub async fn serve(
         shutdown: shutdown.clone(),
     };
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // A share as large as the whole is no share: the global limit then
+    // queues a source's extra connections instead of closing them.
+    let per_source = (limits.max_connections_per_source < limits.max_connections)
+        .then(|| PerSource::new(limits.max_connections_per_source));
     let mut accept_failures = 0u32;
     let mut last_limit_warning: Option<Instant> = None;
+    let mut last_source_warning: Option<Instant> = None;
     loop {
         if permits.available_permits() == 0
             && last_limit_warning.is_none_or(|at| at.elapsed() >= LIMIT_WARNING_INTERVAL)
@@ -155,11 +171,32 @@ pub async fn serve(
             },
         };
         accept_failures = 0;
+        let slot = match &per_source {
+            Some(per_source) => per_source.take(peer.ip()),
+            None => Some(None),
+        };
+        let Some(slot) = slot else {
+            if last_source_warning.is_none_or(|at| at.elapsed() >= LIMIT_WARNING_INTERVAL) {
+                warn!(
+                    %listen,
+                    for_whom = who,
+                    source = %crate::peer::source_block(peer.ip()),
+                    max_connections_per_source = limits.max_connections_per_source,
+                    "one source holds its whole share of connections: its new ones are closed"
+                );
+                last_source_warning = Some(Instant::now());
+            }
+            continue;
+        };
         // Responses are small and written whole: do not wait to coalesce them.
         if let Err(error) = tcp.set_nodelay(true) {
             debug!(%peer, %error, "could not set TCP_NODELAY");
         }
-        tokio::spawn(connection(tcp, peer, site.clone(), permit));
+        let held = Held {
+            _permit: permit,
+            _slot: slot,
+        };
+        tokio::spawn(connection(tcp, peer, site.clone(), held));
     }
     // New clients are refused from here on instead of queued.
     drop(listener);
@@ -203,8 +240,62 @@ struct Site {
     shutdown: Shutdown,
 }
 
-/// One accepted connection, holding its `permit` until it closes.
-async fn connection(tcp: TcpStream, peer: SocketAddr, site: Site, _permit: OwnedSemaphorePermit) {
+/// What an open connection holds until it closes: its place under the
+/// listener's limit and under its source's.
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    _slot: Option<SourceSlot>,
+}
+
+/// Connections open per source.
+struct PerSource {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    limit: usize,
+}
+
+impl PerSource {
+    fn new(limit: usize) -> Self {
+        PerSource {
+            open: Arc::default(),
+            limit,
+        }
+    }
+
+    /// A place for one more connection of `ip`'s source, if it has one left.
+    fn take(&self, ip: IpAddr) -> Option<Option<SourceSlot>> {
+        let source = crate::peer::source_block(ip);
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(source).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(Some(SourceSlot {
+            open: self.open.clone(),
+            source,
+        }))
+    }
+}
+
+struct SourceSlot {
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// One accepted connection, holding its places until it closes.
+async fn connection(tcp: TcpStream, peer: SocketAddr, site: Site, _held: Held) {
     let Some(tls) = &site.tls else {
         return serve_http(tcp, peer, &site).await;
     };

@@ -59,6 +59,7 @@ pub mod health;
 pub mod input;
 pub mod kpi;
 pub mod metrics;
+pub mod peer;
 pub mod pipeline_spec;
 pub mod pipelines;
 pub mod problem;

@@ -128,6 +128,53 @@ fn idle_connections_cannot_exhaust_the_listeners() {
     }
 }
 
+/// With only a global limit, one client could open as many silent
+/// connections as the limit and keep everyone else waiting: each source has
+/// a share of its own.
+#[test]
+fn one_source_cannot_take_every_connection() {
+    let s = Stack::start(
+        "[services.api]\nenv = { PHOENIX_API_MAX_CONNECTIONS = \"16\", \
+         PHOENIX_API_MAX_CONNECTIONS_PER_SOURCE = \"4\", \
+         PHOENIX_API_TLS_HANDSHAKE_TIMEOUT = \"30s\" }\n",
+    );
+    let api = s.sup.pid_of("api");
+    let from = |source: [u8; 4]| {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&std::net::SocketAddr::from((source, 0)).into())
+            .unwrap();
+        socket
+            .connect(&std::net::SocketAddr::from(([127, 0, 0, 1], s.ports.api)).into())
+            .unwrap();
+        socket
+    };
+    // Silent connections that would hold every slot for 30 s.
+    let silent: Vec<_> = (0..40).map(|_| from([127, 0, 0, 2])).collect();
+    let most = most_connections(api, s.ports.api, Duration::from_secs(1));
+    // Its four, and at most one more being closed as it is accepted.
+    assert!(most <= 5, "{most} connections held for one source");
+    let started = Instant::now();
+    let r = phoenix_tests::https()
+        .get(s.ports.api_url("/health"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "another source waited {:?}",
+        started.elapsed()
+    );
+    assert!(
+        s.sup
+            .stderr()
+            .contains("one source holds its whole share of connections"),
+        "the refusal is logged"
+    );
+    drop(silent);
+}
+
 /// The most connections `pid` held on `port` over `during`.
 fn most_connections(pid: i32, port: u16, during: Duration) -> usize {
     let until = Instant::now() + during;

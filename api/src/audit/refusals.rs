@@ -47,13 +47,8 @@ enum Source {
 
 impl Source {
     fn of(ip: Option<IpAddr>) -> Self {
-        match ip.map(|ip| ip.to_canonical()) {
-            Some(IpAddr::V6(v6)) => {
-                let mut segments = v6.segments();
-                segments[4..].fill(0);
-                Source::Ip(IpAddr::from(segments))
-            }
-            Some(ip) => Source::Ip(ip),
+        match ip {
+            Some(ip) => Source::Ip(crate::peer::source_block(ip)),
             None => Source::Unknown,
         }
     }

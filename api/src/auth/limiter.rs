@@ -80,7 +80,7 @@ enum Source {
 
 impl Source {
     fn of(ip: Option<IpAddr>) -> Source {
-        match ip.map(|ip| ip.to_canonical()) {
+        match ip.map(crate::peer::source_block) {
             Some(IpAddr::V4(v4)) => Source::V4(v4),
             Some(IpAddr::V6(v6)) => Source::V6Prefix((u128::from(v6) >> 64) as u64),
             None => Source::Unknown,
