@@ -76,6 +76,9 @@ pub fn health_document(s: &Snapshot) -> (Status, Value) {
             "pid": svc.pid,
             "uptimeSeconds": svc.started_at_ms.map(|t| now.saturating_sub(t) / 1000),
         });
+        if let Some(t) = svc.retry_at_ms {
+            check["retryAt"] = json!(rfc3339(t));
+        }
         let mut output = Vec::new();
         if let Some(e) = &svc.last_error {
             output.push(e.clone());
@@ -439,6 +442,7 @@ mod tests {
             last_exit: None,
             last_error: None,
             depends_on: vec![],
+            retry_at_ms: None,
         }
     }
 

@@ -68,6 +68,9 @@ pub struct ServiceStatus {
     pub last_exit: Option<String>,
     pub last_error: Option<String>,
     pub depends_on: Vec<String>,
+    /// Unix milliseconds when a parked (`failed`) service is started again.
+    #[serde(default)]
+    pub retry_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

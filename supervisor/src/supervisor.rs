@@ -73,6 +73,8 @@ pub enum Timer {
     StopDeadline,
     Readiness,
     Liveness,
+    /// A parked service's cool-down is over: start it again.
+    CoolDown,
 }
 
 /// What to do once a stopping service has exited.
@@ -112,6 +114,10 @@ struct Runtime {
     restarts: u64,
     attempt: u32,
     starts: VecDeque<Instant>,
+    /// Parkings in a row (reset by a stable run), for the cool-down's doubling.
+    parks: u32,
+    /// When a parked service will be started again.
+    retry_at: Option<SystemTime>,
     liveness_failures: u32,
     after_stop: AfterStop,
     last_exit: Option<String>,
@@ -135,6 +141,8 @@ impl Runtime {
             restarts: 0,
             attempt: 0,
             starts: VecDeque::new(),
+            parks: 0,
+            retry_at: None,
             liveness_failures: 0,
             after_stop: AfterStop::Stay,
             last_exit: None,
@@ -150,6 +158,7 @@ impl Runtime {
         }
         self.attempt = 0;
         self.starts.clear();
+        self.retry_at = None;
     }
 
     fn running(&self) -> bool {
@@ -420,7 +429,8 @@ impl Supervisor {
     }
 
     /// Prune the start-limit window; when it is full, park the service as
-    /// failed and say so. Returns true when parked.
+    /// failed, say so, and arm the cool-down after which it is started
+    /// again. Returns true when parked.
     fn park_if_start_limit_reached(&mut self, i: usize) -> bool {
         let now = Instant::now();
         let rt = &mut self.services[i];
@@ -435,16 +445,25 @@ impl Supervisor {
         if rt.starts.len() < limit.burst as usize {
             return false;
         }
+        let cool_down = limit.cool_down.base_delay(rt.parks);
+        rt.parks = rt.parks.saturating_add(1);
+        let retry_at = SystemTime::now() + cool_down;
+        rt.retry_at = Some(retry_at);
         let msg = format!(
-            "started {} times within {}; parked as failed (fix the cause, then `phoenixctl start {}`)",
+            "started {} times within {}; parked as failed, next try in {} at {} \
+             (or fix the cause, then `phoenixctl start {}`)",
             rt.starts.len(),
             humantime::format_duration(limit.interval),
+            humantime::format_duration(cool_down),
+            humantime::format_rfc3339_seconds(retry_at),
             rt.spec.name
         );
-        tracing::error!(service = %rt.spec.name, "{msg}");
+        tracing::error!(service = %rt.spec.name, cool_down = ?cool_down, "{msg}");
         rt.log.note(&msg);
         rt.last_error = Some(msg);
+        let (name, generation) = (rt.spec.name.clone(), rt.generation);
         self.set_state(i, State::Failed);
+        self.after(&name, generation, cool_down, Timer::CoolDown);
         true
     }
 
@@ -621,6 +640,18 @@ impl Supervisor {
         let state = self.services[i].state;
         let name = self.services[i].spec.name.clone();
         match (timer, state) {
+            (Timer::CoolDown, State::Failed) if self.services[i].wanted => {
+                tracing::info!(service = %name, "cool-down over: starting again");
+                let rt = &mut self.services[i];
+                rt.log.note("cool-down over: starting again");
+                rt.restarts += 1;
+                // A new window and backoff; `parks` stays, so the next
+                // cool-down is longer unless this run proves stable.
+                rt.fresh_start();
+                self.set_state(i, State::Stopped);
+                // The scheduling pass after this event starts it once its
+                // dependencies are up.
+            }
             (Timer::RestartDue, State::Backoff) => {
                 if self.deps_ready(i) {
                     self.start(i);
@@ -711,9 +742,11 @@ impl Supervisor {
         }
         let rt = &mut self.services[i];
         let ran = rt.spawned.map_or(Duration::ZERO, |t| t.elapsed());
-        // A long, stable run (however it ended) earns the initial delay again.
+        // A long, stable run (however it ended) earns the initial delay
+        // and the shortest cool-down again.
         if ran >= rt.spec.restart.reset_after {
             rt.attempt = 0;
+            rt.parks = 0;
         }
         rt.last_exit = Some(status.to_string());
         rt.started_at = None;
@@ -1164,6 +1197,10 @@ impl Supervisor {
                     since_ms: unix_ms(rt.since),
                     last_exit: rt.last_exit.clone(),
                     last_error: rt.last_error.clone(),
+                    retry_at_ms: rt
+                        .retry_at
+                        .filter(|_| rt.state == State::Failed)
+                        .map(unix_ms),
                     depends_on: if rt.state == State::Stopped && rt.wanted {
                         self.waiting_for(i)
                     } else {
@@ -1351,11 +1388,11 @@ mod tests {
     async fn operator_start_resets_a_parked_service() {
         let (tx, _dir) = start_loop(
             "[services.gone]\ncommand = [\"/nonexistent/program\"]\n\
-             restart = { initial_delay = \"1s\", jitter = 0.0, start_limit = { burst = 1, interval = \"1h\" } }\n",
+             restart = { initial_delay = \"1s\", jitter = 0.0, start_limit = { burst = 1, interval = \"1h\", cool_down = \"2h\" } }\n",
         )
         .await;
         wait_for_state(&tx, "gone", State::Failed).await;
-        // Parked: an hour of virtual time brings no new attempt.
+        // Parked: an hour of virtual time (inside the cool-down) brings no new attempt.
         tokio::time::sleep(Duration::from_secs(3600)).await;
         let svc = wait_for_state(&tx, "gone", State::Failed).await;
         assert_eq!(svc.restarts, 0);
@@ -1370,6 +1407,37 @@ mod tests {
         assert!(matches!(rx.await.unwrap(), Response::Ok(_)));
         let svc = wait_for_state(&tx, "gone", State::Failed).await;
         assert!(svc.last_error.unwrap().contains("parked"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parked_service_is_started_again_after_a_doubling_cool_down() {
+        let t0 = Instant::now();
+        let (tx, _dir) = start_loop(
+            "[services.gone]\ncommand = [\"/nonexistent/program\"]\n\
+             restart = { initial_delay = \"1s\", jitter = 0.0, start_limit = { burst = 1, interval = \"1h\", cool_down = \"5m\", cool_down_max = \"12m\" } }\n",
+        )
+        .await;
+        let svc = wait_for_state(&tx, "gone", State::Failed).await;
+        let error = svc.last_error.unwrap();
+        assert!(error.contains("next try in 5m"), "{error}");
+        let retry_in = svc.retry_at_ms.unwrap().saturating_sub(now_ms());
+        assert!((299_000..=300_000).contains(&retry_in), "{retry_in}");
+        // Each cool-down over, one more start (failing again here), then
+        // parked for twice as long, at most 12 min: 5, 10, 12, 12.
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            assert!(t0.elapsed() < Duration::from_secs(3600), "{seen:?}");
+            let svc = status(&tx).await.services.remove(0);
+            if svc.restarts > seen.len() as u64 {
+                assert_eq!(svc.state, State::Failed, "parked again at once");
+                seen.push(t0.elapsed().as_secs());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // Seen at the next look, within a second of the timer.
+        for (seen, due) in seen.iter().zip([300, 900, 1620, 2340]) {
+            assert!((due..=due + 1).contains(seen), "{seen} s, due at {due} s");
+        }
     }
 
     #[tokio::test(start_paused = true)]

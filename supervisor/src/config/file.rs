@@ -227,6 +227,10 @@ pub struct RestartTable {
 pub struct StartLimitTable {
     pub burst: u32,
     pub interval: HumanDuration,
+    /// How long a parked service waits before it is started again; doubles
+    /// with each parking in a row, up to `cool_down_max`.
+    pub cool_down: Option<HumanDuration>,
+    pub cool_down_max: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
