@@ -17,7 +17,7 @@ use crate::config::{self, LoadOptions};
 use crate::reaper::Reaper;
 use crate::status::now_ms;
 use crate::supervisor::{Context, Event, Outcome, Supervisor};
-use crate::{acme, certs, control, health, pid1, scaling, state};
+use crate::{acme, certs, control, health, listen, pid1, scaling, state};
 
 pub struct RunOptions {
     pub config: PathBuf,
@@ -129,11 +129,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         }
     });
     let app = health::router(snapshot, heartbeat);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(health_listener, app).await {
-            tracing::error!(error = %e, "health server stopped");
-        }
-    });
+    tokio::spawn(listen::serve_http("health", health_listener, app));
     tokio::spawn(control::serve(control_listener, tx));
 
     let outcome = supervisor.run(rx).await;

@@ -20,11 +20,11 @@ use crate::cgroup::Cgroups;
 use crate::config::{self, Config, LoadOptions, Probe, RestartPolicy, ServiceSpec};
 use crate::control::{Request, Response};
 use crate::logs::{self, ServiceLog};
-use crate::probe::Prober;
+use crate::probe::{self, Prober};
 use crate::process::{self, RunAs};
 use crate::reaper::{ExitStatus, Reaper};
 use crate::state;
-use crate::status::{ServiceStatus, Snapshot, State, now_ms, unix_ms};
+use crate::status::{ResourceShortage, ServiceStatus, Snapshot, State, now_ms, unix_ms};
 
 #[derive(Debug)]
 pub enum Event {
@@ -38,7 +38,7 @@ pub enum Event {
         name: String,
         generation: u64,
         check: Check,
-        result: Result<(), String>,
+        result: Result<(), probe::Failure>,
     },
     LogMatched {
         name: String,
@@ -119,6 +119,9 @@ struct Runtime {
     /// When a parked service will be started again.
     retry_at: Option<SystemTime>,
     liveness_failures: u32,
+    /// The last readiness check could not be run (the supervisor's own
+    /// shortage): the start deadline waits for one that can.
+    readiness_unjudged: bool,
     after_stop: AfterStop,
     last_exit: Option<String>,
     last_error: Option<String>,
@@ -144,6 +147,7 @@ impl Runtime {
             parks: 0,
             retry_at: None,
             liveness_failures: 0,
+            readiness_unjudged: false,
             after_stop: AfterStop::Stay,
             last_exit: None,
             last_error: None,
@@ -199,6 +203,23 @@ pub struct Supervisor {
     announced_ready: bool,
     rng: StdRng,
     started_at: SystemTime,
+    shortage: Option<Shortage>,
+}
+
+/// How long health shows a shortage of the supervisor's resources after
+/// the last check or start it spoiled, and how often it is logged at most.
+const SHORTAGE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Checks and starts that the supervisor could not make for want of its
+/// own resources (file descriptors, memory, processes) in the current
+/// episode: none of them is counted against a service.
+struct Shortage {
+    last: Instant,
+    last_at: SystemTime,
+    error: String,
+    count: u64,
+    logged: Option<Instant>,
+    unlogged: u64,
 }
 
 impl Supervisor {
@@ -235,6 +256,7 @@ impl Supervisor {
             announced_ready: false,
             rng: StdRng::from_entropy(),
             started_at: SystemTime::now(),
+            shortage: None,
         };
         sup.publish();
         (sup, rx)
@@ -299,6 +321,14 @@ impl Supervisor {
             Event::Tick => {
                 self.ctx.heartbeat.store(now_ms(), Ordering::Relaxed);
                 self.ctx.reaper.reap();
+                if self
+                    .shortage
+                    .as_ref()
+                    .is_some_and(|s| s.last.elapsed() >= SHORTAGE_WINDOW)
+                {
+                    tracing::info!("the supervisor could run its checks again");
+                    self.shortage = None;
+                }
             }
             Event::Scaling => {}
             Event::Certificate { renewed } => {
@@ -467,6 +497,42 @@ impl Supervisor {
         true
     }
 
+    /// A check or start of `service` failed because the supervisor itself
+    /// is short of resources: remember it for health, and log it at most
+    /// once a minute.
+    fn short_of_resources(&mut self, service: &str, what: &str, error: &str) {
+        let now = Instant::now();
+        let shortage = self.shortage.get_or_insert_with(|| Shortage {
+            last: now,
+            last_at: SystemTime::now(),
+            error: String::new(),
+            count: 0,
+            logged: None,
+            unlogged: 0,
+        });
+        shortage.last = now;
+        shortage.last_at = SystemTime::now();
+        shortage.error = error.to_string();
+        shortage.count += 1;
+        if shortage
+            .logged
+            .is_none_or(|t| now.duration_since(t) >= SHORTAGE_WINDOW)
+        {
+            tracing::warn!(
+                service,
+                what,
+                error,
+                not_logged = shortage.unlogged,
+                "the supervisor is short of its own resources (file descriptors, memory or \
+                 processes) and could not run a {what}; no service is judged on it"
+            );
+            shortage.logged = Some(now);
+            shortage.unlogged = 0;
+        } else {
+            shortage.unlogged += 1;
+        }
+    }
+
     fn start(&mut self, i: usize) {
         if self.park_if_start_limit_reached(i) {
             return;
@@ -479,9 +545,17 @@ impl Supervisor {
         rt.generation += 1;
         match self.spawn(i) {
             Ok(()) => {}
-            Err(e) => {
+            Err(failure) => {
+                let name = self.services[i].spec.name.clone();
+                if let probe::Failure::Supervisor(e) = &failure {
+                    // Not the service's doing: the attempt does not count
+                    // toward its start limit.
+                    self.services[i].starts.pop_back();
+                    self.short_of_resources(&name, "start", e);
+                }
+                let e = failure.to_string();
                 let rt = &mut self.services[i];
-                tracing::error!(service = %rt.spec.name, error = %e, "cannot start");
+                tracing::error!(service = %name, error = %e, "cannot start");
                 rt.log.note(&format!("cannot start: {e}"));
                 rt.last_error = Some(e);
                 rt.spawned = Some(now);
@@ -490,14 +564,18 @@ impl Supervisor {
         }
     }
 
-    fn spawn(&mut self, i: usize) -> Result<(), String> {
+    fn spawn(&mut self, i: usize) -> Result<(), probe::Failure> {
+        let failure = probe::Failure::of;
         let cgroup_fd = match &self.ctx.cgroups {
             Ok(cg) => Some(
                 cg.prepare(&self.services[i].spec.name, &self.services[i].spec.limits)
                     .map_err(|e| {
-                        format!(
-                            "cannot prepare the cgroup of {}: {e}",
-                            self.services[i].spec.name
+                        failure(
+                            &e,
+                            format!(
+                                "cannot prepare the cgroup of {}: {e}",
+                                self.services[i].spec.name
+                            ),
                         )
                     })?,
             ),
@@ -506,15 +584,15 @@ impl Supervisor {
         let rt = &mut self.services[i];
         for f in &rt.spec.files {
             state::write_atomic(&f.path, f.contents.as_bytes(), 0o644, None)
-                .map_err(|e| format!("cannot write {}: {e}", f.path.display()))?;
+                .map_err(|e| failure(&e, format!("cannot write {}: {e}", f.path.display())))?;
         }
         let mut cmd = process::command(&rt.spec.command, &rt.spec, rt.run_as.as_ref(), cgroup_fd)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failure(&e, e.to_string()))?;
         let (mut child, exit) = self
             .ctx
             .reaper
             .spawn(&mut cmd)
-            .map_err(|e| format!("cannot run {}: {e}", rt.spec.command[0]))?;
+            .map_err(|e| failure(&e, format!("cannot run {}: {e}", rt.spec.command[0])))?;
         drop(cmd);
         let generation = rt.generation;
         let pid = child.id() as i32;
@@ -522,6 +600,7 @@ impl Supervisor {
         rt.spawned = Some(Instant::now());
         rt.started_at = Some(SystemTime::now());
         rt.liveness_failures = 0;
+        rt.readiness_unjudged = false;
         rt.after_stop = AfterStop::Stay;
         let name = rt.spec.name.clone();
         tracing::info!(service = %name, pid, "started");
@@ -663,6 +742,16 @@ impl Supervisor {
             (Timer::Liveness, State::Ready | State::Unhealthy) => {
                 self.run_probe(i, Check::Liveness)
             }
+            (Timer::StartDeadline, State::Starting) if self.services[i].readiness_unjudged => {
+                // The supervisor could not check: not the service's delay.
+                let interval = self.services[i]
+                    .spec
+                    .readiness
+                    .as_ref()
+                    .map_or(Duration::from_secs(1), |r| r.interval);
+                let generation = self.services[i].generation;
+                self.after(&name, generation, interval, Timer::StartDeadline);
+            }
             (Timer::StartDeadline, State::Starting) => {
                 let limit = self.services[i]
                     .spec
@@ -684,11 +773,38 @@ impl Supervisor {
         }
     }
 
-    fn on_probe(&mut self, i: usize, check: Check, result: Result<(), String>) {
+    fn on_probe(&mut self, i: usize, check: Check, result: Result<(), probe::Failure>) {
         let (name, generation) = (
             self.services[i].spec.name.clone(),
             self.services[i].generation,
         );
+        if check == Check::Readiness {
+            self.services[i].readiness_unjudged =
+                matches!(result, Err(probe::Failure::Supervisor(_)));
+        }
+        let result = match result {
+            Err(probe::Failure::Supervisor(e)) => {
+                // Says nothing about the service: no failure counted, no
+                // state changed, the same check again at its interval.
+                self.short_of_resources(&name, "check", &e);
+                let (interval, timer) = match check {
+                    Check::Readiness => (
+                        self.services[i].spec.readiness.as_ref().map(|r| r.interval),
+                        Timer::Readiness,
+                    ),
+                    Check::Liveness => (
+                        self.services[i].spec.liveness.as_ref().map(|l| l.interval),
+                        Timer::Liveness,
+                    ),
+                };
+                if let Some(interval) = interval {
+                    self.after(&name, generation, interval, timer);
+                }
+                return;
+            }
+            Err(probe::Failure::Service(e)) => Err(e),
+            Ok(()) => Ok(()),
+        };
         match (check, self.services[i].state, result) {
             (Check::Readiness, State::Starting, Ok(())) => self.became_ready(i),
             (Check::Readiness, State::Starting, Err(e)) => {
@@ -1182,6 +1298,15 @@ impl Supervisor {
             limits_unavailable: self.ctx.cgroups.as_ref().err().cloned(),
             shutting_down: self.shutting_down,
             orphans_reaped: self.ctx.reaper.orphans_reaped(),
+            resource_shortage: self
+                .shortage
+                .as_ref()
+                .filter(|s| s.last.elapsed() < SHORTAGE_WINDOW)
+                .map(|s| ResourceShortage {
+                    last_ms: unix_ms(s.last_at),
+                    count: s.count,
+                    error: s.error.clone(),
+                }),
             services: self
                 .services
                 .iter()
@@ -1268,6 +1393,7 @@ fn empty_snapshot(config: &Config) -> Snapshot {
         limits_unavailable: None,
         shutting_down: false,
         orphans_reaped: 0,
+        resource_shortage: None,
         services: Vec::new(),
         certificate: None,
         scaling: Vec::new(),
@@ -1438,6 +1564,67 @@ mod tests {
         for (seen, due) in seen.iter().zip([300, 900, 1620, 2340]) {
             assert!((due..=due + 1).contains(seen), "{seen} s, due at {due} s");
         }
+    }
+
+    /// The supervisor out of file descriptors: its checks fail with EMFILE
+    /// (sent here as the prober reports them), which must not be taken for
+    /// the service's failure.
+    #[tokio::test(start_paused = true)]
+    async fn checks_the_supervisor_could_not_run_never_stop_a_service() {
+        let (tx, _dir) = start_loop(
+            "[services.up]\ncommand = [\"/bin/sleep\", \"3600\"]\n\
+             liveness = { tcp = \"127.0.0.1:1\", interval = \"1h\", failures = 2 }\n\
+             [services.slow]\ncommand = [\"/bin/sleep\", \"3600\"]\n\
+             readiness = { tcp = \"127.0.0.1:1\", interval = \"10s\", start_timeout = \"1s\" }\n",
+        )
+        .await;
+        wait_for_state(&tx, "up", State::Ready).await;
+        let shortage = |name: &str, check| Event::Probe {
+            name: name.into(),
+            generation: 1,
+            check,
+            result: Err(probe::Failure::Supervisor(
+                "tcp 127.0.0.1:1: Too many open files (os error 24)".into(),
+            )),
+        };
+        for _ in 0..10 {
+            tx.send(shortage("up", Check::Liveness)).unwrap();
+            tx.send(shortage("slow", Check::Readiness)).unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let s = status(&tx).await;
+        let find = |name: &str| s.services.iter().find(|svc| svc.name == name).unwrap();
+        let (up, slow) = (find("up"), find("slow"));
+        assert_eq!((up.state, up.restarts), (State::Ready, 0), "{up:?}");
+        // Its start deadline (1 s) waits for a check that could run.
+        assert_eq!(
+            (slow.state, slow.restarts),
+            (State::Starting, 0),
+            "{slow:?}"
+        );
+        let shortage = s.resource_shortage.expect("shown in the snapshot");
+        assert_eq!(shortage.count, 20);
+        assert!(shortage.error.contains("Too many open files"));
+        let (overall, doc) = crate::health::health_document(&status(&tx).await);
+        assert_eq!(overall, crate::health::Status::Warn);
+        assert_eq!(doc["checks"]["supervisor:resources"][0]["status"], "warn");
+
+        // The same check failing for the service does count.
+        tx.send(Event::Probe {
+            name: "up".into(),
+            generation: 1,
+            check: Check::Liveness,
+            result: Err(probe::Failure::Service("refused".into())),
+        })
+        .unwrap();
+        wait_for_state(&tx, "up", State::Unhealthy).await;
+        // A minute without a shortage: the warning is gone.
+        for _ in 0..61 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tx.send(Event::Tick).unwrap();
+        }
+        assert!(status(&tx).await.resource_shortage.is_none());
+        tx.send(Event::Signal(libc::SIGTERM)).unwrap();
     }
 
     #[tokio::test(start_paused = true)]
