@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod firstboot;
 pub mod health;
+pub mod leftovers;
 pub mod listen;
 pub mod logs;
 pub mod notify;

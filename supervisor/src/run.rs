@@ -17,7 +17,7 @@ use crate::config::{self, LoadOptions};
 use crate::reaper::Reaper;
 use crate::status::now_ms;
 use crate::supervisor::{Context, Event, Outcome, Supervisor};
-use crate::{acme, certs, control, health, listen, pid1, scaling, state};
+use crate::{acme, certs, control, health, leftovers, listen, pid1, scaling, state};
 
 pub struct RunOptions {
     pub config: PathBuf,
@@ -38,6 +38,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
 
     let load = LoadOptions::detect(opts.dev);
     let config = config::load(&opts.config, &load)?;
+    // What a killed supervisor left running holds ports and data
+    // directories: stopped before they are checked.
+    leftovers::stop_leftovers(&config.supervisor.run_dir).await?;
     state::preflight(&config)?;
     let prepared = state::prepare(&config)?;
 
@@ -101,6 +104,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         https_port,
     };
     let socket = config.supervisor.control_socket();
+    let run_dir = config.supervisor.run_dir.clone();
     tracing::info!(
         config = %config.source.display(),
         services = config.services.len(),
@@ -134,6 +138,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
 
     let outcome = supervisor.run(rx).await;
     let _ = std::fs::remove_file(&socket);
+    if outcome == Outcome::Clean {
+        // Everything stopped: nothing for the next supervisor to find.
+        let _ = std::fs::remove_file(leftovers::path(&run_dir));
+    }
     tracing::info!(?outcome, "phoenix-supervisor stopped");
     Ok(outcome)
 }

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::cgroup::Cgroups;
 use crate::config::{self, Config, LoadOptions, Probe, RestartPolicy, ServiceSpec};
 use crate::control::{Request, Response};
+use crate::leftovers;
 use crate::logs::{self, ServiceLog};
 use crate::probe::{self, Prober};
 use crate::process::{self, RunAs};
@@ -109,6 +110,9 @@ struct Runtime {
     wanted: bool,
     generation: u64,
     pid: Option<i32>,
+    /// The running process by pid and start time, for the record of what
+    /// runs (`leftovers`).
+    process: Option<leftovers::Proc>,
     spawned: Option<Instant>,
     started_at: Option<SystemTime>,
     restarts: u64,
@@ -139,6 +143,7 @@ impl Runtime {
             wanted: true,
             generation: 0,
             pid: None,
+            process: None,
             spawned: None,
             started_at: None,
             restarts: 0,
@@ -204,6 +209,8 @@ pub struct Supervisor {
     rng: StdRng,
     started_at: SystemTime,
     shortage: Option<Shortage>,
+    /// What runs, as last written to `leftovers::path(run_dir)`.
+    record: leftovers::Record,
 }
 
 /// How long health shows a shortage of the supervisor's resources after
@@ -257,6 +264,7 @@ impl Supervisor {
             rng: StdRng::from_entropy(),
             started_at: SystemTime::now(),
             shortage: None,
+            record: leftovers::Record::new(),
         };
         sup.publish();
         (sup, rx)
@@ -264,9 +272,11 @@ impl Supervisor {
 
     pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) -> Outcome {
         self.schedule();
+        self.save_record();
         self.publish();
         while let Some(event) = events.recv().await {
             self.handle(event);
+            self.save_record();
             self.publish();
             if let Some(outcome) = self.done {
                 return outcome;
@@ -597,6 +607,7 @@ impl Supervisor {
         let generation = rt.generation;
         let pid = child.id() as i32;
         rt.pid = Some(pid);
+        rt.process = leftovers::Proc::of(pid);
         rt.spawned = Some(Instant::now());
         rt.started_at = Some(SystemTime::now());
         rt.liveness_failures = 0;
@@ -851,6 +862,7 @@ impl Supervisor {
         let Some(pid) = self.services[i].pid.take() else {
             return;
         };
+        self.services[i].process = None;
         // Whatever the main process left behind goes with it.
         process::signal_group(pid, Signal::SIGKILL);
         if let Ok(cg) = &self.ctx.cgroups {
@@ -1336,6 +1348,41 @@ impl Supervisor {
             certificate: Some(crate::certs::lock(&self.ctx.certificate).clone())
                 .filter(|c| !c.mode.is_empty()),
             scaling: crate::certs::lock(&self.ctx.scaling).clone(),
+        }
+    }
+
+    /// Writes what runs to the run directory when it changed, so that the
+    /// next supervisor can stop it should this one be killed.
+    fn save_record(&mut self) {
+        let record = leftovers::Record {
+            services: self
+                .services
+                .iter()
+                .enumerate()
+                .filter_map(|(order, rt)| {
+                    Some(leftovers::Entry {
+                        service: rt.spec.name.clone(),
+                        process: rt.process?,
+                        pgid: rt.process?.pid,
+                        stop_signal: rt.spec.stop.signal as i32,
+                        stop_timeout_ms: rt.spec.stop.timeout.as_millis() as u64,
+                        order,
+                    })
+                })
+                .collect(),
+            ..self.record.clone()
+        };
+        if record == self.record {
+            return;
+        }
+        let path = leftovers::path(&self.config.supervisor.run_dir);
+        match leftovers::write(&path, &record) {
+            Ok(()) => self.record = record,
+            Err(e) => tracing::warn!(
+                file = %path.display(),
+                error = %e,
+                "cannot record the running services; a supervisor started after this one is killed will not find them"
+            ),
         }
     }
 
