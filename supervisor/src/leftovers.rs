@@ -31,6 +31,19 @@ pub fn path(run_dir: &Path) -> PathBuf {
     run_dir.join("services.json")
 }
 
+/// Whether `/proc` shows this process's PID namespace. Under `unshare
+/// --pid` without a new `/proc`, pids read there would be another
+/// namespace's: then nothing is recorded or stopped.
+pub fn proc_matches() -> bool {
+    static MATCHES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MATCHES.get_or_init(|| {
+        std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|p| p.to_str()?.parse::<u32>().ok())
+            == Some(std::process::id())
+    })
+}
+
 /// A process as the kernel knows it: its pid and when it started (clock
 /// ticks after boot, from `/proc/<pid>/stat`), which together name one
 /// process even when the pid is reused later.
@@ -190,7 +203,7 @@ pub async fn stop_leftovers(run_dir: &Path) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    if record.boot_id != boot_id() {
+    if record.boot_id != boot_id() || !proc_matches() {
         return Ok(());
     }
     let me = std::process::id() as i32;
@@ -280,6 +293,7 @@ mod tests {
 
     #[test]
     fn a_process_is_known_by_its_pid_and_start_time() {
+        assert!(proc_matches());
         let me = Proc::of(std::process::id() as i32).unwrap();
         assert!(me.start_time > 0);
         assert!(me.alive());

@@ -1354,6 +1354,9 @@ impl Supervisor {
     /// Writes what runs to the run directory when it changed, so that the
     /// next supervisor can stop it should this one be killed.
     fn save_record(&mut self) {
+        if !leftovers::proc_matches() {
+            return;
+        }
         let record = leftovers::Record {
             services: self
                 .services
