@@ -303,10 +303,7 @@ pub async fn serve_http(addr: SocketAddr, app: Router, shared: Shared, changed: 
                 }
                 changed();
                 tracing::info!(%addr, "plain HTTP: ACME challenges and redirect to HTTPS");
-                if let Err(e) = axum::serve(listener, app.clone()).await {
-                    tracing::error!(%addr, error = %e, "the plain-HTTP listener stopped");
-                }
-                attempt = 0;
+                return crate::listen::serve_http("plain HTTP", listener, app).await;
             }
             Err(e) => {
                 let delay = crate::certs::RETRY

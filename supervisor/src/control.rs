@@ -8,6 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::listen;
 use crate::status::Snapshot;
 use crate::supervisor::Event;
 
@@ -56,24 +57,33 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener?)
 }
 
+/// Serves the socket for the life of the process, through the accept loop
+/// that every listener of the supervisor shares (a connection limit, and a
+/// backoff when accepting fails, say with EMFILE).
 pub async fn serve(listener: UnixListener, events: mpsc::UnboundedSender<Event>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let events = events.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, events).await {
-                tracing::debug!(error = %e, "control connection");
+    listen::accept_loop(
+        "control socket",
+        listener,
+        listen::CONTROL_CONNECTIONS,
+        move |stream, _| {
+            let events = events.clone();
+            async move {
+                if let Err(e) = handle(stream, events).await {
+                    tracing::debug!(error = %e, "control connection");
+                }
             }
-        });
-    }
+        },
+    )
+    .await;
 }
 
 async fn handle(stream: UnixStream, events: mpsc::UnboundedSender<Event>) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
-    while let Some(line) = lines.next_line().await? {
+    // A connection that stays silent gives its slot back.
+    while let Ok(line) = tokio::time::timeout(listen::CONTROL_IDLE_TIMEOUT, lines.next_line()).await
+    {
+        let Some(line) = line? else { break };
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(req) => {
                 if !matches!(req, Request::Status | Request::Health) {

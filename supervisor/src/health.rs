@@ -4,8 +4,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::net::IpAddr;
+
 use axum::Router;
-use axum::extract::State as AxState;
+use axum::extract::{ConnectInfo, State as AxState};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,6 +19,7 @@ use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use crate::listen::Ends;
 use crate::status::{CertificateStatus, Level, Snapshot, State, now_ms};
 
 /// The loop is considered stuck when its heartbeat is older than this.
@@ -76,6 +79,9 @@ pub fn health_document(s: &Snapshot) -> (Status, Value) {
             "pid": svc.pid,
             "uptimeSeconds": svc.started_at_ms.map(|t| now.saturating_sub(t) / 1000),
         });
+        if let Some(t) = svc.retry_at_ms {
+            check["retryAt"] = json!(rfc3339(t));
+        }
         let mut output = Vec::new();
         if let Some(e) = &svc.last_error {
             output.push(e.clone());
@@ -122,6 +128,26 @@ pub fn health_document(s: &Snapshot) -> (Status, Value) {
             check["output"] = json!(output.join("; "));
         }
         checks.insert(format!("scaling:{}", t.trigger), json!([check]));
+    }
+    if let Some(r) = &s.resource_shortage {
+        // The supervisor's own trouble, not a service's: a warning, and
+        // nothing is stopped for it.
+        overall = overall.max(Status::Warn);
+        checks.insert(
+            "supervisor:resources".into(),
+            json!([{
+                "componentType": "system",
+                "status": Status::Warn.as_str(),
+                "observedValue": r.count,
+                "time": rfc3339(r.last_ms),
+                "output": format!(
+                    "the supervisor could not run {} check(s) or start(s) for want of its own \
+                     resources (last: {}); services are not judged on them. Raise its open-files \
+                     limit or find what holds its descriptors (ls /proc/<pid>/fd)",
+                    r.count, r.error
+                ),
+            }]),
+        );
     }
     let mut doc = json!({
         "status": overall.as_str(),
@@ -409,7 +435,26 @@ pub fn render_metrics(s: &Snapshot) -> String {
     out
 }
 
-async fn metrics(AxState(sh): AxState<Shared>) -> Response {
+/// Whether `/metrics` is served on a connection from `peer` to `local`:
+/// only from this machine (loopback, or one of its own addresses, which
+/// the kernel refuses as a source from outside), where Prometheus scrapes
+/// it. It names every service, its state and restarts, and the
+/// certificate's renewal failures: nothing for strangers on a public port.
+pub fn metrics_allowed(peer: IpAddr, local: IpAddr) -> bool {
+    let peer = peer.to_canonical();
+    peer.is_loopback() || (!peer.is_unspecified() && peer == local.to_canonical())
+}
+
+async fn metrics(AxState(sh): AxState<Shared>, ConnectInfo(ends): ConnectInfo<Ends>) -> Response {
+    if !metrics_allowed(ends.peer.ip(), ends.local.ip()) {
+        tracing::debug!(peer = %ends.peer, "refused /metrics to a client of another machine");
+        return (
+            StatusCode::FORBIDDEN,
+            "/metrics is served to this machine only (Prometheus scrapes it over loopback); \
+             /health, /livez and /readyz answer everyone\n",
+        )
+            .into_response();
+    }
     let body = render_metrics(&sh.snapshot.borrow());
     (
         [(
@@ -439,6 +484,7 @@ mod tests {
             last_exit: None,
             last_error: None,
             depends_on: vec![],
+            retry_at_ms: None,
         }
     }
 
@@ -451,6 +497,7 @@ mod tests {
             limits_unavailable: None,
             shutting_down: false,
             orphans_reaped: 0,
+            resource_shortage: None,
             services,
             certificate: None,
             scaling: Vec::new(),
@@ -550,6 +597,62 @@ mod tests {
             .0,
             Status::Fail
         );
+    }
+
+    #[test]
+    fn metrics_are_served_to_this_machine_only() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let public = ip("203.0.113.7");
+        assert!(metrics_allowed(ip("127.0.0.1"), ip("127.0.0.1")));
+        assert!(metrics_allowed(ip("127.0.0.53"), public));
+        assert!(metrics_allowed(ip("::1"), ip("::1")));
+        assert!(metrics_allowed(ip("::ffff:127.0.0.1"), ip("::")));
+        // Prometheus scraping the address the listener is bound to.
+        assert!(metrics_allowed(public, public));
+        assert!(metrics_allowed(ip("::ffff:203.0.113.7"), public));
+        assert!(!metrics_allowed(ip("198.51.100.1"), public));
+        assert!(!metrics_allowed(ip("10.0.0.2"), ip("10.0.0.1")));
+        assert!(!metrics_allowed(ip("2001:db8::2"), ip("2001:db8::1")));
+        assert!(!metrics_allowed(ip("0.0.0.0"), ip("0.0.0.0")));
+    }
+
+    /// The real router, asked as each kind of client: `/metrics` is refused
+    /// to another machine, and `/health`, `/livez` and `/readyz` are not.
+    #[tokio::test]
+    async fn metrics_route_refuses_other_machines_and_health_answers_everyone() {
+        use tower::ServiceExt as _;
+        let (_tx, snapshot) = watch::channel(snap(vec![svc("api", State::Ready)]));
+        let app = router(snapshot, Arc::new(AtomicU64::new(now_ms())));
+        let get = |path: &str, peer: &str| {
+            let mut request = axum::http::Request::get(path)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            request.extensions_mut().insert(ConnectInfo(Ends {
+                peer: peer.parse().unwrap(),
+                local: "192.0.2.10:8081".parse().unwrap(),
+            }));
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request).await.unwrap();
+                let code = response.status();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                (code, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        let (code, body) = get("/metrics", "198.51.100.1:40000").await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+        assert!(!body.contains("phoenix_supervisor"), "{body}");
+        let (code, body) = get("/metrics", "127.0.0.1:40000").await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("phoenix_supervisor_service_state"), "{body}");
+        let (code, _) = get("/metrics", "192.0.2.10:40000").await;
+        assert_eq!(code, StatusCode::OK, "from the machine's own address");
+        for path in ["/health", "/livez", "/readyz"] {
+            let (code, body) = get(path, "198.51.100.1:40000").await;
+            assert_eq!(code, StatusCode::OK, "{path}: {body}");
+        }
     }
 
     #[test]

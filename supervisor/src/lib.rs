@@ -9,6 +9,8 @@ pub mod control;
 pub mod firstboot;
 pub mod fsafe;
 pub mod health;
+pub mod leftovers;
+pub mod listen;
 pub mod logs;
 pub mod notify;
 pub mod pginit;

@@ -17,7 +17,7 @@ use crate::config::{self, LoadOptions};
 use crate::reaper::Reaper;
 use crate::status::now_ms;
 use crate::supervisor::{Context, Event, Outcome, Supervisor};
-use crate::{acme, certs, control, health, pid1, scaling, state};
+use crate::{acme, certs, control, health, leftovers, listen, pid1, scaling, state};
 
 pub struct RunOptions {
     pub config: PathBuf,
@@ -39,6 +39,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
 
     let load = LoadOptions::detect(opts.dev).checking_users(crate::process::can_run_as);
     let config = config::load(&opts.config, &load)?;
+    // What a killed supervisor left running holds ports and data
+    // directories: stopped before they are checked.
+    leftovers::stop_leftovers(&config.supervisor.run_dir).await?;
     state::preflight(&config)?;
     let prepared = state::prepare(&config)?;
 
@@ -102,6 +105,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         https_port,
     };
     let socket = config.supervisor.control_socket();
+    let run_dir = config.supervisor.run_dir.clone();
     tracing::info!(
         config = %config.source.display(),
         services = config.services.len(),
@@ -130,15 +134,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         }
     });
     let app = health::router(snapshot, heartbeat);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(health_listener, app).await {
-            tracing::error!(error = %e, "health server stopped");
-        }
-    });
+    tokio::spawn(listen::serve_http("health", health_listener, app));
     tokio::spawn(control::serve(control_listener, tx));
 
     let outcome = supervisor.run(rx).await;
     let _ = std::fs::remove_file(&socket);
+    if outcome == Outcome::Clean {
+        // Everything stopped: nothing for the next supervisor to find.
+        let _ = std::fs::remove_file(leftovers::path(&run_dir));
+    }
     tracing::info!(?outcome, "phoenix-supervisor stopped");
     Ok(outcome)
 }

@@ -68,6 +68,9 @@ pub struct ServiceStatus {
     pub last_exit: Option<String>,
     pub last_error: Option<String>,
     pub depends_on: Vec<String>,
+    /// Unix milliseconds when a parked (`failed`) service is started again.
+    #[serde(default)]
+    pub retry_at_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -80,6 +83,10 @@ pub struct Snapshot {
     pub limits_unavailable: Option<String>,
     pub shutting_down: bool,
     pub orphans_reaped: u64,
+    /// Checks or starts the supervisor could not make for want of its own
+    /// resources, in the last minute.
+    #[serde(default)]
+    pub resource_shortage: Option<ResourceShortage>,
     pub services: Vec<ServiceStatus>,
     /// The API's TLS certificate; None before the first look at it.
     #[serde(default)]
@@ -88,6 +95,16 @@ pub struct Snapshot {
     /// first sample.
     #[serde(default)]
     pub scaling: Vec<ScalingStatus>,
+}
+
+/// The supervisor ran short of file descriptors, memory or processes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResourceShortage {
+    /// Unix milliseconds of the last check or start it could not make.
+    pub last_ms: u64,
+    /// How many since the shortage began.
+    pub count: u64,
+    pub error: String,
 }
 
 /// How far a capacity trigger is raised.

@@ -19,12 +19,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::cgroup::Cgroups;
 use crate::config::{self, Config, LoadOptions, Probe, RestartPolicy, ServiceSpec};
 use crate::control::{Request, Response};
+use crate::leftovers;
 use crate::logs::{self, ServiceLog};
-use crate::probe::Prober;
+use crate::probe::{self, Prober};
 use crate::process::{self, RunAs};
 use crate::reaper::{ExitStatus, Reaper};
 use crate::state;
-use crate::status::{ServiceStatus, Snapshot, State, now_ms, unix_ms};
+use crate::status::{ResourceShortage, ServiceStatus, Snapshot, State, now_ms, unix_ms};
 
 #[derive(Debug)]
 pub enum Event {
@@ -38,7 +39,7 @@ pub enum Event {
         name: String,
         generation: u64,
         check: Check,
-        result: Result<(), String>,
+        result: Result<(), probe::Failure>,
     },
     LogMatched {
         name: String,
@@ -73,6 +74,8 @@ pub enum Timer {
     StopDeadline,
     Readiness,
     Liveness,
+    /// A parked service's cool-down is over: start it again.
+    CoolDown,
 }
 
 /// What to do once a stopping service has exited.
@@ -107,12 +110,22 @@ struct Runtime {
     wanted: bool,
     generation: u64,
     pid: Option<i32>,
+    /// The running process by pid and start time, for the record of what
+    /// runs (`leftovers`).
+    process: Option<leftovers::Proc>,
     spawned: Option<Instant>,
     started_at: Option<SystemTime>,
     restarts: u64,
     attempt: u32,
     starts: VecDeque<Instant>,
+    /// Parkings in a row (reset by a stable run), for the cool-down's doubling.
+    parks: u32,
+    /// When a parked service will be started again.
+    retry_at: Option<SystemTime>,
     liveness_failures: u32,
+    /// The last readiness check could not be run (the supervisor's own
+    /// shortage): the start deadline waits for one that can.
+    readiness_unjudged: bool,
     after_stop: AfterStop,
     last_exit: Option<String>,
     last_error: Option<String>,
@@ -130,12 +143,16 @@ impl Runtime {
             wanted: true,
             generation: 0,
             pid: None,
+            process: None,
             spawned: None,
             started_at: None,
             restarts: 0,
             attempt: 0,
             starts: VecDeque::new(),
+            parks: 0,
+            retry_at: None,
             liveness_failures: 0,
+            readiness_unjudged: false,
             after_stop: AfterStop::Stay,
             last_exit: None,
             last_error: None,
@@ -150,6 +167,7 @@ impl Runtime {
         }
         self.attempt = 0;
         self.starts.clear();
+        self.retry_at = None;
     }
 
     fn running(&self) -> bool {
@@ -190,6 +208,25 @@ pub struct Supervisor {
     announced_ready: bool,
     rng: StdRng,
     started_at: SystemTime,
+    shortage: Option<Shortage>,
+    /// What runs, as last written to `leftovers::path(run_dir)`.
+    record: leftovers::Record,
+}
+
+/// How long health shows a shortage of the supervisor's resources after
+/// the last check or start it spoiled, and how often it is logged at most.
+const SHORTAGE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Checks and starts that the supervisor could not make for want of its
+/// own resources (file descriptors, memory, processes) in the current
+/// episode: none of them is counted against a service.
+struct Shortage {
+    last: Instant,
+    last_at: SystemTime,
+    error: String,
+    count: u64,
+    logged: Option<Instant>,
+    unlogged: u64,
 }
 
 impl Supervisor {
@@ -226,6 +263,8 @@ impl Supervisor {
             announced_ready: false,
             rng: StdRng::from_entropy(),
             started_at: SystemTime::now(),
+            shortage: None,
+            record: leftovers::Record::new(),
         };
         sup.publish();
         (sup, rx)
@@ -233,9 +272,11 @@ impl Supervisor {
 
     pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) -> Outcome {
         self.schedule();
+        self.save_record();
         self.publish();
         while let Some(event) = events.recv().await {
             self.handle(event);
+            self.save_record();
             self.publish();
             if let Some(outcome) = self.done {
                 return outcome;
@@ -290,6 +331,14 @@ impl Supervisor {
             Event::Tick => {
                 self.ctx.heartbeat.store(now_ms(), Ordering::Relaxed);
                 self.ctx.reaper.reap();
+                if self
+                    .shortage
+                    .as_ref()
+                    .is_some_and(|s| s.last.elapsed() >= SHORTAGE_WINDOW)
+                {
+                    tracing::info!("the supervisor could run its checks again");
+                    self.shortage = None;
+                }
             }
             Event::Scaling => {}
             Event::Certificate { renewed } => {
@@ -420,7 +469,8 @@ impl Supervisor {
     }
 
     /// Prune the start-limit window; when it is full, park the service as
-    /// failed and say so. Returns true when parked.
+    /// failed, say so, and arm the cool-down after which it is started
+    /// again. Returns true when parked.
     fn park_if_start_limit_reached(&mut self, i: usize) -> bool {
         let now = Instant::now();
         let rt = &mut self.services[i];
@@ -435,17 +485,62 @@ impl Supervisor {
         if rt.starts.len() < limit.burst as usize {
             return false;
         }
+        let cool_down = limit.cool_down.base_delay(rt.parks);
+        rt.parks = rt.parks.saturating_add(1);
+        let retry_at = SystemTime::now() + cool_down;
+        rt.retry_at = Some(retry_at);
         let msg = format!(
-            "started {} times within {}; parked as failed (fix the cause, then `phoenixctl start {}`)",
+            "started {} times within {}; parked as failed, next try in {} at {} \
+             (or fix the cause, then `phoenixctl start {}`)",
             rt.starts.len(),
             humantime::format_duration(limit.interval),
+            humantime::format_duration(cool_down),
+            humantime::format_rfc3339_seconds(retry_at),
             rt.spec.name
         );
-        tracing::error!(service = %rt.spec.name, "{msg}");
+        tracing::error!(service = %rt.spec.name, cool_down = ?cool_down, "{msg}");
         rt.log.note(&msg);
         rt.last_error = Some(msg);
+        let (name, generation) = (rt.spec.name.clone(), rt.generation);
         self.set_state(i, State::Failed);
+        self.after(&name, generation, cool_down, Timer::CoolDown);
         true
+    }
+
+    /// A check or start of `service` failed because the supervisor itself
+    /// is short of resources: remember it for health, and log it at most
+    /// once a minute.
+    fn short_of_resources(&mut self, service: &str, what: &str, error: &str) {
+        let now = Instant::now();
+        let shortage = self.shortage.get_or_insert_with(|| Shortage {
+            last: now,
+            last_at: SystemTime::now(),
+            error: String::new(),
+            count: 0,
+            logged: None,
+            unlogged: 0,
+        });
+        shortage.last = now;
+        shortage.last_at = SystemTime::now();
+        shortage.error = error.to_string();
+        shortage.count += 1;
+        if shortage
+            .logged
+            .is_none_or(|t| now.duration_since(t) >= SHORTAGE_WINDOW)
+        {
+            tracing::warn!(
+                service,
+                what,
+                error,
+                not_logged = shortage.unlogged,
+                "the supervisor is short of its own resources (file descriptors, memory or \
+                 processes) and could not run a {what}; no service is judged on it"
+            );
+            shortage.logged = Some(now);
+            shortage.unlogged = 0;
+        } else {
+            shortage.unlogged += 1;
+        }
     }
 
     fn start(&mut self, i: usize) {
@@ -460,9 +555,17 @@ impl Supervisor {
         rt.generation += 1;
         match self.spawn(i) {
             Ok(()) => {}
-            Err(e) => {
+            Err(failure) => {
+                let name = self.services[i].spec.name.clone();
+                if let probe::Failure::Supervisor(e) = &failure {
+                    // Not the service's doing: the attempt does not count
+                    // toward its start limit.
+                    self.services[i].starts.pop_back();
+                    self.short_of_resources(&name, "start", e);
+                }
+                let e = failure.to_string();
                 let rt = &mut self.services[i];
-                tracing::error!(service = %rt.spec.name, error = %e, "cannot start");
+                tracing::error!(service = %name, error = %e, "cannot start");
                 rt.log.note(&format!("cannot start: {e}"));
                 rt.last_error = Some(e);
                 rt.spawned = Some(now);
@@ -471,39 +574,46 @@ impl Supervisor {
         }
     }
 
-    fn spawn(&mut self, i: usize) -> Result<(), String> {
+    fn spawn(&mut self, i: usize) -> Result<(), probe::Failure> {
+        let failure = probe::Failure::of;
         let cgroup_fd = match &self.ctx.cgroups {
             Ok(cg) => Some(
                 cg.prepare(&self.services[i].spec.name, &self.services[i].spec.limits)
                     .map_err(|e| {
-                        format!(
-                            "cannot prepare the cgroup of {}: {e}",
-                            self.services[i].spec.name
+                        failure(
+                            &e,
+                            format!(
+                                "cannot prepare the cgroup of {}: {e}",
+                                self.services[i].spec.name
+                            ),
                         )
                     })?,
             ),
             Err(_) => None,
         };
         let rt = &mut self.services[i];
-        state::service_dirs(&rt.spec, rt.run_as.as_ref()).map_err(|e| e.to_string())?;
+        state::service_dirs(&rt.spec, rt.run_as.as_ref())
+            .map_err(|e| failure(&e, e.to_string()))?;
         for f in &rt.spec.files {
             state::write_generated(f)
-                .map_err(|e| format!("cannot write {}: {e}", f.path.display()))?;
+                .map_err(|e| failure(&e, format!("cannot write {}: {e}", f.path.display())))?;
         }
         let mut cmd = process::command(&rt.spec.command, &rt.spec, rt.run_as.as_ref(), cgroup_fd)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| failure(&e, e.to_string()))?;
         let (mut child, exit) = self
             .ctx
             .reaper
             .spawn(&mut cmd)
-            .map_err(|e| format!("cannot run {}: {e}", rt.spec.command[0]))?;
+            .map_err(|e| failure(&e, format!("cannot run {}: {e}", rt.spec.command[0])))?;
         drop(cmd);
         let generation = rt.generation;
         let pid = child.id() as i32;
         rt.pid = Some(pid);
+        rt.process = leftovers::Proc::of(pid);
         rt.spawned = Some(Instant::now());
         rt.started_at = Some(SystemTime::now());
         rt.liveness_failures = 0;
+        rt.readiness_unjudged = false;
         rt.after_stop = AfterStop::Stay;
         let name = rt.spec.name.clone();
         tracing::info!(service = %name, pid, "started");
@@ -622,6 +732,18 @@ impl Supervisor {
         let state = self.services[i].state;
         let name = self.services[i].spec.name.clone();
         match (timer, state) {
+            (Timer::CoolDown, State::Failed) if self.services[i].wanted => {
+                tracing::info!(service = %name, "cool-down over: starting again");
+                let rt = &mut self.services[i];
+                rt.log.note("cool-down over: starting again");
+                rt.restarts += 1;
+                // A new window and backoff; `parks` stays, so the next
+                // cool-down is longer unless this run proves stable.
+                rt.fresh_start();
+                self.set_state(i, State::Stopped);
+                // The scheduling pass after this event starts it once its
+                // dependencies are up.
+            }
             (Timer::RestartDue, State::Backoff) => {
                 if self.deps_ready(i) {
                     self.start(i);
@@ -632,6 +754,16 @@ impl Supervisor {
             (Timer::Readiness, State::Starting) => self.run_probe(i, Check::Readiness),
             (Timer::Liveness, State::Ready | State::Unhealthy) => {
                 self.run_probe(i, Check::Liveness)
+            }
+            (Timer::StartDeadline, State::Starting) if self.services[i].readiness_unjudged => {
+                // The supervisor could not check: not the service's delay.
+                let interval = self.services[i]
+                    .spec
+                    .readiness
+                    .as_ref()
+                    .map_or(Duration::from_secs(1), |r| r.interval);
+                let generation = self.services[i].generation;
+                self.after(&name, generation, interval, Timer::StartDeadline);
             }
             (Timer::StartDeadline, State::Starting) => {
                 let limit = self.services[i]
@@ -654,11 +786,38 @@ impl Supervisor {
         }
     }
 
-    fn on_probe(&mut self, i: usize, check: Check, result: Result<(), String>) {
+    fn on_probe(&mut self, i: usize, check: Check, result: Result<(), probe::Failure>) {
         let (name, generation) = (
             self.services[i].spec.name.clone(),
             self.services[i].generation,
         );
+        if check == Check::Readiness {
+            self.services[i].readiness_unjudged =
+                matches!(result, Err(probe::Failure::Supervisor(_)));
+        }
+        let result = match result {
+            Err(probe::Failure::Supervisor(e)) => {
+                // Says nothing about the service: no failure counted, no
+                // state changed, the same check again at its interval.
+                self.short_of_resources(&name, "check", &e);
+                let (interval, timer) = match check {
+                    Check::Readiness => (
+                        self.services[i].spec.readiness.as_ref().map(|r| r.interval),
+                        Timer::Readiness,
+                    ),
+                    Check::Liveness => (
+                        self.services[i].spec.liveness.as_ref().map(|l| l.interval),
+                        Timer::Liveness,
+                    ),
+                };
+                if let Some(interval) = interval {
+                    self.after(&name, generation, interval, timer);
+                }
+                return;
+            }
+            Err(probe::Failure::Service(e)) => Err(e),
+            Ok(()) => Ok(()),
+        };
         match (check, self.services[i].state, result) {
             (Check::Readiness, State::Starting, Ok(())) => self.became_ready(i),
             (Check::Readiness, State::Starting, Err(e)) => {
@@ -705,6 +864,7 @@ impl Supervisor {
         let Some(pid) = self.services[i].pid.take() else {
             return;
         };
+        self.services[i].process = None;
         // Whatever the main process left behind goes with it.
         process::signal_group(pid, Signal::SIGKILL);
         if let Ok(cg) = &self.ctx.cgroups {
@@ -712,9 +872,11 @@ impl Supervisor {
         }
         let rt = &mut self.services[i];
         let ran = rt.spawned.map_or(Duration::ZERO, |t| t.elapsed());
-        // A long, stable run (however it ended) earns the initial delay again.
+        // A long, stable run (however it ended) earns the initial delay
+        // and the shortest cool-down again.
         if ran >= rt.spec.restart.reset_after {
             rt.attempt = 0;
+            rt.parks = 0;
         }
         rt.last_exit = Some(status.to_string());
         rt.started_at = None;
@@ -1125,6 +1287,15 @@ impl Supervisor {
             limits_unavailable: self.ctx.cgroups.as_ref().err().cloned(),
             shutting_down: self.shutting_down,
             orphans_reaped: self.ctx.reaper.orphans_reaped(),
+            resource_shortage: self
+                .shortage
+                .as_ref()
+                .filter(|s| s.last.elapsed() < SHORTAGE_WINDOW)
+                .map(|s| ResourceShortage {
+                    last_ms: unix_ms(s.last_at),
+                    count: s.count,
+                    error: s.error.clone(),
+                }),
             services: self
                 .services
                 .iter()
@@ -1140,6 +1311,10 @@ impl Supervisor {
                     since_ms: unix_ms(rt.since),
                     last_exit: rt.last_exit.clone(),
                     last_error: rt.last_error.clone(),
+                    retry_at_ms: rt
+                        .retry_at
+                        .filter(|_| rt.state == State::Failed)
+                        .map(unix_ms),
                     depends_on: if rt.state == State::Stopped && rt.wanted {
                         self.waiting_for(i)
                     } else {
@@ -1150,6 +1325,44 @@ impl Supervisor {
             certificate: Some(crate::certs::lock(&self.ctx.certificate).clone())
                 .filter(|c| !c.mode.is_empty()),
             scaling: crate::certs::lock(&self.ctx.scaling).clone(),
+        }
+    }
+
+    /// Writes what runs to the run directory when it changed, so that the
+    /// next supervisor can stop it should this one be killed.
+    fn save_record(&mut self) {
+        if !leftovers::proc_matches() {
+            return;
+        }
+        let record = leftovers::Record {
+            services: self
+                .services
+                .iter()
+                .enumerate()
+                .filter_map(|(order, rt)| {
+                    Some(leftovers::Entry {
+                        service: rt.spec.name.clone(),
+                        process: rt.process?,
+                        pgid: rt.process?.pid,
+                        stop_signal: rt.spec.stop.signal as i32,
+                        stop_timeout_ms: rt.spec.stop.timeout.as_millis() as u64,
+                        order,
+                    })
+                })
+                .collect(),
+            ..self.record.clone()
+        };
+        if record == self.record {
+            return;
+        }
+        let path = leftovers::path(&self.config.supervisor.run_dir);
+        match leftovers::write(&path, &record) {
+            Ok(()) => self.record = record,
+            Err(e) => tracing::warn!(
+                file = %path.display(),
+                error = %e,
+                "cannot record the running services; a supervisor started after this one is killed will not find them"
+            ),
         }
     }
 
@@ -1207,6 +1420,7 @@ fn empty_snapshot(config: &Config) -> Snapshot {
         limits_unavailable: None,
         shutting_down: false,
         orphans_reaped: 0,
+        resource_shortage: None,
         services: Vec::new(),
         certificate: None,
         scaling: Vec::new(),
@@ -1328,11 +1542,11 @@ mod tests {
     async fn operator_start_resets_a_parked_service() {
         let (tx, _dir) = start_loop(
             "[services.gone]\ncommand = [\"/nonexistent/program\"]\n\
-             restart = { initial_delay = \"1s\", jitter = 0.0, start_limit = { burst = 1, interval = \"1h\" } }\n",
+             restart = { initial_delay = \"1s\", jitter = 0.0, start_limit = { burst = 1, interval = \"1h\", cool_down = \"2h\" } }\n",
         )
         .await;
         wait_for_state(&tx, "gone", State::Failed).await;
-        // Parked: an hour of virtual time brings no new attempt.
+        // Parked: an hour of virtual time (inside the cool-down) brings no new attempt.
         tokio::time::sleep(Duration::from_secs(3600)).await;
         let svc = wait_for_state(&tx, "gone", State::Failed).await;
         assert_eq!(svc.restarts, 0);
@@ -1347,6 +1561,98 @@ mod tests {
         assert!(matches!(rx.await.unwrap(), Response::Ok(_)));
         let svc = wait_for_state(&tx, "gone", State::Failed).await;
         assert!(svc.last_error.unwrap().contains("parked"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parked_service_is_started_again_after_a_doubling_cool_down() {
+        let t0 = Instant::now();
+        let (tx, _dir) = start_loop(
+            "[services.gone]\ncommand = [\"/nonexistent/program\"]\n\
+             restart = { initial_delay = \"1s\", jitter = 0.0, start_limit = { burst = 1, interval = \"1h\", cool_down = \"5m\", cool_down_max = \"12m\" } }\n",
+        )
+        .await;
+        let svc = wait_for_state(&tx, "gone", State::Failed).await;
+        let error = svc.last_error.unwrap();
+        assert!(error.contains("next try in 5m"), "{error}");
+        let retry_in = svc.retry_at_ms.unwrap().saturating_sub(now_ms());
+        assert!((299_000..=300_000).contains(&retry_in), "{retry_in}");
+        // Each cool-down over, one more start (failing again here), then
+        // parked for twice as long, at most 12 min: 5, 10, 12, 12.
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            assert!(t0.elapsed() < Duration::from_secs(3600), "{seen:?}");
+            let svc = status(&tx).await.services.remove(0);
+            if svc.restarts > seen.len() as u64 {
+                assert_eq!(svc.state, State::Failed, "parked again at once");
+                seen.push(t0.elapsed().as_secs());
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // Seen at the next look, within a second of the timer.
+        for (seen, due) in seen.iter().zip([300, 900, 1620, 2340]) {
+            assert!((due..=due + 1).contains(seen), "{seen} s, due at {due} s");
+        }
+    }
+
+    /// The supervisor out of file descriptors: its checks fail with EMFILE
+    /// (sent here as the prober reports them), which must not be taken for
+    /// the service's failure.
+    #[tokio::test(start_paused = true)]
+    async fn checks_the_supervisor_could_not_run_never_stop_a_service() {
+        let (tx, _dir) = start_loop(
+            "[services.up]\ncommand = [\"/bin/sleep\", \"3600\"]\n\
+             liveness = { tcp = \"127.0.0.1:1\", interval = \"1h\", failures = 2 }\n\
+             [services.slow]\ncommand = [\"/bin/sleep\", \"3600\"]\n\
+             readiness = { tcp = \"127.0.0.1:1\", interval = \"10s\", start_timeout = \"1s\" }\n",
+        )
+        .await;
+        wait_for_state(&tx, "up", State::Ready).await;
+        let shortage = |name: &str, check| Event::Probe {
+            name: name.into(),
+            generation: 1,
+            check,
+            result: Err(probe::Failure::Supervisor(
+                "tcp 127.0.0.1:1: Too many open files (os error 24)".into(),
+            )),
+        };
+        for _ in 0..10 {
+            tx.send(shortage("up", Check::Liveness)).unwrap();
+            tx.send(shortage("slow", Check::Readiness)).unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let s = status(&tx).await;
+        let find = |name: &str| s.services.iter().find(|svc| svc.name == name).unwrap();
+        let (up, slow) = (find("up"), find("slow"));
+        assert_eq!((up.state, up.restarts), (State::Ready, 0), "{up:?}");
+        // Its start deadline (1 s) waits for a check that could run.
+        assert_eq!(
+            (slow.state, slow.restarts),
+            (State::Starting, 0),
+            "{slow:?}"
+        );
+        let shortage = s.resource_shortage.expect("shown in the snapshot");
+        assert_eq!(shortage.count, 20);
+        assert!(shortage.error.contains("Too many open files"));
+        let (overall, doc) = crate::health::health_document(&status(&tx).await);
+        assert_eq!(overall, crate::health::Status::Warn);
+        assert_eq!(doc["checks"]["supervisor:resources"][0]["status"], "warn");
+
+        // The same check failing for the service does count.
+        tx.send(Event::Probe {
+            name: "up".into(),
+            generation: 1,
+            check: Check::Liveness,
+            result: Err(probe::Failure::Service("refused".into())),
+        })
+        .unwrap();
+        wait_for_state(&tx, "up", State::Unhealthy).await;
+        // A minute without a shortage: the warning is gone.
+        for _ in 0..61 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tx.send(Event::Tick).unwrap();
+        }
+        assert!(status(&tx).await.resource_shortage.is_none());
+        tx.send(Event::Signal(libc::SIGTERM)).unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -233,6 +233,34 @@ impl Supervisor {
         serde_json::from_slice(&out.stdout).expect("status json")
     }
 
+    /// `phoenixctl --json status`, or None when the supervisor does not
+    /// answer within `timeout` (a control socket that never accepts would
+    /// otherwise hang the test).
+    pub fn status_within(&self, timeout: Duration) -> Option<Value> {
+        let mut child = Command::new(bin("phoenixctl"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["--json", "status"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run phoenixctl");
+        let deadline = Instant::now() + timeout;
+        while child.try_wait().expect("try_wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let out = child.wait_with_output().expect("phoenixctl output");
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    }
+
     pub fn try_status(&self) -> Option<Value> {
         let out = self.ctl(&["--json", "status"]);
         out.status

@@ -144,3 +144,48 @@ fn failing_oneshot_is_retried_then_parked_and_dependents_never_start() {
     assert_eq!(s.state_of("app"), "stopped");
     assert!(s.service("app")["pid"].is_null());
 }
+
+#[test]
+fn parked_service_is_started_again_after_the_cool_down() {
+    let port = phoenix_tests::free_port();
+    let mut s = Supervisor::config("");
+    let flag = s.path("fixed");
+    // Crashes until the flag file exists, like a service waiting for a
+    // disk to be mounted or a dependency outside the appliance.
+    s.write_config(&format!(
+        "{NO_BUILTINS}[services.flaky]\ncommand = [\"/bin/sh\", \"-c\", \"test -e {flag} && exec {p} serve {port}; exit 3\"]\n\
+         readiness = {{ tcp = \"127.0.0.1:{port}\", interval = \"20ms\" }}\n\
+         restart = {{ initial_delay = \"10ms\", start_limit = {{ burst = 2, interval = \"1m\", cool_down = \"2s\" }} }}\n",
+        flag = flag.display(),
+        p = testprog()
+    ));
+    s.start();
+    s.wait_state("flaky", "failed", Duration::from_secs(10));
+    let (code, health) = s.health();
+    assert_eq!(code, 503, "{health}");
+    let check = &health["checks"]["flaky:state"][0];
+    assert_eq!(check["status"], "fail", "{health}");
+    assert!(
+        check["output"].as_str().unwrap().contains("next try in 2s"),
+        "{health}"
+    );
+    assert!(check["retryAt"].is_string(), "{health}");
+
+    std::fs::write(&flag, "").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        s.state_of("flaky"),
+        "failed",
+        "parked until the cool-down ends"
+    );
+    s.wait_state("flaky", "ready", Duration::from_secs(10));
+    let (code, health) = s.health();
+    assert_eq!(
+        (code, health["status"].as_str()),
+        (200, Some("pass")),
+        "{health}"
+    );
+    assert!(health["checks"]["flaky:state"][0]["retryAt"].is_null());
+    let log = std::fs::read_to_string(s.path("log/flaky.log")).unwrap();
+    assert!(log.contains("cool-down over: starting again"), "{log}");
+}

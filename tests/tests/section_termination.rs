@@ -117,3 +117,72 @@ fn sigterm_during_startup_still_stops_in_order() {
     assert!(processes_matching(&tag).is_empty());
     assert!(s.stderr().contains("shutting down"), "{}", s.stderr());
 }
+
+/// A supervisor killed with SIGKILL (not PID 1, not under systemd) used to
+/// leave its services running; the next one on the same directories then
+/// refused to start ("address already in use"). Now it stops them first,
+/// in reverse dependency order, and starts clean.
+#[test]
+fn services_left_by_a_killed_supervisor_are_stopped_by_the_next_one() {
+    let ports = phoenix_tests::StackPorts::free();
+    let web = phoenix_tests::free_port();
+    let mut s = Supervisor::config("");
+    let events = s.path("events").display().to_string();
+    s.write_config(&format!(
+        "[postgres]\nport = {pg}\n[prometheus]\nenable = false\n[pushgateway]\nenable = false\n\
+         [api]\nenable = false\n\
+         [services.web]\ncommand = [\"{p}\", \"serve\", \"{web}\", \"--log\", \"{events}\", \"--name\", \"web\"]\n\
+         depends_on = [\"postgres\"]\nreadiness = {{ tcp = \"127.0.0.1:{web}\" }}\n",
+        pg = ports.pg,
+        p = testprog()
+    ));
+    s.start();
+    s.wait_all_ready(Duration::from_secs(60));
+    let (postgres, web_pid) = (s.pid_of("postgres"), s.pid_of("web"));
+    let postgres_group = phoenix_tests::children_of(postgres);
+    assert!(!postgres_group.is_empty(), "postgres has its backends");
+
+    s.signal(Signal::SIGKILL);
+    s.wait_exit(Duration::from_secs(5));
+    assert!(phoenix_tests::process_alive(postgres) && phoenix_tests::process_alive(web_pid));
+
+    s.start();
+    s.wait_all_ready(Duration::from_secs(60));
+    for pid in std::iter::once(postgres)
+        .chain(std::iter::once(web_pid))
+        .chain(postgres_group.iter().map(|(p, _)| *p))
+    {
+        assert!(
+            !phoenix_tests::process_alive(pid),
+            "pid {pid} of the killed supervisor survives"
+        );
+    }
+    assert_ne!(s.pid_of("postgres"), postgres);
+    // The old web stopped with its signal before the old postgres, then a
+    // new one started.
+    let lines: Vec<String> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(lines, ["start web", "stop web", "start web"]);
+    let log = s.stderr();
+    assert!(
+        log.contains("left running by an earlier supervisor"),
+        "{log}"
+    );
+    assert!(!log.contains("already in use"), "{log}");
+    let stopped: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("left running by an earlier supervisor"))
+        .collect();
+    assert_eq!(stopped.len(), 2, "{log}");
+    assert!(
+        stopped[0].contains("web")
+            && stopped[1].contains("postgres")
+            && stopped[1].contains("SIGINT"),
+        "web, then postgres with its own signal: {log}"
+    );
+    let (code, health) = s.health();
+    assert_eq!(code, 200, "{health}");
+}

@@ -279,6 +279,7 @@ pub fn expand(
         init.restart.start_limit = StartLimit {
             burst: 3,
             interval: Duration::from_secs(300),
+            ..init.restart.start_limit
         };
         init.dirs = vec![state.join("postgres")];
         services.push(init);

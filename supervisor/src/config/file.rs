@@ -250,6 +250,10 @@ pub struct RestartTable {
 pub struct StartLimitTable {
     pub burst: CountIn<1, 1000>,
     pub interval: DurationIn<SECOND, DAY>,
+    /// How long a parked service waits before it is started again; doubles
+    /// with each parking in a row, up to `cool_down_max`.
+    pub cool_down: Option<DurationIn<SECOND, DAY>>,
+    pub cool_down_max: Option<DurationIn<SECOND, DAY>>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

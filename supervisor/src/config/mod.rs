@@ -18,7 +18,7 @@ use std::time::Duration;
 pub use spec::*;
 
 use file::{FileConfig, ProbeTable, RestartPolicyName, ServiceTable};
-use phoenix_backoff::Backoff;
+use phoenix_backoff::{Backoff, BackoffError};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/phoenix/phoenix.toml";
 
@@ -498,10 +498,27 @@ fn apply_table(
             spec.restart.reset_after = d.0;
         }
         if let Some(l) = r.start_limit {
+            let c = spec.restart.start_limit.cool_down;
+            let cool_down = l.cool_down.map_or(c.initial(), |d| d.0);
+            let cool_down_max = l.cool_down_max.map_or(c.max().max(cool_down), |d| d.0);
+            let cool_down = Backoff::try_new(cool_down, cool_down_max, 0.0).map_err(|e| {
+                let (k, message) = match e {
+                    BackoffError::InitialAboveMax { .. } => (
+                        "cool_down_max",
+                        format!(
+                            "must be at least cool_down ({})",
+                            humantime::format_duration(cool_down)
+                        ),
+                    ),
+                    _ => ("cool_down", "must be greater than zero".to_string()),
+                };
+                loc.error(&["services", name, "restart", "start_limit", k], message)
+            })?;
             spec.restart.start_limit = StartLimit {
                 // At most 1000, by its type.
                 burst: l.burst.0 as u32,
                 interval: l.interval.0,
+                cool_down,
             };
         }
     }

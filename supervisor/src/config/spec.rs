@@ -185,12 +185,25 @@ pub struct RestartSpec {
     pub start_limit: StartLimit,
 }
 
-/// At most `burst` starts within `interval`; one more parks the service as failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// At most `burst` starts within `interval`; one more parks the service as
+/// failed. A parked service is started again after `cool_down`: its initial
+/// delay after the first parking, doubled after each parking in a row, at
+/// most its max (no jitter).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StartLimit {
     pub burst: u32,
     pub interval: Duration,
+    pub cool_down: Backoff,
 }
+
+/// A parked service waits 5 min, then 10, 20, 40, and 1 h from then on:
+/// a broken service is not started in a loop, and one whose cause went away
+/// (a full disk, a late dependency) comes back without an operator.
+pub const DEFAULT_COOL_DOWN: Backoff =
+    match Backoff::try_new(Duration::from_secs(300), Duration::from_secs(3600), 0.0) {
+        Ok(b) => b,
+        Err(_) => panic!("valid cool-down"),
+    };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StopSpec {
@@ -240,6 +253,7 @@ impl ServiceSpec {
                 start_limit: StartLimit {
                     burst: 5,
                     interval: Duration::from_secs(60),
+                    cool_down: DEFAULT_COOL_DOWN,
                 },
             },
             stop: StopSpec {

@@ -282,7 +282,8 @@ oneshot = false
         w.restart.start_limit,
         StartLimit {
             burst: 5,
-            interval: Duration::from_secs(60)
+            interval: Duration::from_secs(60),
+            cool_down: DEFAULT_COOL_DOWN,
         }
     );
     assert_eq!(w.liveness.as_ref().unwrap().failures, 3);
@@ -609,4 +610,39 @@ fn reload_refuses_what_needs_a_restart_at_the_changed_key() {
     )
     .unwrap();
     reload(&path, &opts, &running).unwrap();
+}
+
+#[test]
+fn start_limit_cool_down_defaults_to_5m_doubling_to_1h_and_is_validated() {
+    let service = |limit: &str| {
+        parse_str(&format!(
+            "[services.w]\ncommand = [\"/bin/w\"]\nrestart = {{ start_limit = {{ burst = 2, interval = \"1m\"{limit} }} }}\n"
+        ))
+    };
+    let w = service("").unwrap();
+    let cool_down = w.service("w").unwrap().restart.start_limit.cool_down;
+    assert_eq!(cool_down.base_delay(0), Duration::from_secs(300));
+    assert_eq!(cool_down.base_delay(1), Duration::from_secs(600));
+    assert_eq!(cool_down.base_delay(9), Duration::from_secs(3600));
+
+    let w = service(", cool_down = \"2h\"").unwrap();
+    let cool_down = w.service("w").unwrap().restart.start_limit.cool_down;
+    assert_eq!(
+        (cool_down.initial(), cool_down.max()),
+        (Duration::from_secs(7200), Duration::from_secs(7200)),
+        "a cool_down above the default max is its own max"
+    );
+    let w = service(", cool_down = \"1s\", cool_down_max = \"4s\"").unwrap();
+    let cool_down = w.service("w").unwrap().restart.start_limit.cool_down;
+    assert_eq!(cool_down.base_delay(5), Duration::from_secs(4));
+
+    let err = service(", cool_down = \"0s\"").unwrap_err();
+    assert_eq!(err.key, "services.w.restart.start_limit.cool_down", "{err}");
+    assert!(err.message.contains("out of range"), "{err}");
+    let err = service(", cool_down = \"10m\", cool_down_max = \"5m\"").unwrap_err();
+    assert_eq!(
+        err.key, "services.w.restart.start_limit.cool_down_max",
+        "{err}"
+    );
+    assert!(err.message.contains("at least cool_down (10m)"), "{err}");
 }
