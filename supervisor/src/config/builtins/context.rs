@@ -1,0 +1,177 @@
+//! What the built-in sections share: the [`Context`] each one reads
+//! besides its own table, the shape of what each returns, and helpers.
+//! A leaf: it imports no section.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::config::file::{FileConfig, LimitsTable};
+use crate::config::spec::*;
+use crate::config::{ConfigError, LoadOptions, Located, check_user, limits};
+
+pub(super) const GIB: u64 = 1 << 30;
+
+/// What a section adds to the appliance: services (with their generated
+/// files) and the secrets generated for them on first start.
+#[derive(Default)]
+pub(super) struct Contribution {
+    pub(super) services: Vec<ServiceSpec>,
+    pub(super) secrets: Vec<SecretSpec>,
+}
+
+/// Whether a built-in runs and where it listens, for the sections that
+/// talk to it.
+#[derive(Clone, Copy)]
+pub(super) struct Peer {
+    pub(super) enabled: bool,
+    pub(super) listen: SocketAddr,
+}
+
+/// The API's database as [postgres] provides it.
+pub(super) struct Database {
+    pub(super) url: String,
+    pub(super) password_file: Option<PathBuf>,
+    /// The service creating the API's role and database, to start after.
+    pub(super) setup_service: Option<&'static str>,
+}
+
+/// What every section may read besides its own table.
+pub(super) struct Context<'a> {
+    pub(super) opts: &'a LoadOptions,
+    pub(super) loc: &'a Located<'a>,
+    pub(super) state: &'a Path,
+    pub(super) run_dir: &'a Path,
+    pub(super) secrets_dir: PathBuf,
+    /// The API's user, resolved first: it also owns the TLS key and the
+    /// database password.
+    pub(super) api_user: Option<String>,
+    pub(super) api: Peer,
+    pub(super) prometheus: Peer,
+    pub(super) pushgateway: Peer,
+    /// `[health] listen`, where Prometheus scrapes the supervisor.
+    pub(super) health_listen: SocketAddr,
+}
+
+impl<'a> Context<'a> {
+    pub(super) fn new(
+        raw: &FileConfig,
+        sup: &'a SupervisorSettings,
+        opts: &'a LoadOptions,
+        loc: &'a Located<'a>,
+    ) -> Result<Self, ConfigError> {
+        let api_enabled = raw.api.enable.unwrap_or(true);
+        let api_user = if api_enabled {
+            user_for(opts, &raw.api.user, "phoenix", loc, "api")?
+        } else {
+            None
+        };
+        let api_listen = raw.api.listen.unwrap_or_else(|| {
+            if opts.dev {
+                "127.0.0.1:8443"
+            } else {
+                "0.0.0.0:443"
+            }
+            .parse()
+            .expect("valid address")
+        });
+        // Dev mode keeps clear of a Prometheus the distribution may already run.
+        let (prom_default, push_default) = if opts.dev {
+            ("127.0.0.1:19090", "127.0.0.1:19091")
+        } else {
+            ("127.0.0.1:9090", "127.0.0.1:9091")
+        };
+        let prom_listen = raw
+            .prometheus
+            .listen
+            .unwrap_or_else(|| prom_default.parse().expect("valid address"));
+        let push_listen = raw
+            .pushgateway
+            .listen
+            .unwrap_or_else(|| push_default.parse().expect("valid address"));
+        Ok(Context {
+            opts,
+            loc,
+            state: &sup.state_dir,
+            run_dir: &sup.run_dir,
+            secrets_dir: sup.state_dir.join("secrets"),
+            api_user,
+            api: Peer {
+                enabled: api_enabled,
+                listen: api_listen,
+            },
+            prometheus: Peer {
+                enabled: raw.prometheus.enable.unwrap_or(true),
+                listen: prom_listen,
+            },
+            pushgateway: Peer {
+                enabled: raw.pushgateway.enable.unwrap_or(true),
+                listen: push_listen,
+            },
+            health_listen: raw
+                .health
+                .listen
+                .unwrap_or_else(|| "127.0.0.1:8081".parse().expect("valid")),
+        })
+    }
+
+    /// Generated files live where the supervisor alone writes: a service
+    /// user owns its own directories and could swap a file there between
+    /// the write and its use.
+    pub(super) fn generated_file(&self, service: &str, file: &str) -> PathBuf {
+        self.state.join("generated").join(service).join(file)
+    }
+}
+
+/// Loopback form of a listen address, for clients on this machine.
+pub(super) fn local(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(
+            if addr.is_ipv4() {
+                [127, 0, 0, 1].into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            },
+            addr.port(),
+        )
+    } else {
+        addr
+    }
+}
+
+/// The user of a built-in section's services, checked at `[section] user`.
+pub(super) fn user_for(
+    opts: &LoadOptions,
+    configured: &Option<String>,
+    root_default: &str,
+    loc: &Located<'_>,
+    section: &str,
+) -> Result<Option<String>, ConfigError> {
+    let (user, defaulted) = match configured {
+        Some(u) if u.is_empty() => return Ok(None),
+        Some(u) => (u.as_str(), false),
+        None if opts.root => (root_default, true),
+        None => return Ok(None),
+    };
+    check_user(opts, user, defaulted, loc, &[section, "user"])?;
+    Ok(Some(user.to_string()))
+}
+
+pub(super) fn with_limits(
+    defaults: Limits,
+    table: &Option<LimitsTable>,
+    loc: &Located<'_>,
+    section: &str,
+) -> Result<Limits, ConfigError> {
+    match table {
+        Some(t) => limits(defaults, t).map_err(|(key, m)| loc.error(&[section, "limits", key], m)),
+        None => Ok(defaults),
+    }
+}
+
+pub(super) fn arg(flag: &str, value: impl std::fmt::Display) -> String {
+    format!("{flag}={value}")
+}
+
+pub(super) fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}

@@ -1,0 +1,54 @@
+//! The built-in sections expanded into service specs with the appliance's
+//! defaults. Each section has its own file ([tls], [postgres], [prometheus],
+//! [pushgateway], [api], [scaling]) whose `expand` reads its table and the
+//! shared [`Context`] and returns what the section contributes. What
+//! sections share is in `context.rs`; sections never import from one
+//! another.
+
+mod api;
+mod context;
+mod postgres;
+mod prometheus;
+mod pushgateway;
+mod scaling;
+mod tls;
+
+use super::file::FileConfig;
+use super::spec::*;
+use super::{LoadOptions, Located};
+use crate::config::ConfigError;
+use context::Context;
+
+pub struct Expanded {
+    pub services: Vec<ServiceSpec>,
+    pub secrets: Vec<SecretSpec>,
+    pub tls: TlsSettings,
+    pub scaling: ScalingSettings,
+}
+
+pub fn expand(
+    raw: &FileConfig,
+    sup: &SupervisorSettings,
+    opts: &LoadOptions,
+    loc: &Located<'_>,
+) -> Result<Expanded, ConfigError> {
+    let ctx = Context::new(raw, sup, opts, loc)?;
+    let tls = tls::expand(&raw.tls, &ctx)?;
+    let (postgres, database) = postgres::expand(&raw.postgres, &ctx)?;
+    let prometheus = prometheus::expand(&raw.prometheus, &ctx)?;
+    let pushgateway = pushgateway::expand(&raw.pushgateway, &ctx)?;
+    let api = api::expand(&raw.api, &ctx, &tls, database)?;
+    let scaling = scaling::expand(&raw.scaling, &ctx)?;
+    let mut services = Vec::new();
+    let mut secrets = Vec::new();
+    for part in [postgres, prometheus, pushgateway, api] {
+        services.extend(part.services);
+        secrets.extend(part.secrets);
+    }
+    Ok(Expanded {
+        services,
+        secrets,
+        tls,
+        scaling,
+    })
+}

@@ -1,0 +1,333 @@
+//! `[postgres]`: initdb once (postgres-init), the server, then the API's
+//! role and database (postgres-setup); or, with enable = false, the
+//! external database handed to the API.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::context::{Context, Contribution, Database, GIB, arg, path_str, user_for, with_limits};
+use crate::config::file::PostgresSection;
+use crate::config::spec::*;
+use crate::config::{ConfigError, Located};
+
+pub const POSTGRES_SUPERUSER: &str = "postgres";
+pub const API_DB_USER: &str = "phoenix";
+pub const API_DB_NAME: &str = "phoenix";
+
+/// The services and secrets of a managed PostgreSQL, and the API's
+/// database (`None` when there is none for it).
+pub(super) fn expand(
+    pg: &PostgresSection,
+    ctx: &Context<'_>,
+) -> Result<(Contribution, Option<Database>), ConfigError> {
+    let loc = ctx.loc;
+    if pg.enable.unwrap_or(true) {
+        if pg.external_url.is_some() || pg.external_password_file.is_some() {
+            return Err(loc.error(
+                &["postgres", "external_url"],
+                "external_url and external_password_file are for enable = false (a database not managed here)",
+            ));
+        }
+        managed(pg, ctx)
+    } else if let Some(url) = &pg.external_url {
+        check_database_url(url).map_err(|m| loc.error(&["postgres", "external_url"], m))?;
+        let database = Database {
+            url: url.clone(),
+            password_file: pg.external_password_file.clone(),
+            setup_service: None,
+        };
+        Ok((Contribution::default(), Some(database)))
+    } else if pg.external_password_file.is_some() {
+        Err(loc.error(
+            &["postgres", "external_password_file"],
+            "goes with external_url",
+        ))
+    } else {
+        Ok((Contribution::default(), None))
+    }
+}
+
+fn managed(
+    pg: &PostgresSection,
+    ctx: &Context<'_>,
+) -> Result<(Contribution, Option<Database>), ConfigError> {
+    let (opts, loc, state) = (ctx.opts, ctx.loc, ctx.state);
+    let mut services = Vec::new();
+    let mut secrets = Vec::new();
+    // At most 65535, by its type.
+    let pg_port = pg
+        .port
+        .map_or(if opts.dev { 15432 } else { 5432 }, |p| p.0 as u16);
+    let bin = pg
+        .bin_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
+    let user = user_for(opts, &pg.user, "postgres", loc, "postgres")?;
+    let data = state.join("postgres/data");
+    let socket_dir = ctx.run_dir.join("postgres");
+    let superuser_password = ctx.secrets_dir.join("postgres-superuser-password");
+    secrets.push(SecretSpec {
+        path: superuser_password.clone(),
+        owner: user.clone(),
+    });
+
+    let mut init = ServiceSpec::new(
+        "postgres-init",
+        vec![
+            path_str(&opts.exe_dir.join("phoenix-supervisor")),
+            "postgres-init".into(),
+            arg("--bin-dir", bin.display()),
+            arg("--data-dir", data.display()),
+            arg("--superuser", POSTGRES_SUPERUSER),
+            arg("--superuser-password-file", superuser_password.display()),
+        ],
+    );
+    init.oneshot = true;
+    init.user = user.clone();
+    init.restart.policy = RestartPolicy::OnFailure;
+    init.restart.start_limit = StartLimit {
+        burst: 3,
+        interval: Duration::from_secs(300),
+        ..init.restart.start_limit
+    };
+    init.dirs = vec![state.join("postgres")];
+    services.push(init);
+
+    let mut command = vec![
+        path_str(&bin.join("postgres")),
+        "-D".into(),
+        path_str(&data),
+        "-c".into(),
+        "listen_addresses=127.0.0.1".into(),
+        "-c".into(),
+        format!("port={pg_port}"),
+        "-c".into(),
+        format!("unix_socket_directories={}", socket_dir.display()),
+    ];
+    command.extend(settings_args(pg, loc)?);
+    let mut server = ServiceSpec::new("postgres", command);
+    server.user = user.clone();
+    server.depends_on = vec!["postgres-init".into()];
+    server.dirs = vec![socket_dir];
+    server.readiness = Some(Readiness {
+        start_timeout: Duration::from_secs(300),
+        ..ServiceSpec::readiness(Probe::Exec(vec![
+            path_str(&bin.join("pg_isready")),
+            "-q".into(),
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            pg_port.to_string(),
+        ]))
+    });
+    server.liveness = Some(Liveness {
+        interval: Duration::from_secs(15),
+        ..ServiceSpec::liveness(Probe::Tcp(([127, 0, 0, 1], pg_port).into()))
+    });
+    // SIGINT is PostgreSQL's fast shutdown: a clean checkpoint, no crash recovery next start.
+    server.stop = StopSpec {
+        signal: Signal::SIGINT,
+        timeout: Duration::from_secs(90),
+    };
+    server.reload_signal = Some(Signal::SIGHUP);
+    server.limits = with_limits(
+        Limits {
+            memory: Some(GIB),
+            cpus: Some(1.0),
+            pids: None,
+        },
+        &pg.limits,
+        loc,
+        "postgres",
+    )?;
+    server.ports = vec![([127, 0, 0, 1], pg_port).into()];
+    services.push(server);
+
+    let mut database = None;
+    if ctx.api.enabled {
+        let api_password = ctx.secrets_dir.join("api-db-password");
+        secrets.push(SecretSpec {
+            path: api_password.clone(),
+            owner: ctx.api_user.clone(),
+        });
+        services.push(setup(ctx, &bin, pg_port, superuser_password, &api_password));
+        database = Some(Database {
+            url: format!("postgres://{API_DB_USER}@127.0.0.1:{pg_port}/{API_DB_NAME}"),
+            password_file: Some(api_password),
+            setup_service: Some("postgres-setup"),
+        });
+    }
+    Ok((Contribution { services, secrets }, database))
+}
+
+/// `-c name=value` for each of `[postgres] settings`, refusing what the
+/// supervisor sets itself.
+fn settings_args(pg: &PostgresSection, loc: &Located<'_>) -> Result<Vec<String>, ConfigError> {
+    let mut command = Vec::new();
+    let mut seen = BTreeMap::new();
+    for (key, value) in &pg.settings {
+        let at = || ["postgres", "settings", key.as_str()];
+        let name = pg_setting_name(key).ok_or_else(|| {
+            loc.error(
+                &at(),
+                format!("`{key}` is not a PostgreSQL setting name (letters, digits, `_`, `.`)"),
+            )
+        })?;
+        if let Some(why) = supervisor_owned_setting(&name) {
+            return Err(loc.error(
+                &at(),
+                format!("`{key}` is PostgreSQL's `{name}`, which the supervisor sets: {why}"),
+            ));
+        }
+        if let Some(first) = seen.insert(name.clone(), key) {
+            return Err(loc.error(
+                &at(),
+                format!(
+                    "`{key}` and `{first}` are the same PostgreSQL setting, `{name}`: keep one"
+                ),
+            ));
+        }
+        let value = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_) => {
+                value.to_string()
+            }
+            _ => {
+                return Err(loc.error(
+                    &["postgres", "settings", key],
+                    "must be a string, number or boolean",
+                ));
+            }
+        };
+        command.push("-c".into());
+        command.push(format!("{name}={value}"));
+    }
+    Ok(command)
+}
+
+/// postgres-setup: the API's role and database, as the superuser.
+fn setup(
+    ctx: &Context<'_>,
+    bin: &Path,
+    pg_port: u16,
+    superuser_password: PathBuf,
+    api_password: &Path,
+) -> ServiceSpec {
+    let script = ctx.generated_file("postgres-setup", "setup.sql");
+    let mut setup = ServiceSpec::new(
+        "postgres-setup",
+        vec![
+            path_str(&bin.join("psql")),
+            "-X".into(),
+            "-q".into(),
+            "-v".into(),
+            "ON_ERROR_STOP=1".into(),
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            pg_port.to_string(),
+            "-U".into(),
+            POSTGRES_SUPERUSER.into(),
+            "-d".into(),
+            "postgres".into(),
+            "-f".into(),
+            path_str(&script),
+        ],
+    );
+    setup.oneshot = true;
+    setup.restart.policy = RestartPolicy::OnFailure;
+    setup.depends_on = vec!["postgres".into()];
+    setup.secret_env = BTreeMap::from([
+        ("PGPASSWORD".to_string(), superuser_password),
+        (
+            "PHOENIX_API_DB_PASSWORD".to_string(),
+            api_password.to_path_buf(),
+        ),
+    ]);
+    setup.files = vec![GeneratedFile {
+        path: script,
+        contents: setup_sql(),
+    }];
+    setup
+}
+
+/// Creates the API's role and database, idempotently, with the password from
+/// the environment (psql's \getenv keeps it off the command line).
+fn setup_sql() -> String {
+    format!(
+        r#"\getenv api_password PHOENIX_API_DB_PASSWORD
+SELECT 'CREATE ROLE {API_DB_USER} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{API_DB_USER}') \gexec
+ALTER ROLE {API_DB_USER} WITH LOGIN PASSWORD :'api_password';
+SELECT 'CREATE DATABASE {API_DB_NAME} OWNER {API_DB_USER}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{API_DB_NAME}') \gexec
+"#
+    )
+}
+
+/// The name PostgreSQL gives a setting passed as `-c name=value`: the
+/// postmaster turns `-` into `_` (ParseLongOption), and GUC names compare
+/// without regard to ASCII case (guc_name_compare). `None` for a key that
+/// is no setting name at all (it would also change where `=` splits).
+fn pg_setting_name(key: &str) -> Option<String> {
+    let name = key.replace('-', "_").to_ascii_lowercase();
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
+    (first_ok && rest_ok).then_some(name)
+}
+
+/// Why `[postgres] settings` may not set `name` (as [`pg_setting_name`]
+/// gives it), or `None` when it may.
+fn supervisor_owned_setting(name: &str) -> Option<&'static str> {
+    const BACKUPS: &str =
+        "WAL archiving and restores belong to the supervisor's backups (pgBackRest)";
+    Some(match name {
+        "listen_addresses" => "PostgreSQL only listens on 127.0.0.1",
+        "port" => "set the port with [postgres] port",
+        "unix_socket_directories" | "unix_socket_group" | "unix_socket_permissions" => {
+            "the supervisor keeps PostgreSQL's socket in <run_dir>/postgres, reachable by the postgres user only"
+        }
+        "data_directory" => {
+            "the data directory is <state_dir>/postgres/data, initialised and backed up by the supervisor"
+        }
+        "config_file" | "hba_file" | "ident_file" => {
+            "the files initdb wrote in the data directory decide who may connect (passwords, scram-sha-256)"
+        }
+        "archive_mode"
+        | "archive_command"
+        | "archive_library"
+        | "archive_cleanup_command"
+        | "restore_command"
+        | "recovery_end_command" => BACKUPS,
+        _ if name.starts_with("recovery_target") => BACKUPS,
+        _ => return None,
+    })
+}
+
+/// `[postgres] external_url` is handed to the API, which refuses a
+/// password in it; say so here, where the key is.
+fn check_database_url(text: &str) -> Result<(), String> {
+    const EXAMPLE: &str = "postgres://phoenix@db.example:5432/phoenix";
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| format!("not a URL ({e}); write one like \"{EXAMPLE}\""))?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err(format!(
+            "must start with postgres:// (not {}://), like \"{EXAMPLE}\"",
+            url.scheme()
+        ));
+    }
+    if url.password().is_some() {
+        return Err(
+            "contains a password: remove it and put the password in the file named by \
+             external_password_file (a URL shows up in process listings and logs)"
+                .into(),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! `[pushgateway]`: where agents' pushes land (through the API), for
+//! Prometheus to scrape.
+
+use std::path::PathBuf;
+
+use super::context::{Context, Contribution, GIB, arg, local, path_str, user_for, with_limits};
+use crate::config::ConfigError;
+use crate::config::file::PushgatewaySection;
+use crate::config::spec::*;
+
+pub(super) fn expand(
+    p: &PushgatewaySection,
+    ctx: &Context<'_>,
+) -> Result<Contribution, ConfigError> {
+    if !ctx.pushgateway.enabled {
+        return Ok(Contribution::default());
+    }
+    let (opts, loc) = (ctx.opts, ctx.loc);
+    let push_listen = ctx.pushgateway.listen;
+    let dir = ctx.state.join("pushgateway");
+    let mut push = ServiceSpec::new(
+        "pushgateway",
+        vec![
+            path_str(
+                &p.bin
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus-pushgateway")),
+            ),
+            arg("--web.listen-address", push_listen),
+            arg("--persistence.file", dir.join("metrics.store").display()),
+            "--persistence.interval=1m".into(),
+            // Its check re-gathers every group on each push, so a push
+            // costs as much as all agents' series together. The API
+            // validates every body before forwarding it instead.
+            "--push.disable-consistency-check".into(),
+        ],
+    );
+    push.user = user_for(opts, &p.user, "prometheus", loc, "pushgateway")?;
+    push.dirs = vec![dir];
+    push.readiness = Some(ServiceSpec::readiness(Probe::Http(format!(
+        "http://{}/-/ready",
+        local(push_listen)
+    ))));
+    push.liveness = Some(ServiceSpec::liveness(Probe::Http(format!(
+        "http://{}/-/healthy",
+        local(push_listen)
+    ))));
+    push.limits = with_limits(
+        Limits {
+            memory: Some(GIB / 2),
+            cpus: Some(0.5),
+            pids: None,
+        },
+        &p.limits,
+        loc,
+        "pushgateway",
+    )?;
+    push.ports = vec![push_listen];
+    Ok(Contribution {
+        services: vec![push],
+        secrets: Vec::new(),
+    })
+}
