@@ -27,10 +27,10 @@
 //! - [`pipeline_spec`]: reduction pipelines and experiment task payloads as
 //!   data, with their validation; no I/O (shared with the agent later).
 //! - [`pipelines`]: saved pipelines and templates.
-//! - [`experiment_state`]: the experiment state machine, a pure function.
 //! - [`experiments`]: experiments and operators' actions; every transition
-//!   goes through `experiments::Transition::apply`.
-//! - [`experiment_driver`]: the background task that advances experiments.
+//!   goes through `experiments::Transition::apply`. Inside it,
+//!   [`experiments::state`] is the state machine, a pure function, and
+//!   [`experiments::driver`] the background task that advances experiments.
 //! - [`kpi`]: KPIs measured with Prometheus queries; [`cost`]: the cost summary.
 //! - [`agents`]: enrollment, agent credentials, the agent registry,
 //!   heartbeats and metric pushes to the Pushgateway.
@@ -52,8 +52,6 @@ pub mod cost;
 pub mod db;
 pub mod edge;
 pub mod error;
-pub mod experiment_driver;
-pub mod experiment_state;
 pub mod experiments;
 pub mod health;
 pub mod input;

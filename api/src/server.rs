@@ -19,7 +19,7 @@ use crate::{
     AppState, AuthState, agent_router, audit,
     auth::{limiter::LoginLimiter, tokens::JwtKeys, users::ensure_initial_admin},
     config::{Config, TlsFiles},
-    db, edge, experiment_driver,
+    db, edge, experiments,
     metrics::Metrics,
     router,
 };
@@ -46,7 +46,7 @@ fn reload_tls_on_sighup(tls: RustlsConfig, files: TlsFiles) -> std::io::Result<(
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown =
         Shutdown::on_signals().context("could not install the SIGTERM/SIGINT handlers")?;
-    let driver_config = experiment_driver::DriverConfig::from_env()?;
+    let driver_config = experiments::driver::DriverConfig::from_env()?;
 
     let startup = async {
         let pool = db::connect(&config.database).await?;
@@ -166,7 +166,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     });
-    let driver = tokio::spawn(experiment_driver::run(
+    let driver = tokio::spawn(experiments::driver::run(
         state.clone(),
         driver_config,
         shutdown.clone(),

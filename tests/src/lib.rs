@@ -707,6 +707,29 @@ pub struct Reply {
     pub headers: reqwest::header::HeaderMap,
 }
 
+impl Reply {
+    /// The problem document's stable `code`; empty when there is none.
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+}
+
+/// An enrolled agent: its id and the credential it authenticates with.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    pub id: String,
+    pub credential: String,
+}
+
+/// `GET url` (HTTPS with any certificate, or plain HTTP): the body as text.
+pub fn get_text(url: &str) -> String {
+    https()
+        .get(url)
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
 impl Stack {
     /// Start the stack with `extra` appended to the config, and wait until ready.
     pub fn start(extra: &str) -> Stack {
@@ -737,7 +760,6 @@ impl Stack {
             .to_string()
     }
 
-    /// Log in; the access token.
     /// One login attempt, whatever its outcome.
     pub fn login_attempt(&self, username: &str, password: &str) -> Reply {
         self.post(
@@ -760,6 +782,7 @@ impl Stack {
         self.send(request, None)
     }
 
+    /// Log in; the access token.
     pub fn login(&self, username: &str, password: &str) -> String {
         let r = self.login_attempt(username, password);
         assert_eq!(r.status, 200, "login as {username}: {r:?}");
@@ -836,6 +859,111 @@ impl Stack {
         let r = self.get(Some(admin), &format!("/api/v1/audit?{query}"));
         assert_eq!(r.status, 200, "{r:?}");
         r.body["entries"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// A new enrollment token made by `admin` from `body`: its id and secret.
+    pub fn enrollment_token(&self, admin: &str, body: &Value) -> (String, String) {
+        let r = self.post(Some(admin), "/api/v1/enrollment-tokens", body);
+        assert_eq!(r.status, 201, "{r:?}");
+        (
+            r.body["id"].as_str().expect("token id").to_string(),
+            r.body["token"].as_str().expect("token").to_string(),
+        )
+    }
+
+    /// One enrollment with `token`, whatever its outcome; the host name is
+    /// `<name>.example`.
+    pub fn try_enroll(&self, token: &str, name: &str, labels: Value) -> Reply {
+        self.reply(
+            self.agent(reqwest::Method::POST, "/api/v1/agents/enroll")
+                .json(&serde_json::json!({
+                    "token": token, "name": name, "hostname": format!("{name}.example"),
+                    "labels": labels, "version": "0.1.0",
+                })),
+        )
+    }
+
+    /// Enroll agents named `names` with one enrollment token made by `admin`.
+    pub fn enroll(&self, admin: &str, names: &[&str]) -> Vec<Agent> {
+        let (_, token) = self.enrollment_token(admin, &serde_json::json!({ "uses": names.len() }));
+        names
+            .iter()
+            .map(|name| {
+                let r = self.try_enroll(&token, name, serde_json::json!({}));
+                assert_eq!(r.status, 201, "enroll {name}: {r:?}");
+                Agent {
+                    id: r.body["agent_id"].as_str().expect("agent_id").to_string(),
+                    credential: r.body["credential"]
+                        .as_str()
+                        .expect("credential")
+                        .to_string(),
+                }
+            })
+            .collect()
+    }
+
+    /// [`Stack::enroll`] for one agent.
+    pub fn enroll_one(&self, admin: &str, name: &str) -> Agent {
+        self.enroll(admin, &[name]).remove(0)
+    }
+
+    /// A call to the agent listener with `credential` as bearer and an
+    /// optional JSON body.
+    pub fn agent_call(
+        &self,
+        credential: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Reply {
+        let req = self.agent(method, path).bearer_auth(credential);
+        self.reply(match body {
+            Some(body) => req.json(body),
+            None => req,
+        })
+    }
+
+    /// An empty heartbeat.
+    pub fn heartbeat(&self, credential: &str) -> Reply {
+        let body = serde_json::json!({});
+        self.agent_call(
+            credential,
+            reqwest::Method::POST,
+            "/api/v1/agent/heartbeat",
+            Some(&body),
+        )
+    }
+
+    /// The agent's long poll for tasks, with `query` (`wait=5&lease=1`).
+    pub fn poll(&self, credential: &str, query: &str) -> Reply {
+        let path = format!("/api/v1/agent/tasks?{query}");
+        self.agent_call(credential, reqwest::Method::GET, &path, None)
+    }
+
+    /// The result of `task`, reported by the agent.
+    pub fn report(&self, credential: &str, task: &str, body: &Value) -> Reply {
+        let path = format!("/api/v1/agent/tasks/{task}/result");
+        self.agent_call(credential, reqwest::Method::POST, &path, Some(body))
+    }
+
+    /// A metrics push of Prometheus text, to the group `query` names
+    /// (`experiment=…&variant=…`, or empty for live metrics).
+    pub fn push_metrics(
+        &self,
+        credential: &str,
+        query: &str,
+        text: impl Into<reqwest::blocking::Body>,
+    ) -> Reply {
+        let path = match query {
+            "" => "/api/v1/agent/metrics".to_string(),
+            query => format!("/api/v1/agent/metrics?{query}"),
+        };
+        self.reply(
+            self.agent(reqwest::Method::PUT, &path)
+                .bearer_auth(credential)
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(text),
+        )
     }
 
     /// Runs `sql` with `psql` as the API's own database role (`phoenix`,

@@ -10,39 +10,31 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use phoenix_tests::{Reply, Stack, https, wait_until};
+use phoenix_tests::{Agent, Reply, Stack, get_text, https, wait_until};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-fn code(r: &Reply) -> &str {
-    r.body["code"].as_str().unwrap_or("")
+/// A name and a label value that look like SQL; both are stored verbatim.
+const SQL_NAME: &str = "web-1'; DROP TABLE agents; --";
+const SQL_LABEL: &str = "x' OR '1'='1";
+
+/// The tokens of the admin, an operator and a viewer.
+struct Users {
+    admin: String,
+    operator: String,
+    viewer: String,
 }
 
-/// An enrolled agent: its id and credential.
-struct Agent {
-    id: String,
-    credential: String,
+fn users(s: &Stack) -> Users {
+    let admin = s.admin_token();
+    Users {
+        operator: s.user_token(&admin, "olivia", "operator"),
+        viewer: s.user_token(&admin, "victor", "viewer"),
+        admin,
+    }
 }
 
-fn new_token(s: &Stack, admin: &str, body: Value) -> (String, String) {
-    let r = s.post(Some(admin), "/api/v1/enrollment-tokens", &body);
-    assert_eq!(r.status, 201, "{r:?}");
-    (
-        r.body["id"].as_str().unwrap().to_string(),
-        r.body["token"].as_str().unwrap().to_string(),
-    )
-}
-
-fn try_enroll(s: &Stack, token: &str, name: &str, labels: Value) -> Reply {
-    s.reply(s.agent(Method::POST, "/api/v1/agents/enroll").json(&json!({
-        "token": token, "name": name, "hostname": format!("{name}.example"),
-        "labels": labels, "version": "0.1.0",
-    })))
-}
-
-fn enroll(s: &Stack, admin: &str, name: &str) -> Agent {
-    let (_, token) = new_token(s, admin, json!({}));
-    let r = try_enroll(s, &token, name, json!({}));
+fn enrolled(r: &Reply) -> Agent {
     assert_eq!(r.status, 201, "{r:?}");
     Agent {
         id: r.body["agent_id"].as_str().unwrap().to_string(),
@@ -50,48 +42,14 @@ fn enroll(s: &Stack, admin: &str, name: &str) -> Agent {
     }
 }
 
-fn agent_call(
-    s: &Stack,
-    credential: &str,
-    method: Method,
-    path: &str,
-    body: Option<&Value>,
-) -> Reply {
-    let req = s.agent(method, path).bearer_auth(credential);
-    s.reply(match body {
-        Some(body) => req.json(body),
-        None => req,
-    })
-}
-
-fn heartbeat(s: &Stack, credential: &str) -> Reply {
-    agent_call(
-        s,
-        credential,
-        Method::POST,
-        "/api/v1/agent/heartbeat",
-        Some(&json!({})),
-    )
-}
-
-fn poll(s: &Stack, credential: &str, query: &str) -> Reply {
-    agent_call(
-        s,
-        credential,
-        Method::GET,
-        &format!("/api/v1/agent/tasks?{query}"),
-        None,
-    )
-}
-
-fn report(s: &Stack, credential: &str, task: &str, body: &Value) -> Reply {
-    agent_call(
-        s,
-        credential,
-        Method::POST,
-        &format!("/api/v1/agent/tasks/{task}/result"),
-        Some(body),
-    )
+/// `SQL_NAME` (labelled `role` = `SQL_LABEL`, `zone` = `eu-1`) and `web-2`,
+/// enrolled with one token.
+fn two_agents(s: &Stack, admin: &str) -> (Agent, Agent) {
+    let (_, token) = s.enrollment_token(admin, &json!({ "uses": 2 }));
+    let labels = json!({ "role": SQL_LABEL, "zone": "eu-1" });
+    let a = enrolled(&s.try_enroll(&token, SQL_NAME, labels));
+    let b = enrolled(&s.try_enroll(&token, "web-2", json!({})));
+    (a, b)
 }
 
 fn task_ids(r: &Reply) -> Vec<String> {
@@ -109,45 +67,31 @@ fn new_task(s: &Stack, token: &str, agent: &str, body: Value) -> String {
     r.body["id"].as_str().unwrap().to_string()
 }
 
-fn push(
-    s: &Stack,
-    credential: &str,
-    query: &str,
-    body: impl Into<reqwest::blocking::Body>,
-) -> Reply {
-    s.reply(
-        s.agent(Method::PUT, &format!("/api/v1/agent/metrics?{query}"))
-            .bearer_auth(credential)
-            .header("content-type", "text/plain; version=0.0.4")
-            .body(body),
-    )
+fn outcome(outcome: &str) -> Value {
+    json!({ "result_id": uuid::Uuid::new_v4(), "outcome": outcome })
 }
 
-fn text(url: &str) -> String {
-    https().get(url).send().unwrap().text().unwrap()
+fn task_detail(s: &Stack, token: &str, task: &str) -> Value {
+    s.get(Some(token), &format!("/api/v1/tasks/{task}")).body
 }
 
 #[test]
-fn enrollment_tokens_enrollment_and_agent_authentication() {
+fn enrollment_tokens_are_managed_by_admins_only_and_shown_once() {
     let s = Stack::start("");
-    let admin = s.admin_token();
-    let operator = s.user_token(&admin, "olivia", "operator");
-    let viewer = s.user_token(&admin, "victor", "viewer");
-
-    // Only admins manage enrollment tokens.
-    for token in [&operator, &viewer] {
+    let u = users(&s);
+    for token in [&u.operator, &u.viewer] {
         let r = s.post(Some(token), "/api/v1/enrollment-tokens", &json!({}));
-        assert_eq!((r.status, code(&r)), (403, "forbidden"), "{r:?}");
+        assert_eq!((r.status, r.code()), (403, "forbidden"), "{r:?}");
         assert_eq!(s.get(Some(token), "/api/v1/enrollment-tokens").status, 403);
     }
     let r = s.post(
-        Some(&admin),
+        Some(&u.admin),
         "/api/v1/enrollment-tokens",
         &json!({ "uses": 0 }),
     );
-    assert_eq!((r.status, code(&r)), (400, "invalid_uses"));
+    assert_eq!((r.status, r.code()), (400, "invalid_uses"));
     let r = s.post(
-        Some(&admin),
+        Some(&u.admin),
         "/api/v1/enrollment-tokens",
         &json!({ "description": "web fleet", "uses": 2, "expires_in_secs": 600 }),
     );
@@ -157,7 +101,7 @@ fn enrollment_tokens_enrollment_and_agent_authentication() {
         r.body["id"].as_str().unwrap().to_string(),
         r.body["token"].as_str().unwrap().to_string(),
     );
-    let listed = s.get(Some(&admin), "/api/v1/enrollment-tokens");
+    let listed = s.get(Some(&u.admin), "/api/v1/enrollment-tokens");
     assert_eq!(listed.status, 200);
     let entry = listed
         .body
@@ -175,82 +119,72 @@ fn enrollment_tokens_enrollment_and_agent_authentication() {
         !listed.body.to_string().contains(&token),
         "the token is shown only once"
     );
-
-    // Enrollment: the token is checked, its uses are counted; names and
-    // labels that look like SQL are stored verbatim.
-    let r = try_enroll(&s, "not-a-token", "host-x", json!({}));
     assert_eq!(
-        (r.status, code(&r)),
+        s.audit(&u.admin, "action=enrollment_tokens.create&outcome=denied")
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn enrollment_checks_the_token_counts_its_uses_and_audits_every_refusal() {
+    let s = Stack::start("");
+    let u = users(&s);
+    let (token_id, token) = s.enrollment_token(
+        &u.admin,
+        &json!({ "description": "web fleet", "uses": 2, "expires_in_secs": 600 }),
+    );
+    let r = s.try_enroll("not-a-token", "host-x", json!({}));
+    assert_eq!(
+        (r.status, r.code()),
         (401, "enrollment_token_invalid"),
         "{r:?}"
     );
-    let evil = "web-1'; DROP TABLE agents; --";
-    let evil_label = "x' OR '1'='1";
-    let first = try_enroll(
-        &s,
+    // Names and labels that look like SQL are stored verbatim.
+    let first = s.try_enroll(
         &token,
-        evil,
-        json!({ "role": evil_label, "zone": "eu-1" }),
+        SQL_NAME,
+        json!({ "role": SQL_LABEL, "zone": "eu-1" }),
     );
     assert_eq!(first.status, 201, "{first:?}");
     assert_eq!(first.body["heartbeat_interval_secs"], 15);
-    let a = Agent {
-        id: first.body["agent_id"].as_str().unwrap().to_string(),
-        credential: first.body["credential"].as_str().unwrap().to_string(),
-    };
+    let a = enrolled(&first);
     assert_eq!(
         a.credential,
         format!("{}.{}", a.id, first.body["secret"].as_str().unwrap())
     );
-    let dup = try_enroll(&s, &token, &evil.to_uppercase(), json!({}));
+    let dup = s.try_enroll(&token, &SQL_NAME.to_uppercase(), json!({}));
     assert_eq!(
-        (dup.status, code(&dup)),
+        (dup.status, dup.code()),
         (409, "agent_name_taken"),
         "{dup:?}"
     );
-    let second = try_enroll(&s, &token, "web-2", json!({}));
+    let second = s.try_enroll(&token, "web-2", json!({}));
     assert_eq!(
         second.status, 201,
         "the name clash did not use up a use: {second:?}"
     );
-    let b = Agent {
-        id: second.body["agent_id"].as_str().unwrap().to_string(),
-        credential: second.body["credential"].as_str().unwrap().to_string(),
-    };
-    let used_up = try_enroll(&s, &token, "web-3", json!({}));
+    let used_up = s.try_enroll(&token, "web-3", json!({}));
     assert_eq!(
-        (used_up.status, code(&used_up)),
+        (used_up.status, used_up.code()),
         (401, "enrollment_token_invalid")
     );
-    let (_, short_lived) = new_token(&s, &admin, json!({ "expires_in_secs": 1 }));
-    let (revoked_id, revoked) = new_token(&s, &admin, json!({}));
-    assert_eq!(
-        s.delete(
-            Some(&operator),
-            &format!("/api/v1/enrollment-tokens/{revoked_id}")
-        )
-        .status,
-        403
-    );
-    assert_eq!(
-        s.delete(
-            Some(&admin),
-            &format!("/api/v1/enrollment-tokens/{revoked_id}")
-        )
-        .status,
-        204
-    );
+    let (_, short_lived) = s.enrollment_token(&u.admin, &json!({ "expires_in_secs": 1 }));
+    let (revoked_id, revoked) = s.enrollment_token(&u.admin, &json!({}));
+    let revoke = format!("/api/v1/enrollment-tokens/{revoked_id}");
+    assert_eq!(s.delete(Some(&u.operator), &revoke).status, 403);
+    assert_eq!(s.delete(Some(&u.admin), &revoke).status, 204);
     std::thread::sleep(Duration::from_millis(1500));
     for t in [&short_lived, &revoked] {
-        let r = try_enroll(&s, t, "web-4", json!({}));
+        let r = s.try_enroll(t, "web-4", json!({}));
         assert_eq!(
-            (r.status, code(&r)),
+            (r.status, r.code()),
             (401, "enrollment_token_invalid"),
             "{r:?}"
         );
     }
     let states: Vec<String> = s
-        .get(Some(&admin), "/api/v1/enrollment-tokens")
+        .get(Some(&u.admin), "/api/v1/enrollment-tokens")
         .body
         .as_array()
         .unwrap()
@@ -261,7 +195,7 @@ fn enrollment_tokens_enrollment_and_agent_authentication() {
         assert!(states.iter().any(|s| s == state), "{state} in {states:?}");
     }
     let denied: Vec<String> = s
-        .audit(&admin, "action=agents.enroll&outcome=denied")
+        .audit(&u.admin, "action=agents.enroll&outcome=denied")
         .iter()
         .map(|e| e["details"]["reason"].as_str().unwrap_or("").to_string())
         .collect();
@@ -277,32 +211,28 @@ fn enrollment_tokens_enrollment_and_agent_authentication() {
         );
     }
     let enrolled = s.audit(
-        &admin,
+        &u.admin,
         &format!("action=agents.enroll&outcome=success&target=agent:{}", a.id),
     );
     assert_eq!(enrolled.len(), 1, "{enrolled:?}");
-    assert_eq!(enrolled[0]["details"]["name"], evil);
+    assert_eq!(enrolled[0]["details"]["name"], SQL_NAME);
     assert_eq!(enrolled[0]["actor"], format!("enrollment_token:{token_id}"));
-    assert_eq!(
-        s.audit(&admin, "action=enrollment_tokens.create&outcome=success")
-            .len(),
-        3
-    );
-    assert_eq!(
-        s.audit(&admin, "action=enrollment_tokens.create&outcome=denied")
-            .len(),
-        2
-    );
-    assert_eq!(
-        s.audit(&admin, "action=enrollment_tokens.revoke&outcome=success")
-            .len(),
-        1
-    );
+    for (query, n) in [
+        ("action=enrollment_tokens.create&outcome=success", 3),
+        ("action=enrollment_tokens.revoke&outcome=success", 1),
+    ] {
+        assert_eq!(s.audit(&u.admin, query).len(), n, "{query}");
+    }
+}
 
-    // JSON bodies on the agent listener keep the listener's size limit: the
-    // server answers 413 without reading the body, so a client still
-    // writing it may see the connection closed instead. Either way the body
-    // was not read (read, it would have been a 400 for the long name).
+/// JSON bodies on the agent listener keep the listener's size limit: the
+/// server answers 413 without reading the body, so a client still writing
+/// it may see the connection closed instead. Either way the body was not
+/// read (read, it would have been a 400 for the long name).
+#[test]
+fn oversized_enrollment_bodies_are_refused_unread() {
+    let s = Stack::start("");
+    let (_, token) = s.enrollment_token(&s.admin_token(), &json!({}));
     let sent = https()
         .post(s.ports.agent_url("/api/v1/agents/enroll"))
         .json(&json!({ "token": token, "name": "x".repeat(2 << 20), "hostname": "h" }))
@@ -311,27 +241,31 @@ fn enrollment_tokens_enrollment_and_agent_authentication() {
         Ok(r) => assert_eq!(r.status(), 413),
         Err(e) => assert!(e.is_request(), "{e:?}"),
     }
+}
 
-    // Agent authentication on the agent listener.
+#[test]
+fn each_listener_refuses_the_other_listeners_credentials_and_routes() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let a = s.enroll_one(&admin, "web-1");
     let r = s.reply(
         s.agent(Method::POST, "/api/v1/agent/heartbeat")
             .json(&json!({})),
     );
-    assert_eq!((r.status, code(&r)), (401, "missing_credential"), "{r:?}");
+    assert_eq!((r.status, r.code()), (401, "missing_credential"), "{r:?}");
     assert_eq!(r.headers["content-type"], "application/problem+json");
     let wrong_secret = format!("{}.{}", a.id, "A".repeat(43));
-    let r = heartbeat(&s, &wrong_secret);
-    assert_eq!((r.status, code(&r)), (401, "invalid_credential"));
-    let r = heartbeat(&s, "garbage");
-    assert_eq!((r.status, code(&r)), (401, "invalid_credential"));
-    let r = heartbeat(&s, &admin);
+    let r = s.heartbeat(&wrong_secret);
+    assert_eq!((r.status, r.code()), (401, "invalid_credential"));
+    let r = s.heartbeat("garbage");
+    assert_eq!((r.status, r.code()), (401, "invalid_credential"));
+    let r = s.heartbeat(&admin);
     assert_eq!(
-        (r.status, code(&r)),
+        (r.status, r.code()),
         (401, "user_token_refused"),
         "a user token on the agent port: {r:?}"
     );
-    let r = agent_call(&s, &admin, Method::GET, "/api/v1/agent/tasks?wait=0", None);
-    assert_eq!(r.status, 401);
+    assert_eq!(s.poll(&admin, "wait=0").status, 401);
     // ... and an agent credential on the user port.
     for path in ["/api/v1/auth/me", "/api/v1/agents", "/api/v1/tasks"] {
         let r = s.get(Some(&a.credential), path);
@@ -342,7 +276,8 @@ fn enrollment_tokens_enrollment_and_agent_authentication() {
     }
     // User routes do not exist on the agent listener, nor agent routes on the user one.
     assert_eq!(
-        agent_call(&s, &a.credential, Method::GET, "/api/v1/agents", None).status,
+        s.agent_call(&a.credential, Method::GET, "/api/v1/agents", None)
+            .status,
         404
     );
     assert_eq!(
@@ -352,12 +287,16 @@ fn enrollment_tokens_enrollment_and_agent_authentication() {
     );
     let refusals = s.audit(&admin, &format!("action=agent.auth&actor=agent:{}", a.id));
     assert!(!refusals.is_empty(), "a wrong secret is audited");
+}
 
-    // Heartbeat: last seen, online, version and reported status.
-    let agent_a = s.get(Some(&viewer), &format!("/api/v1/agents/{}", a.id));
+#[test]
+fn heartbeats_mark_an_agent_online_with_its_version_and_status() {
+    let s = Stack::start("");
+    let u = users(&s);
+    let (a, _) = two_agents(&s, &u.admin);
+    let agent_a = s.get(Some(&u.viewer), &format!("/api/v1/agents/{}", a.id));
     assert_eq!(agent_a.body["status"], "offline", "{agent_a:?}");
-    let r = agent_call(
-        &s,
+    let r = s.agent_call(
         &a.credential,
         Method::POST,
         "/api/v1/agent/heartbeat",
@@ -366,28 +305,33 @@ fn enrollment_tokens_enrollment_and_agent_authentication() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.body["heartbeat_interval_secs"], 15);
     assert!(r.body["server_time"].is_string());
-    let agent_a = s.get(Some(&viewer), &format!("/api/v1/agents/{}", a.id));
+    let agent_a = s.get(Some(&u.viewer), &format!("/api/v1/agents/{}", a.id));
     assert_eq!(agent_a.status, 200);
     assert_eq!(agent_a.body["status"], "online", "{agent_a:?}");
     assert!(agent_a.body["last_seen_at"].is_string());
     assert_eq!(agent_a.body["version"], "0.2.0");
     assert_eq!(agent_a.body["reported_status"]["queue_depth"], 3);
-    assert_eq!(agent_a.body["name"], evil, "stored verbatim");
+    assert_eq!(agent_a.body["name"], SQL_NAME, "stored verbatim");
     assert_eq!(
         agent_a.body["labels"],
-        json!({ "role": evil_label, "zone": "eu-1" })
+        json!({ "role": SQL_LABEL, "zone": "eu-1" })
     );
-    let online = s.get(Some(&viewer), "/api/v1/agents?status=online");
+    let online = s.get(Some(&u.viewer), "/api/v1/agents?status=online");
     assert_eq!(
         online.body["agents"].as_array().unwrap().len(),
         1,
         "{online:?}"
     );
-    let all = s.get(Some(&viewer), "/api/v1/agents");
+    let all = s.get(Some(&u.viewer), "/api/v1/agents");
     assert_eq!(all.body["agents"].as_array().unwrap().len(), 2, "{all:?}");
     assert_eq!(all.body["next_after"], Value::Null, "one page");
+}
 
-    // Pages: by name, `next_after` until the last page.
+#[test]
+fn agents_are_listed_in_pages_by_name() {
+    let s = Stack::start("");
+    let u = users(&s);
+    two_agents(&s, &u.admin);
     let mut names = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -395,7 +339,7 @@ fn enrollment_tokens_enrollment_and_agent_authentication() {
             Some(id) => format!("/api/v1/agents?limit=1&after={id}"),
             None => "/api/v1/agents?limit=1".to_string(),
         };
-        let page = s.get(Some(&viewer), &query);
+        let page = s.get(Some(&u.viewer), &query);
         assert_eq!(page.status, 200, "{page:?}");
         let agents = page.body["agents"].as_array().unwrap();
         names.extend(
@@ -417,69 +361,70 @@ fn enrollment_tokens_enrollment_and_agent_authentication() {
     sorted.sort_by_key(|n| n.to_lowercase());
     assert_eq!((names.len(), &names), (2, &sorted));
     let r = s.get(
-        Some(&viewer),
+        Some(&u.viewer),
         &format!("/api/v1/agents?after={}", uuid::Uuid::new_v4()),
     );
-    assert_eq!((r.status, code(&r)), (400, "invalid_cursor"), "{r:?}");
+    assert_eq!((r.status, r.code()), (400, "invalid_cursor"), "{r:?}");
     for bad in ["limit=x", "after=not-a-uuid"] {
-        let r = s.get(Some(&viewer), &format!("/api/v1/agents?{bad}"));
+        let r = s.get(Some(&u.viewer), &format!("/api/v1/agents?{bad}"));
         assert_eq!(r.status, 400, "{bad}: {r:?}");
     }
     assert_eq!(
         s.get(
-            Some(&viewer),
+            Some(&u.viewer),
             &format!("/api/v1/agents/{}", uuid::Uuid::new_v4())
         )
         .status,
         404
     );
+}
 
-    // Revocation: operators only; the credential stops working at once.
-    assert_eq!(
-        s.delete(Some(&viewer), &format!("/api/v1/agents/{}", b.id))
-            .status,
-        403
-    );
-    assert_eq!(heartbeat(&s, &b.credential).status, 200);
+#[test]
+fn revoking_an_agent_ends_its_long_poll_and_refuses_its_credential_at_once() {
+    let s = Stack::start("");
+    let u = users(&s);
+    let (_, b) = two_agents(&s, &u.admin);
+    let revoke = format!("/api/v1/agents/{}", b.id);
+    assert_eq!(s.delete(Some(&u.viewer), &revoke).status, 403);
+    assert_eq!(s.heartbeat(&b.credential).status, 200);
     // A long poll under way when the agent is revoked ends at once with the
     // refusal, not at the end of its wait.
     let (r, waited) = std::thread::scope(|scope| {
         let waiting = scope.spawn(|| {
             let started = Instant::now();
-            (poll(&s, &b.credential, "wait=8"), started.elapsed())
+            (s.poll(&b.credential, "wait=8"), started.elapsed())
         });
         std::thread::sleep(Duration::from_millis(500));
-        assert_eq!(
-            s.delete(Some(&operator), &format!("/api/v1/agents/{}", b.id))
-                .status,
-            204
-        );
+        assert_eq!(s.delete(Some(&u.operator), &revoke).status, 204);
         waiting.join().unwrap()
     });
-    assert_eq!((r.status, code(&r)), (401, "agent_revoked"), "{r:?}");
+    assert_eq!((r.status, r.code()), (401, "agent_revoked"), "{r:?}");
     // Unwoken, it would have looked again only after 5 s (RECHECK).
     assert!(
         waited < Duration::from_secs(4),
         "the poll ended after {waited:?}, as if never woken"
     );
-    let r = heartbeat(&s, &b.credential);
-    assert_eq!((r.status, code(&r)), (401, "agent_revoked"), "{r:?}");
-    let agent_b = s.get(Some(&viewer), &format!("/api/v1/agents/{}", b.id));
+    let r = s.heartbeat(&b.credential);
+    assert_eq!((r.status, r.code()), (401, "agent_revoked"), "{r:?}");
+    let agent_b = s.get(Some(&u.viewer), &revoke);
     assert_eq!(agent_b.body["status"], "revoked");
     assert!(agent_b.body["revoked_at"].is_string());
     assert_eq!(
         s.audit(
-            &admin,
+            &u.admin,
             &format!("action=agents.revoke&target=agent:{}", b.id)
         )
         .len(),
         1
     );
     // The name is free again.
-    let (_, token2) = new_token(&s, &admin, json!({}));
-    assert_eq!(try_enroll(&s, &token2, "web-2", json!({})).status, 201);
+    let (_, token) = s.enrollment_token(&u.admin, &json!({}));
+    assert_eq!(s.try_enroll(&token, "web-2", json!({})).status, 201);
+}
 
-    // The OpenAPI document describes both listeners.
+#[test]
+fn the_openapi_document_describes_both_listeners() {
+    let s = Stack::start("");
     let doc = s.get(None, "/api/v1/openapi.json");
     for path in [
         "/api/v1/enrollment-tokens",
@@ -507,42 +452,44 @@ fn enrollment_tokens_enrollment_and_agent_authentication() {
 }
 
 #[test]
-fn tasks_long_poll_leases_retries_and_idempotent_results() {
+fn tasks_are_queued_by_operators_only_and_polls_check_their_query() {
     let s = Stack::start("");
-    let admin = s.admin_token();
-    let operator = s.user_token(&admin, "olivia", "operator");
-    let viewer = s.user_token(&admin, "victor", "viewer");
-    let a = enroll(&s, &admin, "host-a");
-    let b = enroll(&s, &admin, "host-b");
-
+    let u = users(&s);
+    let a = s.enroll_one(&u.admin, "host-a");
     let r = s.post(
-        Some(&viewer),
+        Some(&u.viewer),
         &format!("/api/v1/agents/{}/tasks", a.id),
         &json!({ "kind": "noop" }),
     );
     assert_eq!(r.status, 403);
     let r = s.post(
-        Some(&operator),
+        Some(&u.operator),
         &format!("/api/v1/agents/{}/tasks", a.id),
         &json!({ "kind": "two words" }),
     );
-    assert_eq!((r.status, code(&r)), (400, "invalid_kind"));
+    assert_eq!((r.status, r.code()), (400, "invalid_kind"));
     let r = s.post(
-        Some(&operator),
+        Some(&u.operator),
         &format!("/api/v1/agents/{}/tasks", uuid::Uuid::new_v4()),
         &json!({ "kind": "noop" }),
     );
     assert_eq!(r.status, 404);
     for query in ["wait=31", "max=0", "lease=0"] {
-        let r = poll(&s, &a.credential, query);
+        let r = s.poll(&a.credential, query);
         assert_eq!(r.status, 400, "{query}: {r:?}");
     }
+}
 
-    // A waiting long poll is woken by a new task.
-    let (task, elapsed) = std::thread::scope(|scope| {
+#[test]
+fn a_waiting_long_poll_is_woken_by_a_new_task() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let operator = s.user_token(&admin, "olivia", "operator");
+    let a = s.enroll_one(&admin, "host-a");
+    let elapsed = std::thread::scope(|scope| {
         let waiting = scope.spawn(|| {
             let started = Instant::now();
-            (poll(&s, &a.credential, "wait=20"), started.elapsed())
+            (s.poll(&a.credential, "wait=20"), started.elapsed())
         });
         std::thread::sleep(Duration::from_secs(1));
         let task = new_task(
@@ -553,214 +500,264 @@ fn tasks_long_poll_leases_retries_and_idempotent_results() {
         );
         let (r, elapsed) = waiting.join().unwrap();
         assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(task_ids(&r), vec![task.clone()]);
+        assert_eq!(task_ids(&r), vec![task]);
         assert_eq!(r.body["tasks"][0]["attempt"], 1);
         assert_eq!(r.body["tasks"][0]["kind"], "collect");
         assert_eq!(r.body["tasks"][0]["payload"]["interval"], "15s");
-        (task, elapsed)
+        elapsed
     });
     assert!(
         elapsed < Duration::from_secs(6),
         "woken, not timed out: {elapsed:?}"
     );
+    // With nothing queued, a poll waits for its whole wait.
     let started = Instant::now();
-    let r = poll(&s, &a.credential, "wait=1");
+    let r = s.poll(&a.credential, "wait=1");
     assert_eq!((r.status, task_ids(&r).len()), (200, 0));
     assert!(started.elapsed() >= Duration::from_millis(900), "waited");
+}
 
-    // Results: another agent cannot report it; the same result twice is one change.
+#[test]
+fn results_are_idempotent_and_taken_only_for_a_task_leased_to_the_agent() {
+    let s = Stack::start("");
+    let u = users(&s);
+    let [a, b]: [Agent; 2] = s
+        .enroll(&u.admin, &["host-a", "host-b"])
+        .try_into()
+        .unwrap();
+    let task = new_task(&s, &u.operator, &a.id, json!({ "kind": "collect" }));
+    assert_eq!(
+        task_ids(&s.poll(&a.credential, "wait=0")),
+        vec![task.clone()]
+    );
+
+    // Another agent cannot report it; the same result twice is one change.
     let result_id = uuid::Uuid::new_v4().to_string();
     let ok = json!({ "result_id": result_id, "outcome": "succeeded", "result": { "series": 42 } });
-    assert_eq!(report(&s, &b.credential, &task, &ok).status, 404);
-    let first = report(&s, &a.credential, &task, &ok);
+    assert_eq!(s.report(&b.credential, &task, &ok).status, 404);
+    let first = s.report(&a.credential, &task, &ok);
     assert_eq!(first.status, 200, "{first:?}");
     assert_eq!(
         (first.body["state"].as_str(), first.body["attempt"].as_i64()),
         (Some("succeeded"), Some(1))
     );
-    let again = report(&s, &a.credential, &task, &ok);
+    let again = s.report(&a.credential, &task, &ok);
     assert_eq!(
         (again.status, &again.body),
         (200, &first.body),
         "the same answer"
     );
-    let detail = s.get(Some(&viewer), &format!("/api/v1/tasks/{task}"));
-    assert_eq!(detail.body["state"], "succeeded");
-    assert_eq!(detail.body["result"]["series"], 42);
+    let detail = task_detail(&s, &u.viewer, &task);
+    assert_eq!(detail["state"], "succeeded");
+    assert_eq!(detail["result"]["series"], 42);
+    assert_eq!(detail["results"].as_array().unwrap().len(), 1, "{detail:?}");
     assert_eq!(
-        detail.body["results"].as_array().unwrap().len(),
-        1,
-        "{detail:?}"
-    );
-    assert_eq!(
-        s.audit(&admin, &format!("action=tasks.result&target=task:{task}"))
+        s.audit(&u.admin, &format!("action=tasks.result&target=task:{task}"))
             .len(),
         1
     );
-    let other = report(
-        &s,
-        &a.credential,
-        &task,
-        &json!({ "result_id": uuid::Uuid::new_v4(), "outcome": "failed" }),
-    );
-    assert_eq!((other.status, code(&other)), (409, "task_finished"));
-    let changed = report(
-        &s,
+    let other = s.report(&a.credential, &task, &outcome("failed"));
+    assert_eq!((other.status, other.code()), (409, "task_finished"));
+    let changed = s.report(
         &a.credential,
         &task,
         &json!({ "result_id": result_id, "outcome": "failed" }),
     );
-    assert_eq!((changed.status, code(&changed)), (409, "result_id_reused"));
-    let unclaimed = new_task(&s, &operator, &a.id, json!({ "kind": "noop" }));
-    let r = report(
-        &s,
-        &a.credential,
-        &unclaimed,
-        &json!({ "result_id": uuid::Uuid::new_v4(), "outcome": "succeeded" }),
-    );
-    assert_eq!((r.status, code(&r)), (409, "task_not_leased"));
-    let r = s.delete(Some(&operator), &format!("/api/v1/tasks/{unclaimed}"));
+    assert_eq!((changed.status, changed.code()), (409, "result_id_reused"));
+
+    // A task not claimed takes no result; it can be cancelled, once.
+    let unclaimed = new_task(&s, &u.operator, &a.id, json!({ "kind": "noop" }));
+    let r = s.report(&a.credential, &unclaimed, &outcome("succeeded"));
+    assert_eq!((r.status, r.code()), (409, "task_not_leased"));
+    let r = s.delete(Some(&u.operator), &format!("/api/v1/tasks/{unclaimed}"));
     assert_eq!(
         (r.status, r.body["state"].as_str()),
         (200, Some("cancelled"))
     );
     assert_eq!(
-        s.delete(Some(&operator), &format!("/api/v1/tasks/{unclaimed}"))
+        s.delete(Some(&u.operator), &format!("/api/v1/tasks/{unclaimed}"))
             .status,
         409
     );
+}
 
-    // A failed attempt with attempts left is queued again.
+#[test]
+fn a_failed_attempt_is_queued_again_while_attempts_are_left() {
+    let s = Stack::start("");
+    let u = users(&s);
+    let a = s.enroll_one(&u.admin, "host-a");
     let flaky = new_task(
         &s,
-        &operator,
+        &u.operator,
         &a.id,
         json!({ "kind": "deploy", "max_attempts": 2 }),
     );
     assert_eq!(
-        task_ids(&poll(&s, &a.credential, "wait=0")),
+        task_ids(&s.poll(&a.credential, "wait=0")),
         vec![flaky.clone()]
     );
-    let failed = report(
-        &s,
+    let failed = s.report(
         &a.credential,
         &flaky,
         &json!({ "result_id": uuid::Uuid::new_v4(), "outcome": "failed", "error": "disk full" }),
     );
     assert_eq!(failed.body["state"], "queued", "{failed:?}");
-    let r = poll(&s, &a.credential, "wait=5");
+    let r = s.poll(&a.credential, "wait=5");
     assert_eq!(
         (task_ids(&r), r.body["tasks"][0]["attempt"].as_i64()),
         (vec![flaky.clone()], Some(2))
     );
-    let failed = report(
-        &s,
+    let failed = s.report(
         &a.credential,
         &flaky,
         &json!({ "result_id": uuid::Uuid::new_v4(), "outcome": "failed", "error": "disk still full" }),
     );
     assert_eq!(failed.body["state"], "failed", "attempts spent: {failed:?}");
-    let detail = s.get(Some(&viewer), &format!("/api/v1/tasks/{flaky}"));
+    let detail = task_detail(&s, &u.viewer, &flaky);
     assert_eq!(
-        (
-            detail.body["attempts"].as_i64(),
-            detail.body["error"].as_str()
-        ),
+        (detail["attempts"].as_i64(), detail["error"].as_str()),
         (Some(2), Some("disk still full"))
     );
+}
 
-    // An expired lease re-queues the task, until its attempts are spent.
+#[test]
+fn an_expired_lease_queues_the_task_again_until_its_attempts_are_spent() {
+    let s = Stack::start("");
+    let u = users(&s);
+    let [a, b]: [Agent; 2] = s
+        .enroll(&u.admin, &["host-a", "host-b"])
+        .try_into()
+        .unwrap();
     let stuck = new_task(
         &s,
-        &operator,
+        &u.operator,
         &a.id,
         json!({ "kind": "hang", "max_attempts": 2 }),
     );
-    let r = poll(&s, &a.credential, "wait=0&lease=1");
+    let r = s.poll(&a.credential, "wait=0&lease=1");
     assert_eq!(
         (task_ids(&r), r.body["tasks"][0]["attempt"].as_i64()),
         (vec![stuck.clone()], Some(1))
     );
     assert_eq!(
-        task_ids(&poll(&s, &a.credential, "wait=0")).len(),
+        task_ids(&s.poll(&a.credential, "wait=0")).len(),
         0,
         "leased, not offered twice"
     );
     std::thread::sleep(Duration::from_millis(1500));
-    let r = poll(&s, &a.credential, "wait=0&lease=1");
+    let r = s.poll(&a.credential, "wait=0&lease=1");
     assert_eq!(
         (task_ids(&r), r.body["tasks"][0]["attempt"].as_i64()),
         (vec![stuck.clone()], Some(2))
     );
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(task_ids(&poll(&s, &a.credential, "wait=0")).len(), 0);
-    let detail = s.get(Some(&viewer), &format!("/api/v1/tasks/{stuck}"));
-    assert_eq!(detail.body["state"], "expired", "{detail:?}");
-    assert_eq!(detail.body["attempts"], 2);
+    assert_eq!(task_ids(&s.poll(&a.credential, "wait=0")).len(), 0);
+    let detail = task_detail(&s, &u.viewer, &stuck);
+    assert_eq!(detail["state"], "expired", "{detail:?}");
+    assert_eq!(detail["attempts"], 2);
     let expiries = s.audit(
-        &admin,
+        &u.admin,
         &format!("action=tasks.lease_expired&target=task:{stuck}"),
     );
     assert_eq!(expiries.len(), 2, "{expiries:?}");
     assert_eq!(expiries[0]["actor"], "system");
-    let late = report(
-        &s,
-        &a.credential,
-        &stuck,
-        &json!({ "result_id": uuid::Uuid::new_v4(), "outcome": "succeeded" }),
-    );
-    assert_eq!((late.status, code(&late)), (409, "task_finished"));
+    let late = s.report(&a.credential, &stuck, &outcome("succeeded"));
+    assert_eq!((late.status, late.code()), (409, "task_finished"));
 
     // Without a poll, the housekeeping sweep expires a stuck lease too.
     let abandoned = new_task(
         &s,
-        &operator,
+        &u.operator,
         &b.id,
         json!({ "kind": "hang", "max_attempts": 1 }),
     );
     assert_eq!(
-        task_ids(&poll(&s, &b.credential, "wait=0&lease=1")),
+        task_ids(&s.poll(&b.credential, "wait=0&lease=1")),
         vec![abandoned.clone()]
     );
     wait_until(
         "the sweep expires the lease",
         Duration::from_secs(20),
-        || {
-            (s.get(Some(&viewer), &format!("/api/v1/tasks/{abandoned}"))
-                .body["state"]
-                == "expired")
-                .then_some(())
-        },
+        || (task_detail(&s, &u.viewer, &abandoned)["state"] == "expired").then_some(()),
     );
+}
 
-    // Revoking an agent cancels its queued tasks.
-    let queued = new_task(&s, &operator, &b.id, json!({ "kind": "noop" }));
+#[test]
+fn revoking_an_agent_cancels_its_queued_tasks() {
+    let s = Stack::start("");
+    let u = users(&s);
+    let b = s.enroll_one(&u.admin, "host-b");
+    let queued = new_task(&s, &u.operator, &b.id, json!({ "kind": "noop" }));
     assert_eq!(
-        s.delete(Some(&operator), &format!("/api/v1/agents/{}", b.id))
+        s.delete(Some(&u.operator), &format!("/api/v1/agents/{}", b.id))
             .status,
         204
     );
-    assert_eq!(
-        s.get(Some(&viewer), &format!("/api/v1/tasks/{queued}"))
-            .body["state"],
-        "cancelled"
-    );
+    assert_eq!(task_detail(&s, &u.viewer, &queued)["state"], "cancelled");
     let r = s.post(
-        Some(&operator),
+        Some(&u.operator),
         &format!("/api/v1/agents/{}/tasks", b.id),
         &json!({ "kind": "noop" }),
     );
-    assert_eq!((r.status, code(&r)), (409, "agent_revoked"));
+    assert_eq!((r.status, r.code()), (409, "agent_revoked"));
+}
 
-    // Listing with filters.
+#[test]
+fn tasks_are_listed_by_agent_and_state_and_counted_by_state_in_metrics() {
+    let s = Stack::start("");
+    let u = users(&s);
+    let [a, b]: [Agent; 2] = s
+        .enroll(&u.admin, &["host-a", "host-b"])
+        .try_into()
+        .unwrap();
+    // One task succeeds and one fails ...
+    let done = new_task(&s, &u.operator, &a.id, json!({ "kind": "noop" }));
+    let fails = new_task(
+        &s,
+        &u.operator,
+        &a.id,
+        json!({ "kind": "deploy", "max_attempts": 1 }),
+    );
+    assert_eq!(task_ids(&s.poll(&a.credential, "wait=0&max=10")).len(), 2);
+    for (task, end) in [(&done, "succeeded"), (&fails, "failed")] {
+        let r = s.report(&a.credential, task, &outcome(end));
+        assert_eq!(
+            (r.status, r.body["state"].as_str()),
+            (200, Some(end)),
+            "{r:?}"
+        );
+    }
+    // ... two leases expire ...
+    for _ in 0..2 {
+        new_task(
+            &s,
+            &u.operator,
+            &a.id,
+            json!({ "kind": "hang", "max_attempts": 1 }),
+        );
+    }
+    assert_eq!(
+        task_ids(&s.poll(&a.credential, "wait=0&max=10&lease=1")).len(),
+        2
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(task_ids(&s.poll(&a.credential, "wait=0")).len(), 0);
+    // ... and two are cancelled, by hand and by revoking their agent.
+    let cancelled = new_task(&s, &u.operator, &a.id, json!({ "kind": "noop" }));
+    let r = s.delete(Some(&u.operator), &format!("/api/v1/tasks/{cancelled}"));
+    assert_eq!(r.status, 200, "{r:?}");
+    new_task(&s, &u.operator, &b.id, json!({ "kind": "noop" }));
+    let r = s.delete(Some(&u.operator), &format!("/api/v1/agents/{}", b.id));
+    assert_eq!(r.status, 204, "{r:?}");
+
     let listed = s.get(
-        Some(&viewer),
+        Some(&u.viewer),
         &format!("/api/v1/tasks?agent={}&state=succeeded", a.id),
     );
     assert_eq!(listed.status, 200);
     assert_eq!(listed.body.as_array().unwrap().len(), 1, "{listed:?}");
     assert_eq!(
-        s.get(Some(&viewer), "/api/v1/tasks?state=expired")
+        s.get(Some(&u.viewer), "/api/v1/tasks?state=expired")
             .body
             .as_array()
             .unwrap()
@@ -769,9 +766,9 @@ fn tasks_long_poll_leases_retries_and_idempotent_results() {
     );
 
     // /metrics: agents connected and tasks by state.
-    assert_eq!(heartbeat(&s, &a.credential).status, 200);
+    assert_eq!(s.heartbeat(&a.credential).status, 200);
     let metrics = wait_until("the gauges are refreshed", Duration::from_secs(40), || {
-        let m = text(&s.ports.api_url("/metrics"));
+        let m = get_text(&s.ports.api_url("/metrics"));
         (m.contains("\nphoenix_api_agents_connected 1\n")
             && m.contains("phoenix_api_tasks{state=\"succeeded\"} 1\n")
             && m.contains("phoenix_api_tasks{state=\"expired\"} 2\n"))
@@ -796,7 +793,7 @@ fn concurrent_long_polls_claim_every_task_exactly_once() {
     const POLLERS: usize = 8;
     let s = Stack::start("");
     let admin = s.admin_token();
-    let a = enroll(&s, &admin, "busy-host");
+    let a = s.enroll_one(&admin, "busy-host");
     // Half the tasks are queued before the polls start, half while they run.
     let mut created: Vec<String> = (0..TASKS / 2)
         .map(|i| {
@@ -816,7 +813,7 @@ fn concurrent_long_polls_claim_every_task_exactly_once() {
                 let mut mine = Vec::new();
                 loop {
                     let done = !creating.load(Ordering::SeqCst);
-                    let r = poll(&s, &a.credential, "wait=2&max=7");
+                    let r = s.poll(&a.credential, "wait=2&max=7");
                     assert_eq!(r.status, 200, "{r:?}");
                     let ids = task_ids(&r);
                     if ids.is_empty() && done {
@@ -825,7 +822,7 @@ fn concurrent_long_polls_claim_every_task_exactly_once() {
                     for id in ids {
                         let body =
                             json!({ "result_id": uuid::Uuid::new_v4(), "outcome": "succeeded" });
-                        let r = report(&s, &a.credential, &id, &body);
+                        let r = s.report(&a.credential, &id, &body);
                         assert_eq!(r.status, 200, "{r:?}");
                         mine.push(id);
                     }
@@ -867,41 +864,43 @@ fn concurrent_long_polls_claim_every_task_exactly_once() {
     }
 }
 
-#[test]
-fn metric_pushes_are_validated_relabelled_forwarded_and_removed_with_the_agent() {
-    let s = Stack::start("");
-    let admin = s.admin_token();
-    let a = enroll(&s, &admin, "metrics-host");
-    let b = enroll(&s, &admin, "other-host");
-
+/// `a` pushes to experiment `exp-1` as its candidate and live metrics, `b`
+/// to `exp-1` as its baseline; each push is taken.
+fn pushes_of_two_agents(s: &Stack, admin: &str) -> (Agent, Agent) {
+    let [a, b]: [Agent; 2] = s
+        .enroll(admin, &["metrics-host", "other-host"])
+        .try_into()
+        .unwrap();
     let body = "# HELP phoenix_test_cpu_seconds_total CPU time per process.\n\
                 # TYPE phoenix_test_cpu_seconds_total counter\n\
                 phoenix_test_cpu_seconds_total{comm=\"nginx\",pid=\"1\"} 12.5\n\
                 phoenix_test_cpu_seconds_total{comm=\"x' OR '1'='1\",pid=\"2\"} 3\n\
                 phoenix_test_rss_bytes 1024\n";
-    let r = push(
-        &s,
-        &a.credential,
-        "experiment=exp-1&variant=candidate",
-        body,
-    );
+    let r = s.push_metrics(&a.credential, "experiment=exp-1&variant=candidate", body);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(
         r.body,
         json!({ "series": 3, "experiment": "exp-1", "variant": "candidate" })
     );
-    let r = push(&s, &a.credential, "", "phoenix_test_rss_bytes 2048\n");
+    let r = s.push_metrics(&a.credential, "", "phoenix_test_rss_bytes 2048\n");
     assert_eq!(
         (r.status, r.body["experiment"].as_str()),
         (200, Some("none"))
     );
-    let r = push(
-        &s,
+    let r = s.push_metrics(
         &b.credential,
         "experiment=exp-1&variant=baseline",
         "phoenix_test_rss_bytes 4096\n",
     );
     assert_eq!(r.status, 200, "{r:?}");
+    (a, b)
+}
+
+#[test]
+fn metric_pushes_are_relabelled_by_agent_and_group_through_to_prometheus() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let (a, _) = pushes_of_two_agents(&s, &admin);
     assert_eq!(
         s.get(Some(&admin), &format!("/api/v1/agents/{}", a.id))
             .body["pushed_series"],
@@ -951,8 +950,13 @@ fn metric_pushes_are_validated_relabelled_forwarded_and_removed_with_the_agent()
             .any(|r| r["metric"]["comm"] == "x' OR '1'='1"),
         "{results:?}"
     );
+}
 
-    // Invalid pushes are refused with a code, and nothing reaches the Pushgateway.
+#[test]
+fn invalid_metric_pushes_are_refused_with_a_code_and_never_forwarded() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let a = s.enroll_one(&admin, "metrics-host");
     for (bad, expected) in [
         ("ok 1\n9bad 1\n", "invalid_metric_name"),
         ("m{agent=\"spoofed\"} 1\n", "reserved_label"),
@@ -961,24 +965,24 @@ fn metric_pushes_are_validated_relabelled_forwarded_and_removed_with_the_agent()
         ("m 1 1700000000000\n", "timestamp_not_allowed"),
         ("m one\n", "invalid_value"),
     ] {
-        let r = push(&s, &a.credential, "experiment=exp-2", bad);
-        assert_eq!((r.status, code(&r)), (400, expected), "{bad:?}: {r:?}");
+        let r = s.push_metrics(&a.credential, "experiment=exp-2", bad);
+        assert_eq!((r.status, r.code()), (400, expected), "{bad:?}: {r:?}");
         assert_eq!(r.headers["content-type"], "application/problem+json");
     }
-    let r = push(&s, &a.credential, "", "ok 1\n9bad 1\n");
+    let r = s.push_metrics(&a.credential, "", "ok 1\n9bad 1\n");
     assert_eq!(r.body["line"], 2, "{r:?}");
     let many: String = (0..50_001).map(|i| format!("m{{i=\"{i}\"}} 1\n")).collect();
-    let r = push(&s, &a.credential, "experiment=exp-2", many);
+    let r = s.push_metrics(&a.credential, "experiment=exp-2", many);
     assert_eq!(
-        (r.status, code(&r)),
+        (r.status, r.code()),
         (400, "too_many_series"),
         "{:?}",
         r.body
     );
     let huge = format!("m{{v=\"{}\"}} 1\n", "x".repeat(4 << 20));
-    let r = push(&s, &a.credential, "experiment=exp-2", huge);
+    let r = s.push_metrics(&a.credential, "experiment=exp-2", huge);
     assert_eq!(
-        (r.status, code(&r)),
+        (r.status, r.code()),
         (413, "metrics_too_large"),
         "{:?}",
         r.body
@@ -989,26 +993,31 @@ fn metric_pushes_are_validated_relabelled_forwarded_and_removed_with_the_agent()
             .header("content-type", "application/json")
             .body("{}"),
     );
-    assert_eq!((r.status, code(&r)), (415, "unsupported_media_type"));
-    let r = push(&s, &a.credential, "experiment=../../x", "m 1\n");
-    assert_eq!((r.status, code(&r)), (400, "invalid_group"));
-    let r = push(&s, &admin, "", "m 1\n");
-    assert_eq!((r.status, code(&r)), (401, "user_token_refused"));
-    let pushed = text(&s.ports.pushgateway_url("/metrics"));
+    assert_eq!((r.status, r.code()), (415, "unsupported_media_type"));
+    let r = s.push_metrics(&a.credential, "experiment=../../x", "m 1\n");
+    assert_eq!((r.status, r.code()), (400, "invalid_group"));
+    let r = s.push_metrics(&admin, "", "m 1\n");
+    assert_eq!((r.status, r.code()), (401, "user_token_refused"));
+    let pushed = get_text(&s.ports.pushgateway_url("/metrics"));
     assert!(
         !pushed.contains("exp-2") && !pushed.contains("spoofed"),
         "{pushed}"
     );
+}
 
-    // Revoking the agent deletes its groups, and only its groups.
+#[test]
+fn revoking_an_agent_deletes_its_pushgateway_groups_and_only_its() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let (a, b) = pushes_of_two_agents(&s, &admin);
     assert_eq!(
         s.delete(Some(&admin), &format!("/api/v1/agents/{}", a.id))
             .status,
         204
     );
-    let pushed = text(&s.ports.pushgateway_url("/metrics"));
+    let pushed = get_text(&s.ports.pushgateway_url("/metrics"));
     assert!(!pushed.contains(&a.id), "{pushed}");
     assert!(pushed.contains(&b.id), "{pushed}");
-    let r = push(&s, &a.credential, "", "m 1\n");
-    assert_eq!((r.status, code(&r)), (401, "agent_revoked"));
+    let r = s.push_metrics(&a.credential, "", "m 1\n");
+    assert_eq!((r.status, r.code()), (401, "agent_revoked"));
 }

@@ -6,12 +6,8 @@
 
 use std::time::Duration;
 
-use phoenix_tests::{Reply, Stack, https, wait_until};
+use phoenix_tests::{Stack, https, wait_until};
 use serde_json::{Value, json};
-
-fn code(r: &Reply) -> &str {
-    r.body["code"].as_str().unwrap_or("")
-}
 
 /// Every audit entry newer than `after`, newest first.
 fn entries_after(s: &Stack, admin: &str, after: i64) -> Vec<Value> {
@@ -119,7 +115,7 @@ fn old_months_are_dropped_past_the_retention_and_rows_stay_unchangeable() {
             &json!({ "months": months }),
         );
         assert_eq!(
-            (r.status, code(&r)),
+            (r.status, r.code()),
             (400, "invalid_retention"),
             "{months}: {r:?}"
         );
@@ -133,7 +129,7 @@ fn old_months_are_dropped_past_the_retention_and_rows_stay_unchangeable() {
             &json!({ "months": 1 }),
         ),
     ] {
-        assert_eq!((r.status, code(&r)), (403, "forbidden"), "{r:?}");
+        assert_eq!((r.status, r.code()), (403, "forbidden"), "{r:?}");
     }
 
     // A month long past and the month before last, both with entries,

@@ -6,17 +6,12 @@
 
 use std::time::Duration;
 
-use phoenix_tests::{Reply, Stack, Supervisor, wait_until};
-use reqwest::Method;
+use phoenix_tests::{Agent, Reply, Stack, Supervisor, get_text, wait_until};
 use serde_json::{Value, json};
 
 /// A fast driver, and a price that is exact in binary.
 const CONFIG: &str = "[services.api]\nenv = { PHOENIX_EXPERIMENT_TICK = \"300ms\", PHOENIX_PRICE_PER_SERIES_MONTH = \"0.25\" }\n";
 const PRICE: f64 = 0.25;
-
-fn code(r: &Reply) -> &str {
-    r.body["code"].as_str().unwrap_or("")
-}
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * b.abs().max(1.0)
@@ -26,81 +21,27 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
-struct Agent {
-    id: String,
-    credential: String,
-}
-
-/// Enroll `names` with one enrollment token.
-fn enroll(s: &Stack, admin: &str, names: &[&str]) -> Vec<Agent> {
-    let token = s.post(
-        Some(admin),
-        "/api/v1/enrollment-tokens",
-        &json!({ "uses": names.len(), "description": "experiments test" }),
-    );
-    assert_eq!(token.status, 201, "{token:?}");
-    let token = token.body["token"].as_str().unwrap().to_string();
-    names
-        .iter()
-        .map(|name| {
-            let r = s.reply(s.agent(Method::POST, "/api/v1/agents/enroll").json(
-                &json!({ "token": token, "name": name, "hostname": format!("{name}.example") }),
-            ));
-            assert_eq!(r.status, 201, "enroll {name}: {r:?}");
-            Agent {
-                id: r.body["agent_id"].as_str().unwrap().to_string(),
-                credential: r.body["credential"].as_str().unwrap().to_string(),
-            }
-        })
-        .collect()
-}
-
 /// Claim the agent's queued tasks (waiting up to 5 s for one).
 fn poll(s: &Stack, agent: &Agent) -> Vec<Value> {
-    let r = s.reply(
-        s.agent(Method::GET, "/api/v1/agent/tasks?wait=5")
-            .bearer_auth(&agent.credential),
-    );
+    let r = s.poll(&agent.credential, "wait=5");
     assert_eq!(r.status, 200, "{r:?}");
     r.body["tasks"].as_array().unwrap().clone()
 }
 
 fn report(s: &Stack, agent: &Agent, task: &Value, outcome: &str, error: Option<&str>) {
-    let id = task["id"].as_str().unwrap();
-    let r = s.reply(
-        s.agent(Method::POST, &format!("/api/v1/agent/tasks/{id}/result"))
-            .bearer_auth(&agent.credential)
-            .json(&json!({
-                "result_id": result_id(),
-                "outcome": outcome,
-                "error": error,
-            })),
-    );
+    let body = json!({ "result_id": uuid::Uuid::new_v4(), "outcome": outcome, "error": error });
+    let r = s.report(&agent.credential, task["id"].as_str().unwrap(), &body);
     assert_eq!(r.status, 200, "{r:?}");
-}
-
-/// A result id, unique within this test process (each test has its own database).
-fn result_id() -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{:08x}-0000-4000-8000-{n:012x}", std::process::id())
 }
 
 /// Push Prometheus text as `agent`, to an experiment variant or (None) live.
 fn push(s: &Stack, agent: &Agent, group: Option<(&str, &str)>, text: &str) {
-    let path = match group {
-        Some((experiment, variant)) => {
-            format!("/api/v1/agent/metrics?experiment={experiment}&variant={variant}")
-        }
-        None => "/api/v1/agent/metrics".to_string(),
+    let query = match group {
+        Some((experiment, variant)) => format!("experiment={experiment}&variant={variant}"),
+        None => String::new(),
     };
-    let r = s.reply(
-        s.agent(Method::PUT, &path)
-            .bearer_auth(&agent.credential)
-            .header("content-type", "text/plain; version=0.0.4")
-            .body(text.to_string()),
-    );
-    assert_eq!(r.status, 200, "push {path}: {r:?}");
+    let r = s.push_metrics(&agent.credential, &query, text.to_string());
+    assert_eq!(r.status, 200, "push {query}: {r:?}");
 }
 
 /// Processes `proc-1` … `proc-n`, process i using i % CPU and i MiB.
@@ -206,10 +147,7 @@ fn tasks_of(e: &Value, kind: &str) -> Vec<Value> {
 
 /// The Pushgateway's own exposition, to see which groups exist.
 fn pushgateway_text(s: &Stack) -> String {
-    reqwest::blocking::get(s.ports.pushgateway_url("/metrics"))
-        .unwrap()
-        .text()
-        .unwrap()
+    get_text(&s.ports.pushgateway_url("/metrics"))
 }
 
 #[test]
@@ -250,7 +188,7 @@ fn pipelines_are_validated_saved_and_guarded_by_role() {
     ]});
     let new = json!({ "name": "Top 10 CPU", "description": "busiest ten", "spec": spec });
     let denied = s.post(Some(&viewer), "/api/v1/pipelines", &new);
-    assert_eq!((denied.status, code(&denied)), (403, "forbidden"));
+    assert_eq!((denied.status, denied.code()), (403, "forbidden"));
     let created = s.post(Some(&operator), "/api/v1/pipelines", &new);
     assert_eq!(created.status, 201, "{created:?}");
     assert_eq!(created.body["spec"], spec);
@@ -261,14 +199,14 @@ fn pipelines_are_validated_saved_and_guarded_by_role() {
         "/api/v1/pipelines",
         &json!({ "name": "top 10 cpu", "spec": {} }),
     );
-    assert_eq!((again.status, code(&again)), (409, "pipeline_exists"));
+    assert_eq!((again.status, again.code()), (409, "pipeline_exists"));
     // PostgreSQL cannot store NUL: refused as input, on create and on update,
     // with the code of every NUL refusal.
     let nul = json!({ "name": "nul", "description": "a\u{0}b", "spec": {} });
     let r = s.post(Some(&operator), "/api/v1/pipelines", &nul);
-    assert_eq!((r.status, code(&r)), (400, "invalid_text"), "{r:?}");
+    assert_eq!((r.status, r.code()), (400, "invalid_text"), "{r:?}");
     let r = s.put(Some(&operator), &format!("/api/v1/pipelines/{id}"), &nul);
-    assert_eq!((r.status, code(&r)), (400, "invalid_text"), "{r:?}");
+    assert_eq!((r.status, r.code()), (400, "invalid_text"), "{r:?}");
     let lines = json!({ "name": "lines", "description": "one\ntwo\tthree", "spec": {} });
     let r = s.post(Some(&operator), "/api/v1/pipelines", &lines);
     assert_eq!(r.status, 201, "line breaks and tabs are fine: {r:?}");
@@ -315,7 +253,7 @@ fn pipelines_are_validated_saved_and_guarded_by_role() {
             "/api/v1/pipelines",
             &json!({ "name": "bad", "spec": spec }),
         );
-        assert_eq!((r.status, code(&r)), (400, want), "{spec}: {r:?}");
+        assert_eq!((r.status, r.code()), (400, want), "{spec}: {r:?}");
         assert_eq!(r.headers["content-type"], "application/problem+json");
         assert!(r.body["detail"].as_str().unwrap().len() > 10, "{r:?}");
     }
@@ -324,13 +262,13 @@ fn pipelines_are_validated_saved_and_guarded_by_role() {
         "/api/v1/pipelines",
         &json!({ "name": " ", "spec": {} }),
     );
-    assert_eq!((no_name.status, code(&no_name)), (400, "invalid_name"));
+    assert_eq!((no_name.status, no_name.code()), (400, "invalid_name"));
     let no_spec = s.post(
         Some(&operator),
         "/api/v1/pipelines",
         &json!({ "name": "x" }),
     );
-    assert_eq!((no_spec.status, code(&no_spec)), (400, "invalid_body"));
+    assert_eq!((no_spec.status, no_spec.code()), (400, "invalid_body"));
 
     let list = s.get(Some(&viewer), "/api/v1/pipelines");
     assert_eq!(list.status, 200);
@@ -346,7 +284,7 @@ fn pipelines_are_validated_saved_and_guarded_by_role() {
         &format!("/api/v1/pipelines/{id}"),
         &json!({ "name": "x", "spec": { "stages": [{ "type": "top_k", "k": 100001, "by": "memory" }] } }),
     );
-    assert_eq!((r.status, code(&r)), (400, "invalid_k"));
+    assert_eq!((r.status, r.code()), (400, "invalid_k"));
     let r = s.put(
         Some(&operator),
         &format!("/api/v1/pipelines/{id}"),
@@ -367,7 +305,7 @@ fn pipelines_are_validated_saved_and_guarded_by_role() {
         204
     );
     let gone = s.get(Some(&viewer), &format!("/api/v1/pipelines/{id}"));
-    assert_eq!((gone.status, code(&gone)), (404, "not_found"));
+    assert_eq!((gone.status, gone.code()), (404, "not_found"));
 
     let audit = s.audit(&admin, &format!("target=pipeline:{id}"));
     let actions: Vec<&str> = audit
@@ -399,7 +337,7 @@ fn an_experiment_runs_is_measured_from_pushed_data_promoted_and_costed() {
     let admin = s.admin_token();
     let operator = s.user_token(&admin, "olga", "operator");
     let viewer = s.user_token(&admin, "vic", "viewer");
-    let agents = enroll(&s, &admin, &["web-1", "db-1", "cache-1"]);
+    let agents = s.enroll(&admin, &["web-1", "db-1", "cache-1"]);
     let (a, b, c) = (&agents[0], &agents[1], &agents[2]);
 
     let baseline = s.post(
@@ -528,38 +466,21 @@ fn an_experiment_runs_is_measured_from_pushed_data_promoted_and_costed() {
     });
     // ... and pushes to it are refused, so a late one cannot bring them back.
     let late = |agent: &Agent| {
-        s.reply(
-            s.agent(
-                Method::PUT,
-                &format!("/api/v1/agent/metrics?experiment={id}&variant=baseline"),
-            )
-            .bearer_auth(&agent.credential)
-            .header("content-type", "text/plain; version=0.0.4")
-            .body(exposition(&procs_a, None)),
-        )
+        let group = format!("experiment={id}&variant=baseline");
+        s.push_metrics(&agent.credential, &group, exposition(&procs_a, None))
     };
     let r = late(a);
     assert_eq!(
-        (r.status, code(&r)),
+        (r.status, r.code()),
         (409, "experiment_not_running"),
         "{r:?}"
     );
     let r = late(c);
-    assert_eq!((r.status, code(&r)), (409, "not_in_experiment"), "{r:?}");
+    assert_eq!((r.status, r.code()), (409, "not_in_experiment"), "{r:?}");
     // One spelling of an experiment id, or its groups would escape deletion.
-    let r = s.reply(
-        s.agent(
-            Method::PUT,
-            &format!(
-                "/api/v1/agent/metrics?experiment={}&variant=baseline",
-                id.to_uppercase()
-            ),
-        )
-        .bearer_auth(&a.credential)
-        .header("content-type", "text/plain; version=0.0.4")
-        .body("m 1\n"),
-    );
-    assert_eq!((r.status, code(&r)), (400, "invalid_group"), "{r:?}");
+    let group = format!("experiment={}&variant=baseline", id.to_uppercase());
+    let r = s.push_metrics(&a.credential, &group, "m 1\n");
+    assert_eq!((r.status, r.code()), (400, "invalid_group"), "{r:?}");
     assert!(!pushgateway_text(&s).contains(&id));
 
     let promoted = act(&s, &operator, &id, "promote");
@@ -689,7 +610,7 @@ fn illegal_transitions_failures_stops_and_rollbacks() {
     let admin = s.admin_token();
     let operator = s.user_token(&admin, "olga", "operator");
     let viewer = s.user_token(&admin, "vic", "viewer");
-    let agents = enroll(&s, &admin, &["a-1", "b-1", "c-1"]);
+    let agents = s.enroll(&admin, &["a-1", "b-1", "c-1"]);
     let (a, b, c) = (&agents[0], &agents[1], &agents[2]);
     let new = |name: &str, agents: &[&Agent], candidate: Value| {
         let ids: Vec<&str> = agents.iter().map(|x| x.id.as_str()).collect();
@@ -758,13 +679,13 @@ fn illegal_transitions_failures_stops_and_rollbacks() {
         ),
     ] {
         let r = s.post(Some(&operator), "/api/v1/experiments", &b);
-        assert_eq!((r.status, code(&r)), (400, want), "{b}: {r:?}");
+        assert_eq!((r.status, r.code()), (400, want), "{b}: {r:?}");
     }
 
     // An agent that cannot run the experiment fails it.
     let e1 = new("fails", &[a], top10.clone());
     let r = act(&s, &operator, &e1, "promote");
-    assert_eq!((r.status, code(&r)), (409, "illegal_transition"), "{r:?}");
+    assert_eq!((r.status, r.code()), (409, "illegal_transition"), "{r:?}");
     assert_eq!(r.body["allowed"], json!(["start"]));
     assert_eq!(act(&s, &viewer, &e1, "start").status, 403);
     assert_eq!(act(&s, &operator, &e1, "start").status, 200);
@@ -839,17 +760,10 @@ fn illegal_transitions_failures_stops_and_rollbacks() {
         (1, &json!("stop_experiment")),
         "{tasks:?}"
     );
-    let r = s.reply(
-        s.agent(
-            Method::PUT,
-            &format!("/api/v1/agent/metrics?experiment={e2}&variant=baseline"),
-        )
-        .bearer_auth(&b.credential)
-        .header("content-type", "text/plain; version=0.0.4")
-        .body("late 1\n"),
-    );
+    let group = format!("experiment={e2}&variant=baseline");
+    let r = s.push_metrics(&b.credential, &group, "late 1\n");
     assert_eq!(
-        (r.status, code(&r)),
+        (r.status, r.code()),
         (409, "experiment_not_running"),
         "{r:?}"
     );
@@ -884,7 +798,7 @@ fn illegal_transitions_failures_stops_and_rollbacks() {
     let busy = new("busy", &[c], top10);
     assert_eq!(act(&s, &operator, &e3, "start").status, 200);
     let r = act(&s, &operator, &busy, "start");
-    assert_eq!((r.status, code(&r)), (409, "agents_busy"), "{r:?}");
+    assert_eq!((r.status, r.code()), (409, "agents_busy"), "{r:?}");
     let procs = processes(20);
     let tasks = poll(&s, c);
     push(&s, c, Some((&e3, "baseline")), &exposition(&procs, None));

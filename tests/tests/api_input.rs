@@ -7,27 +7,17 @@ use phoenix_tests::{Reply, Stack};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-fn code(r: &Reply) -> &str {
-    r.body["code"].as_str().unwrap_or("")
-}
+/// A request: method, path, JSON body and bearer.
+type Request<'a> = (Method, String, Option<Value>, Option<&'a str>);
 
-#[test]
-fn nul_characters_are_400_problems_on_both_listeners_never_500s() {
-    let s = Stack::start("");
-    let admin = s.admin_token();
-    let token = s.post(Some(&admin), "/api/v1/enrollment-tokens", &json!({}));
-    assert_eq!(token.status, 201, "{token:?}");
-    let enrolled = s.reply(s.agent(Method::POST, "/api/v1/agents/enroll").json(&json!({
-        "token": token.body["token"], "name": "web-1", "hostname": "web-1.example",
-    })));
-    assert_eq!(enrolled.status, 201, "{enrolled:?}");
-    let agent = enrolled.body["credential"].as_str().unwrap().to_string();
+const NUL: &str = "a\u{0}b";
+
+/// Requests to the user listener, each with a NUL in one text field.
+fn user_requests_with_nul(admin: &str) -> Vec<Request<'_>> {
     let some_id = uuid::Uuid::new_v4();
-    let nul = "a\u{0}b";
+    let nul = NUL;
     let spec = json!({ "stages": [] });
-
-    // (method, path, body, bearer) on the user listener.
-    let user: Vec<(Method, String, Option<Value>, Option<&str>)> = vec![
+    vec![
         (
             Method::POST,
             "/api/v1/auth/login".into(),
@@ -50,62 +40,62 @@ fn nul_characters_are_400_problems_on_both_listeners_never_500s() {
             Method::GET,
             "/api/v1/audit?actor=%00".into(),
             None,
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::GET,
             "/api/v1/audit?target=%00".into(),
             None,
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::GET,
             "/api/v1/audit?action=%00".into(),
             None,
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::GET,
             "/api/v1/audit?actor=user:a%00b&limit=5".into(),
             None,
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::GET,
             "/api/v1/audit?x%00=1".into(),
             None,
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::GET,
             "/api/v1/agents?status=%00".into(),
             None,
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::GET,
             "/api/v1/tasks?state=%00".into(),
             None,
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::GET,
             "/api/v1/experiments?state=%00".into(),
             None,
-            Some(&admin),
+            Some(admin),
         ),
-        (Method::GET, "/api/v1/agents/%00".into(), None, Some(&admin)),
+        (Method::GET, "/api/v1/agents/%00".into(), None, Some(admin)),
         (
             Method::DELETE,
             "/api/v1/users/a%00b".into(),
             None,
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::POST,
             "/api/v1/users".into(),
             Some(json!({ "username": nul, "password": "long-enough-pass", "role": "viewer" })),
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::POST,
@@ -113,37 +103,37 @@ fn nul_characters_are_400_problems_on_both_listeners_never_500s() {
             Some(
                 json!({ "username": "eve", "password": "long-enough\u{0}pass", "role": "viewer" }),
             ),
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::PATCH,
             format!("/api/v1/users/{some_id}"),
             Some(json!({ "password": "long-enough\u{0}pass" })),
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::POST,
             "/api/v1/enrollment-tokens".into(),
             Some(json!({ "description": nul })),
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::POST,
             "/api/v1/pipelines".into(),
             Some(json!({ "name": nul, "spec": spec })),
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::POST,
             "/api/v1/pipelines".into(),
             Some(json!({ "name": "p", "description": nul, "spec": spec })),
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::PUT,
             format!("/api/v1/pipelines/{some_id}"),
             Some(json!({ "name": "p", "spec": { "stages": [{ "type": nul }] } })),
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::POST,
@@ -152,29 +142,34 @@ fn nul_characters_are_400_problems_on_both_listeners_never_500s() {
                 "name": nul, "baseline": { "spec": spec }, "candidate": { "spec": spec },
                 "agents": [some_id], "duration": 3,
             })),
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::POST,
             format!("/api/v1/agents/{some_id}/tasks"),
             Some(json!({ "kind": nul })),
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::POST,
             format!("/api/v1/agents/{some_id}/tasks"),
             Some(json!({ "kind": "noop", "payload": { nul: 1 } })),
-            Some(&admin),
+            Some(admin),
         ),
         (
             Method::PUT,
             "/api/v1/audit/retention".into(),
             Some(json!({ "months": 13, "note": nul })),
-            Some(&admin),
+            Some(admin),
         ),
-    ];
-    // The same on the agent listener.
-    let agent_side: Vec<(Method, String, Option<Value>, Option<&str>)> = vec![
+    ]
+}
+
+/// The same on the agent listener.
+fn agent_requests_with_nul(agent: &str) -> Vec<Request<'_>> {
+    let some_id = uuid::Uuid::new_v4();
+    let nul = NUL;
+    vec![
         (
             Method::POST,
             "/api/v1/agents/enroll".into(),
@@ -215,103 +210,121 @@ fn nul_characters_are_400_problems_on_both_listeners_never_500s() {
             Method::POST,
             "/api/v1/agent/heartbeat".into(),
             Some(json!({ "status": { "queue": nul } })),
-            Some(&agent),
+            Some(agent),
         ),
         (
             Method::POST,
             "/api/v1/agent/heartbeat".into(),
             Some(json!({ "status": { nul: 1 } })),
-            Some(&agent),
+            Some(agent),
         ),
         (
             Method::POST,
             "/api/v1/agent/heartbeat".into(),
             Some(json!({ "status": { "pipelines": [{ "name": nul }] } })),
-            Some(&agent),
+            Some(agent),
         ),
         (
             Method::POST,
             "/api/v1/agent/heartbeat".into(),
             Some(json!({ "version": nul })),
-            Some(&agent),
+            Some(agent),
         ),
         (
             Method::POST,
             format!("/api/v1/agent/tasks/{some_id}/result"),
             Some(json!({ "result_id": some_id, "outcome": "failed", "error": nul })),
-            Some(&agent),
+            Some(agent),
         ),
         (
             Method::POST,
             format!("/api/v1/agent/tasks/{some_id}/result"),
             Some(json!({ "result_id": some_id, "outcome": "succeeded", "result": { "out": nul } })),
-            Some(&agent),
+            Some(agent),
         ),
         (
             Method::POST,
             "/api/v1/agent/tasks/a%00b/result".into(),
             Some(json!({ "result_id": some_id, "outcome": "failed" })),
-            Some(&agent),
+            Some(agent),
         ),
         (
             Method::GET,
             "/api/v1/agent/tasks?wait=%00".into(),
             None,
-            Some(&agent),
+            Some(agent),
         ),
         (
             Method::PUT,
             "/api/v1/agent/metrics?experiment=%00".into(),
             None,
-            Some(&agent),
+            Some(agent),
         ),
         (
             Method::PUT,
             "/api/v1/agent/metrics?variant=a%00b".into(),
             None,
-            Some(&agent),
+            Some(agent),
         ),
-    ];
-    let send = |url: String, method: &Method, body: &Option<Value>, bearer: Option<&str>| {
-        let mut req = phoenix_tests::https().request(method.clone(), url);
-        if let Some(body) = body {
-            req = req.json(body);
-        }
-        if let Some(bearer) = bearer {
-            req = req.bearer_auth(bearer);
-        }
-        s.reply(req)
-    };
-    for (method, path, body, bearer) in &user {
-        let r = send(s.ports.api_url(path), method, body, *bearer);
-        assert_eq!(
-            (r.status, code(&r)),
-            (400, "invalid_text"),
-            "{method} {path} {body:?}: {r:?}"
-        );
-        assert_eq!(
-            r.headers["content-type"], "application/problem+json",
-            "{path}"
-        );
+    ]
+}
+
+fn send(
+    s: &Stack,
+    url: String,
+    method: &Method,
+    body: &Option<Value>,
+    bearer: Option<&str>,
+) -> Reply {
+    let mut req = phoenix_tests::https().request(method.clone(), url);
+    if let Some(body) = body {
+        req = req.json(body);
+    }
+    if let Some(bearer) = bearer {
+        req = req.bearer_auth(bearer);
+    }
+    s.reply(req)
+}
+
+/// A 400 `invalid_text` problem document.
+fn assert_invalid_text(r: &Reply, request: &str) {
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "invalid_text"),
+        "{request}: {r:?}"
+    );
+    assert_eq!(
+        r.headers["content-type"], "application/problem+json",
+        "{request}"
+    );
+}
+
+#[test]
+fn nul_characters_sent_to_the_user_listener_are_400_problems_saying_so() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    for (method, path, body, bearer) in &user_requests_with_nul(&admin) {
+        let r = send(&s, s.ports.api_url(path), method, body, *bearer);
+        assert_invalid_text(&r, &format!("{method} {path} {body:?}"));
         assert!(r.body["detail"].as_str().unwrap().contains("NUL"), "{r:?}");
     }
-    for (method, path, body, bearer) in &agent_side {
-        let r = send(s.ports.agent_url(path), method, body, *bearer);
-        assert_eq!(
-            (r.status, code(&r)),
-            (400, "invalid_text"),
-            "{method} {path} {body:?}: {r:?}"
-        );
-        assert_eq!(
-            r.headers["content-type"], "application/problem+json",
-            "{path}"
-        );
+}
+
+#[test]
+fn nul_characters_sent_to_the_agent_listener_are_400_problems_naming_the_field() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let agent = s.enroll_one(&admin, "web-1").credential;
+    for (method, path, body, bearer) in &agent_requests_with_nul(&agent) {
+        let r = send(&s, s.ports.agent_url(path), method, body, *bearer);
+        assert_invalid_text(&r, &format!("{method} {path} {body:?}"));
     }
     // The field is named.
     let r = send(
+        &s,
         s.ports.agent_url("/api/v1/agent/heartbeat"),
         &Method::POST,
-        &Some(json!({ "status": { "queue": ["ok", nul] } })),
+        &Some(json!({ "status": { "queue": ["ok", NUL] } })),
         Some(&agent),
     );
     assert!(
@@ -323,6 +336,7 @@ fn nul_characters_are_400_problems_on_both_listeners_never_500s() {
     );
     // An escaped backslash before "u0000" is ordinary text, stored as sent.
     let r = send(
+        &s,
         s.ports.agent_url("/api/v1/agent/heartbeat"),
         &Method::POST,
         &Some(json!({ "status": { "note": "\\u0000" } })),
@@ -330,7 +344,6 @@ fn nul_characters_are_400_problems_on_both_listeners_never_500s() {
     );
     assert_eq!(r.status, 200, "{r:?}");
 }
-
 #[test]
 fn paging_limits_out_of_range_are_refused_with_the_range_on_every_list() {
     let s = Stack::start("");
@@ -344,7 +357,7 @@ fn paging_limits_out_of_range_are_refused_with_the_range_on_every_list() {
         for limit in ["0", "-1", "1001"] {
             let r = s.get(Some(&admin), &format!("{list}?limit={limit}"));
             assert_eq!(
-                (r.status, code(&r)),
+                (r.status, r.code()),
                 (400, "invalid_limit"),
                 "{list} limit={limit}: {r:?}"
             );

@@ -5,7 +5,6 @@
 use std::process::Command;
 
 use phoenix_tests::Stack;
-use serde_json::json;
 
 /// Run schemathesis against `base` for the operations `filter` selects.
 fn schemathesis(s: &Stack, base: &str, credential: &str, filter: &[&str]) {
@@ -45,20 +44,7 @@ fn schemathesis_finds_no_server_errors_on_either_listener() {
 
     // Agents first: fuzzing the user listener may disable the admin (once
     // it has made another) and so end the admin's token.
-    let token = s.post(
-        Some(&admin),
-        "/api/v1/enrollment-tokens",
-        &json!({ "description": "fuzz", "uses": 1 }),
-    );
-    assert_eq!(token.status, 201, "{token:?}");
-    let enrolled = s.reply(
-        s.agent(reqwest::Method::POST, "/api/v1/agents/enroll")
-            .json(&json!({
-                "token": token.body["token"], "name": "fuzz-agent", "hostname": "fuzz-host"
-            })),
-    );
-    assert_eq!(enrolled.status, 201, "{enrolled:?}");
-    let credential = enrolled.body["credential"].as_str().unwrap().to_string();
+    let credential = s.enroll_one(&admin, "fuzz-agent").credential;
     // The agent listener's paths, with the agent's credential. The long
     // poll is left out: each call may hold for its whole wait.
     schemathesis(

@@ -28,7 +28,7 @@ use super::credential::AgentCaller;
 use super::exposition::{self, Invalid};
 use crate::AppState;
 use crate::error::ApiError;
-use crate::experiment_state::State as ExperimentState;
+use crate::experiments::state::State as ExperimentState;
 use crate::input::{Json, Query};
 use crate::problem::Problem;
 
