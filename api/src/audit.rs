@@ -13,15 +13,11 @@ pub mod retention;
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use sqlx::{PgExecutor, Row};
-use utoipa::{IntoParams, ToSchema};
+use sqlx::PgExecutor;
+use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::auth::{Caller, Role};
-use crate::error::ApiResult;
-use crate::input::{Json, Query, page_limit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -34,7 +30,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Success => "success",
             Outcome::Denied => "denied",
@@ -200,7 +196,7 @@ pub struct AuditState {
 /// Starts the audit log's background work: writing summed refusals when
 /// their window ends, and the housekeeping of partitions. Both end at
 /// shutdown; the refusals still pending are written by [`flush_refusals`].
-pub fn spawn_background(state: &AppState, shutdown: &crate::server::Shutdown) {
+pub fn spawn_background(state: &AppState, shutdown: &crate::shutdown::Shutdown) {
     let (pool, audit) = (state.pool.clone(), state.audit.clone());
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -219,102 +215,4 @@ pub async fn flush_refusals(state: &AppState) {
     for event in state.audit.refusals.drain() {
         event.write_logged(&state.pool).await;
     }
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct AuditQuery {
-    /// Exact actor, e.g. `user:alice` or `agent:<id>`.
-    pub actor: Option<String>,
-    /// Action prefix, e.g. `auth.` or `users.create`.
-    pub action: Option<String>,
-    /// Exact target.
-    pub target: Option<String>,
-    pub outcome: Option<Outcome>,
-    /// RFC 3339 time; entries at or after it.
-    pub since: Option<chrono::DateTime<chrono::Utc>>,
-    /// RFC 3339 time; entries before it.
-    pub until: Option<chrono::DateTime<chrono::Utc>>,
-    /// Entries with an id below this (for paging back); see `next_before_id`.
-    pub before_id: Option<i64>,
-    /// At most this many entries, newest first (default 100, at most 1000).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<i64>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuditEntry {
-    pub id: i64,
-    pub at: chrono::DateTime<chrono::Utc>,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    pub source_ip: Option<String>,
-    pub outcome: String,
-    pub details: serde_json::Value,
-    /// How many events the entry stands for: more than 1 for repeated
-    /// refusals summed over a window (`details.aggregated` says which).
-    pub count: i64,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuditPage {
-    pub entries: Vec<AuditEntry>,
-    /// Pass as `before_id` for the next (older) page; absent on the last page.
-    pub next_before_id: Option<i64>,
-}
-
-/// Read the audit log (admin), newest first, filtered.
-#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
-    responses((status = 200, body = AuditPage), (status = 400), (status = 401), (status = 403)),
-    security(("bearer" = [])))]
-pub async fn list(
-    State(state): State<AppState>,
-    caller: Caller,
-    Query(q): Query<AuditQuery>,
-) -> ApiResult<Json<AuditPage>> {
-    caller.require(Role::Admin, "audit.read", &state).await?;
-    let limit = page_limit(q.limit, 100, 1000)?;
-    let rows = sqlx::query(
-        "SELECT id, at, actor, action, target, host(source_ip) AS ip, outcome, details, count FROM audit_log \
-         WHERE ($1::text IS NULL OR actor = $1) \
-           AND ($2::text IS NULL OR starts_with(action, $2)) \
-           AND ($3::text IS NULL OR target = $3) \
-           AND ($4::text IS NULL OR outcome = $4) \
-           AND ($5::timestamptz IS NULL OR at >= $5) \
-           AND ($6::timestamptz IS NULL OR at < $6) \
-           AND ($7::bigint IS NULL OR id < $7) \
-         ORDER BY id DESC LIMIT $8",
-    )
-    .bind(&q.actor)
-    .bind(&q.action)
-    .bind(&q.target)
-    .bind(q.outcome.map(Outcome::as_str))
-    .bind(q.since)
-    .bind(q.until)
-    .bind(q.before_id)
-    .bind(limit)
-    .fetch_all(&state.pool)
-    .await?;
-    let entries: Vec<AuditEntry> = rows
-        .into_iter()
-        .map(|r| AuditEntry {
-            id: r.get("id"),
-            at: r.get("at"),
-            actor: r.get("actor"),
-            action: r.get("action"),
-            target: r.get("target"),
-            source_ip: r.get("ip"),
-            outcome: r.get("outcome"),
-            details: r.get("details"),
-            count: r.get("count"),
-        })
-        .collect();
-    let next_before_id = (entries.len() as i64 == limit)
-        .then(|| entries.last().map(|e| e.id))
-        .flatten();
-    Ok(Json(AuditPage {
-        entries,
-        next_before_id,
-    }))
 }

@@ -43,7 +43,7 @@ use tokio::{
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
-use crate::server::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// Connection limits and timeouts of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

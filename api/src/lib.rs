@@ -10,7 +10,9 @@
 //! - [`audit`]: the append-only audit log: writing entries (in the same
 //!   transaction as the change they record, texts bounded), summing
 //!   repeated refusals ([`audit::refusals`]), monthly partitions dropped
-//!   past the retention ([`audit::retention`]), and reading it.
+//!   past the retention ([`audit::retention`]); below [`auth`], which
+//!   records through it.
+//! - [`audit_admin`]: reading the audit log and setting its retention.
 //! - [`error`]: [`error::ApiError`], each variant one status and a stable code.
 //! - [`input`]: the `Json`, `Query` and `Path` extractors every handler
 //!   takes, which refuse U+0000 in any string (400 `invalid_text`) before
@@ -21,6 +23,7 @@
 //!   response.
 //! - [`server`]: binds the listeners, reloads the certificate on SIGHUP, and
 //!   shuts down gracefully on SIGTERM/SIGINT.
+//! - [`shutdown`]: the one shutdown future every task observes.
 //! - [`edge`]: what faces the network on both listeners: the connection
 //!   limit, TLS, HTTP/1.1 and HTTP/2 with their timeouts, and the lingering
 //!   read of request bodies an early answer left unread.
@@ -46,6 +49,7 @@
 
 pub mod agents;
 pub mod audit;
+pub mod audit_admin;
 pub mod auth;
 pub mod config;
 pub mod cost;
@@ -62,6 +66,7 @@ pub mod pipeline_spec;
 pub mod pipelines;
 pub mod problem;
 pub mod server;
+pub mod shutdown;
 pub mod tasks;
 
 use std::sync::Arc;
@@ -167,8 +172,8 @@ fn user_api() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::routes::me))
         .routes(routes!(auth::users::list, auth::users::create))
         .routes(routes!(auth::users::update, auth::users::delete))
-        .routes(routes!(audit::list))
-        .routes(routes!(audit::retention::show, audit::retention::update))
+        .routes(routes!(audit_admin::list))
+        .routes(routes!(audit_admin::show, audit_admin::update))
         .routes(routes!(pipelines::list_templates))
         .routes(routes!(pipelines::list, pipelines::create))
         .routes(routes!(

@@ -1,16 +1,13 @@
 //! Startup, serving and shutdown of the whole service.
 //!
 //! Shutdown is one future, [`Shutdown::requested`], observed by startup (so a
-//! SIGTERM while waiting for the database exits cleanly) and by the listeners
+//! SIGTERM while waiting for the database exits cleanly), by the listeners
 //! in [`crate::edge`] (which then stop accepting, finish in-flight requests,
-//! and return).
+//! and return) and by every background task.
 
 use anyhow::Context;
 use axum_server::tls_rustls::RustlsConfig;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::watch,
-};
+use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use std::sync::Arc;
@@ -22,6 +19,7 @@ use crate::{
     db, edge, experiments,
     metrics::Metrics,
     router,
+    shutdown::Shutdown,
 };
 
 /// On SIGHUP, load the certificate and key again: new connections get the
@@ -183,34 +181,4 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     pool.close().await;
     info!("stopped");
     Ok(())
-}
-
-/// Resolves once SIGTERM or SIGINT has arrived; clones observe the same signal.
-#[derive(Debug, Clone)]
-pub struct Shutdown {
-    requested: watch::Receiver<bool>,
-}
-
-impl Shutdown {
-    /// Starts listening for SIGTERM and SIGINT; must run inside the runtime.
-    pub fn on_signals() -> std::io::Result<Self> {
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let (request, requested) = watch::channel(false);
-        tokio::spawn(async move {
-            let name = tokio::select! {
-                _ = terminate.recv() => "SIGTERM",
-                _ = interrupt.recv() => "SIGINT",
-            };
-            info!(signal = name, "shutdown requested");
-            request.send_replace(true);
-        });
-        Ok(Self { requested })
-    }
-
-    pub async fn requested(&self) {
-        let mut requested = self.requested.clone();
-        // An error means the sender is gone, which only happens after it sent.
-        let _ = requested.wait_for(|requested| *requested).await;
-    }
 }

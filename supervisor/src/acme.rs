@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -152,10 +152,13 @@ impl AcmeIssuer {
                 .challenge(ChallengeType::Http01)
                 .ok_or_else(|| anyhow!("the CA offers no HTTP-01 challenge for {name}"))?;
             let token = challenge.token.clone();
-            self.challenges.write().expect("challenges").insert(
-                token.clone(),
-                challenge.key_authorization().as_str().to_owned(),
-            );
+            self.challenges
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(
+                    token.clone(),
+                    challenge.key_authorization().as_str().to_owned(),
+                );
             tokens.tokens.push(token);
             challenge
                 .set_ready()
@@ -238,7 +241,12 @@ pub fn http_router(challenges: Challenges, https_port: Arc<AtomicU16>) -> Router
 }
 
 async fn challenge(State(st): State<HttpState>, Path(token): Path<String>) -> Response {
-    match st.challenges.read().expect("challenges").get(&token) {
+    match st
+        .challenges
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&token)
+    {
         Some(key_authorization) => (
             [(header::CONTENT_TYPE, "application/octet-stream")],
             key_authorization.clone(),

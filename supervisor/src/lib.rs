@@ -1,6 +1,9 @@
 //! phoenix-supervisor: launches and monitors the Phoenix appliance's services
 //! from one TOML file. See docs/ARCHITECTURE.md for the code map.
 
+// Only `process` may use `unsafe` (below); everything else is checked.
+#![deny(unsafe_code)]
+
 pub mod acme;
 pub mod certs;
 pub mod cgroup;
@@ -16,6 +19,10 @@ pub mod notify;
 pub mod pginit;
 pub mod pid1;
 pub mod probe;
+// The forked child's `pre_exec` hook (cgroup entry, user switch, kept
+// capabilities) has no safe interface in std or nix; each block there says
+// why it is sound.
+#[allow(unsafe_code)]
 pub mod process;
 pub mod reaper;
 pub mod run;

@@ -1202,15 +1202,14 @@ impl Supervisor {
                             notes.extend(signal_new_certificate(rt));
                         }
                     } else if rt.spec.differs_only_in_files(spec)
-                        && rt.spec.reload_signal.is_some()
-                        && rt.running()
+                        && let Some(sig) = rt.spec.reload_signal
+                        && let Some(pid) = rt.pid
                     {
                         for f in &spec.files {
                             state::write_generated(f)
                                 .map_err(|e| format!("cannot write {}: {e}", f.path.display()))?;
                         }
-                        let sig = rt.spec.reload_signal.expect("checked");
-                        process::signal(rt.pid.expect("running"), sig);
+                        process::signal(pid, sig);
                         rt.spec = spec.clone();
                         notes.push(format!("{}: sent {}", spec.name, sig.as_str()));
                     } else if rt.running() && rt.wanted {

@@ -2,6 +2,8 @@
 //! and observe it through `phoenixctl`, its health endpoint and /proc.
 //! The one way the tests start a supervisor.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

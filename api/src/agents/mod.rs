@@ -29,7 +29,7 @@ use std::time::Duration;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::error::{ApiError, ApiResult};
-use crate::server::Shutdown;
+use crate::shutdown::Shutdown;
 use crate::{AppState, tasks};
 
 pub use credential::AgentCaller;

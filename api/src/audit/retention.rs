@@ -11,18 +11,12 @@
 
 use std::time::Duration;
 
-use axum::extract::State;
-use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::{Datelike, Months, NaiveDate};
 use sqlx::{PgPool, Row};
-use utoipa::ToSchema;
 
 use super::Event;
 use crate::AppState;
-use crate::auth::{Caller, Role};
-use crate::error::{ApiError, ApiResult};
-use crate::input::Json;
-use crate::server::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// Longest retention accepted, in months (a hundred years).
 pub const MAX_MONTHS: i32 = 1200;
@@ -42,7 +36,7 @@ const LOCK: &str = "phoenix.audit.housekeeping";
 const ACTOR: &str = "system:housekeeping";
 
 /// The month of a partition named `audit_log_pYYYYMM`; `None` for any other name.
-fn partition_month(name: &str) -> Option<NaiveDate> {
+pub(crate) fn partition_month(name: &str) -> Option<NaiveDate> {
     let digits = name.strip_prefix("audit_log_p")?;
     if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -57,7 +51,7 @@ fn month_of(day: NaiveDate) -> NaiveDate {
 
 /// The oldest month kept on `today`: the current month and the `months`
 /// whole months before it are kept, anything older is dropped.
-fn first_kept(today: NaiveDate, months: u32) -> NaiveDate {
+pub(crate) fn first_kept(today: NaiveDate, months: u32) -> NaiveDate {
     month_of(today)
         .checked_sub_months(Months::new(months))
         .unwrap_or(NaiveDate::MIN)
@@ -171,113 +165,6 @@ pub async fn run(state: AppState, shutdown: Shutdown) {
         }
         housekeep_logged(&state.pool).await;
     }
-}
-
-/// How long audit entries are kept.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Retention {
-    /// Whole months kept before the current one; older months are dropped
-    /// (at most an hour later).
-    pub months: i32,
-    /// The oldest month kept now, `YYYY-MM`.
-    pub first_kept: String,
-    /// The months the log holds (its partitions, some ahead), oldest first, `YYYY-MM`.
-    pub held: Vec<String>,
-    pub updated_at: DateTime<Utc>,
-    /// `user:<name>`, or `default` until an admin sets it.
-    pub updated_by: String,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct RetentionChange {
-    /// Whole months to keep before the current one, 1 to 1200.
-    pub months: i32,
-}
-
-async fn load(state: &AppState) -> ApiResult<Retention> {
-    let row = sqlx::query(
-        "SELECT retention_months, updated_at, updated_by, (now() AT TIME ZONE 'UTC')::date AS today \
-         FROM audit_settings",
-    )
-    .fetch_one(&state.pool)
-    .await?;
-    let names: Vec<String> = sqlx::query_scalar(
-        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-         WHERE i.inhparent = 'audit_log'::regclass ORDER BY 1",
-    )
-    .fetch_all(&state.pool)
-    .await?;
-    let months: i32 = row.get("retention_months");
-    Ok(Retention {
-        months,
-        first_kept: first_kept(row.get("today"), months.max(1).unsigned_abs())
-            .format("%Y-%m")
-            .to_string(),
-        held: names
-            .iter()
-            .filter_map(|n| partition_month(n))
-            .map(|m| m.format("%Y-%m").to_string())
-            .collect(),
-        updated_at: row.get("updated_at"),
-        updated_by: row.get("updated_by"),
-    })
-}
-
-/// The audit log's retention (admin).
-#[utoipa::path(get, path = "/api/v1/audit/retention", tag = "audit",
-    responses((status = 200, body = Retention), (status = 401), (status = 403)),
-    security(("bearer" = [])))]
-pub async fn show(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Retention>> {
-    caller
-        .require(Role::Admin, "audit.retention.read", &state)
-        .await?;
-    Ok(Json(load(&state).await?))
-}
-
-/// Set the audit log's retention (admin, audited). Months older than the
-/// new retention are dropped by the housekeeping right after, each drop
-/// audited as `audit.partition.drop`.
-#[utoipa::path(put, path = "/api/v1/audit/retention", tag = "audit", request_body = RetentionChange,
-    responses((status = 200, body = Retention),
-        (status = 400, description = "`months` is not between 1 and 1200 (`invalid_retention`)"),
-        (status = 401), (status = 403)),
-    security(("bearer" = [])))]
-pub async fn update(
-    State(state): State<AppState>,
-    caller: Caller,
-    Json(change): Json<RetentionChange>,
-) -> ApiResult<Json<Retention>> {
-    caller
-        .require(Role::Admin, "audit.retention.update", &state)
-        .await?;
-    if !(1..=MAX_MONTHS).contains(&change.months) {
-        return Err(ApiError::bad_request(
-            "invalid_retention",
-            format!(
-                "months must be between 1 and {MAX_MONTHS}: the current month and at least \
-                 the one before it are always kept"
-            ),
-        ));
-    }
-    let mut tx = state.pool.begin().await?;
-    let before: i32 = sqlx::query_scalar("SELECT retention_months FROM audit_settings FOR UPDATE")
-        .fetch_one(&mut *tx)
-        .await?;
-    sqlx::query(
-        "UPDATE audit_settings SET retention_months = $1, updated_at = now(), updated_by = $2",
-    )
-    .bind(change.months)
-    .bind(caller.actor())
-    .execute(&mut *tx)
-    .await?;
-    caller
-        .event("audit.retention.update", "audit_log")
-        .details(serde_json::json!({ "from": before, "to": change.months }))
-        .record(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    state.audit.housekeeping.notify_one();
-    Ok(Json(load(&state).await?))
 }
 
 #[cfg(test)]

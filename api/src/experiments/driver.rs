@@ -28,7 +28,7 @@ use super::{DRIVER_ACTOR, Transition, TransitionFields, after_commit};
 use crate::AppState;
 use crate::kpi::{self, Prometheus, Subject};
 use crate::pipeline_spec::task;
-use crate::server::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// How the driver paces itself; each from the environment (humantime
 /// durations such as `2s` or `500ms`).

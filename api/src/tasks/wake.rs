@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::server::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// The notification channel; the payload is the agent id.
 pub const CHANNEL: &str = "phoenix_tasks";

@@ -1,6 +1,8 @@
 //! Exit codes: 0 stopped cleanly (or config valid); 1 bad config or start-up
 //! failure; 2 the shutdown timeout ran out and remaining processes were killed.
 
+#![forbid(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,6 +1,8 @@
 //! Exit codes: 0 done (health: pass); 1 refused or failed (health: warn);
 //! 2 health: fail, or the supervisor cannot be reached.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -9,6 +9,8 @@
 //! phoenix-testprog orphans COUNT LINGER_MS        leave COUNT children that outlive us
 //! phoenix-testprog sleep MS                        sleep, then exit 0
 
+#![forbid(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::Arc;
