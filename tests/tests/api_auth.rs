@@ -9,10 +9,6 @@ use phoenix_tests::{Stack, wait_until};
 
 use serde_json::{Value, json};
 
-fn code(r: &phoenix_tests::Reply) -> &str {
-    r.body["code"].as_str().unwrap_or("")
-}
-
 #[test]
 fn login_refresh_rotation_reuse_and_logout() {
     let s = Stack::start("");
@@ -25,7 +21,7 @@ fn login_refresh_rotation_reuse_and_logout() {
 
     let wrong = s.login_attempt("admin", "admin123");
     assert_eq!(
-        (wrong.status, code(&wrong)),
+        (wrong.status, wrong.code()),
         (401, "invalid_credentials"),
         "no default password: {wrong:?}"
     );
@@ -69,7 +65,7 @@ fn login_refresh_rotation_reuse_and_logout() {
         &json!({ "refresh_token": refresh1 }),
     );
     assert_eq!(
-        (reuse.status, code(&reuse)),
+        (reuse.status, reuse.code()),
         (401, "refresh_reused"),
         "{reuse:?}"
     );
@@ -79,12 +75,12 @@ fn login_refresh_rotation_reuse_and_logout() {
         &json!({ "refresh_token": refresh2 }),
     );
     assert_eq!(
-        (after.status, code(&after)),
+        (after.status, after.code()),
         (401, "session_revoked"),
         "{after:?}"
     );
     let revoked = s.get(Some(&access2), "/api/v1/auth/me");
-    assert_eq!((revoked.status, code(&revoked)), (401, "token_revoked"));
+    assert_eq!((revoked.status, revoked.code()), (401, "token_revoked"));
     assert_eq!(
         s.get(Some(&access), "/api/v1/auth/me").status,
         401,
@@ -99,7 +95,7 @@ fn login_refresh_rotation_reuse_and_logout() {
         204
     );
     let out = s.get(Some(&token), "/api/v1/auth/me");
-    assert_eq!((out.status, code(&out)), (401, "token_revoked"));
+    assert_eq!((out.status, out.code()), (401, "token_revoked"));
 
     let admin = s.admin_token();
     let entries = s.audit(&admin, "action=auth.");
@@ -192,7 +188,7 @@ fn forged_expired_and_malformed_tokens_are_refused_and_audited() {
             s.get(Some(token), "/api/v1/users")
         };
         assert_eq!(
-            (r.status, code(&r)),
+            (r.status, r.code()),
             (401, *expected),
             "token {token:?}: {r:?}"
         );
@@ -230,7 +226,7 @@ fn roles_users_injection_and_audit() {
 
     for token in [&operator, &viewer] {
         let r = s.get(Some(token), "/api/v1/users");
-        assert_eq!((r.status, code(&r)), (403, "forbidden"), "{r:?}");
+        assert_eq!((r.status, r.code()), (403, "forbidden"), "{r:?}");
         assert_eq!(s.get(Some(token), "/api/v1/audit").status, 403);
         let r = s.post(
             Some(token),
@@ -250,7 +246,7 @@ fn roles_users_injection_and_audit() {
         &json!({ "username": "OLIVIA", "password": "another-password-1", "role": "viewer" }),
     );
     assert_eq!(
-        (dup.status, code(&dup)),
+        (dup.status, dup.code()),
         (409, "user_exists"),
         "user names are case-insensitive: {dup:?}"
     );
@@ -259,7 +255,7 @@ fn roles_users_injection_and_audit() {
         "/api/v1/users",
         &json!({ "username": "weak", "password": "short", "role": "viewer" }),
     );
-    assert_eq!((weak.status, code(&weak)), (400, "weak_password"));
+    assert_eq!((weak.status, weak.code()), (400, "weak_password"));
     let bad_role = s.post(
         Some(&admin),
         "/api/v1/users",
@@ -277,9 +273,9 @@ fn roles_users_injection_and_audit() {
         "/api/v1/users",
         &json!({ "username": evil, "password": "long-enough-pass", "role": "viewer" }),
     );
-    assert_eq!((r.status, code(&r)), (400, "invalid_username"));
+    assert_eq!((r.status, r.code()), (400, "invalid_username"));
     let r = s.login_attempt(evil, "x' OR '1'='1");
-    assert_eq!((r.status, code(&r)), (401, "invalid_credentials"));
+    assert_eq!((r.status, r.code()), (401, "invalid_credentials"));
     let r = s.get(Some(&admin), "/api/v1/audit?actor=x'%20OR%20'1'='1");
     assert_eq!(r.status, 200);
     assert_eq!(
@@ -330,13 +326,13 @@ fn roles_users_injection_and_audit() {
     assert_eq!(r.status, 401);
 
     let r = s.delete(Some(&admin), &format!("/api/v1/users/{admin_id}"));
-    assert_eq!((r.status, code(&r)), (409, "delete_self"));
+    assert_eq!((r.status, r.code()), (409, "delete_self"));
     let r = s.patch(
         Some(&admin),
         &format!("/api/v1/users/{admin_id}"),
         &json!({ "role": "viewer" }),
     );
-    assert_eq!((r.status, code(&r)), (409, "last_admin"), "{r:?}");
+    assert_eq!((r.status, r.code()), (409, "last_admin"), "{r:?}");
     assert_eq!(
         s.delete(Some(&admin), &format!("/api/v1/users/{victor}"))
             .status,
@@ -388,7 +384,7 @@ fn a_flood_of_wrong_passwords_does_not_lock_the_admin_out() {
     for _ in 0..12 {
         let r = s.login_attempt_from(flooder, "admin", "wrong-password-1");
         if r.status == 429 {
-            assert_eq!(code(&r), "rate_limited", "{r:?}");
+            assert_eq!(r.code(), "rate_limited", "{r:?}");
             waits.push(retry_after(&r));
         }
         statuses.push(r.status);
@@ -411,7 +407,7 @@ fn a_flood_of_wrong_passwords_does_not_lock_the_admin_out() {
     }
     let r = s.login_attempt_from(source(10), "admin", "wrong-password-3");
     assert_eq!(
-        (r.status, code(&r)),
+        (r.status, r.code()),
         (429, "rate_limited"),
         "an address that failed waits for the account: {r:?}"
     );
@@ -465,36 +461,27 @@ fn metrics_are_for_the_local_prometheus_and_admins_only() {
     };
     let refused = scrape(Some(&viewer));
     assert_eq!(
-        (refused.status, code(&refused)),
+        (refused.status, refused.code()),
         (403, "forbidden"),
         "{refused:?}"
     );
     let forged = scrape(Some("not-a-token"));
     assert_eq!(forged.status, 401, "{forged:?}");
-    let response = phoenix_tests::https()
-        .get(s.ports.api_url("/metrics"))
-        .bearer_auth(&admin)
-        .send()
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    assert!(
-        response
-            .text()
-            .unwrap()
-            .contains("phoenix_api_agents_connected")
-    );
-    // Over loopback without a token: the appliance's Prometheus.
-    let response = phoenix_tests::https()
-        .get(s.ports.api_url("/metrics"))
-        .send()
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    assert!(
-        response
-            .text()
-            .unwrap()
-            .contains("phoenix_api_agents_connected")
-    );
+    // An admin's token, and over loopback no token (the appliance's Prometheus).
+    for token in [Some(admin.as_str()), None] {
+        let mut request = phoenix_tests::https().get(s.ports.api_url("/metrics"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().unwrap();
+        assert_eq!(response.status().as_u16(), 200, "token {token:?}");
+        assert!(
+            response
+                .text()
+                .unwrap()
+                .contains("phoenix_api_agents_connected")
+        );
+    }
     let r = s.reply(s.agent(reqwest::Method::GET, "/metrics"));
     assert_eq!(r.status, 404, "not on the agent listener: {r:?}");
     // And Prometheus still scrapes the API.
@@ -550,7 +537,7 @@ fn bodies_routes_openapi_and_tls_reload() {
         "{metrics}"
     );
     let r = s.get(Some(&admin), "/api/v1/no-such-thing");
-    assert_eq!((r.status, code(&r)), (404, ""), "{r:?}");
+    assert_eq!((r.status, r.code()), (404, ""), "{r:?}");
     assert_eq!(r.headers["content-type"], "application/problem+json");
     let r = s.post(None, "/api/v1/auth/login", &json!({ "user": "admin" }));
     assert!(
