@@ -789,7 +789,13 @@ fn illegal_transitions_failures_stops_and_rollbacks() {
     wait_until("the stale group deleted", Duration::from_secs(45), || {
         (!pushgateway_text(&s).contains(&e2)).then_some(())
     });
-    assert!(swept() > swept_before, "the housekeeping sweep deleted it");
+    // The sweep logs after its deletions, and the log passes through the
+    // supervisor's pipe: wait for the line rather than read it at once.
+    wait_until(
+        "the housekeeping sweep logged the deletion",
+        Duration::from_secs(15),
+        || (swept() > swept_before).then_some(()),
+    );
 
     // A candidate that filters processes away loses host totals: measured,
     // recommended for rollback, and rolled back.
