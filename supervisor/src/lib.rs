@@ -4,8 +4,6 @@
 // Only `process` may use `unsafe` (below); everything else is checked.
 #![deny(unsafe_code)]
 
-pub mod acme;
-pub mod certs;
 pub mod cgroup;
 pub mod config;
 pub mod control;
@@ -22,12 +20,12 @@ pub mod probe;
 // The forked child's `pre_exec` hook (cgroup entry, user switch, kept
 // capabilities) has no safe interface in std or nix; each block there says
 // why it is sound.
+pub mod prepare;
 #[allow(unsafe_code)]
 pub mod process;
 pub mod reaper;
 pub mod run;
 pub mod scaling;
-pub mod state;
 pub mod status;
 pub mod supervisor;
 pub mod tls;

@@ -17,7 +17,8 @@ use crate::config::{self, LoadOptions};
 use crate::reaper::Reaper;
 use crate::status::now_ms;
 use crate::supervisor::{Context, Event, Outcome, Supervisor};
-use crate::{acme, certs, control, health, leftovers, listen, pid1, scaling, state};
+use crate::tls::{acme, renewal};
+use crate::{control, health, leftovers, listen, pid1, prepare, scaling};
 
 pub struct RunOptions {
     pub config: PathBuf,
@@ -42,8 +43,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     // What a killed supervisor left running holds ports and data
     // directories: stopped before they are checked.
     leftovers::stop_leftovers(&config.supervisor.run_dir).await?;
-    state::preflight(&config)?;
-    let prepared = state::prepare(&config)?;
+    prepare::preflight(&config)?;
+    let prepared = prepare::prepare(&config)?;
 
     let health_listener = tokio::net::TcpListener::bind(config.health.listen)
         .await
@@ -68,7 +69,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
 
     let (tx, rx) = mpsc::unbounded_channel();
     let heartbeat = Arc::new(AtomicU64::new(now_ms()));
-    let certificate = certs::Shared::default();
+    let certificate = renewal::Shared::default();
     let renew_certificate = Arc::new(tokio::sync::Notify::new());
     let https_port = Arc::new(std::sync::atomic::AtomicU16::new(config.tls.https_port));
     spawn_certificate_tasks(
@@ -152,7 +153,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
 /// reach them at the next start of the supervisor.
 fn spawn_certificate_tasks(
     tls: &TlsSettings,
-    shared: &certs::Shared,
+    shared: &renewal::Shared,
     renew: &Arc<tokio::sync::Notify>,
     https_port: &Arc<std::sync::atomic::AtomicU16>,
     tx: &mpsc::UnboundedSender<Event>,
@@ -173,7 +174,7 @@ fn spawn_certificate_tasks(
                 challenges: challenges.clone(),
             });
             let events = events.clone();
-            certs::run(
+            renewal::run(
                 tls.clone(),
                 issuer,
                 renew.clone(),

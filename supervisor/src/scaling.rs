@@ -324,7 +324,7 @@ pub async fn run<S: Sampler>(
                 }
             }
         }
-        *crate::certs::lock(&shared) = statuses;
+        *crate::tls::renewal::lock(&shared) = statuses;
         changed();
     }
 }

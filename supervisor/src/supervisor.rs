@@ -21,10 +21,10 @@ use crate::config::{self, Config, LoadOptions, Probe, RestartPolicy, ServiceSpec
 use crate::control::{Request, Response};
 use crate::leftovers;
 use crate::logs::{self, ServiceLog};
+use crate::prepare;
 use crate::probe::{self, Prober};
 use crate::process::{self, RunAs};
 use crate::reaper::{ExitStatus, Reaper};
-use crate::state;
 use crate::status::{ResourceShortage, ServiceStatus, Snapshot, State, now_ms, unix_ms};
 
 #[derive(Debug)]
@@ -187,7 +187,7 @@ pub struct Context {
     pub pid1: bool,
     pub heartbeat: Arc<AtomicU64>,
     /// The certificate task's status, read into every snapshot.
-    pub certificate: crate::certs::Shared,
+    pub certificate: crate::tls::renewal::Shared,
     /// Wakes the certificate task for an ACME order now.
     pub renew_certificate: Arc<tokio::sync::Notify>,
     /// The capacity triggers' statuses, read into every snapshot.
@@ -232,7 +232,7 @@ struct Shortage {
 impl Supervisor {
     pub fn new(
         config: Config,
-        prepared: state::Prepared,
+        prepared: prepare::Prepared,
         ctx: Context,
         tx: mpsc::UnboundedSender<Event>,
     ) -> (Self, watch::Receiver<Snapshot>) {
@@ -592,10 +592,10 @@ impl Supervisor {
             Err(_) => None,
         };
         let rt = &mut self.services[i];
-        state::service_dirs(&rt.spec, rt.run_as.as_ref())
+        prepare::service_dirs(&rt.spec, rt.run_as.as_ref())
             .map_err(|e| failure(&e, e.to_string()))?;
         for f in &rt.spec.files {
-            state::write_generated(f)
+            prepare::write_generated(f)
                 .map_err(|e| failure(&e, format!("cannot write {}: {e}", f.path.display())))?;
         }
         let mut cmd = process::command(&rt.spec.command, &rt.spec, rt.run_as.as_ref(), cgroup_fd)
@@ -1172,11 +1172,11 @@ impl Supervisor {
             .map_err(|e| e.to_string())?;
         let certificate = |c: &Config| std::fs::read(&c.tls.cert).ok();
         let certificate_before = certificate(&self.config);
-        let unreachable = state::unreachable(&new);
+        let unreachable = prepare::unreachable(&new);
         if !unreachable.is_empty() {
             return Err(unreachable.join("\n"));
         }
-        let prepared = state::prepare(&new).map_err(|e| format!("{e:#}"))?;
+        let prepared = prepare::prepare(&new).map_err(|e| format!("{e:#}"))?;
         let new_certificate = certificate(&new) != certificate_before;
         let mut notes = Vec::new();
         if new.supervisor != self.config.supervisor {
@@ -1206,7 +1206,7 @@ impl Supervisor {
                         && let Some(pid) = rt.pid
                     {
                         for f in &spec.files {
-                            state::write_generated(f)
+                            prepare::write_generated(f)
                                 .map_err(|e| format!("cannot write {}: {e}", f.path.display()))?;
                         }
                         process::signal(pid, sig);
@@ -1321,9 +1321,9 @@ impl Supervisor {
                     },
                 })
                 .collect(),
-            certificate: Some(crate::certs::lock(&self.ctx.certificate).clone())
+            certificate: Some(crate::tls::renewal::lock(&self.ctx.certificate).clone())
                 .filter(|c| !c.mode.is_empty()),
-            scaling: crate::certs::lock(&self.ctx.scaling).clone(),
+            scaling: crate::tls::renewal::lock(&self.ctx.scaling).clone(),
         }
     }
 
@@ -1472,7 +1472,8 @@ mod tests {
             scaling: Default::default(),
             https_port: Default::default(),
         };
-        let (sup, _snapshot) = Supervisor::new(config, state::Prepared::default(), ctx, tx.clone());
+        let (sup, _snapshot) =
+            Supervisor::new(config, prepare::Prepared::default(), ctx, tx.clone());
         tokio::spawn(sup.run(rx));
         (tx, dir)
     }

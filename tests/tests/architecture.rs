@@ -242,7 +242,6 @@ fn circles(graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Vec<Vec<Stri
 /// shrink: a new circle fails, and so does a listed one that is gone (then
 /// delete its line).
 const KNOWN_CIRCLES: &[(&str, &[&str])] = &[
-    ("supervisor", &["certs", "tls"]),
     ("supervisor", &["control", "supervisor"]),
     ("api", &["agents", "experiments", "kpi", "tasks"]),
 ];

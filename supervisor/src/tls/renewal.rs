@@ -11,12 +11,11 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context as _;
 use phoenix_backoff::Backoff;
 use tokio::sync::Notify;
 
+use super::{CertInfo, Issued, inspect, install, key_matches, leaf_der};
 use crate::config::TlsSettings;
-use crate::fsafe;
 use crate::process::RunAs;
 use crate::status::{CertificateStatus, unix_ms};
 
@@ -31,13 +30,6 @@ fn check_interval() -> Duration {
         .and_then(|v| humantime::parse_duration(&v).ok())
         .filter(|d| !d.is_zero())
         .unwrap_or(CHECK_INTERVAL)
-}
-
-/// The leaf certificate (DER) of a PEM chain.
-fn leaf_der(pem: &[u8]) -> Option<Vec<u8>> {
-    x509_parser::pem::parse_x509_pem(pem)
-        .ok()
-        .map(|(_, p)| p.contents)
 }
 
 /// The leaf certificate the API serves at `addr`, DER.
@@ -61,52 +53,6 @@ pub const RETRY: Backoff =
         Ok(b) => b,
         Err(_) => panic!("valid backoff"),
     };
-
-/// What a certificate says of itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertInfo {
-    /// DNS names and IP addresses of its subjectAltName.
-    pub names: Vec<String>,
-    pub issuer: String,
-    pub self_signed: bool,
-    pub not_before: SystemTime,
-    pub not_after: SystemTime,
-}
-
-/// The first certificate of a PEM file (the leaf of a chain).
-pub fn inspect(pem: &[u8]) -> anyhow::Result<CertInfo> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).context("not a PEM certificate")?;
-    let cert = pem.parse_x509().context("not an X.509 certificate")?;
-    let mut names = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            match name {
-                x509_parser::extensions::GeneralName::DNSName(n) => names.push(n.to_string()),
-                x509_parser::extensions::GeneralName::IPAddress(bytes) => {
-                    let ip = match bytes.len() {
-                        4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
-                        16 => <[u8; 16]>::try_from(*bytes)
-                            .ok()
-                            .map(std::net::IpAddr::from),
-                        _ => None,
-                    };
-                    names.extend(ip.map(|ip| ip.to_string()));
-                }
-                _ => {}
-            }
-        }
-    }
-    let time = |t: x509_parser::time::ASN1Time| {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64)
-    };
-    Ok(CertInfo {
-        names,
-        issuer: cert.issuer().to_string(),
-        self_signed: cert.issuer() == cert.subject(),
-        not_before: time(cert.validity().not_before),
-        not_after: time(cert.validity().not_after),
-    })
-}
 
 /// When the next ACME order is due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,46 +85,9 @@ pub fn renewal(cert: Option<&CertInfo>, hostnames: &[String]) -> Due {
     Due::At(cert.not_after - lifetime / 3)
 }
 
-/// Whether the PEM key belongs to the PEM certificate; None when the key
-/// is of a kind that cannot be read here (the API will tell).
-pub fn key_matches(cert_pem: &[u8], key_pem: &[u8]) -> Option<bool> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem).ok()?;
-    let cert = pem.parse_x509().ok()?;
-    let key = rcgen::KeyPair::from_pem(std::str::from_utf8(key_pem).ok()?).ok()?;
-    Some(cert.public_key().raw == key.public_key_der().as_slice())
-}
-
 /// Gets a new certificate chain and its key, both PEM.
 pub trait Issuer {
     fn issue(&self) -> impl Future<Output = anyhow::Result<Issued>> + Send;
-}
-
-pub struct Issued {
-    pub chain_pem: String,
-    pub key_pem: String,
-}
-
-/// Writes a new key and certificate so that readers always find a whole
-/// file; the key first, so a certificate is never newer than its key. The
-/// key's owner (the API's user) must exist: a key it cannot read would only
-/// fail later, in the API.
-/// Returns what the installed certificate says of itself.
-pub fn install(tls: &TlsSettings, issued: &Issued) -> anyhow::Result<CertInfo> {
-    let info = inspect(issued.chain_pem.as_bytes()).context("the CA's certificate")?;
-    let owner = tls
-        .key_owner
-        .as_deref()
-        .map(|name| RunAs::lookup(name).with_context(|| format!("the key's owner {name:?}")))
-        .transpose()?;
-    if let Some(dir) = tls.cert.parent() {
-        fsafe::ensure_private_dir(dir, 0o755)?;
-    }
-    let owner = owner.as_ref().map(RunAs::owner);
-    fsafe::write_atomic(&tls.key, issued.key_pem.as_bytes(), 0o600, owner)
-        .with_context(|| format!("writing {}", tls.key.display()))?;
-    fsafe::write_atomic(&tls.cert, issued.chain_pem.as_bytes(), 0o644, None)
-        .with_context(|| format!("writing {}", tls.cert.display()))?;
-    Ok(info)
 }
 
 /// The certificate's status, shared by this task, the plain-HTTP listener
@@ -240,10 +149,10 @@ pub async fn run<I: Issuer>(
         // The self-signed certificate is renewed here too, 30 days ahead.
         if issuer.is_none()
             && tls.self_signed
-            && crate::tls::expires_within(&tls.cert, crate::tls::RENEW_BEFORE)
+            && super::expires_within(&tls.cert, super::RENEW_BEFORE)
         {
             let owner = tls.key_owner.as_deref().and_then(|n| RunAs::lookup(n).ok());
-            match crate::tls::ensure_self_signed(&tls, owner.as_ref()) {
+            match super::ensure_self_signed(&tls, owner.as_ref()) {
                 Ok(()) => installed = true,
                 Err(e) => tracing::warn!(
                     error = format!("{e:#}"),

@@ -23,7 +23,8 @@ use instant_acme::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::certs::{Issued, Issuer, Shared};
+use super::Issued;
+use super::renewal::{Issuer, Shared};
 use crate::config::AcmeSettings;
 use crate::fsafe::write_atomic;
 
@@ -305,7 +306,7 @@ pub async fn serve_http(addr: SocketAddr, app: Router, shared: Shared, changed: 
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
                 {
-                    let mut s = crate::certs::lock(&shared);
+                    let mut s = super::renewal::lock(&shared);
                     s.http_listen = Some(addr.to_string());
                     s.http_error = None;
                 }
@@ -314,7 +315,7 @@ pub async fn serve_http(addr: SocketAddr, app: Router, shared: Shared, changed: 
                 return crate::listen::serve_http("plain HTTP", listener, app).await;
             }
             Err(e) => {
-                let delay = crate::certs::RETRY
+                let delay = super::renewal::RETRY
                     .delay(attempt)
                     .min(Duration::from_secs(300));
                 attempt = attempt.saturating_add(1);
@@ -323,7 +324,7 @@ pub async fn serve_http(addr: SocketAddr, app: Router, shared: Shared, changed: 
                     tracing::warn!(error = %why, "no ACME challenges or HTTPS redirect until it can; retrying");
                 }
                 {
-                    let mut s = crate::certs::lock(&shared);
+                    let mut s = super::renewal::lock(&shared);
                     s.http_listen = Some(addr.to_string());
                     s.http_error = Some(why);
                 }

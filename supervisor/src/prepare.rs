@@ -89,7 +89,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         // A certificate from the CA is renewed by the certificate task; a
         // self-signed stand-in serves only until the first one comes.
         let pair_fits = match (fs::read(&tls.cert), fs::read(&tls.key)) {
-            (Ok(cert), Ok(key)) => crate::certs::key_matches(&cert, &key) != Some(false),
+            (Ok(cert), Ok(key)) => crate::tls::key_matches(&cert, &key) != Some(false),
             _ => false,
         };
         if crate::tls::expires_within(&tls.cert, std::time::Duration::ZERO) || !pair_fits {
