@@ -132,6 +132,7 @@
             pkgs.postgresql_15
             pkgs.prometheus
             pkgs.prometheus-pushgateway
+            pkgs.pgbackrest
             pkgs.curl
             pkgs.jq
           ];

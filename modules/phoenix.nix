@@ -101,6 +101,10 @@ in
       extraDescription = "Linked at ${linkDir}/pushgateway.";
     };
 
+    pgbackrestPackage = lib.mkPackageOption pkgs "pgbackrest" {
+      extraDescription = "Linked at ${linkDir}/pgbackrest; it archives WAL and takes the backups of `[backup]`.";
+    };
+
     settings = lib.mkOption {
       type = lib.types.submodule {
         freeformType = settingsFormat.type;
@@ -121,6 +125,12 @@ in
             bin = programOption {
               default = "${linkDir}/pushgateway/bin/pushgateway";
               what = "The Pushgateway program";
+            };
+          };
+          backup = sectionOption "backup" {
+            pgbackrest = programOption {
+              default = "${linkDir}/pgbackrest/bin/pgbackrest";
+              what = "The pgBackRest program";
             };
           };
         };
@@ -197,6 +207,9 @@ in
     }
     // lib.optionalAttrs (sectionEnabled "pushgateway") {
       "phoenix/pkgs/pushgateway".source = cfg.pushgatewayPackage;
+    }
+    // lib.optionalAttrs (sectionEnabled "postgres" && sectionEnabled "backup") {
+      "phoenix/pkgs/pgbackrest".source = cfg.pgbackrestPackage;
     };
 
     # Fixed ids where NixOS has them (postgres, prometheus), so that data

@@ -7,6 +7,7 @@
 , postgresql_15
 , prometheus
 , prometheus-pushgateway
+, pgbackrest
 }:
 
 writeShellApplication {
@@ -27,6 +28,9 @@ writeShellApplication {
 
     [pushgateway]
     bin = "${prometheus-pushgateway}/bin/pushgateway"
+
+    [backup]
+    pgbackrest = "${pgbackrest}/bin/pgbackrest"
     TOML
     fi
     echo "Phoenix dev stack (config: $config): health http://127.0.0.1:8081/health, API https://127.0.0.1:8443"

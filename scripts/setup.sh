@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Install what Phoenix needs to build, run and test on Debian/Ubuntu:
-# PostgreSQL 15, Prometheus, the Pushgateway, runit (benchmark peer),
+# PostgreSQL 15, pgBackRest, Prometheus, the Pushgateway, runit (benchmark peer),
 # util-linux (unshare), pebble (ACME), schemathesis (PyPI) and the `phoenix`
 # system user.
 # Idempotent.
 set -euo pipefail
 
-packages=(postgresql prometheus prometheus-pushgateway runit util-linux procps curl ca-certificates
+packages=(postgresql pgbackrest prometheus prometheus-pushgateway runit util-linux procps curl ca-certificates
   # the boot test: a Debian root file system, kernel modules, an initramfs, qemu (TCG)
   debootstrap busybox-static e2fsprogs cpio kmod qemu-system-x86
   # the Nix checks: nix-instantiate (Debian's Nix)

@@ -27,7 +27,7 @@ log() { echo "build-image: $*" >&2; }
 log "root file system (debootstrap $suite from $mirror)"
 root="$work/root"
 debootstrap --variant=minbase \
-  --include=postgresql-15,prometheus,prometheus-pushgateway,iproute2,ca-certificates \
+  --include=postgresql-15,pgbackrest,prometheus,prometheus-pushgateway,iproute2,ca-certificates \
   "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 ||
   { tail -n 30 "$work/debootstrap.log" >&2; exit 1; }
 

@@ -34,7 +34,40 @@ pub struct FileConfig {
     #[serde(default)]
     pub scaling: ScalingSection,
     #[serde(default)]
+    pub backup: BackupSection,
+    #[serde(default)]
     pub services: BTreeMap<String, ServiceTable>,
+}
+
+/// `[backup]`: pgBackRest, run by the supervisor, for the managed PostgreSQL.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSection {
+    pub enable: Option<bool>,
+    /// The pgBackRest program.
+    #[serde(default, deserialize_with = "units::path")]
+    pub pgbackrest: Option<PathBuf>,
+    /// The local repository (repo1).
+    #[serde(default, deserialize_with = "units::path")]
+    pub repo: Option<PathBuf>,
+    /// Cron expressions (five fields, UTC) of each backup type; "" turns
+    /// one off.
+    pub full: Option<String>,
+    pub diff: Option<String>,
+    pub incr: Option<String>,
+    /// Days a full backup (and the WAL it needs) is kept in the local repository.
+    pub retention_full_days: Option<CountIn<1, 3650>>,
+    /// PostgreSQL's archive_timeout: the most committed data a lost
+    /// machine can lose.
+    pub archive_timeout: Option<DurationIn<SECOND, HOUR>>,
+    /// Push WAL from a spool in the background (pgBackRest archive-async).
+    pub archive_async: Option<bool>,
+    /// Verify every full backup by `pgbackrest verify` and a test restore.
+    pub verify: Option<bool>,
+    /// zst, lz4, gz, bz2 or none.
+    pub compress: Option<String>,
+    /// Parallel processes for backup and restore.
+    pub process_max: Option<CountIn<1, 64>>,
 }
 
 /// `[scaling]`: capacity checks against the reviewed deployment's triggers.

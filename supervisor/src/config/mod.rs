@@ -340,6 +340,7 @@ fn expand(raw: FileConfig, loc: &Located<'_>, opts: &LoadOptions) -> Result<Conf
         health,
         tls: expanded.tls,
         scaling: expanded.scaling,
+        backup: expanded.backup,
         secrets: expanded.secrets,
         services,
     })

@@ -18,6 +18,8 @@ pub struct Config {
     pub health: HealthSettings,
     pub tls: TlsSettings,
     pub scaling: ScalingSettings,
+    /// `None`: no managed PostgreSQL, or `[backup] enable = false`.
+    pub backup: Option<BackupSettings>,
     /// Secrets generated once on first start (random, mode 0600).
     pub secrets: Vec<SecretSpec>,
     /// Services in dependency order: each comes after everything it depends on.
@@ -295,6 +297,65 @@ impl ServiceSpec {
         let mut a = self.clone();
         a.files = other.files.clone();
         a == *other && self.files != other.files
+    }
+}
+
+/// `[backup]`, resolved: what the supervisor needs to run pgBackRest for
+/// the managed PostgreSQL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupSettings {
+    pub pgbackrest: PathBuf,
+    /// pgBackRest's stanza: the one cluster it backs up.
+    pub stanza: String,
+    /// The directory holding the generated `pgbackrest.conf` (`--config-path`).
+    pub config_path: PathBuf,
+    pub repo: PathBuf,
+    /// Scratch space of the test restore.
+    pub verify_dir: PathBuf,
+    /// PostgreSQL's user, which pgBackRest runs as.
+    pub user: Option<String>,
+    pub pg_bin: PathBuf,
+    pub pg_port: u16,
+    pub pg_socket_dir: PathBuf,
+    pub pg_data: PathBuf,
+    pub superuser: String,
+    pub superuser_password: PathBuf,
+    /// The API's database, checked by the test restore.
+    pub database: String,
+    pub schedules: Vec<Schedule>,
+    pub retention_full_days: u64,
+    pub verify: bool,
+    pub process_max: u64,
+}
+
+/// When a backup of one type is taken: a five-field cron expression, UTC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    pub kind: BackupKind,
+    pub cron: String,
+}
+
+/// pgBackRest's backup types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BackupKind {
+    Incr,
+    Diff,
+    Full,
+}
+
+impl BackupKind {
+    pub const ALL: [BackupKind; 3] = [BackupKind::Full, BackupKind::Diff, BackupKind::Incr];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BackupKind::Full => "full",
+            BackupKind::Diff => "diff",
+            BackupKind::Incr => "incr",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == text)
     }
 }
 

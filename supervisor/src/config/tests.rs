@@ -36,6 +36,7 @@ fn empty_file_is_the_full_appliance() {
             "postgres-init",
             "postgres",
             "postgres-setup",
+            "backup-stanza",
             "prometheus",
             "pushgateway",
             "api"
@@ -645,4 +646,85 @@ fn start_limit_cool_down_defaults_to_5m_doubling_to_1h_and_is_validated() {
         "{err}"
     );
     assert!(err.message.contains("at least cool_down (10m)"), "{err}");
+}
+
+#[test]
+fn backups_archive_wal_by_default_and_take_a_daily_full_and_hourly_diff() {
+    let c = parse_str("").unwrap();
+    let b = c.backup.as_ref().expect("backups on by default");
+    let schedules: Vec<_> = b
+        .schedules
+        .iter()
+        .map(|s| (s.kind.name(), s.cron.as_str()))
+        .collect();
+    assert_eq!(schedules, [("full", "0 2 * * *"), ("diff", "0 * * * *")]);
+    assert_eq!(b.retention_full_days, 7);
+    let pg = c.service("postgres").unwrap();
+    let settings: Vec<_> = pg
+        .command
+        .iter()
+        .filter(|a| a.starts_with("archive_"))
+        .collect();
+    assert_eq!(
+        settings,
+        [
+            "archive_mode=on",
+            "archive_command='/usr/bin/pgbackrest' '--config-path=/var/lib/phoenix/generated/pgbackrest' --stanza=phoenix archive-push %p",
+            "archive_timeout=60",
+        ]
+    );
+    let stanza = c.service("backup-stanza").unwrap();
+    assert!(stanza.oneshot);
+    assert_eq!(stanza.user.as_deref(), Some("postgres"));
+    assert_eq!(stanza.depends_on, ["postgres"]);
+    let conf = &pg.files[0];
+    assert_eq!(
+        conf.path,
+        Path::new("/var/lib/phoenix/generated/pgbackrest/pgbackrest.conf")
+    );
+    assert!(
+        conf.contents
+            .contains("repo1-path=/var/lib/phoenix/backup/repo\n")
+    );
+    assert!(conf.contents.contains("repo1-retention-full=7\n"));
+
+    let off = parse_str("[backup]\nenable = false\n").unwrap();
+    assert!(off.backup.is_none());
+    assert!(off.service("backup-stanza").is_none());
+    let pg = off.service("postgres").unwrap();
+    assert!(!pg.command.iter().any(|a| a.starts_with("archive_")));
+    assert!(pg.files.is_empty());
+
+    let external = parse_str("[postgres]\nenable = false\n[api]\nenable = false\n").unwrap();
+    assert!(external.backup.is_none());
+}
+
+#[test]
+fn bad_backup_settings_are_refused_where_they_are_written() {
+    let e = refused("[backup]\nfull = \"0 0 2 * * *\"\n");
+    assert!(
+        e.starts_with("/etc/phoenix/phoenix.toml:2:1: backup.full: `0 0 2 * * *` is not a cron expression (6 fields, not 5)"),
+        "{e}"
+    );
+    let e = refused("[backup]\ndiff = \"0 25 * * *\"\n");
+    assert!(
+        e.contains(":2:1: backup.diff: `0 25 * * *` is not a cron expression"),
+        "{e}"
+    );
+    let e = refused("[backup]\nfull = \"\"\n");
+    assert!(
+        e.contains("backup.full: a schedule for full backups is needed"),
+        "{e}"
+    );
+    let e = refused("[backup]\ncompress = \"xz\"\n");
+    assert!(e.contains("backup.compress: `xz` is not one of"), "{e}");
+    let e = refused("[backup]\nretention_full_days = 0\n");
+    assert!(e.contains("backup.retention_full_days"), "{e}");
+    let e = refused("[postgres]\nenable = false\n[backup]\nenable = true\n");
+    assert!(
+        e.contains("backup.enable: backups are of the PostgreSQL managed here"),
+        "{e}"
+    );
+    let e = refused("[backup]\nschedule = \"daily\"\n");
+    assert!(e.contains("unknown field `schedule`"), "{e}");
 }

@@ -11,6 +11,20 @@ use crate::config::{ConfigError, LoadOptions, Located, check_user, limits};
 
 pub(super) const GIB: u64 = 1 << 30;
 
+/// PostgreSQL's superuser, and the API's role and database in it.
+pub(super) const POSTGRES_SUPERUSER: &str = "postgres";
+pub(super) const API_DB_USER: &str = "phoenix";
+pub(super) const API_DB_NAME: &str = "phoenix";
+
+/// What [backup] adds to the PostgreSQL server: the WAL archiving
+/// settings, pgBackRest's configuration, and the directories it writes.
+#[derive(Default)]
+pub(super) struct Archive {
+    pub(super) settings: Vec<(&'static str, String)>,
+    pub(super) files: Vec<GeneratedFile>,
+    pub(super) dirs: Vec<PathBuf>,
+}
+
 /// What a section adds to the appliance: services (with their generated
 /// files) and the secrets generated for them on first start.
 #[derive(Default)]
@@ -25,6 +39,19 @@ pub(super) struct Contribution {
 pub(super) struct Peer {
     pub(super) enabled: bool,
     pub(super) listen: SocketAddr,
+}
+
+/// The managed PostgreSQL as [postgres] sets it up, for the sections
+/// that work with it ([backup]).
+pub(super) struct Postgres {
+    /// `[postgres] enable`: run here (otherwise external or none).
+    pub(super) managed: bool,
+    pub(super) port: u16,
+    pub(super) bin: PathBuf,
+    pub(super) data: PathBuf,
+    pub(super) socket_dir: PathBuf,
+    pub(super) user: Option<String>,
+    pub(super) superuser_password: PathBuf,
 }
 
 /// The API's database as [postgres] provides it.
@@ -50,6 +77,7 @@ pub(super) struct Context<'a> {
     pub(super) pushgateway: Peer,
     /// `[health] listen`, where Prometheus scrapes the supervisor.
     pub(super) health_listen: SocketAddr,
+    pub(super) postgres: Postgres,
 }
 
 impl<'a> Context<'a> {
@@ -88,6 +116,26 @@ impl<'a> Context<'a> {
             .pushgateway
             .listen
             .unwrap_or_else(|| push_default.parse().expect("valid address"));
+        let pg = &raw.postgres;
+        let postgres = Postgres {
+            managed: pg.enable.unwrap_or(true),
+            // At most 65535, by its type.
+            port: pg
+                .port
+                .map_or(if opts.dev { 15432 } else { 5432 }, |p| p.0 as u16),
+            bin: pg
+                .bin_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin")),
+            data: sup.state_dir.join("postgres/data"),
+            socket_dir: sup.run_dir.join("postgres"),
+            user: if pg.enable.unwrap_or(true) {
+                user_for(opts, &pg.user, "postgres", loc, "postgres")?
+            } else {
+                None
+            },
+            superuser_password: sup.state_dir.join("secrets/postgres-superuser-password"),
+        };
         Ok(Context {
             opts,
             loc,
@@ -111,6 +159,7 @@ impl<'a> Context<'a> {
                 .health
                 .listen
                 .unwrap_or_else(|| "127.0.0.1:8081".parse().expect("valid")),
+            postgres,
         })
     }
 

@@ -1,11 +1,12 @@
 //! The built-in sections expanded into service specs with the appliance's
-//! defaults. Each section has its own file ([tls], [postgres], [prometheus],
-//! [pushgateway], [api], [scaling]) whose `expand` reads its table and the
+//! defaults. Each section has its own file ([tls], [postgres], [backup],
+//! [prometheus], [pushgateway], [api], [scaling]) whose `expand` reads its table and the
 //! shared [`Context`] and returns what the section contributes. What
 //! sections share is in `context.rs`; sections never import from one
 //! another.
 
 mod api;
+mod backup;
 mod context;
 mod postgres;
 mod prometheus;
@@ -24,6 +25,7 @@ pub struct Expanded {
     pub secrets: Vec<SecretSpec>,
     pub tls: TlsSettings,
     pub scaling: ScalingSettings,
+    pub backup: Option<BackupSettings>,
 }
 
 pub fn expand(
@@ -34,14 +36,15 @@ pub fn expand(
 ) -> Result<Expanded, ConfigError> {
     let ctx = Context::new(raw, sup, opts, loc)?;
     let tls = tls::expand(&raw.tls, &ctx)?;
-    let (postgres, database) = postgres::expand(&raw.postgres, &ctx)?;
+    let backup = backup::expand(&raw.backup, &ctx)?;
+    let (postgres, database) = postgres::expand(&raw.postgres, &ctx, &backup.archive)?;
     let prometheus = prometheus::expand(&raw.prometheus, &ctx)?;
     let pushgateway = pushgateway::expand(&raw.pushgateway, &ctx)?;
     let api = api::expand(&raw.api, &ctx, &tls, database)?;
     let scaling = scaling::expand(&raw.scaling, &ctx)?;
     let mut services = Vec::new();
     let mut secrets = Vec::new();
-    for part in [postgres, prometheus, pushgateway, api] {
+    for part in [postgres, backup.contribution, prometheus, pushgateway, api] {
         services.extend(part.services);
         secrets.extend(part.secrets);
     }
@@ -50,5 +53,6 @@ pub fn expand(
         secrets,
         tls,
         scaling,
+        backup: backup.settings,
     })
 }

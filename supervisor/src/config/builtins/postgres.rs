@@ -8,20 +8,20 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use super::context::{Context, Contribution, Database, GIB, arg, path_str, user_for, with_limits};
+use super::context::{
+    API_DB_NAME, API_DB_USER, Archive, Context, Contribution, Database, GIB, POSTGRES_SUPERUSER,
+    arg, path_str, with_limits,
+};
 use crate::config::file::PostgresSection;
 use crate::config::spec::*;
 use crate::config::{ConfigError, Located};
-
-pub const POSTGRES_SUPERUSER: &str = "postgres";
-pub const API_DB_USER: &str = "phoenix";
-pub const API_DB_NAME: &str = "phoenix";
 
 /// The services and secrets of a managed PostgreSQL, and the API's
 /// database (`None` when there is none for it).
 pub(super) fn expand(
     pg: &PostgresSection,
     ctx: &Context<'_>,
+    archive: &Archive,
 ) -> Result<(Contribution, Option<Database>), ConfigError> {
     let loc = ctx.loc;
     if pg.enable.unwrap_or(true) {
@@ -31,7 +31,7 @@ pub(super) fn expand(
                 "external_url and external_password_file are for enable = false (a database not managed here)",
             ));
         }
-        managed(pg, ctx)
+        managed(pg, ctx, archive)
     } else if let Some(url) = &pg.external_url {
         check_database_url(url).map_err(|m| loc.error(&["postgres", "external_url"], m))?;
         let database = Database {
@@ -53,22 +53,20 @@ pub(super) fn expand(
 fn managed(
     pg: &PostgresSection,
     ctx: &Context<'_>,
+    archive: &Archive,
 ) -> Result<(Contribution, Option<Database>), ConfigError> {
     let (opts, loc, state) = (ctx.opts, ctx.loc, ctx.state);
     let mut services = Vec::new();
     let mut secrets = Vec::new();
-    // At most 65535, by its type.
-    let pg_port = pg
-        .port
-        .map_or(if opts.dev { 15432 } else { 5432 }, |p| p.0 as u16);
-    let bin = pg
-        .bin_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
-    let user = user_for(opts, &pg.user, "postgres", loc, "postgres")?;
-    let data = state.join("postgres/data");
-    let socket_dir = ctx.run_dir.join("postgres");
-    let superuser_password = ctx.secrets_dir.join("postgres-superuser-password");
+    let managed = &ctx.postgres;
+    let (pg_port, bin, user, data) = (
+        managed.port,
+        managed.bin.clone(),
+        managed.user.clone(),
+        managed.data.clone(),
+    );
+    let socket_dir = managed.socket_dir.clone();
+    let superuser_password = managed.superuser_password.clone();
     secrets.push(SecretSpec {
         path: superuser_password.clone(),
         owner: user.clone(),
@@ -108,10 +106,16 @@ fn managed(
         format!("unix_socket_directories={}", socket_dir.display()),
     ];
     command.extend(settings_args(pg, loc)?);
+    for (name, value) in &archive.settings {
+        command.push("-c".into());
+        command.push(format!("{name}={value}"));
+    }
     let mut server = ServiceSpec::new("postgres", command);
     server.user = user.clone();
     server.depends_on = vec!["postgres-init".into()];
     server.dirs = vec![socket_dir];
+    server.dirs.extend(archive.dirs.iter().cloned());
+    server.files = archive.files.clone();
     server.readiness = Some(Readiness {
         start_timeout: Duration::from_secs(300),
         ..ServiceSpec::readiness(Probe::Exec(vec![
