@@ -4,6 +4,7 @@
 // Only `process` may use `unsafe` (below); everything else is checked.
 #![deny(unsafe_code)]
 
+pub mod backup;
 pub mod cgroup;
 pub mod config;
 pub mod control;

@@ -15,6 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use builtins::parse_cron;
 pub use spec::*;
 
 use file::{FileConfig, ProbeTable, RestartPolicyName, ServiceTable};

@@ -131,7 +131,7 @@ pub(super) fn expand(raw: &BackupSection, ctx: &Context<'_>) -> Result<Expanded,
     stanza.oneshot = true;
     stanza.user = pg.user.clone();
     stanza.depends_on = vec!["postgres".into()];
-    stanza.dirs = vec![repo, spool, lock];
+    stanza.dirs = vec![repo, spool, lock, settings.verify_dir.clone()];
     stanza.files = vec![file];
     stanza.secret_env = [("PGPASSWORD".to_string(), pg.superuser_password.clone())].into();
     stanza.restart.policy = RestartPolicy::OnFailure;
@@ -187,7 +187,7 @@ fn schedules(raw: &BackupSection, loc: &Located<'_>) -> Result<Vec<Schedule>, Co
 }
 
 /// A five-field cron expression (no seconds), as the schedule reads it.
-pub(super) fn parse_cron(text: &str) -> Result<croner::Cron, String> {
+pub fn parse_cron(text: &str) -> Result<croner::Cron, String> {
     if text.split_whitespace().count() != 5 {
         return Err(format!("{} fields, not 5", text.split_whitespace().count()));
     }

@@ -20,6 +20,8 @@ use super::{LoadOptions, Located};
 use crate::config::ConfigError;
 use context::Context;
 
+pub use backup::parse_cron;
+
 pub struct Expanded {
     pub services: Vec<ServiceSpec>,
     pub secrets: Vec<SecretSpec>,

@@ -1,0 +1,360 @@
+//! The backup task: takes pgBackRest backups on the `[backup]` schedules
+//! and when the operator asks (`phoenixctl backup now`), never two at once,
+//! verifies every full by restoring it, and reports each outcome. pgBackRest
+//! does the work (`job`); what it holds is read from `info` (`info`); when
+//! the next backup is due is pure (`schedule`), and so is the status kept
+//! here, which the event loop publishes.
+
+pub mod info;
+pub mod job;
+pub mod schedule;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::BackupKind;
+use info::Inventory;
+use job::Runner;
+use schedule::Timetable;
+use verify::Verdict;
+
+/// What the control socket asks of the task.
+pub enum Request {
+    /// Take a backup now; the reply comes when it (and its verification) ends.
+    Now {
+        kind: BackupKind,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// What the repositories hold.
+    List {
+        reply: oneshot::Sender<Result<Inventory, String>>,
+    },
+}
+
+/// The task's state, as `phoenixctl status` and /health show it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackupStatus {
+    /// The last backup of each type: full, diff, incr.
+    pub last: BTreeMap<String, Run>,
+    /// The last successful one of each type.
+    pub last_success: BTreeMap<String, Run>,
+    pub running: Option<Running>,
+    /// The next scheduled one.
+    pub next: Option<Next>,
+    /// Failures in a row.
+    pub failures: u32,
+    /// Scheduled backups skipped because one was still running.
+    pub skipped: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub label: Option<String>,
+    pub trigger: String,
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+    /// A full's verification: "ok at …", "failed at …: why", "skipped at …: why".
+    pub verified: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Running {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub trigger: String,
+    pub started_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Next {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub at_ms: u64,
+}
+
+fn ms(t: DateTime<Utc>) -> u64 {
+    t.timestamp_millis().max(0) as u64
+}
+
+/// The time the task goes by: the wall clock, or in tests one that moves
+/// with tokio's paused clock.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+pub struct WallClock;
+
+impl Clock for WallClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A backup's work: runs pgBackRest, and for a full the verification.
+/// Returns the run's record.
+pub trait Work: Clone + Send + Sync + 'static {
+    fn backup(
+        &self,
+        kind: BackupKind,
+        trigger: &'static str,
+    ) -> impl std::future::Future<Output = Result<(String, Option<String>), String>> + Send;
+    fn list(&self) -> impl std::future::Future<Output = Result<Inventory, String>> + Send;
+}
+
+/// The schedule wakes at least this often to look at the clock again, so
+/// that a clock set forward or back is followed.
+const RECHECK: Duration = Duration::from_secs(60);
+
+/// Runs until the process ends. `report` gets the status after every change.
+pub async fn run<W: Work, C: Clock>(
+    work: W,
+    timetable: Timetable,
+    clock: C,
+    mut requests: mpsc::Receiver<Request>,
+    report: impl Fn(&BackupStatus),
+) {
+    let mut status = BackupStatus::default();
+    let mut due = timetable.next_after(clock.now());
+    let mut job: Option<tokio::task::JoinHandle<(BackupKind, Run)>> = None;
+    let mut waiting: Vec<oneshot::Sender<Result<String, String>>> = Vec::new();
+    loop {
+        status.next = due.map(|(at, kind)| Next {
+            kind: kind.name().into(),
+            at_ms: ms(at),
+        });
+        report(&status);
+        let wait = due
+            .map(|(at, _)| (at - clock.now()).to_std().unwrap_or_default())
+            .unwrap_or(RECHECK)
+            .min(RECHECK);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {
+                let Some((at, kind)) = due else { continue };
+                let now = clock.now();
+                if now < at {
+                    continue;
+                }
+                due = timetable.next_after(now);
+                if let Some(running) = &status.running {
+                    status.skipped += 1;
+                    tracing::warn!(
+                        due = kind.name(),
+                        running = running.kind,
+                        "a scheduled backup is due while another is still running: not started twice"
+                    );
+                    continue;
+                }
+                job = Some(start(&work, &clock, kind, "schedule", &mut status));
+            }
+            Some(request) = requests.recv() => match request {
+                Request::Now { kind, reply } => {
+                    if let Some(running) = &status.running {
+                        let _ = reply.send(Err(format!(
+                            "a {} backup ({}) is running since {}: not starting another; \
+                             `phoenixctl status` shows when it ends",
+                            running.kind,
+                            running.trigger,
+                            DateTime::<Utc>::from_timestamp_millis(running.started_ms as i64)
+                                .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+                                .unwrap_or_default()
+                        )));
+                        continue;
+                    }
+                    job = Some(start(&work, &clock, kind, "operator", &mut status));
+                    waiting.push(reply);
+                }
+                Request::List { reply } => {
+                    let work = work.clone();
+                    tokio::spawn(async move {
+                        let _ = reply.send(work.list().await);
+                    });
+                }
+            },
+            done = async { job.as_mut().expect("polled only when running").await }, if job.is_some() => {
+                job = None;
+                status.running = None;
+                let (kind, record) = match done {
+                    Ok(done) => done,
+                    // The job panicked: nothing to record but the failure.
+                    Err(e) => (BackupKind::Full, Run {
+                        label: None,
+                        trigger: "unknown".into(),
+                        started_ms: ms(clock.now()),
+                        duration_ms: 0,
+                        error: Some(format!("the backup job ended abnormally: {e}")),
+                        verified: None,
+                    }),
+                };
+                let reply = match &record.error {
+                    None => {
+                        status.failures = 0;
+                        status.last_success.insert(kind.name().into(), record.clone());
+                        Ok(summary(kind, &record))
+                    }
+                    Some(e) => {
+                        status.failures += 1;
+                        Err(e.clone())
+                    }
+                };
+                status.last.insert(kind.name().into(), record);
+                for w in waiting.drain(..) {
+                    let _ = w.send(reply.clone());
+                }
+            }
+        }
+    }
+}
+
+fn summary(kind: BackupKind, run: &Run) -> String {
+    let mut text = format!(
+        "{} backup {} taken in {:.1} s",
+        kind.name(),
+        run.label.as_deref().unwrap_or("?"),
+        run.duration_ms as f64 / 1000.0
+    );
+    if let Some(v) = &run.verified {
+        text.push_str("; verification ");
+        text.push_str(v);
+    }
+    text
+}
+
+fn start<W: Work, C: Clock>(
+    work: &W,
+    clock: &C,
+    kind: BackupKind,
+    trigger: &'static str,
+    status: &mut BackupStatus,
+) -> tokio::task::JoinHandle<(BackupKind, Run)> {
+    let started = clock.now();
+    status.running = Some(Running {
+        kind: kind.name().into(),
+        trigger: trigger.into(),
+        started_ms: ms(started),
+    });
+    tracing::info!(r#type = kind.name(), trigger, "backup started");
+    let work = work.clone();
+    let t0 = tokio::time::Instant::now();
+    tokio::spawn(async move {
+        let result = work.backup(kind, trigger).await;
+        let duration_ms = t0.elapsed().as_millis() as u64;
+        let run = match result {
+            Ok((label, verified)) => {
+                tracing::info!(
+                    r#type = kind.name(),
+                    label,
+                    duration_ms,
+                    verified,
+                    "backup taken"
+                );
+                Run {
+                    label: Some(label),
+                    trigger: trigger.into(),
+                    started_ms: ms(started),
+                    duration_ms,
+                    error: None,
+                    verified,
+                }
+            }
+            Err(error) => {
+                tracing::warn!(r#type = kind.name(), error, "backup failed");
+                Run {
+                    label: None,
+                    trigger: trigger.into(),
+                    started_ms: ms(started),
+                    duration_ms,
+                    error: Some(error),
+                    verified: None,
+                }
+            }
+        };
+        (kind, run)
+    })
+}
+
+/// The real work, with pgBackRest.
+#[derive(Clone)]
+pub struct PgBackRest {
+    pub runner: Runner,
+}
+
+impl Work for PgBackRest {
+    async fn backup(
+        &self,
+        kind: BackupKind,
+        trigger: &'static str,
+    ) -> Result<(String, Option<String>), String> {
+        let before = self.list().await.ok();
+        self.runner
+            .pgbackrest(
+                &[
+                    "--log-level-console=info".into(),
+                    format!("--type={}", kind.name()),
+                    format!("--annotation={}={trigger}", info::TRIGGER),
+                    "backup".into(),
+                ],
+                false,
+            )
+            .await?;
+        let after = self.list().await?;
+        // The new backup: the one not there before (pgBackRest may have
+        // turned a diff into a full when there was no full yet).
+        let known: Vec<&str> = before
+            .iter()
+            .flat_map(|b| b.backups.iter().map(|b| b.label.as_str()))
+            .collect();
+        let new = after
+            .backups
+            .iter()
+            .rev()
+            .find(|b| !known.contains(&b.label.as_str()))
+            .ok_or("pgbackrest reported success but lists no new backup")?;
+        let label = new.label.clone();
+        if new.kind != "full" || !self.runner.settings().verify {
+            return Ok((label, None));
+        }
+        let verdict = verify::verify(&self.runner, &label, new.size_bytes).await;
+        let note = verdict.annotation(&Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true));
+        match &verdict {
+            Verdict::Ok(_) => {}
+            Verdict::Skipped(why) => {
+                tracing::warn!(label, why, "the test restore of a full backup was skipped")
+            }
+            Verdict::Failed(why) => {
+                tracing::error!(label, why, "a full backup failed its verification")
+            }
+        }
+        self.runner
+            .pgbackrest(
+                &[
+                    format!("--set={label}"),
+                    format!("--annotation={}={note}", info::VERIFIED),
+                    "annotate".into(),
+                ],
+                false,
+            )
+            .await
+            .map_err(|e| {
+                format!("backup {label} taken and verified ({note}), but not annotated: {e}")
+            })?;
+        // Taken either way; a failed verification shows in `verified`.
+        Ok((label, Some(note)))
+    }
+
+    async fn list(&self) -> Result<Inventory, String> {
+        let out = self
+            .runner
+            .pgbackrest(&["--output=json".into(), "info".into()], true)
+            .await?;
+        info::parse(out.as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,211 @@
+//! The backup task in virtual time, with a stand-in for pgBackRest that
+//! takes as long as told.
+
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::config::Schedule;
+
+struct TestClock {
+    base: DateTime<Utc>,
+    t0: tokio::time::Instant,
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.base + chrono::Duration::from_std(self.t0.elapsed()).unwrap()
+    }
+}
+
+fn at(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+/// Records when each backup started (virtual wall-clock time) and takes
+/// `takes` of virtual time.
+#[derive(Clone)]
+struct FakeWork {
+    clock: Arc<TestClock>,
+    takes: Duration,
+    started: Arc<Mutex<Vec<(String, BackupKind, &'static str)>>>,
+}
+
+impl Work for FakeWork {
+    async fn backup(
+        &self,
+        kind: BackupKind,
+        trigger: &'static str,
+    ) -> Result<(String, Option<String>), String> {
+        let now = self.clock.now();
+        self.started
+            .lock()
+            .unwrap()
+            .push((now.format("%d %H:%M").to_string(), kind, trigger));
+        tokio::time::sleep(self.takes).await;
+        Ok((now.format("%Y%m%d-%H%M%SF").to_string(), None))
+    }
+
+    async fn list(&self) -> Result<Inventory, String> {
+        Ok(Inventory::default())
+    }
+}
+
+struct Harness {
+    work: FakeWork,
+    requests: mpsc::Sender<Request>,
+    status: Arc<Mutex<BackupStatus>>,
+}
+
+fn start(base: &str, takes: Duration, schedules: &[(BackupKind, &str)]) -> Harness {
+    let clock = Arc::new(TestClock {
+        base: at(base),
+        t0: tokio::time::Instant::now(),
+    });
+    let work = FakeWork {
+        clock: clock.clone(),
+        takes,
+        started: Arc::default(),
+    };
+    let table = Timetable::new(
+        &schedules
+            .iter()
+            .map(|(kind, cron)| Schedule {
+                kind: *kind,
+                cron: cron.to_string(),
+            })
+            .collect::<Vec<_>>(),
+    );
+    let (tx, rx) = mpsc::channel(8);
+    let status = Arc::new(Mutex::new(BackupStatus::default()));
+    let seen = status.clone();
+    struct Shared(Arc<TestClock>);
+    impl Clock for Shared {
+        fn now(&self) -> DateTime<Utc> {
+            self.0.now()
+        }
+    }
+    tokio::spawn(run(work.clone(), table, Shared(clock), rx, move |s| {
+        *seen.lock().unwrap() = s.clone();
+    }));
+    Harness {
+        work,
+        requests: tx,
+        status,
+    }
+}
+
+async fn advance(d: Duration) {
+    // In steps, so that every timer due on the way fires in its turn.
+    let step = Duration::from_secs(30);
+    let mut left = d;
+    while !left.is_zero() {
+        let now = left.min(step);
+        tokio::time::sleep(now).await;
+        left -= now;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn scheduled_backups_start_on_time_and_the_bigger_type_wins_a_shared_minute() {
+    let h = start(
+        "2026-12-01T00:30:00Z",
+        Duration::from_secs(120),
+        &[
+            (BackupKind::Full, "0 2 * * *"),
+            (BackupKind::Diff, "0 * * * *"),
+        ],
+    );
+    advance(Duration::from_secs(4 * 3600)).await;
+    let started = h.work.started.lock().unwrap().clone();
+    assert_eq!(
+        started,
+        [
+            ("01 01:00".to_string(), BackupKind::Diff, "schedule"),
+            ("01 02:00".to_string(), BackupKind::Full, "schedule"),
+            ("01 03:00".to_string(), BackupKind::Diff, "schedule"),
+            ("01 04:00".to_string(), BackupKind::Diff, "schedule"),
+        ]
+    );
+    let status = h.status.lock().unwrap().clone();
+    assert_eq!(
+        status.last_success["full"].label.as_deref(),
+        Some("20261201-020000F")
+    );
+    assert_eq!(status.last_success["full"].duration_ms, 120_000);
+    assert_eq!(status.next.as_ref().map(|n| n.kind.as_str()), Some("diff"));
+    assert_eq!(
+        status.next.map(|n| n.at_ms),
+        Some(ms(at("2026-12-01T05:00:00Z")))
+    );
+    assert_eq!((status.failures, status.skipped), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backup_still_running_is_not_started_twice() {
+    // A full that takes 90 minutes: the 03:00 differential finds it running.
+    let h = start(
+        "2026-12-01T01:59:00Z",
+        Duration::from_secs(90 * 60),
+        &[
+            (BackupKind::Full, "0 2 * * *"),
+            (BackupKind::Diff, "0 * * * *"),
+        ],
+    );
+    advance(Duration::from_secs(5 * 60)).await;
+    assert!(h.status.lock().unwrap().running.is_some());
+    let (tx, rx) = oneshot::channel();
+    h.requests
+        .send(Request::Now {
+            kind: BackupKind::Incr,
+            reply: tx,
+        })
+        .await
+        .ok()
+        .unwrap();
+    let refused = rx.await.unwrap().unwrap_err();
+    assert!(
+        refused.starts_with("a full backup (schedule) is running since 2026-12-01T02:00:00Z"),
+        "{refused}"
+    );
+    advance(Duration::from_secs(2 * 3600)).await;
+    let started = h.work.started.lock().unwrap().clone();
+    assert_eq!(
+        started,
+        [
+            ("01 02:00".to_string(), BackupKind::Full, "schedule"),
+            ("01 04:00".to_string(), BackupKind::Diff, "schedule"),
+        ],
+        "03:00 was skipped"
+    );
+    assert_eq!(h.status.lock().unwrap().skipped, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_operator_backup_replies_when_it_is_taken() {
+    let h = start(
+        "2026-12-01T10:00:00Z",
+        Duration::from_secs(42),
+        &[(BackupKind::Full, "0 2 * * *")],
+    );
+    let (tx, rx) = oneshot::channel();
+    h.requests
+        .send(Request::Now {
+            kind: BackupKind::Full,
+            reply: tx,
+        })
+        .await
+        .ok()
+        .unwrap();
+    let done = rx.await.unwrap().unwrap();
+    assert_eq!(done, "full backup 20261201-100000F taken in 42.0 s");
+    let started = h.work.started.lock().unwrap().clone();
+    assert_eq!(
+        started,
+        [("01 10:00".to_string(), BackupKind::Full, "operator")]
+    );
+    let status = h.status.lock().unwrap().clone();
+    assert!(status.running.is_none());
+    assert_eq!(status.last["full"].trigger, "operator");
+}

@@ -1,0 +1,249 @@
+//! Proof that a full backup restores: `pgbackrest verify` of its files,
+//! then a test restore into a scratch directory, a second PostgreSQL on it
+//! (unix socket only, in the scratch directory) that replays WAL to the
+//! end of the backup and answers a query over the API's tables, and the
+//! scratch directory removed. Skipped, with the reason, when the disk
+//! cannot hold the restored copy.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::job::Runner;
+
+/// What a verification found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Ok(String),
+    Failed(String),
+    Skipped(String),
+}
+
+impl Verdict {
+    /// The annotation text, after "ok", "failed" or "skipped".
+    pub fn annotation(&self, at: &str) -> String {
+        match self {
+            Verdict::Ok(what) => format!("ok at {at}: {what}"),
+            Verdict::Failed(why) => format!("failed at {at}: {why}"),
+            Verdict::Skipped(why) => format!("skipped at {at}: {why}"),
+        }
+    }
+}
+
+/// Room a restore of `size` bytes needs: the files, plus WAL replayed and
+/// a margin.
+pub fn room_needed(size: u64) -> u64 {
+    size + size / 10 + (256 << 20)
+}
+
+/// Free bytes of the file system holding `dir` (or its nearest existing
+/// ancestor).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let mut at = Some(dir);
+    while let Some(p) = at {
+        if let Ok(st) = nix::sys::statvfs::statvfs(p) {
+            return Some(st.blocks_available() as u64 * st.fragment_size() as u64);
+        }
+        at = p.parent();
+    }
+    None
+}
+
+pub async fn verify(runner: &Runner, label: &str, size: u64) -> Verdict {
+    let s = runner.settings();
+    if let Err(e) = runner
+        .pgbackrest(
+            &[
+                "--log-level-console=info".into(),
+                format!("--set={label}"),
+                "verify".into(),
+            ],
+            false,
+        )
+        .await
+    {
+        return Verdict::Failed(format!("pgbackrest verify: {e}"));
+    }
+    let need = room_needed(size);
+    match free_bytes(&s.verify_dir) {
+        Some(free) if free < need => {
+            return Verdict::Skipped(format!(
+                "{} free on the file system of {}, a test restore needs {}",
+                bytesize::ByteSize(free),
+                s.verify_dir.display(),
+                bytesize::ByteSize(need)
+            ));
+        }
+        _ => {}
+    }
+    let scratch = s.verify_dir.join(label);
+    let outcome = test_restore(runner, label, &scratch).await;
+    // Removed as PostgreSQL's user, which owns everything inside.
+    let _ = runner
+        .run(
+            vec![
+                "rm".into(),
+                "-rf".into(),
+                "--one-file-system".into(),
+                "--".into(),
+                scratch.display().to_string(),
+            ],
+            true,
+        )
+        .await;
+    match outcome {
+        Ok(what) => Verdict::Ok(what),
+        Err(why) => Verdict::Failed(why),
+    }
+}
+
+async fn test_restore(runner: &Runner, label: &str, scratch: &Path) -> Result<String, String> {
+    let s = runner.settings();
+    let data = scratch.join("data");
+    runner
+        .run(
+            vec![
+                "mkdir".into(),
+                "-m".into(),
+                "0700".into(),
+                "-p".into(),
+                data.display().to_string(),
+            ],
+            true,
+        )
+        .await?;
+    runner
+        .pgbackrest(
+            &[
+                format!("--set={label}"),
+                format!("--pg1-path={}", data.display()),
+                "--type=immediate".into(),
+                "--target-action=promote".into(),
+                "--archive-mode=off".into(),
+                "--log-level-console=warn".into(),
+                "restore".into(),
+            ],
+            false,
+        )
+        .await
+        .map_err(|e| format!("test restore: {e}"))?;
+    let socket = scratch.display().to_string();
+    let server = tokio::spawn({
+        let runner = runner.clone();
+        let argv = vec![
+            s.pg_bin.join("postgres").display().to_string(),
+            "-D".into(),
+            data.display().to_string(),
+            "-c".into(),
+            "listen_addresses=".into(),
+            "-c".into(),
+            format!("port={}", s.pg_port),
+            "-c".into(),
+            format!("unix_socket_directories={socket}"),
+            "-c".into(),
+            "archive_mode=off".into(),
+            "-c".into(),
+            "shared_buffers=32MB".into(),
+        ];
+        async move { runner.run(argv, false).await }
+    });
+    let answer = query_when_promoted(runner, &socket).await;
+    // PostgreSQL's fast shutdown, then wait for it.
+    let pid_file = data.join("postmaster.pid");
+    if let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+    {
+        crate::process::signal(pid, nix::sys::signal::Signal::SIGINT);
+    }
+    let stopped = tokio::time::timeout(Duration::from_secs(120), server).await;
+    if stopped.is_err() {
+        return Err("the test restore's PostgreSQL did not stop in 120 s".into());
+    }
+    answer
+}
+
+/// Waits (up to 10 minutes) until the restored PostgreSQL has replayed to
+/// the end of the backup and promoted, then counts rows of the API's tables.
+async fn query_when_promoted(runner: &Runner, socket: &str) -> Result<String, String> {
+    let s = runner.settings();
+    let psql = |sql: &str| {
+        vec![
+            s.pg_bin.join("psql").display().to_string(),
+            "-X".into(),
+            "-A".into(),
+            "-t".into(),
+            "-q".into(),
+            "-v".into(),
+            "ON_ERROR_STOP=1".into(),
+            "-h".into(),
+            socket.to_string(),
+            "-p".into(),
+            s.pg_port.to_string(),
+            "-U".into(),
+            s.superuser.clone(),
+            "-d".into(),
+            s.database.clone(),
+            "-c".into(),
+            sql.to_string(),
+        ]
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    let mut last: String;
+    loop {
+        match runner.run(psql("SELECT pg_is_in_recovery()"), true).await {
+            Ok(out) if out.trim() == "f" => break,
+            Ok(out) => last = format!("still in recovery ({})", out.trim()),
+            Err(e) => last = e,
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "the restored PostgreSQL did not come up in 600 s: {last}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let sql = if s.database == "postgres" {
+        "SELECT 'databases ' || count(*) FROM pg_database"
+    } else {
+        "SELECT 'users ' || (SELECT count(*) FROM users) || ', agents ' || \
+         (SELECT count(*) FROM agents) || ', audit rows ' || (SELECT count(*) FROM audit_log)"
+    };
+    let out = runner
+        .run(psql(sql), true)
+        .await
+        .map_err(|e| format!("the restored database does not answer: {e}"))?;
+    Ok(out.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_for_a_restore_has_a_margin() {
+        assert_eq!(room_needed(0), 256 << 20);
+        assert_eq!(
+            room_needed(1 << 30),
+            (1 << 30) + (1 << 30) / 10 + (256 << 20)
+        );
+    }
+
+    #[test]
+    fn verdicts_read_as_annotations() {
+        let at = "2026-12-01T02:03:00Z";
+        assert_eq!(
+            Verdict::Ok("users 1".into()).annotation(at),
+            "ok at 2026-12-01T02:03:00Z: users 1"
+        );
+        assert!(
+            Verdict::Failed("x".into())
+                .annotation(at)
+                .starts_with("failed at")
+        );
+        assert!(
+            Verdict::Skipped("x".into())
+                .annotation(at)
+                .starts_with("skipped at")
+        );
+    }
+}
