@@ -8,6 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::backup::info::Inventory;
 use crate::listen;
 use crate::status::Snapshot;
 use crate::supervisor::Event;
@@ -30,6 +31,15 @@ pub enum Request {
     /// Order a new certificate over ACME now.
     #[serde(rename = "renew-certificate")]
     RenewCertificate,
+    /// Take a backup now (full, diff or incr); the reply comes when it ends.
+    #[serde(rename = "backup-now")]
+    BackupNow {
+        #[serde(rename = "type")]
+        kind: String,
+    },
+    /// The backups the repositories hold.
+    #[serde(rename = "backup-list")]
+    BackupList,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +48,7 @@ pub enum Response {
     Ok(String),
     Error(String),
     Snapshot(Box<Snapshot>),
+    Backups(Box<Inventory>),
 }
 
 /// Bind the socket (replacing a stale one) with mode 0600 from the start.

@@ -53,6 +53,23 @@ enum Cmd {
         #[command(subcommand)]
         action: Option<CertsCmd>,
     },
+    /// Backups of the managed PostgreSQL (pgBackRest).
+    Backup {
+        #[command(subcommand)]
+        action: BackupCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupCmd {
+    /// Take a backup now and wait until it (and, for a full, its test restore) ends.
+    Now {
+        /// full, diff or incr.
+        #[arg(long = "type", default_value = "full", value_parser = ["full", "diff", "incr"])]
+        kind: String,
+    },
+    /// The backups in each repository, oldest first, with sizes and verification.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -80,6 +97,12 @@ fn main() -> ExitCode {
         Cmd::Certs {
             action: Some(CertsCmd::Renew),
         } => Request::RenewCertificate,
+        Cmd::Backup {
+            action: BackupCmd::Now { kind },
+        } => Request::BackupNow { kind: kind.clone() },
+        Cmd::Backup {
+            action: BackupCmd::List,
+        } => Request::BackupList,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -100,6 +123,17 @@ fn main() -> ExitCode {
         (Response::Error(msg), _) => {
             eprintln!("error: {msg}");
             ExitCode::from(1)
+        }
+        (Response::Backups(inventory), _) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&inventory).expect("json")
+                );
+            } else {
+                print_backups(&inventory);
+            }
+            ExitCode::SUCCESS
         }
         (Response::Snapshot(s), Cmd::Health) => {
             let (status, doc) = health_document(&s);
@@ -263,6 +297,42 @@ fn print_scaling(triggers: &[ScalingStatus]) {
             value,
             t.warning,
             t.critical
+        );
+    }
+}
+
+fn print_backups(inv: &phoenix_supervisor::backup::info::Inventory) {
+    if inv.backups.is_empty() {
+        println!("no backups yet ({})", inv.status);
+        return;
+    }
+    println!(
+        "{:<36} {:<5} {:<5} {:<20} {:>8} {:>10} {:>10}  VERIFIED",
+        "LABEL", "TYPE", "REPO", "FINISHED (UTC)", "TOOK", "SIZE", "STORED"
+    );
+    for b in &inv.backups {
+        let finished = chrono::DateTime::<chrono::Utc>::from_timestamp(b.stopped_at, 0)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        let repo = if b.repo == 1 { "local" } else { "s3" };
+        println!(
+            "{:<36} {:<5} {:<5} {:<20} {:>7}s {:>10} {:>10}  {}",
+            b.label,
+            b.kind,
+            repo,
+            finished,
+            b.stopped_at - b.started_at,
+            bytesize::ByteSize(b.size_bytes).to_string(),
+            bytesize::ByteSize(b.repo_size_bytes).to_string(),
+            b.verified.as_deref().unwrap_or("-")
+        );
+    }
+    for w in &inv.wal {
+        println!(
+            "WAL in {}: {} to {}",
+            if w.repo == 1 { "local" } else { "s3" },
+            w.min,
+            w.max
         );
     }
 }
