@@ -1,8 +1,8 @@
 //! Agent metric pushes: validated, relabelled and forwarded to the
 //! Pushgateway; and the deletion of an agent's Pushgateway groups.
 //!
-//! Relabelling is the Pushgateway's grouping key: a push goes to
-//! `/metrics/job/phoenix-agent/agent/<id>/experiment/<e>/variant/<v>`, and
+//! Relabelling is the Pushgateway's grouping key ([`crate::push_group`]): a
+//! push goes to `/metrics/job/phoenix-agent/agent/<id>/experiment/<e>/variant/<v>`, and
 //! the Pushgateway puts those labels on every series of the group (Prometheus
 //! scrapes it with `honor_labels`). An agent cannot set them itself: the
 //! validator refuses them in the body. Each group an agent pushed to is
@@ -24,13 +24,14 @@ use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::credential::AgentCaller;
 use super::exposition::{self, Invalid};
 use crate::AppState;
+use crate::auth::AgentCaller;
 use crate::error::ApiError;
-use crate::experiments::state::State as ExperimentState;
+use crate::experiment_state::State as ExperimentState;
 use crate::input::{Json, Query};
 use crate::problem::Problem;
+use crate::push_group::{NONE, group_url};
 
 /// Largest push body. Larger than the JSON limit of the other routes: a
 /// host with many processes has many series.
@@ -42,12 +43,6 @@ const DRAIN_LIMIT_BYTES: usize = 4 * MAX_BODY_BYTES;
 
 /// Most series in one push.
 pub const MAX_SERIES: usize = 50_000;
-
-/// The Pushgateway job of every agent group.
-pub const JOB: &str = "phoenix-agent";
-
-/// The grouping-key value when a push names no experiment or variant.
-pub const NONE: &str = "none";
 
 /// How long a Pushgateway request may take.
 const PUSHGATEWAY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -138,32 +133,6 @@ fn group_value(field: &str, value: Option<String>) -> Result<String, ApiError> {
             ),
         ))
     }
-}
-
-/// The Pushgateway URL of one agent group.
-fn group_url(
-    base: &url::Url,
-    agent: Uuid,
-    experiment: &str,
-    variant: &str,
-) -> anyhow::Result<url::Url> {
-    let mut url = base.clone();
-    let agent = agent.to_string();
-    url.path_segments_mut()
-        .map_err(|()| anyhow::anyhow!("the Pushgateway URL {base} cannot have a path"))?
-        .pop_if_empty()
-        .extend([
-            "metrics",
-            "job",
-            JOB,
-            "agent",
-            &agent,
-            "experiment",
-            experiment,
-            "variant",
-            variant,
-        ]);
-    Ok(url)
 }
 
 fn pushgateway(state: &AppState) -> Result<&url::Url, PushError> {
@@ -524,25 +493,6 @@ pub async fn delete_stale_groups(state: &AppState) -> anyhow::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn group_urls_carry_the_grouping_key() {
-        let agent = Uuid::nil();
-        let base: url::Url = "http://127.0.0.1:9091".parse().unwrap();
-        assert_eq!(
-            group_url(&base, agent, "exp-1", "candidate")
-                .unwrap()
-                .as_str(),
-            "http://127.0.0.1:9091/metrics/job/phoenix-agent/agent/00000000-0000-0000-0000-000000000000/experiment/exp-1/variant/candidate"
-        );
-        let prefixed: url::Url = "http://gw:9091/push/".parse().unwrap();
-        assert!(
-            group_url(&prefixed, agent, NONE, NONE)
-                .unwrap()
-                .as_str()
-                .starts_with("http://gw:9091/push/metrics/job/phoenix-agent/agent/")
-        );
-    }
 
     #[test]
     fn group_values_are_path_and_label_safe() {
