@@ -37,10 +37,6 @@ use crate::push_group::{NONE, group_url};
 /// host with many processes has many series.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// Bodies up to this size are read to the end (and discarded) when they
-/// exceed [`MAX_BODY_BYTES`], so that the client reads a clean 413.
-const DRAIN_LIMIT_BYTES: usize = 4 * MAX_BODY_BYTES;
-
 /// Most series in one push.
 pub const MAX_SERIES: usize = 50_000;
 
@@ -145,11 +141,12 @@ fn pushgateway(state: &AppState) -> Result<&url::Url, PushError> {
     })
 }
 
-/// Reads the body up to [`MAX_BODY_BYTES`]. A larger one is read on and
-/// discarded up to [`DRAIN_LIMIT_BYTES`] before the 413 is sent: a client
-/// that writes its whole body before reading the answer then gets the
-/// problem document instead of a reset connection (and an agent's queue
-/// learns not to retry the batch).
+/// Reads the body up to [`MAX_BODY_BYTES`]; a larger one is refused with a
+/// 413 as soon as it is known to be larger. The edge reads and discards the
+/// rest after the answer ([`crate::edge::drain_unread_body`]), so a client
+/// that writes its whole body before reading the answer gets the problem
+/// document instead of a reset connection (and an agent's queue learns not
+/// to retry the batch).
 async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<String, PushError> {
     let too_large = || {
         PushError::Status(
@@ -164,12 +161,10 @@ async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<String, PushEr
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > DRAIN_LIMIT_BYTES as u64) {
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
-    let capacity = declared.map_or(0, |n| n.min(MAX_BODY_BYTES as u64) as usize);
-    let mut bytes = Vec::with_capacity(capacity);
-    let mut total: usize = 0;
+    let mut bytes = Vec::with_capacity(declared.map_or(0, |n| n as usize));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| {
             PushError::Api(ApiError::bad_request(
@@ -180,15 +175,10 @@ async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<String, PushEr
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        total = total.saturating_add(data.len());
-        if total <= MAX_BODY_BYTES {
-            bytes.extend_from_slice(&data);
-        } else if total > DRAIN_LIMIT_BYTES {
-            break;
+        if bytes.len().saturating_add(data.len()) > MAX_BODY_BYTES {
+            return Err(too_large());
         }
-    }
-    if total > MAX_BODY_BYTES {
-        return Err(too_large());
+        bytes.extend_from_slice(&data);
     }
     String::from_utf8(bytes).map_err(|_| {
         PushError::Api(ApiError::bad_request(
