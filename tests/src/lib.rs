@@ -716,6 +716,13 @@ impl Reply {
     }
 }
 
+/// The tokens of the admin, an operator (`olivia`) and a viewer (`victor`).
+pub struct Users {
+    pub admin: String,
+    pub operator: String,
+    pub viewer: String,
+}
+
 /// An enrolled agent: its id and the credential it authenticates with.
 #[derive(Debug, Clone)]
 pub struct Agent {
@@ -808,6 +815,17 @@ impl Stack {
         );
         assert_eq!(r.status, 201, "create {username}: {r:?}");
         self.login(username, &password)
+    }
+
+    /// Logs in as the admin and creates the operator `olivia` and the viewer
+    /// `victor`; the three tokens.
+    pub fn users(&self) -> Users {
+        let admin = self.admin_token();
+        Users {
+            operator: self.user_token(&admin, "olivia", "operator"),
+            viewer: self.user_token(&admin, "victor", "viewer"),
+            admin,
+        }
     }
 
     fn send(&self, req: reqwest::blocking::RequestBuilder, token: Option<&str>) -> Reply {
@@ -966,6 +984,11 @@ impl Stack {
                 .header("content-type", "text/plain; version=0.0.4")
                 .body(text),
         )
+    }
+
+    /// The Pushgateway's own exposition: which groups and series it holds.
+    pub fn pushgateway_text(&self) -> String {
+        get_text(&self.ports.pushgateway_url("/metrics"))
     }
 
     /// Runs `sql` with `psql` as the API's own database role (`phoenix`,

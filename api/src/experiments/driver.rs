@@ -23,9 +23,9 @@ use sqlx::Row;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use super::state::{Action, State};
 use super::{DRIVER_ACTOR, Transition, TransitionFields, after_commit};
 use crate::AppState;
+use crate::experiment_state::{Action, State};
 use crate::kpi::{self, Prometheus, Subject};
 use crate::pipeline_spec::task;
 use crate::shutdown::Shutdown;

@@ -1,12 +1,14 @@
 //! Experiments: A/B comparisons of a baseline and a candidate pipeline on a
-//! set of agents, moved through [`state`] by operators (start, stop,
-//! promote, rollback) and by the background driver ([`driver`]).
+//! set of agents, moved through [`crate::experiment_state`] by operators
+//! (start, stop, promote, rollback) and by the background driver
+//! ([`driver`]).
 //!
 //! Code map:
 //! - this module: the routes and their handlers, and [`Transition`], the one
 //!   place a state is written.
-//! - [`state`]: the state machine as a pure function with its table of
-//!   allowed actions; no I/O.
+//! - [`crate::experiment_state`] (a leaf outside this folder, since agents'
+//!   pushes read it too): the state machine as a pure function with its
+//!   table of allowed actions; no I/O.
 //! - [`driver`]: the background task that advances experiments waiting on
 //!   agents, on time or on their KPIs.
 //!
@@ -17,7 +19,6 @@
 //! advance an experiment twice.
 
 pub mod driver;
-pub mod state;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -34,12 +35,12 @@ use crate::agents::push::delete_experiment_groups;
 use crate::audit::{Event, Outcome};
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ApiResult};
+use crate::experiment_state::{Action, State, allowed_actions, transition};
 use crate::input::{Json, Path, Query, Rejection, json_body, page_limit};
 use crate::kpi::{Kpis, Variant};
 use crate::pipeline_spec::{PipelineSpec, task};
 use crate::pipelines::validate_name;
 use crate::tasks::{self, NewTask};
-use state::{Action, State, allowed_actions, transition};
 
 /// Default success criterion: at least this many percent fewer series.
 pub const DEFAULT_MIN_REDUCTION_PCT: f64 = 70.0;

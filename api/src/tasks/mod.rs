@@ -32,9 +32,8 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::agents::credential::AgentCaller;
 use crate::audit::Event;
-use crate::auth::{Caller, Role};
+use crate::auth::{AgentCaller, Caller, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::input::{Json, Path, Query, page_limit};
 
