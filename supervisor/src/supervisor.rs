@@ -1,6 +1,41 @@
 //! The event loop: one task owns every service's state and handles one
 //! closed set of events (child exited, check result, timer, signal, control
 //! request). Everything else only sends events or reads the published snapshot.
+//!
+//! | event | sent by | handling |
+//! |---|---|---|
+//! | `Signal(n)` | the signal task | SIGCHLD: reap; SIGHUP: reload; SIGTERM, SIGINT: shutdown |
+//! | `Exited` | a task per child, awaiting the reaper's channel | `on_exit` |
+//! | `Probe` | a task per check attempt | `on_probe` |
+//! | `LogMatched` | the output pump | log readiness: `became_ready` |
+//! | `Timer` | a sleeping task per timer | `on_timer`: restart due, start, stop and shutdown deadlines, next check, cool-down over |
+//! | `Control` | the control socket | `on_control`, answered through its oneshot |
+//! | `ShutdownDeadline` | the shutdown timer | `kill_everything` |
+//! | `Tick` | a 1 s interval | heartbeat for `/livez`, a reap as a safety net |
+//! | `Certificate` | the certificate task, the plain-HTTP listener | a renewed certificate: the reload signal to `tls_reload` services |
+//! | `Scaling` | the capacity checks | nothing but the new snapshot |
+//!
+//! After each event the loop runs `schedule` (start every wanted, stopped
+//! service whose dependencies are up, and tell systemd once start-up has
+//! `settled`), writes the record of running services when it changed, and
+//! publishes a new [`Snapshot`] when it changed; it ends when `handle` sets
+//! an [`Outcome`].
+//!
+//! **Generations.** `start` takes a new generation for every attempt, before
+//! it spawns, so an attempt whose spawn fails has one too. Every event about
+//! a service carries the generation it was made for, and `handle` drops the
+//! others: timers are never cancelled, the timer, check result or exit of an
+//! earlier process is simply ignored. Timers also act only in their state (a
+//! stop deadline in `stopping`, a readiness timer in `starting`, ...).
+//!
+//! **Who moves a service.** `start` (the start limit, then `spawn`: stopped
+//! to starting, or straight to ready without a readiness check);
+//! `became_ready`; `on_exit` (by what the stop was for, see `AfterStop`, or
+//! the restart policy) and `retry` (backoff, or parked by
+//! `park_if_start_limit_reached`, which arms the cool-down); `begin_stop`;
+//! `begin_shutdown` and `advance_shutdown` (reverse dependency order);
+//! `control_start` and `apply_reload` (fresh starts, `Runtime::fresh_start`).
+//! Each transition and its trigger: docs/supervisor.md.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -1,6 +1,25 @@
 //! Test harness: run the real `phoenix-supervisor` on a config in a temp dir
 //! and observe it through `phoenixctl`, its health endpoint and /proc.
 //! The one way the tests start a supervisor.
+//!
+//! - [`Supervisor`]: `config(body)` writes a config with the `[supervisor]`
+//!   directories and a free `[health]` port inside a temp dir; `start` (or
+//!   `start_with(wrapper)`, e.g. `unshare --pid --fork --mount-proc`) runs
+//!   `phoenix-supervisor run` in its own process group; observation goes only
+//!   through `phoenixctl --json status`, the health endpoint, files and /proc.
+//!   Dropping it sends SIGTERM, then SIGKILL to the group, and prints the
+//!   supervisor's log when the test failed. [`NO_BUILTINS`] turns off every
+//!   built-in for lifecycle tests.
+//! - [`free_port`] hands out a port that is free now and claims it with a
+//!   marker file in `$TMPDIR/phoenix-test-ports` (made with `create_new`, so
+//!   two test processes never get the same port; a claim older than ten
+//!   minutes is taken over).
+//! - [`StackPorts`] claims the ports of a full stack (PostgreSQL, Prometheus,
+//!   the Pushgateway, the API's two listeners, the plain-HTTP port) and
+//!   writes the built-in sections for them; [`Stack`] runs that and waits up
+//!   to 180 s for every service, then offers logins, users, requests on both
+//!   listeners as [`Reply`], enrollment, the agent protocol, the audit log and
+//!   SQL.
 
 #![forbid(unsafe_code)]
 

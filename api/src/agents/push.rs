@@ -9,6 +9,15 @@
 //! remembered in `agent_metric_groups` *before* the push, so a group that
 //! exists in the Pushgateway is always known and can be deleted when the
 //! agent is revoked or its experiment ends.
+//!
+//! A deletion is `DELETE` of the group's URL (404 counts as done), then the
+//! row goes — only if its `pushes` counter is what it was before the
+//! `DELETE`: a push that landed meanwhile may have re-created the group, so
+//! the row stays to be deleted again. The housekeeping deletes every 15 s
+//! whatever is still known of revoked agents and of experiments no longer
+//! pushed (`delete_stale_groups`): a deletion that failed while the
+//! Pushgateway was down (it brings its groups back from its persistence
+//! file), or a push accepted just before its experiment's transition.
 
 use std::sync::LazyLock;
 use std::time::Duration;

@@ -17,6 +17,24 @@
 //! the tasks the change sends to agents, and only if the experiment is still
 //! in the state the change was decided from — so two API replicas never
 //! advance an experiment twice.
+//!
+//! What [`Transition::apply`] writes besides the state: the update is
+//! `... WHERE id = $1 AND state = <from>`, and no row means nothing is
+//! written (an operator gets 409 `concurrent_change`); `error` is kept only
+//! by a move to `failed` and cleared by every other. Then, by the new state:
+//!
+//! | to | also, in the same transaction |
+//! |---|---|
+//! | deploying | under a transaction-scoped advisory lock, refuses a target agent that was revoked (`agents_revoked`) or is in another deploying, running or analyzing experiment (`agents_busy`); sets `deploy_started_at`; one `run_experiment` task per agent with `max_attempts` 1 |
+//! | running | `started_at` = now, `ends_at` = now + duration |
+//! | failed, stopped (from deploying or running) | cancels the queued `run_experiment` tasks and sends `stop_experiment` to every agent (from analyzing: no task) |
+//! | completed | `kpis` and `recommendation` |
+//! | promoted, rolled_back | `apply_pipeline` with the candidate, or the baseline, spec to every agent; the event's reason notes a decision against the recommendation |
+//!
+//! Every move also writes an `experiment_events` row (from, to, action,
+//! actor, reason) and the audit entry `experiments.<action>`. After the
+//! commit, [`after_commit`] deletes the experiment's Pushgateway groups once
+//! agents no longer push it (any state but deploying and running).
 
 pub mod driver;
 
