@@ -136,7 +136,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     });
     let app = health::router(snapshot, heartbeat);
     tokio::spawn(listen::serve_http("health", health_listener, app));
-    tokio::spawn(control::serve(control_listener, tx));
+    tokio::spawn(control::serve(control_listener, move |request, reply| {
+        tx.send(Event::Control(request, reply)).is_ok()
+    }));
 
     let outcome = supervisor.run(rx).await;
     let _ = std::fs::remove_file(&socket);
