@@ -178,6 +178,30 @@ pub struct CertificateStatus {
     pub served_error: Option<String>,
 }
 
+/// The plain-HTTP listener (ACME challenges, redirect to HTTPS) as its task
+/// last reported it; shown as part of the certificate's status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlainHttpStatus {
+    /// The address it listens on, or tries to.
+    pub listen: String,
+    /// Why it cannot listen.
+    pub error: Option<String>,
+}
+
+/// The certificate's status as shown: the certificate task's last look with
+/// the plain-HTTP listener's state; None before the task's first look.
+pub fn certificate_shown(
+    certificate: Option<&CertificateStatus>,
+    plain_http: Option<&PlainHttpStatus>,
+) -> Option<CertificateStatus> {
+    let mut shown = certificate.filter(|c| !c.mode.is_empty())?.clone();
+    if let Some(listener) = plain_http {
+        shown.http_listen = Some(listener.listen.clone());
+        shown.http_error = listener.error.clone();
+    }
+    Some(shown)
+}
+
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -185,4 +209,37 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 
 pub fn now_ms() -> u64 {
     unix_ms(SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_is_shown_after_the_first_look_with_the_listener_merged_in() {
+        let listener = |error: Option<&str>| PlainHttpStatus {
+            listen: "0.0.0.0:80".into(),
+            error: error.map(String::from),
+        };
+        let busy = listener(Some("cannot listen on 0.0.0.0:80"));
+        assert_eq!(certificate_shown(None, Some(&busy)), None);
+        let unseen = CertificateStatus::default();
+        assert_eq!(certificate_shown(Some(&unseen), Some(&busy)), None);
+
+        let looked = CertificateStatus {
+            mode: "acme".into(),
+            error: Some("the CA is down".into()),
+            ..CertificateStatus::default()
+        };
+        assert_eq!(certificate_shown(Some(&looked), None), Some(looked.clone()));
+        let shown = certificate_shown(Some(&looked), Some(&busy)).unwrap();
+        assert_eq!(shown.http_listen.as_deref(), Some("0.0.0.0:80"));
+        assert_eq!(shown.http_error, busy.error);
+        assert_eq!(shown.error, looked.error);
+        let shown = certificate_shown(Some(&looked), Some(&listener(None))).unwrap();
+        assert_eq!(
+            (shown.http_listen.as_deref(), shown.http_error),
+            (Some("0.0.0.0:80"), None)
+        );
+    }
 }

@@ -25,7 +25,10 @@ use crate::prepare;
 use crate::probe::{self, Prober};
 use crate::process::{self, RunAs};
 use crate::reaper::{ExitStatus, Reaper};
-use crate::status::{ResourceShortage, ServiceStatus, Snapshot, State, now_ms, unix_ms};
+use crate::status::{
+    self, CertificateStatus, PlainHttpStatus, ResourceShortage, ScalingStatus, ServiceStatus,
+    Snapshot, State, now_ms, unix_ms,
+};
 
 #[derive(Debug)]
 pub enum Event {
@@ -53,12 +56,16 @@ pub enum Event {
     Control(Request, oneshot::Sender<Response>),
     ShutdownDeadline,
     Tick,
-    /// The certificate task looked again; `renewed` when the file changed.
+    /// The certificate task looked again, or ordered: what it saw, and
+    /// `renewed` when the API is to load the certificate file.
     Certificate {
+        status: Box<CertificateStatus>,
         renewed: bool,
     },
+    /// The plain-HTTP listener listens, or cannot.
+    PlainHttp(PlainHttpStatus),
     /// The capacity checks evaluated their triggers.
-    Scaling,
+    Scaling(Vec<ScalingStatus>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,12 +193,8 @@ pub struct Context {
     pub cgroups: Result<Arc<Cgroups>, String>,
     pub pid1: bool,
     pub heartbeat: Arc<AtomicU64>,
-    /// The certificate task's status, read into every snapshot.
-    pub certificate: crate::tls::renewal::Shared,
     /// Wakes the certificate task for an ACME order now.
     pub renew_certificate: Arc<tokio::sync::Notify>,
-    /// The capacity triggers' statuses, read into every snapshot.
-    pub scaling: crate::scaling::Shared,
     /// The API's HTTPS port, that plain HTTP redirects to.
     pub https_port: Arc<std::sync::atomic::AtomicU16>,
 }
@@ -211,6 +214,12 @@ pub struct Supervisor {
     shortage: Option<Shortage>,
     /// What runs, as last written to `leftovers::path(run_dir)`.
     record: leftovers::Record,
+    /// The certificate task's last report; None before its first look.
+    certificate: Option<CertificateStatus>,
+    /// The plain-HTTP listener's last report.
+    plain_http: Option<PlainHttpStatus>,
+    /// The capacity triggers after the last round.
+    scaling: Vec<ScalingStatus>,
 }
 
 /// How long health shows a shortage of the supervisor's resources after
@@ -265,6 +274,9 @@ impl Supervisor {
             started_at: SystemTime::now(),
             shortage: None,
             record: leftovers::Record::new(),
+            certificate: None,
+            plain_http: None,
+            scaling: Vec::new(),
         };
         sup.publish();
         (sup, rx)
@@ -340,8 +352,10 @@ impl Supervisor {
                     self.shortage = None;
                 }
             }
-            Event::Scaling => {}
-            Event::Certificate { renewed } => {
+            Event::Scaling(statuses) => self.scaling = statuses,
+            Event::PlainHttp(status) => self.plain_http = Some(status),
+            Event::Certificate { status, renewed } => {
+                self.certificate = Some(*status);
                 if renewed {
                     for note in self.signal_new_certificate() {
                         tracing::info!(%note, "new TLS certificate");
@@ -1321,9 +1335,11 @@ impl Supervisor {
                     },
                 })
                 .collect(),
-            certificate: Some(crate::tls::renewal::lock(&self.ctx.certificate).clone())
-                .filter(|c| !c.mode.is_empty()),
-            scaling: crate::tls::renewal::lock(&self.ctx.scaling).clone(),
+            certificate: status::certificate_shown(
+                self.certificate.as_ref(),
+                self.plain_http.as_ref(),
+            ),
+            scaling: self.scaling.clone(),
         }
     }
 
@@ -1467,9 +1483,7 @@ mod tests {
             cgroups: Err("not in tests".into()),
             pid1: false,
             heartbeat: Arc::new(AtomicU64::new(0)),
-            certificate: Default::default(),
             renew_certificate: Default::default(),
-            scaling: Default::default(),
             https_port: Default::default(),
         };
         let (sup, _snapshot) =
