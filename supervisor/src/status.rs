@@ -1,9 +1,12 @@
 //! The supervisor's published state: what /health, /metrics and `phoenixctl`
-//! show. Built by the event loop after every event; readers never probe.
+//! show. Built by the event loop after every event (`Snapshot::of` its
+//! `Parts`, sent with `publish`); readers never probe.
 
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -200,6 +203,72 @@ pub fn certificate_shown(
         shown.http_error = listener.error.clone();
     }
     Some(shown)
+}
+
+/// What the event loop holds, as a snapshot reads it.
+pub struct Parts<'a> {
+    pub started_at: SystemTime,
+    pub pid1: bool,
+    pub config_file: &'a Path,
+    /// Why resource limits are not applied, when they are not.
+    pub limits_unavailable: Option<&'a str>,
+    pub shutting_down: bool,
+    pub orphans_reaped: u64,
+    /// A shortage of the supervisor's own resources still shown.
+    pub resource_shortage: Option<ResourceShortage>,
+    pub services: Vec<ServiceStatus>,
+    /// The certificate task's last report.
+    pub certificate: Option<&'a CertificateStatus>,
+    /// The plain-HTTP listener's last report.
+    pub plain_http: Option<&'a PlainHttpStatus>,
+    pub scaling: &'a [ScalingStatus],
+}
+
+impl Snapshot {
+    pub fn of(parts: Parts<'_>) -> Snapshot {
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at_ms: unix_ms(parts.started_at),
+            pid1: parts.pid1,
+            config_file: parts.config_file.display().to_string(),
+            limits_unavailable: parts.limits_unavailable.map(String::from),
+            shutting_down: parts.shutting_down,
+            orphans_reaped: parts.orphans_reaped,
+            resource_shortage: parts.resource_shortage,
+            services: parts.services,
+            certificate: certificate_shown(parts.certificate, parts.plain_http),
+            scaling: parts.scaling.to_vec(),
+        }
+    }
+
+    /// Before the loop has looked at anything.
+    pub fn empty(config_file: &Path) -> Snapshot {
+        Snapshot::of(Parts {
+            started_at: SystemTime::now(),
+            pid1: false,
+            config_file,
+            limits_unavailable: None,
+            shutting_down: false,
+            orphans_reaped: 0,
+            resource_shortage: None,
+            services: Vec::new(),
+            certificate: None,
+            plain_http: None,
+            scaling: &[],
+        })
+    }
+}
+
+/// Sends `snapshot` to the readers when it differs from the last one.
+pub fn publish(to: &watch::Sender<Snapshot>, snapshot: Snapshot) {
+    to.send_if_modified(|old| {
+        if *old == snapshot {
+            false
+        } else {
+            *old = snapshot;
+            true
+        }
+    });
 }
 
 pub fn unix_ms(t: SystemTime) -> u64 {
