@@ -25,10 +25,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::agents::push::{JOB, NONE};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::kpi::{Kpis, PUSHGATEWAY_META, Prometheus};
+use crate::kpi::{Kpis, Prometheus};
+use crate::push_group::{JOB, NONE, PUSHGATEWAY_META};
 
 /// The query for the series every agent pushes with its live pipeline.
 pub fn current_series_query() -> String {

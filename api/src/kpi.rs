@@ -36,11 +36,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::agents::push::JOB as AGENT_JOB;
 use crate::pipeline_spec::{PROCESS_CPU_METRIC, PROCESS_MEMORY_METRIC};
+use crate::push_group::{JOB as AGENT_JOB, PUSHGATEWAY_META};
 
-/// The Pushgateway's own series in every group, never counted.
-pub const PUSHGATEWAY_META: &str = "push_time_seconds|push_failure_time_seconds";
 /// Longest one Prometheus query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -30,11 +30,14 @@
 //! - [`pipeline_spec`]: reduction pipelines and experiment task payloads as
 //!   data, with their validation; no I/O (shared with the agent later).
 //! - [`pipelines`]: saved pipelines and templates.
+//! - [`experiment_state`]: the experiment state machine, a pure function;
+//!   a leaf that experiments and agents' pushes both read.
 //! - [`experiments`]: experiments and operators' actions; every transition
-//!   goes through `experiments::Transition::apply`. Inside it,
-//!   [`experiments::state`] is the state machine, a pure function, and
-//!   [`experiments::driver`] the background task that advances experiments.
+//!   goes through `experiments::Transition::apply`; [`experiments::driver`]
+//!   is the background task that advances experiments.
 //! - [`kpi`]: KPIs measured with Prometheus queries; [`cost`]: the cost summary.
+//! - [`push_group`]: the Pushgateway grouping key of agent metrics, which
+//!   pushes write and KPI and cost queries select by; a leaf.
 //! - [`agents`]: enrollment, agent credentials, the agent registry,
 //!   heartbeats and metric pushes to the Pushgateway.
 //! - [`tasks`]: the per-agent task queue: claims with leases, results,
@@ -56,6 +59,7 @@ pub mod cost;
 pub mod db;
 pub mod edge;
 pub mod error;
+pub mod experiment_state;
 pub mod experiments;
 pub mod health;
 pub mod input;
@@ -65,6 +69,7 @@ pub mod peer;
 pub mod pipeline_spec;
 pub mod pipelines;
 pub mod problem;
+pub mod push_group;
 pub mod server;
 pub mod shutdown;
 pub mod tasks;

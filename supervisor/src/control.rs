@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::backup::info::Inventory;
 use crate::listen;
 use crate::status::Snapshot;
-use crate::supervisor::Event;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
@@ -70,16 +69,21 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// Serves the socket for the life of the process, through the accept loop
 /// that every listener of the supervisor shares (a connection limit, and a
-/// backoff when accepting fails, say with EMFILE).
-pub async fn serve(listener: UnixListener, events: mpsc::UnboundedSender<Event>) {
+/// backoff when accepting fails, say with EMFILE). Each request goes to
+/// `submit` with the channel for its answer (`run` hands it to the event
+/// loop); `submit` returns false when the loop has ended.
+pub async fn serve<F>(listener: UnixListener, submit: F)
+where
+    F: Fn(Request, oneshot::Sender<Response>) -> bool + Clone + Send + Sync + 'static,
+{
     listen::accept_loop(
         "control socket",
         listener,
         listen::CONTROL_CONNECTIONS,
         move |stream, _| {
-            let events = events.clone();
+            let submit = submit.clone();
             async move {
-                if let Err(e) = handle(stream, events).await {
+                if let Err(e) = handle(stream, &submit).await {
                     tracing::debug!(error = %e, "control connection");
                 }
             }
@@ -88,7 +92,10 @@ pub async fn serve(listener: UnixListener, events: mpsc::UnboundedSender<Event>)
     .await;
 }
 
-async fn handle(stream: UnixStream, events: mpsc::UnboundedSender<Event>) -> anyhow::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    submit: &impl Fn(Request, oneshot::Sender<Response>) -> bool,
+) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     // A connection that stays silent gives its slot back.
@@ -101,7 +108,9 @@ async fn handle(stream: UnixStream, events: mpsc::UnboundedSender<Event>) -> any
                     tracing::info!(request = %line, "control request");
                 }
                 let (tx, rx) = oneshot::channel();
-                events.send(Event::Control(req, tx))?;
+                if !submit(req, tx) {
+                    anyhow::bail!("the event loop has ended");
+                }
                 rx.await
                     .unwrap_or_else(|_| Response::Error("the supervisor is stopping".into()))
             }

@@ -22,6 +22,23 @@
 //!   hard link in an untrusted directory.
 //!
 //! It depends on nothing else in the crate.
+//!
+//! Where the supervisor writes, and why it is safe:
+//!
+//! | what | written by | directory's owner | how |
+//! |---|---|---|---|
+//! | `state_dir`, `run_dir`, `log_dir`, `secrets/`, `tls/`, `generated/<service>/` | `prepare`, `tls`, `prepare::write_generated` | root (checked) | `ensure_private_dir` |
+//! | a service's directories (`<state_dir>/postgres`, `prometheus`, `prometheus/data`, `pushgateway`, `<run_dir>/postgres`) | `prepare::service_dirs`, before each start | root, or the service user for `prometheus/data` | `ensure_dir`: created, then `fchown` on the descriptor; a link in the service's directory refused |
+//! | `prometheus.yml`, `setup.sql` | `prepare::write_generated` | root | `write_file`; the service can read them, not change them (psql runs `setup.sql` as root) |
+//! | secrets, the ACME account | `prepare`, `tls::acme` | root (`secrets/`, 0711) | `write_atomic`, `fix_file` |
+//! | TLS key and certificate | `tls::ensure_self_signed`, `tls::install`, `prepare` | root (`tls/`) | `write_atomic`, `fix_file` |
+//! | `services.json`, `scaling-state.json` | `leftovers`, `scaling` | root (`run_dir`, `state_dir`) | `write_atomic` |
+//! | the config file, `user-data.rejected` | `firstboot` | root (`/etc/phoenix`) | `ensure_dir`, `write_atomic` |
+//! | service logs and their rotation | `logs` (file-rotate, by path) | root (`log_dir`, checked) | `O_NOFOLLOW` as well |
+//! | `control.sock` | `control::bind` (removes a stale one, by path) | root (`run_dir`, checked) | umask 0177 |
+//! | cgroup files | `cgroup` | root, on cgroupfs (no links can be made there; nothing is delegated to service users) | by path |
+//! | mount points | `pid1` | root, at boot before any service | by path |
+//! | `<data>.initdb`, `<data>` | `pginit` | `postgres` | runs as `postgres` itself, with no more rights than the owner |
 
 use std::collections::VecDeque;
 use std::ffi::{OsStr, OsString};

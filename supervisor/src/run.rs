@@ -15,7 +15,7 @@ use crate::cgroup::Cgroups;
 use crate::config::TlsSettings;
 use crate::config::{self, LoadOptions};
 use crate::reaper::Reaper;
-use crate::status::now_ms;
+use crate::status::{PlainHttpStatus, now_ms};
 use crate::supervisor::{Context, Event, Outcome, Supervisor};
 use crate::tls::{acme, renewal};
 use crate::{control, health, leftovers, listen, pid1, prepare, scaling};
@@ -69,27 +69,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
 
     let (tx, rx) = mpsc::unbounded_channel();
     let heartbeat = Arc::new(AtomicU64::new(now_ms()));
-    let certificate = renewal::Shared::default();
     let renew_certificate = Arc::new(tokio::sync::Notify::new());
     let https_port = Arc::new(std::sync::atomic::AtomicU16::new(config.tls.https_port));
-    spawn_certificate_tasks(
-        &config.tls,
-        &certificate,
-        &renew_certificate,
-        &https_port,
-        &tx,
-    );
-    let scaling = scaling::Shared::default();
+    spawn_certificate_tasks(&config.tls, &renew_certificate, &https_port, &tx);
     if config.scaling.enable {
-        let (settings, shared, events) = (config.scaling.clone(), scaling.clone(), tx.clone());
+        let (settings, events) = (config.scaling.clone(), tx.clone());
         keep_running("capacity checks", move || {
             let events = events.clone();
             scaling::run(
                 settings.clone(),
                 scaling::SystemSampler::new(&settings),
-                shared.clone(),
-                move || {
-                    let _ = events.send(Event::Scaling);
+                move |statuses| {
+                    let _ = events.send(Event::Scaling(statuses));
                 },
             )
         });
@@ -100,9 +91,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         cgroups,
         pid1,
         heartbeat: heartbeat.clone(),
-        certificate,
         renew_certificate,
-        scaling,
         https_port,
     };
     let socket = config.supervisor.control_socket();
@@ -136,7 +125,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     });
     let app = health::router(snapshot, heartbeat);
     tokio::spawn(listen::serve_http("health", health_listener, app));
-    tokio::spawn(control::serve(control_listener, tx));
+    tokio::spawn(control::serve(control_listener, move |request, reply| {
+        tx.send(Event::Control(request, reply)).is_ok()
+    }));
 
     let outcome = supervisor.run(rx).await;
     let _ = std::fs::remove_file(&socket);
@@ -153,20 +144,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
 /// reach them at the next start of the supervisor.
 fn spawn_certificate_tasks(
     tls: &TlsSettings,
-    shared: &renewal::Shared,
     renew: &Arc<tokio::sync::Notify>,
     https_port: &Arc<std::sync::atomic::AtomicU16>,
     tx: &mpsc::UnboundedSender<Event>,
 ) {
     let challenges = acme::Challenges::default();
     {
-        let (tls, challenges, renew, shared, events) = (
-            tls.clone(),
-            challenges.clone(),
-            renew.clone(),
-            shared.clone(),
-            tx.clone(),
-        );
+        let (tls, challenges, renew, events) =
+            (tls.clone(), challenges.clone(), renew.clone(), tx.clone());
         keep_running("certificate", move || {
             let issuer = tls.acme.clone().map(|settings| acme::AcmeIssuer {
                 settings,
@@ -178,23 +163,27 @@ fn spawn_certificate_tasks(
                 tls.clone(),
                 issuer,
                 renew.clone(),
-                shared.clone(),
-                move |renewed| {
-                    let _ = events.send(Event::Certificate { renewed });
+                move |status, renewed| {
+                    let _ = events.send(Event::Certificate {
+                        status: Box::new(status),
+                        renewed,
+                    });
                 },
             )
         });
     }
     if let Some(addr) = tls.http_listen {
-        let (app, shared, events) = (
+        let (app, events) = (
             acme::http_router(challenges, https_port.clone()),
-            shared.clone(),
             tx.clone(),
         );
         keep_running("plain HTTP", move || {
             let events = events.clone();
-            acme::serve_http(addr, app.clone(), shared.clone(), move || {
-                let _ = events.send(Event::Certificate { renewed: false });
+            acme::serve_http(addr, app.clone(), move |error| {
+                let _ = events.send(Event::PlainHttp(PlainHttpStatus {
+                    listen: addr.to_string(),
+                    error,
+                }));
             })
         });
     }

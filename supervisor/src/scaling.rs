@@ -12,7 +12,6 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,9 +20,6 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ScalingSettings, TriggerKind, TriggerSettings};
 use crate::fsafe::write_atomic;
 use crate::status::{Level, ScalingStatus, now_ms};
-
-/// The triggers' statuses, read by the event loop into every snapshot.
-pub type Shared = Arc<Mutex<Vec<ScalingStatus>>>;
 
 /// A value measured, `Ok(None)` when there is nothing to measure yet (no
 /// API requests in the window), or why it could not be measured.
@@ -250,12 +246,11 @@ fn save(path: &Path, triggers: &[Trigger]) -> anyhow::Result<()> {
 }
 
 /// Samples and evaluates every interval until the process ends.
-/// `changed()` is called after each round.
+/// `report` is called with the triggers' statuses after each round.
 pub async fn run<S: Sampler>(
     settings: ScalingSettings,
     mut sampler: S,
-    shared: Shared,
-    changed: impl Fn(),
+    report: impl Fn(Vec<ScalingStatus>),
 ) {
     let saved = load(&settings.state_file);
     let mut triggers: Vec<Trigger> = settings
@@ -324,8 +319,7 @@ pub async fn run<S: Sampler>(
                 }
             }
         }
-        *crate::tls::renewal::lock(&shared) = statuses;
-        changed();
+        report(statuses);
     }
 }
 
@@ -499,6 +493,7 @@ impl Sampler for SystemSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
     const MIN: u64 = 60_000;
 
@@ -651,20 +646,24 @@ mod tests {
         }
     }
 
+    /// Keeps the statuses of the last round.
+    fn keep_last(last: Arc<Mutex<Vec<ScalingStatus>>>) -> impl Fn(Vec<ScalingStatus>) {
+        move |statuses| *last.lock().unwrap() = statuses
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_loop_evaluates_every_interval_and_its_state_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let shared = Shared::default();
+        let last = Arc::new(Mutex::new(Vec::new()));
         // 10 minutes at 90 %: critical after the 5-minute sustain.
         let task = tokio::spawn(run(
             settings(dir.path()),
             Scripted(vec![90.0; 10]),
-            shared.clone(),
-            || {},
+            keep_last(last.clone()),
         ));
         tokio::time::sleep(Duration::from_secs(9 * 60 + 30)).await;
         task.abort();
-        let s = shared.lock().unwrap().clone();
+        let s = last.lock().unwrap().clone();
         let cpu_status = s.iter().find(|s| s.trigger == "cpu").unwrap();
         assert_eq!(cpu_status.level, Level::Critical);
         assert_eq!(cpu_status.alerts, 1);
@@ -683,16 +682,15 @@ mod tests {
         );
 
         // After a restart at 90 % still: critical at once, no new alert.
-        let shared = Shared::default();
+        let last = Arc::new(Mutex::new(Vec::new()));
         let task = tokio::spawn(run(
             settings(dir.path()),
             Scripted(vec![90.0; 3]),
-            shared.clone(),
-            || {},
+            keep_last(last.clone()),
         ));
         tokio::time::sleep(Duration::from_secs(150)).await;
         task.abort();
-        let s = shared.lock().unwrap().clone();
+        let s = last.lock().unwrap().clone();
         let cpu_status = s.iter().find(|s| s.trigger == "cpu").unwrap();
         assert_eq!((cpu_status.level, cpu_status.alerts), (Level::Critical, 0));
     }

@@ -1,9 +1,12 @@
 //! The supervisor's published state: what /health, /metrics and `phoenixctl`
-//! show. Built by the event loop after every event; readers never probe.
+//! show. Built by the event loop after every event (`Snapshot::of` its
+//! `Parts`, sent with `publish`); readers never probe.
 
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -178,6 +181,96 @@ pub struct CertificateStatus {
     pub served_error: Option<String>,
 }
 
+/// The plain-HTTP listener (ACME challenges, redirect to HTTPS) as its task
+/// last reported it; shown as part of the certificate's status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlainHttpStatus {
+    /// The address it listens on, or tries to.
+    pub listen: String,
+    /// Why it cannot listen.
+    pub error: Option<String>,
+}
+
+/// The certificate's status as shown: the certificate task's last look with
+/// the plain-HTTP listener's state; None before the task's first look.
+pub fn certificate_shown(
+    certificate: Option<&CertificateStatus>,
+    plain_http: Option<&PlainHttpStatus>,
+) -> Option<CertificateStatus> {
+    let mut shown = certificate.filter(|c| !c.mode.is_empty())?.clone();
+    if let Some(listener) = plain_http {
+        shown.http_listen = Some(listener.listen.clone());
+        shown.http_error = listener.error.clone();
+    }
+    Some(shown)
+}
+
+/// What the event loop holds, as a snapshot reads it.
+pub struct Parts<'a> {
+    pub started_at: SystemTime,
+    pub pid1: bool,
+    pub config_file: &'a Path,
+    /// Why resource limits are not applied, when they are not.
+    pub limits_unavailable: Option<&'a str>,
+    pub shutting_down: bool,
+    pub orphans_reaped: u64,
+    /// A shortage of the supervisor's own resources still shown.
+    pub resource_shortage: Option<ResourceShortage>,
+    pub services: Vec<ServiceStatus>,
+    /// The certificate task's last report.
+    pub certificate: Option<&'a CertificateStatus>,
+    /// The plain-HTTP listener's last report.
+    pub plain_http: Option<&'a PlainHttpStatus>,
+    pub scaling: &'a [ScalingStatus],
+}
+
+impl Snapshot {
+    pub fn of(parts: Parts<'_>) -> Snapshot {
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at_ms: unix_ms(parts.started_at),
+            pid1: parts.pid1,
+            config_file: parts.config_file.display().to_string(),
+            limits_unavailable: parts.limits_unavailable.map(String::from),
+            shutting_down: parts.shutting_down,
+            orphans_reaped: parts.orphans_reaped,
+            resource_shortage: parts.resource_shortage,
+            services: parts.services,
+            certificate: certificate_shown(parts.certificate, parts.plain_http),
+            scaling: parts.scaling.to_vec(),
+        }
+    }
+
+    /// Before the loop has looked at anything.
+    pub fn empty(config_file: &Path) -> Snapshot {
+        Snapshot::of(Parts {
+            started_at: SystemTime::now(),
+            pid1: false,
+            config_file,
+            limits_unavailable: None,
+            shutting_down: false,
+            orphans_reaped: 0,
+            resource_shortage: None,
+            services: Vec::new(),
+            certificate: None,
+            plain_http: None,
+            scaling: &[],
+        })
+    }
+}
+
+/// Sends `snapshot` to the readers when it differs from the last one.
+pub fn publish(to: &watch::Sender<Snapshot>, snapshot: Snapshot) {
+    to.send_if_modified(|old| {
+        if *old == snapshot {
+            false
+        } else {
+            *old = snapshot;
+            true
+        }
+    });
+}
+
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -185,4 +278,37 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 
 pub fn now_ms() -> u64 {
     unix_ms(SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_is_shown_after_the_first_look_with_the_listener_merged_in() {
+        let listener = |error: Option<&str>| PlainHttpStatus {
+            listen: "0.0.0.0:80".into(),
+            error: error.map(String::from),
+        };
+        let busy = listener(Some("cannot listen on 0.0.0.0:80"));
+        assert_eq!(certificate_shown(None, Some(&busy)), None);
+        let unseen = CertificateStatus::default();
+        assert_eq!(certificate_shown(Some(&unseen), Some(&busy)), None);
+
+        let looked = CertificateStatus {
+            mode: "acme".into(),
+            error: Some("the CA is down".into()),
+            ..CertificateStatus::default()
+        };
+        assert_eq!(certificate_shown(Some(&looked), None), Some(looked.clone()));
+        let shown = certificate_shown(Some(&looked), Some(&busy)).unwrap();
+        assert_eq!(shown.http_listen.as_deref(), Some("0.0.0.0:80"));
+        assert_eq!(shown.http_error, busy.error);
+        assert_eq!(shown.error, looked.error);
+        let shown = certificate_shown(Some(&looked), Some(&listener(None))).unwrap();
+        assert_eq!(
+            (shown.http_listen.as_deref(), shown.http_error),
+            (Some("0.0.0.0:80"), None)
+        );
+    }
 }

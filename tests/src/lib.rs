@@ -1,6 +1,25 @@
 //! Test harness: run the real `phoenix-supervisor` on a config in a temp dir
 //! and observe it through `phoenixctl`, its health endpoint and /proc.
 //! The one way the tests start a supervisor.
+//!
+//! - [`Supervisor`]: `config(body)` writes a config with the `[supervisor]`
+//!   directories and a free `[health]` port inside a temp dir; `start` (or
+//!   `start_with(wrapper)`, e.g. `unshare --pid --fork --mount-proc`) runs
+//!   `phoenix-supervisor run` in its own process group; observation goes only
+//!   through `phoenixctl --json status`, the health endpoint, files and /proc.
+//!   Dropping it sends SIGTERM, then SIGKILL to the group, and prints the
+//!   supervisor's log when the test failed. [`NO_BUILTINS`] turns off every
+//!   built-in for lifecycle tests.
+//! - [`free_port`] hands out a port that is free now and claims it with a
+//!   marker file in `$TMPDIR/phoenix-test-ports` (made with `create_new`, so
+//!   two test processes never get the same port; a claim older than ten
+//!   minutes is taken over).
+//! - [`StackPorts`] claims the ports of a full stack (PostgreSQL, Prometheus,
+//!   the Pushgateway, the API's two listeners, the plain-HTTP port) and
+//!   writes the built-in sections for them; [`Stack`] runs that and waits up
+//!   to 180 s for every service, then offers logins, users, requests on both
+//!   listeners as [`Reply`], enrollment, the agent protocol, the audit log and
+//!   SQL.
 
 #![forbid(unsafe_code)]
 
@@ -716,6 +735,13 @@ impl Reply {
     }
 }
 
+/// The tokens of the admin, an operator (`olivia`) and a viewer (`victor`).
+pub struct Users {
+    pub admin: String,
+    pub operator: String,
+    pub viewer: String,
+}
+
 /// An enrolled agent: its id and the credential it authenticates with.
 #[derive(Debug, Clone)]
 pub struct Agent {
@@ -808,6 +834,17 @@ impl Stack {
         );
         assert_eq!(r.status, 201, "create {username}: {r:?}");
         self.login(username, &password)
+    }
+
+    /// Logs in as the admin and creates the operator `olivia` and the viewer
+    /// `victor`; the three tokens.
+    pub fn users(&self) -> Users {
+        let admin = self.admin_token();
+        Users {
+            operator: self.user_token(&admin, "olivia", "operator"),
+            viewer: self.user_token(&admin, "victor", "viewer"),
+            admin,
+        }
     }
 
     fn send(&self, req: reqwest::blocking::RequestBuilder, token: Option<&str>) -> Reply {
@@ -966,6 +1003,11 @@ impl Stack {
                 .header("content-type", "text/plain; version=0.0.4")
                 .body(text),
         )
+    }
+
+    /// The Pushgateway's own exposition: which groups and series it holds.
+    pub fn pushgateway_text(&self) -> String {
+        get_text(&self.ports.pushgateway_url("/metrics"))
     }
 
     /// Runs `sql` with `psql` as the API's own database role (`phoenix`,

@@ -18,22 +18,6 @@ use serde_json::{Value, json};
 const SQL_NAME: &str = "web-1'; DROP TABLE agents; --";
 const SQL_LABEL: &str = "x' OR '1'='1";
 
-/// The tokens of the admin, an operator and a viewer.
-struct Users {
-    admin: String,
-    operator: String,
-    viewer: String,
-}
-
-fn users(s: &Stack) -> Users {
-    let admin = s.admin_token();
-    Users {
-        operator: s.user_token(&admin, "olivia", "operator"),
-        viewer: s.user_token(&admin, "victor", "viewer"),
-        admin,
-    }
-}
-
 fn enrolled(r: &Reply) -> Agent {
     assert_eq!(r.status, 201, "{r:?}");
     Agent {
@@ -78,7 +62,7 @@ fn task_detail(s: &Stack, token: &str, task: &str) -> Value {
 #[test]
 fn enrollment_tokens_are_managed_by_admins_only_and_shown_once() {
     let s = Stack::start("");
-    let u = users(&s);
+    let u = s.users();
     for token in [&u.operator, &u.viewer] {
         let r = s.post(Some(token), "/api/v1/enrollment-tokens", &json!({}));
         assert_eq!((r.status, r.code()), (403, "forbidden"), "{r:?}");
@@ -129,7 +113,7 @@ fn enrollment_tokens_are_managed_by_admins_only_and_shown_once() {
 #[test]
 fn enrollment_checks_the_token_counts_its_uses_and_audits_every_refusal() {
     let s = Stack::start("");
-    let u = users(&s);
+    let u = s.users();
     let (token_id, token) = s.enrollment_token(
         &u.admin,
         &json!({ "description": "web fleet", "uses": 2, "expires_in_secs": 600 }),
@@ -292,7 +276,7 @@ fn each_listener_refuses_the_other_listeners_credentials_and_routes() {
 #[test]
 fn heartbeats_mark_an_agent_online_with_its_version_and_status() {
     let s = Stack::start("");
-    let u = users(&s);
+    let u = s.users();
     let (a, _) = two_agents(&s, &u.admin);
     let agent_a = s.get(Some(&u.viewer), &format!("/api/v1/agents/{}", a.id));
     assert_eq!(agent_a.body["status"], "offline", "{agent_a:?}");
@@ -330,7 +314,7 @@ fn heartbeats_mark_an_agent_online_with_its_version_and_status() {
 #[test]
 fn agents_are_listed_in_pages_by_name() {
     let s = Stack::start("");
-    let u = users(&s);
+    let u = s.users();
     two_agents(&s, &u.admin);
     let mut names = Vec::new();
     let mut after: Option<String> = None;
@@ -382,7 +366,7 @@ fn agents_are_listed_in_pages_by_name() {
 #[test]
 fn revoking_an_agent_ends_its_long_poll_and_refuses_its_credential_at_once() {
     let s = Stack::start("");
-    let u = users(&s);
+    let u = s.users();
     let (_, b) = two_agents(&s, &u.admin);
     let revoke = format!("/api/v1/agents/{}", b.id);
     assert_eq!(s.delete(Some(&u.viewer), &revoke).status, 403);
@@ -454,7 +438,7 @@ fn the_openapi_document_describes_both_listeners() {
 #[test]
 fn tasks_are_queued_by_operators_only_and_polls_check_their_query() {
     let s = Stack::start("");
-    let u = users(&s);
+    let u = s.users();
     let a = s.enroll_one(&u.admin, "host-a");
     let r = s.post(
         Some(&u.viewer),
@@ -520,7 +504,7 @@ fn a_waiting_long_poll_is_woken_by_a_new_task() {
 #[test]
 fn results_are_idempotent_and_taken_only_for_a_task_leased_to_the_agent() {
     let s = Stack::start("");
-    let u = users(&s);
+    let u = s.users();
     let [a, b]: [Agent; 2] = s
         .enroll(&u.admin, &["host-a", "host-b"])
         .try_into()
@@ -584,7 +568,7 @@ fn results_are_idempotent_and_taken_only_for_a_task_leased_to_the_agent() {
 #[test]
 fn a_failed_attempt_is_queued_again_while_attempts_are_left() {
     let s = Stack::start("");
-    let u = users(&s);
+    let u = s.users();
     let a = s.enroll_one(&u.admin, "host-a");
     let flaky = new_task(
         &s,
@@ -623,7 +607,7 @@ fn a_failed_attempt_is_queued_again_while_attempts_are_left() {
 #[test]
 fn an_expired_lease_queues_the_task_again_until_its_attempts_are_spent() {
     let s = Stack::start("");
-    let u = users(&s);
+    let u = s.users();
     let [a, b]: [Agent; 2] = s
         .enroll(&u.admin, &["host-a", "host-b"])
         .try_into()
@@ -685,7 +669,7 @@ fn an_expired_lease_queues_the_task_again_until_its_attempts_are_spent() {
 #[test]
 fn revoking_an_agent_cancels_its_queued_tasks() {
     let s = Stack::start("");
-    let u = users(&s);
+    let u = s.users();
     let b = s.enroll_one(&u.admin, "host-b");
     let queued = new_task(&s, &u.operator, &b.id, json!({ "kind": "noop" }));
     assert_eq!(
@@ -705,7 +689,7 @@ fn revoking_an_agent_cancels_its_queued_tasks() {
 #[test]
 fn tasks_are_listed_by_agent_and_state_and_counted_by_state_in_metrics() {
     let s = Stack::start("");
-    let u = users(&s);
+    let u = s.users();
     let [a, b]: [Agent; 2] = s
         .enroll(&u.admin, &["host-a", "host-b"])
         .try_into()
@@ -998,7 +982,7 @@ fn invalid_metric_pushes_are_refused_with_a_code_and_never_forwarded() {
     assert_eq!((r.status, r.code()), (400, "invalid_group"));
     let r = s.push_metrics(&admin, "", "m 1\n");
     assert_eq!((r.status, r.code()), (401, "user_token_refused"));
-    let pushed = get_text(&s.ports.pushgateway_url("/metrics"));
+    let pushed = s.pushgateway_text();
     assert!(
         !pushed.contains("exp-2") && !pushed.contains("spoofed"),
         "{pushed}"
@@ -1015,7 +999,7 @@ fn revoking_an_agent_deletes_its_pushgateway_groups_and_only_its() {
             .status,
         204
     );
-    let pushed = get_text(&s.ports.pushgateway_url("/metrics"));
+    let pushed = s.pushgateway_text();
     assert!(!pushed.contains(&a.id), "{pushed}");
     assert!(pushed.contains(&b.id), "{pushed}");
     let r = s.push_metrics(&a.credential, "", "m 1\n");

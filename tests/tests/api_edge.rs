@@ -13,10 +13,12 @@ use serde_json::Value;
 /// over HTTP/2 the stream was reset without the answer, over HTTP/1.1 the
 /// connection closed while the client was still sending. curl is limited
 /// to 16 MiB/s so that it is still sending when the answer comes, as on any
-/// real network.
+/// real network. The metric push, which bounds its own body, answers the
+/// same way.
 #[test]
 fn an_oversized_body_gets_its_413_over_http2_and_http1() {
     let s = Stack::start("");
+    let agent = s.enroll_one(&s.admin_token(), "edge-host");
     let mut body = tempfile::NamedTempFile::new().unwrap();
     body.write_all(&vec![b'x'; 6 * 1024 * 1024]).unwrap();
     let body_arg = format!("@{}", body.path().display());
@@ -39,31 +41,44 @@ fn an_oversized_body_gets_its_413_over_http2_and_http1() {
             "1.1",
         ),
     ];
-    for url in [
-        s.ports.api_url("/api/v1/auth/login"),
-        s.ports.agent_url("/api/v1/agents/enroll"),
-    ] {
+    let json = ["-X", "POST", "-H", "content-type: application/json"];
+    let bearer = format!("authorization: Bearer {}", agent.credential);
+    let push = ["-X", "PUT", "-H", "content-type: text/plain", "-H", &bearer];
+    let targets: [(String, &[&str], &str); 3] = [
+        (
+            s.ports.api_url("/api/v1/auth/login"),
+            &json,
+            "body_too_large",
+        ),
+        (
+            s.ports.agent_url("/api/v1/agents/enroll"),
+            &json,
+            "body_too_large",
+        ),
+        (
+            s.ports.agent_url("/api/v1/agent/metrics"),
+            &push,
+            "metrics_too_large",
+        ),
+    ];
+    for (url, request, code) in &targets {
         for (name, flags, version) in cases {
-            let mut args = vec![
-                "--limit-rate",
-                "16M",
-                "-X",
-                "POST",
-                "-H",
-                "content-type: application/json",
+            let mut args = vec!["--limit-rate", "16M"];
+            args.extend_from_slice(request);
+            args.extend_from_slice(&[
                 "--data-binary",
                 &body_arg,
                 "-w",
                 "\n%{http_code} %{http_version}",
-            ];
+            ]);
             args.extend_from_slice(flags);
-            args.push(&url);
+            args.push(url);
             let (exit, out, err) = curl(&args);
             assert_eq!(exit, 0, "{url} over {name}: curl failed: {err}");
             let (problem, status) = out.rsplit_once('\n').unwrap();
             assert_eq!(status, format!("413 {version}"), "{url} over {name}");
             let problem: Value = serde_json::from_str(problem).unwrap();
-            assert_eq!(problem["code"], "body_too_large", "{url} over {name}");
+            assert_eq!(problem["code"], *code, "{url} over {name}");
         }
     }
 }

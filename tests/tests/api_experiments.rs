@@ -6,12 +6,15 @@
 
 use std::time::Duration;
 
-use phoenix_tests::{Agent, Reply, Stack, Supervisor, get_text, wait_until};
+use phoenix_tests::{Agent, Reply, Stack, Supervisor, Users, wait_until};
 use serde_json::{Value, json};
 
 /// A fast driver, and a price that is exact in binary.
 const CONFIG: &str = "[services.api]\nenv = { PHOENIX_EXPERIMENT_TICK = \"300ms\", PHOENIX_PRICE_PER_SERIES_MONTH = \"0.25\" }\n";
 const PRICE: f64 = 0.25;
+/// A fast driver, and measuring that gives up 3 s after the window when
+/// data is missing.
+const SHORT_GRACE: &str = "[services.api]\nenv = { PHOENIX_EXPERIMENT_TICK = \"300ms\", PHOENIX_EXPERIMENT_ANALYSIS_GRACE = \"3s\" }\n";
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * b.abs().max(1.0)
@@ -145,17 +148,124 @@ fn tasks_of(e: &Value, kind: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The Pushgateway's own exposition, to see which groups exist.
-fn pushgateway_text(s: &Stack) -> String {
-    get_text(&s.ports.pushgateway_url("/metrics"))
+/// The candidate of most experiments here: the ten busiest processes and
+/// the rest summed.
+fn top10() -> Value {
+    json!({ "stages": [{ "type": "top_k", "k": 10, "by": "cpu" }] })
+}
+
+/// Creates (as `operator`) an experiment of a full-fidelity baseline and
+/// `candidate` on `agents`, 3 seconds long; its id.
+fn create(s: &Stack, operator: &str, name: &str, agents: &[&Agent], candidate: Value) -> String {
+    let ids: Vec<&str> = agents.iter().map(|x| x.id.as_str()).collect();
+    let r = s.post(
+        Some(operator),
+        "/api/v1/experiments",
+        &json!({
+            "name": name,
+            "baseline": { "spec": { "stages": [] } },
+            "candidate": { "spec": candidate },
+            "agents": ids,
+            "duration": 3,
+        }),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    r.body["id"].as_str().unwrap().to_string()
+}
+
+/// An experiment run to `completed` by [`completed_experiment`].
+struct Completed {
+    /// `web-1` and `db-1`, in the experiment, and `cache-1`, in none.
+    agents: Vec<Agent>,
+    id: String,
+    /// The experiment as it completed, with its KPIs.
+    experiment: Value,
+}
+
+/// A saved full-fidelity baseline against [`top10`] on `web-1` (100
+/// processes) and `db-1` (50) for 4 s: defined, started, deployed and
+/// pushed by both agents as an agent would, each step checked, until the
+/// driver has measured it.
+fn completed_experiment(s: &Stack, users: &Users) -> Completed {
+    let Users {
+        admin,
+        operator,
+        viewer,
+    } = users;
+    let agents = s.enroll(admin, &["web-1", "db-1", "cache-1"]);
+    let (a, b) = (&agents[0], &agents[1]);
+
+    let baseline = s.post(
+        Some(operator),
+        "/api/v1/pipelines",
+        &json!({ "name": "full", "spec": { "stages": [] } }),
+    );
+    assert_eq!(baseline.status, 201);
+    let candidate_spec = top10();
+    let new = json!({
+        "name": "top 10 on web and db",
+        "baseline": { "pipeline_id": baseline.body["id"] },
+        "candidate": { "spec": candidate_spec },
+        "agents": [a.id, b.id],
+        "duration": "4s",
+    });
+    assert_eq!(
+        s.post(Some(viewer), "/api/v1/experiments", &new).status,
+        403
+    );
+    let created = s.post(Some(operator), "/api/v1/experiments", &new);
+    assert_eq!(created.status, 201, "{created:?}");
+    let e = created.body;
+    let id = e["id"].as_str().unwrap().to_string();
+    assert_eq!(e["state"], "created");
+    assert_eq!(e["allowed_actions"], json!(["start"]));
+    assert_eq!(e["duration_seconds"], 4);
+    assert_eq!(
+        (f(&e["min_reduction_pct"]), f(&e["min_accuracy_pct"])),
+        (70.0, 98.0)
+    );
+    assert_eq!(e["baseline"]["spec"], json!({ "stages": [] }));
+    assert_eq!(e["candidate"]["spec"], candidate_spec);
+
+    let started = act(s, operator, &id, "start");
+    assert_eq!(started.status, 200, "{started:?}");
+    assert_eq!(started.body["state"], "deploying");
+
+    // Each agent gets its run_experiment task, starts pushing both variants,
+    // then confirms.
+    let procs_a = processes(100);
+    let procs_b = processes(50);
+    for (agent, procs) in [(a, &procs_a), (b, &procs_b)] {
+        let tasks = poll(s, agent);
+        assert_eq!(tasks.len(), 1, "{tasks:?}");
+        let task = &tasks[0];
+        assert_eq!(task["kind"], "run_experiment");
+        assert_eq!(task["payload"]["experiment_id"], id.as_str());
+        assert_eq!(task["payload"]["baseline"], json!({ "stages": [] }));
+        assert_eq!(task["payload"]["candidate"], candidate_spec);
+        assert_eq!(task["payload"]["duration_seconds"], 4);
+        push(s, agent, Some((&id, "baseline")), &exposition(procs, None));
+        push(s, agent, Some((&id, "candidate")), &top_k(procs, 10));
+        report(s, agent, task, "succeeded", None);
+    }
+    let running = wait_state(s, viewer, &id, "running");
+    assert_eq!(running["allowed_actions"], json!(["stop"]));
+    let completed = wait_state(s, viewer, &id, "completed");
+    assert_eq!(completed["allowed_actions"], json!(["promote", "rollback"]));
+    assert_eq!(completed["error"], Value::Null);
+    Completed {
+        id,
+        experiment: completed,
+        agents,
+    }
 }
 
 #[test]
-fn pipelines_are_validated_saved_and_guarded_by_role() {
+fn pipeline_templates_are_listed_and_invalid_specs_and_texts_are_refused_with_a_code() {
     let s = Stack::start(CONFIG);
-    let admin = s.admin_token();
-    let operator = s.user_token(&admin, "olga", "operator");
-    let viewer = s.user_token(&admin, "vic", "viewer");
+    let Users {
+        operator, viewer, ..
+    } = s.users();
 
     let templates = s.get(Some(&viewer), "/api/v1/pipeline-templates");
     assert_eq!(templates.status, 200, "{templates:?}");
@@ -182,24 +292,13 @@ fn pipelines_are_validated_saved_and_guarded_by_role() {
         json!({ "stages": [{ "type": "top_k", "k": 10, "by": "cpu" }] })
     );
 
-    let spec = json!({ "stages": [
-        { "type": "filter", "exclude": "kworker/.*" },
-        { "type": "top_k", "k": 10, "by": "cpu" },
-    ]});
-    let new = json!({ "name": "Top 10 CPU", "description": "busiest ten", "spec": spec });
-    let denied = s.post(Some(&viewer), "/api/v1/pipelines", &new);
-    assert_eq!((denied.status, denied.code()), (403, "forbidden"));
-    let created = s.post(Some(&operator), "/api/v1/pipelines", &new);
-    assert_eq!(created.status, 201, "{created:?}");
-    assert_eq!(created.body["spec"], spec);
-    assert_eq!(created.body["created_by"], "user:olga");
-    let id = created.body["id"].as_str().unwrap().to_string();
-    let again = s.post(
+    let created = s.post(
         Some(&operator),
         "/api/v1/pipelines",
-        &json!({ "name": "top 10 cpu", "spec": {} }),
+        &json!({ "name": "Top 10 CPU", "spec": {} }),
     );
-    assert_eq!((again.status, again.code()), (409, "pipeline_exists"));
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.body["id"].as_str().unwrap().to_string();
     // PostgreSQL cannot store NUL: refused as input, on create and on update,
     // with the code of every NUL refusal.
     let nul = json!({ "name": "nul", "description": "a\u{0}b", "spec": {} });
@@ -270,6 +369,42 @@ fn pipelines_are_validated_saved_and_guarded_by_role() {
     );
     assert_eq!((no_spec.status, no_spec.code()), (400, "invalid_body"));
 
+    let r = s.put(
+        Some(&operator),
+        &format!("/api/v1/pipelines/{id}"),
+        &json!({ "name": "x", "spec": { "stages": [{ "type": "top_k", "k": 100001, "by": "memory" }] } }),
+    );
+    assert_eq!((r.status, r.code()), (400, "invalid_k"));
+}
+
+#[test]
+fn pipelines_are_saved_replaced_and_deleted_by_operators_only_and_audited() {
+    let s = Stack::start(CONFIG);
+    let Users {
+        admin,
+        operator,
+        viewer,
+    } = s.users();
+
+    let spec = json!({ "stages": [
+        { "type": "filter", "exclude": "kworker/.*" },
+        { "type": "top_k", "k": 10, "by": "cpu" },
+    ]});
+    let new = json!({ "name": "Top 10 CPU", "description": "busiest ten", "spec": spec });
+    let denied = s.post(Some(&viewer), "/api/v1/pipelines", &new);
+    assert_eq!((denied.status, denied.code()), (403, "forbidden"));
+    let created = s.post(Some(&operator), "/api/v1/pipelines", &new);
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.body["spec"], spec);
+    assert_eq!(created.body["created_by"], "user:olivia");
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let again = s.post(
+        Some(&operator),
+        "/api/v1/pipelines",
+        &json!({ "name": "top 10 cpu", "spec": {} }),
+    );
+    assert_eq!((again.status, again.code()), (409, "pipeline_exists"));
+
     let list = s.get(Some(&viewer), "/api/v1/pipelines");
     assert_eq!(list.status, 200);
     assert_eq!(list.body.as_array().unwrap().len(), 1);
@@ -279,12 +414,6 @@ fn pipelines_are_validated_saved_and_guarded_by_role() {
     let replaced = json!({ "name": "Drop pid", "spec": { "stages": [{ "type": "drop_labels", "labels": ["pid"] }] } });
     let r = s.put(Some(&viewer), &format!("/api/v1/pipelines/{id}"), &replaced);
     assert_eq!(r.status, 403);
-    let r = s.put(
-        Some(&operator),
-        &format!("/api/v1/pipelines/{id}"),
-        &json!({ "name": "x", "spec": { "stages": [{ "type": "top_k", "k": 100001, "by": "memory" }] } }),
-    );
-    assert_eq!((r.status, r.code()), (400, "invalid_k"));
     let r = s.put(
         Some(&operator),
         &format!("/api/v1/pipelines/{id}"),
@@ -316,7 +445,7 @@ fn pipelines_are_validated_saved_and_guarded_by_role() {
         actions,
         ["pipelines.delete", "pipelines.update", "pipelines.create"]
     );
-    assert!(audit.iter().all(|e| e["actor"] == "user:olga"));
+    assert!(audit.iter().all(|e| e["actor"] == "user:olivia"));
 
     let doc = s.get(None, "/api/v1/openapi.json");
     for path in [
@@ -332,72 +461,15 @@ fn pipelines_are_validated_saved_and_guarded_by_role() {
 }
 
 #[test]
-fn an_experiment_runs_is_measured_from_pushed_data_promoted_and_costed() {
+fn a_completed_experiment_is_measured_from_the_pushed_data_and_its_groups_go() {
     let s = Stack::start(CONFIG);
-    let admin = s.admin_token();
-    let operator = s.user_token(&admin, "olga", "operator");
-    let viewer = s.user_token(&admin, "vic", "viewer");
-    let agents = s.enroll(&admin, &["web-1", "db-1", "cache-1"]);
+    let Completed {
+        agents,
+        id,
+        experiment: completed,
+    } = completed_experiment(&s, &s.users());
     let (a, b, c) = (&agents[0], &agents[1], &agents[2]);
-
-    let baseline = s.post(
-        Some(&operator),
-        "/api/v1/pipelines",
-        &json!({ "name": "full", "spec": { "stages": [] } }),
-    );
-    assert_eq!(baseline.status, 201);
-    let candidate_spec = json!({ "stages": [{ "type": "top_k", "k": 10, "by": "cpu" }] });
-    let new = json!({
-        "name": "top 10 on web and db",
-        "baseline": { "pipeline_id": baseline.body["id"] },
-        "candidate": { "spec": candidate_spec },
-        "agents": [a.id, b.id],
-        "duration": "4s",
-    });
-    assert_eq!(
-        s.post(Some(&viewer), "/api/v1/experiments", &new).status,
-        403
-    );
-    let created = s.post(Some(&operator), "/api/v1/experiments", &new);
-    assert_eq!(created.status, 201, "{created:?}");
-    let e = created.body;
-    let id = e["id"].as_str().unwrap().to_string();
-    assert_eq!(e["state"], "created");
-    assert_eq!(e["allowed_actions"], json!(["start"]));
-    assert_eq!(e["duration_seconds"], 4);
-    assert_eq!(
-        (f(&e["min_reduction_pct"]), f(&e["min_accuracy_pct"])),
-        (70.0, 98.0)
-    );
-    assert_eq!(e["baseline"]["spec"], json!({ "stages": [] }));
-    assert_eq!(e["candidate"]["spec"], candidate_spec);
-
-    let started = act(&s, &operator, &id, "start");
-    assert_eq!(started.status, 200, "{started:?}");
-    assert_eq!(started.body["state"], "deploying");
-
-    // Each agent gets its run_experiment task, starts pushing both variants,
-    // then confirms.
     let procs_a = processes(100);
-    let procs_b = processes(50);
-    for (agent, procs) in [(a, &procs_a), (b, &procs_b)] {
-        let tasks = poll(&s, agent);
-        assert_eq!(tasks.len(), 1, "{tasks:?}");
-        let task = &tasks[0];
-        assert_eq!(task["kind"], "run_experiment");
-        assert_eq!(task["payload"]["experiment_id"], id.as_str());
-        assert_eq!(task["payload"]["baseline"], json!({ "stages": [] }));
-        assert_eq!(task["payload"]["candidate"], candidate_spec);
-        assert_eq!(task["payload"]["duration_seconds"], 4);
-        push(&s, agent, Some((&id, "baseline")), &exposition(procs, None));
-        push(&s, agent, Some((&id, "candidate")), &top_k(procs, 10));
-        report(&s, agent, task, "succeeded", None);
-    }
-    let running = wait_state(&s, &viewer, &id, "running");
-    assert_eq!(running["allowed_actions"], json!(["stop"]));
-    let completed = wait_state(&s, &viewer, &id, "completed");
-    assert_eq!(completed["allowed_actions"], json!(["promote", "rollback"]));
-    assert_eq!(completed["error"], Value::Null);
 
     // 100 and 50 processes with two metrics each; top 10 plus `other`.
     let k = &completed["kpis"];
@@ -452,17 +524,14 @@ fn an_experiment_runs_is_measured_from_pushed_data_promoted_and_costed() {
         .iter()
         .map(|q| q["promql"].as_str().unwrap())
         .collect();
-    assert!(
-        queries.contains(&format!(
-            "count by (agent) (last_over_time({{__name__!~\"push_time_seconds|push_failure_time_seconds\",\
-             job=\"phoenix-agent\",experiment=\"{id}\",variant=\"baseline\"}}[4s]))"
-        ).as_str()),
-        "{queries:#?}"
+    let baseline_series = format!(
+        "count by (agent) (last_over_time({{__name__!~\"push_time_seconds|push_failure_time_seconds\",job=\"phoenix-agent\",experiment=\"{id}\",variant=\"baseline\"}}[4s]))"
     );
+    assert!(queries.contains(&baseline_series.as_str()), "{queries:#?}");
 
     // The window is over: the experiment's Pushgateway groups are gone.
     wait_until("experiment groups deleted", Duration::from_secs(10), || {
-        (!pushgateway_text(&s).contains(&id)).then_some(())
+        (!s.pushgateway_text().contains(&id)).then_some(())
     });
     // ... and pushes to it are refused, so a late one cannot bring them back.
     let late = |agent: &Agent| {
@@ -481,7 +550,26 @@ fn an_experiment_runs_is_measured_from_pushed_data_promoted_and_costed() {
     let group = format!("experiment={}&variant=baseline", id.to_uppercase());
     let r = s.push_metrics(&a.credential, &group, "m 1\n");
     assert_eq!((r.status, r.code()), (400, "invalid_group"), "{r:?}");
-    assert!(!pushgateway_text(&s).contains(&id));
+    assert!(!s.pushgateway_text().contains(&id));
+}
+
+#[test]
+fn a_promoted_experiment_sends_its_candidate_and_is_costed_and_audited() {
+    let s = Stack::start(CONFIG);
+    let users = s.users();
+    let Completed {
+        agents,
+        id,
+        experiment: completed,
+    } = completed_experiment(&s, &users);
+    let Users {
+        admin,
+        operator,
+        viewer,
+    } = users;
+    let (a, b, c) = (&agents[0], &agents[1], &agents[2]);
+    let procs_a = processes(100);
+    let k = &completed["kpis"];
 
     let promoted = act(&s, &operator, &id, "promote");
     assert_eq!(promoted.status, 200, "{promoted:?}");
@@ -494,18 +582,18 @@ fn an_experiment_runs_is_measured_from_pushed_data_promoted_and_costed() {
         assert_eq!(tasks.len(), 1, "{tasks:?}");
         assert_eq!(tasks[0]["kind"], "apply_pipeline");
         assert_eq!(tasks[0]["payload"]["variant"], "candidate");
-        assert_eq!(tasks[0]["payload"]["spec"], candidate_spec);
+        assert_eq!(tasks[0]["payload"]["spec"], top10());
         report(&s, agent, &tasks[0], "succeeded", None);
     }
     assert_eq!(
         transitions(&promoted.body),
         [
-            ("created", "create", "user:olga"),
-            ("deploying", "start", "user:olga"),
+            ("created", "create", "user:olivia"),
+            ("deploying", "start", "user:olivia"),
             ("running", "deployed", "system:driver"),
             ("analyzing", "window_ended", "system:driver"),
             ("completed", "analyzed", "system:driver"),
-            ("promoted", "promote", "user:olga"),
+            ("promoted", "promote", "user:olivia"),
         ]
         .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
     );
@@ -585,12 +673,12 @@ fn an_experiment_runs_is_measured_from_pushed_data_promoted_and_costed() {
     assert_eq!(
         entries,
         [
-            ("experiments.create", "user:olga"),
-            ("experiments.start", "user:olga"),
+            ("experiments.create", "user:olivia"),
+            ("experiments.start", "user:olivia"),
             ("experiments.deployed", "system:driver"),
             ("experiments.window_ended", "system:driver"),
             ("experiments.analyzed", "system:driver"),
-            ("experiments.promote", "user:olga"),
+            ("experiments.promote", "user:olivia"),
         ]
         .map(|(a, b)| (a.to_string(), b.to_string()))
     );
@@ -602,33 +690,15 @@ fn an_experiment_runs_is_measured_from_pushed_data_promoted_and_costed() {
 }
 
 #[test]
-fn illegal_transitions_failures_stops_and_rollbacks() {
-    // Measuring gives up 3 s after the window when data is missing.
-    let s = Stack::start(
-        "[services.api]\nenv = { PHOENIX_EXPERIMENT_TICK = \"300ms\", PHOENIX_EXPERIMENT_ANALYSIS_GRACE = \"3s\" }\n",
-    );
-    let admin = s.admin_token();
-    let operator = s.user_token(&admin, "olga", "operator");
-    let viewer = s.user_token(&admin, "vic", "viewer");
-    let agents = s.enroll(&admin, &["a-1", "b-1", "c-1"]);
-    let (a, b, c) = (&agents[0], &agents[1], &agents[2]);
-    let new = |name: &str, agents: &[&Agent], candidate: Value| {
-        let ids: Vec<&str> = agents.iter().map(|x| x.id.as_str()).collect();
-        let r = s.post(
-            Some(&operator),
-            "/api/v1/experiments",
-            &json!({
-                "name": name,
-                "baseline": { "spec": { "stages": [] } },
-                "candidate": { "spec": candidate },
-                "agents": ids,
-                "duration": 3,
-            }),
-        );
-        assert_eq!(r.status, 201, "{r:?}");
-        r.body["id"].as_str().unwrap().to_string()
-    };
-    let top10 = json!({ "stages": [{ "type": "top_k", "k": 10, "by": "cpu" }] });
+fn bad_definitions_and_illegal_actions_are_refused_and_a_failing_agent_fails_the_deployment() {
+    let s = Stack::start(SHORT_GRACE);
+    let Users {
+        admin,
+        operator,
+        viewer,
+    } = s.users();
+    let agents = s.enroll(&admin, &["a-1"]);
+    let a = &agents[0];
 
     // Bad definitions.
     let body = |agents: Value, duration: Value, extra: Value| {
@@ -683,7 +753,7 @@ fn illegal_transitions_failures_stops_and_rollbacks() {
     }
 
     // An agent that cannot run the experiment fails it.
-    let e1 = new("fails", &[a], top10.clone());
+    let e1 = create(&s, &operator, "fails", &[a], top10());
     let r = act(&s, &operator, &e1, "promote");
     assert_eq!((r.status, r.code()), (409, "illegal_transition"), "{r:?}");
     assert_eq!(r.body["allowed"], json!(["start"]));
@@ -727,11 +797,30 @@ fn illegal_transitions_failures_stops_and_rollbacks() {
         "{r:?}"
     );
 
-    // Stopping a deployment cancels the task that was not picked up. The
-    // Pushgateway is down when it stops, so deleting the groups fails; they
-    // come back with the Pushgateway (it persists them) and the API's
-    // housekeeping deletes them then.
-    let e2 = new("stopped", &[b], top10.clone());
+    // Refused transitions are audited as failures.
+    let refused = s.audit(&admin, &format!("target=experiment:{e1}&outcome=failure"));
+    assert_eq!(refused.len(), 3, "{refused:#?}");
+    assert!(
+        refused
+            .iter()
+            .all(|e| e["details"]["reason"] == "illegal_transition")
+    );
+}
+
+/// Stopping a deployment cancels the task that was not picked up. The
+/// Pushgateway is down when it stops, so deleting the groups fails; they
+/// come back with the Pushgateway (it persists them) and the API's
+/// housekeeping deletes them then.
+#[test]
+fn stopping_a_deployment_cancels_its_task_and_its_groups_go_once_the_pushgateway_is_back() {
+    let s = Stack::start(SHORT_GRACE);
+    let Users {
+        admin, operator, ..
+    } = s.users();
+    let agents = s.enroll(&admin, &["b-1"]);
+    let b = &agents[0];
+
+    let e2 = create(&s, &operator, "stopped", &[b], top10());
     assert_eq!(act(&s, &operator, &e2, "start").status, 200);
     push(
         &s,
@@ -739,7 +828,7 @@ fn illegal_transitions_failures_stops_and_rollbacks() {
         Some((&e2, "baseline")),
         &exposition(&processes(3), None),
     );
-    assert!(pushgateway_text(&s).contains(&e2));
+    assert!(s.pushgateway_text().contains(&e2));
     Supervisor::ok(&s.sup.ctl(&["stop", "pushgateway"]));
     s.sup
         .wait_state("pushgateway", "stopped", Duration::from_secs(30));
@@ -787,7 +876,7 @@ fn illegal_transitions_failures_stops_and_rollbacks() {
     s.sup
         .wait_state("pushgateway", "ready", Duration::from_secs(30));
     wait_until("the stale group deleted", Duration::from_secs(45), || {
-        (!pushgateway_text(&s).contains(&e2)).then_some(())
+        (!s.pushgateway_text().contains(&e2)).then_some(())
     });
     // The sweep logs after its deletions, and the log passes through the
     // supervisor's pipe: wait for the line rather than read it at once.
@@ -796,12 +885,24 @@ fn illegal_transitions_failures_stops_and_rollbacks() {
         Duration::from_secs(15),
         || (swept() > swept_before).then_some(()),
     );
+}
+
+#[test]
+fn the_analysis_recommends_a_rollback_or_fails_without_candidate_data() {
+    let s = Stack::start(SHORT_GRACE);
+    let Users {
+        admin,
+        operator,
+        viewer,
+    } = s.users();
+    let agents = s.enroll(&admin, &["b-1", "c-1"]);
+    let (b, c) = (&agents[0], &agents[1]);
 
     // A candidate that filters processes away loses host totals: measured,
     // recommended for rollback, and rolled back.
     let filter = json!({ "stages": [{ "type": "filter", "include": "proc-(1[1-9]|20)" }] });
-    let e3 = new("filtered", &[c], filter.clone());
-    let busy = new("busy", &[c], top10);
+    let e3 = create(&s, &operator, "filtered", &[c], filter);
+    let busy = create(&s, &operator, "busy", &[c], top10());
     assert_eq!(act(&s, &operator, &e3, "start").status, 200);
     let r = act(&s, &operator, &busy, "start");
     assert_eq!((r.status, r.code()), (409, "agents_busy"), "{r:?}");
@@ -844,10 +945,20 @@ fn illegal_transitions_failures_stops_and_rollbacks() {
     assert_eq!(tasks[0]["payload"]["spec"], json!({ "stages": [] }));
     let r = act(&s, &operator, &e3, "promote");
     assert_eq!((r.status, &r.body["allowed"]), (409, &json!([])), "{r:?}");
+    let list = s.get(Some(&viewer), "/api/v1/experiments?state=rolled_back");
+    assert_eq!(list.status, 200);
+    assert_eq!(list.body.as_array().unwrap().len(), 1);
+    assert_eq!(list.body[0]["id"], e3.as_str());
 
     // An agent that confirms but never pushes its candidate: the analysis
     // fails, saying why, once the grace after the window is spent.
-    let e4 = new("silent candidate", &[b], json!({ "stages": [] }));
+    let e4 = create(
+        &s,
+        &operator,
+        "silent candidate",
+        &[b],
+        json!({ "stages": [] }),
+    );
     assert_eq!(act(&s, &operator, &e4, "start").status, 200);
     let tasks = poll(&s, b);
     assert_eq!(tasks[0]["kind"], "run_experiment", "{tasks:?}");
@@ -873,17 +984,4 @@ fn illegal_transitions_failures_stops_and_rollbacks() {
         )
     );
     assert_eq!(failed["kpis"], Value::Null);
-
-    // Refused transitions are audited as failures.
-    let refused = s.audit(&admin, &format!("target=experiment:{e1}&outcome=failure"));
-    assert_eq!(refused.len(), 3, "{refused:#?}");
-    assert!(
-        refused
-            .iter()
-            .all(|e| e["details"]["reason"] == "illegal_transition")
-    );
-    let list = s.get(Some(&viewer), "/api/v1/experiments?state=rolled_back");
-    assert_eq!(list.status, 200);
-    assert_eq!(list.body.as_array().unwrap().len(), 1);
-    assert_eq!(list.body[0]["id"], e3.as_str());
 }

@@ -1,11 +1,21 @@
-//! docs/ARCHITECTURE.md says that dependencies between the modules of a
-//! crate point downwards. This test reads every `crate::` and `super::` path
-//! in the sources of each crate, builds the graph of which module uses
-//! which, and fails on a circle, naming it. A module may use its own
-//! descendants and ancestors (a folder's `mod.rs` and its files); any other
-//! use counts between the two siblings under the deepest common ancestor,
-//! so modules inside one folder are held to the same rule. Test-only
-//! `tests.rs` files are left out.
+//! docs/ARCHITECTURE.md is a code map, and it says that dependencies
+//! between the modules of a crate point downwards. Two checks keep it true.
+//!
+//! Import circles: this test reads every `crate::` and `super::` path in
+//! the sources of each crate, builds the graph of which module uses which,
+//! and fails on a circle, naming it. A module may use its own descendants
+//! and ancestors (a folder's `mod.rs` and its files); any other use counts
+//! between the two siblings under the deepest common ancestor, so modules
+//! inside one folder are held to the same rule. Test-only `tests.rs` files
+//! are left out.
+//!
+//! The code map itself: under `## Code map`, each crate has a section
+//! whose `### ` heading starts with its folder in backticks. Every Rust
+//! file of the crate must be named in its section, by its path relative to
+//! `src/` (`tls/renewal.rs`; a folder's `mod.rs` as the folder, `tls/`), or
+//! relative to the crate's folder when it is outside `src/`
+//! (`tests/acme.rs`); and every `*.rs` or folder name written there must
+//! exist. The test names what is missing and what is stale.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -241,10 +251,7 @@ fn circles(graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Vec<Vec<Stri
 /// Circles that exist today and are being taken apart. The list may only
 /// shrink: a new circle fails, and so does a listed one that is gone (then
 /// delete its line).
-const KNOWN_CIRCLES: &[(&str, &[&str])] = &[
-    ("supervisor", &["control", "supervisor"]),
-    ("api", &["agents", "experiments", "kpi", "tasks"]),
-];
+const KNOWN_CIRCLES: &[(&str, &[&str])] = &[];
 fn assert_no_new_circles(krate: &str) {
     let graph = edges(&workspace().join(krate).join("src"));
     assert!(!graph.is_empty(), "{krate}: no module uses another");
@@ -292,4 +299,210 @@ fn a_planted_circle_is_found() {
     .unwrap();
     let found = circles(&edges(src));
     assert_eq!(found, vec![vec!["a".to_string(), "b".into(), "c".into()]]);
+}
+
+/// The workspace's member crates, from its Cargo.toml.
+fn members(root: &Path) -> Vec<String> {
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let list = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("members"))
+        .expect("a members list in the workspace's Cargo.toml");
+    let inner = &list[list.find('[').unwrap() + 1..list.find(']').unwrap()];
+    inner
+        .split(',')
+        .map(|m| m.trim().trim_matches('"').to_string())
+        .filter(|m| !m.is_empty())
+        .collect()
+}
+
+/// A file or folder name as the code map writes it: lower-case path
+/// segments ending in `.rs`, or in `/` for a folder. Type and function
+/// names, URLs and placeholders such as `<run_dir>/` are not names.
+fn is_name(word: &str) -> bool {
+    (word.ends_with(".rs") || word.ends_with('/'))
+        && !word.starts_with(['/', '.'])
+        && !word.contains("..")
+        && word
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-./".contains(c))
+}
+
+/// The crate sections of the code map: the folder each `### ` heading
+/// starts with (`api/` gives `api`), and the names written under it.
+/// Headings that do not start with a folder (`### Nix: ...`) are not
+/// crates and are not read.
+fn code_map_sections(doc: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut texts: BTreeMap<String, String> = BTreeMap::new();
+    let mut in_map = false;
+    let mut in_fence = false;
+    let mut krate: Option<String> = None;
+    for line in doc.lines() {
+        if line.starts_with("```") {
+            in_fence = !in_fence;
+            continue;
+        }
+        if in_fence {
+            continue;
+        }
+        if let Some(title) = line.strip_prefix("## ") {
+            in_map = title.trim() == "Code map";
+            krate = None;
+        } else if let Some(heading) = line.strip_prefix("### ").filter(|_| in_map) {
+            let first = heading.split('`').nth(1).unwrap_or_default();
+            krate = first.strip_suffix('/').map(str::to_string);
+        } else if let Some(k) = &krate {
+            let text = texts.entry(k.clone()).or_default();
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    texts
+        .into_iter()
+        .map(|(krate, text)| {
+            // Odd pieces between backticks are code spans.
+            let names = text.split('`').skip(1).step_by(2).filter(|w| is_name(w));
+            (krate, names.map(str::to_string).collect())
+        })
+        .collect()
+}
+
+/// Every Rust file of a crate, relative to its folder; build output and
+/// hidden folders are left out.
+fn crate_files(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir.join(rel)) else {
+        return;
+    };
+    for entry in entries {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = rel.join(&*name);
+        if entry.file_type().unwrap().is_dir() {
+            if name != "target" && !name.starts_with('.') {
+                crate_files(dir, &path, out);
+            }
+        } else if name.ends_with(".rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// What the code map of `doc` gets wrong about the crates `members` of the
+/// workspace at `root`: files it does not name, names that do not exist,
+/// crates without a section. Empty when it is true.
+fn code_map_problems(root: &Path, doc: &str, members: &[String]) -> Vec<String> {
+    let sections = code_map_sections(doc);
+    let mut problems = Vec::new();
+    for krate in members {
+        if !sections.contains_key(krate) {
+            problems.push(format!(
+                "crate `{krate}` has no section in the code map: add one headed ### `{krate}/`"
+            ));
+        }
+    }
+    for (krate, names) in &sections {
+        let dir = root.join(krate);
+        if !dir.join("Cargo.toml").is_file() {
+            problems.push(format!(
+                "the code map has a section `{krate}/`, but {krate}/ is no crate of the workspace"
+            ));
+            continue;
+        }
+        let mut files = Vec::new();
+        crate_files(&dir, Path::new(""), &mut files);
+        files.sort();
+        for file in files {
+            let rel = file.to_string_lossy().into_owned();
+            let key = rel.strip_prefix("src/").unwrap_or(&rel);
+            let folder = key.strip_suffix("mod.rs").filter(|f| f.ends_with('/'));
+            if !names.contains(key) && !folder.is_some_and(|f| names.contains(f)) {
+                problems.push(format!(
+                    "{krate}/{rel} is not in the code map: name `{}` in the `{krate}/` section, \
+                     with what it holds and its invariant",
+                    folder.unwrap_or(key)
+                ));
+            }
+        }
+        for name in names {
+            let exists = |base: &Path| {
+                let path = base.join(name);
+                if name.ends_with('/') {
+                    path.is_dir()
+                } else {
+                    path.is_file()
+                }
+            };
+            if !exists(&dir.join("src")) && !exists(&dir) {
+                problems.push(format!(
+                    "the `{krate}/` section of the code map names `{name}`, but neither \
+                     {krate}/src/{name} nor {krate}/{name} exists: rename or remove it"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_code_map_names_every_rust_file_and_nothing_that_is_gone() {
+    let root = workspace();
+    let doc = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
+    let problems = code_map_problems(&root, &doc, &members(&root));
+    assert!(
+        problems.is_empty(),
+        "docs/ARCHITECTURE.md's code map is out of date:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn a_planted_missing_file_and_a_stale_name_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    for file in [
+        "a/src/lib.rs",
+        "a/src/named.rs",
+        "a/src/planted.rs",
+        "a/src/folder/mod.rs",
+        "a/src/folder/inner.rs",
+        "a/tests/black_box.rs",
+        "b/src/main.rs",
+    ] {
+        let path = root.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, "").unwrap();
+    }
+    for krate in ["a", "b"] {
+        std::fs::write(root.join(krate).join("Cargo.toml"), "").unwrap();
+    }
+    let doc = "\
+# Architecture
+## Bird's-eye view
+`outside.rs` is not in the code map.
+## Code map
+### `a/` — crate `a`
+`lib.rs` and `named.rs`; `folder/` with
+`folder/inner.rs`; `tests/black_box.rs`. `gone.rs` and `old/` are stale,
+`<run_dir>/`, `Config` and `crate::x` are no names.
+```text
+`fenced.rs` is not read
+```
+### Nix: `flake.nix`
+`not_a_crate.rs` is not read.
+## Cross-cutting concerns
+`later.rs` is not read.
+";
+    let problems = code_map_problems(root, doc, &["a".to_string(), "b".to_string()]);
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+    assert!(
+        problems[0].starts_with("crate `b` has no section"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[1].starts_with("a/src/planted.rs is not in the code map"),
+        "{problems:#?}"
+    );
+    assert!(problems[2].contains("names `gone.rs`"), "{problems:#?}");
+    assert!(problems[3].contains("names `old/`"), "{problems:#?}");
 }

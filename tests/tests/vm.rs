@@ -3,6 +3,16 @@
 //! through forwarded ports: /health pass, an API login, an orderly power-off
 //! on ctrl-alt-del with PostgreSQL shut down cleanly, and the data still
 //! there at the next boot.
+//!
+//! The image comes from `tests/vm/build-image.sh` (needs root, qemu,
+//! debootstrap; `scripts/setup.sh`); its `tests/vm/phoenix.toml` listens on
+//! 0.0.0.0 and adds a `network` oneshot that the built-ins wait for, since
+//! the supervisor is the only init. Checked: `/health` passes with no
+//! `notes` (cgroup limits apply as PID 1 of a real kernel); ctrl-alt-del,
+//! sent through the qemu monitor, powers the machine off after `database
+//! system is shut down` and `all services stopped`; the second boot from the
+//! same disk starts PostgreSQL without recovery and still has the user made
+//! in the first.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;

@@ -14,10 +14,10 @@ use sqlx::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::credential::{hash_secret, new_secret};
 use super::{HEARTBEAT_INTERVAL, check_text};
 use crate::AppState;
 use crate::audit::{Event, Outcome};
+use crate::auth::agent::{hash_secret, new_secret};
 use crate::auth::caller::ClientIp;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ApiResult};

@@ -5,20 +5,21 @@
 //! Code map:
 //! - [`enrollment`]: enrollment tokens (admin, user listener) and
 //!   `POST /api/v1/agents/enroll` (agent listener).
-//! - [`credential`]: agent credentials and the [`AgentCaller`] extractor,
-//!   the only way a handler on the agent listener learns who calls.
 //! - [`registry`]: list, detail and revocation (user listener); heartbeat
 //!   (agent listener).
 //! - [`push`]: metric pushes forwarded to the Pushgateway, and deleting an
 //!   agent's or an experiment's Pushgateway groups.
 //! - [`exposition`]: the validator of the Prometheus text format; pure.
 //!
+//! Agent credentials and the [`AgentCaller`](crate::auth::AgentCaller)
+//! extractor, the only way a handler on the agent listener learns who
+//! calls, are in [`crate::auth::agent`], below this module and [`crate::tasks`].
+//!
 //! Boundary: the agent listener serves only handlers that take an
-//! [`AgentCaller`] (or enrollment, which takes a token); the user listener
+//! `AgentCaller` (or enrollment, which takes a token); the user listener
 //! only handlers that take a [`crate::auth::Caller`]. A user token is
 //! refused on the agent listener and an agent credential on the user one.
 
-pub mod credential;
 pub mod enrollment;
 pub mod exposition;
 pub mod push;
@@ -32,7 +33,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::shutdown::Shutdown;
 use crate::{AppState, tasks};
 
-pub use credential::AgentCaller;
 pub use push::delete_experiment_groups;
 
 /// How often agents send a heartbeat.

@@ -1,14 +1,23 @@
 //! Agent metric pushes: validated, relabelled and forwarded to the
 //! Pushgateway; and the deletion of an agent's Pushgateway groups.
 //!
-//! Relabelling is the Pushgateway's grouping key: a push goes to
-//! `/metrics/job/phoenix-agent/agent/<id>/experiment/<e>/variant/<v>`, and
+//! Relabelling is the Pushgateway's grouping key ([`crate::push_group`]): a
+//! push goes to `/metrics/job/phoenix-agent/agent/<id>/experiment/<e>/variant/<v>`, and
 //! the Pushgateway puts those labels on every series of the group (Prometheus
 //! scrapes it with `honor_labels`). An agent cannot set them itself: the
 //! validator refuses them in the body. Each group an agent pushed to is
 //! remembered in `agent_metric_groups` *before* the push, so a group that
 //! exists in the Pushgateway is always known and can be deleted when the
 //! agent is revoked or its experiment ends.
+//!
+//! A deletion is `DELETE` of the group's URL (404 counts as done), then the
+//! row goes — only if its `pushes` counter is what it was before the
+//! `DELETE`: a push that landed meanwhile may have re-created the group, so
+//! the row stays to be deleted again. The housekeeping deletes every 15 s
+//! whatever is still known of revoked agents and of experiments no longer
+//! pushed (`delete_stale_groups`): a deletion that failed while the
+//! Pushgateway was down (it brings its groups back from its persistence
+//! file), or a push accepted just before its experiment's transition.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -24,30 +33,21 @@ use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::credential::AgentCaller;
 use super::exposition::{self, Invalid};
 use crate::AppState;
+use crate::auth::AgentCaller;
 use crate::error::ApiError;
-use crate::experiments::state::State as ExperimentState;
+use crate::experiment_state::State as ExperimentState;
 use crate::input::{Json, Query};
 use crate::problem::Problem;
+use crate::push_group::{NONE, group_url};
 
 /// Largest push body. Larger than the JSON limit of the other routes: a
 /// host with many processes has many series.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// Bodies up to this size are read to the end (and discarded) when they
-/// exceed [`MAX_BODY_BYTES`], so that the client reads a clean 413.
-const DRAIN_LIMIT_BYTES: usize = 4 * MAX_BODY_BYTES;
-
 /// Most series in one push.
 pub const MAX_SERIES: usize = 50_000;
-
-/// The Pushgateway job of every agent group.
-pub const JOB: &str = "phoenix-agent";
-
-/// The grouping-key value when a push names no experiment or variant.
-pub const NONE: &str = "none";
 
 /// How long a Pushgateway request may take.
 const PUSHGATEWAY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,32 +140,6 @@ fn group_value(field: &str, value: Option<String>) -> Result<String, ApiError> {
     }
 }
 
-/// The Pushgateway URL of one agent group.
-fn group_url(
-    base: &url::Url,
-    agent: Uuid,
-    experiment: &str,
-    variant: &str,
-) -> anyhow::Result<url::Url> {
-    let mut url = base.clone();
-    let agent = agent.to_string();
-    url.path_segments_mut()
-        .map_err(|()| anyhow::anyhow!("the Pushgateway URL {base} cannot have a path"))?
-        .pop_if_empty()
-        .extend([
-            "metrics",
-            "job",
-            JOB,
-            "agent",
-            &agent,
-            "experiment",
-            experiment,
-            "variant",
-            variant,
-        ]);
-    Ok(url)
-}
-
 fn pushgateway(state: &AppState) -> Result<&url::Url, PushError> {
     state.settings.pushgateway_url.as_ref().ok_or_else(|| {
         PushError::Status(
@@ -176,11 +150,12 @@ fn pushgateway(state: &AppState) -> Result<&url::Url, PushError> {
     })
 }
 
-/// Reads the body up to [`MAX_BODY_BYTES`]. A larger one is read on and
-/// discarded up to [`DRAIN_LIMIT_BYTES`] before the 413 is sent: a client
-/// that writes its whole body before reading the answer then gets the
-/// problem document instead of a reset connection (and an agent's queue
-/// learns not to retry the batch).
+/// Reads the body up to [`MAX_BODY_BYTES`]; a larger one is refused with a
+/// 413 as soon as it is known to be larger. The edge reads and discards the
+/// rest after the answer ([`crate::edge::drain_unread_body`]), so a client
+/// that writes its whole body before reading the answer gets the problem
+/// document instead of a reset connection (and an agent's queue learns not
+/// to retry the batch).
 async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<String, PushError> {
     let too_large = || {
         PushError::Status(
@@ -195,12 +170,10 @@ async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<String, PushEr
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > DRAIN_LIMIT_BYTES as u64) {
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
-    let capacity = declared.map_or(0, |n| n.min(MAX_BODY_BYTES as u64) as usize);
-    let mut bytes = Vec::with_capacity(capacity);
-    let mut total: usize = 0;
+    let mut bytes = Vec::with_capacity(declared.map_or(0, |n| n as usize));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| {
             PushError::Api(ApiError::bad_request(
@@ -211,15 +184,10 @@ async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<String, PushEr
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        total = total.saturating_add(data.len());
-        if total <= MAX_BODY_BYTES {
-            bytes.extend_from_slice(&data);
-        } else if total > DRAIN_LIMIT_BYTES {
-            break;
+        if bytes.len().saturating_add(data.len()) > MAX_BODY_BYTES {
+            return Err(too_large());
         }
-    }
-    if total > MAX_BODY_BYTES {
-        return Err(too_large());
+        bytes.extend_from_slice(&data);
     }
     String::from_utf8(bytes).map_err(|_| {
         PushError::Api(ApiError::bad_request(
@@ -524,25 +492,6 @@ pub async fn delete_stale_groups(state: &AppState) -> anyhow::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn group_urls_carry_the_grouping_key() {
-        let agent = Uuid::nil();
-        let base: url::Url = "http://127.0.0.1:9091".parse().unwrap();
-        assert_eq!(
-            group_url(&base, agent, "exp-1", "candidate")
-                .unwrap()
-                .as_str(),
-            "http://127.0.0.1:9091/metrics/job/phoenix-agent/agent/00000000-0000-0000-0000-000000000000/experiment/exp-1/variant/candidate"
-        );
-        let prefixed: url::Url = "http://gw:9091/push/".parse().unwrap();
-        assert!(
-            group_url(&prefixed, agent, NONE, NONE)
-                .unwrap()
-                .as_str()
-                .starts_with("http://gw:9091/push/metrics/job/phoenix-agent/agent/")
-        );
-    }
 
     #[test]
     fn group_values_are_path_and_label_safe() {

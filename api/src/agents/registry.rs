@@ -11,10 +11,9 @@ use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::credential::AgentCaller;
 use super::{HEARTBEAT_INTERVAL, ONLINE_WINDOW, check_text, push};
 use crate::AppState;
-use crate::auth::{Caller, Role};
+use crate::auth::{AgentCaller, Caller, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::input::{Json, Path, Query, page_limit};
 use crate::tasks::wake;

@@ -7,7 +7,11 @@
 //! Invariant: entries are never changed or deleted one by one (the database
 //! refuses it, on every partition); only a whole month past the retention
 //! goes, and only here. Replicas take turns through a PostgreSQL advisory
-//! lock: one housekeeps, the others skip.
+//! lock (`phoenix.audit.housekeeping`): one housekeeps, the others skip.
+//! The housekeeping runs at start-up before the API serves, hourly and after
+//! a change of the retention; it creates this month and the next three (an
+//! entry must always find its month) and waits at most 5 s for the table
+//! lock a drop needs.
 
 use std::time::Duration;
 

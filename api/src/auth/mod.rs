@@ -1,11 +1,15 @@
 //! Who is calling: users and roles, passwords, tokens and sessions, the
 //! [`Caller`] extractor that every protected handler takes, and the login
-//! rate limits.
+//! rate limits; and, on the agent listener, agents through the
+//! [`AgentCaller`] extractor ([`agent`]).
 //!
 //! Invariant: a request is authenticated only by a valid access token whose
 //! session is not revoked and whose user is enabled, checked against the
-//! database on every request; any failure to check refuses the request.
+//! database on every request; any failure to check refuses the request. An
+//! agent's request likewise only by its credential, checked against its
+//! unrevoked row.
 
+pub mod agent;
 pub mod caller;
 pub mod limiter;
 pub mod password;
@@ -16,6 +20,7 @@ pub mod users;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+pub use agent::AgentCaller;
 pub use caller::Caller;
 
 /// What a user may do. Ordered: each role can do what the ones before it can.

@@ -10,10 +10,13 @@
 //!   (Prometheus unreachable, or no data) within the analysis grace after
 //!   `ends_at`. Until then each problem is kept in `error` and retried.
 //!
-//! Each API replica runs one driver. An experiment is claimed for a while
+//! Each API replica runs one driver. Each tick claims up to 50 due
+//! experiments, the least recently updated first, for 120 s
 //! (`driver_claim_until`, taken with `FOR UPDATE SKIP LOCKED`) so replicas
-//! do not measure it twice, and every transition is still guarded by the
-//! state it was decided from ([`Transition::apply`]).
+//! do not measure one twice, advances each and releases the claim; every
+//! transition is still guarded by the state it was decided from
+//! ([`Transition::apply`]). A tick that fails is logged, and the next one
+//! tries again.
 
 use std::time::Duration;
 
@@ -23,9 +26,9 @@ use sqlx::Row;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use super::state::{Action, State};
 use super::{DRIVER_ACTOR, Transition, TransitionFields, after_commit};
 use crate::AppState;
+use crate::experiment_state::{Action, State};
 use crate::kpi::{self, Prometheus, Subject};
 use crate::pipeline_spec::task;
 use crate::shutdown::Shutdown;

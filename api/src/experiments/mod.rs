@@ -1,12 +1,14 @@
 //! Experiments: A/B comparisons of a baseline and a candidate pipeline on a
-//! set of agents, moved through [`state`] by operators (start, stop,
-//! promote, rollback) and by the background driver ([`driver`]).
+//! set of agents, moved through [`crate::experiment_state`] by operators
+//! (start, stop, promote, rollback) and by the background driver
+//! ([`driver`]).
 //!
 //! Code map:
 //! - this module: the routes and their handlers, and [`Transition`], the one
 //!   place a state is written.
-//! - [`state`]: the state machine as a pure function with its table of
-//!   allowed actions; no I/O.
+//! - [`crate::experiment_state`] (a leaf outside this folder, since agents'
+//!   pushes read it too): the state machine as a pure function with its
+//!   table of allowed actions; no I/O.
 //! - [`driver`]: the background task that advances experiments waiting on
 //!   agents, on time or on their KPIs.
 //!
@@ -15,9 +17,26 @@
 //! the tasks the change sends to agents, and only if the experiment is still
 //! in the state the change was decided from — so two API replicas never
 //! advance an experiment twice.
+//!
+//! What [`Transition::apply`] writes besides the state: the update is
+//! `... WHERE id = $1 AND state = <from>`, and no row means nothing is
+//! written (an operator gets 409 `concurrent_change`); `error` is kept only
+//! by a move to `failed` and cleared by every other. Then, by the new state:
+//!
+//! | to | also, in the same transaction |
+//! |---|---|
+//! | deploying | under a transaction-scoped advisory lock, refuses a target agent that was revoked (`agents_revoked`) or is in another deploying, running or analyzing experiment (`agents_busy`); sets `deploy_started_at`; one `run_experiment` task per agent with `max_attempts` 1 |
+//! | running | `started_at` = now, `ends_at` = now + duration |
+//! | failed, stopped (from deploying or running) | cancels the queued `run_experiment` tasks and sends `stop_experiment` to every agent (from analyzing: no task) |
+//! | completed | `kpis` and `recommendation` |
+//! | promoted, rolled_back | `apply_pipeline` with the candidate, or the baseline, spec to every agent; the event's reason notes a decision against the recommendation |
+//!
+//! Every move also writes an `experiment_events` row (from, to, action,
+//! actor, reason) and the audit entry `experiments.<action>`. After the
+//! commit, [`after_commit`] deletes the experiment's Pushgateway groups once
+//! agents no longer push it (any state but deploying and running).
 
 pub mod driver;
-pub mod state;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -34,12 +53,12 @@ use crate::agents::push::delete_experiment_groups;
 use crate::audit::{Event, Outcome};
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ApiResult};
+use crate::experiment_state::{Action, State, allowed_actions, transition};
 use crate::input::{Json, Path, Query, Rejection, json_body, page_limit};
 use crate::kpi::{Kpis, Variant};
 use crate::pipeline_spec::{PipelineSpec, task};
 use crate::pipelines::validate_name;
 use crate::tasks::{self, NewTask};
-use state::{Action, State, allowed_actions, transition};
 
 /// Default success criterion: at least this many percent fewer series.
 pub const DEFAULT_MIN_REDUCTION_PCT: f64 = 70.0;

@@ -12,7 +12,16 @@
 //! - An attempt is counted when it is claimed; a lease that runs out without
 //!   a result puts the task back (or expires it) in one audited transaction.
 //! - A result is idempotent by the id the agent chose: sending it again
-//!   answers what the first answer said and changes nothing.
+//!   answers what the first answer said and changes nothing. The result
+//!   row, the task's update, the wake-up and the audit entry are one
+//!   transaction.
+//!
+//! The long poll first puts the agent's own expired leases back, then
+//! claims; with nothing to claim it registers for a wake-up *before* it
+//! looks again (so a task queued in between still wakes it), and waits for a
+//! wake-up, 5 s (then it looks again, which also catches lost notifications
+//! and its own expired leases) or the end of `wait`. The housekeeping
+//! (`crate::agents`) sweeps every agent's expired leases every 5 s.
 //!
 //! Claims are not written to the audit log (an agent may claim thousands
 //! of tasks an hour; the task row records each attempt); task creation,
@@ -32,9 +41,8 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::agents::credential::AgentCaller;
 use crate::audit::Event;
-use crate::auth::{Caller, Role};
+use crate::auth::{AgentCaller, Caller, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::input::{Json, Path, Query, page_limit};
 

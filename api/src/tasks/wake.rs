@@ -6,8 +6,9 @@
 //! becomes visible. Every API process listens on one connection and wakes
 //! the polls it holds for that agent; a task created through one replica
 //! wakes a poll held by another. Notifications can be lost (the listening
-//! connection drops); polls therefore also look again every few seconds,
-//! and everyone is woken after a reconnect.
+//! connection drops, and is made again with backoff from 250 ms to 10 s);
+//! polls therefore also look again every 5 s, and everyone is woken after a
+//! reconnect.
 //!
 //! The registry is per process (a `static`): it holds only wake-ups, never
 //! state that a request depends on.

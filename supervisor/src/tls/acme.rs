@@ -24,7 +24,7 @@ use instant_acme::{
 use serde::{Deserialize, Serialize};
 
 use super::Issued;
-use super::renewal::{Issuer, Shared};
+use super::renewal::Issuer;
 use crate::config::AcmeSettings;
 use crate::fsafe::write_atomic;
 
@@ -298,19 +298,15 @@ fn host_without_port(host: &str) -> Option<&str> {
 }
 
 /// Serves the plain-HTTP listener for the life of the process. A busy or
-/// forbidden port is retried with backoff and shown in the certificate's
-/// status rather than stopping anything.
-pub async fn serve_http(addr: SocketAddr, app: Router, shared: Shared, changed: impl Fn()) {
+/// forbidden port is retried with backoff rather than stopping anything:
+/// `report` is called with why it cannot listen, for the certificate's
+/// status, and with None once it listens.
+pub async fn serve_http(addr: SocketAddr, app: Router, report: impl Fn(Option<String>)) {
     let mut attempt = 0;
     loop {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(listener) => {
-                {
-                    let mut s = super::renewal::lock(&shared);
-                    s.http_listen = Some(addr.to_string());
-                    s.http_error = None;
-                }
-                changed();
+                report(None);
                 tracing::info!(%addr, "plain HTTP: ACME challenges and redirect to HTTPS");
                 return crate::listen::serve_http("plain HTTP", listener, app).await;
             }
@@ -323,12 +319,7 @@ pub async fn serve_http(addr: SocketAddr, app: Router, shared: Shared, changed: 
                 if attempt == 1 {
                     tracing::warn!(error = %why, "no ACME challenges or HTTPS redirect until it can; retrying");
                 }
-                {
-                    let mut s = super::renewal::lock(&shared);
-                    s.http_listen = Some(addr.to_string());
-                    s.http_error = Some(why);
-                }
-                changed();
+                report(Some(why));
                 tokio::time::sleep(delay).await;
             }
         }

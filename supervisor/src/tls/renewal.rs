@@ -8,7 +8,7 @@
 //! with backoff while the current certificate keeps serving.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use phoenix_backoff::Backoff;
@@ -90,22 +90,12 @@ pub trait Issuer {
     fn issue(&self) -> impl Future<Output = anyhow::Result<Issued>> + Send;
 }
 
-/// The certificate's status, shared by this task, the plain-HTTP listener
-/// and the event loop (which reads it into every snapshot).
-pub type Shared = Arc<Mutex<CertificateStatus>>;
-
 pub fn mode_name(tls: &TlsSettings) -> &'static str {
     match (&tls.acme, tls.self_signed) {
         (Some(_), _) => "acme",
         (None, true) => "self-signed",
         (None, false) => "files",
     }
-}
-
-/// The lock, even if a panic elsewhere poisoned it: the status is plain
-/// data, and the event loop (PID 1) must not panic over it.
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The certificate and key files' contents, read together.
@@ -116,193 +106,281 @@ fn read_pair(tls: &TlsSettings) -> std::io::Result<Pair> {
 }
 
 /// Watches (and in ACME mode renews) the certificate until the process
-/// ends. `changed(renewed)` is called after every look; `renewed` when a
-/// new certificate and key are in place: one installed here, or a pair
+/// ends. `report(status, renewed)` is called after every look, and after
+/// every ACME order, with the certificate's status; `renewed` when a new
+/// certificate and key are in place (one installed here, or a pair
 /// replaced by someone else that reads the same on two looks in a row and
-/// whose key fits (so a certificate copied before its key is not announced
-/// half done).
+/// whose key fits, so a certificate copied before its key is not announced
+/// half done), or when the API still serves another certificate and should
+/// be asked to reload again.
 pub async fn run<I: Issuer>(
     tls: TlsSettings,
     issuer: Option<I>,
     renew_now: Arc<Notify>,
-    shared: Shared,
-    changed: impl Fn(bool),
+    report: impl Fn(CertificateStatus, bool),
 ) {
     let interval = check_interval();
-    // Only for reading which certificate the API serves: never trusted.
-    let served_client = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .tls_info(true)
-        // A new handshake each time: a kept connection shows the
-        // certificate of its own handshake, not the one served now.
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("an HTTP client");
-    let mut stale_looks: u32 = 0;
-    let mut announced: Option<Pair> = read_pair(&tls).ok();
-    let mut candidate: Option<Pair> = None;
-    let mut installed = false;
-    let mut failures: u32 = 0;
-    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut watch = Watch::new(tls);
     loop {
+        let look = watch.look(issuer.is_some(), interval).await;
+        report(watch.status.clone(), look.announce);
+
+        let forced = tokio::select! {
+            () = tokio::time::sleep(look.wait) => false,
+            () = renew_now.notified() => true,
+        };
+        let (Some(issuer), Some(due)) = (&issuer, look.due) else {
+            continue;
+        };
+        if forced || watch.order_due(due) {
+            watch.order(issuer, due, forced).await;
+            report(watch.status.clone(), false);
+        }
+    }
+}
+
+/// What one look found.
+struct Look {
+    /// When the next ACME order is due; None without ACME.
+    due: Option<Due>,
+    /// How long until the next look.
+    wait: Duration,
+    /// Tell the API to load the certificate file.
+    announce: bool,
+}
+
+/// The certificate task's memory from one look to the next.
+struct Watch {
+    tls: TlsSettings,
+    /// Only for reading which certificate the API serves: never trusted.
+    served_client: reqwest::Client,
+    status: CertificateStatus,
+    /// The pair the API was last told to load.
+    announced: Option<Pair>,
+    /// A pair someone else put in place, seen on one look so far.
+    candidate: Option<Pair>,
+    /// A pair was installed here since the last look.
+    installed: bool,
+    /// Looks in a row on which the API served another certificate.
+    stale_looks: u32,
+    /// ACME orders failed in a row, and when the next may be placed.
+    failures: u32,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+impl Watch {
+    fn new(tls: TlsSettings) -> Self {
+        let served_client = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .tls_info(true)
+            // A new handshake each time: a kept connection shows the
+            // certificate of its own handshake, not the one served now.
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("an HTTP client");
+        Watch {
+            announced: read_pair(&tls).ok(),
+            tls,
+            served_client,
+            status: CertificateStatus::default(),
+            candidate: None,
+            installed: false,
+            stale_looks: 0,
+            failures: 0,
+            retry_at: None,
+        }
+    }
+
+    /// Reads the files (renewing a self-signed certificate that is due),
+    /// asks the API which certificate it serves, and updates the status.
+    async fn look(&mut self, acme: bool, interval: Duration) -> Look {
+        let tls = &self.tls;
         // The self-signed certificate is renewed here too, 30 days ahead.
-        if issuer.is_none()
-            && tls.self_signed
-            && super::expires_within(&tls.cert, super::RENEW_BEFORE)
-        {
+        if !acme && tls.self_signed && super::expires_within(&tls.cert, super::RENEW_BEFORE) {
             let owner = tls.key_owner.as_deref().and_then(|n| RunAs::lookup(n).ok());
-            match super::ensure_self_signed(&tls, owner.as_ref()) {
-                Ok(()) => installed = true,
+            match super::ensure_self_signed(tls, owner.as_ref()) {
+                Ok(()) => self.installed = true,
                 Err(e) => tracing::warn!(
                     error = format!("{e:#}"),
                     "could not renew the self-signed certificate"
                 ),
             }
         }
-        let pair = read_pair(&tls);
+        let (info, renewed) = self.read();
+        let due = acme.then(|| renewal(info.as_ref().ok(), &self.tls.hostnames));
+        let now = SystemTime::now();
+        // The API should serve the file's certificate: once it did not on
+        // two looks in a row (a reload it refused), say so.
+        if renewed {
+            self.stale_looks = 0;
+        }
+        let served = if renewed {
+            None
+        } else {
+            self.served_elsewhere().await
+        };
+        let wait = self.wait(due, now, interval);
+        self.record(&info, due, now, served.as_deref());
+        let cert = self.tls.cert.display();
+        if renewed {
+            tracing::info!(%cert, "the TLS certificate changed");
+        } else if self.stale_looks >= 2 {
+            // Ask again: a reload the API refused (a key it could not read,
+            // say) succeeds once the cause is fixed.
+            tracing::warn!(
+                %cert,
+                "the API does not serve the certificate file; asking it to reload again"
+            );
+        }
+        Look {
+            due,
+            wait,
+            announce: renewed || self.stale_looks >= 2,
+        }
+    }
+
+    /// Reads the pair; `true` when a new one is to be announced.
+    fn read(&mut self) -> (anyhow::Result<CertInfo>, bool) {
+        let pair = read_pair(&self.tls);
         let mut renewed = false;
         match &pair {
-            Ok(now) if announced.as_ref() != Some(now) => {
-                let settled = installed || candidate.as_ref() == Some(now);
+            Ok(now) if self.announced.as_ref() != Some(now) => {
+                let settled = self.installed || self.candidate.as_ref() == Some(now);
                 if settled && key_matches(&now.0, &now.1) != Some(false) {
-                    announced = Some(now.clone());
-                    candidate = None;
+                    self.announced = Some(now.clone());
+                    self.candidate = None;
                     renewed = true;
                 } else {
-                    candidate = Some(now.clone());
+                    self.candidate = Some(now.clone());
                 }
             }
-            _ => candidate = None,
+            _ => self.candidate = None,
         }
-        installed = false;
+        self.installed = false;
+        let tls = &self.tls;
         let info = pair
             .as_ref()
             .map_err(|e| anyhow::anyhow!("{} or {}: {e}", tls.cert.display(), tls.key.display()))
             .and_then(|(cert, _)| inspect(cert));
-        let due = issuer
-            .as_ref()
-            .map(|_| renewal(info.as_ref().ok(), &tls.hostnames));
-        let now = SystemTime::now();
-        // The API should serve the file's certificate: once it did not on
-        // two looks in a row (a reload it refused), say so.
-        // Compared with the pair last announced (the API was told to load
-        // it), from the look after the announcement on.
-        if renewed {
-            stale_looks = 0;
+        (info, renewed)
+    }
+
+    /// The certificate the API serves (DER) when it is not the one last
+    /// announced (the API was told to load it), counting such looks in a
+    /// row; None when it is, or when the API does not answer (its own state
+    /// shows that).
+    async fn served_elsewhere(&mut self) -> Option<Vec<u8>> {
+        let (Some(addr), Some((cert, _))) = (self.tls.api_local, &self.announced) else {
+            return None;
+        };
+        let der = served_leaf(&self.served_client, addr).await?;
+        if Some(&der) == leaf_der(cert).as_ref() {
+            self.stale_looks = 0;
+            None
+        } else {
+            self.stale_looks += 1;
+            Some(der)
         }
-        let served = match (tls.api_local, &announced) {
-            (Some(addr), Some((cert, _))) if !renewed => {
-                match served_leaf(&served_client, addr).await {
-                    Some(der) if Some(&der) == leaf_der(cert).as_ref() => {
-                        stale_looks = 0;
-                        None
-                    }
-                    Some(der) => {
-                        stale_looks += 1;
-                        Some(der)
-                    }
-                    // Not answering: the API's own state shows that.
-                    None => None,
+    }
+
+    /// Until the next look: the check interval, or sooner when an order is
+    /// due (and not held back by a failed one).
+    fn wait(&self, due: Option<Due>, now: SystemTime, interval: Duration) -> Duration {
+        let Some(due) = due else {
+            return interval;
+        };
+        let until_due = match due {
+            Due::Now(_) => Duration::ZERO,
+            Due::At(t) => t.duration_since(now).unwrap_or_default(),
+        };
+        let until_retry = self
+            .retry_at
+            .map(|r| r.saturating_duration_since(tokio::time::Instant::now()))
+            .unwrap_or_default();
+        until_due.max(until_retry).min(interval)
+    }
+
+    /// What this look saw, into the status.
+    fn record(
+        &mut self,
+        info: &anyhow::Result<CertInfo>,
+        due: Option<Due>,
+        now: SystemTime,
+        served: Option<&[u8]>,
+    ) {
+        let tls = &self.tls;
+        let s = &mut self.status;
+        s.mode = mode_name(tls).to_string();
+        s.path = tls.cert.display().to_string();
+        match info {
+            Ok(i) => {
+                s.names = i.names.clone();
+                s.issuer = Some(i.issuer.clone());
+                s.self_signed = i.self_signed;
+                s.not_after_ms = Some(unix_ms(i.not_after));
+                if self.failures == 0 {
+                    s.error = None;
                 }
+            }
+            Err(e) => {
+                s.names.clear();
+                s.issuer = None;
+                s.not_after_ms = None;
+                s.error = Some(format!("{e:#}"));
+            }
+        }
+        s.renew_at_ms = due.map(|d| match d {
+            Due::Now(_) => unix_ms(now),
+            Due::At(t) => unix_ms(t),
+        });
+        s.failures = self.failures;
+        s.served_error = match (served, self.stale_looks >= 2) {
+            (Some(der), true) => {
+                let expires = x509_parser::parse_x509_certificate(der)
+                    .ok()
+                    .map(|(_, c)| c.validity().not_after.to_string())
+                    .unwrap_or_else(|| "unknown".into());
+                Some(format!(
+                    "the API still serves another certificate (expires {expires}) than {}: \
+                     its reload failed; see the API's log",
+                    tls.cert.display()
+                ))
             }
             _ => None,
         };
-        let wait = match due {
-            None => interval,
-            Some(due) => {
-                let until_due = match due {
-                    Due::Now(_) => Duration::ZERO,
-                    Due::At(t) => t.duration_since(now).unwrap_or_default(),
-                };
-                let until_retry = retry_at
-                    .map(|r| r.saturating_duration_since(tokio::time::Instant::now()))
-                    .unwrap_or_default();
-                until_due.max(until_retry).min(interval)
-            }
-        };
-        {
-            let mut s = lock(&shared);
-            s.mode = mode_name(&tls).to_string();
-            s.path = tls.cert.display().to_string();
-            match &info {
-                Ok(i) => {
-                    s.names = i.names.clone();
-                    s.issuer = Some(i.issuer.clone());
-                    s.self_signed = i.self_signed;
-                    s.not_after_ms = Some(unix_ms(i.not_after));
-                    if failures == 0 {
-                        s.error = None;
-                    }
-                }
-                Err(e) => {
-                    s.names.clear();
-                    s.issuer = None;
-                    s.not_after_ms = None;
-                    s.error = Some(format!("{e:#}"));
-                }
-            }
-            s.renew_at_ms = due.map(|d| match d {
-                Due::Now(_) => unix_ms(now),
-                Due::At(t) => unix_ms(t),
-            });
-            s.failures = failures;
-            s.served_error = match (&served, stale_looks >= 2) {
-                (Some(der), true) => {
-                    let expires = x509_parser::parse_x509_certificate(der)
-                        .ok()
-                        .map(|(_, c)| c.validity().not_after.to_string())
-                        .unwrap_or_else(|| "unknown".into());
-                    Some(format!(
-                        "the API still serves another certificate (expires {expires}) than {}: \
-                         its reload failed; see the API's log",
-                        tls.cert.display()
-                    ))
-                }
-                _ => None,
-            };
-        }
-        if renewed {
-            tracing::info!(cert = %tls.cert.display(), "the TLS certificate changed");
-        } else if stale_looks >= 2 {
-            // Ask again: a reload the API refused (a key it could not read,
-            // say) succeeds once the cause is fixed.
-            tracing::warn!(
-                cert = %tls.cert.display(),
-                "the API does not serve the certificate file; asking it to reload again"
-            );
-        }
-        changed(renewed || stale_looks >= 2);
+    }
 
-        let forced = tokio::select! {
-            () = tokio::time::sleep(wait) => false,
-            () = renew_now.notified() => true,
-        };
-        let Some(issuer) = &issuer else {
-            continue;
-        };
-        let retry_passed = retry_at.is_none_or(|r| tokio::time::Instant::now() >= r);
-        let due_now = match due.expect("an issuer has a due time") {
+    /// Due, and not held back by the backoff after a failed order.
+    fn order_due(&self, due: Due) -> bool {
+        let retry_passed = self
+            .retry_at
+            .is_none_or(|r| tokio::time::Instant::now() >= r);
+        let due_now = match due {
             Due::Now(_) => true,
             Due::At(t) => SystemTime::now() >= t,
         };
-        if !(forced || (due_now && retry_passed)) {
-            continue;
-        }
+        due_now && retry_passed
+    }
+
+    /// Orders a certificate and installs it; a failure backs off and keeps
+    /// the current one serving.
+    async fn order(&mut self, issuer: &impl Issuer, due: Due, forced: bool) {
+        let tls = &self.tls;
         let why = match due {
-            Some(Due::Now(why)) => why,
+            Due::Now(why) => why,
             _ if forced => "renewal asked for",
             _ => "a third of the lifetime is left",
         };
         tracing::info!(names = ?tls.hostnames, reason = why, "ordering a TLS certificate over ACME");
         let result = match issuer.issue().await {
-            Ok(issued) => install(&tls, &issued),
+            Ok(issued) => install(tls, &issued),
             Err(e) => Err(e),
         };
         // What was installed must not be due again at once (names the CA
         // left out, or a clock far off): that would order in a loop.
         let result = result.and_then(|info| {
-            installed = true;
+            self.installed = true;
             match renewal(Some(&info), &tls.hostnames) {
                 Due::At(t) if t > SystemTime::now() => Ok(()),
                 Due::At(_) => anyhow::bail!(
@@ -317,21 +395,20 @@ pub async fn run<I: Issuer>(
         });
         match result {
             Ok(()) => {
-                failures = 0;
-                retry_at = None;
-                let mut s = lock(&shared);
-                s.renewed_at_ms = Some(unix_ms(SystemTime::now()));
-                s.error = None;
+                self.failures = 0;
+                self.retry_at = None;
+                self.status.renewed_at_ms = Some(unix_ms(SystemTime::now()));
+                self.status.error = None;
                 tracing::info!(cert = %tls.cert.display(), "obtained a TLS certificate over ACME");
             }
             Err(e) => {
-                let delay = RETRY.delay(failures);
-                failures = failures.saturating_add(1);
-                retry_at = Some(tokio::time::Instant::now() + delay);
-                lock(&shared).error = Some(format!("{e:#}"));
+                let delay = RETRY.delay(self.failures);
+                self.failures = self.failures.saturating_add(1);
+                self.retry_at = Some(tokio::time::Instant::now() + delay);
+                self.status.error = Some(format!("{e:#}"));
                 tracing::warn!(
                     error = format!("{e:#}"),
-                    failures,
+                    failures = self.failures,
                     retry_in = %humantime::format_duration(Duration::from_secs(delay.as_secs())),
                     "could not obtain a TLS certificate over ACME; the current one keeps serving"
                 );
@@ -343,7 +420,13 @@ pub async fn run<I: Issuer>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Keeps the last status the task reported.
+    fn keep_last(last: Arc<Mutex<CertificateStatus>>) -> impl Fn(CertificateStatus, bool) {
+        move |status, _| *last.lock().unwrap() = status
+    }
 
     fn info(days_valid: u64, age_days: u64, self_signed: bool, names: &[&str]) -> CertInfo {
         let day = Duration::from_secs(86_400);
@@ -448,21 +531,23 @@ mod tests {
             calls: AtomicU32::new(0),
             at: Mutex::new(Vec::new()),
         });
-        let shared = Shared::default();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let start = tokio::time::Instant::now();
         let task = tokio::spawn(run(
             tls.clone(),
             Some(flaky.clone()),
             Arc::new(Notify::new()),
-            shared.clone(),
-            move |renewed| {
-                let _ = tx.send(renewed);
+            move |status, renewed| {
+                let _ = tx.send((status, renewed));
             },
         ));
-        // Looks until the file changes, then once more.
-        while !rx.recv().await.unwrap() {}
-        let status = shared.lock().unwrap().clone();
+        // Looks until the file changes.
+        let status = loop {
+            let (status, renewed) = rx.recv().await.unwrap();
+            if renewed {
+                break status;
+            }
+        };
         task.abort();
 
         let at: Vec<Duration> = flaky
@@ -509,20 +594,23 @@ mod tests {
             calls: AtomicU32::new(0),
             at: Mutex::new(Vec::new()),
         });
-        let shared = Shared::default();
+        let last = Arc::new(Mutex::new(CertificateStatus::default()));
+        let keep = keep_last(last.clone());
         let task = tokio::spawn(run(
             tls.clone(),
             Some(flaky.clone()),
             Arc::new(Notify::new()),
-            shared.clone(),
-            |renewed| assert!(!renewed, "nothing was installed"),
+            move |status, renewed| {
+                assert!(!renewed, "nothing was installed");
+                keep(status, renewed);
+            },
         ));
         // Six hours of virtual time: attempts thin out to one an hour.
         tokio::time::sleep(Duration::from_secs(6 * 3600)).await;
         task.abort();
         let calls = flaky.calls.load(Ordering::SeqCst);
         assert!((8..=14).contains(&calls), "{calls} attempts in 6 h");
-        let status = shared.lock().unwrap().clone();
+        let status = last.lock().unwrap().clone();
         assert_eq!(status.failures, calls);
         assert!(
             status.error.as_deref().unwrap().contains("the CA is down"),
@@ -547,20 +635,19 @@ mod tests {
         let tls = settings(dir.path());
         crate::tls::ensure_self_signed(&tls, None).unwrap();
         let issuer = Arc::new(WrongName(AtomicU32::new(0)));
-        let shared = Shared::default();
+        let last = Arc::new(Mutex::new(CertificateStatus::default()));
         let task = tokio::spawn(run(
             tls,
             Some(issuer.clone()),
             Arc::new(Notify::new()),
-            shared.clone(),
-            |_| {},
+            keep_last(last.clone()),
         ));
         tokio::time::sleep(Duration::from_secs(10 * 60)).await;
         task.abort();
         // At once, then 1, 2 and 4 minutes later (±20 %): 3 or 4 in 10 min.
         let orders = issuer.0.load(Ordering::SeqCst);
         assert!((3..=4).contains(&orders), "{orders} orders in 10 minutes");
-        let status = lock(&shared).clone();
+        let status = last.lock().unwrap().clone();
         let error = status.error.unwrap();
         assert!(error.contains("other.example.com"), "{error}");
         assert_eq!(status.failures, orders);
@@ -580,8 +667,7 @@ mod tests {
             tls.clone(),
             None,
             Arc::new(Notify::new()),
-            Shared::default(),
-            move |renewed| {
+            move |_, renewed| {
                 let _ = tx.send(renewed);
             },
         ));

@@ -14,10 +14,10 @@ use sqlx::Row;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use super::caller::{bearer, client_ip};
+use super::tokens;
 use crate::AppState;
 use crate::audit::{Event, Outcome};
-use crate::auth::caller::{bearer, client_ip};
-use crate::auth::tokens;
 use crate::error::{ApiError, ApiResult};
 
 /// `last_seen_at` is written at most this often per agent from ordinary

@@ -1,6 +1,53 @@
 //! The event loop: one task owns every service's state and handles one
 //! closed set of events (child exited, check result, timer, signal, control
-//! request). Everything else only sends events or reads the published snapshot.
+//! request, a task's status). Everything else only sends events or reads the
+//! published snapshot. Below it: `spawn` starts a service's process, and
+//! `reload` plans what a reload changes (a pure function of the old and new
+//! configuration and what each service is doing).
+//!
+//! | event | sent by | handling |
+//! |---|---|---|
+//! | `Signal(n)` | the signal task | SIGCHLD: reap; SIGHUP: reload; SIGTERM, SIGINT: shutdown |
+//! | `Exited` | a task per child, awaiting the reaper's channel | `on_exit` |
+//! | `Probe` | a task per check attempt | `on_probe` |
+//! | `LogMatched` | the output pump | log readiness: `became_ready` |
+//! | `Timer` | a sleeping task per timer | `on_timer`: restart due, start, stop and shutdown deadlines, next check, cool-down over |
+//! | `Control` | the control socket, through the callback `run.rs` gives it | `on_control`, answered through its oneshot |
+//! | `ShutdownDeadline` | the shutdown timer | `kill_everything` |
+//! | `Tick` | a 1 s interval | heartbeat for `/livez`, a reap as a safety net |
+//! | `Certificate` | the certificate task, with its status | kept for the snapshot; a renewed certificate: the reload signal to `tls_reload` services |
+//! | `PlainHttp` | the plain-HTTP listener, with its status | kept for the snapshot |
+//! | `Scaling` | the capacity checks, with their statuses | kept for the snapshot |
+//!
+//! The loop is the only writer of the published state: tasks send their
+//! status in their events, and no state is shared behind a lock.
+//!
+//! After each event the loop runs `schedule` (start every wanted, stopped
+//! service whose dependencies are up, and tell systemd once start-up has
+//! `settled`), writes the record of running services when it changed, and
+//! publishes a new [`Snapshot`] when it changed; it ends when `handle` sets
+//! an [`Outcome`].
+//!
+//! **Generations.** `start` takes a new generation for every attempt, before
+//! it spawns, so an attempt whose spawn fails has one too. Every event about
+//! a service carries the generation it was made for, and `handle` drops the
+//! others: timers are never cancelled, the timer, check result or exit of an
+//! earlier process is simply ignored. Timers also act only in their state (a
+//! stop deadline in `stopping`, a readiness timer in `starting`, ...).
+//!
+//! **Who moves a service.** `start` (the start limit, then `spawn`: stopped
+//! to starting, or straight to ready without a readiness check);
+//! `became_ready`; `on_exit` (by what the stop was for, see `AfterStop`, or
+//! the restart policy) and `retry` (backoff, or parked by
+//! `park_if_start_limit_reached`, which arms the cool-down); `begin_stop`;
+//! `begin_shutdown` and `advance_shutdown` (reverse dependency order);
+//! `control_start` and `apply_reload` (fresh starts, `Runtime::fresh_start`).
+//! Each transition and its trigger: docs/supervisor.md.
+
+mod reload;
+mod spawn;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -13,19 +60,22 @@ use tokio::time::Instant;
 use nix::sys::signal::Signal;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use regex::Regex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cgroup::Cgroups;
 use crate::config::{self, Config, LoadOptions, Probe, RestartPolicy, ServiceSpec};
 use crate::control::{Request, Response};
 use crate::leftovers;
-use crate::logs::{self, ServiceLog};
+use crate::logs::ServiceLog;
 use crate::prepare;
 use crate::probe::{self, Prober};
 use crate::process::{self, RunAs};
 use crate::reaper::{ExitStatus, Reaper};
-use crate::status::{ResourceShortage, ServiceStatus, Snapshot, State, now_ms, unix_ms};
+use crate::status::{
+    self, CertificateStatus, PlainHttpStatus, ResourceShortage, ScalingStatus, ServiceStatus,
+    Snapshot, State, now_ms, unix_ms,
+};
+use reload::Action;
 
 #[derive(Debug)]
 pub enum Event {
@@ -53,12 +103,16 @@ pub enum Event {
     Control(Request, oneshot::Sender<Response>),
     ShutdownDeadline,
     Tick,
-    /// The certificate task looked again; `renewed` when the file changed.
+    /// The certificate task looked again, or ordered: what it saw, and
+    /// `renewed` when the API is to load the certificate file.
     Certificate {
+        status: Box<CertificateStatus>,
         renewed: bool,
     },
+    /// The plain-HTTP listener listens, or cannot.
+    PlainHttp(PlainHttpStatus),
     /// The capacity checks evaluated their triggers.
-    Scaling,
+    Scaling(Vec<ScalingStatus>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +231,42 @@ impl Runtime {
     fn satisfies_dependents(&self) -> bool {
         matches!(self.state, State::Ready | State::Unhealthy | State::Exited)
     }
+
+    /// What a reload's plan needs to know of it.
+    fn reload_view(&self) -> reload::Current<'_> {
+        reload::Current {
+            spec: &self.spec,
+            state: self.state,
+            running: self.running(),
+            wanted: self.wanted,
+            removing: self.after_stop == AfterStop::Remove,
+        }
+    }
+
+    /// As published; `waiting_for` names the dependencies it waits for.
+    fn status(&self, waiting_for: impl FnOnce() -> Vec<String>) -> ServiceStatus {
+        ServiceStatus {
+            name: self.spec.name.clone(),
+            state: self.state,
+            pid: self.pid,
+            restarts: self.restarts,
+            oneshot: self.spec.oneshot,
+            wanted: self.wanted,
+            started_at_ms: self.started_at.map(unix_ms),
+            since_ms: unix_ms(self.since),
+            last_exit: self.last_exit.clone(),
+            last_error: self.last_error.clone(),
+            retry_at_ms: self
+                .retry_at
+                .filter(|_| self.state == State::Failed)
+                .map(unix_ms),
+            depends_on: if self.state == State::Stopped && self.wanted {
+                waiting_for()
+            } else {
+                Vec::new()
+            },
+        }
+    }
 }
 
 /// Shared pieces the loop needs from its surroundings.
@@ -186,12 +276,8 @@ pub struct Context {
     pub cgroups: Result<Arc<Cgroups>, String>,
     pub pid1: bool,
     pub heartbeat: Arc<AtomicU64>,
-    /// The certificate task's status, read into every snapshot.
-    pub certificate: crate::tls::renewal::Shared,
     /// Wakes the certificate task for an ACME order now.
     pub renew_certificate: Arc<tokio::sync::Notify>,
-    /// The capacity triggers' statuses, read into every snapshot.
-    pub scaling: crate::scaling::Shared,
     /// The API's HTTPS port, that plain HTTP redirects to.
     pub https_port: Arc<std::sync::atomic::AtomicU16>,
 }
@@ -211,6 +297,12 @@ pub struct Supervisor {
     shortage: Option<Shortage>,
     /// What runs, as last written to `leftovers::path(run_dir)`.
     record: leftovers::Record,
+    /// The certificate task's last report; None before its first look.
+    certificate: Option<CertificateStatus>,
+    /// The plain-HTTP listener's last report.
+    plain_http: Option<PlainHttpStatus>,
+    /// The capacity triggers after the last round.
+    scaling: Vec<ScalingStatus>,
 }
 
 /// How long health shows a shortage of the supervisor's resources after
@@ -250,7 +342,7 @@ impl Supervisor {
             })
             .collect();
         let prober = Arc::new(Prober::new(ctx.reaper.clone()));
-        let (snapshot, rx) = watch::channel(empty_snapshot(&config));
+        let (snapshot, rx) = watch::channel(Snapshot::empty(&config.source));
         let sup = Supervisor {
             config,
             services,
@@ -265,6 +357,9 @@ impl Supervisor {
             started_at: SystemTime::now(),
             shortage: None,
             record: leftovers::Record::new(),
+            certificate: None,
+            plain_http: None,
+            scaling: Vec::new(),
         };
         sup.publish();
         (sup, rx)
@@ -340,8 +435,10 @@ impl Supervisor {
                     self.shortage = None;
                 }
             }
-            Event::Scaling => {}
-            Event::Certificate { renewed } => {
+            Event::Scaling(statuses) => self.scaling = statuses,
+            Event::PlainHttp(status) => self.plain_http = Some(status),
+            Event::Certificate { status, renewed } => {
+                self.certificate = Some(*status);
                 if renewed {
                     for note in self.signal_new_certificate() {
                         tracing::info!(%note, "new TLS certificate");
@@ -575,39 +672,8 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, i: usize) -> Result<(), probe::Failure> {
-        let failure = probe::Failure::of;
-        let cgroup_fd = match &self.ctx.cgroups {
-            Ok(cg) => Some(
-                cg.prepare(&self.services[i].spec.name, &self.services[i].spec.limits)
-                    .map_err(|e| {
-                        failure(
-                            &e,
-                            format!(
-                                "cannot prepare the cgroup of {}: {e}",
-                                self.services[i].spec.name
-                            ),
-                        )
-                    })?,
-            ),
-            Err(_) => None,
-        };
+        let pid = spawn::process(&self.services[i], &self.ctx, &self.tx)?;
         let rt = &mut self.services[i];
-        prepare::service_dirs(&rt.spec, rt.run_as.as_ref())
-            .map_err(|e| failure(&e, e.to_string()))?;
-        for f in &rt.spec.files {
-            prepare::write_generated(f)
-                .map_err(|e| failure(&e, format!("cannot write {}: {e}", f.path.display())))?;
-        }
-        let mut cmd = process::command(&rt.spec.command, &rt.spec, rt.run_as.as_ref(), cgroup_fd)
-            .map_err(|e| failure(&e, e.to_string()))?;
-        let (mut child, exit) = self
-            .ctx
-            .reaper
-            .spawn(&mut cmd)
-            .map_err(|e| failure(&e, format!("cannot run {}: {e}", rt.spec.command[0])))?;
-        drop(cmd);
-        let generation = rt.generation;
-        let pid = child.id() as i32;
         rt.pid = Some(pid);
         rt.process = leftovers::Proc::of(pid);
         rt.spawned = Some(Instant::now());
@@ -615,56 +681,7 @@ impl Supervisor {
         rt.liveness_failures = 0;
         rt.readiness_unjudged = false;
         rt.after_stop = AfterStop::Stay;
-        let name = rt.spec.name.clone();
-        tracing::info!(service = %name, pid, "started");
-        rt.log
-            .note(&format!("started pid {pid}: {}", rt.spec.command.join(" ")));
-
-        let log_ready = match &rt.spec.readiness {
-            Some(r) => match &r.probe {
-                Probe::Log(pattern) => Regex::new(pattern).ok().map(Arc::new),
-                _ => None,
-            },
-            None => None,
-        };
-        for (stream, reader) in [
-            (
-                "stdout",
-                child
-                    .stdout
-                    .take()
-                    .map(|s| tokio::process::ChildStdout::from_std(s).map(Pipe::Out)),
-            ),
-            (
-                "stderr",
-                child
-                    .stderr
-                    .take()
-                    .map(|s| tokio::process::ChildStderr::from_std(s).map(Pipe::Err)),
-            ),
-        ] {
-            let Some(Ok(reader)) = reader else { continue };
-            let tx = self.tx.clone();
-            let (log, ready, name) = (rt.log.clone(), log_ready.clone(), name.clone());
-            tokio::spawn(async move {
-                logs::pump(log, stream, reader, ready, move || {
-                    let _ = tx.send(Event::LogMatched { name, generation });
-                })
-                .await;
-            });
-        }
-        let tx = self.tx.clone();
-        let exit_name = name.clone();
-        tokio::spawn(async move {
-            if let Ok(status) = exit.await {
-                let _ = tx.send(Event::Exited {
-                    name: exit_name,
-                    generation,
-                    status,
-                });
-            }
-        });
-
+        let (name, generation) = (rt.spec.name.clone(), rt.generation);
         let spec = rt.spec.clone();
         self.set_state(i, State::Starting);
         if spec.oneshot {
@@ -1043,9 +1060,7 @@ impl Supervisor {
 
     fn on_control(&mut self, req: Request) -> Response {
         match req {
-            Request::Status | Request::Health => {
-                Response::Snapshot(Box::new(self.build_snapshot()))
-            }
+            Request::Status | Request::Health => Response::Snapshot(Box::new(self.snapshot())),
             Request::Reload => match self.reload() {
                 Ok(summary) => Response::Ok(summary),
                 Err(e) => Response::Error(e),
@@ -1177,95 +1192,90 @@ impl Supervisor {
             return Err(unreachable.join("\n"));
         }
         let prepared = prepare::prepare(&new).map_err(|e| format!("{e:#}"))?;
-        let new_certificate = certificate(&new) != certificate_before;
-        let mut notes = Vec::new();
-        if new.supervisor != self.config.supervisor {
-            notes.push(
-                "[supervisor] shutdown_timeout and log settings take effect at the next start"
-                    .to_string(),
-            );
+        let certificate_changed = certificate(&new) != certificate_before;
+        let current: Vec<_> = self.services.iter().map(Runtime::reload_view).collect();
+        let plan = reload::plan(&self.config, &new, &current, certificate_changed);
+        if plan.keep_supervisor_settings {
             new.supervisor = self.config.supervisor.clone();
         }
-        let mut kept = Vec::new();
-        for spec in &new.services {
-            let run_as = prepared.run_as(&spec.name);
-            match self.index(&spec.name) {
-                Some(i) => {
-                    let rt = &mut self.services[i];
-                    rt.run_as = run_as;
-                    rt.next_spec = None;
-                    if rt.after_stop == AfterStop::Remove {
-                        rt.after_stop = AfterStop::Restart;
-                    }
-                    if rt.spec == *spec {
-                        if new_certificate {
-                            notes.extend(signal_new_certificate(rt));
-                        }
-                    } else if rt.spec.differs_only_in_files(spec)
-                        && let Some(sig) = rt.spec.reload_signal
-                        && let Some(pid) = rt.pid
-                    {
-                        for f in &spec.files {
-                            prepare::write_generated(f)
-                                .map_err(|e| format!("cannot write {}: {e}", f.path.display()))?;
-                        }
-                        process::signal(pid, sig);
-                        rt.spec = spec.clone();
-                        notes.push(format!("{}: sent {}", spec.name, sig.as_str()));
-                    } else if rt.running() && rt.wanted {
-                        rt.next_spec = Some(spec.clone());
-                        self.begin_stop(i, AfterStop::Restart);
-                        notes.push(format!("{}: restarting", spec.name));
-                    } else {
-                        // Not running, or stopped by the operator: the new spec
-                        // applies at its next start.
-                        rt.next_spec = Some(spec.clone());
-                        if !rt.running() {
-                            rt.fresh_start();
-                            if rt.state == State::Failed {
-                                self.set_state(i, State::Stopped);
-                            }
-                        }
-                        notes.push(format!("{}: updated", spec.name));
-                    }
-                }
-                None => {
-                    let c = &new.supervisor;
-                    let log = ServiceLog::open(&c.log_dir, &spec.name, c.log_max_bytes, c.log_keep);
-                    self.services.push(Runtime::new(spec.clone(), run_as, log));
-                    notes.push(format!("{}: added", spec.name));
-                }
-            }
-            kept.push(spec.name.clone());
+        for step in &plan.steps {
+            self.apply_step(step, &new, &prepared)?;
         }
-        let removed: Vec<String> = self
-            .services
-            .iter()
-            .map(|s| s.spec.name.clone())
-            .filter(|n| !kept.contains(n))
-            .collect();
-        for name in removed {
-            if let Some(i) = self.index(&name) {
+        for name in &plan.remove {
+            if let Some(i) = self.index(name) {
                 self.services[i].wanted = false;
-                notes.push(format!("{name}: removed"));
                 self.begin_stop(i, AfterStop::Remove);
             }
         }
         // Keep dependency order: services of the new config first, in its order.
         self.services.sort_by_key(|s| {
-            kept.iter()
-                .position(|n| *n == s.spec.name)
+            plan.steps
+                .iter()
+                .position(|step| step.name == s.spec.name)
                 .unwrap_or(usize::MAX)
         });
         self.config = new;
-        if notes.is_empty() {
-            notes.push("no changes".into());
-        }
         // The redirect follows the API's port.
         self.ctx
             .https_port
             .store(self.config.tls.https_port, Ordering::Relaxed);
-        Ok(notes.join("; "))
+        Ok(plan.summary())
+    }
+
+    /// Carries out the plan's step for one service of the new config.
+    fn apply_step(
+        &mut self,
+        step: &reload::Step,
+        new: &Config,
+        prepared: &prepare::Prepared,
+    ) -> Result<(), String> {
+        let run_as = prepared.run_as(&step.name);
+        if let Action::Add(spec) = &step.action {
+            let c = &new.supervisor;
+            let log = ServiceLog::open(&c.log_dir, &spec.name, c.log_max_bytes, c.log_keep);
+            self.services.push(Runtime::new(spec.clone(), run_as, log));
+            return Ok(());
+        }
+        let Some(i) = self.index(&step.name) else {
+            return Ok(());
+        };
+        let rt = &mut self.services[i];
+        rt.run_as = run_as;
+        rt.next_spec = None;
+        if step.cancel_removal {
+            rt.after_stop = AfterStop::Restart;
+        }
+        match &step.action {
+            Action::Add(_) | Action::Keep => {}
+            Action::SignalCertificate(signal) => {
+                if let Some(pid) = rt.pid {
+                    process::signal(pid, *signal);
+                }
+            }
+            Action::RewriteFiles { spec, signal } => {
+                for f in &spec.files {
+                    prepare::write_generated(f)
+                        .map_err(|e| format!("cannot write {}: {e}", f.path.display()))?;
+                }
+                if let Some(pid) = rt.pid {
+                    process::signal(pid, *signal);
+                }
+                rt.spec = spec.clone();
+            }
+            Action::Restart(spec) => {
+                rt.next_spec = Some(spec.clone());
+                self.begin_stop(i, AfterStop::Restart);
+            }
+            Action::Update { spec, unpark } => {
+                rt.next_spec = Some(spec.clone());
+                rt.fresh_start();
+                if *unpark {
+                    self.set_state(i, State::Stopped);
+                }
+            }
+            Action::Defer(spec) => rt.next_spec = Some(spec.clone()),
+        }
+        Ok(())
     }
 
     /// Sends the reload signal to the running services that serve the
@@ -1273,17 +1283,21 @@ impl Supervisor {
     fn signal_new_certificate(&self) -> Vec<String> {
         self.services
             .iter()
-            .filter_map(signal_new_certificate)
+            .filter_map(|rt| {
+                let pid = rt.pid?;
+                let signal = reload::certificate_signal(&rt.spec, rt.running())?;
+                process::signal(pid, signal);
+                Some(reload::certificate_note(&rt.spec.name, signal))
+            })
             .collect()
     }
 
-    fn build_snapshot(&self) -> Snapshot {
-        Snapshot {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            started_at_ms: unix_ms(self.started_at),
+    fn snapshot(&self) -> Snapshot {
+        Snapshot::of(status::Parts {
+            started_at: self.started_at,
             pid1: self.ctx.pid1,
-            config_file: self.config.source.display().to_string(),
-            limits_unavailable: self.ctx.cgroups.as_ref().err().cloned(),
+            config_file: &self.config.source,
+            limits_unavailable: self.ctx.cgroups.as_ref().err().map(String::as_str),
             shutting_down: self.shutting_down,
             orphans_reaped: self.ctx.reaper.orphans_reaped(),
             resource_shortage: self
@@ -1295,36 +1309,13 @@ impl Supervisor {
                     count: s.count,
                     error: s.error.clone(),
                 }),
-            services: self
-                .services
-                .iter()
-                .enumerate()
-                .map(|(i, rt)| ServiceStatus {
-                    name: rt.spec.name.clone(),
-                    state: rt.state,
-                    pid: rt.pid,
-                    restarts: rt.restarts,
-                    oneshot: rt.spec.oneshot,
-                    wanted: rt.wanted,
-                    started_at_ms: rt.started_at.map(unix_ms),
-                    since_ms: unix_ms(rt.since),
-                    last_exit: rt.last_exit.clone(),
-                    last_error: rt.last_error.clone(),
-                    retry_at_ms: rt
-                        .retry_at
-                        .filter(|_| rt.state == State::Failed)
-                        .map(unix_ms),
-                    depends_on: if rt.state == State::Stopped && rt.wanted {
-                        self.waiting_for(i)
-                    } else {
-                        Vec::new()
-                    },
-                })
+            services: (0..self.services.len())
+                .map(|i| self.services[i].status(|| self.waiting_for(i)))
                 .collect(),
-            certificate: Some(crate::tls::renewal::lock(&self.ctx.certificate).clone())
-                .filter(|c| !c.mode.is_empty()),
-            scaling: crate::tls::renewal::lock(&self.ctx.scaling).clone(),
-        }
+            certificate: self.certificate.as_ref(),
+            plain_http: self.plain_http.as_ref(),
+            scaling: &self.scaling,
+        })
     }
 
     /// Writes what runs to the run directory when it changed, so that the
@@ -1366,308 +1357,6 @@ impl Supervisor {
     }
 
     fn publish(&self) {
-        let snapshot = self.build_snapshot();
-        self.snapshot.send_if_modified(|old| {
-            if *old == snapshot {
-                false
-            } else {
-                *old = snapshot;
-                true
-            }
-        });
-    }
-}
-
-enum Pipe {
-    Out(tokio::process::ChildStdout),
-    Err(tokio::process::ChildStderr),
-}
-
-impl tokio::io::AsyncRead for Pipe {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Pipe::Out(p) => std::pin::Pin::new(p).poll_read(cx, buf),
-            Pipe::Err(p) => std::pin::Pin::new(p).poll_read(cx, buf),
-        }
-    }
-}
-
-fn signal_new_certificate(rt: &Runtime) -> Option<String> {
-    match (rt.spec.tls_reload, rt.spec.reload_signal, rt.pid) {
-        (true, Some(sig), Some(pid)) => {
-            process::signal(pid, sig);
-            Some(format!(
-                "{}: sent {} (new TLS certificate)",
-                rt.spec.name,
-                sig.as_str()
-            ))
-        }
-        _ => None,
-    }
-}
-
-fn empty_snapshot(config: &Config) -> Snapshot {
-    Snapshot {
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        started_at_ms: now_ms(),
-        pid1: false,
-        config_file: config.source.display().to_string(),
-        limits_unavailable: None,
-        shutting_down: false,
-        orphans_reaped: 0,
-        resource_shortage: None,
-        services: Vec::new(),
-        certificate: None,
-        scaling: Vec::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    //! The loop's timing, in paused (virtual) time: a service whose program
-    //! has vanished fails every start, so only timers drive it.
-
-    use super::*;
-    use std::path::Path;
-
-    async fn status(tx: &mpsc::UnboundedSender<Event>) -> Snapshot {
-        let (reply, rx) = oneshot::channel();
-        tx.send(Event::Control(Request::Status, reply)).unwrap();
-        match rx.await.unwrap() {
-            Response::Snapshot(s) => *s,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    async fn start_loop(toml: &str) -> (mpsc::UnboundedSender<Event>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            "[supervisor]\nstate_dir = \"{d}/s\"\nrun_dir = \"{d}/r\"\nlog_dir = \"{d}/l\"\n\
-             [postgres]\nenable = false\nexternal_url = \"postgres://x@h/x\"\n\
-             [prometheus]\nenable = false\n[pushgateway]\nenable = false\n[api]\nenable = false\n{toml}",
-            d = dir.path().display()
-        );
-        let opts = LoadOptions {
-            dev: false,
-            root: false,
-            cwd: dir.path().into(),
-            exe_dir: "/nonexistent".into(),
-            users: None,
-        };
-        let config = config::parse(&text, Path::new("test.toml"), &opts).unwrap();
-        std::fs::create_dir_all(&config.supervisor.log_dir).unwrap();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let ctx = Context {
-            opts,
-            reaper: Arc::new(Reaper::default()),
-            cgroups: Err("not in tests".into()),
-            pid1: false,
-            heartbeat: Arc::new(AtomicU64::new(0)),
-            certificate: Default::default(),
-            renew_certificate: Default::default(),
-            scaling: Default::default(),
-            https_port: Default::default(),
-        };
-        let (sup, _snapshot) =
-            Supervisor::new(config, prepare::Prepared::default(), ctx, tx.clone());
-        tokio::spawn(sup.run(rx));
-        (tx, dir)
-    }
-
-    async fn wait_for_state(
-        tx: &mpsc::UnboundedSender<Event>,
-        name: &str,
-        want: State,
-    ) -> ServiceStatus {
-        loop {
-            let s = status(tx).await;
-            let svc = s.services.into_iter().find(|s| s.name == name).unwrap();
-            if svc.state == want {
-                return svc;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failed_starts_back_off_exponentially_then_park_at_the_start_limit() {
-        let t0 = Instant::now();
-        let (tx, _dir) = start_loop(
-            "[services.gone]\ncommand = [\"/nonexistent/program\"]\n\
-             restart = { initial_delay = \"1s\", max_delay = \"8s\", jitter = 0.0, start_limit = { burst = 4, interval = \"1m\" } }\n",
-        )
-        .await;
-        let svc = wait_for_state(&tx, "gone", State::Failed).await;
-        // Starts at 0 s, 1 s, 3 s and 7 s (delays 1, 2, 4); the fourth failure parks it.
-        let elapsed = t0.elapsed();
-        assert!(
-            elapsed >= Duration::from_secs(7) && elapsed < Duration::from_millis(7100),
-            "{elapsed:?}"
-        );
-        assert_eq!(svc.restarts, 3);
-        assert!(svc.last_error.unwrap().contains("parked as failed"));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_start_window_slides_so_rare_failures_never_park() {
-        let t0 = Instant::now();
-        // At most 2 starts per 5 s, but 10 s between attempts: never parked.
-        let (tx, _dir) = start_loop(
-            "[services.gone]\ncommand = [\"/nonexistent/program\"]\n\
-             restart = { initial_delay = \"10s\", max_delay = \"10s\", jitter = 0.0, start_limit = { burst = 2, interval = \"5s\" } }\n",
-        )
-        .await;
-        loop {
-            let s = status(&tx).await;
-            let svc = &s.services[0];
-            assert_ne!(svc.state, State::Failed, "parked after {:?}", t0.elapsed());
-            if svc.restarts >= 6 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // Failures at 0, 10, ..., 50 s: the sixth restart is scheduled at 50 s.
-        assert!(
-            t0.elapsed() >= Duration::from_secs(50),
-            "{:?}",
-            t0.elapsed()
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn operator_start_resets_a_parked_service() {
-        let (tx, _dir) = start_loop(
-            "[services.gone]\ncommand = [\"/nonexistent/program\"]\n\
-             restart = { initial_delay = \"1s\", jitter = 0.0, start_limit = { burst = 1, interval = \"1h\", cool_down = \"2h\" } }\n",
-        )
-        .await;
-        wait_for_state(&tx, "gone", State::Failed).await;
-        // Parked: an hour of virtual time (inside the cool-down) brings no new attempt.
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        let svc = wait_for_state(&tx, "gone", State::Failed).await;
-        assert_eq!(svc.restarts, 0);
-        let (reply, rx) = oneshot::channel();
-        tx.send(Event::Control(
-            Request::Start {
-                service: "gone".into(),
-            },
-            reply,
-        ))
-        .unwrap();
-        assert!(matches!(rx.await.unwrap(), Response::Ok(_)));
-        let svc = wait_for_state(&tx, "gone", State::Failed).await;
-        assert!(svc.last_error.unwrap().contains("parked"));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn parked_service_is_started_again_after_a_doubling_cool_down() {
-        let t0 = Instant::now();
-        let (tx, _dir) = start_loop(
-            "[services.gone]\ncommand = [\"/nonexistent/program\"]\n\
-             restart = { initial_delay = \"1s\", jitter = 0.0, start_limit = { burst = 1, interval = \"1h\", cool_down = \"5m\", cool_down_max = \"12m\" } }\n",
-        )
-        .await;
-        let svc = wait_for_state(&tx, "gone", State::Failed).await;
-        let error = svc.last_error.unwrap();
-        assert!(error.contains("next try in 5m"), "{error}");
-        let retry_in = svc.retry_at_ms.unwrap().saturating_sub(now_ms());
-        assert!((299_000..=300_000).contains(&retry_in), "{retry_in}");
-        // Each cool-down over, one more start (failing again here), then
-        // parked for twice as long, at most 12 min: 5, 10, 12, 12.
-        let mut seen = Vec::new();
-        while seen.len() < 4 {
-            assert!(t0.elapsed() < Duration::from_secs(3600), "{seen:?}");
-            let svc = status(&tx).await.services.remove(0);
-            if svc.restarts > seen.len() as u64 {
-                assert_eq!(svc.state, State::Failed, "parked again at once");
-                seen.push(t0.elapsed().as_secs());
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        // Seen at the next look, within a second of the timer.
-        for (seen, due) in seen.iter().zip([300, 900, 1620, 2340]) {
-            assert!((due..=due + 1).contains(seen), "{seen} s, due at {due} s");
-        }
-    }
-
-    /// The supervisor out of file descriptors: its checks fail with EMFILE
-    /// (sent here as the prober reports them), which must not be taken for
-    /// the service's failure.
-    #[tokio::test(start_paused = true)]
-    async fn checks_the_supervisor_could_not_run_never_stop_a_service() {
-        let (tx, _dir) = start_loop(
-            "[services.up]\ncommand = [\"/bin/sleep\", \"3600\"]\n\
-             liveness = { tcp = \"127.0.0.1:1\", interval = \"1h\", failures = 2 }\n\
-             [services.slow]\ncommand = [\"/bin/sleep\", \"3600\"]\n\
-             readiness = { tcp = \"127.0.0.1:1\", interval = \"10s\", start_timeout = \"1s\" }\n",
-        )
-        .await;
-        wait_for_state(&tx, "up", State::Ready).await;
-        let shortage = |name: &str, check| Event::Probe {
-            name: name.into(),
-            generation: 1,
-            check,
-            result: Err(probe::Failure::Supervisor(
-                "tcp 127.0.0.1:1: Too many open files (os error 24)".into(),
-            )),
-        };
-        for _ in 0..10 {
-            tx.send(shortage("up", Check::Liveness)).unwrap();
-            tx.send(shortage("slow", Check::Readiness)).unwrap();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let s = status(&tx).await;
-        let find = |name: &str| s.services.iter().find(|svc| svc.name == name).unwrap();
-        let (up, slow) = (find("up"), find("slow"));
-        assert_eq!((up.state, up.restarts), (State::Ready, 0), "{up:?}");
-        // Its start deadline (1 s) waits for a check that could run.
-        assert_eq!(
-            (slow.state, slow.restarts),
-            (State::Starting, 0),
-            "{slow:?}"
-        );
-        let shortage = s.resource_shortage.expect("shown in the snapshot");
-        assert_eq!(shortage.count, 20);
-        assert!(shortage.error.contains("Too many open files"));
-        let (overall, doc) = crate::health::health_document(&status(&tx).await);
-        assert_eq!(overall, crate::health::Status::Warn);
-        assert_eq!(doc["checks"]["supervisor:resources"][0]["status"], "warn");
-
-        // The same check failing for the service does count.
-        tx.send(Event::Probe {
-            name: "up".into(),
-            generation: 1,
-            check: Check::Liveness,
-            result: Err(probe::Failure::Service("refused".into())),
-        })
-        .unwrap();
-        wait_for_state(&tx, "up", State::Unhealthy).await;
-        // A minute without a shortage: the warning is gone.
-        for _ in 0..61 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            tx.send(Event::Tick).unwrap();
-        }
-        assert!(status(&tx).await.resource_shortage.is_none());
-        tx.send(Event::Signal(libc::SIGTERM)).unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn shutdown_of_a_service_in_backoff_is_immediate() {
-        let (tx, _dir) = start_loop(
-            "[services.gone]\ncommand = [\"/nonexistent/program\"]\nrestart = { initial_delay = \"1h\", max_delay = \"1h\" }\n",
-        )
-        .await;
-        wait_for_state(&tx, "gone", State::Backoff).await;
-        let t0 = Instant::now();
-        tx.send(Event::Signal(libc::SIGTERM)).unwrap();
-        // The loop ends: the channel closes once the receiver is dropped.
-        while !tx.is_closed() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(1));
+        status::publish(&self.snapshot, self.snapshot());
     }
 }
