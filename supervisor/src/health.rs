@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::listen::Ends;
-use crate::status::{CertificateStatus, Level, Snapshot, State, now_ms};
+use crate::status::{BackupStatus, CertificateStatus, Level, Snapshot, State, now_ms};
 
 /// The loop is considered stuck when its heartbeat is older than this.
 const LIVENESS_STALE_MS: u64 = 10_000;
@@ -101,6 +101,13 @@ pub fn health_document(s: &Snapshot) -> (Status, Value) {
         check["time"] = json!(time);
         checks.insert("tls:certificate".into(), json!([check]));
     }
+    if let Some(b) = &s.backup {
+        for (name, status, mut check) in backup_checks(b, now) {
+            overall = overall.max(status);
+            check["time"] = json!(time);
+            checks.insert(name.into(), json!([check]));
+        }
+    }
     for t in &s.scaling {
         // Capacity is a warning at most: failing health would take the
         // appliance out of a load balancer when it is busiest.
@@ -169,6 +176,76 @@ pub const CERT_FAIL_DAYS: u64 = 3;
 /// The certificate's check: fail when it is unreadable or has less than 3
 /// days left, warn under 14 days, or when ACME challenges cannot be
 /// answered (the plain-HTTP listener is down).
+/// A full backup older than this warns, and older than the next fails:
+/// the daily full was missed once, then twice.
+pub const BACKUP_WARN_HOURS: u64 = 26;
+pub const BACKUP_FAIL_HOURS: u64 = 50;
+
+/// `backup:age` (of the newest full, or of the wait for the first) and
+/// `backup:verified` (of the newest full).
+pub fn backup_checks(b: &BackupStatus, now_ms: u64) -> Vec<(&'static str, Status, Value)> {
+    const HOUR_MS: u64 = 3_600_000;
+    let (since, what) = match &b.newest_full {
+        Some(f) => (f.stopped_ms, format!("the newest full backup, {}", f.label)),
+        None => (b.since_ms, "no full backup yet".to_string()),
+    };
+    let age_h = now_ms.saturating_sub(since) as f64 / HOUR_MS as f64;
+    let age_status = if age_h > BACKUP_FAIL_HOURS as f64 {
+        Status::Fail
+    } else if age_h > BACKUP_WARN_HOURS as f64 {
+        Status::Warn
+    } else {
+        Status::Pass
+    };
+    let mut age = json!({
+        "componentType": "backup",
+        "observedValue": (age_h * 10.0).round() / 10.0,
+        "observedUnit": "h",
+        "status": age_status.as_str(),
+    });
+    let mut output = vec![if b.newest_full.is_some() {
+        format!("{what} finished {age_h:.1} h ago")
+    } else {
+        format!("{what}; waiting for {age_h:.1} h")
+    }];
+    if let Some(run) = b.last.get("full").filter(|r| r.error.is_some()) {
+        output.push(format!(
+            "the last full backup failed: {}",
+            run.error.as_deref().unwrap_or_default()
+        ));
+    }
+    if let Some(next) = &b.next {
+        output.push(format!("next: {} at {}", next.kind, rfc3339(next.at_ms)));
+    }
+    if age_status != Status::Pass {
+        output.push(format!(
+            "warns past {BACKUP_WARN_HOURS} h, fails past {BACKUP_FAIL_HOURS} h; take one with `phoenixctl backup now`"
+        ));
+    }
+    age["output"] = json!(output.join("; "));
+    let mut out = vec![("backup:age", age_status, age)];
+    if let Some(f) = &b.newest_full {
+        let verified = f.verified.as_deref().unwrap_or("not verified");
+        let status = if verified.starts_with("failed") {
+            Status::Warn
+        } else {
+            Status::Pass
+        };
+        out.push((
+            "backup:verified",
+            status,
+            json!({
+                "componentId": f.label,
+                "componentType": "backup",
+                "observedValue": verified.split(' ').next().unwrap_or_default(),
+                "status": status.as_str(),
+                "output": verified,
+            }),
+        ));
+    }
+    out
+}
+
 pub fn certificate_check(c: &CertificateStatus, now_ms: u64) -> (Status, Value) {
     const DAY_MS: u64 = 86_400_000;
     let mut output = Vec::new();
@@ -419,6 +496,9 @@ pub fn render_metrics(s: &Snapshot) -> String {
             alerts,
         );
     }
+    if let Some(b) = &s.backup {
+        register_backup_metrics(&mut registry, b);
+    }
     let orphans = Gauge::<i64>::default();
     orphans.set(s.orphans_reaped as i64);
     registry.register("orphans_reaped", "Orphaned processes reaped", orphans);
@@ -433,6 +513,66 @@ pub fn render_metrics(s: &Snapshot) -> String {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
     out
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabel {
+    r#type: String,
+}
+
+fn register_backup_metrics(registry: &mut Registry, b: &BackupStatus) {
+    type F64 = Gauge<f64, std::sync::atomic::AtomicU64>;
+    let success = Family::<TypeLabel, F64>::default();
+    let duration = Family::<TypeLabel, F64>::default();
+    for (kind, run) in &b.last_success {
+        let label = TypeLabel {
+            r#type: kind.clone(),
+        };
+        success
+            .get_or_create(&label)
+            .set((run.started_ms + run.duration_ms) as f64 / 1000.0);
+        duration
+            .get_or_create(&label)
+            .set(run.duration_ms as f64 / 1000.0);
+    }
+    registry.register(
+        "backup_last_success_timestamp_seconds",
+        "When the last successful backup of each type ended (Unix seconds), since the supervisor started",
+        success,
+    );
+    registry.register(
+        "backup_last_duration_seconds",
+        "How long the last successful backup of each type took, its verification included",
+        duration,
+    );
+    if let Some(f) = &b.newest_full {
+        let at = F64::default();
+        at.set(f.stopped_ms as f64 / 1000.0);
+        registry.register(
+            "backup_newest_full_timestamp_seconds",
+            "When the newest full backup in the repositories ended (Unix seconds)",
+            at,
+        );
+        let verified = Gauge::<i64>::default();
+        verified.set(i64::from(
+            f.verified.as_deref().is_some_and(|v| v.starts_with("ok")),
+        ));
+        registry.register(
+            "backup_newest_full_verified",
+            "1 when the newest full backup passed its test restore",
+            verified,
+        );
+    }
+    let failures = Gauge::<i64>::default();
+    failures.set(i64::from(b.failures));
+    registry.register("backup_failures", "Backups failed in a row", failures);
+    let skipped = Counter::<u64>::default();
+    skipped.inc_by(b.skipped);
+    registry.register(
+        "backup_skipped",
+        "Scheduled backups not started because another was still running",
+        skipped,
+    );
 }
 
 /// Whether `/metrics` is served on a connection from `peer` to `local`:
@@ -501,6 +641,7 @@ mod tests {
             services,
             certificate: None,
             scaling: Vec::new(),
+            backup: None,
         }
     }
 
@@ -667,5 +808,72 @@ mod tests {
         );
         assert!(text.contains(r#"phoenix_supervisor_service_restarts{service="api"} 3"#));
         assert!(text.contains("phoenix_supervisor_health_status 0"));
+    }
+
+    #[test]
+    fn backup_age_warns_past_26_hours_and_fails_past_50_and_a_failed_verification_warns() {
+        use crate::status::{BackupStatus, NewestFull};
+        const H: u64 = 3_600_000;
+        let now = 1_000 * H;
+        let fresh = BackupStatus {
+            since_ms: now - 100 * H,
+            newest_full: Some(NewestFull {
+                label: "20261201-020000F".into(),
+                stopped_ms: now - 25 * H,
+                verified: Some("ok at 2026-12-01T02:03:00Z: users 1".into()),
+            }),
+            ..BackupStatus::default()
+        };
+        let checks = backup_checks(&fresh, now);
+        let by_name = |c: &[(&str, Status, Value)], n: &str| {
+            c.iter()
+                .find(|(name, ..)| *name == n)
+                .map(|(_, s, v)| (*s, v.clone()))
+                .unwrap()
+        };
+        assert_eq!(by_name(&checks, "backup:age").0, Status::Pass);
+        assert_eq!(by_name(&checks, "backup:verified").0, Status::Pass);
+        let mut late = fresh.clone();
+        late.newest_full.as_mut().unwrap().stopped_ms = now - 27 * H;
+        let (status, check) = by_name(&backup_checks(&late, now), "backup:age");
+        assert_eq!(
+            (status, check["observedValue"].as_f64()),
+            (Status::Warn, Some(27.0))
+        );
+        late.newest_full.as_mut().unwrap().stopped_ms = now - 51 * H;
+        assert_eq!(
+            by_name(&backup_checks(&late, now), "backup:age").0,
+            Status::Fail
+        );
+        late.newest_full.as_mut().unwrap().verified =
+            Some("failed at …: the restored database does not answer".into());
+        assert_eq!(
+            by_name(&backup_checks(&late, now), "backup:verified").0,
+            Status::Warn
+        );
+        // None yet: measured from the task's start, and no verification check.
+        let first = BackupStatus {
+            since_ms: now - 2 * H,
+            ..BackupStatus::default()
+        };
+        let checks = backup_checks(&first, now);
+        assert_eq!(checks.len(), 1);
+        let (status, check) = by_name(&checks, "backup:age");
+        assert_eq!(status, Status::Pass);
+        assert!(
+            check["output"]
+                .as_str()
+                .unwrap()
+                .starts_with("no full backup yet"),
+            "{check}"
+        );
+        let stale = BackupStatus {
+            since_ms: now - 60 * H,
+            ..BackupStatus::default()
+        };
+        assert_eq!(
+            by_name(&backup_checks(&stale, now), "backup:age").0,
+            Status::Fail
+        );
     }
 }

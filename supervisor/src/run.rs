@@ -12,13 +12,14 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 use tokio::sync::mpsc;
 
 use crate::cgroup::Cgroups;
-use crate::config::TlsSettings;
 use crate::config::{self, LoadOptions};
+use crate::config::{BackupKind, TlsSettings};
+use crate::control::{Request, Response};
 use crate::reaper::Reaper;
 use crate::status::{PlainHttpStatus, now_ms};
 use crate::supervisor::{Context, Event, Outcome, Supervisor};
 use crate::tls::{acme, renewal};
-use crate::{control, health, leftovers, listen, pid1, prepare, scaling};
+use crate::{backup, control, health, leftovers, listen, pid1, prepare, scaling};
 
 pub struct RunOptions {
     pub config: PathBuf,
@@ -85,9 +86,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
             )
         });
     }
+    let reaper = Arc::new(Reaper::default());
+    let backups = spawn_backup_task(config.backup.as_ref(), &reaper, &tx);
     let ctx = Context {
         opts: load,
-        reaper: Arc::new(Reaper::default()),
+        reaper,
         cgroups,
         pid1,
         heartbeat: heartbeat.clone(),
@@ -126,7 +129,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     let app = health::router(snapshot, heartbeat);
     tokio::spawn(listen::serve_http("health", health_listener, app));
     tokio::spawn(control::serve(control_listener, move |request, reply| {
-        tx.send(Event::Control(request, reply)).is_ok()
+        match request {
+            // The backup task answers these itself: a backup takes minutes,
+            // and the loop never waits.
+            Request::BackupNow { .. } | Request::BackupList => {
+                ask_backup_task(backups.as_ref(), request, reply);
+                true
+            }
+            _ => tx.send(Event::Control(request, reply)).is_ok(),
+        }
     }));
 
     let outcome = supervisor.run(rx).await;
@@ -207,5 +218,95 @@ where
                 }
             }
         }
+    });
+}
+
+/// Starts the backup task when `[backup]` is on; the sender takes
+/// `phoenixctl backup` requests.
+fn spawn_backup_task(
+    settings: Option<&crate::config::BackupSettings>,
+    reaper: &Arc<Reaper>,
+    events: &mpsc::UnboundedSender<Event>,
+) -> Option<mpsc::Sender<backup::Request>> {
+    let settings = settings?;
+    let runner = match backup::job::Runner::new(settings.clone(), reaper.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = e, "backups cannot run");
+            return None;
+        }
+    };
+    let (tx, rx) = mpsc::channel(16);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let (schedules, events) = (settings.schedules.clone(), events.clone());
+    keep_running("backups", move || {
+        let (runner, rx, events) = (runner.clone(), rx.clone(), events.clone());
+        let schedules = schedules.clone();
+        async move {
+            let mut rx = rx.lock().await;
+            backup::run(
+                backup::PgBackRest { runner },
+                backup::schedule::Timetable::new(&schedules),
+                backup::WallClock,
+                &mut rx,
+                move |status| {
+                    let _ = events.send(Event::Backup(Box::new(status.clone())));
+                },
+            )
+            .await
+        }
+    });
+    Some(tx)
+}
+
+fn ask_backup_task(
+    backups: Option<&mpsc::Sender<backup::Request>>,
+    request: Request,
+    reply: tokio::sync::oneshot::Sender<Response>,
+) {
+    let Some(backups) = backups else {
+        let _ = reply.send(Response::Error(
+            "backups are off here: [backup] enable = false, or PostgreSQL is not managed by this supervisor".into(),
+        ));
+        return;
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let sent = match request {
+        Request::BackupNow { kind } => match BackupKind::parse(&kind) {
+            Some(kind) => backups.try_send(backup::Request::Now { kind, reply: tx }),
+            None => {
+                let _ = reply.send(Response::Error(format!(
+                    "`{kind}` is not a backup type: full, diff or incr"
+                )));
+                return;
+            }
+        },
+        _ => {
+            let (list_tx, list_rx) = tokio::sync::oneshot::channel();
+            let sent = backups.try_send(backup::Request::List { reply: list_tx });
+            if sent.is_ok() {
+                tokio::spawn(async move {
+                    let _ = reply.send(match list_rx.await {
+                        Ok(Ok(inventory)) => Response::Backups(Box::new(inventory)),
+                        Ok(Err(e)) => Response::Error(e),
+                        Err(_) => Response::Error("the backup task stopped".into()),
+                    });
+                });
+            } else {
+                let _ = reply.send(Response::Error("the backup task is busy; try again".into()));
+            }
+            return;
+        }
+    };
+    if sent.is_err() {
+        let _ = reply.send(Response::Error("the backup task is busy; try again".into()));
+        return;
+    }
+    tokio::spawn(async move {
+        let _ = reply.send(match rx.await {
+            Ok(Ok(done)) => Response::Ok(done),
+            Ok(Err(e)) => Response::Error(e),
+            Err(_) => Response::Error("the backup task stopped".into()),
+        });
     });
 }

@@ -2,6 +2,7 @@
 //! show. Built by the event loop after every event (`Snapshot::of` its
 //! `Parts`, sent with `publish`); readers never probe.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -98,6 +99,9 @@ pub struct Snapshot {
     /// first sample.
     #[serde(default)]
     pub scaling: Vec<ScalingStatus>,
+    /// The backup task's state; None when `[backup]` is off.
+    #[serde(default)]
+    pub backup: Option<BackupStatus>,
 }
 
 /// The supervisor ran short of file descriptors, memory or processes.
@@ -222,6 +226,8 @@ pub struct Parts<'a> {
     /// The plain-HTTP listener's last report.
     pub plain_http: Option<&'a PlainHttpStatus>,
     pub scaling: &'a [ScalingStatus],
+    /// The backup task's last report.
+    pub backup: Option<&'a BackupStatus>,
 }
 
 impl Snapshot {
@@ -238,6 +244,7 @@ impl Snapshot {
             services: parts.services,
             certificate: certificate_shown(parts.certificate, parts.plain_http),
             scaling: parts.scaling.to_vec(),
+            backup: parts.backup.cloned(),
         }
     }
 
@@ -255,6 +262,7 @@ impl Snapshot {
             certificate: None,
             plain_http: None,
             scaling: &[],
+            backup: None,
         })
     }
 }
@@ -278,6 +286,59 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 
 pub fn now_ms() -> u64 {
     unix_ms(SystemTime::now())
+}
+
+/// The task's state, as `phoenixctl status` and /health show it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BackupStatus {
+    /// The last backup of each type: full, diff, incr.
+    pub last: BTreeMap<String, Run>,
+    /// The last successful one of each type.
+    pub last_success: BTreeMap<String, Run>,
+    pub running: Option<Running>,
+    /// The next scheduled one.
+    pub next: Option<Next>,
+    /// Failures in a row.
+    pub failures: u32,
+    /// Scheduled backups skipped because one was still running.
+    pub skipped: u64,
+    /// The newest full backup in the repositories, as pgBackRest lists it.
+    pub newest_full: Option<NewestFull>,
+    /// When the task started (Unix ms): the age of "no full backup yet".
+    pub since_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewestFull {
+    pub label: String,
+    pub stopped_ms: u64,
+    pub verified: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub label: Option<String>,
+    pub trigger: String,
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+    /// A full's verification: "ok at …", "failed at …: why", "skipped at …: why".
+    pub verified: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Running {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub trigger: String,
+    pub started_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Next {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub at_ms: u64,
 }
 
 #[cfg(test)]

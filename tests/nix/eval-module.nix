@@ -76,6 +76,7 @@ let
     postgresql_15 = fakePackage "postgresql-15.0";
     prometheus = fakePackage "prometheus-3.0.0";
     prometheus-pushgateway = fakePackage "pushgateway-1.0.0";
+    pgbackrest = fakePackage "pgbackrest-2.45";
   };
 
   # Only the options modules/phoenix.nix touches, typed as loosely as is
@@ -139,6 +140,7 @@ let
     postgres.bin_dir = "/etc/phoenix/pkgs/postgresql/bin";
     prometheus.bin = "/etc/phoenix/pkgs/prometheus/bin/prometheus";
     pushgateway.bin = "/etc/phoenix/pkgs/pushgateway/bin/pushgateway";
+    backup.pgbackrest = "/etc/phoenix/pkgs/pgbackrest/bin/pgbackrest";
   };
 
   store = name: "/nix/store/00000000000000000000000000000000-${name}";
@@ -211,10 +213,12 @@ let
     (expect "no firewall by default" defaults.networking.firewall.allowedTCPPorts [ ])
     (expect "etc entries" (lib.attrNames defaults.environment.etc) [
       "phoenix/phoenix.default.toml"
+      "phoenix/pkgs/pgbackrest"
       "phoenix/pkgs/postgresql"
       "phoenix/pkgs/prometheus"
       "phoenix/pkgs/pushgateway"
     ])
+    (expect "pgbackrest link" defaults.environment.etc."phoenix/pkgs/pgbackrest".source.outPath (store "pgbackrest-2.45"))
     (expectThat "phoenix.toml must not be a store symlink" (!(defaults.environment.etc ? "phoenix/phoenix.toml")))
     (expect "postgresql link" defaults.environment.etc."phoenix/pkgs/postgresql".source.outPath (store "postgresql-15.0"))
     (expect "pushgateway link" defaults.environment.etc."phoenix/pkgs/pushgateway".source.outPath (store "pushgateway-1.0.0"))
@@ -237,7 +241,7 @@ let
 
     # Custom settings: kept as given, ports and users follow them.
     (expect "custom settings keep every key"
-      (builtins.removeAttrs custom.services.phoenix.settings [ "postgres" "prometheus" "pushgateway" ])
+      (builtins.removeAttrs custom.services.phoenix.settings [ "postgres" "prometheus" "pushgateway" "backup" ])
       (builtins.removeAttrs customSettings [ "postgres" "prometheus" ]))
     (expect "custom postgres section" custom.services.phoenix.settings.postgres {
       bin_dir = "/etc/phoenix/pkgs/postgresql/bin";

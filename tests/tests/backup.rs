@@ -4,7 +4,7 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use phoenix_tests::{Stack, wait_until};
+use phoenix_tests::{Stack, Supervisor, wait_until};
 
 /// pgBackRest run by hand as PostgreSQL's user with the supervisor's
 /// generated configuration, as an operator would to look around.
@@ -65,4 +65,100 @@ fn wal_is_archived_from_the_first_start_with_a_generated_configuration() {
         info[0]["archive"][0]["max"].as_str().map(str::to_string)
     });
     assert_eq!(archived.len(), 24, "a WAL segment name: {archived}");
+}
+
+#[test]
+fn an_operator_backup_is_taken_verified_by_a_test_restore_and_listed() {
+    let s = Stack::start("");
+    s.sup
+        .wait_state("backup-stanza", "exited", Duration::from_secs(60));
+    let admin = s.admin_token();
+    s.user_token(&admin, "olivia", "operator");
+
+    let out = s.sup.ctl(&["backup", "now", "--type", "full"]);
+    let said = Supervisor::ok(&out);
+    assert!(said.starts_with("full backup 2"), "{said}");
+    // The test restore counted the API's rows: two users, no agent.
+    assert!(said.contains("verification ok at "), "{said}");
+    assert!(said.contains(": users 2, agents 0, audit rows "), "{said}");
+
+    let out = s.sup.ctl(&["--json", "backup", "list"]);
+    let list: serde_json::Value = serde_json::from_str(&Supervisor::ok(&out)).unwrap();
+    let backups = list["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 1, "{list}");
+    let full = &backups[0];
+    assert_eq!(
+        (full["type"].as_str(), full["repo"].as_u64()),
+        (Some("full"), Some(1))
+    );
+    assert_eq!(full["trigger"], "operator");
+    assert!(
+        full["verified"].as_str().unwrap().starts_with("ok at "),
+        "{full}"
+    );
+    assert!(full["size_bytes"].as_u64().unwrap() > 1 << 20, "{full}");
+    // The scratch copy is gone.
+    let left: Vec<_> = std::fs::read_dir(s.sup.path("state/backup/verify"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // Health and metrics know the newest full and its verification.
+    let (code, health) = s.sup.health();
+    assert_eq!(code, 200, "{health}");
+    assert_eq!(
+        health["checks"]["backup:age"][0]["status"], "pass",
+        "{health}"
+    );
+    let verified = &health["checks"]["backup:verified"][0];
+    assert_eq!(
+        (
+            verified["status"].as_str(),
+            verified["observedValue"].as_str()
+        ),
+        (Some("pass"), Some("ok")),
+        "{health}"
+    );
+    let metrics = s.sup.metrics();
+    assert!(
+        metrics.contains("phoenix_supervisor_backup_newest_full_verified 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("phoenix_supervisor_backup_last_success_timestamp_seconds{type=\"full\"}"),
+        "{metrics}"
+    );
+
+    let said = Supervisor::ok(&s.sup.ctl(&["backup", "now", "--type", "diff"]));
+    let label = full["label"].as_str().unwrap();
+    assert!(said.starts_with(&format!("diff backup {label}_")), "{said}");
+    assert!(
+        !said.contains("verification"),
+        "only fulls are restored: {said}"
+    );
+    let table = Supervisor::ok(&s.sup.ctl(&["backup", "list"]));
+    assert!(table.starts_with("LABEL"), "{table}");
+    assert_eq!(
+        table.lines().filter(|l| l.contains(" local ")).count(),
+        2,
+        "{table}"
+    );
+}
+
+#[test]
+fn backup_commands_say_clearly_when_backups_are_off_or_the_type_is_wrong() {
+    let s = Stack::start("[backup]\nenable = false\n");
+    assert!(s.sup.try_status().unwrap()["backup"].is_null());
+    let out = s.sup.ctl(&["backup", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("backups are off here"), "{err}");
+    let out = s.sup.ctl(&["backup", "now", "--type", "weekly"]);
+    assert_eq!(out.status.code(), Some(2), "clap refuses it");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid value 'weekly'"), "{err}");
+    // No archiving either: PostgreSQL runs without archive_mode.
+    let pg = s.sup.service("postgres");
+    assert_eq!(pg["state"], "ready");
+    assert!(!s.sup.path("state/generated/pgbackrest").exists());
 }

@@ -325,7 +325,7 @@ fn first_boot_writes_the_defaults_once_and_never_overwrites_an_edit() {
         .permissions()
         .mode();
     assert_eq!(dir_mode & 0o777, 0o755);
-    assert!(boot.check_config().contains("ok (6 services"));
+    assert!(boot.check_config().contains("ok (7 services"));
 
     let edited = format!("{written}\n[api]\nprice_per_series_month = 0.08\n");
     std::fs::write(boot.config(), &edited).unwrap();

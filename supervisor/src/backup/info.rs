@@ -142,7 +142,7 @@ pub fn parse(json: &[u8]) -> Result<Inventory, String> {
             prior: b.prior,
         })
         .collect();
-    backups.sort_by(|a, b| (a.stopped_at, a.repo).cmp(&(b.stopped_at, b.repo)));
+    backups.sort_by_key(|b| (b.stopped_at, b.repo));
     let wal = stanza
         .archive
         .into_iter()

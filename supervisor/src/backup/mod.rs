@@ -10,14 +10,13 @@ pub mod job;
 pub mod schedule;
 pub mod verify;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::BackupKind;
+pub use crate::status::{BackupStatus, NewestFull, Next, Run, Running};
 use info::Inventory;
 use job::Runner;
 use schedule::Timetable;
@@ -34,48 +33,6 @@ pub enum Request {
     List {
         reply: oneshot::Sender<Result<Inventory, String>>,
     },
-}
-
-/// The task's state, as `phoenixctl status` and /health show it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct BackupStatus {
-    /// The last backup of each type: full, diff, incr.
-    pub last: BTreeMap<String, Run>,
-    /// The last successful one of each type.
-    pub last_success: BTreeMap<String, Run>,
-    pub running: Option<Running>,
-    /// The next scheduled one.
-    pub next: Option<Next>,
-    /// Failures in a row.
-    pub failures: u32,
-    /// Scheduled backups skipped because one was still running.
-    pub skipped: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Run {
-    pub label: Option<String>,
-    pub trigger: String,
-    pub started_ms: u64,
-    pub duration_ms: u64,
-    pub error: Option<String>,
-    /// A full's verification: "ok at …", "failed at …: why", "skipped at …: why".
-    pub verified: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Running {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub trigger: String,
-    pub started_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Next {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub at_ms: u64,
 }
 
 fn ms(t: DateTime<Utc>) -> u64 {
@@ -116,10 +73,16 @@ pub async fn run<W: Work, C: Clock>(
     work: W,
     timetable: Timetable,
     clock: C,
-    mut requests: mpsc::Receiver<Request>,
+    requests: &mut mpsc::Receiver<Request>,
     report: impl Fn(&BackupStatus),
 ) {
-    let mut status = BackupStatus::default();
+    let mut status = BackupStatus {
+        since_ms: ms(clock.now()),
+        ..BackupStatus::default()
+    };
+    if let Ok(inventory) = work.list().await {
+        status.newest_full = newest_full(&inventory);
+    }
     let mut due = timetable.next_after(clock.now());
     let mut job: Option<tokio::task::JoinHandle<(BackupKind, Run)>> = None;
     let mut waiting: Vec<oneshot::Sender<Result<String, String>>> = Vec::new();
@@ -203,12 +166,28 @@ pub async fn run<W: Work, C: Clock>(
                     }
                 };
                 status.last.insert(kind.name().into(), record);
+                if let Ok(inventory) = work.list().await {
+                    status.newest_full = newest_full(&inventory);
+                }
                 for w in waiting.drain(..) {
                     let _ = w.send(reply.clone());
                 }
             }
         }
     }
+}
+
+fn newest_full(inventory: &Inventory) -> Option<NewestFull> {
+    inventory
+        .backups
+        .iter()
+        .filter(|b| b.kind == "full")
+        .max_by_key(|b| b.stopped_at)
+        .map(|b| NewestFull {
+            label: b.label.clone(),
+            stopped_ms: (b.stopped_at.max(0) as u64) * 1000,
+            verified: b.verified.clone(),
+        })
 }
 
 fn summary(kind: BackupKind, run: &Run) -> String {

@@ -23,13 +23,16 @@ fn at(text: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+/// When a backup started (day and time), its type and trigger.
+type Started = (String, BackupKind, &'static str);
+
 /// Records when each backup started (virtual wall-clock time) and takes
 /// `takes` of virtual time.
 #[derive(Clone)]
 struct FakeWork {
     clock: Arc<TestClock>,
     takes: Duration,
-    started: Arc<Mutex<Vec<(String, BackupKind, &'static str)>>>,
+    started: Arc<Mutex<Vec<Started>>>,
 }
 
 impl Work for FakeWork {
@@ -86,9 +89,14 @@ fn start(base: &str, takes: Duration, schedules: &[(BackupKind, &str)]) -> Harne
             self.0.now()
         }
     }
-    tokio::spawn(run(work.clone(), table, Shared(clock), rx, move |s| {
-        *seen.lock().unwrap() = s.clone();
-    }));
+    let fake = work.clone();
+    tokio::spawn(async move {
+        let mut rx = rx;
+        run(fake, table, Shared(clock), &mut rx, move |s| {
+            *seen.lock().unwrap() = s.clone();
+        })
+        .await
+    });
     Harness {
         work,
         requests: tx,

@@ -41,7 +41,7 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     let mut at = Some(dir);
     while let Some(p) = at {
         if let Ok(st) = nix::sys::statvfs::statvfs(p) {
-            return Some(st.blocks_available() as u64 * st.fragment_size() as u64);
+            return Some(st.blocks_available() * st.fragment_size());
         }
         at = p.parent();
     }

@@ -72,8 +72,8 @@ use crate::probe::{self, Prober};
 use crate::process::{self, RunAs};
 use crate::reaper::{ExitStatus, Reaper};
 use crate::status::{
-    self, CertificateStatus, PlainHttpStatus, ResourceShortage, ScalingStatus, ServiceStatus,
-    Snapshot, State, now_ms, unix_ms,
+    self, BackupStatus, CertificateStatus, PlainHttpStatus, ResourceShortage, ScalingStatus,
+    ServiceStatus, Snapshot, State, now_ms, unix_ms,
 };
 use reload::Action;
 
@@ -113,6 +113,8 @@ pub enum Event {
     PlainHttp(PlainHttpStatus),
     /// The capacity checks evaluated their triggers.
     Scaling(Vec<ScalingStatus>),
+    /// The backup task's state changed.
+    Backup(Box<BackupStatus>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +305,8 @@ pub struct Supervisor {
     plain_http: Option<PlainHttpStatus>,
     /// The capacity triggers after the last round.
     scaling: Vec<ScalingStatus>,
+    /// The backup task's last report; None when `[backup]` is off.
+    backup: Option<BackupStatus>,
 }
 
 /// How long health shows a shortage of the supervisor's resources after
@@ -360,6 +364,7 @@ impl Supervisor {
             certificate: None,
             plain_http: None,
             scaling: Vec::new(),
+            backup: None,
         };
         sup.publish();
         (sup, rx)
@@ -436,6 +441,7 @@ impl Supervisor {
                 }
             }
             Event::Scaling(statuses) => self.scaling = statuses,
+            Event::Backup(status) => self.backup = Some(*status),
             Event::PlainHttp(status) => self.plain_http = Some(status),
             Event::Certificate { status, renewed } => {
                 self.certificate = Some(*status);
@@ -1061,6 +1067,11 @@ impl Supervisor {
     fn on_control(&mut self, req: Request) -> Response {
         match req {
             Request::Status | Request::Health => Response::Snapshot(Box::new(self.snapshot())),
+            // run.rs hands these to the backup task; they reach the loop
+            // only if that changes.
+            Request::BackupNow { .. } | Request::BackupList => {
+                Response::Error("backup requests are answered by the backup task".into())
+            }
             Request::Reload => match self.reload() {
                 Ok(summary) => Response::Ok(summary),
                 Err(e) => Response::Error(e),
@@ -1315,6 +1326,7 @@ impl Supervisor {
             certificate: self.certificate.as_ref(),
             plain_http: self.plain_http.as_ref(),
             scaling: &self.scaling,
+            backup: self.backup.as_ref(),
         })
     }
 
