@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what Phoenix needs to build, run and test on Debian/Ubuntu:
 # PostgreSQL 15, pgBackRest, Prometheus, the Pushgateway, runit (benchmark peer),
-# util-linux (unshare), pebble (ACME), schemathesis (PyPI) and the `phoenix`
+# util-linux (unshare), pebble (ACME), schemathesis and moto (PyPI) and the `phoenix`
 # system user.
 # Idempotent.
 set -euo pipefail
@@ -50,8 +50,18 @@ if ! python3 -c "import schemathesis" 2>/dev/null; then
     { echo "setup: pip install schemathesis failed" >&2; exit 1; }
 fi
 
+# moto's server mode stands in for S3 (behind TLS) in the offsite-copy tests.
+if ! python3 -c "import moto.server" 2>/dev/null || ! command -v moto_server >/dev/null; then
+  echo "setup: installing moto[server] (PyPI)"
+  python3 -m pip --version >/dev/null 2>&1 ||
+    need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-pip
+  python3 -m pip install --quiet 'moto[server]' 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages 'moto[server]' ||
+    { echo "setup: pip install moto[server] failed" >&2; exit 1; }
+fi
+
 if ! command -v cargo >/dev/null; then
-  echo "setup: cargo not found. Install a Rust toolchain (1.89 or newer), e.g. with rustup, then run this again." >&2
+  echo "setup: cargo not found. Install a Rust toolchain (1.91.1 or newer), e.g. with rustup, then run this again." >&2
   exit 1
 fi
 

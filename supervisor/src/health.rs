@@ -243,7 +243,63 @@ pub fn backup_checks(b: &BackupStatus, now_ms: u64) -> Vec<(&'static str, Status
             }),
         ));
     }
+    if let Some(o) = &b.offsite {
+        let (status, check) = offsite_check(o, b.newest_full.as_ref());
+        out.push(("backup:offsite", status, check));
+    }
     out
+}
+
+/// `backup:offsite`: warns when the last copy to S3 failed, or when the
+/// newest local full has no copy there yet and none is under way.
+pub fn offsite_check(
+    o: &crate::status::OffsiteStatus,
+    newest_local: Option<&crate::status::NewestFull>,
+) -> (Status, Value) {
+    let copied = o.last_success.as_ref();
+    let behind = newest_local.is_some_and(|f| copied.is_none_or(|c| c.at_ms < f.stopped_ms));
+    let mut output = Vec::new();
+    if let Some(c) = copied {
+        output.push(format!(
+            "the last copy: {} as {} at {}",
+            c.local,
+            c.remote,
+            rfc3339(c.at_ms)
+        ));
+    }
+    let status = if let Some(e) = &o.last_error {
+        output.push(format!(
+            "the last copy failed ({} in a row): {e}",
+            o.failures
+        ));
+        if let Some(at) = o.retry_at_ms {
+            output.push(format!("retried at {}", rfc3339(at)));
+        }
+        Status::Warn
+    } else if o.running_since_ms.is_some() {
+        output.push(format!(
+            "copying {} since {}",
+            o.pending.as_deref().unwrap_or("?"),
+            rfc3339(o.running_since_ms.unwrap_or_default())
+        ));
+        Status::Pass
+    } else if behind {
+        output.push("the newest local full is not in S3 yet".into());
+        Status::Warn
+    } else {
+        Status::Pass
+    };
+    if copied.is_none() && newest_local.is_none() {
+        output.push("no full backup to copy yet".into());
+    }
+    let check = json!({
+        "componentId": o.target,
+        "componentType": "backup",
+        "observedValue": copied.map(|c| c.remote.clone()),
+        "status": status.as_str(),
+        "output": output.join("; "),
+    });
+    (status, check)
 }
 
 pub fn certificate_check(c: &CertificateStatus, now_ms: u64) -> (Status, Value) {
@@ -566,12 +622,42 @@ fn register_backup_metrics(registry: &mut Registry, b: &BackupStatus) {
     let failures = Gauge::<i64>::default();
     failures.set(i64::from(b.failures));
     registry.register("backup_failures", "Backups failed in a row", failures);
+    if let Some(o) = &b.offsite {
+        register_offsite_metrics(registry, o);
+    }
     let skipped = Counter::<u64>::default();
     skipped.inc_by(b.skipped);
     registry.register(
         "backup_skipped",
         "Scheduled backups not started because another was still running",
         skipped,
+    );
+}
+
+fn register_offsite_metrics(registry: &mut Registry, o: &crate::status::OffsiteStatus) {
+    type F64 = Gauge<f64, std::sync::atomic::AtomicU64>;
+    if let Some(c) = &o.last_success {
+        let at = F64::default();
+        at.set(c.at_ms as f64 / 1000.0);
+        registry.register(
+            "backup_offsite_last_success_timestamp_seconds",
+            "When the last copy to S3 (repo2 full and the appliance's state) ended (Unix seconds)",
+            at,
+        );
+    }
+    let failures = Gauge::<i64>::default();
+    failures.set(i64::from(o.failures));
+    registry.register(
+        "backup_offsite_failures",
+        "Copies to S3 failed in a row",
+        failures,
+    );
+    let total = Counter::<u64>::default();
+    total.inc_by(o.failures_total);
+    registry.register(
+        "backup_offsite_failed_attempts",
+        "Failed attempts to copy to S3 since the supervisor started",
+        total,
     );
 }
 
@@ -808,6 +894,60 @@ mod tests {
         );
         assert!(text.contains(r#"phoenix_supervisor_service_restarts{service="api"} 3"#));
         assert!(text.contains("phoenix_supervisor_health_status 0"));
+    }
+
+    #[test]
+    fn offsite_warns_on_a_failed_copy_and_on_a_local_full_not_yet_in_s3() {
+        use crate::status::{NewestFull, OffsiteCopy, OffsiteStatus};
+        let local = NewestFull {
+            label: "L2".into(),
+            stopped_ms: 2_000,
+            verified: None,
+        };
+        let copied = OffsiteStatus {
+            target: "s3://b/phoenix".into(),
+            last_success: Some(OffsiteCopy {
+                local: "L2".into(),
+                remote: "R2".into(),
+                at_ms: 3_000,
+                state_objects: Some(8),
+            }),
+            ..OffsiteStatus::default()
+        };
+        assert_eq!(offsite_check(&copied, Some(&local)).0, Status::Pass);
+        let newer = NewestFull {
+            stopped_ms: 4_000,
+            ..local.clone()
+        };
+        let (status, check) = offsite_check(&copied, Some(&newer));
+        assert_eq!(status, Status::Warn);
+        assert!(
+            check["output"].as_str().unwrap().contains("not in S3 yet"),
+            "{check}"
+        );
+        let copying = OffsiteStatus {
+            running_since_ms: Some(4_500),
+            pending: Some("L3".into()),
+            ..copied.clone()
+        };
+        assert_eq!(offsite_check(&copying, Some(&newer)).0, Status::Pass);
+        let failed = OffsiteStatus {
+            last_error: Some("connection refused".into()),
+            failures: 2,
+            retry_at_ms: Some(60_000),
+            ..copied
+        };
+        let (status, check) = offsite_check(&failed, Some(&local));
+        assert_eq!(status, Status::Warn);
+        assert!(
+            check["output"]
+                .as_str()
+                .unwrap()
+                .contains("failed (2 in a row): connection refused"),
+            "{check}"
+        );
+        let fresh = OffsiteStatus::default();
+        assert_eq!(offsite_check(&fresh, None).0, Status::Pass);
     }
 
     #[test]

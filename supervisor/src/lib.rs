@@ -26,6 +26,7 @@ pub mod prepare;
 pub mod process;
 pub mod reaper;
 pub mod run;
+pub mod s3keys;
 pub mod scaling;
 pub mod status;
 pub mod supervisor;

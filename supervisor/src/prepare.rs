@@ -108,7 +108,41 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
                 .with_context(|| format!("[tls] mode = \"files\": cannot read {}", f.display()))?;
         }
     }
+    if let Some(backup) = &config.backup {
+        let owner = owner_of(&backup.user)?;
+        write_s3_keys(backup, owner.as_ref())?;
+    }
     Ok(Prepared { users })
+}
+
+/// pgBackRest's include file with the S3 keys of `[backup.s3] key_file`
+/// (0600, PostgreSQL's user: archive-push runs under PostgreSQL), or
+/// without keys when there are none to give, so that none are left behind.
+fn write_s3_keys(
+    backup: &crate::config::BackupSettings,
+    owner: Option<&RunAs>,
+) -> anyhow::Result<()> {
+    let keys = match backup.s3.as_ref().and_then(|s3| s3.key_file.as_ref()) {
+        Some(file) => Some(crate::s3keys::read(file).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let path = backup.keys_include();
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        bail!("{}: not a file path", path.display());
+    };
+    if keys.is_none() && !dir.exists() {
+        return Ok(());
+    }
+    fsafe::ensure_private_dir(dir, 0o755)
+        .and_then(|d| {
+            d.write_file(
+                name,
+                crate::config::s3_keys_include(keys.as_ref()).as_bytes(),
+                0o600,
+                owner.map(RunAs::owner),
+            )
+        })
+        .with_context(|| format!("pgBackRest's S3 keys {}", path.display()))
 }
 
 /// Refuse to start when a program is missing or a port is taken, naming both.

@@ -221,8 +221,8 @@ where
     });
 }
 
-/// Starts the backup task when `[backup]` is on; the sender takes
-/// `phoenixctl backup` requests.
+/// Starts the backup task when `[backup]` is on, and with `[backup.s3]`
+/// the offsite task; the sender takes `phoenixctl backup` requests.
 fn spawn_backup_task(
     settings: Option<&crate::config::BackupSettings>,
     reaper: &Arc<Reaper>,
@@ -236,27 +236,118 @@ fn spawn_backup_task(
             return None;
         }
     };
+    let reports = Arc::new(Reports {
+        events: events.clone(),
+        last: std::sync::Mutex::default(),
+    });
+    let offsite = settings
+        .s3
+        .as_ref()
+        .map(|s3| spawn_offsite_task(s3, &runner, &reports));
     let (tx, rx) = mpsc::channel(16);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let (schedules, events) = (settings.schedules.clone(), events.clone());
+    let schedules = settings.schedules.clone();
     keep_running("backups", move || {
-        let (runner, rx, events) = (runner.clone(), rx.clone(), events.clone());
-        let schedules = schedules.clone();
+        let (runner, rx, reports) = (runner.clone(), rx.clone(), reports.clone());
+        let (schedules, offsite) = (schedules.clone(), offsite.clone());
         async move {
             let mut rx = rx.lock().await;
             backup::run(
-                backup::PgBackRest { runner },
+                backup::PgBackRest { runner, offsite },
                 backup::schedule::Timetable::new(&schedules),
                 backup::WallClock,
                 &mut rx,
-                move |status| {
-                    let _ = events.send(Event::Backup(Box::new(status.clone())));
-                },
+                move |status| reports.backup(status),
             )
             .await
         }
     });
     Some(tx)
+}
+
+/// The offsite task; the sender takes the label of each new local full.
+fn spawn_offsite_task(
+    s3: &crate::config::S3Settings,
+    runner: &backup::job::Runner,
+    reports: &Arc<Reports>,
+) -> mpsc::Sender<String> {
+    let (tx, rx) = mpsc::channel(4);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let target = format!("s3://{}{}", s3.bucket, s3.prefix);
+    let work = backup::offsite::RealOffsite {
+        runner: runner.clone(),
+        uploader: backup::appliance::Uploader { s3: s3.clone() },
+    };
+    let reports = reports.clone();
+    keep_running("offsite copies", move || {
+        let (work, rx, reports, target) =
+            (work.clone(), rx.clone(), reports.clone(), target.clone());
+        async move {
+            let mut rx = rx.lock().await;
+            let known = work
+                .runner
+                .pgbackrest(&["--output=json".into(), "info".into()], true)
+                .await
+                .and_then(|out| backup::info::parse(out.as_bytes()));
+            let (pending, last_success) = known
+                .map(|inventory| backup::offsite::starting_point(&inventory))
+                .unwrap_or_default();
+            let status = crate::status::OffsiteStatus {
+                target,
+                pending,
+                last_success,
+                ..Default::default()
+            };
+            backup::offsite::run(
+                work,
+                backup::offsite::retry_backoff(),
+                backup::WallClock,
+                status,
+                &mut rx,
+                move |status| reports.offsite(status),
+            )
+            .await
+        }
+    });
+    tx
+}
+
+/// The backup and offsite tasks' last reports, published as one status.
+struct Reports {
+    events: mpsc::UnboundedSender<Event>,
+    last: std::sync::Mutex<(
+        Option<backup::BackupStatus>,
+        Option<crate::status::OffsiteStatus>,
+    )>,
+}
+
+impl Reports {
+    fn backup(&self, status: &backup::BackupStatus) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.0 = Some(status.clone());
+        self.publish(&last);
+    }
+
+    fn offsite(&self, status: &crate::status::OffsiteStatus) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.1 = Some(status.clone());
+        self.publish(&last);
+    }
+
+    /// Once the backup task has reported: the offsite part waits for it.
+    fn publish(
+        &self,
+        last: &(
+            Option<backup::BackupStatus>,
+            Option<crate::status::OffsiteStatus>,
+        ),
+    ) {
+        if let Some(backup) = &last.0 {
+            let mut status = backup.clone();
+            status.offsite = last.1.clone();
+            let _ = self.events.send(Event::Backup(Box::new(status)));
+        }
+    }
 }
 
 fn ask_backup_task(

@@ -306,6 +306,41 @@ pub struct BackupStatus {
     pub newest_full: Option<NewestFull>,
     /// When the task started (Unix ms): the age of "no full backup yet".
     pub since_ms: u64,
+    /// The copy to S3 (`[backup.s3]`); None without it.
+    #[serde(default)]
+    pub offsite: Option<OffsiteStatus>,
+}
+
+/// The offsite task's state: the copy of each new local full to S3
+/// (pgBackRest's repo2) and of the appliance's state beside it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OffsiteStatus {
+    /// `s3://bucket/prefix`.
+    pub target: String,
+    /// The local full being copied, or waiting to be.
+    pub pending: Option<String>,
+    /// When the copy under way started (Unix ms).
+    pub running_since_ms: Option<u64>,
+    pub last_success: Option<OffsiteCopy>,
+    /// The last attempt's error, cleared by a success.
+    pub last_error: Option<String>,
+    /// Failures in a row, and since the supervisor started.
+    pub failures: u32,
+    pub failures_total: u64,
+    /// When the next attempt is due (Unix ms), after a failure.
+    pub retry_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OffsiteCopy {
+    /// The local full copied, and the full it became in repo2.
+    pub local: String,
+    pub remote: String,
+    /// When the copy ended (Unix ms).
+    pub at_ms: u64,
+    /// Objects of the appliance's state uploaded; None when the state was
+    /// not (yet) part of this copy (after a restart: read from repo2).
+    pub state_objects: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 /// The annotation keys Phoenix puts on a backup.
 pub const TRIGGER: &str = "phoenix-trigger";
 pub const VERIFIED: &str = "phoenix-verified";
+/// On a full in repo2 (S3): the local full it is the offsite copy of.
+pub const COPY_OF: &str = "phoenix-copy-of";
 
 /// One backup in one repository.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,6 +32,9 @@ pub struct Backup {
     /// The outcome of the test restore, as annotated: "ok at …", "failed at …: why",
     /// "skipped at …: why"; none when not (yet) verified.
     pub verified: Option<String>,
+    /// In repo2: the local full this one is the offsite copy of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_of: Option<String>,
 }
 
 impl Backup {
@@ -132,6 +137,7 @@ pub fn parse(json: &[u8]) -> Result<Inventory, String> {
         .map(|b| Backup {
             trigger: b.annotation.get(TRIGGER).cloned(),
             verified: b.annotation.get(VERIFIED).cloned(),
+            copy_of: b.annotation.get(COPY_OF).cloned(),
             label: b.label,
             kind: b.kind,
             repo: b.database.repo_key,

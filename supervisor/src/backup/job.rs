@@ -20,6 +20,9 @@ pub struct Runner {
     settings: BackupSettings,
     reaper: Arc<Reaper>,
     run_as: Option<RunAs>,
+    /// Held for each backup, local or offsite: pgBackRest takes one
+    /// backup of a stanza at a time, whatever the repository.
+    backups: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// At most this much of stdout is kept.
@@ -35,7 +38,14 @@ impl Runner {
             settings,
             reaper,
             run_as,
+            backups: Arc::default(),
         })
+    }
+
+    /// Waits until no other backup runs, and keeps others waiting while
+    /// the guard lives.
+    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.backups.lock().await
     }
 
     pub fn settings(&self) -> &BackupSettings {

@@ -3,10 +3,14 @@
 //! verifies every full by restoring it, and reports each outcome. pgBackRest
 //! does the work (`job`); what it holds is read from `info` (`info`); when
 //! the next backup is due is pure (`schedule`), and so is the status kept
-//! here, which the event loop publishes.
+//! here, which the event loop publishes. With `[backup.s3]`, each new
+//! local full is then copied to S3 by the offsite task (`offsite`, with
+//! the appliance's state through `appliance`).
 
+pub mod appliance;
 pub mod info;
 pub mod job;
+pub mod offsite;
 pub mod schedule;
 pub mod verify;
 
@@ -177,11 +181,12 @@ pub async fn run<W: Work, C: Clock>(
     }
 }
 
+/// The newest full of the local repository (repo1): the one verified.
 fn newest_full(inventory: &Inventory) -> Option<NewestFull> {
     inventory
         .backups
         .iter()
-        .filter(|b| b.kind == "full")
+        .filter(|b| b.kind == "full" && b.repo == 1)
         .max_by_key(|b| b.stopped_at)
         .map(|b| NewestFull {
             label: b.label.clone(),
@@ -261,10 +266,45 @@ fn start<W: Work, C: Clock>(
 #[derive(Clone)]
 pub struct PgBackRest {
     pub runner: Runner,
+    /// The offsite task, told of each new local full; None without `[backup.s3]`.
+    pub offsite: Option<mpsc::Sender<String>>,
 }
 
 impl Work for PgBackRest {
     async fn backup(
+        &self,
+        kind: BackupKind,
+        trigger: &'static str,
+    ) -> Result<(String, Option<String>), String> {
+        let taken = {
+            let _only = self.runner.exclusive().await;
+            self.backup_here(kind, trigger).await
+        };
+        if let (Ok((label, _)), Some(offsite)) = (&taken, &self.offsite)
+            && kind == BackupKind::Full
+            && offsite.try_send(label.clone()).is_err()
+        {
+            tracing::warn!(
+                label,
+                "the offsite task is busy: this full is not copied to S3"
+            );
+        }
+        taken
+    }
+
+    async fn list(&self) -> Result<Inventory, String> {
+        let out = self
+            .runner
+            .pgbackrest(&["--output=json".into(), "info".into()], true)
+            .await?;
+        info::parse(out.as_bytes())
+    }
+}
+
+impl PgBackRest {
+    /// A backup in the local repository (repo1, pgBackRest's default),
+    /// verified when it is a full.
+    async fn backup_here(
         &self,
         kind: BackupKind,
         trigger: &'static str,
@@ -274,6 +314,7 @@ impl Work for PgBackRest {
             .pgbackrest(
                 &[
                     "--log-level-console=info".into(),
+                    "--repo=1".into(),
                     format!("--type={}", kind.name()),
                     format!("--annotation={}={trigger}", info::TRIGGER),
                     "backup".into(),
@@ -292,7 +333,7 @@ impl Work for PgBackRest {
             .backups
             .iter()
             .rev()
-            .find(|b| !known.contains(&b.label.as_str()))
+            .find(|b| b.repo == 1 && !known.contains(&b.label.as_str()))
             .ok_or("pgbackrest reported success but lists no new backup")?;
         let label = new.label.clone();
         if new.kind != "full" || !self.runner.settings().verify {
@@ -312,6 +353,7 @@ impl Work for PgBackRest {
         self.runner
             .pgbackrest(
                 &[
+                    "--repo=1".into(),
                     format!("--set={label}"),
                     format!("--annotation={}={note}", info::VERIFIED),
                     "annotate".into(),
@@ -324,14 +366,6 @@ impl Work for PgBackRest {
             })?;
         // Taken either way; a failed verification shows in `verified`.
         Ok((label, Some(note)))
-    }
-
-    async fn list(&self) -> Result<Inventory, String> {
-        let out = self
-            .runner
-            .pgbackrest(&["--output=json".into(), "info".into()], true)
-            .await?;
-        info::parse(out.as_bytes())
     }
 }
 

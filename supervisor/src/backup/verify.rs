@@ -54,6 +54,7 @@ pub async fn verify(runner: &Runner, label: &str, size: u64) -> Verdict {
         .pgbackrest(
             &[
                 "--log-level-console=info".into(),
+                "--repo=1".into(),
                 format!("--set={label}"),
                 "verify".into(),
             ],
@@ -114,6 +115,7 @@ async fn test_restore(runner: &Runner, label: &str, scratch: &Path) -> Result<St
     runner
         .pgbackrest(
             &[
+                "--repo=1".into(),
                 format!("--set={label}"),
                 format!("--pg1-path={}", data.display()),
                 "--type=immediate".into(),

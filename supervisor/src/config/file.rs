@@ -68,6 +68,36 @@ pub struct BackupSection {
     pub compress: Option<String>,
     /// Parallel processes for backup and restore.
     pub process_max: Option<CountIn<1, 64>>,
+    /// The offsite copy: a second pgBackRest repository on S3, and the
+    /// appliance's own state beside it.
+    pub s3: Option<S3Table>,
+}
+
+/// `[backup.s3]`. No keys here: the instance profile, or a key file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Table {
+    pub bucket: Option<String>,
+    /// repo2-path: the folder in the bucket.
+    pub prefix: Option<String>,
+    pub region: Option<String>,
+    /// `host[:port]` or `https://host[:port]`.
+    pub endpoint: Option<String>,
+    /// "host" or "path".
+    pub uri_style: Option<String>,
+    /// The storage class of the appliance-state objects.
+    pub storage_class: Option<String>,
+    /// SSE-KMS key of both the repository and the state objects.
+    pub kms_key_id: Option<String>,
+    /// "instance-profile" or "file".
+    pub credentials: Option<String>,
+    #[serde(default, deserialize_with = "units::path")]
+    pub key_file: Option<PathBuf>,
+    /// CA certificate (PEM) of a private CA that signed the endpoint's certificate.
+    #[serde(default, deserialize_with = "units::path")]
+    pub ca_file: Option<PathBuf>,
+    /// Days a full backup is kept in the bucket; default: the local days.
+    pub retention_full_days: Option<CountIn<1, 3650>>,
 }
 
 /// `[scaling]`: capacity checks against the reviewed deployment's triggers.

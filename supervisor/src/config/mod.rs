@@ -15,7 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use builtins::parse_cron;
+pub use builtins::{parse_cron, s3_keys_include};
 pub use spec::*;
 
 use file::{FileConfig, ProbeTable, RestartPolicyName, ServiceTable};
@@ -63,7 +63,14 @@ pub struct LoadOptions {
     /// `parse` stays a function of its inputs; `None` (check-config, first
     /// boot, a build sandbox without the users) skips the check.
     pub users: Option<UserCheck>,
+    /// Reads the key file of `[backup.s3] credentials = "file"`, to refuse
+    /// a missing, unreadable or too open one at its key. Set by
+    /// [`LoadOptions::detect`]; `None` (unit tests) skips the check.
+    pub key_files: Option<KeyFileCheck>,
 }
+
+/// `Err` says what is wrong with an S3 key file (never its contents).
+pub type KeyFileCheck = fn(&Path) -> Result<(), String>;
 
 /// `Err` says why the supervisor cannot run a service as the named user.
 pub type UserCheck = fn(&str) -> Result<(), String>;
@@ -80,6 +87,7 @@ impl LoadOptions {
             cwd: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
             exe_dir,
             users: None,
+            key_files: Some(|path| crate::s3keys::read(path).map(drop)),
         }
     }
 
@@ -365,6 +373,10 @@ fn absolutize(raw: &mut FileConfig, resolve: &impl Fn(PathBuf) -> PathBuf) {
         &mut raw.tls.key,
     ] {
         fix(p);
+    }
+    if let Some(s3) = &mut raw.backup.s3 {
+        fix(&mut s3.key_file);
+        fix(&mut s3.ca_file);
     }
     for table in raw.services.values_mut() {
         fix(&mut table.working_dir);

@@ -326,6 +326,54 @@ pub struct BackupSettings {
     pub retention_full_days: u64,
     pub verify: bool,
     pub process_max: u64,
+    /// `[backup.s3]`: the offsite copy; None when not configured.
+    pub s3: Option<S3Settings>,
+}
+
+impl BackupSettings {
+    /// pgBackRest's include file for the S3 keys (0600, PostgreSQL's user),
+    /// written by the supervisor from `[backup.s3] key_file`; in `conf.d`
+    /// beside `pgbackrest.conf`, where every pgBackRest started with
+    /// `--config-path` reads it.
+    pub fn keys_include(&self) -> PathBuf {
+        self.config_path.join("conf.d/s3-keys.conf")
+    }
+}
+
+/// `[backup.s3]`, resolved: pgBackRest's repo2 and where the appliance's
+/// state goes beside it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// repo2-path, starting with `/`; the state goes under `<prefix>/appliance/`.
+    pub prefix: String,
+    pub region: String,
+    /// Host name or address of the endpoint, and its port when not 443.
+    pub host: String,
+    pub port: Option<u16>,
+    pub path_style: bool,
+    pub storage_class: Option<String>,
+    pub kms_key_id: Option<String>,
+    /// `credentials = "file"`: the key file; None: the default AWS chain
+    /// (the instance profile on EC2).
+    pub key_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub retention_full_days: u64,
+    /// What is copied to `<prefix>/appliance/`: the config file, and the
+    /// directories and files of the appliance's state, each with the name
+    /// it gets there.
+    pub state: Vec<(String, PathBuf)>,
+}
+
+impl S3Settings {
+    /// `https://host[:port]`, as the S3 client takes it.
+    pub fn endpoint_url(&self) -> String {
+        match self.port {
+            Some(port) if self.host.contains(':') => format!("https://[{}]:{port}", self.host),
+            Some(port) => format!("https://{}:{port}", self.host),
+            None => format!("https://{}", self.host),
+        }
+    }
 }
 
 /// When a backup of one type is taken: a five-field cron expression, UTC.

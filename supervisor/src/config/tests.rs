@@ -7,6 +7,7 @@ fn opts(root: bool, dev: bool) -> LoadOptions {
         cwd: PathBuf::from("/work"),
         exe_dir: PathBuf::from("/opt/phoenix/bin"),
         users: None,
+        key_files: None,
     }
 }
 
@@ -727,4 +728,133 @@ fn bad_backup_settings_are_refused_where_they_are_written() {
     );
     let e = refused("[backup]\nschedule = \"daily\"\n");
     assert!(e.contains("unknown field `schedule`"), "{e}");
+}
+
+#[test]
+fn backup_s3_is_pgbackrests_repo2_with_no_key_in_the_generated_file() {
+    let c = parse_str(
+        "[backup]\nretention_full_days = 9\n[backup.s3]\nbucket = \"acme-phoenix\"\nregion = \"eu-west-1\"\n\
+         kms_key_id = \"arn:aws:kms:eu-west-1:1:key/k\"\nstorage_class = \"STANDARD_IA\"\n",
+    )
+    .unwrap();
+    let b = c.backup.as_ref().unwrap();
+    let s3 = b.s3.as_ref().unwrap();
+    assert_eq!(
+        (s3.prefix.as_str(), s3.host.as_str(), s3.port, s3.path_style),
+        ("/phoenix", "s3.eu-west-1.amazonaws.com", None, false)
+    );
+    assert_eq!(s3.retention_full_days, 9, "the local days by default");
+    assert_eq!(s3.key_file, None, "the instance profile by default");
+    let names: Vec<&str> = s3.state.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["phoenix.toml", "secrets", "tls/cert.pem", "tls/key.pem"]
+    );
+    assert_eq!(s3.state[0].1, Path::new("/etc/phoenix/phoenix.toml"));
+    let conf = &c.service("postgres").unwrap().files[0].contents;
+    for line in [
+        "repo2-type=s3\n",
+        "repo2-path=/phoenix\n",
+        "repo2-s3-bucket=acme-phoenix\n",
+        "repo2-s3-endpoint=s3.eu-west-1.amazonaws.com\n",
+        "repo2-s3-uri-style=host\n",
+        "repo2-s3-key-type=auto\n",
+        "repo2-s3-kms-key-id=arn:aws:kms:eu-west-1:1:key/k\n",
+        "repo2-retention-full=9\n",
+    ] {
+        assert!(conf.contains(line), "{line} in\n{conf}");
+    }
+    assert!(!conf.contains("repo2-s3-key="), "{conf}");
+    assert_eq!(
+        b.keys_include(),
+        Path::new("/var/lib/phoenix/generated/pgbackrest/conf.d/s3-keys.conf")
+    );
+
+    let c = parse_str(
+        "[backup.s3]\nbucket = \"b-1\"\nregion = \"us-east-1\"\nendpoint = \"https://127.0.0.1:9000\"\n\
+         uri_style = \"path\"\ncredentials = \"file\"\nkey_file = \"s3-keys\"\nca_file = \"/etc/ca.pem\"\n\
+         prefix = \"x/y/\"\n",
+    )
+    .unwrap();
+    let s3 = c.backup.unwrap().s3.unwrap();
+    assert_eq!(s3.endpoint_url(), "https://127.0.0.1:9000");
+    assert_eq!(
+        s3.key_file.as_deref(),
+        Some(Path::new("/etc/phoenix/s3-keys"))
+    );
+    let conf = &c
+        .services
+        .iter()
+        .find(|s| s.name == "postgres")
+        .unwrap()
+        .files[0]
+        .contents;
+    for line in [
+        "repo2-path=/x/y\n",
+        "repo2-s3-endpoint=127.0.0.1\n",
+        "repo2-storage-port=9000\n",
+        "repo2-s3-uri-style=path\n",
+        "repo2-s3-key-type=shared\n",
+        "repo2-storage-ca-file=/etc/ca.pem\n",
+    ] {
+        assert!(conf.contains(line), "{line} in\n{conf}");
+    }
+}
+
+#[test]
+fn bad_backup_s3_settings_are_refused_where_they_are_written() {
+    let s3 = |rest: &str| refused(&format!("[backup.s3]\n{rest}"));
+    let e = s3("region = \"eu-west-1\"\n");
+    assert!(
+        e.starts_with(
+            "/etc/phoenix/phoenix.toml:1:9: backup.s3.bucket: [backup.s3] needs `bucket`"
+        ),
+        "{e}"
+    );
+    let e = s3("bucket = \"b-1\"\nregion = \"r\"\ncredentials = \"file\"\n");
+    assert!(
+        e.starts_with("/etc/phoenix/phoenix.toml:4:1: backup.s3.credentials: credentials = \"file\" needs `key_file`"),
+        "{e}"
+    );
+    let e = s3("bucket = \"b-1\"\nregion = \"r\"\nkey_file = \"/k\"\n");
+    assert!(
+        e.contains(":4:1: backup.s3.key_file: a key file is read only with credentials = \"file\""),
+        "{e}"
+    );
+    let e = s3("bucket = \"b-1\"\nregion = \"r\"\naccess_key_id = \"AKIA\"\n");
+    assert!(
+        e.contains("backup.s3.access_key_id: unknown field `access_key_id`"),
+        "{e}"
+    );
+    let e = s3("bucket = \"b-1\"\nregion = \"r\"\nendpoint = \"http://minio:9000\"\n");
+    assert!(
+        e.contains(":4:1: backup.s3.endpoint: `http://minio:9000`: S3 is reached over HTTPS only"),
+        "{e}"
+    );
+    let e = s3("bucket = \"B\"\nregion = \"r\"\n");
+    assert!(
+        e.contains(":2:1: backup.s3.bucket: `B` is not an S3 bucket name"),
+        "{e}"
+    );
+    let e = s3("bucket = \"b-1\"\nregion = \"r\"\nuri_style = \"virtual\"\n");
+    assert!(e.contains("backup.s3.uri_style: `virtual` is not"), "{e}");
+    let e = s3("bucket = \"b-1\"\nregion = \"r\"\nstorage_class = \"GLACIER\"\n");
+    assert!(
+        e.contains("backup.s3.storage_class: `GLACIER` is not one of"),
+        "{e}"
+    );
+
+    // The key file, checked where it is named.
+    let checking = LoadOptions {
+        key_files: Some(|p| Err(format!("the key file {} has mode 0644", p.display()))),
+        ..opts(true, false)
+    };
+    let text = "[backup.s3]\nbucket = \"b-1\"\nregion = \"r\"\ncredentials = \"file\"\nkey_file = \"/etc/phoenix/k\"\n";
+    let e = parse(text, Path::new("/etc/phoenix/phoenix.toml"), &checking)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "/etc/phoenix/phoenix.toml:5:1: backup.s3.key_file: the key file /etc/phoenix/k has mode 0644"
+    );
 }

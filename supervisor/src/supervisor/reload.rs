@@ -191,6 +191,7 @@ mod tests {
             cwd: "/tmp".into(),
             exe_dir: "/nonexistent".into(),
             users: None,
+            key_files: None,
         };
         crate::config::parse(&text, Path::new("test.toml"), &opts).unwrap()
     }

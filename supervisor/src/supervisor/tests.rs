@@ -34,6 +34,7 @@ async fn start_loop(toml: &str) -> (mpsc::UnboundedSender<Event>, tempfile::Temp
         cwd: dir.path().into(),
         exe_dir: "/nonexistent".into(),
         users: None,
+        key_files: None,
     };
     let config = config::parse(&text, Path::new("test.toml"), &opts).unwrap();
     std::fs::create_dir_all(&config.supervisor.log_dir).unwrap();

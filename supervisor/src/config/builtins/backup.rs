@@ -13,6 +13,7 @@ use std::time::Duration;
 use super::context::{
     API_DB_NAME, Archive, Context, Contribution, POSTGRES_SUPERUSER, arg, path_str,
 };
+use super::s3;
 use crate::config::file::BackupSection;
 use crate::config::spec::*;
 use crate::config::{ConfigError, Located};
@@ -30,7 +31,11 @@ pub(super) struct Expanded {
     pub(super) settings: Option<BackupSettings>,
 }
 
-pub(super) fn expand(raw: &BackupSection, ctx: &Context<'_>) -> Result<Expanded, ConfigError> {
+pub(super) fn expand(
+    raw: &BackupSection,
+    ctx: &Context<'_>,
+    tls: &TlsSettings,
+) -> Result<Expanded, ConfigError> {
     let loc = ctx.loc;
     let pg = &ctx.postgres;
     if !raw.enable.unwrap_or(true) {
@@ -63,6 +68,12 @@ pub(super) fn expand(raw: &BackupSection, ctx: &Context<'_>) -> Result<Expanded,
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("/"));
+    let retention_full_days = raw.retention_full_days.map_or(7, |d| d.0);
+    let s3 = raw
+        .s3
+        .as_ref()
+        .map(|t| s3::expand(t, ctx, tls, retention_full_days))
+        .transpose()?;
     let settings = BackupSettings {
         pgbackrest: raw
             .pgbackrest
@@ -86,9 +97,10 @@ pub(super) fn expand(raw: &BackupSection, ctx: &Context<'_>) -> Result<Expanded,
         }
         .into(),
         schedules,
-        retention_full_days: raw.retention_full_days.map_or(7, |d| d.0),
+        retention_full_days,
         verify: raw.verify.unwrap_or(true),
         process_max: raw.process_max.map_or(1, |n| n.0),
+        s3,
     };
     let file = GeneratedFile {
         path: conf,
@@ -227,6 +239,9 @@ fn pgbackrest_conf(
     line("log-level-file", &"off");
     line("log-level-console", &"warn");
     line("log-level-stderr", &"off");
+    if let Some(s3) = &s.s3 {
+        out.push_str(&s3::repo2_lines(s3));
+    }
     let _ = writeln!(out, "\n[{}]", s.stanza);
     let mut line = |k: &str, v: &dyn std::fmt::Display| {
         let _ = writeln!(out, "{k}={v}");

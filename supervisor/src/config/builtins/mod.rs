@@ -11,6 +11,7 @@ mod context;
 mod postgres;
 mod prometheus;
 mod pushgateway;
+mod s3;
 mod scaling;
 mod tls;
 
@@ -21,6 +22,7 @@ use crate::config::ConfigError;
 use context::Context;
 
 pub use backup::parse_cron;
+pub use s3::keys_include as s3_keys_include;
 
 pub struct Expanded {
     pub services: Vec<ServiceSpec>,
@@ -38,7 +40,7 @@ pub fn expand(
 ) -> Result<Expanded, ConfigError> {
     let ctx = Context::new(raw, sup, opts, loc)?;
     let tls = tls::expand(&raw.tls, &ctx)?;
-    let backup = backup::expand(&raw.backup, &ctx)?;
+    let backup = backup::expand(&raw.backup, &ctx, &tls)?;
     let (postgres, database) = postgres::expand(&raw.postgres, &ctx, &backup.archive)?;
     let prometheus = prometheus::expand(&raw.prometheus, &ctx)?;
     let pushgateway = pushgateway::expand(&raw.pushgateway, &ctx)?;
