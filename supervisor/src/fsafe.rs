@@ -30,6 +30,7 @@
 //! | `state_dir`, `run_dir`, `log_dir`, `secrets/`, `tls/`, `generated/<service>/` | `prepare`, `tls`, `prepare::write_generated` | root (checked) | `ensure_private_dir` |
 //! | a service's directories (`<state_dir>/postgres`, `prometheus`, `prometheus/data`, `pushgateway`, `<run_dir>/postgres`) | `prepare::service_dirs`, before each start | root, or the service user for `prometheus/data` | `ensure_dir`: created, then `fchown` on the descriptor; a link in the service's directory refused |
 //! | `prometheus.yml`, `setup.sql` | `prepare::write_generated` | root | `write_file`; the service can read them, not change them (psql runs `setup.sql` as root) |
+//! | `generated/pgbackrest/conf.d/s3-keys.conf` | `prepare` | root | `write_file`, 0600, `fchown` to PostgreSQL's user before the keys are written |
 //! | secrets, the ACME account | `prepare`, `tls::acme` | root (`secrets/`, 0711) | `write_atomic`, `fix_file` |
 //! | TLS key and certificate | `tls::ensure_self_signed`, `tls::install`, `prepare` | root (`tls/`) | `write_atomic`, `fix_file` |
 //! | `services.json`, `scaling-state.json` | `leftovers`, `scaling` | root (`run_dir`, `state_dir`) | `write_atomic` |

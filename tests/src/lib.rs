@@ -20,6 +20,9 @@
 //!   to 180 s for every service, then offers logins, users, requests on both
 //!   listeners as [`Reply`], enrollment, the agent protocol, the audit log and
 //!   SQL.
+//! - [`TestCa`] makes a CA and a server certificate for 127.0.0.1;
+//!   [`S3Server`] runs moto's S3 behind TLS with one, and can kill it and
+//!   start it again on the same port (`down`, `up`).
 
 #![forbid(unsafe_code)]
 
@@ -1028,5 +1031,188 @@ impl Stack {
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
+    }
+}
+
+/// A test certificate authority and a server certificate it signed for
+/// `127.0.0.1` and `localhost`, as PEM files in `dir`: `root.pem` (to
+/// trust), `cert.pem` and `key.pem` (for the server).
+pub struct TestCa {
+    pub root: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path, name: &str) -> TestCa {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("test root for {name}"));
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let mut leaf =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".into()])
+                .unwrap();
+        // pgBackRest 2.45 matches a host against DNS names only, an
+        // address included: 127.0.0.1 is a DNS name too, for it.
+        leaf.subject_alt_names.push(rcgen::SanType::DnsName(
+            "127.0.0.1".to_string().try_into().unwrap(),
+        ));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+        let out = TestCa {
+            root: dir.join(format!("{name}-root.pem")),
+            cert: dir.join(format!("{name}-cert.pem")),
+            key: dir.join(format!("{name}-key.pem")),
+        };
+        std::fs::write(&out.root, ca.pem()).unwrap();
+        std::fs::write(&out.cert, leaf.pem()).unwrap();
+        std::fs::write(&out.key, key.serialize_pem()).unwrap();
+        // Service users (PostgreSQL runs archive-push) read the root.
+        for p in [&out.root, &out.cert] {
+            std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .unwrap();
+        }
+        out
+    }
+}
+
+/// moto's S3 in server mode behind TLS (a [`TestCa`]) on [`S3Server::port`].
+/// [`S3Server::down`] kills it and [`S3Server::up`] starts it again on the
+/// same port; moto keeps objects in memory, so what it held is gone then
+/// (the bucket is made again). moto takes any keys. Killed when dropped.
+pub struct S3Server {
+    pub port: u16,
+    pub ca: TestCa,
+    log: PathBuf,
+    moto: Option<Child>,
+    buckets: Vec<String>,
+}
+
+/// The keys written to [`S3Server::key_file`]; moto takes any.
+pub const S3_TEST_KEY_ID: &str = "AKIAPHOENIXTEST";
+pub const S3_TEST_SECRET: &str = "phoenix-test-secret-not-for-logs";
+
+impl S3Server {
+    /// Starts moto on a free port with a new CA in `dir`, and waits until it answers.
+    pub fn start(dir: &Path) -> S3Server {
+        let mut s3 = S3Server {
+            port: free_port(),
+            ca: TestCa::new(dir, "s3"),
+            log: dir.join("moto.log"),
+            moto: None,
+            buckets: Vec::new(),
+        };
+        s3.up();
+        s3
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Writes a key file (root's, 0600) into `dir`; its path.
+    pub fn key_file(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("s3-keys");
+        std::fs::write(
+            &path,
+            format!("AWS_ACCESS_KEY_ID={S3_TEST_KEY_ID}\nAWS_SECRET_ACCESS_KEY={S3_TEST_SECRET}\n"),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        path
+    }
+
+    /// `[backup.s3]` for `bucket` on this server, keys from `key_file`.
+    pub fn backup_toml(&self, bucket: &str, key_file: &Path) -> String {
+        format!(
+            "[backup.s3]\nbucket = \"{bucket}\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\n\
+             uri_style = \"path\"\ncredentials = \"file\"\nkey_file = \"{}\"\nca_file = \"{}\"\n",
+            self.endpoint(),
+            key_file.display(),
+            self.ca.root.display()
+        )
+    }
+
+    /// Runs Python `code` with `s3`, a boto3 client of this server; its stdout.
+    pub fn python(&self, code: &str) -> Result<String, String> {
+        let script = format!(
+            "import boto3, json\ns3 = boto3.client('s3', endpoint_url='{}', region_name='us-east-1', \
+             aws_access_key_id='{S3_TEST_KEY_ID}', aws_secret_access_key='x', verify='{}')\n{code}\n",
+            self.endpoint(),
+            self.ca.root.display()
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Makes `bucket`, and again after each [`S3Server::up`].
+    pub fn create_bucket(&mut self, bucket: &str) {
+        self.python(&format!("s3.create_bucket(Bucket='{bucket}')"))
+            .unwrap_or_else(|e| panic!("create bucket {bucket}: {e}"));
+        self.buckets.push(bucket.to_string());
+    }
+
+    /// Every object's key in `bucket`.
+    pub fn keys(&self, bucket: &str) -> Vec<String> {
+        let out = self
+            .python(&format!(
+                "p = s3.get_paginator('list_objects_v2')\nkeys = [o['Key'] for page in \
+                 p.paginate(Bucket='{bucket}') for o in page.get('Contents', [])]\nprint(json.dumps(keys))"
+            ))
+            .unwrap_or_else(|e| panic!("list {bucket}: {e}"));
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// S3 unreachable: moto killed, connections refused until [`S3Server::up`].
+    pub fn down(&mut self) {
+        if let Some(mut moto) = self.moto.take() {
+            let _ = moto.kill();
+            let _ = moto.wait();
+        }
+    }
+
+    /// moto (again) on the same port, with the buckets made so far.
+    pub fn up(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let moto = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string(), "-c"])
+            .arg(&self.ca.cert)
+            .arg("-k")
+            .arg(&self.ca.key)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("moto_server: {e} (scripts/setup.sh installs moto[server])")
+            });
+        self.moto = Some(moto);
+        wait_until("moto answers", Duration::from_secs(60), || {
+            self.python("s3.list_buckets()").ok()
+        });
+        for bucket in std::mem::take(&mut self.buckets) {
+            self.create_bucket(&bucket);
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.down();
     }
 }

@@ -187,6 +187,11 @@ impl OffsiteWork for RealOffsite {
                 .await?;
             info::parse(out.as_bytes())
         };
+        // Idempotent; makes repo2's stanza when the bucket is new or was
+        // emptied since PostgreSQL started (backup-stanza ran then).
+        self.runner
+            .pgbackrest(&["--repo=2".into(), "stanza-create".into()], false)
+            .await?;
         let before: Vec<String> = list()
             .await
             .map(|i| i.backups.into_iter().map(|b| b.label).collect())

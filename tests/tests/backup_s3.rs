@@ -1,0 +1,231 @@
+//! The offsite copy (`[backup.s3]`) with the real pgBackRest and
+//! PostgreSQL 15 under the supervisor, against moto's S3 behind TLS with a
+//! test CA, keys from a 0600 key file.
+//!
+//! The two stack tests are ignored for now: moto's own server (werkzeug)
+//! answers a PUT with no Content-Length and ends the body by closing the
+//! connection without a TLS close_notify, which pgBackRest 2.45 built on
+//! OpenSSL 3 reports as `TLS error [1:167772454] unexpected eof while
+//! reading` (`stanza-create` fails on repo2). Run with `--ignored` once
+//! moto is served by a server that frames its responses.
+
+use std::time::Duration;
+
+use phoenix_tests::{
+    S3_TEST_SECRET, S3Server, Stack, StackPorts, Supervisor, config_refused, wait_until,
+};
+use serde_json::Value;
+
+const BUCKET: &str = "phoenix-offsite";
+
+fn backups(s: &Stack) -> Vec<Value> {
+    let out = s.sup.ctl(&["--json", "backup", "list"]);
+    let list: Value = serde_json::from_str(&Supervisor::ok(&out)).unwrap();
+    list["backups"].as_array().unwrap().clone()
+}
+
+fn offsite(s: &Stack) -> Value {
+    let (_, health) = s.sup.health();
+    health["checks"]["backup:offsite"][0].clone()
+}
+
+/// A stack whose `[backup.s3]` points at `s3`; the retry starts at `retry`.
+fn stack_with(s3: &mut S3Server, dir: &std::path::Path, retry: &str) -> Stack {
+    s3.create_bucket(BUCKET);
+    let key_file = s3.key_file(dir);
+    let ports = StackPorts::free();
+    let mut sup = Supervisor::config(&ports.config(&s3.backup_toml(BUCKET, &key_file)));
+    sup.set_env("PHOENIX_OFFSITE_RETRY", retry);
+    let s = Stack::started(sup, ports);
+    s.sup
+        .wait_state("backup-stanza", "exited", Duration::from_secs(60));
+    assert_eq!(s.sup.service("backup-stanza")["last_exit"], "exit code 0");
+    s
+}
+
+#[test]
+#[ignore = "moto's werkzeug answers PUT without Content-Length and closes without TLS close_notify; pgBackRest 2.45 (OpenSSL 3) fails with `TLS error unexpected eof while reading`: needs moto behind a server that frames responses"]
+fn a_full_backup_lands_in_both_repositories_with_wal_and_the_appliance_state_in_the_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s3 = S3Server::start(dir.path());
+    let s = stack_with(&mut s3, dir.path(), "2s");
+
+    // The keys reach pgBackRest through its include file, never the 0644 conf.
+    let conf =
+        std::fs::read_to_string(s.sup.path("state/generated/pgbackrest/pgbackrest.conf")).unwrap();
+    assert!(conf.contains("repo2-type=s3\n"), "{conf}");
+    assert!(!conf.contains(S3_TEST_SECRET), "{conf}");
+    let include = s.sup.path("state/generated/pgbackrest/conf.d/s3-keys.conf");
+    let meta = std::fs::metadata(&include).unwrap();
+    let postgres = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    assert_eq!(
+        (
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            std::os::unix::fs::MetadataExt::mode(&meta) & 0o777
+        ),
+        (postgres.uid.as_raw(), 0o600)
+    );
+
+    let said = Supervisor::ok(&s.sup.ctl(&["backup", "now", "--type", "full"]));
+    assert!(said.contains("verification ok at "), "{said}");
+    let both = wait_until("the full copied to repo2", Duration::from_secs(180), || {
+        let list = backups(&s);
+        let repos: Vec<u64> = list
+            .iter()
+            .filter(|b| b["type"] == "full")
+            .filter_map(|b| b["repo"].as_u64())
+            .collect();
+        (repos.contains(&1) && repos.contains(&2)).then_some(list)
+    });
+    let local = both.iter().find(|b| b["repo"] == 1).unwrap();
+    let remote = both.iter().find(|b| b["repo"] == 2).unwrap();
+    assert_eq!(remote["copy_of"], local["label"], "{remote}");
+    assert_eq!(remote["trigger"], "offsite");
+
+    // WAL and the backup in the bucket, under repo2-path.
+    let keys = wait_until("WAL in the bucket", Duration::from_secs(120), || {
+        let keys = s3.keys(BUCKET);
+        keys.iter()
+            .any(|k| k.starts_with("phoenix/archive/phoenix/15-1/") && !k.ends_with(".info"))
+            .then_some(keys)
+    });
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with("phoenix/backup/phoenix/")),
+        "{keys:?}"
+    );
+    // The appliance's state: timestamped and latest, the manifest last.
+    let state = wait_until("the appliance's state", Duration::from_secs(60), || {
+        let keys = s3.keys(BUCKET);
+        keys.iter()
+            .any(|k| k == "phoenix/appliance/latest/manifest.json")
+            .then_some(keys)
+    });
+    for name in [
+        "phoenix.toml",
+        "secrets/postgres-superuser-password",
+        "secrets/initial-admin-password",
+        "tls/cert.pem",
+        "tls/key.pem",
+    ] {
+        let key = format!("phoenix/appliance/latest/{name}");
+        assert!(state.contains(&key), "{key} in {state:?}");
+    }
+    assert!(
+        state
+            .iter()
+            .any(|k| k.starts_with("phoenix/appliance/2") && k.ends_with("/phoenix.toml")),
+        "{state:?}"
+    );
+    let manifest = s3
+        .python(
+            "print(s3.get_object(Bucket='phoenix-offsite', \
+             Key='phoenix/appliance/latest/manifest.json')['Body'].read().decode())",
+        )
+        .unwrap();
+    let manifest: Value = serde_json::from_str(&manifest).unwrap();
+    assert_eq!(manifest["local_backup"], local["label"]);
+    assert_eq!(manifest["repo2_backup"], remote["label"]);
+
+    let check = offsite(&s);
+    assert_eq!(check["status"], "pass", "{check}");
+    let metrics = s.sup.metrics();
+    assert!(
+        metrics.contains("phoenix_supervisor_backup_offsite_last_success_timestamp_seconds "),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("phoenix_supervisor_backup_offsite_failures 0"),
+        "{metrics}"
+    );
+    // No key in the status or the supervisor's log.
+    let status = s.sup.status().to_string();
+    assert!(!status.contains(S3_TEST_SECRET));
+    assert!(!s.sup.stderr().contains(S3_TEST_SECRET));
+}
+
+#[test]
+#[ignore = "moto's werkzeug answers PUT without Content-Length and closes without TLS close_notify; pgBackRest 2.45 (OpenSSL 3) fails with `TLS error unexpected eof while reading`: needs moto behind a server that frames responses"]
+fn with_s3_down_the_local_backup_succeeds_health_warns_and_the_copy_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s3 = S3Server::start(dir.path());
+    let s = stack_with(&mut s3, dir.path(), "2s");
+    s3.down();
+
+    let said = Supervisor::ok(&s.sup.ctl(&["backup", "now", "--type", "full"]));
+    assert!(said.starts_with("full backup 2"), "{said}");
+    let check = wait_until("backup:offsite warns", Duration::from_secs(120), || {
+        let check = offsite(&s);
+        (check["status"] == "warn").then_some(check)
+    });
+    assert!(
+        check["output"]
+            .as_str()
+            .unwrap()
+            .contains("the last copy failed"),
+        "{check}"
+    );
+    let (code, _) = s.sup.health();
+    assert_eq!(code, 200, "a warning does not fail the appliance");
+    let metrics = s.sup.metrics();
+    assert!(
+        !metrics.contains("phoenix_supervisor_backup_offsite_failed_attempts_total 0"),
+        "{metrics}"
+    );
+
+    s3.up();
+    let check = wait_until("the copy retried", Duration::from_secs(240), || {
+        let check = offsite(&s);
+        (check["status"] == "pass" && check["observedValue"].is_string()).then_some(check)
+    });
+    assert!(
+        check["output"]
+            .as_str()
+            .unwrap()
+            .contains("the last copy: "),
+        "{check}"
+    );
+    assert!(
+        backups(&s)
+            .iter()
+            .any(|b| b["repo"] == 2 && b["type"] == "full"),
+        "a full in repo2"
+    );
+}
+
+#[test]
+fn bad_s3_settings_are_refused_by_check_config_where_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = config_refused(
+        "[backup.s3]\nbucket = \"b-1\"\nregion = \"us-east-1\"\ncredentials = \"file\"\n",
+    );
+    assert!(
+        err.contains(":4:1: backup.s3.credentials: credentials = \"file\" needs `key_file`"),
+        "{err}"
+    );
+
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "AWS_ACCESS_KEY_ID=a\nAWS_SECRET_ACCESS_KEY=b\n").unwrap();
+    std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let err = config_refused(&format!(
+        "[backup.s3]\nbucket = \"b-1\"\nregion = \"us-east-1\"\ncredentials = \"file\"\nkey_file = \"{}\"\n",
+        keys.display()
+    ));
+    assert!(
+        err.contains(&format!(
+            ":5:1: backup.s3.key_file: the key file {} has mode 0644; it must be 0600",
+            keys.display()
+        )),
+        "{err}"
+    );
+
+    let err = config_refused("[backup.s3]\nregion = \"us-east-1\"\n");
+    assert!(
+        err.contains(":1:9: backup.s3.bucket: [backup.s3] needs `bucket`"),
+        "{err}"
+    );
+    let err = config_refused(
+        "[backup.s3]\nbucket = \"b-1\"\nregion = \"r\"\nsecret_access_key = \"x\"\n",
+    );
+    assert!(err.contains("unknown field `secret_access_key`"), "{err}");
+}
