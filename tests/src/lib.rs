@@ -1078,10 +1078,13 @@ impl TestCa {
     }
 }
 
-/// moto's S3 in server mode behind TLS (a [`TestCa`]) on [`S3Server::port`].
-/// [`S3Server::down`] kills it and [`S3Server::up`] starts it again on the
-/// same port; moto keeps objects in memory, so what it held is gone then
-/// (the bucket is made again). moto takes any keys. Killed when dropped.
+/// moto's S3 behind TLS (a [`TestCa`]) on [`S3Server::port`], served by
+/// `tests/s3/tls-front.py`: moto's own TLS (werkzeug) ends responses
+/// without a length and without TLS's close, which pgBackRest refuses; the
+/// front frames them. [`S3Server::down`] kills it and [`S3Server::up`]
+/// starts it again on the same port; moto keeps objects in memory, so what
+/// it held is gone then (the bucket is made again). moto takes any keys.
+/// Killed when dropped.
 pub struct S3Server {
     pub port: u16,
     pub ca: TestCa,
@@ -1182,6 +1185,8 @@ impl S3Server {
         }
     }
 
+
+
     /// moto (again) on the same port, with the buckets made so far.
     pub fn up(&mut self) {
         let log = std::fs::OpenOptions::new()
@@ -1189,10 +1194,11 @@ impl S3Server {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let moto = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &self.port.to_string(), "-c"])
+        let front = Path::new(env!("CARGO_MANIFEST_DIR")).join("s3/tls-front.py");
+        let moto = Command::new("python3")
+            .arg(front)
+            .arg(self.port.to_string())
             .arg(&self.ca.cert)
-            .arg("-k")
             .arg(&self.ca.key)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -1202,7 +1208,7 @@ impl S3Server {
                 panic!("moto_server: {e} (scripts/setup.sh installs moto[server])")
             });
         self.moto = Some(moto);
-        wait_until("moto answers", Duration::from_secs(60), || {
+        wait_until("moto answers over TLS", Duration::from_secs(60), || {
             self.python("s3.list_buckets()").ok()
         });
         for bucket in std::mem::take(&mut self.buckets) {

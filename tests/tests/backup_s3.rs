@@ -1,13 +1,7 @@
 //! The offsite copy (`[backup.s3]`) with the real pgBackRest and
 //! PostgreSQL 15 under the supervisor, against moto's S3 behind TLS with a
-//! test CA, keys from a 0600 key file.
-//!
-//! The two stack tests are ignored for now: moto's own server (werkzeug)
-//! answers a PUT with no Content-Length and ends the body by closing the
-//! connection without a TLS close_notify, which pgBackRest 2.45 built on
-//! OpenSSL 3 reports as `TLS error [1:167772454] unexpected eof while
-//! reading` (`stanza-create` fails on repo2). Run with `--ignored` once
-//! moto is served by a server that frames its responses.
+//! test CA (nginx in front for TLS; see `S3Server`), keys from a 0600 key
+//! file.
 
 use std::time::Duration;
 
@@ -44,7 +38,6 @@ fn stack_with(s3: &mut S3Server, dir: &std::path::Path, retry: &str) -> Stack {
 }
 
 #[test]
-#[ignore = "moto's werkzeug answers PUT without Content-Length and closes without TLS close_notify; pgBackRest 2.45 (OpenSSL 3) fails with `TLS error unexpected eof while reading`: needs moto behind a server that frames responses"]
 fn a_full_backup_lands_in_both_repositories_with_wal_and_the_appliance_state_in_the_bucket() {
     let dir = tempfile::tempdir().unwrap();
     let mut s3 = S3Server::start(dir.path());
@@ -145,7 +138,6 @@ fn a_full_backup_lands_in_both_repositories_with_wal_and_the_appliance_state_in_
 }
 
 #[test]
-#[ignore = "moto's werkzeug answers PUT without Content-Length and closes without TLS close_notify; pgBackRest 2.45 (OpenSSL 3) fails with `TLS error unexpected eof while reading`: needs moto behind a server that frames responses"]
 fn with_s3_down_the_local_backup_succeeds_health_warns_and_the_copy_is_retried() {
     let dir = tempfile::tempdir().unwrap();
     let mut s3 = S3Server::start(dir.path());
