@@ -189,8 +189,9 @@ impl OffsiteWork for RealOffsite {
         };
         // Idempotent; makes repo2's stanza when the bucket is new or was
         // emptied since PostgreSQL started (backup-stanza ran then).
+        // stanza-create takes no --repo: it checks or creates every one.
         self.runner
-            .pgbackrest(&["--repo=2".into(), "stanza-create".into()], false)
+            .pgbackrest(&["stanza-create".into()], false)
             .await?;
         let before: Vec<String> = list()
             .await
