@@ -7,6 +7,7 @@
 
 pub mod info;
 pub mod job;
+pub mod restore;
 pub mod schedule;
 pub mod verify;
 
@@ -32,6 +33,12 @@ pub enum Request {
     /// What the repositories hold.
     List {
         reply: oneshot::Sender<Result<Inventory, String>>,
+    },
+    /// Restore PostgreSQL; progress lines as it goes, the reply at the end.
+    Restore {
+        request: restore::RestoreRequest,
+        progress: restore::Progress,
+        reply: oneshot::Sender<Result<String, String>>,
     },
 }
 
@@ -62,6 +69,11 @@ pub trait Work: Clone + Send + Sync + 'static {
         trigger: &'static str,
     ) -> impl std::future::Future<Output = Result<(String, Option<String>), String>> + Send;
     fn list(&self) -> impl std::future::Future<Output = Result<Inventory, String>> + Send;
+    fn restore(
+        &self,
+        request: restore::RestoreRequest,
+        progress: restore::Progress,
+    ) -> impl std::future::Future<Output = Result<String, String>> + Send;
 }
 
 /// The schedule wakes at least this often to look at the clock again, so
@@ -86,6 +98,8 @@ pub async fn run<W: Work, C: Clock>(
     let mut due = timetable.next_after(clock.now());
     let mut job: Option<tokio::task::JoinHandle<(BackupKind, Run)>> = None;
     let mut waiting: Vec<oneshot::Sender<Result<String, String>>> = Vec::new();
+    let mut restoring: Option<tokio::task::JoinHandle<Result<String, String>>> = None;
+    let mut restore_reply: Option<oneshot::Sender<Result<String, String>>> = None;
     loop {
         status.next = due.map(|(at, kind)| Next {
             kind: kind.name().into(),
@@ -138,7 +152,36 @@ pub async fn run<W: Work, C: Clock>(
                         let _ = reply.send(work.list().await);
                     });
                 }
+                Request::Restore { request, progress, reply } => {
+                    if let Some(running) = &status.running {
+                        let _ = reply.send(Err(format!(
+                            "a {} ({}) is running: not restoring now; try again when it has ended",
+                            if running.kind == "restore" { "restore".to_string() } else { format!("{} backup", running.kind) },
+                            running.trigger
+                        )));
+                        continue;
+                    }
+                    status.running = Some(Running {
+                        kind: "restore".into(),
+                        trigger: "operator".into(),
+                        started_ms: ms(clock.now()),
+                    });
+                    let work = work.clone();
+                    restoring = Some(tokio::spawn(async move { work.restore(request, progress).await }));
+                    restore_reply = Some(reply);
+                }
             },
+            done = async { restoring.as_mut().expect("polled only when restoring").await }, if restoring.is_some() => {
+                restoring = None;
+                status.running = None;
+                let result = done.unwrap_or_else(|e| Err(format!("the restore ended abnormally: {e}")));
+                if let Ok(inventory) = work.list().await {
+                    status.newest_full = newest_full(&inventory);
+                }
+                if let Some(reply) = restore_reply.take() {
+                    let _ = reply.send(result);
+                }
+            }
             done = async { job.as_mut().expect("polled only when running").await }, if job.is_some() => {
                 job = None;
                 status.running = None;
@@ -257,13 +300,60 @@ fn start<W: Work, C: Clock>(
     })
 }
 
-/// The real work, with pgBackRest.
-#[derive(Clone)]
-pub struct PgBackRest {
+/// The real work, with pgBackRest; `services` stops and starts the API and
+/// PostgreSQL for a restore.
+pub struct PgBackRest<S> {
     pub runner: Runner,
+    pub services: std::sync::Arc<S>,
 }
 
-impl Work for PgBackRest {
+impl<S> Clone for PgBackRest<S> {
+    fn clone(&self) -> Self {
+        PgBackRest {
+            runner: self.runner.clone(),
+            services: self.services.clone(),
+        }
+    }
+}
+
+impl<S> PgBackRest<S> {
+    /// The newest timeline's history, from the repository.
+    async fn lineage(&self, repo: u32, inv: &Inventory) -> Result<restore::Lineage, String> {
+        let Some(id) = &inv.archive_id else {
+            return Ok(restore::Lineage::first());
+        };
+        let dir = format!("archive/{}/{id}", self.runner.settings().stanza);
+        let listing = self
+            .runner
+            .pgbackrest(
+                &[format!("--repo={repo}"), "repo-ls".into(), dir.clone()],
+                true,
+            )
+            .await?;
+        let latest = listing
+            .lines()
+            .filter_map(|l| l.trim().strip_suffix(".history"))
+            .filter_map(|h| u32::from_str_radix(h, 16).ok())
+            .max();
+        let Some(latest) = latest else {
+            return Ok(restore::Lineage::first());
+        };
+        let history = self
+            .runner
+            .pgbackrest(
+                &[
+                    format!("--repo={repo}"),
+                    "repo-get".into(),
+                    format!("{dir}/{latest:08X}.history"),
+                ],
+                true,
+            )
+            .await?;
+        Ok(restore::Lineage::parse(latest, &history))
+    }
+}
+
+impl<S: restore::Services> Work for PgBackRest<S> {
     async fn backup(
         &self,
         kind: BackupKind,
@@ -324,6 +414,32 @@ impl Work for PgBackRest {
             })?;
         // Taken either way; a failed verification shows in `verified`.
         Ok((label, Some(note)))
+    }
+
+    async fn restore(
+        &self,
+        request: restore::RestoreRequest,
+        progress: restore::Progress,
+    ) -> Result<String, String> {
+        let inventory = self.list().await?;
+        let lineage = self.lineage(request.repo, &inventory).await?;
+        let plan = restore::plan(&inventory, &lineage, &request, Utc::now())?;
+        if request.dry_run {
+            return Ok(plan.describe);
+        }
+        let result = restore::run(
+            &self.runner,
+            self.services.as_ref(),
+            &plan,
+            request.repo,
+            &progress,
+        )
+        .await;
+        match &result {
+            Ok(done) => tracing::info!(done, "restore finished"),
+            Err(e) => tracing::error!(error = e, "restore failed"),
+        }
+        result
     }
 
     async fn list(&self) -> Result<Inventory, String> {

@@ -53,6 +53,16 @@ impl Work for FakeWork {
     async fn list(&self) -> Result<Inventory, String> {
         Ok(Inventory::default())
     }
+
+    async fn restore(
+        &self,
+        _request: restore::RestoreRequest,
+        progress: restore::Progress,
+    ) -> Result<String, String> {
+        let _ = progress.send("restoring".into());
+        tokio::time::sleep(self.takes).await;
+        Ok("restored".into())
+    }
 }
 
 struct Harness {

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod restore;
 use phoenix_supervisor::control::{Request, Response, call};
 use phoenix_supervisor::health::{Status, certificate_check, health_document, service_status};
 use phoenix_supervisor::status::{CertificateStatus, Level, ScalingStatus, Snapshot, now_ms};
@@ -58,6 +60,27 @@ enum Cmd {
         #[command(subcommand)]
         action: BackupCmd,
     },
+    /// Restore PostgreSQL to a point in time, a backup, or the latest state.
+    /// Run bare in a terminal, it asks; the API and PostgreSQL are stopped
+    /// meanwhile, and the old data directory is kept aside.
+    Restore {
+        /// The moment to restore: every transaction committed by then
+        /// (RFC 3339, or "YYYY-MM-DD HH:MM:SS" in UTC).
+        #[arg(long, conflicts_with_all = ["backup", "latest"])]
+        to: Option<String>,
+        /// A backup as it ended (a label from `phoenixctl backup list`).
+        #[arg(long, conflicts_with = "latest")]
+        backup: Option<String>,
+        /// The newest backup and all archived WAL after it.
+        #[arg(long)]
+        latest: bool,
+        /// The repository to restore from.
+        #[arg(long, default_value = "local", value_parser = ["local", "s3"])]
+        from: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -80,6 +103,16 @@ enum CertsCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Restore {
+        to,
+        backup,
+        latest,
+        from,
+        yes,
+    } = &cli.command
+    {
+        return restore::run(&cli.socket, to, backup, *latest, from, *yes);
+    }
     let request = match &cli.command {
         Cmd::Status => Request::Status,
         Cmd::Health => Request::Health,
@@ -103,6 +136,7 @@ fn main() -> ExitCode {
         Cmd::Backup {
             action: BackupCmd::List,
         } => Request::BackupList,
+        Cmd::Restore { .. } => unreachable!("handled above"),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -122,6 +156,11 @@ fn main() -> ExitCode {
         }
         (Response::Error(msg), _) => {
             eprintln!("error: {msg}");
+            ExitCode::from(1)
+        }
+        (Response::Progress(step), _) => {
+            // Only a reply comes here; progress lines are read before it.
+            println!("{step}");
             ExitCode::from(1)
         }
         (Response::Backups(inventory), _) => {
@@ -301,7 +340,7 @@ fn print_scaling(triggers: &[ScalingStatus]) {
     }
 }
 
-fn print_backups(inv: &phoenix_supervisor::backup::info::Inventory) {
+pub(crate) fn print_backups(inv: &phoenix_supervisor::backup::info::Inventory) {
     if inv.backups.is_empty() {
         println!("no backups yet ({})", inv.status);
         return;
