@@ -326,6 +326,17 @@ pub struct Run {
     pub verified: Option<String>,
 }
 
+impl Running {
+    /// "full backup", "restore".
+    pub fn what(&self) -> String {
+        if self.kind == "restore" {
+            "restore".into()
+        } else {
+            format!("{} backup", self.kind)
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Running {
     #[serde(rename = "type")]

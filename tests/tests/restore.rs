@@ -126,6 +126,18 @@ fn restore_to_a_time_brings_back_exactly_what_was_committed_by_then() {
     let names = usernames(&s);
     assert!(names.contains(&"last1".to_string()), "{names:?}");
     assert!(!names.contains(&"last2".to_string()), "{names:?}");
+
+    // A backup by its label, as it ended: the first full, before any of them.
+    let list: serde_json::Value =
+        serde_json::from_str(&Supervisor::ok(&s.sup.ctl(&["--json", "backup", "list"]))).unwrap();
+    let first = list["backups"][0]["label"].as_str().unwrap().to_string();
+    let said = restore(&s, &["--backup", &first]);
+    assert!(
+        said.starts_with(&format!("restored backup {first} as it ended")),
+        "{said}"
+    );
+    let names = usernames(&s);
+    assert!(!names.contains(&"before1".to_string()), "{names:?}");
 }
 
 #[test]
@@ -163,4 +175,56 @@ fn bad_restore_targets_are_refused_and_nothing_is_touched() {
             .unwrap()
             .any(|e| e.unwrap().file_name().to_string_lossy().contains("restore"))
     );
+}
+
+#[test]
+fn a_supervisor_killed_during_a_restore_leaves_the_old_data_whole_and_the_stack_startable() {
+    // PostgreSQL and the API only: what a restore touches.
+    let ports = phoenix_tests::StackPorts::free();
+    let config = format!(
+        "[postgres]\nport = {}\n[prometheus]\nenable = false\n[pushgateway]\nenable = false\n\
+         [api]\nlisten = \"127.0.0.1:{}\"\nagent_listen = \"127.0.0.1:{}\"\n[tls]\n{}\n",
+        ports.pg,
+        ports.api,
+        ports.agent,
+        ports.http_listen()
+    );
+    let mut s = Stack::started(Supervisor::config(&config), ports);
+    s.sup
+        .wait_state("backup-stanza", "exited", Duration::from_secs(60));
+    add_user(&s, "kept1");
+    Supervisor::ok(&s.sup.ctl(&["backup", "now"]));
+    add_user(&s, "kept2");
+
+    let mut restore = std::process::Command::new(phoenix_tests::bin("phoenixctl"))
+        .args(["--socket"])
+        .arg(s.sup.socket())
+        .args(["restore", "--latest", "--yes"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed while pgBackRest writes the copy beside the data directory.
+    let restoring = s.sup.path("state/postgres/data.restoring");
+    phoenix_tests::wait_until("the restore under way", Duration::from_secs(60), || {
+        restoring.exists().then_some(())
+    });
+    s.sup.signal(nix::sys::signal::Signal::SIGKILL);
+    s.sup.wait_exit(Duration::from_secs(5));
+    let _ = restore.wait();
+
+    s.sup.start();
+    s.sup.wait_all_ready(Duration::from_secs(180));
+    let names = usernames(&s);
+    for name in ["kept1", "kept2"] {
+        assert!(names.contains(&name.to_string()), "{name} in {names:?}");
+    }
+    // And the next restore goes through.
+    let said = restore_latest(&s);
+    assert!(said.starts_with("restored backup "), "{said}");
+    assert!(usernames(&s).contains(&"kept2".to_string()));
+}
+
+fn restore_latest(s: &Stack) -> String {
+    restore(s, &["--latest"])
 }

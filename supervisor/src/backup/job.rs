@@ -65,7 +65,7 @@ impl Runner {
             self.settings.superuser_password.clone(),
         )]
         .into();
-        let mut cmd = process::command(&argv, &spec, self.run_as.as_ref(), None)
+        let mut cmd = process::job_command(&argv, &spec, self.run_as.as_ref())
             .map_err(|e| format!("{}: {e}", argv[0]))?;
         cmd.stdin(Stdio::null());
         let (mut child, exit) = self

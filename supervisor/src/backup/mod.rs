@@ -133,9 +133,9 @@ pub async fn run<W: Work, C: Clock>(
                 Request::Now { kind, reply } => {
                     if let Some(running) = &status.running {
                         let _ = reply.send(Err(format!(
-                            "a {} backup ({}) is running since {}: not starting another; \
+                            "a {} ({}) is running since {}: not starting a backup now; \
                              `phoenixctl status` shows when it ends",
-                            running.kind,
+                            running.what(),
                             running.trigger,
                             DateTime::<Utc>::from_timestamp_millis(running.started_ms as i64)
                                 .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
@@ -156,7 +156,7 @@ pub async fn run<W: Work, C: Clock>(
                     if let Some(running) = &status.running {
                         let _ = reply.send(Err(format!(
                             "a {} ({}) is running: not restoring now; try again when it has ended",
-                            if running.kind == "restore" { "restore".to_string() } else { format!("{} backup", running.kind) },
+                            running.what(),
                             running.trigger
                         )));
                         continue;

@@ -149,7 +149,7 @@ pub fn plan(
             recovery: vec![
                 "--type=immediate".into(),
                 "--target-action=promote".into(),
-                "--target-timeline=current".into(),
+                "--recovery-option=recovery_target_timeline=current".into(),
             ],
             describe: format!(
                 "backup {} as it ended ({}), from the {repo_name} repository",
@@ -281,21 +281,27 @@ pub async fn run<S: Services>(
             .await?;
     }
     // A half-restored copy from an earlier attempt goes first.
-    runner
-        .run(rm_rf(&restoring), true)
-        .await
-        .map_err(|e| format!("removing {}: {e}", restoring.display()))?;
-    runner
-        .run(
-            vec![
-                "mkdir".into(),
-                "-m".into(),
-                "0700".into(),
-                restoring.display().to_string(),
-            ],
-            true,
-        )
-        .await?;
+    let prepared = match runner.run(rm_rf(&restoring), true).await {
+        Ok(_) => runner
+            .run(
+                vec![
+                    "mkdir".into(),
+                    "-m".into(),
+                    "0700".into(),
+                    restoring.display().to_string(),
+                ],
+                true,
+            )
+            .await
+            .map(|_| ()),
+        Err(e) => Err(format!("removing {}: {e}", restoring.display())),
+    };
+    if let Err(e) = prepared {
+        restart_stack(services, progress).await;
+        return Err(format!(
+            "{e}; nothing was restored, the data directory is unchanged and the stack is started again"
+        ));
+    }
     say(
         progress,
         format!("restoring {} into {}", plan.describe, restoring.display()),
@@ -615,7 +621,7 @@ mod tests {
             [
                 "--type=immediate",
                 "--target-action=promote",
-                "--target-timeline=current"
+                "--recovery-option=recovery_target_timeline=current"
             ]
         );
     }

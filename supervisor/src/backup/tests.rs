@@ -184,7 +184,7 @@ async fn a_backup_still_running_is_not_started_twice() {
         .unwrap();
     let refused = rx.await.unwrap().unwrap_err();
     assert!(
-        refused.starts_with("a full backup (schedule) is running since 2026-12-01T02:00:00Z"),
+        refused.starts_with("a full backup (schedule) is running since 2026-12-01T02:00:00Z: not starting a backup now"),
         "{refused}"
     );
     advance(Duration::from_secs(2 * 3600)).await;
@@ -226,4 +226,68 @@ async fn an_operator_backup_replies_when_it_is_taken() {
     let status = h.status.lock().unwrap().clone();
     assert!(status.running.is_none());
     assert_eq!(status.last["full"].trigger, "operator");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restore_waits_for_no_backup_and_no_backup_starts_during_a_restore() {
+    let h = start(
+        "2026-12-01T01:59:00Z",
+        Duration::from_secs(600),
+        &[
+            (BackupKind::Full, "0 2 * * *"),
+            (BackupKind::Diff, "5 2 * * *"),
+        ],
+    );
+    advance(Duration::from_secs(120)).await;
+    let ask = |h: &Harness| {
+        let (tx, rx) = oneshot::channel();
+        let (progress, _) = mpsc::unbounded_channel();
+        let sent = h.requests.try_send(Request::Restore {
+            request: restore::RestoreRequest {
+                target: restore::Target::Latest,
+                repo: 1,
+                dry_run: false,
+            },
+            progress,
+            reply: tx,
+        });
+        assert!(sent.is_ok());
+        rx
+    };
+    let refused = ask(&h).await.unwrap().unwrap_err();
+    assert!(
+        refused.starts_with("a full backup (schedule) is running"),
+        "{refused}"
+    );
+    // After the full (02:00 to 02:10), a restore from 02:11 to 02:21; the
+    // 02:05 diff was skipped for the full, and a backup asked for during
+    // the restore is refused.
+    advance(Duration::from_secs(10 * 60)).await;
+    let restore = ask(&h);
+    advance(Duration::from_secs(5)).await;
+    assert_eq!(
+        h.status
+            .lock()
+            .unwrap()
+            .running
+            .as_ref()
+            .map(|r| r.kind.clone()),
+        Some("restore".to_string())
+    );
+    let (tx, rx) = oneshot::channel();
+    h.requests
+        .try_send(Request::Now {
+            kind: BackupKind::Full,
+            reply: tx,
+        })
+        .ok()
+        .unwrap();
+    let refused = rx.await.unwrap().unwrap_err();
+    assert!(
+        refused.starts_with("a restore (operator) is running since 2026-12-01T02:11:00Z"),
+        "{refused}"
+    );
+    assert_eq!(h.status.lock().unwrap().skipped, 1);
+    assert_eq!(restore.await.unwrap(), Ok("restored".to_string()));
+    assert!(h.status.lock().unwrap().running.is_none());
 }

@@ -118,7 +118,7 @@ async fn test_restore(runner: &Runner, label: &str, scratch: &Path) -> Result<St
                 format!("--pg1-path={}", data.display()),
                 "--type=immediate".into(),
                 "--target-action=promote".into(),
-                "--target-timeline=current".into(),
+                "--recovery-option=recovery_target_timeline=current".into(),
                 "--archive-mode=off".into(),
                 "--log-level-console=warn".into(),
                 "restore".into(),
