@@ -306,6 +306,34 @@ pub struct BackupStatus {
     pub newest_full: Option<NewestFull>,
     /// When the task started (Unix ms): the age of "no full backup yet".
     pub since_ms: u64,
+    /// PostgreSQL's WAL archiving (pg_stat_archiver), last looked at.
+    #[serde(default)]
+    pub archiver: Option<ArchiverStatus>,
+}
+
+/// What `pg_stat_archiver` said, with when it was asked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArchiverStatus {
+    pub checked_ms: u64,
+    pub archived_count: u64,
+    pub failed_count: u64,
+    pub last_archived_ms: Option<u64>,
+    pub last_failed_ms: Option<u64>,
+    pub last_failed_wal: Option<String>,
+    /// When archiving was first seen failing, while it still is.
+    #[serde(default)]
+    pub failing_since_ms: Option<u64>,
+}
+
+impl ArchiverStatus {
+    /// Failing: the last attempt failed (a failure after the last success).
+    pub fn failing(&self) -> bool {
+        match (self.last_failed_ms, self.last_archived_ms) {
+            (Some(f), Some(a)) => f > a,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

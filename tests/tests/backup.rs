@@ -129,6 +129,15 @@ fn an_operator_backup_is_taken_verified_by_a_test_restore_and_listed() {
         "{metrics}"
     );
 
+    // In the audit log, by the supervisor.
+    let rows = s.audit(&admin, "action=backup.full");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0]["actor"].as_str(), rows[0]["outcome"].as_str()),
+        (Some("supervisor"), Some("success"))
+    );
+    assert_eq!(rows[0]["target"], full["label"]);
+
     let said = Supervisor::ok(&s.sup.ctl(&["backup", "now", "--type", "diff"]));
     let label = full["label"].as_str().unwrap();
     assert!(said.starts_with(&format!("diff backup {label}_")), "{said}");
@@ -161,4 +170,74 @@ fn backup_commands_say_clearly_when_backups_are_off_or_the_type_is_wrong() {
     let pg = s.sup.service("postgres");
     assert_eq!(pg["state"], "ready");
     assert!(!s.sup.path("state/generated/pgbackrest").exists());
+}
+
+/// psql as PostgreSQL's superuser over the stack's socket.
+fn psql(s: &Stack, sql: &str) -> String {
+    let password = std::fs::read_to_string(s.sup.path("state/secrets/postgres-superuser-password"))
+        .expect("the superuser password");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+        ])
+        .arg("/usr/lib/postgresql/15/bin/psql")
+        .args(["-X", "-A", "-t", "-h"])
+        .arg(s.sup.path("run/postgres"))
+        .args([
+            "-p",
+            &s.ports.pg.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", password.trim())
+        .current_dir("/")
+        .output()
+        .expect("psql runs");
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn wal_archiving_that_fails_shows_in_health_until_it_works_again() {
+    let ports = phoenix_tests::StackPorts::free();
+    let mut sup = Supervisor::config(&ports.config(""));
+    sup.set_env("PHOENIX_ARCHIVE_CHECK_INTERVAL", "1s");
+    let s = Stack::started(sup, ports);
+    s.sup
+        .wait_state("backup-stanza", "exited", Duration::from_secs(60));
+    let check = |s: &Stack| {
+        let (_, health) = s.sup.health();
+        health["checks"]["backup:walArchive"][0].clone()
+    };
+    wait_until("archiving checked", Duration::from_secs(30), || {
+        (check(&s)["status"] == "pass").then_some(())
+    });
+    // The repository goes away: archive-push fails, PostgreSQL keeps the WAL.
+    let repo = s.sup.path("state/backup/repo");
+    let away = s.sup.path("state/backup/repo.away");
+    std::fs::rename(&repo, &away).unwrap();
+    psql(&s, "SELECT pg_switch_wal()");
+    let failing = wait_until("archiving seen failing", Duration::from_secs(60), || {
+        let c = check(&s);
+        (c["status"] == "warn").then_some(c)
+    });
+    assert!(
+        failing["output"]
+            .as_str()
+            .unwrap()
+            .starts_with("archiving has failed for "),
+        "{failing}"
+    );
+    // Back: the segment is archived on PostgreSQL's next try, and health passes.
+    std::fs::rename(&away, &repo).unwrap();
+    wait_until("archiving works again", Duration::from_secs(120), || {
+        (check(&s)["status"] == "pass").then_some(())
+    });
 }

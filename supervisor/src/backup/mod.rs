@@ -9,6 +9,7 @@ pub mod info;
 pub mod job;
 pub mod restore;
 pub mod schedule;
+pub mod sql;
 pub mod verify;
 
 use std::time::Duration;
@@ -17,7 +18,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::BackupKind;
-pub use crate::status::{BackupStatus, NewestFull, Next, Run, Running};
+pub use crate::status::{ArchiverStatus, BackupStatus, NewestFull, Next, Run, Running};
 use info::Inventory;
 use job::Runner;
 use schedule::Timetable;
@@ -69,6 +70,8 @@ pub trait Work: Clone + Send + Sync + 'static {
         trigger: &'static str,
     ) -> impl std::future::Future<Output = Result<(String, Option<String>), String>> + Send;
     fn list(&self) -> impl std::future::Future<Output = Result<Inventory, String>> + Send;
+    /// pg_stat_archiver, when PostgreSQL answers.
+    fn archiver(&self) -> impl std::future::Future<Output = Option<ArchiverStatus>> + Send;
     fn restore(
         &self,
         request: restore::RestoreRequest,
@@ -79,6 +82,18 @@ pub trait Work: Clone + Send + Sync + 'static {
 /// The schedule wakes at least this often to look at the clock again, so
 /// that a clock set forward or back is followed.
 const RECHECK: Duration = Duration::from_secs(60);
+
+/// How often pg_stat_archiver is read; `PHOENIX_ARCHIVE_CHECK_INTERVAL`
+/// (humantime) sets another, for tests.
+pub const ARCHIVE_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+fn archive_check_interval() -> Duration {
+    std::env::var("PHOENIX_ARCHIVE_CHECK_INTERVAL")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(ARCHIVE_CHECK_INTERVAL)
+}
 
 /// Runs until the process ends. `report` gets the status after every change.
 pub async fn run<W: Work, C: Clock>(
@@ -99,6 +114,9 @@ pub async fn run<W: Work, C: Clock>(
     let mut job: Option<tokio::task::JoinHandle<(BackupKind, Run)>> = None;
     let mut waiting: Vec<oneshot::Sender<Result<String, String>>> = Vec::new();
     let mut restoring: Option<tokio::task::JoinHandle<Result<String, String>>> = None;
+    let mut archive_check = tokio::time::interval(archive_check_interval());
+    archive_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut archiver: Option<tokio::task::JoinHandle<Option<ArchiverStatus>>> = None;
     let mut restore_reply: Option<oneshot::Sender<Result<String, String>>> = None;
     loop {
         status.next = due.map(|(at, kind)| Next {
@@ -111,6 +129,29 @@ pub async fn run<W: Work, C: Clock>(
             .unwrap_or(RECHECK)
             .min(RECHECK);
         tokio::select! {
+            _ = archive_check.tick(), if archiver.is_none() => {
+                let work = work.clone();
+                archiver = Some(tokio::spawn(async move { work.archiver().await }));
+                continue;
+            }
+            looked = async { archiver.as_mut().expect("polled only when asked").await }, if archiver.is_some() => {
+                archiver = None;
+                if let Ok(Some(mut seen)) = looked {
+                    let before = status.archiver.as_ref().and_then(|a| a.failing_since_ms);
+                    seen.failing_since_ms = match (seen.failing(), before) {
+                        (false, _) => None,
+                        (true, Some(since)) => Some(since),
+                        (true, None) => {
+                            tracing::warn!(
+                                wal = seen.last_failed_wal.as_deref().unwrap_or_default(),
+                                "PostgreSQL cannot archive WAL: see its log; WAL piles up in pg_wal until it can"
+                            );
+                            Some(seen.checked_ms)
+                        }
+                    };
+                    status.archiver = Some(seen);
+                }
+            }
             () = tokio::time::sleep(wait) => {
                 let Some((at, kind)) = due else { continue };
                 let now = clock.now();
@@ -220,6 +261,25 @@ pub async fn run<W: Work, C: Clock>(
     }
 }
 
+/// A `psql -A -t` row of pg_stat_archiver: counts, times (ms) and the WAL
+/// that last failed, `|`-separated.
+fn parse_archiver(row: &str, checked_ms: u64) -> Option<ArchiverStatus> {
+    let f: Vec<&str> = row.split('|').collect();
+    if f.len() != 5 {
+        return None;
+    }
+    let ms = |t: &str| t.parse::<u64>().ok();
+    Some(ArchiverStatus {
+        checked_ms,
+        archived_count: f[0].parse().ok()?,
+        failed_count: f[1].parse().ok()?,
+        last_archived_ms: ms(f[2]),
+        last_failed_ms: ms(f[3]),
+        last_failed_wal: Some(f[4].to_string()).filter(|w| !w.is_empty()),
+        failing_since_ms: None,
+    })
+}
+
 fn newest_full(inventory: &Inventory) -> Option<NewestFull> {
     inventory
         .backups
@@ -316,45 +376,10 @@ impl<S> Clone for PgBackRest<S> {
     }
 }
 
-impl<S> PgBackRest<S> {
-    /// The newest timeline's history, from the repository.
-    async fn lineage(&self, repo: u32, inv: &Inventory) -> Result<restore::Lineage, String> {
-        let Some(id) = &inv.archive_id else {
-            return Ok(restore::Lineage::first());
-        };
-        let dir = format!("archive/{}/{id}", self.runner.settings().stanza);
-        let listing = self
-            .runner
-            .pgbackrest(
-                &[format!("--repo={repo}"), "repo-ls".into(), dir.clone()],
-                true,
-            )
-            .await?;
-        let latest = listing
-            .lines()
-            .filter_map(|l| l.trim().strip_suffix(".history"))
-            .filter_map(|h| u32::from_str_radix(h, 16).ok())
-            .max();
-        let Some(latest) = latest else {
-            return Ok(restore::Lineage::first());
-        };
-        let history = self
-            .runner
-            .pgbackrest(
-                &[
-                    format!("--repo={repo}"),
-                    "repo-get".into(),
-                    format!("{dir}/{latest:08X}.history"),
-                ],
-                true,
-            )
-            .await?;
-        Ok(restore::Lineage::parse(latest, &history))
-    }
-}
-
-impl<S: restore::Services> Work for PgBackRest<S> {
-    async fn backup(
+impl<S: restore::Services> PgBackRest<S> {
+    /// Takes the backup and, for a full, verifies it: its label and the
+    /// verification's note.
+    async fn take(
         &self,
         kind: BackupKind,
         trigger: &'static str,
@@ -416,6 +441,74 @@ impl<S: restore::Services> Work for PgBackRest<S> {
         Ok((label, Some(note)))
     }
 
+    /// The newest timeline's history, from the repository.
+    async fn lineage(&self, repo: u32, inv: &Inventory) -> Result<restore::Lineage, String> {
+        let Some(id) = &inv.archive_id else {
+            return Ok(restore::Lineage::first());
+        };
+        let dir = format!("archive/{}/{id}", self.runner.settings().stanza);
+        let listing = self
+            .runner
+            .pgbackrest(
+                &[format!("--repo={repo}"), "repo-ls".into(), dir.clone()],
+                true,
+            )
+            .await?;
+        let latest = listing
+            .lines()
+            .filter_map(|l| l.trim().strip_suffix(".history"))
+            .filter_map(|h| u32::from_str_radix(h, 16).ok())
+            .max();
+        let Some(latest) = latest else {
+            return Ok(restore::Lineage::first());
+        };
+        let history = self
+            .runner
+            .pgbackrest(
+                &[
+                    format!("--repo={repo}"),
+                    "repo-get".into(),
+                    format!("{dir}/{latest:08X}.history"),
+                ],
+                true,
+            )
+            .await?;
+        Ok(restore::Lineage::parse(latest, &history))
+    }
+}
+
+impl<S: restore::Services> Work for PgBackRest<S> {
+    async fn backup(
+        &self,
+        kind: BackupKind,
+        trigger: &'static str,
+    ) -> Result<(String, Option<String>), String> {
+        let result = self.take(kind, trigger).await;
+        let (target, details) = match &result {
+            Ok((label, verified)) => (
+                label.clone(),
+                serde_json::json!({ "type": kind.name(), "trigger": trigger, "verified": verified }),
+            ),
+            Err(e) => (
+                kind.name().to_string(),
+                serde_json::json!({ "type": kind.name(), "trigger": trigger, "error": e }),
+            ),
+        };
+        // The database may be what failed: the log line says so then.
+        if let Err(e) = sql::audit(
+            &self.runner,
+            &format!("backup.{}", kind.name()),
+            &target,
+            result.is_ok(),
+            &details,
+        )
+        .await
+        {
+            tracing::warn!(error = e, "the backup is not in the audit log");
+        }
+        result
+    }
+
     async fn restore(
         &self,
         request: restore::RestoreRequest,
@@ -440,6 +533,19 @@ impl<S: restore::Services> Work for PgBackRest<S> {
             Err(e) => tracing::error!(error = e, "restore failed"),
         }
         result
+    }
+
+    async fn archiver(&self) -> Option<ArchiverStatus> {
+        let sql = "SELECT archived_count, failed_count, \
+                   coalesce((extract(epoch FROM last_archived_time) * 1000)::bigint::text, ''), \
+                   coalesce((extract(epoch FROM last_failed_time) * 1000)::bigint::text, ''), \
+                   coalesce(last_failed_wal, '') FROM pg_stat_archiver";
+        let out = self
+            .runner
+            .run(sql::psql(&self.runner, "postgres", sql), true)
+            .await
+            .ok()?;
+        parse_archiver(out.trim(), Utc::now().timestamp_millis().max(0) as u64)
     }
 
     async fn list(&self) -> Result<Inventory, String> {

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::info::{Backup, Inventory};
 use super::job::Runner;
+use super::sql::{self, psql};
 use crate::fsafe;
 
 /// What to restore to.
@@ -385,8 +386,9 @@ pub async fn run<S: Services>(
             ),
         });
     }
-    let kept_text = kept.display().to_string();
-    if let Err(e) = audit(runner, &plan.describe, &kept_text).await {
+    let details =
+        serde_json::json!({ "restored": plan.describe, "old_data": kept.display().to_string() });
+    if let Err(e) = sql::audit(runner, "database.restore", "postgres", true, &details).await {
         say(progress, e);
     }
     say(progress, "starting the API");
@@ -413,29 +415,6 @@ fn rm_rf(path: &std::path::Path) -> Vec<String> {
         "--one-file-system".into(),
         "--".into(),
         path.display().to_string(),
-    ]
-}
-
-fn psql(runner: &Runner, database: &str, sql: &str) -> Vec<String> {
-    let s = runner.settings();
-    vec![
-        s.pg_bin.join("psql").display().to_string(),
-        "-X".into(),
-        "-A".into(),
-        "-t".into(),
-        "-q".into(),
-        "-v".into(),
-        "ON_ERROR_STOP=1".into(),
-        "-h".into(),
-        s.pg_socket_dir.display().to_string(),
-        "-p".into(),
-        s.pg_port.to_string(),
-        "-U".into(),
-        s.superuser.clone(),
-        "-d".into(),
-        database.into(),
-        "-c".into(),
-        sql.into(),
     ]
 }
 
@@ -501,30 +480,6 @@ async fn wait_promoted(runner: &Runner) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// Records the restore in the restored database's audit log.
-pub async fn audit(runner: &Runner, describe: &str, kept: &str) -> Result<(), String> {
-    let db = &runner.settings().database;
-    if db == "postgres" {
-        return Ok(());
-    }
-    let details = serde_json::json!({ "restored": describe, "old_data": kept }).to_string();
-    let sql = format!(
-        "INSERT INTO audit_log (actor, action, target, outcome, details) \
-         VALUES ('supervisor', 'database.restore', 'postgres', 'success', {}::jsonb)",
-        quote_literal(&details)
-    );
-    runner
-        .run(psql(runner, db, &sql), true)
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("writing the restore into the audit log: {e}"))
-}
-
-/// A SQL string literal.
-fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 #[cfg(test)]
@@ -715,10 +670,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.set, "20261202-020000F");
-    }
-
-    #[test]
-    fn literals_are_quoted_for_sql() {
-        assert_eq!(quote_literal("it's"), "'it''s'");
     }
 }

@@ -54,6 +54,10 @@ impl Work for FakeWork {
         Ok(Inventory::default())
     }
 
+    async fn archiver(&self) -> Option<ArchiverStatus> {
+        None
+    }
+
     async fn restore(
         &self,
         _request: restore::RestoreRequest,
@@ -290,4 +294,33 @@ async fn a_restore_waits_for_no_backup_and_no_backup_starts_during_a_restore() {
     assert_eq!(h.status.lock().unwrap().skipped, 1);
     assert_eq!(restore.await.unwrap(), Ok("restored".to_string()));
     assert!(h.status.lock().unwrap().running.is_none());
+}
+
+#[test]
+fn pg_stat_archiver_rows_read_as_failing_or_not() {
+    let ok = parse_archiver("12|0|1796090565000||", 1).unwrap();
+    assert_eq!(
+        (ok.archived_count, ok.last_archived_ms),
+        (12, Some(1796090565000))
+    );
+    assert!(!ok.failing());
+    let bad = parse_archiver(
+        "12|3|1796090565000|1796090600000|000000010000000000000009",
+        1,
+    )
+    .unwrap();
+    assert!(bad.failing());
+    assert_eq!(
+        bad.last_failed_wal.as_deref(),
+        Some("000000010000000000000009")
+    );
+    let recovered = parse_archiver(
+        "13|3|1796090700000|1796090600000|000000010000000000000009",
+        1,
+    )
+    .unwrap();
+    assert!(!recovered.failing());
+    let never = parse_archiver("0|2||1796090600000|000000010000000000000001", 1).unwrap();
+    assert!(never.failing());
+    assert!(parse_archiver("garbage", 1).is_none());
 }
