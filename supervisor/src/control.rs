@@ -40,6 +40,11 @@ pub enum Request {
     /// The backups the repositories hold.
     #[serde(rename = "backup-list")]
     BackupList,
+    /// Verify a backup again: `pgbackrest verify` and a test restore.
+    #[serde(rename = "backup-verify")]
+    BackupVerify {
+        label: Option<String>,
+    },
     /// Restore PostgreSQL; progress lines come before the reply.
     Restore(RestoreRequest),
 }

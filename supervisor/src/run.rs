@@ -133,7 +133,10 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         move |request, reply, progress| match request {
             // The backup task answers these itself: a backup or a restore
             // takes minutes, and the loop never waits.
-            Request::BackupNow { .. } | Request::BackupList | Request::Restore(_) => {
+            Request::BackupNow { .. }
+            | Request::BackupList
+            | Request::BackupVerify { .. }
+            | Request::Restore(_) => {
                 ask_backup_task(backups.as_ref(), request, reply, progress);
                 true
             }
@@ -281,6 +284,9 @@ fn ask_backup_task(
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let sent = match request {
+        Request::BackupVerify { label } => {
+            backups.try_send(backup::Request::Verify { label, reply: tx })
+        }
         Request::Restore(request) => backups.try_send(backup::Request::Restore {
             request,
             progress,

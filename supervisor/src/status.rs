@@ -355,12 +355,12 @@ pub struct Run {
 }
 
 impl Running {
-    /// "full backup", "restore".
+    /// "full backup", "restore", "verification".
     pub fn what(&self) -> String {
-        if self.kind == "restore" {
-            "restore".into()
-        } else {
-            format!("{} backup", self.kind)
+        match self.kind.as_str() {
+            "restore" => "restore".into(),
+            "verify" => "verification".into(),
+            kind => format!("{kind} backup"),
         }
     }
 }

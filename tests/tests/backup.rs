@@ -241,3 +241,46 @@ fn wal_archiving_that_fails_shows_in_health_until_it_works_again() {
         (check(&s)["status"] == "pass").then_some(())
     });
 }
+
+#[test]
+fn verify_finds_a_corrupted_backup_file_and_health_warns() {
+    let s = Stack::start("");
+    s.sup
+        .wait_state("backup-stanza", "exited", Duration::from_secs(60));
+    let said = Supervisor::ok(&s.sup.ctl(&["backup", "now"]));
+    assert!(said.contains("verification ok at "), "{said}");
+    let list: serde_json::Value =
+        serde_json::from_str(&Supervisor::ok(&s.sup.ctl(&["--json", "backup", "list"]))).unwrap();
+    let label = list["backups"][0]["label"].as_str().unwrap().to_string();
+
+    // One byte run of a data file in the repository overwritten.
+    let dir = s.sup.path(&format!(
+        "state/backup/repo/backup/phoenix/{label}/pg_data/base/1"
+    ));
+    let victim = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.metadata().unwrap().len() > 64)
+        .expect("a data file");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[20..27].copy_from_slice(b"garbage");
+    std::fs::write(&victim, bytes).unwrap();
+
+    let out = s.sup.ctl(&["backup", "verify", &label]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("backup {label}: failed at ")),
+        "{err}"
+    );
+    assert!(err.contains("checksum invalid: 1"), "{err}");
+    let (_, health) = s.sup.health();
+    let verified = &health["checks"]["backup:verified"][0];
+    assert_eq!(verified["status"], "warn", "{health}");
+    let admin = s.admin_token();
+    let rows = s.audit(&admin, "action=backup.verify");
+    assert_eq!(rows[0]["outcome"], "failure", "{rows:?}");
+    let out = s.sup.ctl(&["backup", "verify", "20990101-000000F"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("there is no backup 20990101-000000F"));
+}

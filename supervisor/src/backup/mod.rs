@@ -35,6 +35,11 @@ pub enum Request {
     List {
         reply: oneshot::Sender<Result<Inventory, String>>,
     },
+    /// Verify a backup again (the newest full when none is named).
+    Verify {
+        label: Option<String>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
     /// Restore PostgreSQL; progress lines as it goes, the reply at the end.
     Restore {
         request: restore::RestoreRequest,
@@ -76,6 +81,11 @@ pub trait Work: Clone + Send + Sync + 'static {
         &self,
         request: restore::RestoreRequest,
         progress: restore::Progress,
+    ) -> impl std::future::Future<Output = Result<String, String>> + Send;
+    /// Verifies a backup again; the annotation, or why it failed.
+    fn verify(
+        &self,
+        label: Option<String>,
     ) -> impl std::future::Future<Output = Result<String, String>> + Send;
 }
 
@@ -193,6 +203,24 @@ pub async fn run<W: Work, C: Clock>(
                         let _ = reply.send(work.list().await);
                     });
                 }
+                Request::Verify { label, reply } => {
+                    if let Some(running) = &status.running {
+                        let _ = reply.send(Err(format!(
+                            "a {} ({}) is running: not verifying now; try again when it has ended",
+                            running.what(),
+                            running.trigger
+                        )));
+                        continue;
+                    }
+                    status.running = Some(Running {
+                        kind: "verify".into(),
+                        trigger: "operator".into(),
+                        started_ms: ms(clock.now()),
+                    });
+                    let work = work.clone();
+                    restoring = Some(tokio::spawn(async move { work.verify(label).await }));
+                    restore_reply = Some(reply);
+                }
                 Request::Restore { request, progress, reply } => {
                     if let Some(running) = &status.running {
                         let _ = reply.send(Err(format!(
@@ -215,7 +243,7 @@ pub async fn run<W: Work, C: Clock>(
             done = async { restoring.as_mut().expect("polled only when restoring").await }, if restoring.is_some() => {
                 restoring = None;
                 status.running = None;
-                let result = done.unwrap_or_else(|e| Err(format!("the restore ended abnormally: {e}")));
+                let result = done.unwrap_or_else(|e| Err(format!("the job ended abnormally: {e}")));
                 if let Ok(inventory) = work.list().await {
                     status.newest_full = newest_full(&inventory);
                 }
@@ -533,6 +561,51 @@ impl<S: restore::Services> Work for PgBackRest<S> {
             Err(e) => tracing::error!(error = e, "restore failed"),
         }
         result
+    }
+
+    async fn verify(&self, label: Option<String>) -> Result<String, String> {
+        let inventory = self.list().await?;
+        let backup = match &label {
+            Some(l) => inventory
+                .backups
+                .iter()
+                .find(|b| &b.label == l && b.repo == 1),
+            None => inventory
+                .backups
+                .iter()
+                .filter(|b| b.kind == "full" && b.repo == 1)
+                .max_by_key(|b| b.stopped_at),
+        }
+        .ok_or_else(|| match &label {
+            Some(l) => format!("there is no backup {l}; `phoenixctl backup list` shows them"),
+            None => "there is no full backup to verify yet".to_string(),
+        })?;
+        let label = backup.label.clone();
+        let verdict = verify::verify(&self.runner, &label, backup.size_bytes).await;
+        let note = verdict.annotation(&Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true));
+        let annotated = self
+            .runner
+            .pgbackrest(
+                &[
+                    format!("--set={label}"),
+                    format!("--annotation={}={note}", info::VERIFIED),
+                    "annotate".into(),
+                ],
+                false,
+            )
+            .await;
+        let ok = !matches!(verdict, Verdict::Failed(_));
+        let details = serde_json::json!({ "verified": note });
+        if let Err(e) = sql::audit(&self.runner, "backup.verify", &label, ok, &details).await {
+            tracing::warn!(error = e, "the verification is not in the audit log");
+        }
+        annotated.map_err(|e| format!("backup {label}: {note}; not annotated: {e}"))?;
+        if ok {
+            Ok(format!("backup {label}: {note}"))
+        } else {
+            tracing::error!(label, note, "a backup failed its verification");
+            Err(format!("backup {label}: {note}"))
+        }
     }
 
     async fn archiver(&self) -> Option<ArchiverStatus> {

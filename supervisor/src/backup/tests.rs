@@ -58,6 +58,11 @@ impl Work for FakeWork {
         None
     }
 
+    async fn verify(&self, _label: Option<String>) -> Result<String, String> {
+        tokio::time::sleep(self.takes).await;
+        Ok("ok".into())
+    }
+
     async fn restore(
         &self,
         _request: restore::RestoreRequest,

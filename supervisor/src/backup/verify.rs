@@ -50,7 +50,7 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 
 pub async fn verify(runner: &Runner, label: &str, size: u64) -> Verdict {
     let s = runner.settings();
-    if let Err(e) = runner
+    match runner
         .pgbackrest(
             &[
                 "--log-level-console=info".into(),
@@ -61,7 +61,12 @@ pub async fn verify(runner: &Runner, label: &str, size: u64) -> Verdict {
         )
         .await
     {
-        return Verdict::Failed(format!("pgbackrest verify: {e}"));
+        Err(e) => return Verdict::Failed(format!("pgbackrest verify: {e}")),
+        Ok(out) => {
+            if let Some(found) = verify_findings(&out) {
+                return Verdict::Failed(format!("pgbackrest verify: {found}"));
+            }
+        }
     }
     let need = room_needed(size);
     match free_bytes(&s.verify_dir) {
@@ -216,9 +221,48 @@ async fn query_when_promoted(runner: &Runner, socket: &str) -> Result<String, St
     Ok(out.trim().to_string())
 }
 
+/// What `pgbackrest verify` found wrong, from its report: 2.45 exits 0
+/// and says `status: invalid` with counts such as `checksum invalid: 1`.
+pub fn verify_findings(report: &str) -> Option<String> {
+    let bad: Vec<&str> = report
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.contains("status: invalid")
+                || ["checksum invalid:", "size invalid:", "missing:", "other:"]
+                    .iter()
+                    .any(|k| {
+                        l.split(k)
+                            .nth(1)
+                            .and_then(|n| n.trim().split(|c: char| !c.is_ascii_digit()).next())
+                            .and_then(|n| n.parse::<u64>().ok())
+                            .is_some_and(|n| n > 0)
+                    })
+        })
+        .collect();
+    (!bad.is_empty()).then(|| bad.join("; "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verify_report_with_invalid_files_is_a_failure() {
+        let bad = "2026-12-01 03:39:27.998 P00   INFO: stanza: phoenix\n\
+                   status: error\n\
+                   backup: 20261201-020242F, status: invalid, total files checked: 964, total valid files: 963\n\
+                   checksum invalid: 1\n";
+        let found = verify_findings(bad).unwrap();
+        assert!(
+            found.contains("status: invalid") && found.contains("checksum invalid: 1"),
+            "{found}"
+        );
+        let good = "backup: 20261201-020242F, status: valid, total files checked: 964, total valid files: 964\n\
+                    archiveId: 15-1, total WAL checked: 3, total valid WAL: 3\n";
+        assert_eq!(verify_findings(good), None);
+        assert_eq!(verify_findings("missing: 0\nchecksum invalid: 0\n"), None);
+    }
 
     #[test]
     fn room_for_a_restore_has_a_margin() {

@@ -93,6 +93,12 @@ enum BackupCmd {
     },
     /// The backups in each repository, oldest first, with sizes and verification.
     List,
+    /// Verify a backup again (`pgbackrest verify` and a test restore); the
+    /// newest full when none is named. Exit 1 when it fails.
+    Verify {
+        /// A label from `phoenixctl backup list`.
+        label: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -136,6 +142,11 @@ fn main() -> ExitCode {
         Cmd::Backup {
             action: BackupCmd::List,
         } => Request::BackupList,
+        Cmd::Backup {
+            action: BackupCmd::Verify { label },
+        } => Request::BackupVerify {
+            label: label.clone(),
+        },
         Cmd::Restore { .. } => unreachable!("handled above"),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
