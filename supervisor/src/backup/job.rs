@@ -104,6 +104,18 @@ impl Runner {
     }
 }
 
+/// `rm -rf` of a tree PostgreSQL's user owns, run as that user (never as
+/// root in a directory it controls), staying on one file system.
+pub fn rm_rf(path: &std::path::Path) -> Vec<String> {
+    vec![
+        "rm".into(),
+        "-rf".into(),
+        "--one-file-system".into(),
+        "--".into(),
+        path.display().to_string(),
+    ]
+}
+
 /// Reads a stream to its end (a closed pipe would kill the job), logging
 /// each line when asked, keeping at most `limit` bytes.
 async fn pump(

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::info::{Backup, Inventory};
-use super::job::Runner;
+use super::job::{Runner, rm_rf};
 use super::sql::{self, psql};
 use crate::fsafe;
 
@@ -357,7 +357,14 @@ pub async fn run<S: Services>(
         .set("postgres", true, Duration::from_secs(1800))
         .await
     {
-        Ok(()) => wait_promoted(runner).await,
+        Ok(()) => sql::wait_promoted(
+            runner,
+            &runner.settings().pg_socket_dir.display().to_string(),
+            "postgres",
+            Duration::from_secs(1800),
+        )
+        .await
+        .map_err(|last| format!("still not promoted after 30 min: {last}")),
         Err(e) => Err(e),
     };
     if let Err(e) = up {
@@ -408,16 +415,6 @@ async fn restart_stack<S: Services>(services: &S, progress: &Progress) {
     }
 }
 
-fn rm_rf(path: &std::path::Path) -> Vec<String> {
-    vec![
-        "rm".into(),
-        "-rf".into(),
-        "--one-file-system".into(),
-        "--".into(),
-        path.display().to_string(),
-    ]
-}
-
 /// Switches to a new WAL segment and waits (up to 60 s) until the one
 /// closed is archived, so a restore to seconds ago finds its commits.
 async fn archive_current_wal(runner: &Runner) -> Result<(), String> {
@@ -458,27 +455,6 @@ async fn archive_current_wal(runner: &Runner) -> Result<(), String> {
             ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits until the restored cluster has left recovery (reached its target
-/// and promoted): up to 30 minutes of WAL replay.
-async fn wait_promoted(runner: &Runner) -> Result<(), String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(1800);
-    let mut last: String;
-    loop {
-        match runner
-            .run(psql(runner, "postgres", "SELECT pg_is_in_recovery()"), true)
-            .await
-        {
-            Ok(out) if out.trim() == "f" => return Ok(()),
-            Ok(out) => last = format!("in recovery ({})", out.trim()),
-            Err(e) => last = e,
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!("still not promoted after 30 min: {last}"));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

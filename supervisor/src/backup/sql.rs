@@ -1,11 +1,24 @@
 //! SQL the supervisor runs itself, through `psql` as PostgreSQL's superuser
-//! over the unix socket: the restore's checks and the audit rows of
-//! backups, verifications and restores.
+//! over a unix socket: the restore's and the test restore's checks, and the
+//! audit rows of backups, verifications and restores.
+
+use std::time::Duration;
 
 use super::job::Runner;
 
-/// `psql` for one statement, unaligned and tuples only.
+/// `psql` for one statement on the managed PostgreSQL, unaligned and
+/// tuples only.
 pub fn psql(runner: &Runner, database: &str, sql: &str) -> Vec<String> {
+    psql_at(
+        runner,
+        &runner.settings().pg_socket_dir.display().to_string(),
+        database,
+        sql,
+    )
+}
+
+/// [`psql`] on the server whose socket is in `socket` (a test restore's).
+pub fn psql_at(runner: &Runner, socket: &str, database: &str, sql: &str) -> Vec<String> {
     let s = runner.settings();
     vec![
         s.pg_bin.join("psql").display().to_string(),
@@ -16,7 +29,7 @@ pub fn psql(runner: &Runner, database: &str, sql: &str) -> Vec<String> {
         "-v".into(),
         "ON_ERROR_STOP=1".into(),
         "-h".into(),
-        s.pg_socket_dir.display().to_string(),
+        socket.into(),
         "-p".into(),
         s.pg_port.to_string(),
         "-U".into(),
@@ -26,6 +39,35 @@ pub fn psql(runner: &Runner, database: &str, sql: &str) -> Vec<String> {
         "-c".into(),
         sql.into(),
     ]
+}
+
+/// Waits until the server at `socket` has left recovery (reached its
+/// target and promoted), asking every 500 ms for at most `within`; on time
+/// out, what it last answered.
+pub async fn wait_promoted(
+    runner: &Runner,
+    socket: &str,
+    database: &str,
+    within: Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let last = match runner
+            .run(
+                psql_at(runner, socket, database, "SELECT pg_is_in_recovery()"),
+                true,
+            )
+            .await
+        {
+            Ok(out) if out.trim() == "f" => return Ok(()),
+            Ok(out) => format!("in recovery ({})", out.trim()),
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() > deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// A SQL string literal.

@@ -8,7 +8,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::job::Runner;
+use super::job::{Runner, rm_rf};
+use super::sql;
 
 /// What a verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,18 +84,7 @@ pub async fn verify(runner: &Runner, label: &str, size: u64) -> Verdict {
     let scratch = s.verify_dir.join(label);
     let outcome = test_restore(runner, label, &scratch).await;
     // Removed as PostgreSQL's user, which owns everything inside.
-    let _ = runner
-        .run(
-            vec![
-                "rm".into(),
-                "-rf".into(),
-                "--one-file-system".into(),
-                "--".into(),
-                scratch.display().to_string(),
-            ],
-            true,
-        )
-        .await;
+    let _ = runner.run(rm_rf(&scratch), true).await;
     match outcome {
         Ok(what) => Verdict::Ok(what),
         Err(why) => Verdict::Failed(why),
@@ -172,42 +162,9 @@ async fn test_restore(runner: &Runner, label: &str, scratch: &Path) -> Result<St
 /// the end of the backup and promoted, then counts rows of the API's tables.
 async fn query_when_promoted(runner: &Runner, socket: &str) -> Result<String, String> {
     let s = runner.settings();
-    let psql = |sql: &str| {
-        vec![
-            s.pg_bin.join("psql").display().to_string(),
-            "-X".into(),
-            "-A".into(),
-            "-t".into(),
-            "-q".into(),
-            "-v".into(),
-            "ON_ERROR_STOP=1".into(),
-            "-h".into(),
-            socket.to_string(),
-            "-p".into(),
-            s.pg_port.to_string(),
-            "-U".into(),
-            s.superuser.clone(),
-            "-d".into(),
-            s.database.clone(),
-            "-c".into(),
-            sql.to_string(),
-        ]
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    let mut last: String;
-    loop {
-        match runner.run(psql("SELECT pg_is_in_recovery()"), true).await {
-            Ok(out) if out.trim() == "f" => break,
-            Ok(out) => last = format!("still in recovery ({})", out.trim()),
-            Err(e) => last = e,
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!(
-                "the restored PostgreSQL did not come up in 600 s: {last}"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    sql::wait_promoted(runner, socket, &s.database, Duration::from_secs(600))
+        .await
+        .map_err(|last| format!("the restored PostgreSQL did not come up in 600 s: {last}"))?;
     let sql = if s.database == "postgres" {
         "SELECT 'databases ' || count(*) FROM pg_database"
     } else {
@@ -215,7 +172,7 @@ async fn query_when_promoted(runner: &Runner, socket: &str) -> Result<String, St
          (SELECT count(*) FROM agents) || ', audit rows ' || (SELECT count(*) FROM audit_log)"
     };
     let out = runner
-        .run(psql(sql), true)
+        .run(sql::psql_at(runner, socket, &s.database, sql), true)
         .await
         .map_err(|e| format!("the restored database does not answer: {e}"))?;
     Ok(out.trim().to_string())
