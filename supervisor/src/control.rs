@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::backup::info::Inventory;
+use crate::backup::restore::RestoreRequest;
 use crate::listen;
 use crate::status::Snapshot;
 
@@ -39,6 +40,13 @@ pub enum Request {
     /// The backups the repositories hold.
     #[serde(rename = "backup-list")]
     BackupList,
+    /// Verify a backup again: `pgbackrest verify` and a test restore.
+    #[serde(rename = "backup-verify")]
+    BackupVerify {
+        label: Option<String>,
+    },
+    /// Restore PostgreSQL; progress lines come before the reply.
+    Restore(RestoreRequest),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +56,8 @@ pub enum Response {
     Error(String),
     Snapshot(Box<Snapshot>),
     Backups(Box<Inventory>),
+    /// A step of a long request; the reply follows later.
+    Progress(String),
 }
 
 /// Bind the socket (replacing a stale one) with mode 0600 from the start.
@@ -74,7 +84,11 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 /// loop); `submit` returns false when the loop has ended.
 pub async fn serve<F>(listener: UnixListener, submit: F)
 where
-    F: Fn(Request, oneshot::Sender<Response>) -> bool + Clone + Send + Sync + 'static,
+    F: Fn(Request, oneshot::Sender<Response>, mpsc::UnboundedSender<String>) -> bool
+        + Clone
+        + Send
+        + Sync
+        + 'static,
 {
     listen::accept_loop(
         "control socket",
@@ -94,7 +108,7 @@ where
 
 async fn handle(
     stream: UnixStream,
-    submit: &impl Fn(Request, oneshot::Sender<Response>) -> bool,
+    submit: &impl Fn(Request, oneshot::Sender<Response>, mpsc::UnboundedSender<String>) -> bool,
 ) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
@@ -107,12 +121,27 @@ async fn handle(
                 if !matches!(req, Request::Status | Request::Health) {
                     tracing::info!(request = %line, "control request");
                 }
-                let (tx, rx) = oneshot::channel();
-                if !submit(req, tx) {
+                let (tx, mut rx) = oneshot::channel();
+                let (progress_tx, mut progress) = mpsc::unbounded_channel();
+                if !submit(req, tx, progress_tx) {
                     anyhow::bail!("the event loop has ended");
                 }
-                rx.await
-                    .unwrap_or_else(|_| Response::Error("the supervisor is stopping".into()))
+                // Progress lines as they come, then the reply.
+                loop {
+                    tokio::select! {
+                        biased;
+                        Some(step) = progress.recv() => {
+                            let mut out = serde_json::to_vec(&Response::Progress(step))?;
+                            out.push(b'\n');
+                            write.write_all(&out).await?;
+                        }
+                        reply = &mut rx => {
+                            break reply.unwrap_or_else(|_| {
+                                Response::Error("the supervisor is stopping".into())
+                            });
+                        }
+                    }
+                }
             }
             Err(e) => Response::Error(format!("bad request: {e}")),
         };
@@ -125,6 +154,15 @@ async fn handle(
 
 /// Client side, for `phoenixctl`.
 pub async fn call(socket: &PathBuf, req: &Request) -> anyhow::Result<Response> {
+    call_with_progress(socket, req, |_| {}).await
+}
+
+/// [`call`], handing each progress line of a long request to `progress`.
+pub async fn call_with_progress(
+    socket: &PathBuf,
+    req: &Request,
+    mut progress: impl FnMut(&str),
+) -> anyhow::Result<Response> {
     use anyhow::Context as _;
     let stream = UnixStream::connect(socket).await.with_context(|| {
         format!(
@@ -137,9 +175,14 @@ pub async fn call(socket: &PathBuf, req: &Request) -> anyhow::Result<Response> {
     line.push(b'\n');
     write.write_all(&line).await?;
     let mut lines = BufReader::new(read).lines();
-    let reply = lines
-        .next_line()
-        .await?
-        .context("the supervisor closed the connection")?;
-    Ok(serde_json::from_str(&reply)?)
+    loop {
+        let reply = lines
+            .next_line()
+            .await?
+            .context("the supervisor closed the connection")?;
+        match serde_json::from_str(&reply)? {
+            Response::Progress(step) => progress(&step),
+            done => return Ok(done),
+        }
+    }
 }

@@ -158,6 +158,29 @@ impl Dir {
         rustix::fs::fchmod(&h, Mode::from_raw_mode(mode)).map_err(|e| at(&self.path, e))
     }
 
+    /// Swaps two entries of this directory in one step (`renameat2` with
+    /// `RENAME_EXCHANGE`): at every moment each name holds one of the two.
+    /// Names only: links are moved, never followed.
+    pub fn exchange(&self, a: &OsStr, b: &OsStr) -> io::Result<()> {
+        rustix::fs::renameat_with(&self.fd, a, &self.fd, b, rustix::fs::RenameFlags::EXCHANGE)?;
+        rustix::fs::fsync(self.handle()?)?;
+        Ok(())
+    }
+
+    /// Renames an entry of this directory, refusing to replace one
+    /// (`RENAME_NOREPLACE`).
+    pub fn rename_new(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
+        rustix::fs::renameat_with(
+            &self.fd,
+            from,
+            &self.fd,
+            to,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )?;
+        rustix::fs::fsync(self.handle()?)?;
+        Ok(())
+    }
+
     /// Refuses a directory owned by another user, or writable by others.
     pub fn check_private(&self) -> io::Result<()> {
         let st = self.stat()?;

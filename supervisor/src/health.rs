@@ -20,7 +20,9 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::listen::Ends;
-use crate::status::{BackupStatus, CertificateStatus, Level, Snapshot, State, now_ms};
+use crate::status::{
+    ArchiverStatus, BackupStatus, CertificateStatus, Level, Snapshot, State, now_ms,
+};
 
 /// The loop is considered stuck when its heartbeat is older than this.
 const LIVENESS_STALE_MS: u64 = 10_000;
@@ -181,6 +183,47 @@ pub const CERT_FAIL_DAYS: u64 = 3;
 pub const BACKUP_WARN_HOURS: u64 = 26;
 pub const BACKUP_FAIL_HOURS: u64 = 50;
 
+/// Archiving that has failed this long fails health: WAL piles up in
+/// pg_wal, and what is not archived is lost with the machine.
+pub const ARCHIVE_FAIL_MINUTES: u64 = 5;
+
+/// `backup:walArchive`: warn while PostgreSQL cannot archive WAL, fail
+/// once it has not for `ARCHIVE_FAIL_MINUTES`.
+fn archive_check(a: &ArchiverStatus, now_ms: u64) -> (&'static str, Status, Value) {
+    let failing_for = a.failing_since_ms.map(|t| now_ms.saturating_sub(t));
+    let status = match failing_for {
+        None => Status::Pass,
+        Some(d) if d >= ARCHIVE_FAIL_MINUTES * 60_000 => Status::Fail,
+        Some(_) => Status::Warn,
+    };
+    let output = match failing_for {
+        None => format!(
+            "{} WAL segments archived{}",
+            a.archived_count,
+            a.last_archived_ms
+                .map(|t| format!(", the last at {}", rfc3339(t)))
+                .unwrap_or_default()
+        ),
+        Some(d) => format!(
+            "archiving has failed for {} s (last failed segment {}); see PostgreSQL's log, \
+             and /health backup checks; WAL piles up in pg_wal until it is archived",
+            d / 1000,
+            a.last_failed_wal.as_deref().unwrap_or("?")
+        ),
+    };
+    (
+        "backup:walArchive",
+        status,
+        json!({
+            "componentType": "backup",
+            "observedValue": a.failed_count,
+            "observedUnit": "failures",
+            "status": status.as_str(),
+            "output": output,
+        }),
+    )
+}
+
 /// `backup:age` (of the newest full, or of the wait for the first) and
 /// `backup:verified` (of the newest full).
 pub fn backup_checks(b: &BackupStatus, now_ms: u64) -> Vec<(&'static str, Status, Value)> {
@@ -224,6 +267,9 @@ pub fn backup_checks(b: &BackupStatus, now_ms: u64) -> Vec<(&'static str, Status
     }
     age["output"] = json!(output.join("; "));
     let mut out = vec![("backup:age", age_status, age)];
+    if let Some(a) = &b.archiver {
+        out.push(archive_check(a, now_ms));
+    }
     if let Some(f) = &b.newest_full {
         let verified = f.verified.as_deref().unwrap_or("not verified");
         let status = if verified.starts_with("failed") {
@@ -1015,5 +1061,31 @@ mod tests {
             by_name(&backup_checks(&stale, now), "backup:age").0,
             Status::Fail
         );
+    }
+
+    #[test]
+    fn wal_archiving_failing_warns_then_fails_after_five_minutes() {
+        use crate::status::{ArchiverStatus, BackupStatus};
+        let now = 10_000_000;
+        let mut b = BackupStatus {
+            since_ms: now,
+            archiver: Some(ArchiverStatus {
+                checked_ms: now,
+                archived_count: 4,
+                ..ArchiverStatus::default()
+            }),
+            ..BackupStatus::default()
+        };
+        let status = |b: &BackupStatus| {
+            backup_checks(b, now)
+                .into_iter()
+                .find(|(n, ..)| *n == "backup:walArchive")
+                .map(|(_, s, _)| s)
+        };
+        assert_eq!(status(&b), Some(Status::Pass));
+        b.archiver.as_mut().unwrap().failing_since_ms = Some(now - 60_000);
+        assert_eq!(status(&b), Some(Status::Warn));
+        b.archiver.as_mut().unwrap().failing_since_ms = Some(now - 5 * 60_000);
+        assert_eq!(status(&b), Some(Status::Fail));
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! The only `unsafe` of the supervisor lives here: the `pre_exec` hook that
 //! moves a freshly forked child into its cgroup before it runs anything, so
-//! no process of a service ever escapes its limits.
+//! no process of a service ever escapes its limits, drops to the service's
+//! user, and ties the supervisor's own jobs to its life.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -94,6 +95,27 @@ pub fn command(
     run_as: Option<&RunAs>,
     cgroup_procs: Option<OwnedFd>,
 ) -> io::Result<Command> {
+    build(argv, spec, run_as, cgroup_procs, false)
+}
+
+/// [`command`] for a job of the supervisor's own (a backup, a restore):
+/// it gets SIGTERM when the supervisor dies (`PR_SET_PDEATHSIG`), so that
+/// no job outlives the supervisor that would have checked its outcome.
+pub fn job_command(
+    argv: &[String],
+    spec: &ServiceSpec,
+    run_as: Option<&RunAs>,
+) -> io::Result<Command> {
+    build(argv, spec, run_as, None, true)
+}
+
+fn build(
+    argv: &[String],
+    spec: &ServiceSpec,
+    run_as: Option<&RunAs>,
+    cgroup_procs: Option<OwnedFd>,
+    die_with_parent: bool,
+) -> io::Result<Command> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
     cmd.env_clear();
@@ -120,10 +142,12 @@ pub fn command(
         .filter(|_| nix::unistd::geteuid().is_root())
         .map(|u| (u.uid, u.gid));
     let keep_bind = spec.capabilities.contains(&Capability::NetBindService);
-    if drop_to.is_some() || cgroup_procs.is_some() {
+    // The supervisor, as the child will see it as its parent.
+    let parent = std::process::id() as libc::pid_t;
+    if drop_to.is_some() || cgroup_procs.is_some() || die_with_parent {
         let cgroup = cgroup_procs.as_ref().map(|fd| fd.as_raw_fd());
         // SAFETY: runs in the forked child before exec and only makes raw
-        // system calls (write, prctl, setgroups, setgid, setuid, capset), all
+        // system calls (write, prctl, setgroups, setgid, setuid, capset, getppid), all
         // async-signal-safe, with no allocation. The cgroup descriptor was
         // opened by the parent and is kept alive by the closure.
         unsafe {
@@ -136,21 +160,37 @@ pub fn command(
                 {
                     return Err(io::Error::last_os_error());
                 }
-                let Some((uid, gid)) = drop_to else {
-                    return Ok(());
-                };
-                if keep_bind && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
-                    return Err(io::Error::last_os_error());
+                if let Some((uid, gid)) = drop_to {
+                    if keep_bind && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    // No supplementary groups of root survive the switch.
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                    if keep_bind {
+                        raise_ambient(CAP_NET_BIND_SERVICE)?;
+                    }
                 }
-                // No supplementary groups of root survive the switch.
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(gid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-                if keep_bind {
-                    raise_ambient(CAP_NET_BIND_SERVICE)?;
+                // After the user switch, which clears it; and if the
+                // supervisor died before this, there is no one to tell.
+                if die_with_parent {
+                    if libc::prctl(
+                        libc::PR_SET_PDEATHSIG,
+                        libc::SIGTERM as libc::c_ulong,
+                        0,
+                        0,
+                        0,
+                    ) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
+                    if libc::getppid() != parent {
+                        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                    }
                 }
                 Ok(())
             });

@@ -128,17 +128,21 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
     });
     let app = health::router(snapshot, heartbeat);
     tokio::spawn(listen::serve_http("health", health_listener, app));
-    tokio::spawn(control::serve(control_listener, move |request, reply| {
-        match request {
-            // The backup task answers these itself: a backup takes minutes,
-            // and the loop never waits.
-            Request::BackupNow { .. } | Request::BackupList => {
-                ask_backup_task(backups.as_ref(), request, reply);
+    tokio::spawn(control::serve(
+        control_listener,
+        move |request, reply, progress| match request {
+            // The backup task answers these itself: a backup or a restore
+            // takes minutes, and the loop never waits.
+            Request::BackupNow { .. }
+            | Request::BackupList
+            | Request::BackupVerify { .. }
+            | Request::Restore(_) => {
+                ask_backup_task(backups.as_ref(), request, reply, progress);
                 true
             }
             _ => tx.send(Event::Control(request, reply)).is_ok(),
-        }
-    }));
+        },
+    ));
 
     let outcome = supervisor.run(rx).await;
     let _ = std::fs::remove_file(&socket);
@@ -247,13 +251,20 @@ fn spawn_backup_task(
     let (tx, rx) = mpsc::channel(16);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let schedules = settings.schedules.clone();
+    let services = Arc::new(LoopServices {
+        events: events.clone(),
+    });
     keep_running("backups", move || {
         let (runner, rx, reports) = (runner.clone(), rx.clone(), reports.clone());
-        let (schedules, offsite) = (schedules.clone(), offsite.clone());
+        let (schedules, offsite, services) = (schedules.clone(), offsite.clone(), services.clone());
         async move {
             let mut rx = rx.lock().await;
             backup::run(
-                backup::PgBackRest { runner, offsite },
+                backup::PgBackRest {
+                    runner,
+                    offsite,
+                    services,
+                },
                 backup::schedule::Timetable::new(&schedules),
                 backup::WallClock,
                 &mut rx,
@@ -354,6 +365,7 @@ fn ask_backup_task(
     backups: Option<&mpsc::Sender<backup::Request>>,
     request: Request,
     reply: tokio::sync::oneshot::Sender<Response>,
+    progress: mpsc::UnboundedSender<String>,
 ) {
     let Some(backups) = backups else {
         let _ = reply.send(Response::Error(
@@ -363,6 +375,14 @@ fn ask_backup_task(
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let sent = match request {
+        Request::BackupVerify { label } => {
+            backups.try_send(backup::Request::Verify { label, reply: tx })
+        }
+        Request::Restore(request) => backups.try_send(backup::Request::Restore {
+            request,
+            progress,
+            reply: tx,
+        }),
         Request::BackupNow { kind } => match BackupKind::parse(&kind) {
             Some(kind) => backups.try_send(backup::Request::Now { kind, reply: tx }),
             None => {
@@ -400,4 +420,85 @@ fn ask_backup_task(
             Err(_) => Response::Error("the backup task stopped".into()),
         });
     });
+}
+
+/// Stops and starts services for a restore through the event loop, as
+/// `phoenixctl stop` and `start` do, and waits for their state.
+struct LoopServices {
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl LoopServices {
+    async fn ask(&self, request: Request) -> Result<Response, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.events
+            .send(Event::Control(request, tx))
+            .map_err(|_| "the supervisor is stopping".to_string())?;
+        rx.await
+            .map_err(|_| "the supervisor is stopping".to_string())
+    }
+
+    async fn state(&self, service: &str) -> Option<String> {
+        match self.ask(Request::Status).await {
+            Ok(Response::Snapshot(s)) => s
+                .services
+                .iter()
+                .find(|svc| svc.name == service)
+                .map(|svc| svc.state.as_str().to_string()),
+            _ => None,
+        }
+    }
+}
+
+impl backup::restore::Services for LoopServices {
+    async fn set(&self, service: &str, running: bool, within: Duration) -> Result<(), String> {
+        if self.state(service).await.is_none() {
+            // Not managed here (say, [api] enable = false).
+            return Ok(());
+        }
+        let request = if running {
+            Request::Start {
+                service: service.into(),
+            }
+        } else {
+            Request::Stop {
+                service: service.into(),
+            }
+        };
+        if let Response::Error(e) = self.ask(request).await? {
+            return Err(format!("{service}: {e}"));
+        }
+        let want: &[&str] = if running {
+            &["ready"]
+        } else {
+            &["stopped", "failed", "exited"]
+        };
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let state = self.state(service).await;
+            match state.as_deref() {
+                Some(s) if want.contains(&s) => return Ok(()),
+                None => return Ok(()),
+                Some("failed") if running => {
+                    return Err(format!(
+                        "{service} failed to start; see `phoenixctl status` and its log"
+                    ));
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "{service} did not become {} within {} s (it is {})",
+                    want[0],
+                    within.as_secs(),
+                    state.unwrap_or_default()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn ready(&self, service: &str) -> bool {
+        self.state(service).await.as_deref() == Some("ready")
+    }
 }

@@ -309,6 +309,9 @@ pub struct BackupStatus {
     /// The copy to S3 (`[backup.s3]`); None without it.
     #[serde(default)]
     pub offsite: Option<OffsiteStatus>,
+    /// PostgreSQL's WAL archiving (pg_stat_archiver), last looked at.
+    #[serde(default)]
+    pub archiver: Option<ArchiverStatus>,
 }
 
 /// The offsite task's state: the copy of each new local full to S3
@@ -341,6 +344,30 @@ pub struct OffsiteCopy {
     /// Objects of the appliance's state uploaded; None when the state was
     /// not (yet) part of this copy (after a restart: read from repo2).
     pub state_objects: Option<u64>,
+
+/// What `pg_stat_archiver` said, with when it was asked.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ArchiverStatus {
+    pub checked_ms: u64,
+    pub archived_count: u64,
+    pub failed_count: u64,
+    pub last_archived_ms: Option<u64>,
+    pub last_failed_ms: Option<u64>,
+    pub last_failed_wal: Option<String>,
+    /// When archiving was first seen failing, while it still is.
+    #[serde(default)]
+    pub failing_since_ms: Option<u64>,
+}
+
+impl ArchiverStatus {
+    /// Failing: the last attempt failed (a failure after the last success).
+    pub fn failing(&self) -> bool {
+        match (self.last_failed_ms, self.last_archived_ms) {
+            (Some(f), Some(a)) => f > a,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -359,6 +386,17 @@ pub struct Run {
     pub error: Option<String>,
     /// A full's verification: "ok at …", "failed at …: why", "skipped at …: why".
     pub verified: Option<String>,
+}
+
+impl Running {
+    /// "full backup", "restore", "verification".
+    pub fn what(&self) -> String {
+        match self.kind.as_str() {
+            "restore" => "restore".into(),
+            "verify" => "verification".into(),
+            kind => format!("{kind} backup"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

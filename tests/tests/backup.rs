@@ -129,6 +129,15 @@ fn an_operator_backup_is_taken_verified_by_a_test_restore_and_listed() {
         "{metrics}"
     );
 
+    // In the audit log, by the supervisor.
+    let rows = s.audit(&admin, "action=backup.full");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0]["actor"].as_str(), rows[0]["outcome"].as_str()),
+        (Some("supervisor"), Some("success"))
+    );
+    assert_eq!(rows[0]["target"], full["label"]);
+
     let said = Supervisor::ok(&s.sup.ctl(&["backup", "now", "--type", "diff"]));
     let label = full["label"].as_str().unwrap();
     assert!(said.starts_with(&format!("diff backup {label}_")), "{said}");
@@ -161,4 +170,117 @@ fn backup_commands_say_clearly_when_backups_are_off_or_the_type_is_wrong() {
     let pg = s.sup.service("postgres");
     assert_eq!(pg["state"], "ready");
     assert!(!s.sup.path("state/generated/pgbackrest").exists());
+}
+
+/// psql as PostgreSQL's superuser over the stack's socket.
+fn psql(s: &Stack, sql: &str) -> String {
+    let password = std::fs::read_to_string(s.sup.path("state/secrets/postgres-superuser-password"))
+        .expect("the superuser password");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+        ])
+        .arg("/usr/lib/postgresql/15/bin/psql")
+        .args(["-X", "-A", "-t", "-h"])
+        .arg(s.sup.path("run/postgres"))
+        .args([
+            "-p",
+            &s.ports.pg.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
+        .env("PGPASSWORD", password.trim())
+        .current_dir("/")
+        .output()
+        .expect("psql runs");
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn wal_archiving_that_fails_shows_in_health_until_it_works_again() {
+    let ports = phoenix_tests::StackPorts::free();
+    let mut sup = Supervisor::config(&ports.config(""));
+    sup.set_env("PHOENIX_ARCHIVE_CHECK_INTERVAL", "1s");
+    let s = Stack::started(sup, ports);
+    s.sup
+        .wait_state("backup-stanza", "exited", Duration::from_secs(60));
+    let check = |s: &Stack| {
+        let (_, health) = s.sup.health();
+        health["checks"]["backup:walArchive"][0].clone()
+    };
+    wait_until("archiving checked", Duration::from_secs(30), || {
+        (check(&s)["status"] == "pass").then_some(())
+    });
+    // The repository goes away: archive-push fails, PostgreSQL keeps the WAL.
+    let repo = s.sup.path("state/backup/repo");
+    let away = s.sup.path("state/backup/repo.away");
+    std::fs::rename(&repo, &away).unwrap();
+    psql(&s, "SELECT pg_switch_wal()");
+    let failing = wait_until("archiving seen failing", Duration::from_secs(60), || {
+        let c = check(&s);
+        (c["status"] == "warn").then_some(c)
+    });
+    assert!(
+        failing["output"]
+            .as_str()
+            .unwrap()
+            .starts_with("archiving has failed for "),
+        "{failing}"
+    );
+    // Back: the segment is archived on PostgreSQL's next try, and health passes.
+    std::fs::rename(&away, &repo).unwrap();
+    wait_until("archiving works again", Duration::from_secs(120), || {
+        (check(&s)["status"] == "pass").then_some(())
+    });
+}
+
+#[test]
+fn verify_finds_a_corrupted_backup_file_and_health_warns() {
+    let s = Stack::start("");
+    s.sup
+        .wait_state("backup-stanza", "exited", Duration::from_secs(60));
+    let said = Supervisor::ok(&s.sup.ctl(&["backup", "now"]));
+    assert!(said.contains("verification ok at "), "{said}");
+    let list: serde_json::Value =
+        serde_json::from_str(&Supervisor::ok(&s.sup.ctl(&["--json", "backup", "list"]))).unwrap();
+    let label = list["backups"][0]["label"].as_str().unwrap().to_string();
+
+    // One byte run of a data file in the repository overwritten.
+    let dir = s.sup.path(&format!(
+        "state/backup/repo/backup/phoenix/{label}/pg_data/base/1"
+    ));
+    let victim = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.metadata().unwrap().len() > 64)
+        .expect("a data file");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[20..27].copy_from_slice(b"garbage");
+    std::fs::write(&victim, bytes).unwrap();
+
+    let out = s.sup.ctl(&["backup", "verify", &label]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("backup {label}: failed at ")),
+        "{err}"
+    );
+    assert!(err.contains("checksum invalid: 1"), "{err}");
+    let (_, health) = s.sup.health();
+    let verified = &health["checks"]["backup:verified"][0];
+    assert_eq!(verified["status"], "warn", "{health}");
+    let admin = s.admin_token();
+    let rows = s.audit(&admin, "action=backup.verify");
+    assert_eq!(rows[0]["outcome"], "failure", "{rows:?}");
+    let out = s.sup.ctl(&["backup", "verify", "20990101-000000F"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("there is no backup 20990101-000000F"));
 }

@@ -311,7 +311,7 @@ fn a_state_dir_the_service_users_cannot_enter_is_refused_before_anything_starts(
     let err = sup.stderr();
     assert_eq!(status.code(), Some(1), "{err}");
     for (user, services) in [
-        ("postgres", "postgres-init, postgres"),
+        ("postgres", "postgres-init, postgres, backup-stanza"),
         ("prometheus", "prometheus, pushgateway"),
         ("phoenix", "api"),
     ] {

@@ -27,6 +27,12 @@ pub struct Backup {
     pub repo_size_bytes: u64,
     /// The backup it builds on (none for a full).
     pub prior: Option<String>,
+    /// The PostgreSQL timeline it was taken on (1 until the first restore).
+    #[serde(default)]
+    pub timeline: u32,
+    /// Where its WAL ends (LSN as a number): a restore from it needs WAL from there.
+    #[serde(default)]
+    pub stop_lsn: u64,
     /// "schedule" or "operator".
     pub trigger: Option<String>,
     /// The outcome of the test restore, as annotated: "ok at …", "failed at …: why",
@@ -48,6 +54,9 @@ impl Backup {
 /// The stanza's backups (oldest first) and the WAL range it holds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Inventory {
+    /// pgBackRest's archive id (`15-1`): where WAL and timeline history live.
+    #[serde(default)]
+    pub archive_id: Option<String>,
     pub backups: Vec<Backup>,
     /// Oldest and newest WAL segment archived, per repository.
     pub wal: Vec<WalRange>,
@@ -78,6 +87,7 @@ struct Status {
 
 #[derive(Deserialize)]
 struct Archive {
+    id: Option<String>,
     database: Database,
     min: Option<String>,
     max: Option<String>,
@@ -100,8 +110,31 @@ struct RawBackup {
     prior: Option<String>,
     #[serde(default)]
     annotation: std::collections::BTreeMap<String, String>,
+    archive: Option<WalSpan>,
+    lsn: Option<LsnSpan>,
     #[serde(default)]
     error: bool,
+}
+
+#[derive(Deserialize)]
+struct WalSpan {
+    start: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct LsnSpan {
+    stop: Option<String>,
+}
+
+/// `0/3000050` as a number.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// The timeline of a WAL segment name (its first eight hex digits).
+pub fn timeline_of(segment: &str) -> Option<u32> {
+    u32::from_str_radix(segment.get(..8)?, 16).ok()
 }
 
 #[derive(Deserialize)]
@@ -135,6 +168,18 @@ pub fn parse(json: &[u8]) -> Result<Inventory, String> {
         .into_iter()
         .filter(|b| !b.error)
         .map(|b| Backup {
+            timeline: b
+                .archive
+                .as_ref()
+                .and_then(|a| a.start.as_deref())
+                .and_then(timeline_of)
+                .unwrap_or(1),
+            stop_lsn: b
+                .lsn
+                .as_ref()
+                .and_then(|l| l.stop.as_deref())
+                .and_then(parse_lsn)
+                .unwrap_or(0),
             trigger: b.annotation.get(TRIGGER).cloned(),
             verified: b.annotation.get(VERIFIED).cloned(),
             copy_of: b.annotation.get(COPY_OF).cloned(),
@@ -149,6 +194,7 @@ pub fn parse(json: &[u8]) -> Result<Inventory, String> {
         })
         .collect();
     backups.sort_by_key(|b| (b.stopped_at, b.repo));
+    let archive_id = stanza.archive.iter().find_map(|a| a.id.clone());
     let wal = stanza
         .archive
         .into_iter()
@@ -161,6 +207,7 @@ pub fn parse(json: &[u8]) -> Result<Inventory, String> {
         })
         .collect();
     Ok(Inventory {
+        archive_id,
         backups,
         wal,
         status: stanza.status.message,
@@ -198,6 +245,10 @@ mod tests {
         assert_eq!(diff.repo_size_bytes, 1024);
         assert!(!diff.verified_ok());
         assert_eq!(inv.wal[0].max, "000000010000000000000005");
+        assert_eq!((full.timeline, full.stop_lsn), (1, 0x3000050));
+        assert_eq!(inv.archive_id.as_deref(), Some("15-1"));
+        assert_eq!(parse_lsn("1A/0000FF00"), Some((0x1a << 32) | 0xff00));
+        assert_eq!(timeline_of("0000000300000000000000A1"), Some(3));
     }
 
     #[test]

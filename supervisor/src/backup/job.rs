@@ -75,7 +75,7 @@ impl Runner {
             self.settings.superuser_password.clone(),
         )]
         .into();
-        let mut cmd = process::command(&argv, &spec, self.run_as.as_ref(), None)
+        let mut cmd = process::job_command(&argv, &spec, self.run_as.as_ref())
             .map_err(|e| format!("{}: {e}", argv[0]))?;
         cmd.stdin(Stdio::null());
         let (mut child, exit) = self
@@ -112,6 +112,18 @@ impl Runner {
             ))
         }
     }
+}
+
+/// `rm -rf` of a tree PostgreSQL's user owns, run as that user (never as
+/// root in a directory it controls), staying on one file system.
+pub fn rm_rf(path: &std::path::Path) -> Vec<String> {
+    vec![
+        "rm".into(),
+        "-rf".into(),
+        "--one-file-system".into(),
+        "--".into(),
+        path.display().to_string(),
+    ]
 }
 
 /// Reads a stream to its end (a closed pipe would kill the job), logging

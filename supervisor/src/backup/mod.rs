@@ -11,7 +11,9 @@ pub mod appliance;
 pub mod info;
 pub mod job;
 pub mod offsite;
+pub mod restore;
 pub mod schedule;
+pub mod sql;
 pub mod verify;
 
 use std::time::Duration;
@@ -20,7 +22,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::BackupKind;
-pub use crate::status::{BackupStatus, NewestFull, Next, Run, Running};
+pub use crate::status::{ArchiverStatus, BackupStatus, NewestFull, Next, Run, Running};
 use info::Inventory;
 use job::Runner;
 use schedule::Timetable;
@@ -36,6 +38,17 @@ pub enum Request {
     /// What the repositories hold.
     List {
         reply: oneshot::Sender<Result<Inventory, String>>,
+    },
+    /// Verify a backup again (the newest full when none is named).
+    Verify {
+        label: Option<String>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// Restore PostgreSQL; progress lines as it goes, the reply at the end.
+    Restore {
+        request: restore::RestoreRequest,
+        progress: restore::Progress,
+        reply: oneshot::Sender<Result<String, String>>,
     },
 }
 
@@ -66,11 +79,35 @@ pub trait Work: Clone + Send + Sync + 'static {
         trigger: &'static str,
     ) -> impl std::future::Future<Output = Result<(String, Option<String>), String>> + Send;
     fn list(&self) -> impl std::future::Future<Output = Result<Inventory, String>> + Send;
+    /// pg_stat_archiver, when PostgreSQL answers.
+    fn archiver(&self) -> impl std::future::Future<Output = Option<ArchiverStatus>> + Send;
+    fn restore(
+        &self,
+        request: restore::RestoreRequest,
+        progress: restore::Progress,
+    ) -> impl std::future::Future<Output = Result<String, String>> + Send;
+    /// Verifies a backup again; the annotation, or why it failed.
+    fn verify(
+        &self,
+        label: Option<String>,
+    ) -> impl std::future::Future<Output = Result<String, String>> + Send;
 }
 
 /// The schedule wakes at least this often to look at the clock again, so
 /// that a clock set forward or back is followed.
 const RECHECK: Duration = Duration::from_secs(60);
+
+/// How often pg_stat_archiver is read; `PHOENIX_ARCHIVE_CHECK_INTERVAL`
+/// (humantime) sets another, for tests.
+pub const ARCHIVE_CHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+fn archive_check_interval() -> Duration {
+    std::env::var("PHOENIX_ARCHIVE_CHECK_INTERVAL")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(ARCHIVE_CHECK_INTERVAL)
+}
 
 /// Runs until the process ends. `report` gets the status after every change.
 pub async fn run<W: Work, C: Clock>(
@@ -90,6 +127,11 @@ pub async fn run<W: Work, C: Clock>(
     let mut due = timetable.next_after(clock.now());
     let mut job: Option<tokio::task::JoinHandle<(BackupKind, Run)>> = None;
     let mut waiting: Vec<oneshot::Sender<Result<String, String>>> = Vec::new();
+    let mut restoring: Option<tokio::task::JoinHandle<Result<String, String>>> = None;
+    let mut archive_check = tokio::time::interval(archive_check_interval());
+    archive_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut archiver: Option<tokio::task::JoinHandle<Option<ArchiverStatus>>> = None;
+    let mut restore_reply: Option<oneshot::Sender<Result<String, String>>> = None;
     loop {
         status.next = due.map(|(at, kind)| Next {
             kind: kind.name().into(),
@@ -101,6 +143,29 @@ pub async fn run<W: Work, C: Clock>(
             .unwrap_or(RECHECK)
             .min(RECHECK);
         tokio::select! {
+            _ = archive_check.tick(), if archiver.is_none() => {
+                let work = work.clone();
+                archiver = Some(tokio::spawn(async move { work.archiver().await }));
+                continue;
+            }
+            looked = async { archiver.as_mut().expect("polled only when asked").await }, if archiver.is_some() => {
+                archiver = None;
+                if let Ok(Some(mut seen)) = looked {
+                    let before = status.archiver.as_ref().and_then(|a| a.failing_since_ms);
+                    seen.failing_since_ms = match (seen.failing(), before) {
+                        (false, _) => None,
+                        (true, Some(since)) => Some(since),
+                        (true, None) => {
+                            tracing::warn!(
+                                wal = seen.last_failed_wal.as_deref().unwrap_or_default(),
+                                "PostgreSQL cannot archive WAL: see its log; WAL piles up in pg_wal until it can"
+                            );
+                            Some(seen.checked_ms)
+                        }
+                    };
+                    status.archiver = Some(seen);
+                }
+            }
             () = tokio::time::sleep(wait) => {
                 let Some((at, kind)) = due else { continue };
                 let now = clock.now();
@@ -123,9 +188,9 @@ pub async fn run<W: Work, C: Clock>(
                 Request::Now { kind, reply } => {
                     if let Some(running) = &status.running {
                         let _ = reply.send(Err(format!(
-                            "a {} backup ({}) is running since {}: not starting another; \
+                            "a {} ({}) is running since {}: not starting a backup now; \
                              `phoenixctl status` shows when it ends",
-                            running.kind,
+                            running.what(),
                             running.trigger,
                             DateTime::<Utc>::from_timestamp_millis(running.started_ms as i64)
                                 .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
@@ -142,7 +207,54 @@ pub async fn run<W: Work, C: Clock>(
                         let _ = reply.send(work.list().await);
                     });
                 }
+                Request::Verify { label, reply } => {
+                    if let Some(running) = &status.running {
+                        let _ = reply.send(Err(format!(
+                            "a {} ({}) is running: not verifying now; try again when it has ended",
+                            running.what(),
+                            running.trigger
+                        )));
+                        continue;
+                    }
+                    status.running = Some(Running {
+                        kind: "verify".into(),
+                        trigger: "operator".into(),
+                        started_ms: ms(clock.now()),
+                    });
+                    let work = work.clone();
+                    restoring = Some(tokio::spawn(async move { work.verify(label).await }));
+                    restore_reply = Some(reply);
+                }
+                Request::Restore { request, progress, reply } => {
+                    if let Some(running) = &status.running {
+                        let _ = reply.send(Err(format!(
+                            "a {} ({}) is running: not restoring now; try again when it has ended",
+                            running.what(),
+                            running.trigger
+                        )));
+                        continue;
+                    }
+                    status.running = Some(Running {
+                        kind: "restore".into(),
+                        trigger: "operator".into(),
+                        started_ms: ms(clock.now()),
+                    });
+                    let work = work.clone();
+                    restoring = Some(tokio::spawn(async move { work.restore(request, progress).await }));
+                    restore_reply = Some(reply);
+                }
             },
+            done = async { restoring.as_mut().expect("polled only when restoring").await }, if restoring.is_some() => {
+                restoring = None;
+                status.running = None;
+                let result = done.unwrap_or_else(|e| Err(format!("the job ended abnormally: {e}")));
+                if let Ok(inventory) = work.list().await {
+                    status.newest_full = newest_full(&inventory);
+                }
+                if let Some(reply) = restore_reply.take() {
+                    let _ = reply.send(result);
+                }
+            }
             done = async { job.as_mut().expect("polled only when running").await }, if job.is_some() => {
                 job = None;
                 status.running = None;
@@ -179,6 +291,25 @@ pub async fn run<W: Work, C: Clock>(
             }
         }
     }
+}
+
+/// A `psql -A -t` row of pg_stat_archiver: counts, times (ms) and the WAL
+/// that last failed, `|`-separated.
+fn parse_archiver(row: &str, checked_ms: u64) -> Option<ArchiverStatus> {
+    let f: Vec<&str> = row.split('|').collect();
+    if f.len() != 5 {
+        return None;
+    }
+    let ms = |t: &str| t.parse::<u64>().ok();
+    Some(ArchiverStatus {
+        checked_ms,
+        archived_count: f[0].parse().ok()?,
+        failed_count: f[1].parse().ok()?,
+        last_archived_ms: ms(f[2]),
+        last_failed_ms: ms(f[3]),
+        last_failed_wal: Some(f[4].to_string()).filter(|w| !w.is_empty()),
+        failing_since_ms: None,
+    })
 }
 
 /// The newest full of the local repository (repo1): the one verified.
@@ -262,16 +393,29 @@ fn start<W: Work, C: Clock>(
     })
 }
 
-/// The real work, with pgBackRest.
-#[derive(Clone)]
-pub struct PgBackRest {
+/// The real work, with pgBackRest; `services` stops and starts the API and
+/// PostgreSQL for a restore.
+pub struct PgBackRest<S> {
     pub runner: Runner,
     /// The offsite task, told of each new local full; None without `[backup.s3]`.
     pub offsite: Option<mpsc::Sender<String>>,
+    pub services: std::sync::Arc<S>,
 }
 
-impl Work for PgBackRest {
-    async fn backup(
+impl<S> Clone for PgBackRest<S> {
+    fn clone(&self) -> Self {
+        PgBackRest {
+            runner: self.runner.clone(),
+            offsite: self.offsite.clone(),
+            services: self.services.clone(),
+        }
+    }
+}
+
+impl<S: restore::Services> PgBackRest<S> {
+    /// Takes the backup and, for a full, verifies it: its label and the
+    /// verification's note.
+    async fn take(
         &self,
         kind: BackupKind,
         trigger: &'static str,
@@ -292,16 +436,6 @@ impl Work for PgBackRest {
         taken
     }
 
-    async fn list(&self) -> Result<Inventory, String> {
-        let out = self
-            .runner
-            .pgbackrest(&["--output=json".into(), "info".into()], true)
-            .await?;
-        info::parse(out.as_bytes())
-    }
-}
-
-impl PgBackRest {
     /// A backup in the local repository (repo1, pgBackRest's default),
     /// verified when it is a full.
     async fn backup_here(
@@ -366,6 +500,167 @@ impl PgBackRest {
             })?;
         // Taken either way; a failed verification shows in `verified`.
         Ok((label, Some(note)))
+    }
+
+    /// The newest timeline's history, from the repository.
+    async fn lineage(&self, repo: u32, inv: &Inventory) -> Result<restore::Lineage, String> {
+        let Some(id) = &inv.archive_id else {
+            return Ok(restore::Lineage::first());
+        };
+        let dir = format!("archive/{}/{id}", self.runner.settings().stanza);
+        let listing = self
+            .runner
+            .pgbackrest(
+                &[format!("--repo={repo}"), "repo-ls".into(), dir.clone()],
+                true,
+            )
+            .await?;
+        let latest = listing
+            .lines()
+            .filter_map(|l| l.trim().strip_suffix(".history"))
+            .filter_map(|h| u32::from_str_radix(h, 16).ok())
+            .max();
+        let Some(latest) = latest else {
+            return Ok(restore::Lineage::first());
+        };
+        let history = self
+            .runner
+            .pgbackrest(
+                &[
+                    format!("--repo={repo}"),
+                    "repo-get".into(),
+                    format!("{dir}/{latest:08X}.history"),
+                ],
+                true,
+            )
+            .await?;
+        Ok(restore::Lineage::parse(latest, &history))
+    }
+}
+
+impl<S: restore::Services> Work for PgBackRest<S> {
+    async fn backup(
+        &self,
+        kind: BackupKind,
+        trigger: &'static str,
+    ) -> Result<(String, Option<String>), String> {
+        let result = self.take(kind, trigger).await;
+        let (target, details) = match &result {
+            Ok((label, verified)) => (
+                label.clone(),
+                serde_json::json!({ "type": kind.name(), "trigger": trigger, "verified": verified }),
+            ),
+            Err(e) => (
+                kind.name().to_string(),
+                serde_json::json!({ "type": kind.name(), "trigger": trigger, "error": e }),
+            ),
+        };
+        // The database may be what failed: the log line says so then.
+        if let Err(e) = sql::audit(
+            &self.runner,
+            &format!("backup.{}", kind.name()),
+            &target,
+            result.is_ok(),
+            &details,
+        )
+        .await
+        {
+            tracing::warn!(error = e, "the backup is not in the audit log");
+        }
+        result
+    }
+
+    async fn restore(
+        &self,
+        request: restore::RestoreRequest,
+        progress: restore::Progress,
+    ) -> Result<String, String> {
+        let inventory = self.list().await?;
+        let lineage = self.lineage(request.repo, &inventory).await?;
+        let plan = restore::plan(&inventory, &lineage, &request, Utc::now())?;
+        if request.dry_run {
+            return Ok(plan.describe);
+        }
+        let result = restore::run(
+            &self.runner,
+            self.services.as_ref(),
+            &plan,
+            request.repo,
+            &progress,
+        )
+        .await;
+        match &result {
+            Ok(done) => tracing::info!(done, "restore finished"),
+            Err(e) => tracing::error!(error = e, "restore failed"),
+        }
+        result
+    }
+
+    async fn verify(&self, label: Option<String>) -> Result<String, String> {
+        let inventory = self.list().await?;
+        let backup = match &label {
+            Some(l) => inventory
+                .backups
+                .iter()
+                .find(|b| &b.label == l && b.repo == 1),
+            None => inventory
+                .backups
+                .iter()
+                .filter(|b| b.kind == "full" && b.repo == 1)
+                .max_by_key(|b| b.stopped_at),
+        }
+        .ok_or_else(|| match &label {
+            Some(l) => format!("there is no backup {l}; `phoenixctl backup list` shows them"),
+            None => "there is no full backup to verify yet".to_string(),
+        })?;
+        let label = backup.label.clone();
+        let verdict = verify::verify(&self.runner, &label, backup.size_bytes).await;
+        let note = verdict.annotation(&Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true));
+        let annotated = self
+            .runner
+            .pgbackrest(
+                &[
+                    "--repo=1".into(),
+                    format!("--set={label}"),
+                    format!("--annotation={}={note}", info::VERIFIED),
+                    "annotate".into(),
+                ],
+                false,
+            )
+            .await;
+        let ok = !matches!(verdict, Verdict::Failed(_));
+        let details = serde_json::json!({ "verified": note });
+        if let Err(e) = sql::audit(&self.runner, "backup.verify", &label, ok, &details).await {
+            tracing::warn!(error = e, "the verification is not in the audit log");
+        }
+        annotated.map_err(|e| format!("backup {label}: {note}; not annotated: {e}"))?;
+        if ok {
+            Ok(format!("backup {label}: {note}"))
+        } else {
+            tracing::error!(label, note, "a backup failed its verification");
+            Err(format!("backup {label}: {note}"))
+        }
+    }
+
+    async fn archiver(&self) -> Option<ArchiverStatus> {
+        let sql = "SELECT archived_count, failed_count, \
+                   coalesce((extract(epoch FROM last_archived_time) * 1000)::bigint::text, ''), \
+                   coalesce((extract(epoch FROM last_failed_time) * 1000)::bigint::text, ''), \
+                   coalesce(last_failed_wal, '') FROM pg_stat_archiver";
+        let out = self
+            .runner
+            .run(sql::psql(&self.runner, "postgres", sql), true)
+            .await
+            .ok()?;
+        parse_archiver(out.trim(), Utc::now().timestamp_millis().max(0) as u64)
+    }
+
+    async fn list(&self) -> Result<Inventory, String> {
+        let out = self
+            .runner
+            .pgbackrest(&["--output=json".into(), "info".into()], true)
+            .await?;
+        info::parse(out.as_bytes())
     }
 }
 

@@ -53,6 +53,25 @@ impl Work for FakeWork {
     async fn list(&self) -> Result<Inventory, String> {
         Ok(Inventory::default())
     }
+
+    async fn archiver(&self) -> Option<ArchiverStatus> {
+        None
+    }
+
+    async fn verify(&self, _label: Option<String>) -> Result<String, String> {
+        tokio::time::sleep(self.takes).await;
+        Ok("ok".into())
+    }
+
+    async fn restore(
+        &self,
+        _request: restore::RestoreRequest,
+        progress: restore::Progress,
+    ) -> Result<String, String> {
+        let _ = progress.send("restoring".into());
+        tokio::time::sleep(self.takes).await;
+        Ok("restored".into())
+    }
 }
 
 struct Harness {
@@ -174,7 +193,7 @@ async fn a_backup_still_running_is_not_started_twice() {
         .unwrap();
     let refused = rx.await.unwrap().unwrap_err();
     assert!(
-        refused.starts_with("a full backup (schedule) is running since 2026-12-01T02:00:00Z"),
+        refused.starts_with("a full backup (schedule) is running since 2026-12-01T02:00:00Z: not starting a backup now"),
         "{refused}"
     );
     advance(Duration::from_secs(2 * 3600)).await;
@@ -216,4 +235,97 @@ async fn an_operator_backup_replies_when_it_is_taken() {
     let status = h.status.lock().unwrap().clone();
     assert!(status.running.is_none());
     assert_eq!(status.last["full"].trigger, "operator");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restore_waits_for_no_backup_and_no_backup_starts_during_a_restore() {
+    let h = start(
+        "2026-12-01T01:59:00Z",
+        Duration::from_secs(600),
+        &[
+            (BackupKind::Full, "0 2 * * *"),
+            (BackupKind::Diff, "5 2 * * *"),
+        ],
+    );
+    advance(Duration::from_secs(120)).await;
+    let ask = |h: &Harness| {
+        let (tx, rx) = oneshot::channel();
+        let (progress, _) = mpsc::unbounded_channel();
+        let sent = h.requests.try_send(Request::Restore {
+            request: restore::RestoreRequest {
+                target: restore::Target::Latest,
+                repo: 1,
+                dry_run: false,
+            },
+            progress,
+            reply: tx,
+        });
+        assert!(sent.is_ok());
+        rx
+    };
+    let refused = ask(&h).await.unwrap().unwrap_err();
+    assert!(
+        refused.starts_with("a full backup (schedule) is running"),
+        "{refused}"
+    );
+    // After the full (02:00 to 02:10), a restore from 02:11 to 02:21; the
+    // 02:05 diff was skipped for the full, and a backup asked for during
+    // the restore is refused.
+    advance(Duration::from_secs(10 * 60)).await;
+    let restore = ask(&h);
+    advance(Duration::from_secs(5)).await;
+    assert_eq!(
+        h.status
+            .lock()
+            .unwrap()
+            .running
+            .as_ref()
+            .map(|r| r.kind.clone()),
+        Some("restore".to_string())
+    );
+    let (tx, rx) = oneshot::channel();
+    h.requests
+        .try_send(Request::Now {
+            kind: BackupKind::Full,
+            reply: tx,
+        })
+        .ok()
+        .unwrap();
+    let refused = rx.await.unwrap().unwrap_err();
+    assert!(
+        refused.starts_with("a restore (operator) is running since 2026-12-01T02:11:00Z"),
+        "{refused}"
+    );
+    assert_eq!(h.status.lock().unwrap().skipped, 1);
+    assert_eq!(restore.await.unwrap(), Ok("restored".to_string()));
+    assert!(h.status.lock().unwrap().running.is_none());
+}
+
+#[test]
+fn pg_stat_archiver_rows_read_as_failing_or_not() {
+    let ok = parse_archiver("12|0|1796090565000||", 1).unwrap();
+    assert_eq!(
+        (ok.archived_count, ok.last_archived_ms),
+        (12, Some(1796090565000))
+    );
+    assert!(!ok.failing());
+    let bad = parse_archiver(
+        "12|3|1796090565000|1796090600000|000000010000000000000009",
+        1,
+    )
+    .unwrap();
+    assert!(bad.failing());
+    assert_eq!(
+        bad.last_failed_wal.as_deref(),
+        Some("000000010000000000000009")
+    );
+    let recovered = parse_archiver(
+        "13|3|1796090700000|1796090600000|000000010000000000000009",
+        1,
+    )
+    .unwrap();
+    assert!(!recovered.failing());
+    let never = parse_archiver("0|2||1796090600000|000000010000000000000001", 1).unwrap();
+    assert!(never.failing());
+    assert!(parse_archiver("garbage", 1).is_none());
 }

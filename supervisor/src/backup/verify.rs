@@ -8,7 +8,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::job::Runner;
+use super::job::{Runner, rm_rf};
+use super::sql;
 
 /// What a verification found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +51,7 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 
 pub async fn verify(runner: &Runner, label: &str, size: u64) -> Verdict {
     let s = runner.settings();
-    if let Err(e) = runner
+    match runner
         .pgbackrest(
             &[
                 "--log-level-console=info".into(),
@@ -62,7 +63,12 @@ pub async fn verify(runner: &Runner, label: &str, size: u64) -> Verdict {
         )
         .await
     {
-        return Verdict::Failed(format!("pgbackrest verify: {e}"));
+        Err(e) => return Verdict::Failed(format!("pgbackrest verify: {e}")),
+        Ok(out) => {
+            if let Some(found) = verify_findings(&out) {
+                return Verdict::Failed(format!("pgbackrest verify: {found}"));
+            }
+        }
     }
     let need = room_needed(size);
     match free_bytes(&s.verify_dir) {
@@ -79,18 +85,7 @@ pub async fn verify(runner: &Runner, label: &str, size: u64) -> Verdict {
     let scratch = s.verify_dir.join(label);
     let outcome = test_restore(runner, label, &scratch).await;
     // Removed as PostgreSQL's user, which owns everything inside.
-    let _ = runner
-        .run(
-            vec![
-                "rm".into(),
-                "-rf".into(),
-                "--one-file-system".into(),
-                "--".into(),
-                scratch.display().to_string(),
-            ],
-            true,
-        )
-        .await;
+    let _ = runner.run(rm_rf(&scratch), true).await;
     match outcome {
         Ok(what) => Verdict::Ok(what),
         Err(why) => Verdict::Failed(why),
@@ -120,6 +115,7 @@ async fn test_restore(runner: &Runner, label: &str, scratch: &Path) -> Result<St
                 format!("--pg1-path={}", data.display()),
                 "--type=immediate".into(),
                 "--target-action=promote".into(),
+                "--recovery-option=recovery_target_timeline=current".into(),
                 "--archive-mode=off".into(),
                 "--log-level-console=warn".into(),
                 "restore".into(),
@@ -168,42 +164,9 @@ async fn test_restore(runner: &Runner, label: &str, scratch: &Path) -> Result<St
 /// the end of the backup and promoted, then counts rows of the API's tables.
 async fn query_when_promoted(runner: &Runner, socket: &str) -> Result<String, String> {
     let s = runner.settings();
-    let psql = |sql: &str| {
-        vec![
-            s.pg_bin.join("psql").display().to_string(),
-            "-X".into(),
-            "-A".into(),
-            "-t".into(),
-            "-q".into(),
-            "-v".into(),
-            "ON_ERROR_STOP=1".into(),
-            "-h".into(),
-            socket.to_string(),
-            "-p".into(),
-            s.pg_port.to_string(),
-            "-U".into(),
-            s.superuser.clone(),
-            "-d".into(),
-            s.database.clone(),
-            "-c".into(),
-            sql.to_string(),
-        ]
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    let mut last: String;
-    loop {
-        match runner.run(psql("SELECT pg_is_in_recovery()"), true).await {
-            Ok(out) if out.trim() == "f" => break,
-            Ok(out) => last = format!("still in recovery ({})", out.trim()),
-            Err(e) => last = e,
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!(
-                "the restored PostgreSQL did not come up in 600 s: {last}"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    sql::wait_promoted(runner, socket, &s.database, Duration::from_secs(600))
+        .await
+        .map_err(|last| format!("the restored PostgreSQL did not come up in 600 s: {last}"))?;
     let sql = if s.database == "postgres" {
         "SELECT 'databases ' || count(*) FROM pg_database"
     } else {
@@ -211,15 +174,54 @@ async fn query_when_promoted(runner: &Runner, socket: &str) -> Result<String, St
          (SELECT count(*) FROM agents) || ', audit rows ' || (SELECT count(*) FROM audit_log)"
     };
     let out = runner
-        .run(psql(sql), true)
+        .run(sql::psql_at(runner, socket, &s.database, sql), true)
         .await
         .map_err(|e| format!("the restored database does not answer: {e}"))?;
     Ok(out.trim().to_string())
 }
 
+/// What `pgbackrest verify` found wrong, from its report: 2.45 exits 0
+/// and says `status: invalid` with counts such as `checksum invalid: 1`.
+pub fn verify_findings(report: &str) -> Option<String> {
+    let bad: Vec<&str> = report
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.contains("status: invalid")
+                || ["checksum invalid:", "size invalid:", "missing:", "other:"]
+                    .iter()
+                    .any(|k| {
+                        l.split(k)
+                            .nth(1)
+                            .and_then(|n| n.trim().split(|c: char| !c.is_ascii_digit()).next())
+                            .and_then(|n| n.parse::<u64>().ok())
+                            .is_some_and(|n| n > 0)
+                    })
+        })
+        .collect();
+    (!bad.is_empty()).then(|| bad.join("; "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verify_report_with_invalid_files_is_a_failure() {
+        let bad = "2026-12-01 03:39:27.998 P00   INFO: stanza: phoenix\n\
+                   status: error\n\
+                   backup: 20261201-020242F, status: invalid, total files checked: 964, total valid files: 963\n\
+                   checksum invalid: 1\n";
+        let found = verify_findings(bad).unwrap();
+        assert!(
+            found.contains("status: invalid") && found.contains("checksum invalid: 1"),
+            "{found}"
+        );
+        let good = "backup: 20261201-020242F, status: valid, total files checked: 964, total valid files: 964\n\
+                    archiveId: 15-1, total WAL checked: 3, total valid WAL: 3\n";
+        assert_eq!(verify_findings(good), None);
+        assert_eq!(verify_findings("missing: 0\nchecksum invalid: 0\n"), None);
+    }
 
     #[test]
     fn room_for_a_restore_has_a_margin() {

@@ -1069,7 +1069,10 @@ impl Supervisor {
             Request::Status | Request::Health => Response::Snapshot(Box::new(self.snapshot())),
             // run.rs hands these to the backup task; they reach the loop
             // only if that changes.
-            Request::BackupNow { .. } | Request::BackupList => {
+            Request::BackupNow { .. }
+            | Request::BackupList
+            | Request::BackupVerify { .. }
+            | Request::Restore(_) => {
                 Response::Error("backup requests are answered by the backup task".into())
             }
             Request::Reload => match self.reload() {

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod restore;
 use phoenix_supervisor::control::{Request, Response, call};
 use phoenix_supervisor::health::{Status, certificate_check, health_document, service_status};
 use phoenix_supervisor::status::{CertificateStatus, Level, ScalingStatus, Snapshot, now_ms};
@@ -58,6 +60,27 @@ enum Cmd {
         #[command(subcommand)]
         action: BackupCmd,
     },
+    /// Restore PostgreSQL to a point in time, a backup, or the latest state.
+    /// Run bare in a terminal, it asks; the API and PostgreSQL are stopped
+    /// meanwhile, and the old data directory is kept aside.
+    Restore {
+        /// The moment to restore: every transaction committed by then
+        /// (RFC 3339, or "YYYY-MM-DD HH:MM:SS" in UTC).
+        #[arg(long, conflicts_with_all = ["backup", "latest"])]
+        to: Option<String>,
+        /// A backup as it ended (a label from `phoenixctl backup list`).
+        #[arg(long, conflicts_with = "latest")]
+        backup: Option<String>,
+        /// The newest backup and all archived WAL after it.
+        #[arg(long)]
+        latest: bool,
+        /// The repository to restore from.
+        #[arg(long, default_value = "local", value_parser = ["local", "s3"])]
+        from: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -70,6 +93,12 @@ enum BackupCmd {
     },
     /// The backups in each repository, oldest first, with sizes and verification.
     List,
+    /// Verify a backup again (`pgbackrest verify` and a test restore); the
+    /// newest full when none is named. Exit 1 when it fails.
+    Verify {
+        /// A label from `phoenixctl backup list`.
+        label: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -80,6 +109,16 @@ enum CertsCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Restore {
+        to,
+        backup,
+        latest,
+        from,
+        yes,
+    } = &cli.command
+    {
+        return restore::run(&cli.socket, to, backup, *latest, from, *yes);
+    }
     let request = match &cli.command {
         Cmd::Status => Request::Status,
         Cmd::Health => Request::Health,
@@ -103,6 +142,12 @@ fn main() -> ExitCode {
         Cmd::Backup {
             action: BackupCmd::List,
         } => Request::BackupList,
+        Cmd::Backup {
+            action: BackupCmd::Verify { label },
+        } => Request::BackupVerify {
+            label: label.clone(),
+        },
+        Cmd::Restore { .. } => unreachable!("handled above"),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -122,6 +167,11 @@ fn main() -> ExitCode {
         }
         (Response::Error(msg), _) => {
             eprintln!("error: {msg}");
+            ExitCode::from(1)
+        }
+        (Response::Progress(step), _) => {
+            // Only a reply comes here; progress lines are read before it.
+            println!("{step}");
             ExitCode::from(1)
         }
         (Response::Backups(inventory), _) => {
@@ -301,7 +351,7 @@ fn print_scaling(triggers: &[ScalingStatus]) {
     }
 }
 
-fn print_backups(inv: &phoenix_supervisor::backup::info::Inventory) {
+pub(crate) fn print_backups(inv: &phoenix_supervisor::backup::info::Inventory) {
     if inv.backups.is_empty() {
         println!("no backups yet ({})", inv.status);
         return;
