@@ -96,6 +96,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         heartbeat: heartbeat.clone(),
         renew_certificate,
         https_port,
+        reloaded: reschedule_backups(config.backup.as_ref(), backups.clone()),
     };
     let socket = config.supervisor.control_socket();
     let run_dir = config.supervisor.run_dir.clone();
@@ -295,11 +296,7 @@ fn spawn_offsite_task(
             (work.clone(), rx.clone(), reports.clone(), target.clone());
         async move {
             let mut rx = rx.lock().await;
-            let known = work
-                .runner
-                .pgbackrest(&["--output=json".into(), "info".into()], true)
-                .await
-                .and_then(|out| backup::info::parse(out.as_bytes()));
+            let known = work.runner.info_all().await;
             let (pending, last_success) = known
                 .map(|inventory| backup::offsite::starting_point(&inventory))
                 .unwrap_or_default();
@@ -359,6 +356,41 @@ impl Reports {
             let _ = self.events.send(Event::Backup(Box::new(status)));
         }
     }
+}
+
+/// What a reload tells the backup task: changed schedules (every other
+/// `[backup]` setting reaches pgBackRest through its generated file).
+fn reschedule_backups(
+    settings: Option<&crate::config::BackupSettings>,
+    backups: Option<mpsc::Sender<backup::Request>>,
+) -> Box<dyn Fn(&crate::config::Config) + Send> {
+    let (Some(settings), Some(backups)) = (settings, backups) else {
+        return Box::new(|new| {
+            if new.backup.is_some() {
+                tracing::warn!(
+                    "[backup] was off when the supervisor started: restart it to take backups"
+                );
+            }
+        });
+    };
+    let running = std::sync::Mutex::new(settings.schedules.clone());
+    Box::new(move |new| {
+        let Some(schedules) = new.backup.as_ref().map(|b| b.schedules.clone()) else {
+            tracing::warn!(
+                "[backup] is off in the reloaded file: backups stop at the next start of the supervisor"
+            );
+            return;
+        };
+        let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
+        if *running == schedules {
+            return;
+        }
+        let timetable = backup::schedule::Timetable::new(&schedules);
+        match backups.try_send(backup::Request::Reschedule(timetable)) {
+            Ok(()) => *running = schedules,
+            Err(e) => tracing::error!(error = %e, "the backup task did not take the new schedules"),
+        }
+    })
 }
 
 fn ask_backup_task(

@@ -344,6 +344,7 @@ pub struct OffsiteCopy {
     /// Objects of the appliance's state uploaded; None when the state was
     /// not (yet) part of this copy (after a restart: read from repo2).
     pub state_objects: Option<u64>,
+}
 
 /// What `pg_stat_archiver` said, with when it was asked.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -839,6 +839,58 @@ impl Stack {
         self.login(username, &password)
     }
 
+    /// `psql -A -t -c SQL` as the superuser over the unix socket, in the
+    /// `postgres` database; its output, trimmed. Fails the test on an error.
+    pub fn psql(&self, sql: &str) -> String {
+        let password =
+            std::fs::read_to_string(self.sup.path("state/secrets/postgres-superuser-password"))
+                .expect("the superuser password");
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "--",
+            ])
+            .arg("/usr/lib/postgresql/15/bin/psql")
+            .args(["-X", "-A", "-t", "-h"])
+            .arg(self.sup.path("run/postgres"))
+            .args([
+                "-p",
+                &self.ports.pg.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
+            .env("PGPASSWORD", password.trim())
+            .current_dir("/")
+            .output()
+            .expect("psql runs");
+        assert!(out.status.success(), "{}", output_text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The user names the API lists (as admin), sorted.
+    pub fn usernames(&self) -> Vec<String> {
+        let admin = self.admin_token();
+        let r = self.get(Some(&admin), "/api/v1/users");
+        assert_eq!(r.status, 200, "{r:?}");
+        let list = r.body["users"]
+            .as_array()
+            .or(r.body.as_array())
+            .cloned()
+            .unwrap_or_default();
+        let mut names: Vec<String> = list
+            .iter()
+            .filter_map(|u| u["username"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Logs in as the admin and creates the operator `olivia` and the viewer
     /// `victor`; the three tokens.
     pub fn users(&self) -> Users {
@@ -1185,8 +1237,6 @@ impl S3Server {
         }
     }
 
-
-
     /// moto (again) on the same port, with the buckets made so far.
     pub fn up(&mut self) {
         let log = std::fs::OpenOptions::new()
@@ -1221,4 +1271,13 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.down();
     }
+}
+
+/// A finished command's stdout and stderr, one after the other.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

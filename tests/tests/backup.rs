@@ -4,7 +4,7 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use phoenix_tests::{Stack, Supervisor, wait_until};
+use phoenix_tests::{Stack, Supervisor, output_text as text, wait_until};
 
 /// pgBackRest run by hand as PostgreSQL's user with the supervisor's
 /// generated configuration, as an operator would to look around.
@@ -27,14 +27,6 @@ fn pgbackrest(s: &Stack, args: &[&str]) -> Output {
         .current_dir("/")
         .output()
         .expect("pgbackrest runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 #[test]
@@ -173,37 +165,6 @@ fn backup_commands_say_clearly_when_backups_are_off_or_the_type_is_wrong() {
 }
 
 /// psql as PostgreSQL's superuser over the stack's socket.
-fn psql(s: &Stack, sql: &str) -> String {
-    let password = std::fs::read_to_string(s.sup.path("state/secrets/postgres-superuser-password"))
-        .expect("the superuser password");
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=postgres",
-            "--regid=postgres",
-            "--init-groups",
-            "--",
-        ])
-        .arg("/usr/lib/postgresql/15/bin/psql")
-        .args(["-X", "-A", "-t", "-h"])
-        .arg(s.sup.path("run/postgres"))
-        .args([
-            "-p",
-            &s.ports.pg.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-            "-c",
-            sql,
-        ])
-        .env("PGPASSWORD", password.trim())
-        .current_dir("/")
-        .output()
-        .expect("psql runs");
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn wal_archiving_that_fails_shows_in_health_until_it_works_again() {
     let ports = phoenix_tests::StackPorts::free();
@@ -223,7 +184,7 @@ fn wal_archiving_that_fails_shows_in_health_until_it_works_again() {
     let repo = s.sup.path("state/backup/repo");
     let away = s.sup.path("state/backup/repo.away");
     std::fs::rename(&repo, &away).unwrap();
-    psql(&s, "SELECT pg_switch_wal()");
+    s.psql("SELECT pg_switch_wal()");
     let failing = wait_until("archiving seen failing", Duration::from_secs(60), || {
         let c = check(&s);
         (c["status"] == "warn").then_some(c)
@@ -283,4 +244,165 @@ fn verify_finds_a_corrupted_backup_file_and_health_warns() {
     let out = s.sup.ctl(&["backup", "verify", "20990101-000000F"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("there is no backup 20990101-000000F"));
+}
+
+#[test]
+fn the_test_restore_catches_a_backup_that_passes_verify_but_cannot_start() {
+    let s = Stack::start("");
+    s.sup
+        .wait_state("backup-stanza", "exited", Duration::from_secs(60));
+    // postgresql.auto.conf is part of the backup: a library that does not
+    // exist keeps every copy of it from starting, while the running server,
+    // not restarted, carries on. Every file's checksum is right.
+    s.psql("ALTER SYSTEM SET shared_preload_libraries = 'phoenix_no_such_library'");
+    let out = s.sup.ctl(&["backup", "now", "--type", "full"]);
+    let said = text(&out);
+    assert!(
+        said.contains("the restored PostgreSQL did not start")
+            && said.contains("phoenix_no_such_library"),
+        "{said}"
+    );
+    s.psql("ALTER SYSTEM RESET shared_preload_libraries");
+    let (_, health) = s.sup.health();
+    let verified = &health["checks"]["backup:verified"][0];
+    assert_eq!(verified["status"], "warn", "{health}");
+    let list: serde_json::Value =
+        serde_json::from_str(&Supervisor::ok(&s.sup.ctl(&["--json", "backup", "list"]))).unwrap();
+    let note = list["backups"][0]["verified"].as_str().unwrap();
+    assert!(note.starts_with("failed at "), "{note}");
+    assert!(
+        !s.sup
+            .path("state/backup/verify")
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
+        "the scratch directory is removed"
+    );
+}
+
+fn local_fulls(s: &Stack) -> Vec<String> {
+    let list: serde_json::Value =
+        serde_json::from_str(&Supervisor::ok(&s.sup.ctl(&["--json", "backup", "list"]))).unwrap();
+    list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["type"] == "full" && b["repo"] == 1)
+        .map(|b| b["label"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn retention_keeps_what_the_policy_says_and_waits_for_a_verified_full() {
+    let s = Stack::start("[backup]\nretention_full_count = 2\n");
+    s.sup
+        .wait_state("backup-stanza", "exited", Duration::from_secs(60));
+    let oldest_wal = || {
+        let list: serde_json::Value =
+            serde_json::from_str(&Supervisor::ok(&s.sup.ctl(&["--json", "backup", "list"])))
+                .unwrap();
+        list["wal"][0]["min"].as_str().unwrap().to_string()
+    };
+    Supervisor::ok(&s.sup.ctl(&["backup", "now", "--type", "full"]));
+    let first = local_fulls(&s);
+    let wal_before = oldest_wal();
+    for _ in 0..2 {
+        Supervisor::ok(&s.sup.ctl(&["backup", "now", "--type", "full"]));
+    }
+    let kept = local_fulls(&s);
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(
+        !kept.contains(&first[0]),
+        "the oldest full expired: {kept:?}"
+    );
+    // The WAL only the expired full needed went with it.
+    let wal_after = oldest_wal();
+    assert!(wal_after > wal_before, "{wal_before} then {wal_after}");
+
+    // The newest full fails its test restore: nothing is expired, so the
+    // newest verified full stays.
+    s.psql("ALTER SYSTEM SET shared_preload_libraries = 'phoenix_no_such_library'");
+    let said = text(&s.sup.ctl(&["backup", "now", "--type", "full"]));
+    assert!(said.contains("did not start"), "{said}");
+    s.psql("ALTER SYSTEM RESET shared_preload_libraries");
+    let held = local_fulls(&s);
+    assert_eq!(held.len(), 3, "{held:?}");
+    assert_eq!(held[..2], kept[..], "{held:?}");
+    assert!(
+        s.sup.stderr().contains("retention held back"),
+        "the hold is logged"
+    );
+
+    // A verified full again: the policy applies.
+    Supervisor::ok(&s.sup.ctl(&["backup", "now", "--type", "full"]));
+    let after = local_fulls(&s);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_eq!(after[0], held[2], "{after:?}");
+}
+
+#[test]
+fn a_supervisor_killed_during_a_backup_leaves_no_half_backup_listed_and_the_next_succeeds() {
+    // PostgreSQL and the API only: what a backup touches.
+    let ports = phoenix_tests::StackPorts::free();
+    let config = format!(
+        "[postgres]\nport = {}\n[prometheus]\nenable = false\n[pushgateway]\nenable = false\n\
+         [api]\nlisten = \"127.0.0.1:{}\"\nagent_listen = \"127.0.0.1:{}\"\n[tls]\n{}\n\
+         [backup]\ncompress = \"gz\"\nverify = false\n",
+        ports.pg,
+        ports.api,
+        ports.agent,
+        ports.http_listen()
+    );
+    let mut s = Stack::started(Supervisor::config(&config), ports);
+    s.sup
+        .wait_state("backup-stanza", "exited", Duration::from_secs(60));
+    // Enough data, gzip-compressed, that the copy is under way for a while.
+    s.psql(
+        "CREATE TABLE ballast AS SELECT g, md5(g::text) || repeat(md5(random()::text), 20) AS pad \
+         FROM generate_series(1, 200000) g",
+    );
+    let mut backup = Command::new(phoenix_tests::bin("phoenixctl"))
+        .args(["--socket"])
+        .arg(s.sup.socket())
+        .args(["backup", "now", "--type", "full"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sets = s.sup.path("state/backup/repo/backup/phoenix");
+    phoenix_tests::wait_until("files being copied", Duration::from_secs(60), || {
+        std::fs::read_dir(&sets)
+            .ok()?
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().ends_with('F'))
+            .and_then(|e| std::fs::read_dir(e.path().join("pg_data/base")).ok())
+            .map(|_| ())
+    });
+    s.sup.signal(nix::sys::signal::Signal::SIGKILL);
+    s.sup.wait_exit(Duration::from_secs(5));
+    let _ = backup.wait();
+    // pgBackRest died with the supervisor.
+    let ours = format!(
+        "pgbackrest --config-path={}.*--type=full",
+        s.sup.path("state/generated/pgbackrest").display()
+    );
+    phoenix_tests::wait_until("pgbackrest gone", Duration::from_secs(30), || {
+        let out = Command::new("pgrep").args(["-f", &ours]).output().unwrap();
+        (!out.status.success()).then_some(())
+    });
+
+    s.sup.start();
+    s.sup.wait_all_ready(Duration::from_secs(180));
+    assert!(
+        local_fulls(&s).is_empty(),
+        "the half-done backup is not listed"
+    );
+    let said = Supervisor::ok(&s.sup.ctl(&["backup", "now", "--type", "full"]));
+    assert!(said.starts_with("full backup 2"), "{said}");
+    assert_eq!(local_fulls(&s).len(), 1);
+    let (_, health) = s.sup.health();
+    assert_eq!(
+        health["checks"]["backup:age"][0]["status"], "pass",
+        "{health}"
+    );
 }

@@ -135,6 +135,22 @@ fn a_full_backup_lands_in_both_repositories_with_wal_and_the_appliance_state_in_
     let status = s.sup.status().to_string();
     assert!(!status.contains(S3_TEST_SECRET));
     assert!(!s.sup.stderr().contains(S3_TEST_SECRET));
+
+    // The local repository is lost; S3 alone brings back everything,
+    // including a user added after the copy (its WAL reaches the bucket).
+    let admin = s.admin_token();
+    s.user_token(&admin, "after_the_copy", "viewer");
+    let before = s.usernames();
+    assert!(before.contains(&"after_the_copy".to_string()), "{before:?}");
+    let repo = s.sup.path("state/backup/repo");
+    for entry in std::fs::read_dir(&repo).unwrap() {
+        std::fs::remove_dir_all(entry.unwrap().path()).unwrap();
+    }
+    let out = s.sup.ctl(&["restore", "--latest", "--from", "s3", "--yes"]);
+    let said = Supervisor::ok(&out);
+    assert!(said.contains("from the S3 repository"), "{said}");
+    s.sup.wait_all_ready(Duration::from_secs(180));
+    assert_eq!(s.usernames(), before);
 }
 
 #[test]

@@ -36,23 +36,6 @@ fn chrono_like(ms: i64) -> String {
     )
 }
 
-fn usernames(s: &Stack) -> Vec<String> {
-    let admin = s.admin_token();
-    let r = s.get(Some(&admin), "/api/v1/users");
-    assert_eq!(r.status, 200, "{r:?}");
-    let list = r.body["users"]
-        .as_array()
-        .or(r.body.as_array())
-        .cloned()
-        .unwrap_or_default();
-    let mut names: Vec<String> = list
-        .iter()
-        .filter_map(|u| u["username"].as_str().map(str::to_string))
-        .collect();
-    names.sort();
-    names
-}
-
 fn add_user(s: &Stack, name: &str) {
     let admin = s.admin_token();
     s.user_token(&admin, name, "viewer");
@@ -85,7 +68,7 @@ fn restore_to_a_time_brings_back_exactly_what_was_committed_by_then() {
 
     let said = restore(&s, &["--to", &t]);
     assert!(said.starts_with("restored the state of "), "{said}");
-    let names = usernames(&s);
+    let names = s.usernames();
     assert!(names.contains(&"before1".to_string()), "{names:?}");
     assert!(!names.contains(&"after1".to_string()), "{names:?}");
     // The old data is kept aside, whole.
@@ -112,7 +95,7 @@ fn restore_to_a_time_brings_back_exactly_what_was_committed_by_then() {
     Supervisor::ok(&s.sup.ctl(&["backup", "now"]));
     add_user(&s, "after2");
     restore(&s, &["--to", &t]);
-    let names = usernames(&s);
+    let names = s.usernames();
     assert!(names.contains(&"before1".to_string()), "{names:?}");
     assert!(!names.contains(&"after2".to_string()), "{names:?}");
 
@@ -123,7 +106,7 @@ fn restore_to_a_time_brings_back_exactly_what_was_committed_by_then() {
     std::thread::sleep(Duration::from_millis(300));
     add_user(&s, "last2");
     restore(&s, &["--to", &t2]);
-    let names = usernames(&s);
+    let names = s.usernames();
     assert!(names.contains(&"last1".to_string()), "{names:?}");
     assert!(!names.contains(&"last2".to_string()), "{names:?}");
 
@@ -136,7 +119,7 @@ fn restore_to_a_time_brings_back_exactly_what_was_committed_by_then() {
         said.starts_with(&format!("restored backup {first} as it ended")),
         "{said}"
     );
-    let names = usernames(&s);
+    let names = s.usernames();
     assert!(!names.contains(&"before1".to_string()), "{names:?}");
 }
 
@@ -215,16 +198,59 @@ fn a_supervisor_killed_during_a_restore_leaves_the_old_data_whole_and_the_stack_
 
     s.sup.start();
     s.sup.wait_all_ready(Duration::from_secs(180));
-    let names = usernames(&s);
+    let names = s.usernames();
     for name in ["kept1", "kept2"] {
         assert!(names.contains(&name.to_string()), "{name} in {names:?}");
     }
     // And the next restore goes through.
     let said = restore_latest(&s);
     assert!(said.starts_with("restored backup "), "{said}");
-    assert!(usernames(&s).contains(&"kept2".to_string()));
+    assert!(s.usernames().contains(&"kept2".to_string()));
 }
 
 fn restore_latest(s: &Stack) -> String {
     restore(s, &["--latest"])
+}
+
+#[test]
+fn after_the_data_directory_is_lost_a_restore_loses_at_most_the_archive_timeout() {
+    // archive_timeout 20 s instead of the default 60 s, to keep the test short.
+    let ports = phoenix_tests::StackPorts::free();
+    let config = format!(
+        "[postgres]\nport = {}\n[prometheus]\nenable = false\n[pushgateway]\nenable = false\n\
+         [api]\nlisten = \"127.0.0.1:{}\"\nagent_listen = \"127.0.0.1:{}\"\n[tls]\n{}\n\
+         [backup]\nverify = false\narchive_timeout = \"20s\"\n",
+        ports.pg,
+        ports.api,
+        ports.agent,
+        ports.http_listen()
+    );
+    let mut s = Stack::started(Supervisor::config(&config), ports);
+    s.sup
+        .wait_state("backup-stanza", "exited", Duration::from_secs(60));
+    s.psql("CREATE TABLE rpo (t timestamptz NOT NULL DEFAULT clock_timestamp())");
+    Supervisor::ok(&s.sup.ctl(&["backup", "now", "--type", "full"]));
+    // A steady write load: one committed row every 100 ms for 45 s.
+    s.psql(
+        "DO $$ BEGIN FOR i IN 1..450 LOOP INSERT INTO rpo DEFAULT VALUES; COMMIT; \
+         PERFORM pg_sleep(0.1); END LOOP; END $$",
+    );
+    let last = s.psql("SELECT extract(epoch FROM max(t)) FROM rpo");
+    // The machine's disk is lost: everything stops, the data directory goes.
+    s.sup.signal(nix::sys::signal::Signal::SIGTERM);
+    s.sup.wait_exit(Duration::from_secs(60));
+    std::fs::remove_dir_all(s.sup.path("state/postgres/data")).unwrap();
+
+    // A new, empty cluster starts; the restore replaces it.
+    s.sup.start();
+    s.sup.wait_state("api", "ready", Duration::from_secs(120));
+    let said = restore(&s, &["--latest"]);
+    assert!(said.starts_with("restored backup "), "{said}");
+    let restored = s.psql("SELECT extract(epoch FROM max(t)) FROM rpo");
+    let lost = last.parse::<f64>().unwrap() - restored.parse::<f64>().unwrap();
+    println!("RPO: the last {lost:.1} s of commits were lost (archive_timeout 20 s)");
+    assert!(
+        (0.0..=25.0).contains(&lost),
+        "lost {lost:.1} s: last commit {last}, newest restored {restored}"
+    );
 }

@@ -54,7 +54,33 @@ pub fn folder_name(rfc3339: &str) -> String {
     rfc3339.chars().filter(|c| *c != '-' && *c != ':').collect()
 }
 
+/// How long the reachability probe waits for the bucket.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 impl Uploader {
+    /// Whether the bucket answers (HeadBucket, within 15 s): a copy to an
+    /// S3 that is down fails at once with why, instead of in pgBackRest's
+    /// retries.
+    pub async fn reachable(&self) -> Result<(), String> {
+        let client = client(&self.s3).await?;
+        let head = client.head_bucket().bucket(&self.s3.bucket).send();
+        match tokio::time::timeout(PROBE_TIMEOUT, head).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!(
+                "S3 bucket {} at {}: {}",
+                self.s3.bucket,
+                self.s3.endpoint_url(),
+                aws_sdk_s3::error::DisplayErrorContext(&e)
+            )),
+            Err(_) => Err(format!(
+                "S3 bucket {} at {}: no answer in {} s",
+                self.s3.bucket,
+                self.s3.endpoint_url(),
+                PROBE_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
     /// Uploads to `<time>/` and `latest/`; returns the objects written.
     pub async fn upload(&self, local: &str, remote: &str, at: &str) -> Result<u64, String> {
         let files = collect(&self.s3.state);

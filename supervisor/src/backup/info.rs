@@ -62,6 +62,26 @@ pub struct Inventory {
     pub wal: Vec<WalRange>,
     /// pgBackRest's own status message ("ok", "no valid backups", ...).
     pub status: String,
+    /// Repositories that could not be read, with why (S3 down): what they
+    /// hold is missing from this inventory.
+    #[serde(default)]
+    pub unreachable: Vec<String>,
+    /// The system identifier of the cluster the stanza now backs up.
+    #[serde(default)]
+    pub system_id: Option<u64>,
+}
+
+impl Inventory {
+    /// This inventory with another repository's added.
+    pub fn with(mut self, other: Inventory) -> Inventory {
+        self.backups.extend(other.backups);
+        self.backups.sort_by_key(|b| (b.stopped_at, b.repo));
+        self.wal.extend(other.wal);
+        self.archive_id = self.archive_id.or(other.archive_id);
+        self.unreachable.extend(other.unreachable);
+        self.system_id = self.system_id.or(other.system_id);
+        self
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,8 +96,17 @@ struct Stanza {
     #[serde(default)]
     archive: Vec<Archive>,
     #[serde(default)]
+    db: Vec<Db>,
+    #[serde(default)]
     backup: Vec<RawBackup>,
     status: Status,
+}
+
+#[derive(Deserialize)]
+struct Db {
+    id: u32,
+    #[serde(rename = "system-id")]
+    system_id: u64,
 }
 
 #[derive(Deserialize)]
@@ -195,6 +224,7 @@ pub fn parse(json: &[u8]) -> Result<Inventory, String> {
         .collect();
     backups.sort_by_key(|b| (b.stopped_at, b.repo));
     let archive_id = stanza.archive.iter().find_map(|a| a.id.clone());
+    let system_id = stanza.db.iter().max_by_key(|d| d.id).map(|d| d.system_id);
     let wal = stanza
         .archive
         .into_iter()
@@ -211,6 +241,8 @@ pub fn parse(json: &[u8]) -> Result<Inventory, String> {
         backups,
         wal,
         status: stanza.status.message,
+        unreachable: Vec::new(),
+        system_id,
     })
 }
 
@@ -247,6 +279,7 @@ mod tests {
         assert_eq!(inv.wal[0].max, "000000010000000000000005");
         assert_eq!((full.timeline, full.stop_lsn), (1, 0x3000050));
         assert_eq!(inv.archive_id.as_deref(), Some("15-1"));
+        assert_eq!(inv.system_id, Some(7714150211966788100));
         assert_eq!(parse_lsn("1A/0000FF00"), Some((0x1a << 32) | 0xff00));
         assert_eq!(timeline_of("0000000300000000000000A1"), Some(3));
     }

@@ -25,6 +25,10 @@ pub struct Runner {
     backups: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// How long a listing waits for S3 before it shows the local repository
+/// alone.
+const REMOTE_INFO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// At most this much of stdout is kept.
 const STDOUT_LIMIT: usize = 16 << 20;
 
@@ -64,6 +68,48 @@ impl Runner {
         ];
         argv.extend(args.iter().cloned());
         self.run(argv, quiet).await
+    }
+
+    /// What one repository holds (`pgbackrest info --repo=N`): asking for
+    /// one never waits on another, such as an S3 that is down.
+    pub async fn info(&self, repo: u32) -> Result<super::info::Inventory, String> {
+        let out = self
+            .pgbackrest(
+                &[
+                    "--output=json".into(),
+                    format!("--repo={repo}"),
+                    "info".into(),
+                ],
+                true,
+            )
+            .await?;
+        super::info::parse(out.as_bytes())
+    }
+
+    /// Every repository: the local one must answer; S3 (repo2), when
+    /// configured, is given `REMOTE_INFO_TIMEOUT` and otherwise listed as
+    /// unreachable.
+    pub async fn info_all(&self) -> Result<super::info::Inventory, String> {
+        let local = self.info(1).await?;
+        if self.settings.s3.is_none() {
+            return Ok(local);
+        }
+        Ok(
+            match tokio::time::timeout(REMOTE_INFO_TIMEOUT, self.info(2)).await {
+                Ok(Ok(remote)) => local.with(remote),
+                Ok(Err(e)) => local.with(super::info::Inventory {
+                    unreachable: vec![format!("S3 (repo2): {e}")],
+                    ..Default::default()
+                }),
+                Err(_) => local.with(super::info::Inventory {
+                    unreachable: vec![format!(
+                        "S3 (repo2): no answer in {} s",
+                        REMOTE_INFO_TIMEOUT.as_secs()
+                    )],
+                    ..Default::default()
+                }),
+            },
+        )
     }
 
     /// Runs `argv` as PostgreSQL's user with the superuser's password in

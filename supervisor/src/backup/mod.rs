@@ -50,6 +50,26 @@ pub enum Request {
         progress: restore::Progress,
         reply: oneshot::Sender<Result<String, String>>,
     },
+    /// The schedules changed (`phoenixctl reload`): what is due next is
+    /// worked out again from now.
+    Reschedule(Timetable),
+}
+
+/// Refuses `doing` while a backup, verification or restore runs: the
+/// error says what runs and since when.
+fn busy(status: &BackupStatus, doing: &str) -> Result<(), String> {
+    let Some(running) = &status.running else {
+        return Ok(());
+    };
+    let since = DateTime::<Utc>::from_timestamp_millis(running.started_ms as i64)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+        .unwrap_or_default();
+    Err(format!(
+        "a {} ({}) is running since {since}: not {doing} now; \
+         `phoenixctl status` shows when it ends",
+        running.what(),
+        running.trigger,
+    ))
 }
 
 fn ms(t: DateTime<Utc>) -> u64 {
@@ -78,7 +98,12 @@ pub trait Work: Clone + Send + Sync + 'static {
         kind: BackupKind,
         trigger: &'static str,
     ) -> impl std::future::Future<Output = Result<(String, Option<String>), String>> + Send;
+    /// Every repository (S3 listed as unreachable when it does not answer).
     fn list(&self) -> impl std::future::Future<Output = Result<Inventory, String>> + Send;
+    /// The local repository alone: what the task's status is made of.
+    fn local(&self) -> impl std::future::Future<Output = Result<Inventory, String>> + Send {
+        self.list()
+    }
     /// pg_stat_archiver, when PostgreSQL answers.
     fn archiver(&self) -> impl std::future::Future<Output = Option<ArchiverStatus>> + Send;
     fn restore(
@@ -112,7 +137,7 @@ fn archive_check_interval() -> Duration {
 /// Runs until the process ends. `report` gets the status after every change.
 pub async fn run<W: Work, C: Clock>(
     work: W,
-    timetable: Timetable,
+    mut timetable: Timetable,
     clock: C,
     requests: &mut mpsc::Receiver<Request>,
     report: impl Fn(&BackupStatus),
@@ -121,7 +146,7 @@ pub async fn run<W: Work, C: Clock>(
         since_ms: ms(clock.now()),
         ..BackupStatus::default()
     };
-    if let Ok(inventory) = work.list().await {
+    if let Ok(inventory) = work.local().await {
         status.newest_full = newest_full(&inventory);
     }
     let mut due = timetable.next_after(clock.now());
@@ -186,16 +211,8 @@ pub async fn run<W: Work, C: Clock>(
             }
             Some(request) = requests.recv() => match request {
                 Request::Now { kind, reply } => {
-                    if let Some(running) = &status.running {
-                        let _ = reply.send(Err(format!(
-                            "a {} ({}) is running since {}: not starting a backup now; \
-                             `phoenixctl status` shows when it ends",
-                            running.what(),
-                            running.trigger,
-                            DateTime::<Utc>::from_timestamp_millis(running.started_ms as i64)
-                                .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
-                                .unwrap_or_default()
-                        )));
+                    if let Err(e) = busy(&status, "starting a backup") {
+                        let _ = reply.send(Err(e));
                         continue;
                     }
                     job = Some(start(&work, &clock, kind, "operator", &mut status));
@@ -208,47 +225,41 @@ pub async fn run<W: Work, C: Clock>(
                     });
                 }
                 Request::Verify { label, reply } => {
-                    if let Some(running) = &status.running {
-                        let _ = reply.send(Err(format!(
-                            "a {} ({}) is running: not verifying now; try again when it has ended",
-                            running.what(),
-                            running.trigger
-                        )));
+                    if let Err(e) = busy(&status, "verifying") {
+                        let _ = reply.send(Err(e));
                         continue;
                     }
-                    status.running = Some(Running {
-                        kind: "verify".into(),
-                        trigger: "operator".into(),
-                        started_ms: ms(clock.now()),
-                    });
                     let work = work.clone();
-                    restoring = Some(tokio::spawn(async move { work.verify(label).await }));
+                    restoring = Some(operate(&mut status, &clock, "verify", async move {
+                        work.verify(label).await
+                    }));
                     restore_reply = Some(reply);
                 }
                 Request::Restore { request, progress, reply } => {
-                    if let Some(running) = &status.running {
-                        let _ = reply.send(Err(format!(
-                            "a {} ({}) is running: not restoring now; try again when it has ended",
-                            running.what(),
-                            running.trigger
-                        )));
+                    if let Err(e) = busy(&status, "restoring") {
+                        let _ = reply.send(Err(e));
                         continue;
                     }
-                    status.running = Some(Running {
-                        kind: "restore".into(),
-                        trigger: "operator".into(),
-                        started_ms: ms(clock.now()),
-                    });
                     let work = work.clone();
-                    restoring = Some(tokio::spawn(async move { work.restore(request, progress).await }));
+                    restoring = Some(operate(&mut status, &clock, "restore", async move {
+                        work.restore(request, progress).await
+                    }));
                     restore_reply = Some(reply);
+                }
+                Request::Reschedule(new) => {
+                    timetable = new;
+                    due = timetable.next_after(clock.now());
+                    tracing::info!(
+                        next = ?due.map(|(at, kind)| format!("{} at {at}", kind.name())),
+                        "backup schedules changed"
+                    );
                 }
             },
             done = async { restoring.as_mut().expect("polled only when restoring").await }, if restoring.is_some() => {
                 restoring = None;
                 status.running = None;
                 let result = done.unwrap_or_else(|e| Err(format!("the job ended abnormally: {e}")));
-                if let Ok(inventory) = work.list().await {
+                if let Ok(inventory) = work.local().await {
                     status.newest_full = newest_full(&inventory);
                 }
                 if let Some(reply) = restore_reply.take() {
@@ -282,7 +293,7 @@ pub async fn run<W: Work, C: Clock>(
                     }
                 };
                 status.last.insert(kind.name().into(), record);
-                if let Ok(inventory) = work.list().await {
+                if let Ok(inventory) = work.local().await {
                     status.newest_full = newest_full(&inventory);
                 }
                 for w in waiting.drain(..) {
@@ -291,6 +302,21 @@ pub async fn run<W: Work, C: Clock>(
             }
         }
     }
+}
+
+/// Marks an operator's verification or restore as running and starts it.
+fn operate<C: Clock>(
+    status: &mut BackupStatus,
+    clock: &C,
+    kind: &str,
+    work: impl std::future::Future<Output = Result<String, String>> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<String, String>> {
+    status.running = Some(Running {
+        kind: kind.into(),
+        trigger: "operator".into(),
+        started_ms: ms(clock.now()),
+    });
+    tokio::spawn(work)
 }
 
 /// A `psql -A -t` row of pg_stat_archiver: counts, times (ms) and the WAL
@@ -310,6 +336,27 @@ fn parse_archiver(row: &str, checked_ms: u64) -> Option<ArchiverStatus> {
         last_failed_wal: Some(f[4].to_string()).filter(|w| !w.is_empty()),
         failing_since_ms: None,
     })
+}
+
+/// Why retention must wait, if it must: pgBackRest's expiry keeps the
+/// newest full, so it never removes the newest verified backup as long as
+/// the newest full is verified (or verification is off). A newest full that
+/// failed or skipped its verification holds expiry back until a verified
+/// full follows it.
+pub fn retention_hold(inventory: &Inventory, repo: u32, verify: bool) -> Option<String> {
+    let newest = inventory
+        .backups
+        .iter()
+        .filter(|b| b.kind == "full" && b.repo == repo)
+        .max_by_key(|b| b.stopped_at)?;
+    if !verify || repo != 1 || newest.verified_ok() {
+        return None;
+    }
+    Some(format!(
+        "the newest full backup, {}, is not verified ({})",
+        newest.label,
+        newest.verified.as_deref().unwrap_or("no verification yet")
+    ))
 }
 
 /// The newest full of the local repository (repo1): the one verified.
@@ -422,7 +469,11 @@ impl<S: restore::Services> PgBackRest<S> {
     ) -> Result<(String, Option<String>), String> {
         let taken = {
             let _only = self.runner.exclusive().await;
-            self.backup_here(kind, trigger).await
+            let taken = self.backup_here(kind, trigger).await;
+            if taken.is_ok() {
+                self.expire(1).await;
+            }
+            taken
         };
         if let (Ok((label, _)), Some(offsite)) = (&taken, &self.offsite)
             && kind == BackupKind::Full
@@ -436,6 +487,35 @@ impl<S: restore::Services> PgBackRest<S> {
         taken
     }
 
+    /// Applies the retention to repository `repo`, unless its newest full
+    /// is not verified (see `retention_hold`). A failure is logged: the
+    /// backup itself stands.
+    async fn expire(&self, repo: u32) {
+        let verify = self.runner.settings().verify;
+        let held = match self.runner.info(repo).await {
+            Ok(inventory) => retention_hold(&inventory, repo, verify),
+            Err(e) => Some(format!("the repository could not be listed: {e}")),
+        };
+        if let Some(why) = held {
+            tracing::warn!(repo, why, "retention held back: older backups are kept");
+            return;
+        }
+        if let Err(e) = self
+            .runner
+            .pgbackrest(
+                &[
+                    "--log-level-console=info".into(),
+                    format!("--repo={repo}"),
+                    "expire".into(),
+                ],
+                false,
+            )
+            .await
+        {
+            tracing::error!(repo, error = e, "expiring old backups failed");
+        }
+    }
+
     /// A backup in the local repository (repo1, pgBackRest's default),
     /// verified when it is a full.
     async fn backup_here(
@@ -443,7 +523,7 @@ impl<S: restore::Services> PgBackRest<S> {
         kind: BackupKind,
         trigger: &'static str,
     ) -> Result<(String, Option<String>), String> {
-        let before = self.list().await.ok();
+        let before = self.runner.info(1).await.ok();
         self.runner
             .pgbackrest(
                 &[
@@ -456,7 +536,7 @@ impl<S: restore::Services> PgBackRest<S> {
                 false,
             )
             .await?;
-        let after = self.list().await?;
+        let after = self.runner.info(1).await?;
         // The new backup: the one not there before (pgBackRest may have
         // turned a diff into a full when there was no full yet).
         let known: Vec<&str> = before
@@ -575,7 +655,7 @@ impl<S: restore::Services> Work for PgBackRest<S> {
         request: restore::RestoreRequest,
         progress: restore::Progress,
     ) -> Result<String, String> {
-        let inventory = self.list().await?;
+        let inventory = self.runner.info(request.repo).await?;
         let lineage = self.lineage(request.repo, &inventory).await?;
         let plan = restore::plan(&inventory, &lineage, &request, Utc::now())?;
         if request.dry_run {
@@ -586,6 +666,7 @@ impl<S: restore::Services> Work for PgBackRest<S> {
             self.services.as_ref(),
             &plan,
             request.repo,
+            &inventory,
             &progress,
         )
         .await;
@@ -597,7 +678,7 @@ impl<S: restore::Services> Work for PgBackRest<S> {
     }
 
     async fn verify(&self, label: Option<String>) -> Result<String, String> {
-        let inventory = self.list().await?;
+        let inventory = self.runner.info(1).await?;
         let backup = match &label {
             Some(l) => inventory
                 .backups
@@ -656,11 +737,11 @@ impl<S: restore::Services> Work for PgBackRest<S> {
     }
 
     async fn list(&self) -> Result<Inventory, String> {
-        let out = self
-            .runner
-            .pgbackrest(&["--output=json".into(), "info".into()], true)
-            .await?;
-        info::parse(out.as_bytes())
+        self.runner.info_all().await
+    }
+
+    async fn local(&self) -> Result<Inventory, String> {
+        self.runner.info(1).await
     }
 }
 

@@ -179,14 +179,9 @@ pub struct RealOffsite {
 
 impl OffsiteWork for RealOffsite {
     async fn repo_backup(&self, local: &str) -> Result<String, String> {
+        self.uploader.reachable().await?;
         let _only = self.runner.exclusive().await;
-        let list = || async {
-            let out = self
-                .runner
-                .pgbackrest(&["--output=json".into(), "info".into()], true)
-                .await?;
-            info::parse(out.as_bytes())
-        };
+        let list = || self.runner.info(2);
         // Idempotent; makes repo2's stanza when the bucket is new or was
         // emptied since PostgreSQL started (backup-stanza ran then).
         // stanza-create takes no --repo: it checks or creates every one.
@@ -210,6 +205,14 @@ impl OffsiteWork for RealOffsite {
                 false,
             )
             .await?;
+        // The bucket's retention (`[backup.s3] retention_full_days`).
+        if let Err(e) = self
+            .runner
+            .pgbackrest(&["--repo=2".into(), "expire".into()], false)
+            .await
+        {
+            tracing::error!(error = e, "expiring old backups in S3 failed");
+        }
         let after = list().await?;
         after
             .backups
@@ -416,6 +419,8 @@ mod tests {
             trigger: None,
             verified: None,
             copy_of: (repo == 2).then(|| "L1".to_string()),
+            timeline: 1,
+            stop_lsn: 0,
         };
         let mut inv = Inventory {
             backups: vec![backup("L1", 1, 100), backup("R1", 2, 200)],

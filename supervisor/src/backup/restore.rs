@@ -253,6 +253,7 @@ pub async fn run<S: Services>(
     services: &S,
     plan: &Plan,
     repo: u32,
+    inventory: &Inventory,
     progress: &Progress,
 ) -> Result<String, String> {
     let s = runner.settings();
@@ -263,12 +264,29 @@ pub async fn run<S: Services>(
     let restoring_name = format!("{}.restoring", data_name.to_string_lossy());
     let restoring = parent.join(&restoring_name);
 
-    if services.ready("postgres").await {
-        say(
-            progress,
-            "archiving the current WAL, so that nothing committed is left out",
-        );
-        archive_current_wal(runner).await?;
+    let running = if services.ready("postgres").await {
+        Some(running_system_id(runner).await)
+    } else {
+        None
+    };
+    if let Some(running) = running {
+        match (running, inventory.system_id) {
+            (Ok(now), Some(backed_up)) if now != backed_up => say(
+                progress,
+                format!(
+                    "the running PostgreSQL (system {now}) is not the cluster the repository holds \
+                     (system {backed_up}), as on a new machine: its WAL is not archived, its data is kept aside"
+                ),
+            ),
+            _ => {
+                say(
+                    progress,
+                    "archiving the current WAL, so that nothing committed is left out",
+                );
+                let archive_id = inventory.archive_id.as_deref().unwrap_or_default();
+                archive_current_wal(runner, repo, archive_id).await?;
+            }
+        }
     } else {
         say(
             progress,
@@ -417,7 +435,28 @@ async fn restart_stack<S: Services>(services: &S, progress: &Progress) {
 
 /// Switches to a new WAL segment and waits (up to 60 s) until the one
 /// closed is archived, so a restore to seconds ago finds its commits.
-async fn archive_current_wal(runner: &Runner) -> Result<(), String> {
+/// The running cluster's system identifier.
+async fn running_system_id(runner: &Runner) -> Result<u64, String> {
+    let out = runner
+        .run(
+            psql(
+                runner,
+                "postgres",
+                "SELECT system_identifier FROM pg_control_system()",
+            ),
+            true,
+        )
+        .await?;
+    out.trim()
+        .parse()
+        .map_err(|e| format!("system identifier `{}`: {e}", out.trim()))
+}
+
+/// Switches to a new WAL segment and waits (60 s at most) until the one
+/// closed is in the repository restored from: `repo-ls` of that
+/// repository, not pg_stat_archiver, which also counts the other
+/// repository's failures.
+async fn archive_current_wal(runner: &Runner, repo: u32, archive_id: &str) -> Result<(), String> {
     let closed = runner
         .run(
             psql(
@@ -430,31 +469,33 @@ async fn archive_current_wal(runner: &Runner) -> Result<(), String> {
         .await
         .map_err(|e| format!("switching WAL: {e}"))?;
     let closed = closed.trim().to_string();
+    let Some(folder) = closed.get(..16) else {
+        return Err(format!("switching WAL: `{closed}` is not a segment name"));
+    };
+    let dir = format!("archive/{}/{archive_id}/{folder}", runner.settings().stanza);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let archived = runner
-            .run(
-                psql(
-                    runner,
-                    "postgres",
-                    "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-                ),
+        let listing = runner
+            .pgbackrest(
+                &[format!("--repo={repo}"), "repo-ls".into(), dir.clone()],
                 true,
             )
-            .await
-            .unwrap_or_default();
-        // Segment names of one timeline sort in WAL order.
-        if archived.trim() >= closed.as_str() {
+            .await;
+        if let Ok(listing) = &listing
+            && listing
+                .lines()
+                .any(|f| f.trim().starts_with(&format!("{closed}-")))
+        {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
             return Err(format!(
-                "WAL segment {closed} was not archived within 60 s (archived: {}); not restoring, \
+                "WAL segment {closed} did not reach the repository within 60 s{}; not restoring, \
                  nothing was stopped. See /health backup checks and the PostgreSQL log",
-                archived.trim()
+                listing.err().map(|e| format!(" ({e})")).unwrap_or_default()
             ));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -477,6 +518,7 @@ mod tests {
             verified: None,
             timeline: 1,
             stop_lsn: 0,
+            copy_of: None,
         }
     }
 
@@ -494,6 +536,8 @@ mod tests {
             wal: Vec::new(),
             status: "ok".into(),
             archive_id: Some("15-1".into()),
+            unreachable: Vec::new(),
+            system_id: None,
         }
     }
 

@@ -329,3 +329,86 @@ fn pg_stat_archiver_rows_read_as_failing_or_not() {
     assert!(never.failing());
     assert!(parse_archiver("garbage", 1).is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn changed_schedules_take_effect_without_a_restart() {
+    let h = start(
+        "2026-12-01T00:30:00Z",
+        Duration::from_secs(60),
+        &[(BackupKind::Diff, "0 * * * *")],
+    );
+    advance(Duration::from_secs(20 * 60)).await;
+    // As `phoenixctl reload` would: incrementals every 15 minutes instead.
+    h.requests
+        .send(Request::Reschedule(Timetable::new(&[Schedule {
+            kind: BackupKind::Incr,
+            cron: "*/15 * * * *".into(),
+        }])))
+        .await
+        .ok()
+        .unwrap();
+    advance(Duration::from_secs(72 * 60)).await;
+    let started = h.work.started.lock().unwrap().clone();
+    assert_eq!(
+        started,
+        [
+            ("01 01:00".to_string(), BackupKind::Incr, "schedule"),
+            ("01 01:15".to_string(), BackupKind::Incr, "schedule"),
+            ("01 01:30".to_string(), BackupKind::Incr, "schedule"),
+            ("01 01:45".to_string(), BackupKind::Incr, "schedule"),
+            ("01 02:00".to_string(), BackupKind::Incr, "schedule"),
+        ],
+        "the 01:00 hourly diff of the old schedule is not taken"
+    );
+    let next = h.status.lock().unwrap().next.clone().unwrap();
+    assert_eq!(
+        (next.kind.as_str(), next.at_ms),
+        ("incr", ms(at("2026-12-01T02:15:00Z")))
+    );
+}
+
+#[test]
+fn retention_waits_while_the_newest_full_is_not_verified() {
+    let full = |label: &str, stopped_at: i64, verified: Option<&str>| info::Backup {
+        label: label.into(),
+        kind: "full".into(),
+        repo: 1,
+        started_at: stopped_at - 10,
+        stopped_at,
+        size_bytes: 1,
+        repo_size_bytes: 1,
+        prior: None,
+        timeline: 1,
+        stop_lsn: 0,
+        trigger: None,
+        verified: verified.map(str::to_string),
+        copy_of: None,
+    };
+    let inventory = |backups| Inventory {
+        backups,
+        ..Inventory::default()
+    };
+    let ok = "ok at 2026-12-01T02:03:00Z: users 1";
+    let verified_last = inventory(vec![full("A", 100, Some(ok)), full("B", 200, Some(ok))]);
+    assert_eq!(retention_hold(&verified_last, 1, true), None);
+    let failed_last = inventory(vec![
+        full("A", 100, Some(ok)),
+        full(
+            "B",
+            200,
+            Some("failed at 2026-12-02T02:03:00Z: it did not start"),
+        ),
+    ]);
+    let why = retention_hold(&failed_last, 1, true).unwrap();
+    assert!(why.contains("B, is not verified (failed at"), "{why}");
+    let skipped_last = inventory(vec![
+        full("A", 100, Some(ok)),
+        full("B", 200, Some("skipped at 2026-12-02T02:03:00Z: disk")),
+    ]);
+    assert!(retention_hold(&skipped_last, 1, true).is_some());
+    // Verification off: nothing is ever verified, pgBackRest's rule holds.
+    assert_eq!(retention_hold(&failed_last, 1, false), None);
+    // The S3 copies are not verified there; their retention is the bucket's.
+    assert_eq!(retention_hold(&failed_last, 2, true), None);
+    assert_eq!(retention_hold(&inventory(vec![]), 1, true), None);
+}

@@ -144,7 +144,20 @@ async fn test_restore(runner: &Runner, label: &str, scratch: &Path) -> Result<St
         ];
         async move { runner.run(argv, false).await }
     });
-    let answer = query_when_promoted(runner, &socket).await;
+    // A backup that cannot start shows as the server's exit, not as ten
+    // minutes of waiting.
+    let mut server = server;
+    let answer = tokio::select! {
+        answer = query_when_promoted(runner, &socket) => answer,
+        exited = &mut server => {
+            let why = match exited {
+                Ok(Ok(_)) => "it exited".to_string(),
+                Ok(Err(e)) => e,
+                Err(e) => e.to_string(),
+            };
+            return Err(format!("the restored PostgreSQL did not start: {why}"));
+        }
+    };
     // PostgreSQL's fast shutdown, then wait for it.
     let pid_file = data.join("postmaster.pid");
     if let Some(pid) = std::fs::read_to_string(&pid_file)

@@ -57,6 +57,8 @@ pub struct BackupSection {
     pub incr: Option<String>,
     /// Days a full backup (and the WAL it needs) is kept in the local repository.
     pub retention_full_days: Option<CountIn<1, 3650>>,
+    /// Instead of days: how many full backups are kept.
+    pub retention_full_count: Option<CountIn<1, 1000>>,
     /// PostgreSQL's archive_timeout: the most committed data a lost
     /// machine can lose.
     pub archive_timeout: Option<DurationIn<SECOND, HOUR>>,

@@ -324,6 +324,8 @@ pub struct BackupSettings {
     pub database: String,
     pub schedules: Vec<Schedule>,
     pub retention_full_days: u64,
+    /// `retention_full_count`: fulls kept by number instead of by age.
+    pub retention_full_count: Option<u64>,
     pub verify: bool,
     pub process_max: u64,
     /// `[backup.s3]`: the offsite copy; None when not configured.

@@ -687,7 +687,25 @@ fn backups_archive_wal_by_default_and_take_a_daily_full_and_hourly_diff() {
         conf.contents
             .contains("repo1-path=/var/lib/phoenix/backup/repo\n")
     );
-    assert!(conf.contents.contains("repo1-retention-full=7\n"));
+    assert!(
+        conf.contents
+            .contains("repo1-retention-full-type=time\nrepo1-retention-full=7\n")
+    );
+    assert!(
+        conf.contents.contains("expire-auto=n\n"),
+        "the supervisor expires"
+    );
+
+    let counted = parse_str("[backup]\nretention_full_count = 3\n").unwrap();
+    let conf = &counted.service("postgres").unwrap().files[0].contents;
+    assert!(
+        conf.contains("repo1-retention-full-type=count\nrepo1-retention-full=3\n"),
+        "{conf}"
+    );
+    let err =
+        parse_str("[backup]\nretention_full_days = 3\nretention_full_count = 3\n").unwrap_err();
+    assert_eq!(err.key, "backup.retention_full_count", "{err}");
+    assert!(err.message.contains("not both"), "{err}");
 
     let off = parse_str("[backup]\nenable = false\n").unwrap();
     assert!(off.backup.is_none());

@@ -282,6 +282,9 @@ pub struct Context {
     pub renew_certificate: Arc<tokio::sync::Notify>,
     /// The API's HTTPS port, that plain HTTP redirects to.
     pub https_port: Arc<std::sync::atomic::AtomicU16>,
+    /// Told of each config a reload applied, for the supervisor's own
+    /// tasks (the backup schedules).
+    pub reloaded: Box<dyn Fn(&Config) + Send>,
 }
 
 pub struct Supervisor {
@@ -1233,6 +1236,7 @@ impl Supervisor {
         self.ctx
             .https_port
             .store(self.config.tls.https_port, Ordering::Relaxed);
+        (self.ctx.reloaded)(&self.config);
         Ok(plan.summary())
     }
 

@@ -47,6 +47,7 @@ async fn start_loop(toml: &str) -> (mpsc::UnboundedSender<Event>, tempfile::Temp
         heartbeat: Arc::new(AtomicU64::new(0)),
         renew_certificate: Default::default(),
         https_port: Default::default(),
+        reloaded: Box::new(|_| {}),
     };
     let (sup, _snapshot) = Supervisor::new(config, prepare::Prepared::default(), ctx, tx.clone());
     tokio::spawn(sup.run(rx));

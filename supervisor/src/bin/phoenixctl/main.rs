@@ -352,6 +352,9 @@ fn print_scaling(triggers: &[ScalingStatus]) {
 }
 
 pub(crate) fn print_backups(inv: &phoenix_supervisor::backup::info::Inventory) {
+    for why in &inv.unreachable {
+        println!("not listed, unreachable: {why}");
+    }
     if inv.backups.is_empty() {
         println!("no backups yet ({})", inv.status);
         return;

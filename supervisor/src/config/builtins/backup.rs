@@ -62,6 +62,7 @@ pub(super) fn expand(
     let backup_dir = ctx.state.join("backup");
     let repo = raw.repo.clone().unwrap_or_else(|| backup_dir.join("repo"));
     let spool = backup_dir.join("spool");
+    let log = backup_dir.join("log");
     let lock = ctx.run_dir.join("pgbackrest");
     let conf = ctx.generated_file("pgbackrest", "pgbackrest.conf");
     let config_path = conf
@@ -69,6 +70,13 @@ pub(super) fn expand(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("/"));
     let retention_full_days = raw.retention_full_days.map_or(7, |d| d.0);
+    let retention_full_count = raw.retention_full_count.map(|n| n.0);
+    if raw.retention_full_days.is_some() && retention_full_count.is_some() {
+        return Err(loc.error(
+            &["backup", "retention_full_count"],
+            "set retention_full_days or retention_full_count, not both",
+        ));
+    }
     let s3 = raw
         .s3
         .as_ref()
@@ -98,6 +106,7 @@ pub(super) fn expand(
         .into(),
         schedules,
         retention_full_days,
+        retention_full_count,
         verify: raw.verify.unwrap_or(true),
         process_max: raw.process_max.map_or(1, |n| n.0),
         s3,
@@ -107,6 +116,7 @@ pub(super) fn expand(
         contents: pgbackrest_conf(
             &settings,
             &spool,
+            &log,
             &lock,
             compress,
             raw.archive_async.unwrap_or(true),
@@ -128,7 +138,7 @@ pub(super) fn expand(
             ),
         ],
         files: vec![file.clone()],
-        dirs: vec![repo.clone(), spool.clone(), lock.clone()],
+        dirs: vec![repo.clone(), spool.clone(), log.clone(), lock.clone()],
     };
     let mut stanza = ServiceSpec::new(
         "backup-stanza",
@@ -143,7 +153,7 @@ pub(super) fn expand(
     stanza.oneshot = true;
     stanza.user = pg.user.clone();
     stanza.depends_on = vec!["postgres".into()];
-    stanza.dirs = vec![repo, spool, lock, settings.verify_dir.clone()];
+    stanza.dirs = vec![repo, spool, log, lock, settings.verify_dir.clone()];
     stanza.files = vec![file];
     stanza.secret_env = [("PGPASSWORD".to_string(), pg.superuser_password.clone())].into();
     stanza.restart.policy = RestartPolicy::OnFailure;
@@ -212,9 +222,14 @@ fn archive_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''")).replace('%', "%%")
 }
 
+/// How long archive-push waits on S3 without progress before it gives up
+/// on a segment there (PostgreSQL retries it).
+const ARCHIVE_PUSH_IO_TIMEOUT_S: u32 = 5;
+
 fn pgbackrest_conf(
     s: &BackupSettings,
     spool: &Path,
+    log: &Path,
     lock: &Path,
     compress: &str,
     archive_async: bool,
@@ -227,8 +242,19 @@ fn pgbackrest_conf(
         let _ = writeln!(out, "{k}={v}");
     };
     line("repo1-path", &s.repo.display());
-    line("repo1-retention-full-type", &"time");
-    line("repo1-retention-full", &s.retention_full_days);
+    match s.retention_full_count {
+        Some(count) => {
+            line("repo1-retention-full-type", &"count");
+            line("repo1-retention-full", &count);
+        }
+        None => {
+            line("repo1-retention-full-type", &"time");
+            line("repo1-retention-full", &s.retention_full_days);
+        }
+    }
+    // Expiry is the supervisor's call, after a backup whose newest full
+    // is verified: it never removes the newest verified backup.
+    line("expire-auto", &"n");
     line("lock-path", &lock.display());
     line("spool-path", &spool.display());
     line("archive-async", &if archive_async { "y" } else { "n" });
@@ -242,6 +268,30 @@ fn pgbackrest_conf(
     if let Some(s3) = &s.s3 {
         out.push_str(&s3::repo2_lines(s3));
     }
+    // WAL goes to every repository; a dead S3 must not hold it back from
+    // the local one: each push to S3 gives up after a few seconds
+    // (PostgreSQL tries the segment again), several segments move at once,
+    // and what the asynchronous pusher (which has no console) meets is
+    // written to <state_dir>/backup/log.
+    let _ = writeln!(out, "\n[global:archive-push]");
+    let mut line = |k: &str, v: &dyn std::fmt::Display| {
+        let _ = writeln!(out, "{k}={v}");
+    };
+    line("log-path", &log.display());
+    line("log-level-file", &"warn");
+    if s.s3.is_some() {
+        line("io-timeout", &ARCHIVE_PUSH_IO_TIMEOUT_S);
+        line("process-max", &s.process_max.max(2));
+    }
+    // With S3 down, PostgreSQL retries a failed archive_command about once
+    // a minute: a backup's own segments may take that long to reach the
+    // local repository.
+    if s.s3.is_some() {
+        let _ = writeln!(out, "\n[global:backup]\narchive-timeout=300");
+    }
+    // Restores fetch WAL one segment at a time from the repository they
+    // name: the asynchronous fetcher waits on every repository, S3 too.
+    let _ = writeln!(out, "\n[global:archive-get]\narchive-async=n");
     let _ = writeln!(out, "\n[{}]", s.stanza);
     let mut line = |k: &str, v: &dyn std::fmt::Display| {
         let _ = writeln!(out, "{k}={v}");
