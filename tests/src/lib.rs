@@ -20,6 +20,8 @@
 //!   to 180 s for every service, then offers logins, users, requests on both
 //!   listeners as [`Reply`], enrollment, the agent protocol, the audit log and
 //!   SQL.
+//! - [`root_or_opted_out`]: what only root can test fails without root,
+//!   unless `PHOENIX_TESTS_NOT_ROOT=1` says to skip it.
 
 #![forbid(unsafe_code)]
 
@@ -88,6 +90,26 @@ pub fn free_privileged_port() -> u16 {
         .chain(600..start)
         .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
         .expect("a free port below 1024")
+}
+
+/// The variable that lets a run without root skip what only root can test.
+pub const NOT_ROOT_ENV: &str = "PHOENIX_TESTS_NOT_ROOT";
+
+/// Whether the tests run as root, asked by a test (or the part of one) that
+/// only root can run; `what` says what it is. Without root it fails, so that
+/// a run as another user cannot show such a test passing while it proved
+/// nothing; with `PHOENIX_TESTS_NOT_ROOT=1` it says it skipped and is false.
+pub fn root_or_opted_out(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var(NOT_ROOT_ENV).is_ok_and(|v| v == "1"),
+        "{what} needs root: run the tests as root, or set {NOT_ROOT_ENV}=1 to skip \
+         what only root can test"
+    );
+    println!("skipped ({NOT_ROOT_ENV}=1): {what} needs root");
+    false
 }
 
 /// Config lines that turn off every built-in service, for tests of the
