@@ -112,6 +112,25 @@ pub fn root_or_opted_out(what: &str) -> bool {
     false
 }
 
+/// An IPv4 address of this machine outside 127.0.0.0/8: a client that
+/// binds it before connecting, even to 127.0.0.1, is not a loopback peer.
+/// Read from the kernel's local routes (`/proc/net/fib_trie`, where each
+/// address of the machine is followed by `/32 host LOCAL`).
+pub fn non_loopback_ipv4() -> std::net::Ipv4Addr {
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").expect("read /proc/net/fib_trie");
+    let lines: Vec<&str> = trie.lines().map(str::trim).collect();
+    lines
+        .windows(2)
+        .filter(|w| w[1] == "/32 host LOCAL")
+        .filter_map(|w| {
+            w[0].strip_prefix("|-- ")?
+                .parse::<std::net::Ipv4Addr>()
+                .ok()
+        })
+        .find(|ip| !ip.is_loopback())
+        .expect("an IPv4 address outside 127.0.0.0/8 on some interface of this machine")
+}
+
 /// Config lines that turn off every built-in service, for tests of the
 /// lifecycle with test programs only.
 pub const NO_BUILTINS: &str = "[postgres]\nenable = false\nexternal_url = \"postgres://unused@127.0.0.1:1/none\"\n\
