@@ -103,8 +103,9 @@ pub struct Args {
     #[arg(long, env = "PHOENIX_LOGIN_FAILURES_PER_SOURCE", default_value_t = 20)]
     pub login_failures_per_source: u32,
 
-    /// Failed logins of one user name from all sources before sources that
-    /// failed themselves share its delay (at most 1 min); clean sources never wait.
+    /// Failed logins of one user name from all sources before sources past
+    /// their own allowances share its delay (at most 1 min); sources within
+    /// them never wait for it.
     #[arg(long, env = "PHOENIX_LOGIN_FAILURES_PER_USER", default_value_t = 100)]
     pub login_failures_per_user: u32,
 

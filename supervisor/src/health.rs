@@ -680,6 +680,7 @@ fn register_backup_metrics(registry: &mut Registry, b: &BackupStatus) {
     );
 }
 
+<<<<<<< HEAD
 fn register_offsite_metrics(registry: &mut Registry, o: &crate::status::OffsiteStatus) {
     type F64 = Gauge<f64, std::sync::atomic::AtomicU64>;
     if let Some(c) = &o.last_success {
@@ -712,6 +713,18 @@ fn register_offsite_metrics(registry: &mut Registry, o: &crate::status::OffsiteS
 /// the kernel refuses as a source from outside), where Prometheus scrapes
 /// it. It names every service, its state and restarts, and the
 /// certificate's renewal failures: nothing for strangers on a public port.
+=======
+/// Whether `/metrics` is served on a connection from `peer` to `local` (the
+/// address the client connected to): only from this machine, where
+/// Prometheus scrapes it. A loopback peer is local; so is a peer with the
+/// very address it connected to (Prometheus scraping a listener bound to
+/// one address of the machine), since Linux drops a packet from outside
+/// whose source is one of its own addresses and a forged source cannot
+/// complete a TCP handshake: only a process of this machine, which could
+/// ask over loopback anyway, has it. It names every service, its state and
+/// restarts, and the certificate's renewal failures: nothing for strangers
+/// on a public port.
+>>>>>>> fix/issue8-gaps
 pub fn metrics_allowed(peer: IpAddr, local: IpAddr) -> bool {
     let peer = peer.to_canonical();
     peer.is_loopback() || (!peer.is_unspecified() && peer == local.to_canonical())

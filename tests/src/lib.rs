@@ -23,6 +23,8 @@
 //! - [`TestCa`] makes a CA and a server certificate for 127.0.0.1;
 //!   [`S3Server`] runs moto's S3 behind TLS with one, and can kill it and
 //!   start it again on the same port (`down`, `up`).
+//! - [`root_or_opted_out`]: what only root can test fails without root,
+//!   unless `PHOENIX_TESTS_NOT_ROOT=1` says to skip it.
 
 #![forbid(unsafe_code)]
 
@@ -91,6 +93,45 @@ pub fn free_privileged_port() -> u16 {
         .chain(600..start)
         .find(|p| TcpListener::bind(("127.0.0.1", *p)).is_ok())
         .expect("a free port below 1024")
+}
+
+/// The variable that lets a run without root skip what only root can test.
+pub const NOT_ROOT_ENV: &str = "PHOENIX_TESTS_NOT_ROOT";
+
+/// Whether the tests run as root, asked by a test (or the part of one) that
+/// only root can run; `what` says what it is. Without root it fails, so that
+/// a run as another user cannot show such a test passing while it proved
+/// nothing; with `PHOENIX_TESTS_NOT_ROOT=1` it says it skipped and is false.
+pub fn root_or_opted_out(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var(NOT_ROOT_ENV).is_ok_and(|v| v == "1"),
+        "{what} needs root: run the tests as root, or set {NOT_ROOT_ENV}=1 to skip \
+         what only root can test"
+    );
+    println!("skipped ({NOT_ROOT_ENV}=1): {what} needs root");
+    false
+}
+
+/// An IPv4 address of this machine outside 127.0.0.0/8: a client that
+/// binds it before connecting, even to 127.0.0.1, is not a loopback peer.
+/// Read from the kernel's local routes (`/proc/net/fib_trie`, where each
+/// address of the machine is followed by `/32 host LOCAL`).
+pub fn non_loopback_ipv4() -> std::net::Ipv4Addr {
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").expect("read /proc/net/fib_trie");
+    let lines: Vec<&str> = trie.lines().map(str::trim).collect();
+    lines
+        .windows(2)
+        .filter(|w| w[1] == "/32 host LOCAL")
+        .filter_map(|w| {
+            w[0].strip_prefix("|-- ")?
+                .parse::<std::net::Ipv4Addr>()
+                .ok()
+        })
+        .find(|ip| !ip.is_loopback())
+        .expect("an IPv4 address outside 127.0.0.0/8 on some interface of this machine")
 }
 
 /// Config lines that turn off every built-in service, for tests of the

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use phoenix_tests::{Stack, wait_until};
+use phoenix_tests::{Stack, https_from, wait_until};
 
 use serde_json::{Value, json};
 
@@ -405,15 +405,24 @@ fn a_flood_of_wrong_passwords_does_not_lock_the_admin_out() {
         let r = s.login_attempt_from(source(last), "admin", "wrong-password-2");
         assert_eq!(r.status, 401, "{r:?}");
     }
+    // An address within its own allowance is not held by the account's
+    // delay: the admin who mistyped twice logs in during the spray.
+    let password = s.admin_password();
     let r = s.login_attempt_from(source(10), "admin", "wrong-password-3");
-    assert_eq!(
-        (r.status, r.code()),
-        (429, "rate_limited"),
-        "an address that failed waits for the account: {r:?}"
-    );
+    assert_eq!(r.status, 401, "{r:?}");
+    let r = s.login_attempt_from(source(10), "admin", &password);
+    assert_eq!(r.status, 200, "{r:?}");
+    // An address past its own allowance waits for the account's delay
+    // (60 s by now), not only for its own (1 s, then 2 s).
+    for _ in 0..3 {
+        let r = s.login_attempt_from(source(11), "admin", "wrong-password-4");
+        assert_eq!(r.status, 401, "{r:?}");
+    }
+    let r = s.login_attempt_from(source(11), "admin", &password);
+    assert_eq!(r.code(), "rate_limited", "{r:?}");
+    assert!(retry_after(&r) > 30, "{r:?}");
 
     // The right password from an address without failures works at once.
-    let password = s.admin_password();
     let r = s.login_attempt_from(source(3), "admin", &password);
     assert_eq!(r.status, 200, "{r:?}");
     // From the flooding address it waits like any other attempt.
@@ -430,6 +439,56 @@ fn a_flood_of_wrong_passwords_does_not_lock_the_admin_out() {
             .iter()
             .any(|e| e["details"]["reason"] == "rate_limited" && e["source_ip"] == "127.0.0.2"),
         "{refused:#?}"
+    );
+}
+
+/// The login limiter counts the TCP peer, whatever a request says about
+/// where it comes from: failures that each claim another address in
+/// `X-Forwarded-For`, `Forwarded` and `X-Real-IP` all count against the one
+/// address they came from, and naming that address in the headers does not
+/// make another address wait.
+#[test]
+fn no_header_chooses_the_source_of_a_login() {
+    let s =
+        Stack::start("[services.api]\nenv = { PHOENIX_LOGIN_FAILURES_PER_USER_SOURCE = \"3\" }\n");
+    let attempt = |from: IpAddr, claimed: &str, password: &str| {
+        let request = https_from(from)
+            .post(s.ports.api_url("/api/v1/auth/login"))
+            .header("x-forwarded-for", claimed)
+            .header("forwarded", format!("for={claimed}"))
+            .header("x-real-ip", claimed)
+            .json(&json!({ "username": "admin", "password": password }));
+        s.reply(request)
+    };
+    let guesser = IpAddr::from([127, 0, 0, 30]);
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let r = attempt(guesser, &format!("203.0.113.{i}"), "wrong-password");
+        statuses.push(r.status);
+        if r.status == 429 {
+            assert_eq!(r.code(), "rate_limited", "{r:?}");
+            break;
+        }
+    }
+    // Three free failures and a fourth that starts the delay, as from one
+    // address without headers; then refused, whatever address it claims.
+    assert_eq!(statuses[..4], [401; 4], "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+
+    let password = s.admin_password();
+    let r = attempt(IpAddr::from([127, 0, 0, 31]), "127.0.0.30", &password);
+    assert_eq!(r.status, 200, "the waiting address named in headers: {r:?}");
+    let admin = r.body["access_token"].as_str().unwrap().to_string();
+    let denied = s.audit(&admin, "action=auth.login&outcome=denied");
+    assert!(
+        denied
+            .iter()
+            .any(|e| e["details"]["reason"] == "rate_limited" && e["source_ip"] == "127.0.0.30"),
+        "{denied:#?}"
+    );
+    assert!(
+        denied.iter().all(|e| e["source_ip"] == "127.0.0.30"),
+        "every refusal at its TCP peer: {denied:#?}"
     );
 }
 

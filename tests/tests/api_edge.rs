@@ -1,12 +1,15 @@
 //! The API's network edge on a real stack, with the clients people have:
-//! answers to oversized bodies over HTTP/2 and HTTP/1.1, and connection
-//! limits and timeouts against idle connections, on both listeners.
+//! answers to oversized bodies over HTTP/2 and HTTP/1.1, connection limits
+//! and timeouts against idle connections, on both listeners, and what the
+//! public listeners tell a client of another address.
 
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{IpAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use phoenix_tests::{Stack, connections_on, curl};
+use phoenix_tests::{
+    Stack, StackPorts, Supervisor, connections_on, curl, https_from, non_loopback_ipv4,
+};
 use serde_json::Value;
 
 /// An oversized body used to end in a network error instead of its 413:
@@ -247,4 +250,69 @@ fn cpu_ticks(pid: i32) -> u64 {
         .split_whitespace()
         .collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// `/metrics` asked by a stranger over the real listeners, both bound to
+/// every address as in production: without a token, a peer outside
+/// loopback is refused by the API's user listener (401 `missing_token`) and
+/// by the supervisor's health listener (403), with no metric in the answer,
+/// while the local Prometheus (loopback) gets them and the stranger still
+/// gets `/health`. The stranger is this machine's own address outside
+/// 127.0.0.0/8, bound by the client before it connects.
+#[test]
+fn metrics_are_refused_to_a_peer_off_loopback_on_both_public_listeners() {
+    let stranger = IpAddr::V4(non_loopback_ipv4());
+    let lo = IpAddr::from([127, 0, 0, 1]);
+    let ports = StackPorts::free();
+    let sup = Supervisor::config(&on_every_address(&ports.config(""), "[api]\nlisten"));
+    let config = std::fs::read_to_string(&sup.config).unwrap();
+    std::fs::write(&sup.config, on_every_address(&config, "[health]\nlisten")).unwrap();
+    let s = Stack::started(sup, ports);
+    let get = |from: IpAddr, url: String| {
+        let r = https_from(from)
+            .get(&url)
+            .send()
+            .unwrap_or_else(|e| panic!("GET {url} from {from}: {e}"));
+        (r.status().as_u16(), r.text().unwrap_or_default())
+    };
+    let api = |to: IpAddr| format!("https://{to}:{}/metrics", ports.api);
+    let health = |to: IpAddr, path: &str| format!("http://{to}:{}{path}", s.sup.health_port);
+
+    let (code, body) = get(lo, api(lo));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("phoenix_api_"), "{body}");
+    let (code, body) = get(lo, health(lo, "/metrics"));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("phoenix_supervisor_service_state"), "{body}");
+
+    for to in [lo, stranger] {
+        let (code, body) = get(stranger, api(to));
+        assert_eq!(code, 401, "from {stranger} to {to}: {body}");
+        assert!(body.contains(r#""code":"missing_token""#), "{body}");
+        assert!(!body.contains("phoenix_api_"), "{body}");
+    }
+    let (code, body) = get(stranger, health(lo, "/metrics"));
+    assert_eq!(code, 403, "{body}");
+    assert!(!body.contains("phoenix_supervisor"), "{body}");
+    // Refused for what it asked, not unreachable.
+    let (code, body) = get(stranger, health(lo, "/health"));
+    assert!(
+        [200, 503].contains(&code) && body.contains("\"checks\""),
+        "{code} {body}"
+    );
+    // A peer with the very address it connected to is a process of this
+    // machine (a packet from outside cannot carry it), as Prometheus is when
+    // it scrapes a health listener bound to one address: served, as over
+    // loopback.
+    let (code, body) = get(stranger, health(stranger, "/metrics"));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("phoenix_supervisor_service_state"), "{body}");
+}
+
+/// `config` with the listener that follows `key` (`[api]\nlisten`) moved
+/// from 127.0.0.1 to every address.
+fn on_every_address(config: &str, key: &str) -> String {
+    let from = format!("{key} = \"127.0.0.1:");
+    assert!(config.contains(&from), "{key} in:\n{config}");
+    config.replacen(&from, &format!("{key} = \"0.0.0.0:"), 1)
 }

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use phoenix_tests::{StackPorts, Supervisor, free_port, processes_matching, wait_until};
+use phoenix_tests::{
+    NOT_ROOT_ENV, StackPorts, Supervisor, free_port, processes_matching, root_or_opted_out,
+    wait_until,
+};
 
 struct User {
     name: &'static str,
@@ -19,10 +22,10 @@ struct User {
 }
 
 /// The service user `name`, when the tests run as root (only root switches
-/// users); None, with a note, otherwise.
+/// users). Without root the test fails, or with `PHOENIX_TESTS_NOT_ROOT=1`
+/// this is None and the test skips itself, saying so.
 fn service_user(name: &'static str) -> Option<User> {
-    if !nix::unistd::geteuid().is_root() {
-        println!("skipped: only a supervisor running as root has service users");
+    if !root_or_opted_out("a supervisor running as root, with service users,") {
         return None;
     }
     let u = nix::unistd::User::from_name(name)
@@ -356,4 +359,67 @@ fn a_state_dir_a_service_user_owns_is_refused_naming_the_owner() {
         "nothing written into it"
     );
     assert!(processes_matching(s(&state)).is_empty());
+}
+
+/// What only root can test fails when the tests run as another user, so
+/// that such a run cannot pass while it proved nothing; unless that user
+/// says to skip it, and then each test says it skipped. This file's other
+/// tests, run by a copy of this binary as `nobody`, both ways.
+#[test]
+fn without_root_these_tests_fail_unless_skipping_them_is_asked_for() {
+    let Some(nobody) = service_user("nobody") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("section_files");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, PermissionsExt::from_mode(0o755)).unwrap();
+    let run = |skip: bool| {
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={}", nobody.uid))
+            .arg(format!("--regid={}", nobody.gid))
+            .args(["--clear-groups", "--"])
+            .arg(&exe)
+            .args(["--skip", "without_root_these_tests", "--test-threads=1"])
+            .arg("--nocapture")
+            .current_dir(dir.path())
+            .env("TMPDIR", dir.path())
+            .env_remove(NOT_ROOT_ENV);
+        if skip {
+            cmd.env(NOT_ROOT_ENV, "1");
+        }
+        let out = cmd.output().expect("run setpriv");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+
+    let (passed, text) = run(false);
+    assert!(!passed, "passed without root:\n{text}");
+    assert!(text.contains("test result: FAILED. 0 passed;"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "needs root: run the tests as root, or set {NOT_ROOT_ENV}=1"
+        )),
+        "{text}"
+    );
+
+    let (passed, text) = run(true);
+    assert!(passed, "{text}");
+    let skipped = text
+        .matches(&format!("skipped ({NOT_ROOT_ENV}=1): "))
+        .count();
+    let ran: usize = text
+        .split_once("test result: ok. ")
+        .and_then(|(_, rest)| rest.split_once(" passed"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary:\n{text}"));
+    assert!(
+        ran >= 5 && skipped == ran,
+        "{ran} ran, {skipped} skipped:\n{text}"
+    );
 }

@@ -6,14 +6,19 @@
 //! from that source, and the user name from anywhere. Each key allows some
 //! failures for free; after that every further failure doubles the wait
 //! before the next attempt (1 s, 2 s, 4 s, ... up to a cap). An attempt
-//! refused with a wait counts against its source too, so a client that does
-//! not honour `Retry-After` only waits longer.
+//! refused by the source's own wait, or by its wait for that user name,
+//! counts against the source too, so a client that does not honour
+//! `Retry-After` only waits longer.
 //!
-//! The per-user key is loose (many free failures, a short cap) and binds only
-//! sources that have failed recently themselves: a correct password from a
-//! source without recent failures is never refused because of what other
-//! sources did. A botnet spraying one account gets one guess per fresh
-//! address and then shares the account's delay.
+//! The per-user key is loose (many free failures, a short cap) and binds
+//! only sources past their own allowance: those with more recent failures
+//! than the per-source allowance, or than the per-(user, source) allowance
+//! for that name. A source within its free failures, such as the real user
+//! who mistyped a few times, is never refused because of what other sources
+//! did, and a refusal by the account's delay alone is not counted against
+//! the source it refused. A botnet spraying one account gets the
+//! per-(user, source) allowance of guesses per address; past it, each
+//! address waits for its own delay and for the account's.
 //!
 //! Time comes from tokio, so the tests run in virtual time.
 
@@ -29,14 +34,14 @@ use tokio::time::Instant;
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A key with no failure for this long (and not waiting) is forgotten: its
-/// source counts as having no recent failures again.
+/// failures no longer count, free or not.
 pub const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// The first delay once a key's free failures are spent.
 const FIRST_DELAY: Duration = Duration::from_secs(1);
 
-/// Cap of the per-user delay: it is shared by every failing source of an
-/// account, so it stays short for the real user who mistyped once.
+/// Cap of the per-user delay: it is shared by every source of an account
+/// past its own allowance, so it stays short.
 const USER_MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// Login attempts one source may have in flight at once: a burst of parallel
@@ -50,7 +55,8 @@ pub struct Policy {
     pub per_user_source: u32,
     /// Failures from one source, whatever the user names.
     pub per_source: u32,
-    /// Failures of one user name from all sources (loose).
+    /// Failures of one user name from all sources (loose); its delay binds
+    /// only sources past `per_source` or `per_user_source`.
     pub per_user: u32,
     /// Longest wait for a source or a user name from one source; at least
     /// [`FIRST_DELAY`] and at most [`FORGET_AFTER`].
@@ -120,6 +126,12 @@ impl Failures {
         if self.count > free {
             self.blocked_until = now + delays.base_delay(self.count - free - 1);
         }
+    }
+
+    /// More recent failures than the `free` ones: the key's own allowance is
+    /// spent (whether or not its wait is over).
+    fn past(&self, now: Instant, free: u32) -> bool {
+        !self.forgotten(now) && self.count > free
     }
 
     /// Nothing to remember: no failure, or none recent and no wait left.
@@ -213,12 +225,15 @@ impl LoginLimiter {
         self.keys.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Admits an attempt, or refuses it with the time to wait. A refusal
-    /// counts as a failure of the source and of the user name from it.
+    /// Admits an attempt, or refuses it with the time to wait. A refusal by
+    /// the source's own wait or its wait for this user name counts as a
+    /// failure of both; a refusal by the user name's delay alone counts as
+    /// nothing.
     pub fn begin(&self, ip: Option<IpAddr>, username: &str) -> Result<Attempt<'_>, Refused> {
         let now = Instant::now();
         let source = Source::of(ip);
         let user = username.to_lowercase();
+        let policy = self.policy;
         let mut keys = self.keys();
         let Keys {
             sources,
@@ -230,30 +245,36 @@ impl LoginLimiter {
             in_flight: 0,
         });
         let pair_key = (user.clone(), source);
-        let pair_wait = pairs.get(&pair_key).map_or(Duration::ZERO, |f| f.wait(now));
-        // Only a source that failed recently waits for the account's delay.
-        let tainted = !source_state.failures.forgotten(now);
-        let user_wait = match users.get(&user) {
-            Some(failures) if tainted => failures.wait(now),
-            _ => Duration::ZERO,
-        };
-        let wait = source_state
+        let pair = pairs.get(&pair_key);
+        let own_wait = source_state
             .failures
             .wait(now)
-            .max(pair_wait)
-            .max(user_wait);
-        if !wait.is_zero() {
+            .max(pair.map_or(Duration::ZERO, |f| f.wait(now)));
+        // Only a source past its own allowance waits for the account's delay.
+        let past_allowance = source_state.failures.past(now, policy.per_source)
+            || pair.is_some_and(|f| f.past(now, policy.per_user_source));
+        let user_wait = match users.get(&user) {
+            Some(failures) if past_allowance => failures.wait(now),
+            _ => Duration::ZERO,
+        };
+        if !own_wait.is_zero() {
             source_state
                 .failures
-                .add(now, self.policy.per_source, &self.delays);
+                .add(now, policy.per_source, &self.delays);
             let pair = pairs.entry(pair_key).or_insert_with(|| Failures::new(now));
-            pair.add(now, self.policy.per_user_source, &self.delays);
+            pair.add(now, policy.per_user_source, &self.delays);
             let retry_after = source_state
                 .failures
                 .wait(now)
                 .max(pair.wait(now))
                 .max(user_wait);
             return Err(Refused { retry_after });
+        }
+        if !user_wait.is_zero() {
+            // The source honoured its own waits: the rest is the account's.
+            return Err(Refused {
+                retry_after: user_wait,
+            });
         }
         if source_state.in_flight >= MAX_IN_FLIGHT_PER_SOURCE {
             return Err(Refused {
@@ -384,21 +405,66 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_per_user_delay_binds_only_sources_that_failed() {
+    async fn a_source_within_its_allowance_is_never_held_by_the_accounts_delay() {
         let l = tight();
-        // A botnet: each address fails once, none reaches its own limits.
+        // The real admin mistypes once ...
+        let home = ip("198.51.100.7");
+        fail(&l, home, "admin");
+        // ... while a botnet sprays the account far past its loose allowance,
+        // one failure per address.
+        for i in 0..40u8 {
+            fail(&l, Some(IpAddr::from([203, 0, 113, i])), "admin");
+        }
+        // Each address of the botnet is still within its own allowance ...
+        assert!(l.begin(ip("203.0.113.1"), "admin").is_ok());
+        // ... and so is the admin, who may mistype up to it and still log in.
+        fail(&l, home, "admin");
+        fail(&l, home, "admin");
+        l.begin(home, "admin")
+            .expect("within its own allowance")
+            .succeeded();
+        fail(&l, home, "admin");
+        assert!(
+            l.begin(home, "admin").is_ok(),
+            "the success forgot the pair"
+        );
+        // A clean address, of course.
+        assert!(l.begin(ip("198.51.100.8"), "admin").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_accounts_delay_holds_sources_past_their_allowance_without_counting_against_them() {
+        let l = tight();
+        // A botnet: each address fails once; the account waits 1 s.
         for i in 0..6u8 {
             fail(&l, Some(IpAddr::from([203, 0, 113, i])), "admin");
         }
-        // The account's delay now holds every address that failed ...
-        assert_eq!(waits(&l, ip("203.0.113.1"), "admin"), 1);
-        assert_eq!(waits(&l, ip("203.0.113.2"), "admin"), 1);
-        // ... not one that did not ...
-        assert!(l.begin(ip("203.0.113.200"), "admin").is_ok());
-        // ... nor the failed ones for other accounts.
-        assert!(l.begin(ip("203.0.113.1"), "alice").is_ok());
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(l.begin(ip("203.0.113.1"), "admin").is_ok());
+        let sprayer = ip("192.0.2.7");
+        for _ in 0..3 {
+            fail(&l, sprayer, "admin");
+        }
+        // Its three free failures spent, not exceeded: not held (the account
+        // now waits 8 s).
+        assert!(l.begin(sprayer, "admin").is_ok());
+        // Its fourth failure: it waits 1 s itself, the account 16 s, and now
+        // the account's delay holds it too.
+        fail(&l, sprayer, "admin");
+        assert_eq!(waits(&l, sprayer, "admin"), 16);
+        // That refusal counted (it did not wait its own second): 2 s now.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // Only the account's delay is left; refusals by it count for nothing.
+        for _ in 0..5 {
+            assert_eq!(waits(&l, sprayer, "admin"), 14);
+        }
+        // Its allowance for other names is untouched.
+        assert!(l.begin(sprayer, "alice").is_ok());
+        tokio::time::advance(Duration::from_secs(14)).await;
+        // Admitted at once: the five refusals did not grow its own wait.
+        fail(&l, sprayer, "admin");
+        // Its own wait doubles on (6th failure: 4 s), the account's too (32 s).
+        assert_eq!(waits(&l, sprayer, "admin"), 32);
+        // The botnet's addresses, each within its allowance, are not held.
+        assert!(l.begin(ip("203.0.113.2"), "admin").is_ok());
     }
 
     #[tokio::test(start_paused = true)]
