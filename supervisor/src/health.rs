@@ -680,7 +680,6 @@ fn register_backup_metrics(registry: &mut Registry, b: &BackupStatus) {
     );
 }
 
-<<<<<<< HEAD
 fn register_offsite_metrics(registry: &mut Registry, o: &crate::status::OffsiteStatus) {
     type F64 = Gauge<f64, std::sync::atomic::AtomicU64>;
     if let Some(c) = &o.last_success {
@@ -708,12 +707,6 @@ fn register_offsite_metrics(registry: &mut Registry, o: &crate::status::OffsiteS
     );
 }
 
-/// Whether `/metrics` is served on a connection from `peer` to `local`:
-/// only from this machine (loopback, or one of its own addresses, which
-/// the kernel refuses as a source from outside), where Prometheus scrapes
-/// it. It names every service, its state and restarts, and the
-/// certificate's renewal failures: nothing for strangers on a public port.
-=======
 /// Whether `/metrics` is served on a connection from `peer` to `local` (the
 /// address the client connected to): only from this machine, where
 /// Prometheus scrapes it. A loopback peer is local; so is a peer with the
@@ -724,7 +717,6 @@ fn register_offsite_metrics(registry: &mut Registry, o: &crate::status::OffsiteS
 /// ask over loopback anyway, has it. It names every service, its state and
 /// restarts, and the certificate's renewal failures: nothing for strangers
 /// on a public port.
->>>>>>> fix/issue8-gaps
 pub fn metrics_allowed(peer: IpAddr, local: IpAddr) -> bool {
     let peer = peer.to_canonical();
     peer.is_loopback() || (!peer.is_unspecified() && peer == local.to_canonical())
