@@ -236,9 +236,25 @@ fn after_the_data_directory_is_lost_a_restore_loses_at_most_the_archive_timeout(
          PERFORM pg_sleep(0.1); END LOOP; END $$",
     );
     let last = s.psql("SELECT extract(epoch FROM max(t)) FROM rpo");
-    // The machine's disk is lost: everything stops, the data directory goes.
-    s.sup.signal(nix::sys::signal::Signal::SIGTERM);
-    s.sup.wait_exit(Duration::from_secs(60));
+    // The machine is lost at once: no clean shutdown (which would switch
+    // and archive the last WAL segment), then the data directory goes.
+    let postmaster: i32 = std::fs::read_to_string(s.sup.path("state/postgres/data/postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    s.sup.signal(nix::sys::signal::Signal::SIGKILL);
+    s.sup.wait_exit(Duration::from_secs(10));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(postmaster),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    phoenix_tests::wait_until("PostgreSQL gone", Duration::from_secs(30), || {
+        (!std::path::Path::new(&format!("/proc/{postmaster}")).exists()).then_some(())
+    });
     std::fs::remove_dir_all(s.sup.path("state/postgres/data")).unwrap();
 
     // A new, empty cluster starts; the restore replaces it.
