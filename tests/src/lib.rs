@@ -824,6 +824,16 @@ impl Stack {
         }
     }
 
+    /// A stack around a supervisor already started, without waiting for
+    /// every service (one may be expected to fail, as on a new machine).
+    pub fn attach(sup: Supervisor, ports: StackPorts) -> Stack {
+        Stack {
+            sup,
+            ports,
+            http: https(),
+        }
+    }
+
     /// The generated password of the initial `admin` user.
     pub fn admin_password(&self) -> String {
         std::fs::read_to_string(self.sup.path("state/secrets/initial-admin-password"))

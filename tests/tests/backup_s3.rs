@@ -237,3 +237,77 @@ fn bad_s3_settings_are_refused_by_check_config_where_they_are_written() {
     );
     assert!(err.contains("unknown field `secret_access_key`"), "{err}");
 }
+
+#[test]
+fn a_new_machine_is_rebuilt_from_the_bucket_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s3 = S3Server::start(dir.path());
+    let old = stack_with(&mut s3, dir.path(), "2s");
+    let admin_password = old.admin_password();
+    Supervisor::ok(&old.sup.ctl(&["backup", "now", "--type", "full"]));
+    wait_until("the state in the bucket", Duration::from_secs(180), || {
+        s3.keys(BUCKET)
+            .iter()
+            .any(|k| k == "phoenix/appliance/latest/manifest.json")
+            .then_some(())
+    });
+    let admin = old.admin_token();
+    old.user_token(&admin, "written_before_the_loss", "viewer");
+    let users = old.usernames();
+    // The segment holding that user reaches the bucket.
+    let segment = old.psql("SELECT pg_walfile_name(pg_switch_wal())");
+    wait_until("its WAL in the bucket", Duration::from_secs(120), || {
+        s3.keys(BUCKET)
+            .iter()
+            .any(|k| k.contains(&format!("/{segment}-")))
+            .then_some(())
+    });
+    // The machine is lost, with its disk.
+    let ports = old.ports;
+    drop(old);
+
+    // A new machine: the files the bucket keeps, put in place before the
+    // first start, as docs/operations.md says.
+    let fetched = dir.path().join("fetched");
+    s3.python(&format!(
+        "import os\n\
+         for o in s3.list_objects_v2(Bucket='{BUCKET}', Prefix='phoenix/appliance/latest/')['Contents']:\n\
+         \x20   p = os.path.join('{}', o['Key'][len('phoenix/appliance/latest/'):])\n\
+         \x20   os.makedirs(os.path.dirname(p), exist_ok=True)\n\
+         \x20   s3.download_file('{BUCKET}', o['Key'], p)",
+        fetched.display()
+    ))
+    .unwrap();
+    let toml = std::fs::read_to_string(fetched.join("phoenix.toml")).unwrap();
+    // The harness writes each machine's own directories and health port
+    // first; the rest is the operator's file as it was.
+    let body = toml
+        .split_once("[health]\n")
+        .and_then(|(_, rest)| rest.split_once('\n'))
+        .unwrap()
+        .1;
+    let mut sup = Supervisor::config(body);
+    sup.set_env("PHOENIX_OFFSITE_RETRY", "2s");
+    for (from, to) in [("secrets", "state/secrets"), ("tls", "state/tls")] {
+        let to = sup.path(to);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(fetched.join(from)).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+    }
+    sup.start();
+    sup.wait_state("api", "ready", Duration::from_secs(180));
+    let new = Stack::attach(sup, ports);
+    let said = Supervisor::ok(
+        &new.sup
+            .ctl(&["restore", "--latest", "--from", "s3", "--yes"]),
+    );
+    assert!(
+        said.contains("is not the cluster the repository holds"),
+        "{said}"
+    );
+    new.sup.wait_state("api", "ready", Duration::from_secs(180));
+    assert_eq!(new.usernames(), users);
+    assert!(!new.login("admin", &admin_password).is_empty());
+}
