@@ -329,7 +329,7 @@ pub fn api_table(a: &ApiLatency) -> Table {
     t.note(format!(
         "open loop at {} req/s over HTTPS keep-alive connections as the admin (bearer token; \
          the API checks the session in PostgreSQL and reads the users); latency from send to \
-         full body; worst send lag {} ms; the run without a backup lasts as long as the backup did",
+         full body; worst send lag {} ms; the run without a backup lasts as long as the backup did, at least 10 s",
         a.rate,
         ms(a.without
             .max_lag
