@@ -33,23 +33,67 @@ impl LoadResult {
     }
 }
 
+/// What is requested: a URL, with a bearer token, over HTTPS that accepts
+/// the appliance's self-signed certificate.
+pub struct Target {
+    pub url: String,
+    pub bearer: Option<String>,
+}
+
+impl Target {
+    pub fn plain(url: &str) -> Target {
+        Target {
+            url: url.to_string(),
+            bearer: None,
+        }
+    }
+}
+
 /// GET `url` at `rate` requests per second for `duration`.
 pub fn run(url: &str, rate: u32, duration: Duration) -> Result<LoadResult> {
+    run_while(&Target::plain(url), rate, duration, || true)
+}
+
+/// GET the target at `rate` requests per second for at most `duration`,
+/// sending no more once `keep_going` says false.
+pub fn run_while(
+    target: &Target,
+    rate: u32,
+    duration: Duration,
+    keep_going: impl Fn() -> bool,
+) -> Result<LoadResult> {
     // One thread: 500 requests/s is light work, and the supervisor under test
     // shares the machine's cores with the generator.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("start the load generator's runtime")?
-        .block_on(drive(url.to_string(), rate, duration))
+        .block_on(drive(target, rate, duration, keep_going))
 }
 
-async fn drive(url: String, rate: u32, duration: Duration) -> Result<LoadResult> {
+async fn drive(
+    target: &Target,
+    rate: u32,
+    duration: Duration,
+    keep_going: impl Fn() -> bool,
+) -> Result<LoadResult> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &target.bearer {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}")
+                .parse()
+                .context("a bearer token that fits in a header")?,
+        );
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(MAX_IN_FLIGHT)
         .timeout(REQUEST_TIMEOUT)
+        .default_headers(headers)
+        .danger_accept_invalid_certs(target.url.starts_with("https://127.0.0.1:"))
         .build()
         .context("build the HTTP client")?;
+    let url = target.url.clone();
     for _ in 0..WARM_UP_REQUESTS {
         client
             .get(&url)
@@ -69,6 +113,9 @@ async fn drive(url: String, rate: u32, duration: Duration) -> Result<LoadResult>
     let start = Instant::now();
     for i in 0..total {
         interrupt::check()?;
+        if !keep_going() {
+            break;
+        }
         let due = start + interval * i;
         tokio::time::sleep_until(due.into()).await;
         let permit = in_flight.clone().acquire_owned().await?;

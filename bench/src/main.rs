@@ -5,6 +5,10 @@
 //! (b) supervisor RSS and idle CPU, with six test programs and with the full stack;
 //! (c) `GET /health` latency under a fixed, open-loop request rate.
 //!
+//! `phoenix-bench backup` is another mode: backups and restores of the
+//! appliance's PostgreSQL beside pgBackRest by hand and pg_dump, the RPO,
+//! and API latency during a backup (`backup/`).
+//!
 //! It runs the release binaries next to its own executable; build them with
 //! `cargo build --release --workspace`. The figures go to stdout as tables,
 //! progress to stderr; nothing is written outside temp dirs.
@@ -15,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+mod backup;
 mod figures;
 mod interrupt;
 mod load;
@@ -30,7 +35,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Result, ensure};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use figures::HEALTH_TARGET_RATE;
 use report::Verdict;
@@ -40,9 +45,12 @@ use scenarios::{Binaries, progress};
 #[derive(Parser)]
 #[command(
     name = "phoenix-bench",
-    about = "Benchmark the Phoenix supervisor beside runit: restart latency, memory, idle CPU, /health latency"
+    about = "Benchmark the Phoenix supervisor beside runit: restart latency, memory, idle CPU, /health latency",
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    mode: Option<Mode>,
     /// kill -9 / restart cycles per supervisor (also the number of status CLI calls)
     #[arg(long, default_value_t = 50)]
     iterations: usize,
@@ -61,6 +69,12 @@ struct Args {
     /// Also print the tables as Markdown (for docs/benchmarks.md)
     #[arg(long)]
     markdown: bool,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Backups on a pgbench database: Phoenix beside pgBackRest by hand and pg_dump, restores, RPO, API latency during a backup
+    Backup(backup::Args),
 }
 
 struct Config {
@@ -129,7 +143,11 @@ impl Machine {
 }
 
 fn run() -> Result<ExitCode> {
-    let config = Config::from_args(Args::parse())?;
+    let mut args = Args::parse();
+    if let Some(Mode::Backup(b)) = args.mode.take() {
+        return backup::run(b);
+    }
+    let config = Config::from_args(args)?;
     let bins = Binaries::locate()?;
     let runit_bins = RunitBins::locate()?;
     interrupt::install()?;
@@ -240,6 +258,17 @@ mod tests {
         assert!(parse(&[]).is_ok());
         assert!(parse(&["--iterations", "0"]).is_err());
         assert!(parse(&["--rate", "0"]).is_err());
+        assert!(
+            Args::try_parse_from(["phoenix-bench", "--iterations", "5", "backup"]).is_err(),
+            "the backup mode takes its own flags"
+        );
+        match Args::parse_from(["phoenix-bench", "backup", "--scale", "5"]).mode {
+            Some(Mode::Backup(b)) => assert_eq!(
+                backup::Settings::from_args(b).unwrap().flags(),
+                "backup --scale 5 --rounds 3 --api-rate 100 --write-rate 10"
+            ),
+            None => panic!("no backup mode"),
+        }
         assert_eq!(
             parse(&["--iterations", "5", "--no-full-stack"])
                 .unwrap()

@@ -52,6 +52,101 @@ impl Phoenix {
         self.sup.as_ref().expect("present until dropped")
     }
 
+    fn sup_mut(&mut self) -> &mut Supervisor {
+        self.sup.as_mut().expect("present until dropped")
+    }
+
+    /// A path inside the supervisor's temp dir (`state/...`, `run/...`).
+    pub fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.sup().path(rel)
+    }
+
+    /// `phoenixctl ARGS` on this supervisor's control socket.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        self.sup().ctl(args)
+    }
+
+    /// `phoenixctl ARGS` on this supervisor's control socket, to be run
+    /// (and timed) by the caller.
+    pub fn ctl_command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(phoenix_tests::bin("phoenixctl"));
+        cmd.arg("--socket").arg(self.sup().socket()).args(args);
+        cmd
+    }
+
+    /// The pid of a running service, from `phoenixctl --json status`.
+    pub fn service_pid(&self, name: &str) -> Option<i32> {
+        self.sup().try_status()?["services"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == name)?["pid"]
+            .as_i64()
+            .map(|p| p as i32)
+    }
+
+    /// The state of a service (`ready`, `exited`, ...); empty when unknown.
+    pub fn state_of(&self, name: &str) -> String {
+        self.sup().state_of(name)
+    }
+
+    /// Wait until a service is in `state`.
+    pub fn wait_state(&self, name: &str, state: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.state_of(name) != state {
+            interrupt::check()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} did not reach {state} within {timeout:?} (it is `{}`)\n\
+                     last lines of the supervisor's log:\n{}",
+                    self.state_of(name),
+                    self.log_tail(30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// The machine dies: SIGKILL to PostgreSQL's process group first (no
+    /// commit after it), then to the supervisor's group and to every
+    /// process still naming the temp dir (the other servers, pgBackRest's
+    /// background WAL push). Nothing is shut down cleanly.
+    pub fn crash(&mut self) -> Result<()> {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::{Pid, getpgid};
+        if let Some(pg) = self.service_pid("postgres")
+            && let Ok(group) = getpgid(Some(Pid::from_raw(pg)))
+        {
+            let _ = kill(Pid::from_raw(-group.as_raw()), Signal::SIGKILL);
+        }
+        let sup = self.sup_mut();
+        let _ = kill(Pid::from_raw(-sup.pid()), Signal::SIGKILL);
+        sup.wait_exit(Duration::from_secs(10));
+        let dir = sup.dir.path().display().to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = phoenix_tests::processes_matching(&dir);
+            if left.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("processes {left:?} survived SIGKILL for 10 s");
+            }
+            for pid in left {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Start the supervisor again on the same config and state (after
+    /// [`Phoenix::crash`]); its earlier log is kept as `supervisor.stderr.1`.
+    pub fn start_again(&mut self) {
+        let log = self.path("supervisor.stderr");
+        let _ = std::fs::rename(&log, log.with_extension("stderr.1"));
+        self.sup_mut().start_with(&["env", "RUST_LOG=info"]);
+    }
+
     pub fn pid(&self) -> i32 {
         self.sup().pid()
     }
@@ -112,7 +207,7 @@ impl Phoenix {
             .map(str::to_string)
     }
 
-    fn log_tail(&self, lines: usize) -> String {
+    pub fn log_tail(&self, lines: usize) -> String {
         let log = self.sup().stderr();
         let all: Vec<&str> = log.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
