@@ -3,7 +3,9 @@
 # `phoenix-api` from next to its own executable unless `[api] bin` says
 # otherwise.
 { lib
+, stdenv
 , rustPlatform
+, installShellFiles
 }:
 
 let
@@ -44,6 +46,22 @@ rustPlatform.buildRustPackage {
     "--package"
     "phoenix-api"
   ];
+
+  nativeBuildInputs = [ installShellFiles ];
+
+  # Shell completions and manual pages, from the binaries' own clap
+  # definitions (their hidden `completions` and `man` subcommands); a cross
+  # build, whose binaries cannot run here, goes without.
+  postInstall = lib.optionalString (stdenv.buildPlatform.canExecute stdenv.hostPlatform) ''
+    for bin in phoenixctl phoenix-supervisor; do
+      installShellCompletion --cmd "$bin" \
+        --bash <("$out/bin/$bin" completions bash) \
+        --zsh <("$out/bin/$bin" completions zsh) \
+        --fish <("$out/bin/$bin" completions fish)
+      "$out/bin/$bin" man "$TMPDIR/man" >/dev/null
+    done
+    installManPage "$TMPDIR"/man/*.1
+  '';
 
   # The black-box tests start PostgreSQL, Prometheus and the Pushgateway and
   # need root for users and cgroups; scripts/test.sh runs them, and the

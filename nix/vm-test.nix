@@ -1,8 +1,9 @@
 # checks.<system>.vm: services.phoenix on a NixOS VM, reached from a second
 # one. Waits for the unit (READY=1 once start-up has settled), for /health
 # to pass through the firewall, for port 80 to redirect to HTTPS and for the
-# initial admin to log in over the API; then edits the TOML file, applies it
-# with a reload and checks that a restart keeps the edit.
+# initial admin to log in over the API; looks for the package's bash
+# completion and manual pages on the system; then edits the TOML file,
+# applies it with a reload and checks that a restart keeps the edit.
 { pkgs, module }:
 
 let
@@ -57,6 +58,10 @@ pkgs.testers.runNixOSTest {
         appliance.succeed("test -f /etc/phoenix/phoenix.toml && test ! -L /etc/phoenix/phoenix.toml")
         appliance.succeed("test \"$(stat -c %a /etc/phoenix/phoenix.toml)\" = 600")
         appliance.succeed("phoenix-supervisor check-config --config /etc/phoenix/phoenix.toml")
+
+    with subtest("the package's completions and manual pages are on the system"):
+        appliance.succeed("grep -q -- --latest /run/current-system/sw/share/bash-completion/completions/phoenixctl.bash")
+        appliance.succeed("zcat -f /run/current-system/sw/share/man/man1/phoenixctl-restore.1* | grep -q 'phoenixctl restore'")
 
     with subtest("health passes, on the machine and through the firewall"):
         appliance.wait_until_succeeds(

@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod cgroup;
+pub mod cli_docs;
 pub mod config;
 pub mod control;
 pub mod firstboot;

@@ -7,7 +7,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use phoenix_supervisor::cli_docs::{Docs, ExitCodes};
 use phoenix_supervisor::config::{self, DEFAULT_CONFIG_PATH, LoadOptions};
 use phoenix_supervisor::firstboot;
 use phoenix_supervisor::pginit::{InitOptions, postgres_init};
@@ -15,11 +16,31 @@ use phoenix_supervisor::pid1;
 use phoenix_supervisor::run::{RunOptions, run};
 use phoenix_supervisor::supervisor::Outcome;
 
+/// The exit codes, for `--help` and the manual page (docs/supervisor.md has the table).
+const EXIT_CODES: ExitCodes = ExitCodes(&[
+    (
+        0,
+        "run: every service stopped in order; check-config: the file is valid; first-boot: written, or there already.",
+    ),
+    (
+        1,
+        "an invalid config or a start-up failure; check-config: an invalid file; first-boot: failed.",
+    ),
+    (
+        2,
+        "run: the shutdown timeout ran out and the remaining processes were killed; an invalid command line.",
+    ),
+]);
+
 #[derive(Parser)]
 #[command(
     name = "phoenix-supervisor",
     version,
-    about = "Runs the Phoenix appliance from one TOML file"
+    about = "Runs the Phoenix appliance from one TOML file",
+    long_about = "Runs the Phoenix appliance from one TOML file.\n\n\
+                  Without a subcommand it runs; as PID 1 it runs whatever the arguments, \
+                  and as the machine's init it powers off instead of exiting.",
+    after_long_help = EXIT_CODES.help()
 )]
 struct Cli {
     #[command(subcommand)]
@@ -70,6 +91,8 @@ enum Command {
         #[arg(long)]
         superuser_password_file: PathBuf,
     },
+    #[command(flatten)]
+    Docs(Docs),
 }
 
 fn main() -> ExitCode {
@@ -163,6 +186,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Docs(docs) => docs.run(Cli::command(), &EXIT_CODES),
     };
     if pid1::is_machine_init() {
         if code != ExitCode::SUCCESS {

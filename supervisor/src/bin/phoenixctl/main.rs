@@ -6,18 +6,33 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod restore;
+use phoenix_supervisor::cli_docs::{Docs, ExitCodes};
 use phoenix_supervisor::control::{Request, Response, call};
 use phoenix_supervisor::health::{Status, certificate_check, health_document, service_status};
 use phoenix_supervisor::status::{CertificateStatus, Level, ScalingStatus, Snapshot, now_ms};
+
+/// The exit codes, for `--help` and the manual page (docs/supervisor.md has the table).
+const EXIT_CODES: ExitCodes = ExitCodes(&[
+    (0, "done; health, certs: pass; scaling: every trigger ok."),
+    (
+        1,
+        "the supervisor refused, or the command failed; health, certs: warn; scaling: a trigger raised.",
+    ),
+    (
+        2,
+        "the supervisor cannot be reached; health, certs: fail; an invalid command line.",
+    ),
+]);
 
 #[derive(Parser)]
 #[command(
     name = "phoenixctl",
     version,
-    about = "Controls a running phoenix-supervisor"
+    about = "Controls a running phoenix-supervisor",
+    after_long_help = EXIT_CODES.help()
 )]
 struct Cli {
     /// Control socket of the supervisor.
@@ -61,6 +76,7 @@ enum Cmd {
         action: BackupCmd,
     },
     /// Restore PostgreSQL to a point in time, a backup, or the latest state.
+    ///
     /// Run bare in a terminal, it asks; the API and PostgreSQL are stopped
     /// meanwhile, and the old data directory is kept aside.
     Restore {
@@ -81,6 +97,8 @@ enum Cmd {
         #[arg(long)]
         yes: bool,
     },
+    #[command(flatten)]
+    Docs(Docs),
 }
 
 #[derive(Subcommand)]
@@ -109,6 +127,9 @@ enum CertsCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Docs(docs) = &cli.command {
+        return docs.run(Cli::command(), &EXIT_CODES);
+    }
     if let Cmd::Restore {
         to,
         backup,
@@ -147,7 +168,7 @@ fn main() -> ExitCode {
         } => Request::BackupVerify {
             label: label.clone(),
         },
-        Cmd::Restore { .. } => unreachable!("handled above"),
+        Cmd::Restore { .. } | Cmd::Docs(_) => unreachable!("handled above"),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
