@@ -36,8 +36,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::pipeline_spec::{PROCESS_CPU_METRIC, PROCESS_MEMORY_METRIC};
 use crate::push_group::{JOB as AGENT_JOB, PUSHGATEWAY_META};
+use phoenix_wire::pipeline::{PROCESS_CPU_METRIC, PROCESS_MEMORY_METRIC};
 
 /// Longest one Prometheus query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -27,8 +27,8 @@
 //! - [`edge`]: what faces the network on both listeners: the connection
 //!   limit, TLS, HTTP/1.1 and HTTP/2 with their timeouts, and the lingering
 //!   read of request bodies an early answer left unread.
-//! - [`pipeline_spec`]: reduction pipelines and experiment task payloads as
-//!   data, with their validation; no I/O (shared with the agent later).
+//! - reduction pipelines and experiment task payloads as data live in the
+//!   `phoenix-wire` crate (`phoenix_wire::pipeline`), shared with agents.
 //! - [`pipelines`]: saved pipelines and templates.
 //! - [`experiment_state`]: the experiment state machine, a pure function;
 //!   a leaf that experiments and agents' pushes both read.
@@ -66,7 +66,6 @@ pub mod input;
 pub mod kpi;
 pub mod metrics;
 pub mod peer;
-pub mod pipeline_spec;
 pub mod pipelines;
 pub mod problem;
 pub mod push_group;

@@ -1,5 +1,5 @@
 //! Saved pipelines (CRUD) and the built-in templates. Specs are validated by
-//! [`crate::pipeline_spec`] before they are stored. Every signed-in user
+//! [`phoenix_wire::pipeline`] before they are stored. Every signed-in user
 //! (viewer and up) reads; operators change, and every change is audited in
 //! the same transaction.
 
@@ -14,7 +14,7 @@ use crate::AppState;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::input::{Json, Path, Rejection, json_body};
-use crate::pipeline_spec::{PipelineSpec, SpecError, Template, templates};
+use phoenix_wire::pipeline::{PipelineSpec, SpecError, Template, templates};
 
 /// Longest pipeline or experiment name, in characters.
 pub const MAX_NAME_CHARS: usize = 100;

@@ -30,8 +30,8 @@ use super::{DRIVER_ACTOR, Transition, TransitionFields, after_commit};
 use crate::AppState;
 use crate::experiment_state::{Action, State};
 use crate::kpi::{self, Prometheus, Subject};
-use crate::pipeline_spec::task;
 use crate::shutdown::Shutdown;
+use phoenix_wire::pipeline::task;
 
 /// How the driver paces itself; each from the environment (humantime
 /// durations such as `2s` or `500ms`).

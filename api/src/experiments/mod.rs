@@ -56,9 +56,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::experiment_state::{Action, State, allowed_actions, transition};
 use crate::input::{Json, Path, Query, Rejection, json_body, page_limit};
 use crate::kpi::{Kpis, Variant};
-use crate::pipeline_spec::{PipelineSpec, task};
 use crate::pipelines::validate_name;
 use crate::tasks::{self, NewTask};
+use phoenix_wire::pipeline::{PipelineSpec, task};
 
 /// Default success criterion: at least this many percent fewer series.
 pub const DEFAULT_MIN_REDUCTION_PCT: f64 = 70.0;

@@ -2,8 +2,7 @@
 //! before pushing them, and the rules that make a pipeline valid.
 //!
 //! *Invariant:* no I/O, no HTTP or database types — only serde, regex and the
-//! schema derive — so the agent can share these types (they are meant to move
-//! to a wire-types crate).
+//! schema derive — so the API and its agents share these types.
 //!
 //! # The metrics a pipeline sees
 //!
