@@ -516,6 +516,26 @@ impl<S: restore::Services> PgBackRest<S> {
         }
     }
 
+    /// Verifies backup `label` of the local repository and annotates the
+    /// result on it: the verdict, its note, and how the annotation went.
+    async fn verify_and_annotate(&self, label: &str, size: u64) -> (Verdict, String, job::Outcome) {
+        let verdict = verify::verify(&self.runner, label, size).await;
+        let note = verdict.annotation(&Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true));
+        let annotated = self
+            .runner
+            .pgbackrest(
+                &[
+                    "--repo=1".into(),
+                    format!("--set={label}"),
+                    format!("--annotation={}={note}", info::VERIFIED),
+                    "annotate".into(),
+                ],
+                false,
+            )
+            .await;
+        (verdict, note, annotated)
+    }
+
     /// A backup in the local repository (repo1, pgBackRest's default),
     /// verified when it is a full.
     async fn backup_here(
@@ -553,8 +573,7 @@ impl<S: restore::Services> PgBackRest<S> {
         if new.kind != "full" || !self.runner.settings().verify {
             return Ok((label, None));
         }
-        let verdict = verify::verify(&self.runner, &label, new.size_bytes).await;
-        let note = verdict.annotation(&Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true));
+        let (verdict, note, annotated) = self.verify_and_annotate(&label, new.size_bytes).await;
         match &verdict {
             Verdict::Ok(_) => {}
             Verdict::Skipped(why) => {
@@ -564,20 +583,9 @@ impl<S: restore::Services> PgBackRest<S> {
                 tracing::error!(label, why, "a full backup failed its verification")
             }
         }
-        self.runner
-            .pgbackrest(
-                &[
-                    "--repo=1".into(),
-                    format!("--set={label}"),
-                    format!("--annotation={}={note}", info::VERIFIED),
-                    "annotate".into(),
-                ],
-                false,
-            )
-            .await
-            .map_err(|e| {
-                format!("backup {label} taken and verified ({note}), but not annotated: {e}")
-            })?;
+        annotated.map_err(|e| {
+            format!("backup {label} taken and verified ({note}), but not annotated: {e}")
+        })?;
         // Taken either way; a failed verification shows in `verified`.
         Ok((label, Some(note)))
     }
@@ -695,20 +703,7 @@ impl<S: restore::Services> Work for PgBackRest<S> {
             None => "there is no full backup to verify yet".to_string(),
         })?;
         let label = backup.label.clone();
-        let verdict = verify::verify(&self.runner, &label, backup.size_bytes).await;
-        let note = verdict.annotation(&Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true));
-        let annotated = self
-            .runner
-            .pgbackrest(
-                &[
-                    "--repo=1".into(),
-                    format!("--set={label}"),
-                    format!("--annotation={}={note}", info::VERIFIED),
-                    "annotate".into(),
-                ],
-                false,
-            )
-            .await;
+        let (verdict, note, annotated) = self.verify_and_annotate(&label, backup.size_bytes).await;
         let ok = !matches!(verdict, Verdict::Failed(_));
         let details = serde_json::json!({ "verified": note });
         if let Err(e) = sql::audit(&self.runner, "backup.verify", &label, ok, &details).await {
