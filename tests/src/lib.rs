@@ -610,6 +610,19 @@ impl StackPorts {
         )
     }
 
+    /// PostgreSQL and the API only (no Prometheus, no Pushgateway): what a
+    /// backup or a restore touches; `extra` is appended.
+    pub fn database_config(&self, extra: &str) -> String {
+        format!(
+            "[postgres]\nport = {}\n[prometheus]\nenable = false\n[pushgateway]\nenable = false\n\
+             [api]\nlisten = \"127.0.0.1:{}\"\nagent_listen = \"127.0.0.1:{}\"\n[tls]\n{}\n{extra}",
+            self.pg,
+            self.api,
+            self.agent,
+            self.http_listen()
+        )
+    }
+
     /// The `[tls]` key for this stack's plain-HTTP port.
     pub fn http_listen(&self) -> String {
         format!("http_listen = \"127.0.0.1:{}\"", self.http)

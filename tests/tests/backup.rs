@@ -344,15 +344,7 @@ fn retention_keeps_what_the_policy_says_and_waits_for_a_verified_full() {
 fn a_supervisor_killed_during_a_backup_leaves_no_half_backup_listed_and_the_next_succeeds() {
     // PostgreSQL and the API only: what a backup touches.
     let ports = phoenix_tests::StackPorts::free();
-    let config = format!(
-        "[postgres]\nport = {}\n[prometheus]\nenable = false\n[pushgateway]\nenable = false\n\
-         [api]\nlisten = \"127.0.0.1:{}\"\nagent_listen = \"127.0.0.1:{}\"\n[tls]\n{}\n\
-         [backup]\ncompress = \"gz\"\nverify = false\n",
-        ports.pg,
-        ports.api,
-        ports.agent,
-        ports.http_listen()
-    );
+    let config = ports.database_config("[backup]\ncompress = \"gz\"\nverify = false\n");
     let mut s = Stack::started(Supervisor::config(&config), ports);
     s.sup
         .wait_state("backup-stanza", "exited", Duration::from_secs(60));

@@ -164,14 +164,7 @@ fn bad_restore_targets_are_refused_and_nothing_is_touched() {
 fn a_supervisor_killed_during_a_restore_leaves_the_old_data_whole_and_the_stack_startable() {
     // PostgreSQL and the API only: what a restore touches.
     let ports = phoenix_tests::StackPorts::free();
-    let config = format!(
-        "[postgres]\nport = {}\n[prometheus]\nenable = false\n[pushgateway]\nenable = false\n\
-         [api]\nlisten = \"127.0.0.1:{}\"\nagent_listen = \"127.0.0.1:{}\"\n[tls]\n{}\n",
-        ports.pg,
-        ports.api,
-        ports.agent,
-        ports.http_listen()
-    );
+    let config = ports.database_config("");
     let mut s = Stack::started(Supervisor::config(&config), ports);
     s.sup
         .wait_state("backup-stanza", "exited", Duration::from_secs(60));
@@ -216,15 +209,7 @@ fn restore_latest(s: &Stack) -> String {
 fn after_the_data_directory_is_lost_a_restore_loses_at_most_the_archive_timeout() {
     // archive_timeout 20 s instead of the default 60 s, to keep the test short.
     let ports = phoenix_tests::StackPorts::free();
-    let config = format!(
-        "[postgres]\nport = {}\n[prometheus]\nenable = false\n[pushgateway]\nenable = false\n\
-         [api]\nlisten = \"127.0.0.1:{}\"\nagent_listen = \"127.0.0.1:{}\"\n[tls]\n{}\n\
-         [backup]\nverify = false\narchive_timeout = \"20s\"\n",
-        ports.pg,
-        ports.api,
-        ports.agent,
-        ports.http_listen()
-    );
+    let config = ports.database_config("[backup]\nverify = false\narchive_timeout = \"20s\"\n");
     let mut s = Stack::started(Supervisor::config(&config), ports);
     s.sup
         .wait_state("backup-stanza", "exited", Duration::from_secs(60));
