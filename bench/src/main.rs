@@ -38,7 +38,6 @@ use anyhow::{Result, ensure};
 use clap::{Parser, Subcommand};
 
 use figures::HEALTH_TARGET_RATE;
-use report::Verdict;
 use runit::RunitBins;
 use scenarios::{Binaries, progress};
 
@@ -202,36 +201,13 @@ fn run() -> Result<ExitCode> {
         figures::health_table(&config, &phoenix, stack.as_ref(), &mut verdicts),
         figures::status_cli_table(&phoenix, &runit)?,
     ];
-    let missed = verdicts.iter().filter(|v| **v == Verdict::Miss).count();
-    let summary = format!(
-        "targets met: {} of {}",
-        verdicts.len() - missed,
-        verdicts.len()
-    );
-
-    println!("Phoenix supervisor benchmark");
-    for line in &header {
-        println!("{line}");
-    }
-    for t in &tables {
-        println!("\n{}", t.text());
-    }
-    println!("{summary}");
-    if config.markdown {
-        println!("\n<!-- markdown -->\n");
-        for line in &header {
-            println!("- {line}");
-        }
-        for t in &tables {
-            println!("\n{}", t.markdown());
-        }
-        println!("{summary}");
-    }
-    Ok(if missed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(3)
-    })
+    Ok(crate::report::print(
+        "Phoenix supervisor benchmark",
+        &header,
+        &tables,
+        &verdicts,
+        config.markdown,
+    ))
 }
 
 fn main() -> ExitCode {

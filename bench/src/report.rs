@@ -100,6 +100,47 @@ impl Table {
     }
 }
 
+/// Prints a benchmark's report: its title, the header lines, the tables
+/// and how many targets were met; with `markdown`, the header and tables
+/// again as Markdown. Exit code 3 when a target was missed.
+pub fn print(
+    title: &str,
+    header: &[String],
+    tables: &[Table],
+    verdicts: &[Verdict],
+    markdown: bool,
+) -> std::process::ExitCode {
+    let missed = verdicts.iter().filter(|v| **v == Verdict::Miss).count();
+    let summary = format!(
+        "targets met: {} of {}",
+        verdicts.len() - missed,
+        verdicts.len()
+    );
+    println!("{title}");
+    for line in header {
+        println!("{line}");
+    }
+    for t in tables {
+        println!("\n{}", t.text());
+    }
+    println!("{summary}");
+    if markdown {
+        println!("\n<!-- markdown -->\n");
+        for line in header {
+            println!("- {line}");
+        }
+        for t in tables {
+            println!("\n{}", t.markdown());
+        }
+        println!("{summary}");
+    }
+    if missed == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(3)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,7 +33,6 @@ use serde_json::Value;
 
 use crate::load::{self, LoadResult};
 use crate::phoenix::Phoenix;
-use crate::report::Verdict;
 use crate::scenarios::{self, Binaries, progress};
 use crate::{Machine, interrupt};
 use pg::{Group, Pg, pg_bin, timed};
@@ -210,35 +209,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         figures::rpo_table(&results.rpo, &mut verdicts),
         figures::api_table(&results.api),
     ];
-    let missed = verdicts.iter().filter(|v| **v == Verdict::Miss).count();
-    let summary = format!(
-        "targets met: {} of {}",
-        verdicts.len() - missed,
-        verdicts.len()
-    );
-    println!("Phoenix backup benchmark");
-    for line in &header {
-        println!("{line}");
-    }
-    for t in &tables {
-        println!("\n{}", t.text());
-    }
-    println!("{summary}");
-    if settings.markdown {
-        println!("\n<!-- markdown -->\n");
-        for line in &header {
-            println!("- {line}");
-        }
-        for t in &tables {
-            println!("\n{}", t.markdown());
-        }
-        println!("{summary}");
-    }
-    Ok(if missed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(3)
-    })
+    Ok(crate::report::print(
+        "Phoenix backup benchmark",
+        &header,
+        &tables,
+        &verdicts,
+        settings.markdown,
+    ))
 }
 
 fn memory_gib() -> String {
