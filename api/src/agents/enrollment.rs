@@ -4,8 +4,6 @@
 //! as its SHA-256; a use is taken in the same transaction that creates the
 //! agent, so a token with one use enrolls exactly one agent.
 
-use std::collections::BTreeMap;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -22,6 +20,7 @@ use crate::auth::caller::ClientIp;
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::input::{Json, Path};
+use phoenix_wire::agent::{EnrollRequest, Enrolled};
 
 const DEFAULT_TTL_SECS: i64 = 24 * 3600;
 const MAX_TTL_SECS: i64 = 30 * 24 * 3600;
@@ -205,29 +204,6 @@ pub async fn revoke_token(
         .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct EnrollRequest {
-    /// The enrollment token from an admin.
-    pub token: String,
-    /// Unique among active agents (case-insensitive), e.g. the host's name.
-    pub name: String,
-    pub hostname: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default)]
-    pub version: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Enrolled {
-    pub agent_id: Uuid,
-    /// Shown once; only its hash is stored.
-    pub secret: String,
-    /// What to send on every request: `Authorization: Bearer <credential>`.
-    pub credential: String,
-    pub heartbeat_interval_secs: u64,
 }
 
 fn validate_enrollment(req: &EnrollRequest) -> ApiResult<()> {

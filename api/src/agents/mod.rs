@@ -27,6 +27,7 @@ pub mod registry;
 
 use std::time::Duration;
 
+use phoenix_wire::agent::TaskState;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use crate::error::{ApiError, ApiResult};
@@ -169,7 +170,7 @@ async fn refresh_gauges(state: &AppState) -> sqlx::Result<()> {
         .fetch_one(&state.pool)
         .await?;
     state.metrics.set_database_size(size);
-    for task_state in tasks::STATES {
+    for task_state in TaskState::ALL.map(TaskState::as_str) {
         let n = counts
             .iter()
             .find(|(s, _)| s == task_state)

@@ -17,6 +17,7 @@ use crate::auth::{AgentCaller, Caller, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::input::{Json, Path, Query, page_limit};
 use crate::tasks::wake;
+use phoenix_wire::agent::{Heartbeat, HeartbeatReply};
 
 /// Largest `status` object a heartbeat may carry, serialized.
 const MAX_REPORTED_STATUS_BYTES: usize = 64 * 1024;
@@ -217,23 +218,6 @@ pub async fn revoke(
         );
     }
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct Heartbeat {
-    /// The agent's version, if it changed.
-    pub version: Option<String>,
-    /// Anything the agent wants operators to see (queue depth, pipelines...);
-    /// at most 64 KiB.
-    pub status: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct HeartbeatReply {
-    pub server_time: DateTime<Utc>,
-    /// Send the next heartbeat within this many seconds; an agent not seen
-    /// for three intervals shows as offline.
-    pub heartbeat_interval_secs: u64,
 }
 
 /// Tell the control plane the agent is alive (agent listener).

@@ -45,6 +45,9 @@ use crate::audit::Event;
 use crate::auth::{AgentCaller, Caller, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::input::{Json, Path, Query, page_limit};
+use phoenix_wire::agent::{
+    Claimed, ClaimedTask, Outcome, ReportedResult, ResultAccepted, TaskState,
+};
 
 /// Lease of a claimed task unless the poll asks for another.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
@@ -62,56 +65,17 @@ const MAX_ATTEMPTS: i32 = 100;
 const MAX_JSON_BYTES: usize = 256 * 1024;
 const MAX_ERROR_CHARS: usize = 16 * 1024;
 
-/// Every state, in the order of a task's life.
-pub const STATES: [&str; 6] = [
-    "queued",
-    "leased",
-    "succeeded",
-    "failed",
-    "expired",
-    "cancelled",
-];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum TaskState {
-    Queued,
-    Leased,
-    Succeeded,
-    Failed,
-    Expired,
-    Cancelled,
+/// A state as the database stores it; any other text is a fault of the
+/// database, not of a request.
+fn task_state(name: &str) -> ApiResult<TaskState> {
+    TaskState::from_name(name)
+        .ok_or_else(|| anyhow::anyhow!("unknown task state {name:?} in the database").into())
 }
 
-impl TaskState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Queued => "queued",
-            TaskState::Leased => "leased",
-            TaskState::Succeeded => "succeeded",
-            TaskState::Failed => "failed",
-            TaskState::Expired => "expired",
-            TaskState::Cancelled => "cancelled",
-        }
-    }
-
-    fn parse(s: &str) -> ApiResult<TaskState> {
-        Ok(match s {
-            "queued" => TaskState::Queued,
-            "leased" => TaskState::Leased,
-            "succeeded" => TaskState::Succeeded,
-            "failed" => TaskState::Failed,
-            "expired" => TaskState::Expired,
-            "cancelled" => TaskState::Cancelled,
-            other => {
-                return Err(anyhow::anyhow!("unknown task state {other:?} in the database").into());
-            }
-        })
-    }
-
-    fn is_final(self) -> bool {
-        !matches!(self, TaskState::Queued | TaskState::Leased)
-    }
+/// An outcome as the database stores it.
+fn outcome(name: &str) -> ApiResult<Outcome> {
+    Outcome::from_name(name)
+        .ok_or_else(|| anyhow::anyhow!("unknown outcome {name:?} in the database").into())
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -144,7 +108,7 @@ fn task_from(r: &sqlx::postgres::PgRow) -> ApiResult<Task> {
         agent_id: r.get("agent_id"),
         kind: r.get("kind"),
         payload: r.get("payload"),
-        state: TaskState::parse(r.get("state"))?,
+        state: task_state(r.get("state"))?,
         attempts: r.get("attempts"),
         max_attempts: r.get("max_attempts"),
         lease_expires_at: r.get("lease_expires_at"),
@@ -357,10 +321,10 @@ pub async fn get(
         Ok(TaskResult {
             result_id: r.get("id"),
             attempt: r.get("attempt"),
-            outcome: Outcome::parse(r.get("outcome"))?,
+            outcome: outcome(r.get("outcome"))?,
             result: r.get("result"),
             error: r.get("error"),
-            state: TaskState::parse(r.get("task_state"))?,
+            state: task_state(r.get("task_state"))?,
             received_at: r.get("received_at"),
         })
     })
@@ -391,7 +355,7 @@ pub async fn cancel(
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("task {id}")))?;
-    if TaskState::parse(&current)?.is_final() {
+    if task_state(&current)?.is_final() {
         return Err(ApiError::conflict(
             "task_finished",
             format!("task {id} is already {current}"),
@@ -461,23 +425,6 @@ pub struct PollQuery {
     /// Seconds the claimed tasks are leased for (default 60, at most 3600):
     /// without a result by then, a task is queued again.
     pub lease: Option<u64>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ClaimedTask {
-    pub id: Uuid,
-    pub kind: String,
-    pub payload: serde_json::Value,
-    /// 1 for the first attempt.
-    pub attempt: i32,
-    /// Report a result before this time, or the task is queued again.
-    pub lease_expires_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Claimed {
-    /// Oldest first; empty when the wait ended without a task.
-    pub tasks: Vec<ClaimedTask>,
 }
 
 /// Claims up to `max` of the agent's oldest queued tasks.
@@ -588,52 +535,6 @@ pub async fn poll(
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Succeeded,
-    Failed,
-}
-
-impl Outcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
-        }
-    }
-
-    fn parse(s: &str) -> ApiResult<Outcome> {
-        match s {
-            "succeeded" => Ok(Outcome::Succeeded),
-            "failed" => Ok(Outcome::Failed),
-            other => Err(anyhow::anyhow!("unknown outcome {other:?} in the database").into()),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-pub struct ReportedResult {
-    /// Chosen by the agent, once per result: sending the same result again
-    /// (after a lost answer) is safe.
-    pub result_id: Uuid,
-    pub outcome: Outcome,
-    pub result: Option<serde_json::Value>,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ResultAccepted {
-    pub task_id: Uuid,
-    pub result_id: Uuid,
-    pub outcome: Outcome,
-    /// The attempt the result was counted for.
-    pub attempt: i32,
-    /// The task's state after the result: `queued` again after a failed
-    /// attempt with attempts left.
-    pub state: TaskState,
-}
-
 /// Report the result of a leased task (agent listener). Idempotent by
 /// `result_id`: the same result again gets the same answer and changes
 /// nothing. A late result of an attempt whose lease ran out is still taken
@@ -677,7 +578,7 @@ pub async fn report(
             .fetch_optional(&mut *tx)
             .await?;
     if let Some(stored) = stored {
-        let outcome = Outcome::parse(stored.get("outcome"))?;
+        let outcome = outcome(stored.get("outcome"))?;
         if stored.get::<Uuid, _>("task_id") != id || outcome != report.outcome {
             return Err(ApiError::conflict(
                 "result_id_reused",
@@ -692,10 +593,10 @@ pub async fn report(
             result_id: report.result_id,
             outcome,
             attempt: stored.get("attempt"),
-            state: TaskState::parse(stored.get("task_state"))?,
+            state: task_state(stored.get("task_state"))?,
         }));
     }
-    let current = TaskState::parse(task.get("state"))?;
+    let current = task_state(task.get("state"))?;
     let attempts: i32 = task.get("attempts");
     let max_attempts: i32 = task.get("max_attempts");
     match current {
