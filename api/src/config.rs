@@ -78,9 +78,24 @@ pub struct Args {
     #[arg(long, env = "PHOENIX_INITIAL_ADMIN_PASSWORD_FILE")]
     pub initial_admin_password_file: Option<PathBuf>,
 
-    /// Pushgateway that agents' metrics are forwarded to, e.g. http://127.0.0.1:9091.
+    /// Pushgateway that agents' text pushes are forwarded to, e.g. http://127.0.0.1:9091.
     #[arg(long, env = "PHOENIX_PUSHGATEWAY_URL")]
     pub pushgateway_url: Option<url::Url>,
+
+    /// Prometheus remote-write receiver that agents' samples are forwarded
+    /// to, e.g. http://127.0.0.1:9090/api/v1/write.
+    #[arg(long, env = "PHOENIX_REMOTE_WRITE_URL")]
+    pub remote_write_url: Option<url::Url>,
+
+    /// Oldest sample accepted from an agent, as an age (1m to 30d): the
+    /// receiver's out-of-order window, so that it can store what is taken.
+    #[arg(
+        long,
+        env = "PHOENIX_REMOTE_WRITE_MAX_AGE",
+        default_value = "6h",
+        value_parser = humantime::parse_duration
+    )]
+    pub remote_write_max_age: Duration,
 
     /// Prometheus that experiment KPIs are read from, e.g. http://127.0.0.1:9090.
     #[arg(long, env = "PHOENIX_PROMETHEUS_URL")]
@@ -268,6 +283,18 @@ impl TryFrom<Args> for Config {
                  or neither to serve plain HTTP"
             ),
         };
+        duration_within(
+            "--remote-write-max-age",
+            args.remote_write_max_age,
+            MINUTE,
+            30 * DAY,
+        )?;
+        if let Some(url) = &args.remote_write_url {
+            ensure!(
+                matches!(url.scheme(), "http" | "https"),
+                "--remote-write-url must be an http:// or https:// URL (got {url})"
+            );
+        }
         ensure!(
             args.price_per_series_month.is_finite() && args.price_per_series_month >= 0.0,
             "--price-per-series-month must be a non-negative number of dollars"
@@ -360,6 +387,8 @@ impl TryFrom<Args> for Config {
             initial_admin_password_file: args.initial_admin_password_file,
             settings: crate::Settings {
                 pushgateway_url: args.pushgateway_url,
+                remote_write_url: args.remote_write_url,
+                remote_write_max_age: args.remote_write_max_age,
                 prometheus_url: args.prometheus_url,
                 price_per_series_month: args.price_per_series_month,
             },
@@ -387,6 +416,7 @@ impl TryFrom<Args> for Config {
 }
 
 pub(crate) const SECOND: Duration = Duration::from_secs(1);
+pub(crate) const MINUTE: Duration = Duration::from_secs(60);
 pub(crate) const HOUR: Duration = Duration::from_secs(3600);
 pub(crate) const DAY: Duration = Duration::from_secs(86_400);
 
@@ -514,6 +544,11 @@ mod tests {
             }
         );
         assert_eq!(config.database.target(), "phoenix@127.0.0.1:5432/phoenix");
+        assert_eq!(config.settings.remote_write_url, None);
+        assert_eq!(
+            config.settings.remote_write_max_age,
+            Duration::from_secs(6 * 3600)
+        );
     }
 
     #[test]
@@ -664,6 +699,9 @@ mod tests {
             ("--idle-timeout", "10ms"),
             ("--login-failures-per-user", "0"),
             ("--login-max-delay", "1h"),
+            ("--remote-write-max-age", "10s"),
+            ("--remote-write-max-age", "31d"),
+            ("--remote-write-url", "ftp://127.0.0.1/write"),
         ] {
             let error = error_of(&["--database-url", URL, flag, value]);
             assert!(error.contains(flag), "{flag} {value}: {error}");

@@ -39,7 +39,8 @@
 //! - [`push_group`]: the Pushgateway grouping key of agent metrics, which
 //!   pushes write and KPI and cost queries select by; a leaf.
 //! - [`agents`]: enrollment, agent credentials, the agent registry,
-//!   heartbeats and metric pushes to the Pushgateway.
+//!   heartbeats, metric writes forwarded by remote write, and metric pushes
+//!   to the Pushgateway.
 //! - [`tasks`]: the per-agent task queue: claims with leases, results,
 //!   long-poll wake-ups.
 //!
@@ -118,8 +119,13 @@ pub struct AuthState {
 /// Where the API's neighbours are, and what a series costs.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Base URL of the Pushgateway that agent metrics are forwarded to.
+    /// Base URL of the Pushgateway that agent metric pushes are forwarded to.
     pub pushgateway_url: Option<url::Url>,
+    /// Where agents' remote-write batches are forwarded to.
+    pub remote_write_url: Option<url::Url>,
+    /// The oldest sample a batch may hold, as an age: the receiver's
+    /// out-of-order window.
+    pub remote_write_max_age: std::time::Duration,
     /// Base URL of the Prometheus that experiment KPIs are queried from.
     pub prometheus_url: Option<url::Url>,
     /// Price of one active series per month, in dollars, for cost figures.
@@ -145,7 +151,7 @@ pub struct Settings {
         (name = "agents", description = "Enrollment tokens (admin) and the agents that enrolled"),
         (name = "tasks", description = "Work queued for agents, and its results"),
         (name = "agent", description = "For agents only, on the agent listener (port 6700): enrollment, \
-                                        heartbeat, task long-poll and results, metric push"),
+                                        heartbeat, task long-poll and results, metric write (and push)"),
     )
 )]
 struct ApiDoc;
@@ -218,10 +224,13 @@ fn agent_json_api() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::report))
 }
 
-/// The metric push, whose body may be larger than --max-body-bytes: it
-/// bounds its own (`agents::push::MAX_BODY_BYTES`) and answers with a problem.
+/// The metric write and push, whose bodies may be larger than
+/// --max-body-bytes: each bounds its own (`agents::write::MAX_BODY_BYTES`,
+/// `agents::push::MAX_BODY_BYTES`) and answers with a problem.
 fn agent_push_api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(agents::push::push))
+    OpenApiRouter::new()
+        .routes(routes!(agents::write::write))
+        .routes(routes!(agents::push::push))
 }
 
 /// The OpenAPI document of both listeners, generated from the handlers'
@@ -339,6 +348,8 @@ mod tests {
             }),
             settings: Arc::new(Settings {
                 pushgateway_url: None,
+                remote_write_url: None,
+                remote_write_max_age: Duration::from_secs(6 * 3600),
                 prometheus_url: None,
                 price_per_series_month: 0.05,
             }),
@@ -379,6 +390,35 @@ mod tests {
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
         request
+    }
+
+    #[test]
+    fn the_openapi_document_has_the_agent_protocol_schemas_of_phoenix_wire() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        for schema in [
+            "EnrollRequest",
+            "Enrolled",
+            "Heartbeat",
+            "HeartbeatReply",
+            "Claimed",
+            "ClaimedTask",
+            "ReportedResult",
+            "ResultAccepted",
+            "TaskState",
+            "Outcome",
+            "Written",
+        ] {
+            assert!(
+                doc["components"]["schemas"][schema].is_object(),
+                "{schema} missing"
+            );
+        }
+        let write = &doc["paths"]["/api/v1/agent/write"]["post"];
+        assert_eq!(write["tags"][0], "agent");
+        assert!(
+            write["requestBody"]["content"]["application/x-protobuf"].is_object(),
+            "{write}"
+        );
     }
 
     #[tokio::test]

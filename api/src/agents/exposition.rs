@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 pub const RESERVED_LABELS: [&str; 5] = ["agent", "experiment", "variant", "job", "instance"];
 
 /// Metric names the Pushgateway adds to every group itself.
-const RESERVED_METRICS: [&str; 2] = ["push_time_seconds", "push_failure_time_seconds"];
+pub const RESERVED_METRICS: [&str; 2] = ["push_time_seconds", "push_failure_time_seconds"];
 
 /// What a valid body holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,15 +1,20 @@
 //! Agents: enrollment, credentials, the registry people see, heartbeats,
-//! metric pushes, and the housekeeping that keeps leases and Pushgateway
-//! groups tidy.
+//! metric writes and pushes, and the housekeeping that keeps leases and
+//! Pushgateway groups tidy.
 //!
 //! Code map:
 //! - [`enrollment`]: enrollment tokens (admin, user listener) and
 //!   `POST /api/v1/agents/enroll` (agent listener).
 //! - [`registry`]: list, detail and revocation (user listener); heartbeat
 //!   (agent listener).
-//! - [`push`]: metric pushes forwarded to the Pushgateway, and deleting an
-//!   agent's or an experiment's Pushgateway groups.
-//! - [`exposition`]: the validator of the Prometheus text format; pure.
+//! - [`write`]: remote-write batches, the agents' metric path, forwarded
+//!   to the remote-write receiver; [`remote_write`]: their validation and
+//!   relabelling, pure.
+//! - [`push`]: metric pushes in the text format forwarded to the
+//!   Pushgateway, and deleting an agent's or an experiment's Pushgateway
+//!   groups; [`exposition`]: the validator of the text format, pure.
+//! - [`batch`]: what writes and pushes share: the group a batch is for and
+//!   whether its experiment takes it, the bounded body, the refusals.
 //!
 //! Agent credentials and the [`AgentCaller`](crate::auth::AgentCaller)
 //! extractor, the only way a handler on the agent listener learns who
@@ -20,10 +25,13 @@
 //! only handlers that take a [`crate::auth::Caller`]. A user token is
 //! refused on the agent listener and an agent credential on the user one.
 
+pub mod batch;
 pub mod enrollment;
 pub mod exposition;
 pub mod push;
 pub mod registry;
+pub mod remote_write;
+pub mod write;
 
 use std::time::Duration;
 

@@ -1,6 +1,10 @@
 //! Agent metric pushes: validated, relabelled and forwarded to the
 //! Pushgateway; and the deletion of an agent's Pushgateway groups.
 //!
+//! Agents now send their samples by remote write ([`super::write`]); this
+//! route stays while agents move over, and shares its group rules, body
+//! bound and refusals with it ([`super::batch`]).
+//!
 //! Relabelling is the Pushgateway's grouping key ([`crate::push_group`]): a
 //! push goes to `/metrics/job/phoenix-agent/agent/<id>/experiment/<e>/variant/<v>`, and
 //! the Pushgateway puts those labels on every series of the group (Prometheus
@@ -19,28 +23,26 @@
 //! Pushgateway was down (it brings its groups back from its persistence
 //! file), or a push accepted just before its experiment's transition.
 
-use std::sync::LazyLock;
-use std::time::Duration;
-
 use anyhow::Context;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sqlx::Row;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::exposition::{self, Invalid};
+use super::batch::{
+    self, CLIENT, GroupQuery, Late, Refusal, experiment_takes, read_body, record_group_series,
+    unsupported_media_type,
+};
+use super::exposition;
 use crate::AppState;
 use crate::auth::AgentCaller;
 use crate::error::ApiError;
 use crate::experiment_state::State as ExperimentState;
 use crate::input::{Json, Query};
-use crate::problem::Problem;
-use crate::push_group::{NONE, group_url};
+use crate::push_group::group_url;
 
 /// Largest push body. Larger than the JSON limit of the other routes: a
 /// host with many processes has many series.
@@ -48,27 +50,6 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Most series in one push.
 pub const MAX_SERIES: usize = 50_000;
-
-/// How long a Pushgateway request may take.
-const PUSHGATEWAY_TIMEOUT: Duration = Duration::from_secs(10);
-
-static CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
-    reqwest::Client::builder()
-        .timeout(PUSHGATEWAY_TIMEOUT)
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .expect("a default HTTP client builds")
-});
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct PushQuery {
-    /// The experiment these metrics belong to (letters, digits, `.`, `_`,
-    /// `:`, `-`; at most 128); `none` when absent.
-    pub experiment: Option<String>,
-    /// The variant within the experiment, e.g. `baseline` or `candidate`.
-    pub variant: Option<String>,
-}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Pushed {
@@ -78,71 +59,9 @@ pub struct Pushed {
     pub variant: String,
 }
 
-/// Why a push was refused.
-#[derive(Debug)]
-pub enum PushError {
-    Api(ApiError),
-    /// The body is not valid exposition text.
-    Invalid(Invalid),
-    /// A status `ApiError` has no variant for (413, 415, 502).
-    Status(StatusCode, &'static str, String),
-}
-
-impl From<ApiError> for PushError {
-    fn from(e: ApiError) -> Self {
-        PushError::Api(e)
-    }
-}
-
-impl From<sqlx::Error> for PushError {
-    fn from(e: sqlx::Error) -> Self {
-        PushError::Api(e.into())
-    }
-}
-
-impl IntoResponse for PushError {
-    fn into_response(self) -> Response {
-        match self {
-            PushError::Api(e) => e.into_response(),
-            PushError::Invalid(invalid) => Problem::new(StatusCode::BAD_REQUEST)
-                .with_code(invalid.code)
-                .with_detail(invalid.to_string())
-                .with_extension("line", serde_json::json!(invalid.line))
-                .into_response(),
-            PushError::Status(status, code, detail) => Problem::new(status)
-                .with_code(code)
-                .with_detail(detail)
-                .into_response(),
-        }
-    }
-}
-
-/// A grouping-key value: `[A-Za-z0-9][A-Za-z0-9._:-]{0,127}`, safe as a URL
-/// path segment and as a label value.
-fn group_value(field: &str, value: Option<String>) -> Result<String, ApiError> {
-    let Some(value) = value else {
-        return Ok(NONE.into());
-    };
-    let valid = (1..=128).contains(&value.len())
-        && value.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
-    if valid {
-        Ok(value)
-    } else {
-        Err(ApiError::bad_request(
-            "invalid_group",
-            format!(
-                "{field} must be 1 to 128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
-            ),
-        ))
-    }
-}
-
-fn pushgateway(state: &AppState) -> Result<&url::Url, PushError> {
+fn pushgateway(state: &AppState) -> Result<&url::Url, Refusal> {
     state.settings.pushgateway_url.as_ref().ok_or_else(|| {
-        PushError::Status(
+        Refusal::Status(
             StatusCode::SERVICE_UNAVAILABLE,
             "pushgateway_not_configured",
             "this API has no Pushgateway (--pushgateway-url); metrics cannot be accepted".into(),
@@ -150,66 +69,12 @@ fn pushgateway(state: &AppState) -> Result<&url::Url, PushError> {
     })
 }
 
-/// Reads the body up to [`MAX_BODY_BYTES`]; a larger one is refused with a
-/// 413 as soon as it is known to be larger. The edge reads and discards the
-/// rest after the answer ([`crate::edge::drain_unread_body`]), so a client
-/// that writes its whole body before reading the answer gets the problem
-/// document instead of a reset connection (and an agent's queue learns not
-/// to retry the batch).
-async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<String, PushError> {
-    let too_large = || {
-        PushError::Status(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "metrics_too_large",
-            format!(
-                "a push may be at most {MAX_BODY_BYTES} bytes; push less often per group or reduce cardinality"
-            ),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
-    }
-    let mut bytes = Vec::with_capacity(declared.map_or(0, |n| n as usize));
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| {
-            PushError::Api(ApiError::bad_request(
-                "body_unreadable",
-                "the request body could not be read to its end",
-            ))
-        })?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        if bytes.len().saturating_add(data.len()) > MAX_BODY_BYTES {
-            return Err(too_large());
-        }
-        bytes.extend_from_slice(&data);
-    }
-    String::from_utf8(bytes).map_err(|_| {
-        PushError::Api(ApiError::bad_request(
-            "invalid_encoding",
-            "the body must be UTF-8 text",
-        ))
-    })
-}
-
 /// Only the text format, uncompressed.
-fn check_media_type(headers: &HeaderMap) -> Result<(), PushError> {
-    let unsupported = |detail: String| {
-        PushError::Status(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            detail,
-        )
-    };
+fn check_media_type(headers: &HeaderMap) -> Result<(), Refusal> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
         if !ct.starts_with("text/plain") {
-            return Err(unsupported(format!(
+            return Err(unsupported_media_type(format!(
                 "Content-Type {ct:?} is not accepted; send the Prometheus text format as \
                  `text/plain; version=0.0.4`"
             )));
@@ -218,7 +83,9 @@ fn check_media_type(headers: &HeaderMap) -> Result<(), PushError> {
     if let Some(encoding) = headers.get(header::CONTENT_ENCODING)
         && !encoding.as_bytes().eq_ignore_ascii_case(b"identity")
     {
-        return Err(unsupported("compressed bodies are not accepted".into()));
+        return Err(unsupported_media_type(
+            "compressed bodies are not accepted".into(),
+        ));
     }
     Ok(())
 }
@@ -226,7 +93,7 @@ fn check_media_type(headers: &HeaderMap) -> Result<(), PushError> {
 /// Push metrics in the Prometheus text format (agent listener). They replace
 /// the agent's previous push to the same experiment and variant, and get the
 /// labels `agent`, `experiment` and `variant` (and `job="phoenix-agent"`).
-#[utoipa::path(put, path = "/api/v1/agent/metrics", tag = "agent", params(PushQuery),
+#[utoipa::path(put, path = "/api/v1/agent/metrics", tag = "agent", params(GroupQuery),
     request_body(content = String, content_type = "text/plain",
         description = "Prometheus text exposition format 0.0.4, at most 4 MiB and 50000 series, \
                        no timestamps, without the labels agent, experiment, variant, job, instance"),
@@ -242,18 +109,27 @@ fn check_media_type(headers: &HeaderMap) -> Result<(), PushError> {
 pub async fn push(
     State(state): State<AppState>,
     agent: AgentCaller,
-    Query(q): Query<PushQuery>,
+    Query(q): Query<GroupQuery>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Pushed>, PushError> {
-    let experiment = group_value("experiment", q.experiment)?;
-    let variant = group_value("variant", q.variant)?;
+) -> Result<Json<Pushed>, Refusal> {
+    let (experiment, variant) = batch::group(q)?;
     check_media_type(&headers)?;
     let base = pushgateway(&state)?.clone();
     // Before reading the body: a refused batch costs no parsing.
-    accepts_pushes(&state, agent.id, &experiment).await?;
-    let text = read_body(&headers, body).await?;
-    let summary = exposition::validate(&text, MAX_SERIES).map_err(PushError::Invalid)?;
+    experiment_takes(&state, agent.id, &experiment, Late::Refused).await?;
+    let bytes = read_body(&headers, body, MAX_BODY_BYTES).await?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        Refusal::Api(ApiError::bad_request(
+            "invalid_encoding",
+            "the body must be UTF-8 text",
+        ))
+    })?;
+    let summary = exposition::validate(&text, MAX_SERIES).map_err(|invalid| Refusal::Invalid {
+        code: invalid.code,
+        detail: invalid.to_string(),
+        at: Some(("line", invalid.line)),
+    })?;
     let url = group_url(&base, agent.id, &experiment, &variant).map_err(ApiError::Internal)?;
 
     // Known before it exists, so that it can always be deleted.
@@ -275,7 +151,7 @@ pub async fn push(
         .await;
     let response = sent.map_err(|e| {
         tracing::warn!(error = %e, agent = %agent.id, "the Pushgateway is not reachable");
-        PushError::Status(
+        Refusal::Status(
             StatusCode::BAD_GATEWAY,
             "pushgateway_unavailable",
             "the Pushgateway did not answer; keep the batch and retry later".into(),
@@ -294,79 +170,25 @@ pub async fn push(
         return Err(if status.is_client_error() {
             // The body parsed here but not there, or clashes with what other
             // groups hold (e.g. the same metric with another type).
-            PushError::Api(ApiError::bad_request(
+            Refusal::Api(ApiError::bad_request(
                 "metrics_rejected",
                 format!("the Pushgateway refused these metrics: {message}"),
             ))
         } else {
             tracing::warn!(%status, %message, agent = %agent.id, "the Pushgateway failed a push");
-            PushError::Status(
+            Refusal::Status(
                 StatusCode::BAD_GATEWAY,
                 "pushgateway_error",
                 format!("the Pushgateway answered {status}; keep the batch and retry later"),
             )
         });
     }
-    // An upsert: the group may have been deleted while the push was under way.
-    sqlx::query(
-        "INSERT INTO agent_metric_groups (agent_id, experiment, variant, series, pushed_at) \
-         VALUES ($1, $2, $3, $4, now()) \
-         ON CONFLICT (agent_id, experiment, variant) \
-         DO UPDATE SET series = EXCLUDED.series, pushed_at = EXCLUDED.pushed_at, \
-                       pushes = agent_metric_groups.pushes + 1",
-    )
-    .bind(agent.id)
-    .bind(&experiment)
-    .bind(&variant)
-    .bind(summary.series as i32)
-    .execute(&state.pool)
-    .await?;
+    record_group_series(&state, agent.id, &experiment, &variant, summary.series).await?;
     Ok(Json(Pushed {
         series: summary.series,
         experiment,
         variant,
     }))
-}
-
-/// Refuses a push to an experiment whose variants are no longer (or not
-/// yet) pushed, or that the agent is not part of. `experiment` values that
-/// are no experiment's id are free-form groups, deleted with the agent.
-async fn accepts_pushes(state: &AppState, agent: Uuid, experiment: &str) -> Result<(), ApiError> {
-    let Ok(id) = Uuid::parse_str(experiment) else {
-        return Ok(());
-    };
-    // One spelling per experiment, or its groups would escape deletion.
-    if id.to_string() != experiment {
-        return Err(ApiError::bad_request(
-            "invalid_group",
-            format!("write the experiment id as {id} (lower case, with hyphens)"),
-        ));
-    }
-    let row: Option<(String, bool)> =
-        sqlx::query_as("SELECT state, $2 = ANY (agent_ids) FROM experiments WHERE id = $1")
-            .bind(id)
-            .bind(agent)
-            .fetch_optional(&state.pool)
-            .await?;
-    let Some((experiment_state, member)) = row else {
-        return Ok(());
-    };
-    if !member {
-        return Err(ApiError::conflict(
-            "not_in_experiment",
-            format!("this agent is not one of experiment {id}'s agents"),
-        ));
-    }
-    match ExperimentState::parse(&experiment_state) {
-        Some(s) if s.agents_push() => Ok(()),
-        _ => Err(ApiError::conflict(
-            "experiment_not_running",
-            format!(
-                "experiment {id} is {experiment_state}: its metrics are not accepted; \
-                 drop this batch"
-            ),
-        )),
-    }
 }
 
 /// Deletes one group from the Pushgateway, then forgets it — unless a push
@@ -487,21 +309,4 @@ pub async fn delete_stale_groups(state: &AppState) -> anyhow::Result<usize> {
     .fetch_all(&state.pool)
     .await?;
     delete_groups(state, rows).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn group_values_are_path_and_label_safe() {
-        assert_eq!(group_value("experiment", None).unwrap(), "none");
-        assert_eq!(
-            group_value("variant", Some("base-line_1.0:x".into())).unwrap(),
-            "base-line_1.0:x"
-        );
-        for bad in ["", "..", "-x", "a/b", "a b", "x%2F", "ä", &"x".repeat(129)] {
-            assert!(group_value("variant", Some(bad.into())).is_err(), "{bad:?}");
-        }
-    }
 }

@@ -1,0 +1,314 @@
+//! What the agents' two metric routes share — the remote write
+//! ([`super::write`]) and the text push ([`super::push`]): the group a batch
+//! is for (`?experiment=&variant=`) and whether its experiment takes it, the
+//! body read within a bound, the refusal as a problem document, and the
+//! `agent_metric_groups` row whose series the agents listing sums
+//! (`pushed_series`).
+//!
+//! A batch naming an experiment is taken from the experiment's own agents
+//! while it is `deploying` or `running`. A remote-write batch may arrive
+//! after that, held in an agent's queue through an outage: it is still taken
+//! when every sample lies in the experiment's running window (from
+//! `started_at` to when it left `running`), which [`Taken::Within`] hands
+//! back for the caller to check against the samples.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::experiment_state::State as ExperimentState;
+use crate::problem::Problem;
+use crate::push_group::NONE;
+
+/// How long a request to the Pushgateway or the remote-write receiver may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One connection pool for what the API forwards.
+pub(super) static CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
+    reqwest::Client::builder()
+        .timeout(FORWARD_TIMEOUT)
+        .connect_timeout(Duration::from_secs(2))
+        .user_agent(concat!("phoenix-api/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("a default HTTP client builds")
+});
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GroupQuery {
+    /// The experiment these metrics belong to (letters, digits, `.`, `_`,
+    /// `:`, `-`; at most 128); `none` when absent.
+    pub experiment: Option<String>,
+    /// The variant within the experiment, e.g. `baseline` or `candidate`.
+    pub variant: Option<String>,
+}
+
+/// Why a batch was refused.
+#[derive(Debug)]
+pub enum Refusal {
+    Api(ApiError),
+    /// The body is invalid: a 400 with its code and, when the validator
+    /// knows it, where (`line` of a push, `index` of a series).
+    Invalid {
+        code: &'static str,
+        detail: String,
+        at: Option<(&'static str, usize)>,
+    },
+    /// A status `ApiError` has no variant for (413, 415, 502, 503).
+    Status(StatusCode, &'static str, String),
+}
+
+impl From<ApiError> for Refusal {
+    fn from(e: ApiError) -> Self {
+        Refusal::Api(e)
+    }
+}
+
+impl From<sqlx::Error> for Refusal {
+    fn from(e: sqlx::Error) -> Self {
+        Refusal::Api(e.into())
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Api(e) => e.into_response(),
+            Refusal::Invalid { code, detail, at } => {
+                let mut problem = Problem::new(StatusCode::BAD_REQUEST)
+                    .with_code(code)
+                    .with_detail(detail);
+                if let Some((member, value)) = at {
+                    problem = problem.with_extension(member, serde_json::json!(value));
+                }
+                problem.into_response()
+            }
+            Refusal::Status(status, code, detail) => Problem::new(status)
+                .with_code(code)
+                .with_detail(detail)
+                .into_response(),
+        }
+    }
+}
+
+/// The group names of a batch, checked.
+pub(super) fn group(q: GroupQuery) -> Result<(String, String), ApiError> {
+    Ok((
+        group_value("experiment", q.experiment)?,
+        group_value("variant", q.variant)?,
+    ))
+}
+
+/// A grouping-key value: `[A-Za-z0-9][A-Za-z0-9._:-]{0,127}`, safe as a URL
+/// path segment and as a label value.
+fn group_value(field: &str, value: Option<String>) -> Result<String, ApiError> {
+    let Some(value) = value else {
+        return Ok(NONE.into());
+    };
+    let valid = (1..=128).contains(&value.len())
+        && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+    if valid {
+        Ok(value)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_group",
+            format!(
+                "{field} must be 1 to 128 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+/// A 415 `unsupported_media_type`.
+pub(super) fn unsupported_media_type(detail: String) -> Refusal {
+    Refusal::Status(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        detail,
+    )
+}
+
+/// A 413 `metrics_too_large`.
+pub(super) fn too_large(detail: String) -> Refusal {
+    Refusal::Status(StatusCode::PAYLOAD_TOO_LARGE, "metrics_too_large", detail)
+}
+
+/// Reads the body up to `max` bytes; a larger one is refused with a 413 as
+/// soon as it is known to be larger. The edge reads and discards the rest
+/// after the answer ([`crate::edge::drain_unread_body`]), so a client that
+/// writes its whole body before reading the answer gets the problem
+/// document instead of a reset connection (and an agent's queue learns not
+/// to retry the batch).
+pub(super) async fn read_body(
+    headers: &HeaderMap,
+    mut body: Body,
+    max: usize,
+) -> Result<Vec<u8>, Refusal> {
+    let refused = || {
+        too_large(format!(
+            "a batch may be at most {max} bytes; send smaller batches or reduce cardinality"
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(refused());
+    }
+    let mut bytes = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
+            Refusal::Api(ApiError::bad_request(
+                "body_unreadable",
+                "the request body could not be read to its end",
+            ))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if bytes.len().saturating_add(data.len()) > max {
+            return Err(refused());
+        }
+        bytes.extend_from_slice(&data);
+    }
+    Ok(bytes)
+}
+
+/// Whether an experiment takes a batch, and which of its samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Taken {
+    /// Not an experiment's group, or its experiment is deploying or running.
+    Now,
+    /// The experiment has left `running`: only samples from `from` to
+    /// `until` (both included) are taken.
+    Within {
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+    },
+}
+
+/// Whether a batch whose samples may be from an earlier time is also taken
+/// after its experiment left `running`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Late {
+    /// The text push: samples are from now, so never.
+    Refused,
+    /// The remote write: when its samples lie in the running window.
+    InRunningWindow,
+}
+
+/// Refuses a batch for an experiment whose variants are no longer (or not
+/// yet) sent, or that the agent is not part of. `experiment` values that
+/// are no experiment's id are free-form groups.
+pub(super) async fn experiment_takes(
+    state: &AppState,
+    agent: Uuid,
+    experiment: &str,
+    late: Late,
+) -> Result<Taken, ApiError> {
+    let Ok(id) = Uuid::parse_str(experiment) else {
+        return Ok(Taken::Now);
+    };
+    // One spelling per experiment, or its groups would escape deletion and
+    // its series the KPI queries.
+    if id.to_string() != experiment {
+        return Err(ApiError::bad_request(
+            "invalid_group",
+            format!("write the experiment id as {id} (lower case, with hyphens)"),
+        ));
+    }
+    type Row = (String, bool, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT e.state, $2 = ANY (e.agent_ids), e.started_at, \
+                (SELECT min(ev.at) FROM experiment_events ev \
+                 WHERE ev.experiment_id = e.id AND ev.from_state = 'running') \
+         FROM experiments e WHERE e.id = $1",
+    )
+    .bind(id)
+    .bind(agent)
+    .fetch_optional(&state.pool)
+    .await?;
+    let Some((experiment_state, member, started_at, left_running_at)) = row else {
+        return Ok(Taken::Now);
+    };
+    if !member {
+        return Err(ApiError::conflict(
+            "not_in_experiment",
+            format!("this agent is not one of experiment {id}'s agents"),
+        ));
+    }
+    if ExperimentState::parse(&experiment_state).is_some_and(ExperimentState::agents_push) {
+        return Ok(Taken::Now);
+    }
+    match (late, started_at, left_running_at) {
+        (Late::InRunningWindow, Some(from), Some(until)) => Ok(Taken::Within { from, until }),
+        _ => Err(not_running(id, &experiment_state)),
+    }
+}
+
+/// 409 `experiment_not_running`: the batch will never be taken.
+pub(super) fn not_running(id: Uuid, experiment_state: &str) -> ApiError {
+    ApiError::conflict(
+        "experiment_not_running",
+        format!(
+            "experiment {id} is {experiment_state}: its metrics are not accepted; drop this batch"
+        ),
+    )
+}
+
+/// Records the series of an agent's latest batch to a group, which the
+/// agents listing sums as `pushed_series`. An upsert: the group may have
+/// been deleted while the batch was under way.
+pub(super) async fn record_group_series(
+    state: &AppState,
+    agent: Uuid,
+    experiment: &str,
+    variant: &str,
+    series: usize,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO agent_metric_groups (agent_id, experiment, variant, series, pushed_at) \
+         VALUES ($1, $2, $3, $4, now()) \
+         ON CONFLICT (agent_id, experiment, variant) \
+         DO UPDATE SET series = EXCLUDED.series, pushed_at = EXCLUDED.pushed_at, \
+                       pushes = agent_metric_groups.pushes + 1",
+    )
+    .bind(agent)
+    .bind(experiment)
+    .bind(variant)
+    .bind(i32::try_from(series).unwrap_or(i32::MAX))
+    .execute(&state.pool)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_values_are_path_and_label_safe() {
+        assert_eq!(group_value("experiment", None).unwrap(), "none");
+        assert_eq!(
+            group_value("variant", Some("base-line_1.0:x".into())).unwrap(),
+            "base-line_1.0:x"
+        );
+        for bad in ["", "..", "-x", "a/b", "a b", "x%2F", "ä", &"x".repeat(129)] {
+            assert!(group_value("variant", Some(bad.into())).is_err(), "{bad:?}");
+        }
+    }
+}
