@@ -183,6 +183,9 @@ pub struct PrometheusSection {
     pub listen: Option<SocketAddr>,
     pub retention: Option<String>,
     pub scrape_interval: Option<DurationIn<SECOND, HOUR>>,
+    /// How old a sample Prometheus still stores (remote writes from agents'
+    /// queues); the API refuses older ones.
+    pub out_of_order_window: Option<DurationIn<MINUTE, { 30 * DAY }>>,
     pub user: Option<String>,
     pub limits: Option<LimitsTable>,
 }

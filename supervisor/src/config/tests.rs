@@ -90,6 +90,20 @@ fn empty_file_is_the_full_appliance() {
         "{yml}"
     );
     assert!(yml.contains("honor_labels: true"), "{yml}");
+    // Agents' samples arrive by remote write, late ones out of order.
+    assert!(
+        yml.contains("storage:\n  tsdb:\n    out_of_order_time_window: 21600s\n"),
+        "{yml}"
+    );
+    assert!(
+        prom.command
+            .contains(&"--web.enable-remote-write-receiver".to_string())
+    );
+    assert_eq!(
+        api.env["PHOENIX_REMOTE_WRITE_URL"],
+        "http://127.0.0.1:9090/api/v1/write"
+    );
+    assert_eq!(api.env["PHOENIX_REMOTE_WRITE_MAX_AGE"], "21600s");
     let push = c.service("pushgateway").unwrap();
     assert!(
         push.command
@@ -232,6 +246,11 @@ fn overrides_change_only_what_they_name() {
 fn builtins_can_be_disabled() {
     let c = parse_str("[prometheus]\nenable = false\n[pushgateway]\nenable = false\n").unwrap();
     assert!(c.service("prometheus").is_none() && c.service("pushgateway").is_none());
+    let api = c.service("api").unwrap();
+    assert!(
+        !api.env.contains_key("PHOENIX_REMOTE_WRITE_URL"),
+        "no receiver without Prometheus"
+    );
     assert_eq!(c.service("api").unwrap().depends_on, ["postgres-setup"]);
     let err = parse_str("[postgres]\nenable = false\n").unwrap_err();
     assert!(err.message.contains("needs a database"), "{err}");
@@ -395,6 +414,11 @@ fn durations_counts_and_sizes_outside_their_range_are_refused_naming_it() {
              give a duration from 1s to 1h",
         ),
         (
+            "[prometheus]\nout_of_order_window = \"30s\"\n",
+            "/etc/phoenix/phoenix.toml:2:23: prometheus.out_of_order_window: `30s` is out of range: \
+             give a duration from 1m to 30days",
+        ),
+        (
             "[services.postgres]\nstop = { timeout = \"2h\" }\n",
             "/etc/phoenix/phoenix.toml:2:20: services.postgres.stop.timeout: `2h` is out of range: \
              give a duration from 100ms to 1h",
@@ -483,6 +507,16 @@ fn durations_counts_and_sizes_outside_their_range_are_refused_naming_it() {
         c.service("prometheus").unwrap().files[0]
             .contents
             .contains("scrape_interval: 1000ms")
+    );
+    let c = parse_str("[prometheus]\nout_of_order_window = \"30days\"\n").unwrap();
+    assert!(
+        c.service("prometheus").unwrap().files[0]
+            .contents
+            .contains("out_of_order_time_window: 2592000s")
+    );
+    assert_eq!(
+        c.service("api").unwrap().env["PHOENIX_REMOTE_WRITE_MAX_AGE"],
+        "2592000s"
     );
 }
 

@@ -1,5 +1,5 @@
 //! `[api]`: the Phoenix API, its listeners, its secrets and how it reaches
-//! the database, Prometheus and the Pushgateway.
+//! the database, Prometheus (queries and remote write) and the Pushgateway.
 
 use std::collections::BTreeMap;
 
@@ -96,6 +96,16 @@ pub(super) fn expand(
         api.env.insert(
             "PHOENIX_PROMETHEUS_URL".into(),
             format!("http://{}", local(ctx.prometheus.listen)),
+        );
+        // Agents' samples go to Prometheus's receiver, no older than it
+        // still stores.
+        api.env.insert(
+            "PHOENIX_REMOTE_WRITE_URL".into(),
+            format!("http://{}/api/v1/write", local(ctx.prometheus.listen)),
+        );
+        api.env.insert(
+            "PHOENIX_REMOTE_WRITE_MAX_AGE".into(),
+            format!("{}s", ctx.out_of_order_window.as_secs()),
         );
     }
     // The API reloads its certificate on SIGHUP without dropping connections.

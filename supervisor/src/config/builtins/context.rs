@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::config::file::{FileConfig, LimitsTable};
 use crate::config::spec::*;
@@ -74,6 +75,9 @@ pub(super) struct Context<'a> {
     pub(super) api_user: Option<String>,
     pub(super) api: Peer,
     pub(super) prometheus: Peer,
+    /// `[prometheus] out_of_order_window`: how old a sample Prometheus
+    /// still stores, and so how old a sample the API takes from agents.
+    pub(super) out_of_order_window: Duration,
     pub(super) pushgateway: Peer,
     /// `[health] listen`, where Prometheus scrapes the supervisor.
     pub(super) health_listen: SocketAddr,
@@ -151,6 +155,11 @@ impl<'a> Context<'a> {
                 enabled: raw.prometheus.enable.unwrap_or(true),
                 listen: prom_listen,
             },
+            // Long enough for what an agent's queue holds through an outage.
+            out_of_order_window: raw
+                .prometheus
+                .out_of_order_window
+                .map_or(Duration::from_secs(6 * 3600), |d| d.0),
             pushgateway: Peer {
                 enabled: raw.pushgateway.enable.unwrap_or(true),
                 listen: push_listen,
