@@ -1,0 +1,676 @@
+//! The durable local queue: a SQLite database (WAL mode, synchronous FULL)
+//! in the state folder.
+//!
+//! - `batches`: every remote-write batch, written before it is sent and
+//!   deleted only when its destination acknowledged (or refused) it.
+//! - `results`: every task result, written before it is reported and
+//!   deleted only when the API answered it.
+//! - `tasks`: tasks received and not yet finished, so a restart resumes
+//!   them or reports them failed — never drops them.
+//! - `experiments`, `settings`: what the agent is running (experiments and
+//!   the live pipeline), so a restart carries on.
+//! - `counters`: evictions and refusals, kept across restarts.
+//!
+//! Bounds: batches are evicted oldest first when their bytes exceed
+//! `max_bytes` or they are older than `max_age`, and when the disk is full;
+//! each eviction is counted (`evicted_batches`, `evicted_samples`) and
+//! logged. Results and tasks are small and never evicted.
+//!
+//! *Invariant:* a row is deleted only after its destination answered it,
+//! or by a counted eviction.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::config::QueueBounds;
+
+/// Where a batch goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// The control plane's write route.
+    Api,
+    /// The external remote-write endpoint of the agent's TOML.
+    External,
+}
+
+impl Destination {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Destination::Api => "api",
+            Destination::External => "external",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub id: i64,
+    pub experiment: String,
+    pub variant: String,
+    pub collected_at_ms: i64,
+    pub samples: i64,
+    /// The snappy-compressed remote-write request.
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingResult {
+    pub result_id: uuid::Uuid,
+    pub task_id: uuid::Uuid,
+    pub outcome: String,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingTask {
+    pub task_id: uuid::Uuid,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub received_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Stats {
+    pub batches: i64,
+    pub bytes: i64,
+    pub samples: i64,
+    pub oldest_collected_at_ms: Option<i64>,
+    pub results: i64,
+    pub tasks: i64,
+    pub evicted_batches: i64,
+    pub evicted_samples: i64,
+    pub rejected_batches: i64,
+}
+
+#[derive(Clone)]
+pub struct Queue {
+    pool: SqlitePool,
+    bounds: QueueBounds,
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS batches (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        destination TEXT NOT NULL,
+        experiment TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        collected_at_ms INTEGER NOT NULL,
+        samples INTEGER NOT NULL,
+        body BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS batches_by_destination ON batches (destination, id)",
+    "CREATE TABLE IF NOT EXISTS results (
+        result_id TEXT PRIMARY KEY,
+        task_id TEXT NOT NULL UNIQUE,
+        outcome TEXT NOT NULL,
+        result TEXT,
+        error TEXT,
+        created_at_ms INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS tasks (
+        task_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        received_at_ms INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS done_tasks (
+        task_id TEXT PRIMARY KEY,
+        finished_at_ms INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS experiments (
+        experiment_id TEXT PRIMARY KEY,
+        baseline TEXT NOT NULL,
+        candidate TEXT NOT NULL,
+        until_ms INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+];
+
+/// How long finished task ids are remembered, so a task delivered again
+/// (its lease ran out while the answer was lost) is not run twice.
+const DONE_TASKS_KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
+
+fn is_disk_full(e: &sqlx::Error) -> bool {
+    // SQLITE_FULL (13) and SQLITE_IOERR (10) with ENOSPC.
+    match e {
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("13"))
+                || db.message().contains("database or disk is full")
+        }
+        sqlx::Error::Io(io) => io.raw_os_error() == Some(28),
+        _ => false,
+    }
+}
+
+impl Queue {
+    /// Opens (creating) `<dir>/queue.db`.
+    pub async fn open(dir: &Path, bounds: QueueBounds) -> anyhow::Result<Queue> {
+        let path = dir.join("queue.db");
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the queue {}: {e}", path.display()))?;
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&pool).await?;
+        }
+        Ok(Queue { pool, bounds })
+    }
+
+    /// Opens `<dir>/queue.db` read-only, for `phoenix-agent status`.
+    pub async fn open_read_only(dir: &Path) -> anyhow::Result<Queue> {
+        let path = dir.join("queue.db");
+        if !path.exists() {
+            anyhow::bail!(
+                "{} does not exist: the agent has not run with this state folder",
+                path.display()
+            );
+        }
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .read_only(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        Ok(Queue {
+            pool,
+            bounds: QueueBounds {
+                max_bytes: u64::MAX,
+                max_age: Duration::MAX,
+            },
+        })
+    }
+
+    /// Writes a batch; when the disk is full, evicts the oldest batches
+    /// until it fits, or drops this one (counted) if nothing is left to
+    /// evict. Then applies the bounds.
+    pub async fn push(
+        &self,
+        destination: Destination,
+        experiment: &str,
+        variant: &str,
+        collected_at_ms: i64,
+        samples: i64,
+        body: &[u8],
+    ) -> anyhow::Result<()> {
+        loop {
+            let inserted = sqlx::query(
+                "INSERT INTO batches (destination, experiment, variant, collected_at_ms, samples, body) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(destination.as_str())
+            .bind(experiment)
+            .bind(variant)
+            .bind(collected_at_ms)
+            .bind(samples)
+            .bind(body)
+            .execute(&self.pool)
+            .await;
+            match inserted {
+                Ok(_) => break,
+                Err(e) if is_disk_full(&e) => {
+                    if self.evict_oldest(4, "the disk is full").await? == 0 {
+                        self.count_eviction(1, samples).await;
+                        tracing::warn!(
+                            experiment,
+                            variant,
+                            samples,
+                            "the disk is full and the queue is empty: this batch is dropped (counted as evicted)"
+                        );
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.enforce_bounds(collected_at_ms).await
+    }
+
+    /// Evicts batches older than `max_age` (relative to `now_ms`) and the
+    /// oldest while the queue holds more than `max_bytes`.
+    pub async fn enforce_bounds(&self, now_ms: i64) -> anyhow::Result<()> {
+        let horizon = now_ms - self.bounds.max_age.as_millis() as i64;
+        let old: (i64, i64) = sqlx::query_as(
+            "SELECT count(*), coalesce(sum(samples), 0) FROM batches WHERE collected_at_ms < ?",
+        )
+        .bind(horizon)
+        .fetch_one(&self.pool)
+        .await?;
+        if old.0 > 0 {
+            sqlx::query("DELETE FROM batches WHERE collected_at_ms < ?")
+                .bind(horizon)
+                .execute(&self.pool)
+                .await?;
+            self.count_eviction(old.0, old.1).await;
+            tracing::warn!(
+                batches = old.0,
+                samples = old.1,
+                max_age = %humantime::format_duration(self.bounds.max_age),
+                "evicted queued batches older than the queue's max_age"
+            );
+        }
+        loop {
+            let bytes: i64 =
+                sqlx::query_scalar("SELECT coalesce(sum(length(body)), 0) FROM batches")
+                    .fetch_one(&self.pool)
+                    .await?;
+            if bytes as u64 <= self.bounds.max_bytes {
+                return Ok(());
+            }
+            if self
+                .evict_oldest(16, "the queue is over its max_bytes")
+                .await?
+                == 0
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Deletes the `n` oldest batches, counted; returns how many went.
+    async fn evict_oldest(&self, n: i64, why: &str) -> anyhow::Result<i64> {
+        let gone: Vec<(i64, i64)> = sqlx::query_as(
+            "DELETE FROM batches WHERE id IN (SELECT id FROM batches ORDER BY collected_at_ms, id LIMIT ?) \
+             RETURNING id, samples",
+        )
+        .bind(n)
+        .fetch_all(&self.pool)
+        .await?;
+        let samples = gone.iter().map(|(_, s)| s).sum::<i64>();
+        if !gone.is_empty() {
+            self.count_eviction(gone.len() as i64, samples).await;
+            tracing::warn!(
+                batches = gone.len(),
+                samples,
+                "evicted the oldest queued batches: {why}"
+            );
+        }
+        Ok(gone.len() as i64)
+    }
+
+    async fn count_eviction(&self, batches: i64, samples: i64) {
+        // Counting must not fail the eviction that made room for it.
+        let _ = self.add_counter("evicted_batches", batches).await;
+        let _ = self.add_counter("evicted_samples", samples).await;
+    }
+
+    pub async fn add_counter(&self, name: &str, by: i64) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO counters (name, value) VALUES (?, ?) \
+             ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+        )
+        .bind(name)
+        .bind(by)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The oldest batches for `destination`, at most `n`.
+    pub async fn oldest(&self, destination: Destination, n: i64) -> anyhow::Result<Vec<Batch>> {
+        let rows = sqlx::query(
+            "SELECT id, experiment, variant, collected_at_ms, samples, body FROM batches \
+             WHERE destination = ? ORDER BY id LIMIT ?",
+        )
+        .bind(destination.as_str())
+        .bind(n)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Batch {
+                id: r.get("id"),
+                experiment: r.get("experiment"),
+                variant: r.get("variant"),
+                collected_at_ms: r.get("collected_at_ms"),
+                samples: r.get("samples"),
+                body: r.get("body"),
+            })
+            .collect())
+    }
+
+    /// Deletes a batch its destination answered.
+    pub async fn remove(&self, id: i64) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM batches WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a task as received, before anything is done for it.
+    /// Returns false when it was received before (still running or already
+    /// finished): it must not be run again.
+    pub async fn receive_task(&self, task: &PendingTask) -> anyhow::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let done: Option<i64> = sqlx::query_scalar("SELECT 1 FROM done_tasks WHERE task_id = ?")
+            .bind(task.task_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if done.is_some() {
+            return Ok(false);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO tasks (task_id, kind, payload, received_at_ms) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (task_id) DO NOTHING",
+        )
+        .bind(task.task_id.to_string())
+        .bind(&task.kind)
+        .bind(task.payload.to_string())
+        .bind(task.received_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(inserted.rows_affected() == 1)
+    }
+
+    /// Tasks received and not finished (after a restart: to resume).
+    pub async fn pending_tasks(&self) -> anyhow::Result<Vec<PendingTask>> {
+        let rows = sqlx::query(
+            "SELECT task_id, kind, payload, received_at_ms FROM tasks ORDER BY received_at_ms",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(PendingTask {
+                    task_id: r.get::<String, _>("task_id").parse()?,
+                    kind: r.get("kind"),
+                    payload: serde_json::from_str(r.get::<&str, _>("payload"))?,
+                    received_at_ms: r.get("received_at_ms"),
+                })
+            })
+            .collect()
+    }
+
+    /// Finishes a task: its result is stored and the task marked done, in
+    /// one transaction, so a crash leaves either the task to resume or the
+    /// result to report.
+    pub async fn finish_task(&self, result: &PendingResult, now_ms: i64) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO results (result_id, task_id, outcome, result, error, created_at_ms) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (task_id) DO NOTHING",
+        )
+        .bind(result.result_id.to_string())
+        .bind(result.task_id.to_string())
+        .bind(&result.outcome)
+        .bind(result.result.as_ref().map(|v| v.to_string()))
+        .bind(&result.error)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM tasks WHERE task_id = ?")
+            .bind(result.task_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO done_tasks (task_id, finished_at_ms) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(result.task_id.to_string())
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM done_tasks WHERE finished_at_ms < ?")
+            .bind(now_ms - DONE_TASKS_KEPT_MS)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn results(&self) -> anyhow::Result<Vec<PendingResult>> {
+        let rows = sqlx::query(
+            "SELECT result_id, task_id, outcome, result, error FROM results ORDER BY created_at_ms",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(PendingResult {
+                    result_id: r.get::<String, _>("result_id").parse()?,
+                    task_id: r.get::<String, _>("task_id").parse()?,
+                    outcome: r.get("outcome"),
+                    result: r
+                        .get::<Option<String>, _>("result")
+                        .map(|s| serde_json::from_str(&s))
+                        .transpose()?,
+                    error: r.get("error"),
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes a result the API answered.
+    pub async fn remove_result(&self, result_id: uuid::Uuid) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM results WHERE result_id = ?")
+            .bind(result_id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_setting(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        sqlx::query("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn setting(&self, key: &str) -> anyhow::Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn put_experiment(
+        &self,
+        id: uuid::Uuid,
+        baseline: &str,
+        candidate: &str,
+        until_ms: i64,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO experiments (experiment_id, baseline, candidate, until_ms) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (experiment_id) DO UPDATE SET baseline = excluded.baseline, \
+             candidate = excluded.candidate, until_ms = excluded.until_ms",
+        )
+        .bind(id.to_string())
+        .bind(baseline)
+        .bind(candidate)
+        .bind(until_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn remove_experiment(&self, id: uuid::Uuid) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM experiments WHERE experiment_id = ?")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Experiments to run: `(id, baseline JSON, candidate JSON, until)`.
+    pub async fn experiments(&self) -> anyhow::Result<Vec<(uuid::Uuid, String, String, i64)>> {
+        let rows =
+            sqlx::query("SELECT experiment_id, baseline, candidate, until_ms FROM experiments")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok((
+                    r.get::<String, _>("experiment_id").parse()?,
+                    r.get("baseline"),
+                    r.get("candidate"),
+                    r.get("until_ms"),
+                ))
+            })
+            .collect()
+    }
+
+    pub async fn stats(&self) -> anyhow::Result<Stats> {
+        let (batches, bytes, samples, oldest): (i64, i64, i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), coalesce(sum(length(body)), 0), coalesce(sum(samples), 0), min(collected_at_ms) FROM batches",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let results: i64 = sqlx::query_scalar("SELECT count(*) FROM results")
+            .fetch_one(&self.pool)
+            .await?;
+        let tasks: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks")
+            .fetch_one(&self.pool)
+            .await?;
+        let counter = |name: &'static str| async move {
+            sqlx::query_scalar::<_, i64>("SELECT value FROM counters WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map(|v| v.unwrap_or(0))
+        };
+        Ok(Stats {
+            batches,
+            bytes,
+            samples,
+            oldest_collected_at_ms: oldest,
+            results,
+            tasks,
+            evicted_batches: counter("evicted_batches").await?,
+            evicted_samples: counter("evicted_samples").await?,
+            rejected_batches: counter("rejected_batches").await?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bounds(max_bytes: u64, max_age_secs: u64) -> QueueBounds {
+        QueueBounds {
+            max_bytes,
+            max_age: Duration::from_secs(max_age_secs),
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_leave_only_when_removed_or_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), bounds(1 << 20, 3600))
+            .await
+            .unwrap();
+        for t in 0..3 {
+            q.push(Destination::Api, "none", "none", 1_000_000 + t, 2, b"abc")
+                .await
+                .unwrap();
+        }
+        q.push(Destination::External, "none", "none", 1_000_000, 2, b"x")
+            .await
+            .unwrap();
+        let api = q.oldest(Destination::Api, 10).await.unwrap();
+        assert_eq!(
+            api.iter().map(|b| b.collected_at_ms).collect::<Vec<_>>(),
+            [1_000_000, 1_000_001, 1_000_002]
+        );
+        q.remove(api[0].id).await.unwrap();
+        let stats = q.stats().await.unwrap();
+        assert_eq!(
+            (stats.batches, stats.samples, stats.evicted_batches),
+            (3, 6, 0)
+        );
+
+        // A reopened queue (a restart) holds the same batches.
+        drop(q);
+        let q = Queue::open(dir.path(), bounds(1 << 20, 3600))
+            .await
+            .unwrap();
+        assert_eq!(q.stats().await.unwrap().batches, 3);
+    }
+
+    #[tokio::test]
+    async fn the_oldest_go_first_when_over_bytes_or_age_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), bounds(10_000, 60)).await.unwrap();
+        let body = vec![7u8; 3_000];
+        for t in 0..5 {
+            q.push(
+                Destination::Api,
+                "none",
+                "none",
+                100_000 + t * 1000,
+                10,
+                &body,
+            )
+            .await
+            .unwrap();
+        }
+        let stats = q.stats().await.unwrap();
+        assert!(stats.bytes <= 10_000, "{stats:?}");
+        assert_eq!(stats.batches + stats.evicted_batches, 5);
+        assert_eq!(stats.evicted_samples, stats.evicted_batches * 10);
+        let left = q.oldest(Destination::Api, 10).await.unwrap();
+        assert_eq!(
+            left.last().unwrap().collected_at_ms,
+            104_000,
+            "the newest stays"
+        );
+        assert!(left[0].collected_at_ms > 100_000, "the oldest went");
+
+        // 61 s later every batch is past max_age.
+        q.enforce_bounds(104_000 + 61_000).await.unwrap();
+        let stats = q.stats().await.unwrap();
+        assert_eq!((stats.batches, stats.evicted_batches), (0, 5));
+    }
+
+    #[tokio::test]
+    async fn a_task_is_run_once_and_its_result_is_kept_until_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), bounds(1 << 20, 3600))
+            .await
+            .unwrap();
+        let task = PendingTask {
+            task_id: uuid::Uuid::new_v4(),
+            kind: "apply_pipeline".into(),
+            payload: serde_json::json!({"k": 1}),
+            received_at_ms: 5,
+        };
+        assert!(q.receive_task(&task).await.unwrap());
+        assert!(
+            !q.receive_task(&task).await.unwrap(),
+            "a task received twice runs once"
+        );
+        assert_eq!(
+            q.pending_tasks().await.unwrap(),
+            std::slice::from_ref(&task)
+        );
+        let result = PendingResult {
+            result_id: uuid::Uuid::new_v4(),
+            task_id: task.task_id,
+            outcome: "succeeded".into(),
+            result: Some(serde_json::json!({"ok": true})),
+            error: None,
+        };
+        q.finish_task(&result, 10).await.unwrap();
+        assert!(q.pending_tasks().await.unwrap().is_empty());
+        assert_eq!(q.results().await.unwrap(), std::slice::from_ref(&result));
+        assert!(
+            !q.receive_task(&task).await.unwrap(),
+            "a finished task is not run again"
+        );
+        q.remove_result(result.result_id).await.unwrap();
+        assert!(q.results().await.unwrap().is_empty());
+    }
+}
