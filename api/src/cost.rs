@@ -2,12 +2,14 @@
 //! pipelines — from measurements only, each naming where it comes from.
 //!
 //! Per unrevoked agent:
-//! - *current*: the series it pushes outside experiments (its live
-//!   pipeline), measured now:
+//! - *current*: the series it sends outside experiments (its live
+//!   pipeline), measured now — those with a sample within Prometheus's
+//!   lookback (5 minutes), without the Pushgateway's bookkeeping series of
+//!   text pushes:
 //!   `count by (agent) ({__name__!~"push_time_seconds|push_failure_time_seconds",job="phoenix-agent",experiment="none"})`;
 //! - with a promoted experiment (the latest one that targeted the agent):
 //!   *before* is the agent's baseline series measured in that experiment;
-//!   *after* is the current series, or — while the agent pushes no live
+//!   *after* is the current series, or — while the agent sends no live
 //!   series — the candidate series measured in that experiment;
 //! - without one: before = after = current.
 //!
@@ -30,7 +32,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::kpi::{Kpis, Prometheus};
 use crate::push_group::{JOB, NONE, PUSHGATEWAY_META};
 
-/// The query for the series every agent pushes with its live pipeline.
+/// The query for the series every agent sends with its live pipeline.
 pub fn current_series_query() -> String {
     format!(
         "count by (agent) ({{__name__!~\"{PUSHGATEWAY_META}\",job=\"{JOB}\",experiment=\"{NONE}\"}})"

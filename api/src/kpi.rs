@@ -1,19 +1,20 @@
 //! Experiment KPIs, measured in Prometheus — never estimated.
 //!
-//! Every series an agent pushes reaches Prometheus through the Pushgateway
-//! (scraped with `honor_labels`) labelled `job="phoenix-agent"`, `agent`,
-//! `experiment` and `variant`. For an experiment `E` whose measured window is
+//! Every series an agent sends reaches Prometheus labelled
+//! `job="phoenix-agent"`, `agent`, `experiment` and `variant`: a remote
+//! write is relabelled by the API, with each sample's own timestamp; a text
+//! push goes through the Pushgateway (scraped with `honor_labels`), which
+//! adds series of its own. For an experiment `E` whose measured window is
 //! `[started_at, ends_at]` (`W` seconds), each query below is an instant
 //! query evaluated at `ends_at`, so a measurement can be repeated and gives
 //! the same answer. `SEL(v)` is
 //! `{__name__!~"push_time_seconds|push_failure_time_seconds",job="phoenix-agent",experiment="E",variant="v"}`
-//! — every pushed series of the variant without the Pushgateway's own
-//! bookkeeping series.
+//! — every series of the variant, without the Pushgateway's bookkeeping
+//! series of pushes.
 //!
 //! | KPI | query | formula |
 //! |---|---|---|
-//! | pushed | `count by (agent) (last_over_time(push_time_seconds{job="phoenix-agent",experiment="E",variant="v"}[Ws]))` | every target agent must have pushed both variants in the window |
-//! | series | `count by (agent) (last_over_time(SEL(v)[Ws]))` | distinct series with a sample in the window, per agent; summed |
+//! | series | `count by (agent) (last_over_time(SEL(v)[Ws]))` | distinct series with a sample in the window, per agent; summed. Every target agent must have at least one series of both variants in the window |
 //! | metric names | `count by (__name__) (last_over_time(SEL(v)[Ws]))` | the metrics to count samples of |
 //! | samples/s | for each name N: `sum by (agent) (count_over_time({__name__="N",job="phoenix-agent",experiment="E",variant="v"}[Ws]))` | samples Prometheus stored for the variant in the window, summed, ÷ W |
 //! | host totals | `sum by (agent) (avg_over_time(M{job="phoenix-agent",experiment="E",variant="v"}[Ws]))` for M = CPU and memory metrics | accuracy = 100 × (1 − \|cand − base\| ÷ base), floored at 0, per agent and metric; the KPI is the worst one |
@@ -252,19 +253,11 @@ impl Subject {
         )
     }
 
-    /// Every pushed series of a variant, without the Pushgateway's own.
+    /// Every series of a variant, without the Pushgateway's own.
     fn selector(&self, variant: Variant) -> String {
         format!(
             "{{__name__!~\"{PUSHGATEWAY_META}\",{}}}",
             self.labels(variant)
-        )
-    }
-
-    pub fn pushed_query(&self, variant: Variant) -> String {
-        format!(
-            "count by (agent) (last_over_time(push_time_seconds{{{}}}[{}s]))",
-            self.labels(variant),
-            self.window_seconds()
         )
     }
 
@@ -405,9 +398,6 @@ pub async fn measure(prometheus: &Prometheus, subject: &Subject) -> Result<Kpis,
     let mut measured = BTreeMap::new();
     for variant in Variant::BOTH {
         let v = variant.as_str();
-        let pushed = recorder
-            .by_agent(format!("{v}_pushed"), subject.pushed_query(variant))
-            .await?;
         let series = recorder
             .by_agent(format!("{v}_series"), subject.series_query(variant))
             .await?;
@@ -439,7 +429,6 @@ pub async fn measure(prometheus: &Prometheus, subject: &Subject) -> Result<Kpis,
         measured.insert(
             v,
             Measured {
-                pushed,
                 series,
                 samples,
                 totals,
@@ -457,15 +446,15 @@ pub async fn measure(prometheus: &Prometheus, subject: &Subject) -> Result<Kpis,
 /// The raw answers for one variant, per agent.
 #[derive(Debug, Clone, Default)]
 pub struct Measured {
-    pub pushed: BTreeMap<Uuid, f64>,
     pub series: BTreeMap<Uuid, f64>,
     pub samples: BTreeMap<Uuid, f64>,
     pub totals: BTreeMap<&'static str, BTreeMap<Uuid, f64>>,
 }
 
 /// The KPIs from the raw answers. Data is missing — and nothing is
-/// computed — when a target agent did not push a variant in the window, or
-/// pushed no baseline series or no baseline host totals.
+/// computed — when a target agent has no series of a variant in the window
+/// (it sent none, or they did not reach Prometheus), or no baseline host
+/// totals.
 pub fn compute(
     subject: &Subject,
     baseline: &Measured,
@@ -476,12 +465,12 @@ pub fn compute(
         let silent: Vec<String> = subject
             .agents
             .iter()
-            .filter(|a| !m.pushed.contains_key(a))
+            .filter(|a| m.series.get(a).is_none_or(|n| *n < 1.0))
             .map(Uuid::to_string)
             .collect();
         if !silent.is_empty() {
             return Err(MeasureError::NoData(format!(
-                "agents {} pushed no {variant} metrics between {} and {}",
+                "agents {} have no {variant} series between {} and {}",
                 silent.join(", "),
                 subject.started_at.to_rfc3339(),
                 subject.ends_at.to_rfc3339()
@@ -507,17 +496,12 @@ pub fn compute(
     };
     let base = variant(baseline);
     let cand = variant(candidate);
-    if let Some((agent, _)) = base.series_by_agent.iter().find(|(_, n)| **n == 0) {
-        return Err(MeasureError::NoData(format!(
-            "agent {agent} pushed no baseline series in the window"
-        )));
-    }
     let mut totals = Vec::new();
     for metric in [PROCESS_CPU_METRIC, PROCESS_MEMORY_METRIC] {
         for agent in &subject.agents {
             let Some(b) = baseline.totals.get(metric).and_then(|t| t.get(agent)) else {
                 return Err(MeasureError::NoData(format!(
-                    "agent {agent} pushed no baseline {metric} in the window"
+                    "agent {agent} sent no baseline {metric} in the window"
                 )));
             };
             let c = candidate
@@ -653,16 +637,11 @@ mod tests {
         );
         assert!(is_metric_name("phoenix_process_cpu_percent") && is_metric_name("a:b"));
         assert!(!is_metric_name("a\"}") && !is_metric_name("1a") && !is_metric_name(""));
-        assert!(
-            s.pushed_query(Variant::Baseline)
-                .contains("push_time_seconds{job=")
-        );
     }
 
     fn measured(agent: Uuid, series: f64, cpu: f64, memory: f64) -> Measured {
         let one = |v: f64| BTreeMap::from([(agent, v)]);
         Measured {
-            pushed: one(1.0),
             series: one(series),
             samples: one(series * 600.0),
             totals: BTreeMap::from([
@@ -701,8 +680,30 @@ mod tests {
         let silent = Measured::default();
         let e = compute(&s, &measured(agent, 200.0, 1.0, 1.0), &silent, vec![]).unwrap_err();
         assert!(
-            matches!(e, MeasureError::NoData(ref m) if m.contains("candidate")),
+            matches!(e, MeasureError::NoData(ref m) if m.contains("no candidate series")),
             "{e}"
+        );
+        // Series of the variant are what says an agent sent it: host totals
+        // without a series counted are no data either.
+        let mut no_series = measured(agent, 200.0, 1.0, 1.0);
+        no_series.series.clear();
+        let e = compute(&s, &no_series, &measured(agent, 20.0, 1.0, 1.0), vec![]).unwrap_err();
+        assert!(
+            matches!(e, MeasureError::NoData(ref m) if m.contains("no baseline series")),
+            "{e}"
+        );
+        let other = Uuid::new_v4();
+        let two = subject(vec![agent, other]);
+        let e = compute(
+            &two,
+            &measured(agent, 200.0, 1.0, 1.0),
+            &measured(agent, 20.0, 1.0, 1.0),
+            vec![],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, MeasureError::NoData(ref m) if m.contains(&other.to_string()) && !m.contains(&agent.to_string())),
+            "only the silent agent is named: {e}"
         );
         let mut no_totals = measured(agent, 200.0, 1.0, 1.0);
         no_totals.totals.clear();

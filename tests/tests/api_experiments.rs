@@ -972,7 +972,7 @@ fn the_analysis_recommends_a_rollback_or_fails_without_candidate_data() {
     let failed = wait_state(&s, &viewer, &e4, "failed");
     let error = failed["error"].as_str().unwrap();
     assert!(
-        error.contains("pushed no candidate metrics") && error.contains(&b.id),
+        error.contains("no candidate series") && error.contains(&b.id),
         "{error}"
     );
     assert_eq!(
