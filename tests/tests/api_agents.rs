@@ -417,6 +417,7 @@ fn the_openapi_document_describes_both_listeners() {
         "/api/v1/agent/heartbeat",
         "/api/v1/agent/tasks",
         "/api/v1/agent/tasks/{id}/result",
+        "/api/v1/agent/write",
         "/api/v1/agent/metrics",
         "/api/v1/tasks",
     ] {

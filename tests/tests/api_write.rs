@@ -1,0 +1,550 @@
+//! The agents' metric path, `POST /api/v1/agent/write`, end to end against
+//! the real Prometheus: remote-write batches with old timestamps land at
+//! those timestamps with the API's labels, a batch sent twice is stored
+//! once, malformed batches get their problem documents, and experiment
+//! batches follow the running window.
+//!
+//! The requests are built here, byte by byte, from the remote-write 1.0
+//! protobuf definition (`prompb`) and compressed with the snappy crate, as a
+//! client of the protocol would: the tests link none of Phoenix's crates.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use phoenix_tests::{Agent, Reply, Stack, curl, wait_until};
+use serde_json::{Value, json};
+
+const CPU: &str = "phoenix_process_cpu_percent";
+const MEMORY: &str = "phoenix_process_memory_bytes";
+
+/// A fast experiment driver.
+const FAST_DRIVER: &str = "[services.api]\nenv = { PHOENIX_EXPERIMENT_TICK = \"300ms\" }\n";
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A length-delimited field (wire type 2).
+fn field(tag: u64, bytes: &[u8], out: &mut Vec<u8>) {
+    varint(tag << 3 | 2, out);
+    varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+/// `prometheus.TimeSeries`: labels (field 1: name 1, value 2) and samples
+/// (field 2: value 1 as a double, timestamp 2 as an int64 in ms).
+fn series(labels: &[(&str, &str)], samples: &[(f64, i64)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in labels {
+        let mut label = Vec::new();
+        field(1, name.as_bytes(), &mut label);
+        field(2, value.as_bytes(), &mut label);
+        field(1, &label, &mut out);
+    }
+    for (value, timestamp) in samples {
+        let mut sample = vec![0x09];
+        sample.extend_from_slice(&value.to_le_bytes());
+        sample.push(0x10);
+        varint(*timestamp as u64, &mut sample);
+        field(2, &sample, &mut out);
+    }
+    out
+}
+
+/// `prometheus.WriteRequest` of `series`, uncompressed.
+fn write_request(series: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in series {
+        field(1, s, &mut out);
+    }
+    out
+}
+
+fn snappy(raw: &[u8]) -> Vec<u8> {
+    snap::raw::Encoder::new()
+        .compress_vec(raw)
+        .expect("snappy compresses")
+}
+
+/// A ready body: `series` as a snappy-compressed WriteRequest.
+fn batch(series: &[Vec<u8>]) -> Vec<u8> {
+    snappy(&write_request(series))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Whole seconds `ago` before now, in ms: timestamps Prometheus shows
+/// back exactly.
+fn seconds_ago(ago: Duration) -> i64 {
+    (now_ms() - ago.as_millis() as i64) / 1000 * 1000
+}
+
+/// A write with the remote-write headers, or the ones given.
+fn write_with(
+    s: &Stack,
+    agent: &Agent,
+    query: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Reply {
+    let mut req = s
+        .agent(
+            reqwest::Method::POST,
+            &format!("/api/v1/agent/write{query}"),
+        )
+        .bearer_auth(&agent.credential);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    s.reply(req.body(body))
+}
+
+const REMOTE_WRITE: [(&str, &str); 3] = [
+    ("content-type", "application/x-protobuf"),
+    ("content-encoding", "snappy"),
+    ("x-prometheus-remote-write-version", "0.1.0"),
+];
+
+fn write(s: &Stack, agent: &Agent, query: &str, body: Vec<u8>) -> Reply {
+    write_with(s, agent, query, &REMOTE_WRITE, body)
+}
+
+/// A refusal: the status, a problem document, the code; the problem.
+fn refused(r: &Reply, status: u16, code: &str) -> Value {
+    assert_eq!((r.status, r.code()), (status, code), "{r:?}");
+    assert_eq!(
+        r.headers["content-type"], "application/problem+json",
+        "{r:?}"
+    );
+    r.body.clone()
+}
+
+/// An instant query (at `time` seconds, or now) in Prometheus: the result.
+fn query(s: &Stack, promql: &str, time: Option<f64>) -> Vec<Value> {
+    let mut params = vec![("query", promql.to_string())];
+    if let Some(t) = time {
+        params.push(("time", format!("{t:.3}")));
+    }
+    let r: Value = reqwest::blocking::Client::new()
+        .post(s.ports.prometheus_url("/api/v1/query"))
+        .form(&params)
+        .send()
+        .and_then(|r| r.json())
+        .unwrap_or_else(|e| panic!("query {promql}: {e}"));
+    assert_eq!(r["status"], "success", "{promql}: {r}");
+    r["data"]["result"].as_array().unwrap().clone()
+}
+
+/// The samples of each series `selector` picks within the last `range`:
+/// labels and (timestamp in ms, value) pairs, by series.
+fn stored(s: &Stack, selector: &str, range: &str) -> Vec<(Value, Vec<(i64, f64)>)> {
+    let mut out: Vec<(Value, Vec<(i64, f64)>)> = query(s, &format!("{selector}[{range}]"), None)
+        .into_iter()
+        .map(|series| {
+            let values = series["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| {
+                    (
+                        (v[0].as_f64().unwrap() * 1000.0).round() as i64,
+                        v[1].as_str().unwrap().parse::<f64>().unwrap(),
+                    )
+                })
+                .collect();
+            (series["metric"].clone(), values)
+        })
+        .collect();
+    out.sort_by_key(|(metric, _)| metric.to_string());
+    out
+}
+
+/// `count_over_time` of each series `selector` picks, by `process`.
+fn counts(s: &Stack, selector: &str, range: &str) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> =
+        query(s, &format!("count_over_time({selector}[{range}])"), None)
+            .into_iter()
+            .map(|r| {
+                (
+                    r["metric"]["process"].as_str().unwrap_or("").to_string(),
+                    r["value"][1].as_str().unwrap().parse().unwrap(),
+                )
+            })
+            .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn old_samples_land_at_their_timestamps_with_the_agents_labels_and_once_however_often_sent() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let agent = s.enroll_one(&admin, "web-1");
+    let (t1, t2) = (
+        seconds_ago(Duration::from_secs(600)),
+        seconds_ago(Duration::from_secs(300)),
+    );
+    // Labels in any order, an empty one that counts as none.
+    let body = batch(&[
+        series(
+            &[
+                ("pid", "812"),
+                ("__name__", CPU),
+                ("process", "nginx"),
+                ("zone", ""),
+            ],
+            &[(3.5, t1), (4.25, t2)],
+        ),
+        series(
+            &[("__name__", MEMORY), ("process", "nginx"), ("pid", "812")],
+            &[(52428800.0, t1), (53477376.0, t2)],
+        ),
+    ]);
+    let r = write(&s, &agent, "", body.clone());
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.body,
+        json!({ "series": 2, "samples": 4, "experiment": "none", "variant": "none" })
+    );
+
+    let selector = format!("{{agent=\"{}\"}}", agent.id);
+    let got = stored(&s, &selector, "15m");
+    let labels = |name: &str| {
+        json!({
+            "__name__": name, "agent": agent.id, "experiment": "none", "variant": "none",
+            "job": "phoenix-agent", "pid": "812", "process": "nginx",
+        })
+    };
+    assert_eq!(
+        got,
+        vec![
+            (labels(CPU), vec![(t1, 3.5), (t2, 4.25)]),
+            (labels(MEMORY), vec![(t1, 52428800.0), (t2, 53477376.0)]),
+        ],
+        "exact timestamps and values, with the API's labels"
+    );
+
+    // The same batch again (a lost answer): taken, stored once.
+    let r = write(&s, &agent, "", body);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        counts(&s, &format!("{CPU}{selector}"), "15m"),
+        [("nginx".to_string(), 2.0)]
+    );
+
+    // A sample older than the newest of its series arrives late (the
+    // agent's queue after an outage): stored out of order, where it belongs.
+    let between = (t1 + t2) / 2;
+    let r = write(
+        &s,
+        &agent,
+        "",
+        batch(&[series(
+            &[("__name__", CPU), ("process", "nginx"), ("pid", "812")],
+            &[(9.0, between)],
+        )]),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let got = stored(&s, &format!("{CPU}{selector}"), "15m");
+    assert_eq!(got[0].1, [(t1, 3.5), (between, 9.0), (t2, 4.25)]);
+
+    // The agents listing counts the series of its last batch.
+    let r = s.get(Some(&admin), &format!("/api/v1/agents/{}", agent.id));
+    assert_eq!(r.body["pushed_series"], 1, "{r:?}");
+
+    // Another value at a timestamp Prometheus holds: it refuses, the agent
+    // drops the batch.
+    let conflicting = batch(&[series(
+        &[("__name__", CPU), ("process", "nginx"), ("pid", "812")],
+        &[(5.0, t2)],
+    )]);
+    let r = write(&s, &agent, "", conflicting);
+    let problem = refused(&r, 400, "samples_rejected");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("duplicate"),
+        "Prometheus's reason is passed on: {problem}"
+    );
+
+    // Prometheus away: 502, the agent keeps the batch; once it is back the
+    // same batch is taken.
+    let later = batch(&[series(
+        &[("__name__", CPU), ("process", "nginx"), ("pid", "812")],
+        &[(6.0, seconds_ago(Duration::from_secs(60)))],
+    )]);
+    let out = s.sup.ctl(&["stop", "prometheus"]);
+    assert!(out.status.success(), "{out:?}");
+    s.sup
+        .wait_state("prometheus", "stopped", Duration::from_secs(60));
+    let r = write(&s, &agent, "", later.clone());
+    refused(&r, 502, "remote_write_unavailable");
+    let out = s.sup.ctl(&["start", "prometheus"]);
+    assert!(out.status.success(), "{out:?}");
+    s.sup
+        .wait_state("prometheus", "ready", Duration::from_secs(60));
+    let r = write(&s, &agent, "", later);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        counts(&s, &format!("{CPU}{selector}"), "15m"),
+        [("nginx".to_string(), 4.0)],
+        "what was stored before the restart is still there"
+    );
+}
+
+#[test]
+fn malformed_batches_get_their_problem_documents() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let agent = s.enroll_one(&admin, "web-1");
+    let now = seconds_ago(Duration::ZERO);
+    let good = |labels: &[(&str, &str)]| series(labels, &[(1.0, now)]);
+    let cpu = good(&[("__name__", CPU), ("process", "a")]);
+
+    // Not snappy: the protobuf as it is.
+    let r = write(&s, &agent, "", write_request(std::slice::from_ref(&cpu)));
+    let problem = refused(&r, 400, "invalid_write_request");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("snappy"),
+        "{problem}"
+    );
+    // Snappy, but not a WriteRequest inside.
+    let r = write(&s, &agent, "", snappy(b"\xff\xff\xff\xff"));
+    let problem = refused(&r, 400, "invalid_write_request");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("WriteRequest"),
+        "{problem}"
+    );
+    // A bomb: 40 MiB of zeros compress to less than 4 MiB.
+    let bomb = snappy(&vec![0u8; 40 << 20]);
+    assert!(bomb.len() < 4 << 20, "{}", bomb.len());
+    let r = write(&s, &agent, "", bomb);
+    let problem = refused(&r, 413, "metrics_too_large");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("uncompresses"),
+        "{problem}"
+    );
+    // Not remote write 1.0.
+    let r = write_with(
+        &s,
+        &agent,
+        "",
+        &[
+            ("content-type", "text/plain"),
+            ("content-encoding", "snappy"),
+        ],
+        batch(std::slice::from_ref(&cpu)),
+    );
+    refused(&r, 415, "unsupported_media_type");
+    let r = write_with(
+        &s,
+        &agent,
+        "",
+        &[("content-type", "application/x-protobuf")],
+        write_request(std::slice::from_ref(&cpu)),
+    );
+    refused(&r, 415, "unsupported_media_type");
+    // Labels: the API's own, Prometheus's own, twice the same series; the
+    // problem names the series by its index.
+    for (labels, code) in [
+        (
+            &[("__name__", CPU), ("agent", "spoofed")][..],
+            "reserved_label",
+        ),
+        (&[("__name__", CPU), ("job", "other")][..], "reserved_label"),
+        (
+            &[("__name__", CPU), ("__tenant", "x")][..],
+            "invalid_label_name",
+        ),
+        (&[("__name__", "cpu-percent")][..], "invalid_metric_name"),
+        (&[("process", "no-name")][..], "invalid_metric_name"),
+        (
+            &[("process", "a"), ("__name__", CPU)][..],
+            "duplicate_series",
+        ),
+    ] {
+        let r = write(&s, &agent, "", batch(&[cpu.clone(), good(labels)]));
+        let problem = refused(&r, 400, code);
+        assert_eq!(problem["index"], 1, "{labels:?}: {problem}");
+    }
+    // Timestamps: out of order, older than the out-of-order window (6 h),
+    // ahead of the clock.
+    for (samples, code) in [
+        (vec![(1.0, now), (2.0, now - 1000)], "samples_out_of_order"),
+        (vec![(1.0, now - 7 * 3600 * 1000)], "sample_too_old"),
+        (vec![(1.0, now + 10 * 60 * 1000)], "sample_in_future"),
+    ] {
+        let r = write(
+            &s,
+            &agent,
+            "",
+            batch(&[series(&[("__name__", MEMORY)], &samples)]),
+        );
+        let problem = refused(&r, 400, code);
+        assert_eq!(problem["index"], 0, "{problem}");
+    }
+    // Without a credential, as every agent route.
+    let r = s.reply(
+        s.agent(reqwest::Method::POST, "/api/v1/agent/write")
+            .header("content-type", "application/x-protobuf")
+            .header("content-encoding", "snappy")
+            .body(batch(std::slice::from_ref(&cpu))),
+    );
+    refused(&r, 401, "missing_credential");
+
+    // A body past 4 MiB, sent by curl over HTTP/2 as users' clients do: the
+    // 413 arrives as a problem document, the rest of the body is read.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.snappy");
+    let noise: Vec<u8> = (0..(5u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&file, &noise).unwrap();
+    let url = s.ports.agent_url("/api/v1/agent/write");
+    let (code, out, err) = curl(&[
+        "-X",
+        "POST",
+        &url,
+        "-H",
+        &format!("authorization: Bearer {}", agent.credential),
+        "-H",
+        "content-type: application/x-protobuf",
+        "-H",
+        "content-encoding: snappy",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        "-w",
+        "\n%{http_code} %{http_version} %{content_type}",
+    ]);
+    assert_eq!(code, 0, "curl: {err}");
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    assert_eq!(status, "413 2 application/problem+json", "{out}");
+    let problem: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(problem["code"], "metrics_too_large", "{problem}");
+
+    // Nothing of it reached Prometheus.
+    assert!(
+        query(&s, &format!("{{agent=\"{}\"}}", agent.id), None).is_empty(),
+        "refused batches are not stored"
+    );
+}
+
+fn wait_state(s: &Stack, token: &str, id: &str, state: &str) {
+    wait_until(
+        &format!("experiment {id} {state}"),
+        Duration::from_secs(60),
+        || {
+            let r = s.get(Some(token), &format!("/api/v1/experiments/{id}"));
+            (r.body["state"] == state).then_some(())
+        },
+    );
+}
+
+#[test]
+fn experiment_batches_are_taken_while_it_runs_and_later_only_from_its_running_window() {
+    let s = Stack::start(FAST_DRIVER);
+    let u = s.users();
+    let agents = s.enroll(&u.admin, &["web-1", "cache-1"]);
+    let (member, stranger) = (&agents[0], &agents[1]);
+    let r = s.post(
+        Some(&u.operator),
+        "/api/v1/experiments",
+        &json!({
+            "name": "late batches",
+            "baseline": { "spec": { "stages": [] } },
+            "candidate": { "spec": { "stages": [] } },
+            "agents": [member.id],
+            "duration": "1h",
+        }),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let group = format!("?experiment={id}&variant=baseline");
+    let sample = |process: &str, t: i64| {
+        batch(&[series(
+            &[("__name__", CPU), ("process", process)],
+            &[(1.0, t)],
+        )])
+    };
+
+    // Not yet deploying: refused.
+    let before_start = seconds_ago(Duration::ZERO) - 1000;
+    let r = write(&s, member, &group, sample("early", before_start));
+    refused(&r, 409, "experiment_not_running");
+
+    let r = s.post(
+        Some(&u.operator),
+        &format!("/api/v1/experiments/{id}/start"),
+        &json!({}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let tasks = s.poll(&member.credential, "wait=5");
+    let task = &tasks.body["tasks"][0];
+    assert_eq!(task["kind"], "run_experiment", "{tasks:?}");
+    let r = s.report(
+        &member.credential,
+        task["id"].as_str().unwrap(),
+        &json!({ "result_id": uuid::Uuid::new_v4(), "outcome": "succeeded" }),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    wait_state(&s, &u.viewer, &id, "running");
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // Running: taken from its agents only.
+    let while_running = seconds_ago(Duration::ZERO);
+    let r = write(&s, member, &group, sample("live", while_running));
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = write(&s, stranger, &group, sample("live", while_running));
+    refused(&r, 409, "not_in_experiment");
+
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = s.post(
+        Some(&u.operator),
+        &format!("/api/v1/experiments/{id}/stop"),
+        &json!({}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["state"], "stopped");
+
+    // Stopped: a batch queued while it ran is still taken, one with any
+    // sample from before or after the running window is not.
+    let r = write(&s, member, &group, sample("queued", while_running));
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = write(&s, member, &group, sample("after", now_ms()));
+    refused(&r, 409, "experiment_not_running");
+    let r = write(
+        &s,
+        member,
+        &group,
+        batch(&[
+            series(
+                &[("__name__", CPU), ("process", "a")],
+                &[(1.0, while_running)],
+            ),
+            series(
+                &[("__name__", CPU), ("process", "b")],
+                &[(1.0, before_start)],
+            ),
+        ]),
+    );
+    let problem = refused(&r, 409, "experiment_not_running");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("running window"),
+        "{problem}"
+    );
+
+    let selector = format!("{CPU}{{experiment=\"{id}\",variant=\"baseline\"}}");
+    assert_eq!(
+        counts(&s, &selector, "10m"),
+        [("live".to_string(), 1.0), ("queued".to_string(), 1.0)]
+    );
+}
