@@ -31,13 +31,14 @@
 //!   `phoenix-wire` crate (`phoenix_wire::pipeline`), shared with agents.
 //! - [`pipelines`]: saved pipelines and templates.
 //! - [`experiment_state`]: the experiment state machine, a pure function;
-//!   a leaf that experiments and agents' pushes both read.
+//!   a leaf that experiments and agents' writes and pushes read.
 //! - [`experiments`]: experiments and operators' actions; every transition
 //!   goes through `experiments::Transition::apply`; [`experiments::driver`]
 //!   is the background task that advances experiments.
 //! - [`kpi`]: KPIs measured with Prometheus queries; [`cost`]: the cost summary.
-//! - [`push_group`]: the Pushgateway grouping key of agent metrics, which
-//!   pushes write and KPI and cost queries select by; a leaf.
+//! - [`push_group`]: the labels of agents' series (and the Pushgateway
+//!   group of a push), which writes and pushes set and KPI and cost
+//!   queries select by; a leaf.
 //! - [`agents`]: enrollment, agent credentials, the agent registry,
 //!   heartbeats, metric writes forwarded by remote write, and metric pushes
 //!   to the Pushgateway.

@@ -1,17 +1,18 @@
-//! An agent's Pushgateway group: the grouping key every pushed series is
-//! stored under, which Prometheus then sees as the labels `job`, `agent`,
-//! `experiment` and `variant` (it scrapes the Pushgateway with
-//! `honor_labels`). Metric pushes write groups by it; KPI and cost queries
-//! select series by it.
+//! The labels every series of an agent carries in Prometheus: `job`
+//! ([`JOB`]), `agent`, `experiment` and `variant` ([`NONE`] outside an
+//! experiment). Remote writes get them from the API's relabelling; text
+//! pushes as the grouping key of their Pushgateway group ([`group_url`]),
+//! which Prometheus scrapes with `honor_labels`. KPI and cost queries
+//! select series by them.
 //!
 //! *Invariant:* a leaf: no I/O, and it uses no other module of the crate.
 
 use uuid::Uuid;
 
-/// The Pushgateway job of every agent group.
+/// The `job` of every agent series.
 pub const JOB: &str = "phoenix-agent";
 
-/// The grouping-key value when a push names no experiment or variant.
+/// The `experiment` and `variant` of series sent outside an experiment.
 pub const NONE: &str = "none";
 
 /// The Pushgateway's own series in every group, never counted.
