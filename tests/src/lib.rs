@@ -730,6 +730,21 @@ pub fn curl(args: &[&str]) -> (i32, String, String) {
 /// sockets (from /proc/<pid>/fd) that /proc/net/tcp{,6} shows bound to the
 /// port and not listening.
 pub fn connections_on(pid: i32, port: u16) -> usize {
+    connections_matching(pid, port, |_| true)
+}
+
+/// Those of [`connections_on`] whose peer is `peer`: the stack's own clients
+/// (the supervisor's probes, Prometheus's scrapes) come from 127.0.0.1 and
+/// are not counted against a test's source.
+pub fn connections_from(pid: i32, port: u16, peer: std::net::Ipv4Addr) -> usize {
+    // /proc/net/tcp writes an IPv4 address as its 32 bits in host order.
+    let hex = format!("{:08X}", u32::from_ne_bytes(peer.octets()));
+    connections_matching(pid, port, |remote| {
+        remote.split(':').next() == Some(hex.as_str())
+    })
+}
+
+fn connections_matching(pid: i32, port: u16, remote: impl Fn(&str) -> bool) -> usize {
     let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|dir| {
             dir.flatten()
@@ -759,6 +774,7 @@ pub fn connections_on(pid: i32, port: u16) -> usize {
         })
         .filter(|fields| fields.len() > 9 && inodes.contains(&fields[9]))
         .filter(|fields| fields[3] != listen_state)
+        .filter(|fields| remote(&fields[2]))
         .filter(|fields| {
             fields[1]
                 .rsplit(':')

@@ -4,11 +4,12 @@
 //! public listeners tell a client of another address.
 
 use std::io::Write;
-use std::net::{IpAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
 use phoenix_tests::{
-    Stack, StackPorts, Supervisor, connections_on, curl, https_from, non_loopback_ipv4,
+    Stack, StackPorts, Supervisor, connections_from, connections_on, curl, https_from,
+    non_loopback_ipv4,
 };
 use serde_json::Value;
 
@@ -170,7 +171,12 @@ fn one_source_cannot_take_every_connection() {
     };
     // Silent connections that would hold every slot for 30 s.
     let silent: Vec<_> = (0..40).map(|_| from([127, 0, 0, 2])).collect();
-    let most = most_connections(api, s.ports.api, Duration::from_secs(1));
+    let most = most_connections_from(
+        api,
+        s.ports.api,
+        Ipv4Addr::new(127, 0, 0, 2),
+        Duration::from_secs(1),
+    );
     // Its four, and at most one more being closed as it is accepted.
     assert!(most <= 5, "{most} connections held for one source");
     let started = Instant::now();
@@ -195,13 +201,22 @@ fn one_source_cannot_take_every_connection() {
 
 /// The most connections `pid` held on `port` over `during`.
 fn most_connections(pid: i32, port: u16, during: Duration) -> usize {
+    most_of(during, || connections_on(pid, port))
+}
+
+/// The most connections from `peer` that `pid` held on `port` over `during`.
+fn most_connections_from(pid: i32, port: u16, peer: Ipv4Addr, during: Duration) -> usize {
+    most_of(during, || connections_from(pid, port, peer))
+}
+
+fn most_of(during: Duration, count: impl Fn() -> usize) -> usize {
     let until = Instant::now() + during;
     let mut most = 0;
     while Instant::now() < until {
         // One look at /proc is not atomic: a socket closing while the next
         // is accepted can be seen in the same look. Held connections stay,
         // so a second look at once keeps them and drops such a passer-by.
-        most = most.max(connections_on(pid, port).min(connections_on(pid, port)));
+        most = most.max(count().min(count()));
         std::thread::sleep(Duration::from_millis(20));
     }
     most
