@@ -29,7 +29,7 @@ use sqlx::{Row, SqlitePool};
 use crate::config::QueueBounds;
 
 /// Where a batch goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Destination {
     /// The control plane's write route.
     Api,

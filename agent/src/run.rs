@@ -13,12 +13,12 @@
 //!   queue's figures as status.
 //! - **health**: `/metrics` on the loopback listener ([`crate::health`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use phoenix_wire::agent::{Claimed, Heartbeat, HeartbeatReply, NO_GROUP, path};
-use phoenix_wire::remote_write::{WriteRequest, encode};
+use phoenix_wire::remote_write::{Label, Sample, TimeSeries, WriteRequest, encode};
 use tokio::sync::{Notify, watch};
 
 use crate::client::{Refusal, check, http_client};
@@ -180,34 +180,54 @@ fn external_labels(config: &Config) -> BTreeMap<String, String> {
     labels
 }
 
+/// One stream's batch of a collection, with staleness markers for the
+/// series it sent last time and no longer has.
 fn body(
+    stream: Stream,
+    stale: &mut Staleness,
     rows: &[Row],
     pipeline: &Compiled,
     timestamp_ms: i64,
     extra: &BTreeMap<String, String>,
 ) -> (Vec<u8>, i64) {
+    let mut timeseries = to_series(&pipeline.run(rows), timestamp_ms, extra);
+    stale.mark(stream, &mut timeseries, timestamp_ms);
     let request = WriteRequest {
-        timeseries: to_series(&pipeline.run(rows), timestamp_ms, extra),
+        timeseries,
         ..Default::default()
     };
     (encode(&request), request.sample_count() as i64)
 }
 
 /// Collects, runs the pipelines and queues their batches.
-pub async fn collect_once(agent: &Agent, collector: &Arc<Mutex<Collector>>) -> anyhow::Result<()> {
+pub async fn collect_once(
+    agent: &Agent,
+    collector: &Arc<Mutex<Collector>>,
+    stale: &mut Staleness,
+) -> anyhow::Result<()> {
     let c = collector.clone();
     let collection =
         tokio::task::spawn_blocking(move || c.lock().expect("collector lock").collect()).await?;
     let running = agent.state.current(collection.timestamp_ms).await;
     let none = BTreeMap::new();
     let ts = collection.timestamp_ms;
-    let (live, samples) = body(&collection.rows, &running.live, ts, &none);
+    stale.begin();
+    let (live, samples) = body(
+        Stream::live(Destination::Api),
+        stale,
+        &collection.rows,
+        &running.live,
+        ts,
+        &none,
+    );
     agent
         .queue
         .push(Destination::Api, NO_GROUP, NO_GROUP, ts, samples, &live)
         .await?;
     if agent.config.remote_write.is_some() {
         let (external, samples) = body(
+            Stream::live(Destination::External),
+            stale,
             &collection.rows,
             &running.live,
             ts,
@@ -231,13 +251,19 @@ pub async fn collect_once(agent: &Agent, collector: &Arc<Mutex<Collector>>) -> a
             ("baseline", &experiment.baseline),
             ("candidate", &experiment.candidate),
         ] {
-            let (batch, samples) = body(&collection.rows, pipeline, ts, &none);
+            let stream = Stream {
+                destination: Destination::Api,
+                experiment: id.clone(),
+                variant,
+            };
+            let (batch, samples) = body(stream, stale, &collection.rows, pipeline, ts, &none);
             agent
                 .queue
                 .push(Destination::Api, &id, variant, ts, samples, &batch)
                 .await?;
         }
     }
+    stale.finish();
     agent
         .collections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -253,9 +279,10 @@ async fn collect_loop(agent: Agent, wake_api: Arc<Notify>, wake_external: Arc<No
     let mut tick = tokio::time::interval(agent.config.collect_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let mut stale = Staleness::default();
     loop {
         tick.tick().await;
-        match collect_once(&agent, &collector).await {
+        match collect_once(&agent, &collector, &mut stale).await {
             Ok(()) => {
                 wake_api.notify_one();
                 wake_external.notify_one();
@@ -371,5 +398,149 @@ async fn heartbeat_loop(
             }
         };
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// Prometheus's staleness marker: a NaN with this exact bit pattern, which a
+/// scrape writes for a series that is gone and which ends the series at once
+/// for queries, instead of after the 5-minute lookback.
+pub const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
+
+/// One stream of batches: a destination, and an experiment's variant or the
+/// live pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Stream {
+    destination: Destination,
+    experiment: String,
+    variant: &'static str,
+}
+
+impl Stream {
+    fn live(destination: Destination) -> Stream {
+        Stream {
+            destination,
+            experiment: NO_GROUP.to_owned(),
+            variant: NO_GROUP,
+        }
+    }
+}
+
+/// The series each stream sent in the previous collection, so that a series
+/// that ends (its process exited, a pipeline changed, an experiment ended)
+/// gets a staleness marker, as a scrape would give it. Kept in memory: after
+/// a restart, series that ended meanwhile fade after Prometheus's lookback.
+#[derive(Default)]
+pub struct Staleness {
+    previous: HashMap<Stream, HashSet<Vec<Label>>>,
+    current: HashMap<Stream, HashSet<Vec<Label>>>,
+}
+
+impl Staleness {
+    fn begin(&mut self) {
+        self.current.clear();
+    }
+
+    /// Appends a marker at `timestamp_ms` for each series `stream` sent last
+    /// time and not in `series`, and remembers `series` for next time.
+    fn mark(&mut self, stream: Stream, series: &mut Vec<TimeSeries>, timestamp_ms: i64) {
+        let now: HashSet<Vec<Label>> = series.iter().map(|s| s.labels.clone()).collect();
+        if let Some(before) = self.previous.remove(&stream) {
+            series.extend(
+                before
+                    .into_iter()
+                    .filter(|labels| !now.contains(labels))
+                    .map(|labels| stale_series(labels, timestamp_ms)),
+            );
+        }
+        self.current.insert(stream, now);
+    }
+
+    /// This collection becomes the previous one. A stream not sent this
+    /// time is an experiment that ended: its series get no markers, which
+    /// the API would refuse after the experiment's running window, and
+    /// which no KPI needs (range queries end with the window).
+    fn finish(&mut self) {
+        self.previous = std::mem::take(&mut self.current);
+    }
+}
+
+fn stale_series(labels: Vec<Label>, timestamp_ms: i64) -> TimeSeries {
+    TimeSeries {
+        labels,
+        samples: vec![Sample {
+            value: f64::from_bits(STALE_NAN),
+            timestamp: timestamp_ms,
+        }],
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(names: &[&str], t: i64) -> Vec<TimeSeries> {
+        names
+            .iter()
+            .map(|n| TimeSeries {
+                labels: vec![Label::new("__name__", "m"), Label::new("process", *n)],
+                samples: vec![Sample {
+                    value: 1.0,
+                    timestamp: t,
+                }],
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn stale_of(s: &[TimeSeries]) -> Vec<&str> {
+        s.iter()
+            .filter(|s| s.samples[0].value.to_bits() == STALE_NAN)
+            .map(|s| s.label("process").unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_series_that_ends_gets_one_marker() {
+        let mut st = Staleness::default();
+        let live = || Stream::live(Destination::Api);
+        let exp = Stream {
+            destination: Destination::Api,
+            experiment: "e".into(),
+            variant: "candidate",
+        };
+        st.begin();
+        let mut a = series(&["a", "b"], 1);
+        st.mark(live(), &mut a, 1);
+        let mut e = series(&["x"], 1);
+        st.mark(exp.clone(), &mut e, 1);
+        assert!(stale_of(&a).is_empty() && stale_of(&e).is_empty());
+        st.finish();
+
+        // b ends, c starts; the experiment's x ends.
+        st.begin();
+        let mut a = series(&["a", "c"], 2);
+        st.mark(live(), &mut a, 2);
+        assert_eq!(stale_of(&a), ["b"]);
+        assert_eq!(a.len(), 3);
+        assert_eq!(a[2].samples[0].timestamp, 2);
+        let mut e = series(&["y"], 2);
+        st.mark(exp.clone(), &mut e, 2);
+        assert_eq!(stale_of(&e), ["x"]);
+        st.finish();
+
+        // The experiment ended: the next one of the same id starts afresh.
+        st.begin();
+        st.finish();
+        st.begin();
+        let mut e = series(&["z"], 4);
+        st.mark(exp, &mut e, 4);
+        assert!(stale_of(&e).is_empty());
+
+        // Once marked, a series is not marked again.
+        st.begin();
+        let mut a = series(&["a", "c"], 3);
+        st.mark(live(), &mut a, 3);
+        assert!(stale_of(&a).is_empty());
     }
 }

@@ -17,7 +17,7 @@
 //! | series | `count by (agent) (last_over_time(SEL(v)[Ws]))` | distinct series with a sample in the window, per agent; summed. Every target agent must have at least one series of both variants in the window |
 //! | metric names | `count by (__name__) (last_over_time(SEL(v)[Ws]))` | the metrics to count samples of |
 //! | samples/s | for each name N: `sum by (agent) (count_over_time({__name__="N",job="phoenix-agent",experiment="E",variant="v"}[Ws]))` | samples Prometheus stored for the variant in the window, summed, ÷ W |
-//! | host totals | `sum by (agent) (avg_over_time(M{job="phoenix-agent",experiment="E",variant="v"}[Ws]))` for M = CPU and memory metrics | accuracy = 100 × (1 − \|cand − base\| ÷ base), floored at 0, per agent and metric; the KPI is the worst one |
+//! | host totals | `sum by (agent) (sum_over_time(M{job="phoenix-agent",experiment="E",variant="v"}[Ws])) / max by (agent) (count_over_time(M{…}[Ws]))` for M = CPU and memory metrics: the host's total averaged over the collections in the window | accuracy = 100 × (1 − \|cand − base\| ÷ base), floored at 0, per agent and metric; the KPI is the worst one |
 //! | reduction | — | 100 × (1 − candidate series ÷ baseline series) |
 //! | cost | — | series × price per series and month |
 //!
@@ -290,11 +290,20 @@ impl Subject {
         )
     }
 
+    /// A host total of one metric, averaged over the collections in the
+    /// window: every sample summed, divided by the number of collections (the
+    /// samples of the series seen most often). Averaging each series over its
+    /// own samples instead would give a process that lived for one collection
+    /// the same weight as one that lived through all of them.
     pub fn total_query(&self, variant: Variant, metric: &str) -> String {
-        format!(
-            "sum by (agent) (avg_over_time({metric}{{{}}}[{}s]))",
+        let selector = format!(
+            "{metric}{{{}}}[{}s]",
             self.labels(variant),
             self.window_seconds()
+        );
+        format!(
+            "sum by (agent) (sum_over_time({selector})) \
+             / max by (agent) (count_over_time({selector}))"
         )
     }
 }
@@ -623,7 +632,9 @@ mod tests {
         );
         assert_eq!(
             s.total_query(Variant::Candidate, PROCESS_CPU_METRIC),
-            "sum by (agent) (avg_over_time(phoenix_process_cpu_percent{job=\"phoenix-agent\",\
+            "sum by (agent) (sum_over_time(phoenix_process_cpu_percent{job=\"phoenix-agent\",\
+             experiment=\"00000000-0000-0000-0000-000000000000\",variant=\"candidate\"}[600s])) \
+             / max by (agent) (count_over_time(phoenix_process_cpu_percent{job=\"phoenix-agent\",\
              experiment=\"00000000-0000-0000-0000-000000000000\",variant=\"candidate\"}[600s]))"
         );
         assert_eq!(
