@@ -9,18 +9,23 @@
 //!   them or reports them failed — never drops them.
 //! - `experiments`, `settings`: what the agent is running (experiments and
 //!   the live pipeline), so a restart carries on.
-//! - `counters`: evictions and refusals, kept across restarts.
+//! - `counters`: evictions and refusals, kept across restarts. A count
+//!   that cannot be written (the disk is full) is held in memory, shown on
+//!   /metrics, and written with the next one that can be.
 //!
 //! Bounds: batches are evicted oldest first when their bytes exceed
-//! `max_bytes` or they are older than `max_age`, and when the disk is full;
+//! `max_bytes` or they are older than `max_age`, and when the disk is full
+//! (then the write-ahead log is checkpointed, to give the room back);
 //! each eviction is counted (`evicted_batches`, `evicted_samples`) and
 //! logged. Results and tasks are small and never evicted.
 //!
 //! *Invariant:* a row is deleted only after its destination answered it,
 //! or by a counted eviction.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -91,6 +96,9 @@ pub struct Stats {
 pub struct Queue {
     pool: SqlitePool,
     bounds: QueueBounds,
+    /// Counts that could not be written (the disk was full), added to the
+    /// stored ones at the next write that succeeds and shown meanwhile.
+    unsaved: Arc<std::sync::Mutex<BTreeMap<String, i64>>>,
 }
 
 const SCHEMA: &[&str] = &[
@@ -160,7 +168,11 @@ impl Queue {
         for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await?;
         }
-        Ok(Queue { pool, bounds })
+        Ok(Queue {
+            pool,
+            bounds,
+            unsaved: Arc::default(),
+        })
     }
 
     /// Opens `<dir>/queue.db` read-only, for `phoenix-agent status`.
@@ -185,6 +197,7 @@ impl Queue {
                 max_bytes: u64::MAX,
                 max_age: Duration::MAX,
             },
+            unsaved: Arc::default(),
         })
     }
 
@@ -216,7 +229,13 @@ impl Queue {
             match inserted {
                 Ok(_) => break,
                 Err(e) if is_disk_full(&e) => {
-                    if self.evict_oldest(4, "the disk is full").await? == 0 {
+                    let evicted = self.evict_oldest(4, "the disk is full").await?;
+                    // The write-ahead log only grows until it is checkpointed:
+                    // give the room the eviction freed back to the next write.
+                    let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                        .execute(&self.pool)
+                        .await;
+                    if evicted == 0 {
                         self.count_eviction(1, samples).await;
                         tracing::warn!(
                             experiment,
@@ -301,15 +320,29 @@ impl Queue {
         let _ = self.add_counter("evicted_samples", samples).await;
     }
 
+    /// Adds to a stored counter. When it cannot be written (a full disk),
+    /// the count is kept in memory, shown by [`Queue::stats`], and written
+    /// with the next count that can be.
     pub async fn add_counter(&self, name: &str, by: i64) -> anyhow::Result<()> {
-        sqlx::query(
+        let waiting = self.unsaved.lock().expect("counters").remove(name);
+        let total = by + waiting.unwrap_or(0);
+        let written = sqlx::query(
             "INSERT INTO counters (name, value) VALUES (?, ?) \
              ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
         )
         .bind(name)
-        .bind(by)
+        .bind(total)
         .execute(&self.pool)
-        .await?;
+        .await;
+        if let Err(e) = written {
+            *self
+                .unsaved
+                .lock()
+                .expect("counters")
+                .entry(name.to_owned())
+                .or_default() += total;
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -535,11 +568,18 @@ impl Queue {
             .fetch_one(&self.pool)
             .await?;
         let counter = |name: &'static str| async move {
+            let unsaved = self
+                .unsaved
+                .lock()
+                .expect("counters")
+                .get(name)
+                .copied()
+                .unwrap_or(0);
             sqlx::query_scalar::<_, i64>("SELECT value FROM counters WHERE name = ?")
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await
-                .map(|v| v.unwrap_or(0))
+                .map(|v| v.unwrap_or(0) + unsaved)
         };
         Ok(Stats {
             batches,

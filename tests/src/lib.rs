@@ -25,8 +25,12 @@
 //!   start it again on the same port (`down`, `up`).
 //! - [`root_or_opted_out`]: what only root can test fails without root,
 //!   unless `PHOENIX_TESTS_NOT_ROOT=1` says to skip it.
+//! - [`agents`]: real `phoenix-agent` processes beside a stack, and a second
+//!   Prometheus as the user's remote-write backend.
 
 #![forbid(unsafe_code)]
+
+pub mod agents;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -374,6 +378,21 @@ impl Supervisor {
         }
     }
 
+    /// Whether the supervisor has exited (a zombie not yet waited for),
+    /// so that a refused config fails a test at once instead of at a timeout.
+    fn exited(&self) -> bool {
+        let Some(child) = &self.child else {
+            return false;
+        };
+        std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+            .map(|stat| {
+                // The state follows the command name, which is in parentheses.
+                stat.rsplit_once(')')
+                    .is_none_or(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+            })
+            .unwrap_or(true)
+    }
+
     pub fn wait_all_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
@@ -381,6 +400,9 @@ impl Supervisor {
                 && r.0 == 200
             {
                 return;
+            }
+            if self.exited() {
+                panic!("the supervisor exited; its log:\n{}", self.stderr());
             }
             if Instant::now() > deadline {
                 panic!(
