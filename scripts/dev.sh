@@ -21,7 +21,7 @@ Phoenix dev stack (config: $config, state: .phoenix-dev/)
   health:      http://127.0.0.1:8081/health   (also /readyz /livez /metrics)
   API:         https://127.0.0.1:8443/health  (self-signed certificate)
   Prometheus:  http://127.0.0.1:19090
-  Pushgateway: http://127.0.0.1:19091
+  agents:      https://127.0.0.1:6700            (the agent listener; see docs/agent.md)
   PostgreSQL:  127.0.0.1:15432
   status:      target/release/phoenixctl --socket .phoenix-dev/run/control.sock status
 INFO

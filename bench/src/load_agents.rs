@@ -1,10 +1,16 @@
 //! phoenix-load: how many agents one appliance serves. Simulated agents
-//! enroll, heartbeat every 15 s, long-poll for tasks, report results and push
+//! enroll, heartbeat every 15 s, long-poll for tasks, report results and send
 //! metric batches of realistic size, against the real stack (PostgreSQL,
-//! Prometheus, Pushgateway, phoenix-api under phoenix-supervisor) on this
-//! machine. The agent count grows in steps; each step reports p50/p99 of every
-//! request kind, and the largest count whose p99 stays under the target is
-//! the answer. Long-polls are held open, so every agent also holds a connection.
+//! Prometheus, phoenix-api under phoenix-supervisor) on this machine. The
+//! agent count grows in steps; each step reports p50/p99 of every request
+//! kind, and the largest count whose p99 stays under the target is the
+//! answer. Long-polls are held open, so every agent also holds a connection.
+//!
+//! Metric batches go by remote write (`POST /api/v1/agent/write`, what
+//! agents send). With `--compare-push`, each step is measured a second time
+//! with the same agents sending the same series as a text push to the
+//! Pushgateway (`PUT /api/v1/agent/metrics`), the path agents had before, and
+//! the run prints the ratio of the two.
 //!
 //! Build with `cargo build --release --workspace`, run `target/release/phoenix-load`.
 //! Exit codes: 0 the target count was reached; 1 the run failed; 3 it ran and
@@ -52,6 +58,25 @@ struct Args {
     /// The agent count the run must reach.
     #[arg(long, default_value_t = 2000)]
     target_agents: usize,
+    /// Also measure each step with the Pushgateway text push, for a ratio.
+    #[arg(long)]
+    compare_push: bool,
+}
+
+/// How the simulated agents send their batches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Write,
+    Push,
+}
+
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Path::Write => "remote write",
+            Path::Push => "text push",
+        }
+    }
 }
 
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -122,6 +147,42 @@ fn metrics_body(series: usize, rng: &mut impl Rng) -> String {
     body
 }
 
+/// The same series as [`metrics_body`], as a remote write stamped `now_ms`.
+fn write_body(series: usize, now_ms: i64, rng: &mut impl Rng) -> Vec<u8> {
+    use phoenix_wire::remote_write::{Label, Sample, TimeSeries, WriteRequest, encode};
+    let one = |name: &str, i: usize, value: f64| TimeSeries {
+        labels: vec![
+            Label::new("__name__", name),
+            Label::new("pid", (1000 + i).to_string()),
+            Label::new("process", format!("proc-{i}")),
+        ],
+        samples: vec![Sample {
+            value,
+            timestamp: now_ms,
+        }],
+        ..Default::default()
+    };
+    let mut timeseries = Vec::with_capacity(series);
+    for i in 0..series / 2 {
+        timeseries.push(one(
+            "phoenix_process_cpu_percent",
+            i,
+            rng.gen_range(0.0..5.0),
+        ));
+    }
+    for i in 0..series - series / 2 {
+        timeseries.push(one(
+            "phoenix_process_memory_bytes",
+            i,
+            rng.gen_range(1_000_000.0..500_000_000.0),
+        ));
+    }
+    encode(&WriteRequest {
+        timeseries,
+        ..Default::default()
+    })
+}
+
 async fn timed(req: reqwest::RequestBuilder) -> (Duration, Result<(u16, Value), String>) {
     let t0 = Instant::now();
     let r = match req.send().await {
@@ -145,6 +206,7 @@ async fn agent(
     credential: String,
     samples: Arc<Samples>,
     series: usize,
+    path: Arc<std::sync::atomic::AtomicU8>,
     stop: Arc<AtomicBool>,
 ) {
     let auth = format!("Bearer {credential}");
@@ -197,17 +259,29 @@ async fn agent(
             .json(&json!({ "version": "load" }));
         let (took, r) = timed(req).await;
         samples.record("heartbeat", took, r.map(|(s, _)| s)).await;
-        let body = metrics_body(series, &mut rng);
-        let req = t
-            .client
-            .put(format!("{}/api/v1/agent/metrics", t.agent_base))
-            .header("authorization", &auth)
-            .header("content-type", "text/plain; version=0.0.4")
-            .body(body);
-        let (took, r) = timed(req).await;
-        samples
-            .record("metrics push", took, r.map(|(s, _)| s))
-            .await;
+        let (kind, req) = if path.load(Ordering::Relaxed) == Path::Push as u8 {
+            let req = t
+                .client
+                .put(format!("{}/api/v1/agent/metrics", t.agent_base))
+                .header("content-type", "text/plain; version=0.0.4")
+                .body(metrics_body(series, &mut rng));
+            ("metrics: text push", req)
+        } else {
+            use phoenix_wire::remote_write as rw;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let req = t
+                .client
+                .post(format!("{}/api/v1/agent/write", t.agent_base))
+                .header("content-type", rw::CONTENT_TYPE)
+                .header("content-encoding", rw::CONTENT_ENCODING)
+                .header(rw::VERSION_HEADER, rw::VERSION)
+                .body(write_body(series, now_ms, &mut rng));
+            ("metrics: remote write", req)
+        };
+        let (took, r) = timed(req.header("authorization", &auth)).await;
+        samples.record(kind, took, r.map(|(s, _)| s)).await;
     }
     poller.abort();
 }
@@ -240,7 +314,19 @@ fn run(args: Args) -> Result<ExitCode> {
     );
 
     eprintln!("phoenix-load: starting the stack");
-    let stack = phoenix_tests::Stack::start("");
+    // The Pushgateway is an optional built-in, off by default; it runs only
+    // for the comparison.
+    let stack = if args.compare_push {
+        phoenix_tests::Stack::start("")
+    } else {
+        phoenix_tests::Stack::start_without_pushgateway("")
+    };
+    let paths: &[Path] = if args.compare_push {
+        &[Path::Write, Path::Push]
+    } else {
+        &[Path::Write]
+    };
+    let path = Arc::new(std::sync::atomic::AtomicU8::new(Path::Write as u8));
     let admin = stack.admin_token();
     let token = stack.post(
         Some(&admin),
@@ -269,7 +355,9 @@ fn run(args: Args) -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut agent_ids = Vec::new();
     let mut rows = Vec::new();
-    let mut best = 0;
+    let mut best = BTreeMap::<&'static str, usize>::new();
+    // The p99 of each path's metric batches, per step.
+    let mut batch_p99 = BTreeMap::<(usize, &'static str), Duration>::new();
 
     // Ctrl-C or SIGTERM ends the run through an error, so that the stack
     // (its own process group) is stopped on the way out, not orphaned.
@@ -347,52 +435,70 @@ fn run(args: Args) -> Result<ExitCode> {
                     credential,
                     samples.clone(),
                     args.series,
+                    path.clone(),
                     stop.clone(),
                 ));
             }
             *ids.lock().await = agent_ids.clone();
-            // Let the new agents settle into their 15 s rhythm, then measure.
-            tokio::time::sleep(HEARTBEAT).await;
-            samples.by_kind.lock().await.clear();
-            samples.errors.lock().await.clear();
-            samples.recording.store(true, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_secs(args.window_secs)).await;
-            samples.recording.store(false, Ordering::Relaxed);
-            let by_kind = samples.by_kind.lock().await.clone();
-            let errors = samples.errors.lock().await.clone();
-            let target_p99 = Duration::from_millis(args.target_p99_ms);
-            let mut pass = errors.is_empty();
-            for (kind, s) in &by_kind {
-                let sum = Summary::of(s).expect("samples");
-                pass &= sum.p99 < target_p99;
+            let mut step_passed = true;
+            for &p in paths {
+                // One whole interval for every agent to send by this path
+                // (and for new agents to settle into their rhythm), then measure.
+                path.store(p as u8, Ordering::Relaxed);
+                tokio::time::sleep(HEARTBEAT).await;
+                samples.by_kind.lock().await.clear();
+                samples.errors.lock().await.clear();
+                samples.recording.store(true, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(args.window_secs)).await;
+                samples.recording.store(false, Ordering::Relaxed);
+                let by_kind = samples.by_kind.lock().await.clone();
+                let errors = samples.errors.lock().await.clone();
+                let target_p99 = Duration::from_millis(args.target_p99_ms);
+                let mut pass = errors.is_empty();
+                for (kind, s) in &by_kind {
+                    let sum = Summary::of(s).expect("samples");
+                    pass &= sum.p99 < target_p99;
+                    if kind.starts_with("metrics") {
+                        batch_p99.insert((n, p.name()), sum.p99);
+                    }
+                    rows.push(format!(
+                        "| {n} | {} | {kind} | {} | {:.1} | {} | {} | {} |",
+                        p.name(),
+                        sum.count,
+                        sum.count as f64 / args.window_secs as f64,
+                        ms(sum.p50),
+                        ms(sum.p99),
+                        ms(sum.max)
+                    ));
+                }
+                if let Some(e) = Summary::of(&enroll_times).filter(|_| p == Path::Write) {
+                    rows.push(format!(
+                        "| {n} | | enroll (new agents) | {} | - | {} | {} | {} |",
+                        e.count,
+                        ms(e.p50),
+                        ms(e.p99),
+                        ms(e.max)
+                    ));
+                }
+                for (what, count) in &errors {
+                    rows.push(format!(
+                        "| {n} | {} | error: {what} | {count} | | | | |",
+                        p.name()
+                    ));
+                }
                 rows.push(format!(
-                    "| {n} | {kind} | {} | {:.1} | {} | {} | {} |",
-                    sum.count,
-                    sum.count as f64 / args.window_secs as f64,
-                    ms(sum.p50),
-                    ms(sum.p99),
-                    ms(sum.max)
+                    "| {n} | {} | **step {}** | | | | | |",
+                    p.name(),
+                    if pass { "PASS" } else { "MISS" }
                 ));
+                if pass && best.get(p.name()).is_none_or(|b| *b < n) {
+                    best.insert(p.name(), n);
+                }
+                // The remote write decides the run; the push is measured
+                // beside it for as long as the remote write holds.
+                step_passed &= pass || p != Path::Write;
             }
-            if let Some(e) = Summary::of(&enroll_times) {
-                rows.push(format!(
-                    "| {n} | enroll (new agents) | {} | - | {} | {} | {} |",
-                    e.count,
-                    ms(e.p50),
-                    ms(e.p99),
-                    ms(e.max)
-                ));
-            }
-            for (what, count) in &errors {
-                rows.push(format!("| {n} | error: {what} | {count} | | | | |"));
-            }
-            rows.push(format!(
-                "| {n} | **step {}** | | | | | |",
-                if pass { "PASS" } else { "MISS" }
-            ));
-            if pass {
-                best = n;
-            } else {
+            if !step_passed {
                 break;
             }
         }
@@ -409,15 +515,41 @@ fn run(args: Args) -> Result<ExitCode> {
         }
     })?;
 
-    println!("| agents | request | n | per s | p50 ms | p99 ms | max ms |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| agents | batches by | request | n | per s | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!("{r}");
     }
-    let met = best >= args.target_agents;
+    if args.compare_push {
+        println!("\n| agents | batch p99, remote write | batch p99, text push | push ÷ write |");
+        println!("|---|---|---|---|");
+        for &n in &args.steps {
+            let (Some(w), Some(p)) = (
+                batch_p99.get(&(n, Path::Write.name())),
+                batch_p99.get(&(n, Path::Push.name())),
+            ) else {
+                continue;
+            };
+            println!(
+                "| {n} | {} | {} | {:.2} |",
+                ms(*w),
+                ms(*p),
+                p.as_secs_f64() / w.as_secs_f64().max(1e-9)
+            );
+        }
+    }
+    for &p in paths {
+        println!(
+            "\n{}: largest agent count with every p99 < {} ms and no errors: {}",
+            p.name(),
+            args.target_p99_ms,
+            best.get(p.name()).copied().unwrap_or(0)
+        );
+    }
+    let reached = best.get(Path::Write.name()).copied().unwrap_or(0);
+    let met = reached >= args.target_agents;
     println!(
-        "\nlargest agent count with every p99 < {} ms and no errors: {best} (target {}: {})",
-        args.target_p99_ms,
+        "remote write: {reached} agents (target {}: {})",
         args.target_agents,
         if met { "PASS" } else { "MISS" }
     );

@@ -600,6 +600,9 @@ pub struct StackPorts {
     pub agent: u16,
     /// Plain HTTP: ACME challenges and the redirect to HTTPS.
     pub http: u16,
+    /// Whether the optional Pushgateway built-in runs (on `push`). The tests
+    /// of the API's text push need it; agents do not.
+    pub pushgateway: bool,
 }
 
 impl StackPorts {
@@ -611,6 +614,7 @@ impl StackPorts {
             api: free_port(),
             agent: free_port(),
             http: free_port(),
+            pushgateway: true,
         }
     }
 
@@ -626,9 +630,9 @@ impl StackPorts {
         format!(
             "[postgres]\nport = {}\n\
              [prometheus]\nlisten = \"127.0.0.1:{}\"\nscrape_interval = \"1s\"\n\
-             [pushgateway]\nlisten = \"127.0.0.1:{}\"\n\
+             [pushgateway]\nenable = {}\nlisten = \"127.0.0.1:{}\"\n\
              [api]\nlisten = \"127.0.0.1:{}\"\nagent_listen = \"127.0.0.1:{}\"\n{tls}{extra}",
-            self.pg, self.prom, self.push, self.api, self.agent
+            self.pg, self.prom, self.pushgateway, self.push, self.api, self.agent
         )
     }
 
@@ -857,6 +861,18 @@ impl Stack {
     /// Start the stack with `extra` appended to the config, and wait until ready.
     pub fn start(extra: &str) -> Stack {
         Stack::start_on(StackPorts::free(), extra)
+    }
+
+    /// [`Stack::start`] as the appliance runs by default, without the
+    /// optional Pushgateway: what agents need.
+    pub fn start_without_pushgateway(extra: &str) -> Stack {
+        Stack::start_on(
+            StackPorts {
+                pushgateway: false,
+                ..StackPorts::free()
+            },
+            extra,
+        )
     }
 
     /// [`Stack::start`] on ports chosen beforehand.

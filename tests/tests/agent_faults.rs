@@ -65,7 +65,7 @@ fn finished_task(s: &Stack, token: &str, agent: &str, kind: &str) -> Value {
 /// before the kill reaches Prometheus at its time.
 #[test]
 fn a_kill_9_mid_task_and_with_a_full_queue_loses_nothing_written() {
-    let s = Stack::start(CONFIG);
+    let s = Stack::start_without_pushgateway(CONFIG);
     let users = s.users();
     let mut a = started(&s, &users.admin, "crash", "");
     let id = a.id();
@@ -161,7 +161,7 @@ fn a_kill_9_mid_task_and_with_a_full_queue_loses_nothing_written() {
 /// and keeps what it queued.
 #[test]
 fn a_revoked_credential_stops_the_agent_and_says_to_enroll_again() {
-    let s = Stack::start("");
+    let s = Stack::start_without_pushgateway("");
     let users = s.users();
     let mut a = started(&s, &users.admin, "revoked", "");
     let id = a.id();
@@ -183,7 +183,7 @@ fn a_revoked_credential_stops_the_agent_and_says_to_enroll_again() {
 /// keeps running and retrying, and enrolls once the fault is fixed.
 #[test]
 fn a_wrong_ca_and_an_absent_api_are_named_and_retried() {
-    let s = Stack::start("");
+    let s = Stack::start_without_pushgateway("");
     let users = s.users();
     let dir = tempfile::tempdir().unwrap();
     let other = TestCa::new(dir.path(), "other");
@@ -243,7 +243,7 @@ fn a_wrong_ca_and_an_absent_api_are_named_and_retried() {
 /// agent goes on; once the API is back the rest is delivered.
 #[test]
 fn a_queue_over_its_bound_evicts_the_oldest_and_counts_them() {
-    let s = Stack::start("");
+    let s = Stack::start_without_pushgateway("");
     let users = s.users();
     let a = started(&s, &users.admin, "bounded", "[queue]\nmax_age = \"5s\"\n");
     a.id();
@@ -287,7 +287,7 @@ fn a_full_disk_evicts_counts_and_does_not_crash() {
     if !root_or_opted_out("a tmpfs to fill") {
         return;
     }
-    let s = Stack::start("");
+    let s = Stack::start_without_pushgateway("");
     let users = s.users();
     let mut a = AgentProc::new(&s, "full-disk", &token(&s, &users.admin, 1), "");
     let mount = a.state();

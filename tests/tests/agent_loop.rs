@@ -120,7 +120,7 @@ fn each_task_once(s: &Stack, token: &str, agent: &AgentProc, kinds: &[&str]) {
 
 #[test]
 fn an_experiment_on_real_processes_is_measured_promoted_and_reaches_the_users_backend() {
-    let s = Stack::start(CONFIG);
+    let s = Stack::start_without_pushgateway(CONFIG);
     let users = s.users();
     let backend = Backend::start();
     let extra = format!(
@@ -268,7 +268,7 @@ fn an_experiment_on_real_processes_is_measured_promoted_and_reaches_the_users_ba
 /// finished once.
 #[test]
 fn an_outage_of_the_api_loses_no_sample_and_repeats_no_task() {
-    let s = Stack::start(CONFIG);
+    let s = Stack::start_without_pushgateway(CONFIG);
     let users = s.users();
     let agents = agents(&s, &users.admin, &["out-a", "out-b", "out-c"], "");
     let ids: Vec<String> = agents.iter().map(|a| a.id()).collect();

@@ -39,7 +39,6 @@ fn empty_file_is_the_full_appliance() {
             "postgres-setup",
             "backup-stanza",
             "prometheus",
-            "pushgateway",
             "api"
         ]
     );
@@ -69,7 +68,9 @@ fn empty_file_is_the_full_appliance() {
             pids: None
         }
     );
-    assert_eq!(api.depends_on, ["postgres-setup", "pushgateway"]);
+    // The Pushgateway is off unless asked for: agents write, they do not push.
+    assert_eq!(api.depends_on, ["postgres-setup"]);
+    assert!(!api.env.contains_key("PHOENIX_PUSHGATEWAY_URL"));
     assert_eq!(api.command[0], "/opt/phoenix/bin/phoenix-api");
     let prom = c.service("prometheus").unwrap();
     assert_eq!(
@@ -89,7 +90,7 @@ fn empty_file_is_the_full_appliance() {
         yml.contains("job_name: phoenix-api") && yml.contains("'127.0.0.1:443'"),
         "{yml}"
     );
-    assert!(yml.contains("honor_labels: true"), "{yml}");
+    assert!(!yml.contains("job_name: pushgateway"), "{yml}");
     // Agents' samples arrive by remote write, late ones out of order.
     assert!(
         yml.contains("storage:\n  tsdb:\n    out_of_order_time_window: 21600s\n"),
@@ -104,11 +105,19 @@ fn empty_file_is_the_full_appliance() {
         "http://127.0.0.1:9090/api/v1/write"
     );
     assert_eq!(api.env["PHOENIX_REMOTE_WRITE_MAX_AGE"], "21600s");
+    let c = parse_str("[pushgateway]\nenable = true\n").unwrap();
     let push = c.service("pushgateway").unwrap();
     assert!(
         push.command
             .iter()
             .any(|a| a == "--web.listen-address=127.0.0.1:9091")
+    );
+    let api = c.service("api").unwrap();
+    assert_eq!(api.depends_on, ["postgres-setup", "pushgateway"]);
+    let yml = &c.service("prometheus").unwrap().files[0].contents;
+    assert!(
+        yml.contains("job_name: pushgateway") && yml.contains("honor_labels: true"),
+        "{yml}"
     );
 }
 

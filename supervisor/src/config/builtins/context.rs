@@ -161,7 +161,7 @@ impl<'a> Context<'a> {
                 .out_of_order_window
                 .map_or(Duration::from_secs(6 * 3600), |d| d.0),
             pushgateway: Peer {
-                enabled: raw.pushgateway.enable.unwrap_or(true),
+                enabled: raw.pushgateway.enable.unwrap_or(false),
                 listen: push_listen,
             },
             health_listen: raw
