@@ -1,5 +1,5 @@
 {
-  description = "Phoenix: the observability cost appliance (supervisor, API, NixOS module, EC2 and QEMU images)";
+  description = "Phoenix: the observability cost appliance (supervisor, API, agent, NixOS modules, EC2 and QEMU images)";
 
   # nixos-26.05: system.build.images, runNixOSTest and a Rust new enough for
   # edition 2024. flake.lock pins the revision.
@@ -35,12 +35,14 @@
     {
       overlays.default = final: _prev: {
         phoenix = final.callPackage ./nix/package.nix { };
+        phoenix-agent = final.callPackage ./nix/agent-package.nix { };
       };
 
       packages = forAllSystems (system: pkgs:
         {
           default = self.packages.${system}.phoenix;
           phoenix = pkgs.callPackage ./nix/package.nix { };
+          phoenix-agent = pkgs.callPackage ./nix/agent-package.nix { };
         }
         // lib.optionalAttrs (system == imageSystem) {
           image-amazon = amazonImages.amazon;
@@ -51,6 +53,12 @@
       nixosModules.default = { lib, pkgs, ... }: {
         imports = [ ./modules/phoenix.nix ];
         services.phoenix.package = lib.mkDefault (pkgs.callPackage ./nix/package.nix { });
+      };
+
+      # services.phoenix-agent, for the monitored hosts, likewise.
+      nixosModules.phoenix-agent = { lib, pkgs, ... }: {
+        imports = [ ./modules/phoenix-agent.nix ];
+        services.phoenix-agent.package = lib.mkDefault (pkgs.callPackage ./nix/agent-package.nix { });
       };
 
       nixosConfigurations = {
@@ -89,6 +97,7 @@
         in
         {
           inherit phoenix;
+          inherit (self.packages.${system}) phoenix-agent;
 
           vm = import ./nix/vm-test.nix {
             inherit pkgs;

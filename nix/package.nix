@@ -9,32 +9,13 @@
 }:
 
 let
-  root = ../.;
   workspace = lib.importTOML ../Cargo.toml;
 in
 rustPlatform.buildRustPackage {
   pname = "phoenix";
   inherit (workspace.workspace.package) version;
 
-  # Everything cargo needs, and nothing else: editing Nix files, docs or
-  # scripts does not rebuild the Rust code. Cargo needs every workspace
-  # member's manifest, so whole member directories stay in. modules/ holds
-  # the NixOS module, none of it cargo's.
-  src = lib.fileset.toSource {
-    inherit root;
-    fileset = lib.fileset.difference root (lib.fileset.unions [
-      (lib.fileset.fileFilter (file: file.hasExt "nix") root)
-      (lib.fileset.maybeMissing ../flake.lock)
-      ../README.md
-      ../docs
-      ../scripts
-      ../modules
-      (lib.fileset.maybeMissing ../.ci)
-      (lib.fileset.maybeMissing ../.git)
-      (lib.fileset.maybeMissing ../target)
-      (lib.fileset.maybeMissing ../.phoenix-dev)
-    ]);
-  };
+  src = import ./cargo-source.nix { inherit lib; };
 
   cargoLock.lockFile = ../Cargo.lock;
 

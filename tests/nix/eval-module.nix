@@ -1,6 +1,6 @@
-# Evaluates modules/phoenix.nix with lib.evalModules against small stubs of
-# the NixOS options it sets and reads and of the packages it uses, then
-# checks what it produced. Needs only nixpkgs' lib (a nixpkgs or
+# Evaluates modules/phoenix.nix with lib.evalModules against the stubs of
+# tests/nix/stubs.nix (the NixOS options it sets and reads, the packages it
+# uses), then checks what it produced. Needs only nixpkgs' lib (a nixpkgs or
 # nixpkgs.lib checkout), not nixpkgs or a Nix store:
 #
 #   nix-instantiate --eval --strict --json tests/nix/eval-module.nix \
@@ -19,122 +19,17 @@ let
     else nixpkgsLib
   );
 
-  inherit (lib) mkOption types;
-
-  fakePackage = name: {
-    type = "derivation";
-    inherit name;
-    outPath = "/nix/store/00000000000000000000000000000000-${name}";
-    meta.mainProgram = name;
-  };
-
-  # The TOML value type of pkgs.formats.toml, and a renderer so that the
-  # generated settings can be fed to the real check-config.
-  tomlValue = types.oneOf [
-    types.bool
-    types.int
-    types.float
-    types.str
-    types.path
-    (types.attrsOf tomlValue)
-    (types.listOf tomlValue)
-  ] // { description = "TOML value"; };
-
-  toTOML = settings:
-    let
-      key = builtins.toJSON;
-      inline = value:
-        if builtins.isBool value then lib.boolToString value
-        else if builtins.isInt value || builtins.isFloat value then toString value
-        else if builtins.isString value then builtins.toJSON value
-        else if builtins.isList value then "[" + lib.concatMapStringsSep ", " inline value + "]"
-        else if builtins.isAttrs value then
-          "{ " + lib.concatStringsSep ", " (lib.mapAttrsToList (k: v: "${key k} = ${inline v}") value) + " }"
-        else throw "not a TOML value: ${builtins.typeOf value}";
-      table = path: attrs:
-        let
-          plain = lib.filterAttrs (_: v: !builtins.isAttrs v) attrs;
-          tables = lib.filterAttrs (_: builtins.isAttrs) attrs;
-          header = "[" + lib.concatMapStringsSep "." key path + "]\n";
-        in
-        lib.optionalString (path != [ ] && (plain != { } || tables == { })) header
-        + lib.concatStrings (lib.mapAttrsToList (k: v: "${key k} = ${inline v}\n") plain)
-        + lib.concatStrings (lib.mapAttrsToList (k: table (path ++ [ k ])) tables);
-    in
-    table [ ] settings;
-
-  pkgsStub = {
-    formats.toml = {}: {
-      type = tomlValue;
-      generate = name: value: fakePackage name // { inherit value; };
-    };
-    runCommand = name: _env: script: fakePackage name // { inherit script; };
-    writeText = name: text: fakePackage name // { inherit text; };
-    writeShellApplication = { name, runtimeInputs, text }:
-      fakePackage name // { inherit runtimeInputs text; };
-    phoenix = fakePackage "phoenix-0.1.0";
-    postgresql_15 = fakePackage "postgresql-15.0";
-    prometheus = fakePackage "prometheus-3.0.0";
-    prometheus-pushgateway = fakePackage "pushgateway-1.0.0";
-    pgbackrest = fakePackage "pgbackrest-2.45";
-  };
-
-  # Only the options modules/phoenix.nix touches, typed as loosely as is
-  # safe; their real definitions live in nixpkgs.
-  nixosStubs = {
-    options = {
-      warnings = mkOption { type = types.listOf types.str; default = [ ]; };
-      environment.systemPackages = mkOption { type = types.listOf types.package; default = [ ]; };
-      environment.etc = mkOption {
-        type = types.attrsOf (types.submodule {
-          options.source = mkOption { type = types.anything; };
-        });
-        default = { };
-      };
-      users.users = mkOption {
-        type = types.attrsOf (types.submodule {
-          options = {
-            isSystemUser = mkOption { type = types.bool; default = false; };
-            group = mkOption { type = types.str; };
-            uid = mkOption { type = types.nullOr types.int; default = null; };
-            description = mkOption { type = types.str; default = ""; };
-          };
-        });
-        default = { };
-      };
-      users.groups = mkOption {
-        type = types.attrsOf (types.submodule {
-          options.gid = mkOption { type = types.nullOr types.int; default = null; };
-        });
-        default = { };
-      };
-      ids.uids = mkOption { type = types.attrsOf types.int; default = { postgres = 71; prometheus = 255; }; };
-      ids.gids = mkOption { type = types.attrsOf types.int; default = { postgres = 71; prometheus = 255; }; };
-      networking.firewall.allowedTCPPorts = mkOption { type = types.listOf types.port; default = [ ]; };
-      services.postgresql.enable = mkOption { type = types.bool; default = false; };
-      services.prometheus.enable = mkOption { type = types.bool; default = false; };
-      systemd.services = mkOption {
-        type = types.attrsOf (types.submodule { freeformType = types.attrsOf types.anything; });
-        default = { };
-      };
-    };
-  };
+  stubs = import ./stubs.nix { inherit lib; };
+  inherit (stubs) expect expectThat store toTOML;
 
   evaluate = scenario: (lib.evalModules {
     modules = [
-      nixosStubs
+      stubs.nixos
       ../../modules/phoenix.nix
-      { _module.args.pkgs = pkgsStub; }
+      { _module.args.pkgs = stubs.pkgs; }
       scenario
     ];
   }).config;
-
-  # expect "what" actual expected: a failure message, or nothing.
-  expect = what: actual: expected:
-    lib.optional (actual != expected)
-      "${what}: expected ${builtins.toJSON expected}, got ${builtins.toJSON actual}";
-
-  expectThat = what: holds: lib.optional (!holds) what;
 
   links = {
     postgres.bin_dir = "/etc/phoenix/pkgs/postgresql/bin";
@@ -142,8 +37,6 @@ let
     pushgateway.bin = "/etc/phoenix/pkgs/pushgateway/bin/pushgateway";
     backup.pgbackrest = "/etc/phoenix/pkgs/pgbackrest/bin/pgbackrest";
   };
-
-  store = name: "/nix/store/00000000000000000000000000000000-${name}";
 
   defaults = evaluate { services.phoenix.enable = true; };
   defaultUnit = defaults.systemd.services.phoenix;

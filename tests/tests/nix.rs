@@ -5,8 +5,11 @@
 //! NIXPKGS_LIB, else `../shared/nixpkgs-lib`) against stubs and its
 //! settings pass `check-config`; and the module's first-boot
 //! step (`phoenix-supervisor first-boot`) writes /etc/phoenix/phoenix.toml
-//! once, from EC2 user data (IMDSv2) when that is valid. `scripts/setup.sh`
-//! installs the tools.
+//! once, from EC2 user data (IMDSv2) when that is valid.
+//! modules/phoenix-agent.nix evaluates likewise, its agent.toml passes
+//! `phoenix-agent check`, and its unit matches packaging/phoenix-agent.service,
+//! which `systemd-analyze verify` accepts. `scripts/setup.sh` installs the
+//! tools.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -45,7 +48,9 @@ fn nix_files() -> Vec<PathBuf> {
     for expected in [
         "flake.nix",
         "modules/phoenix.nix",
+        "modules/phoenix-agent.nix",
         "tests/nix/eval-module.nix",
+        "tests/nix/eval-agent-module.nix",
     ] {
         assert!(
             files.contains(&repo().join(expected)),
@@ -153,24 +158,23 @@ fn nixpkgs_lib() -> Option<std::ffi::OsString> {
         .then(|| beside.into_os_string())
 }
 
-/// tests/nix/eval-module.nix: lib.evalModules on modules/phoenix.nix with
-/// stubs; the settings of each scenario must pass the real check-config.
-#[test]
-fn module_evaluates_against_stubs_and_its_settings_pass_check_config() {
+/// One of tests/nix/eval-*.nix evaluated with nixpkgs' lib, its `failures`
+/// checked empty; `None` (the test skips) without a lib outside CI.
+fn evaluate(file: &str) -> Option<serde_json::Value> {
     let Some(lib) = nixpkgs_lib() else {
         assert!(
             std::env::var_os("CI").is_none(),
-            "CI must evaluate the module: set NIXPKGS_LIB, or keep ../shared/nixpkgs-lib beside the clone"
+            "CI must evaluate the modules: set NIXPKGS_LIB, or keep ../shared/nixpkgs-lib beside the clone"
         );
         println!(
             "skipped: NIXPKGS_LIB not set and no ../shared/nixpkgs-lib; set it to a nixpkgs \
-             (or nixpkgs.lib) checkout to evaluate modules/phoenix.nix with lib.evalModules"
+             (or nixpkgs.lib) checkout to evaluate {file} with lib.evalModules"
         );
-        return;
+        return None;
     };
     let out = run(tool("nix-instantiate")
         .args(["--eval", "--strict", "--json"])
-        .arg(repo().join("tests/nix/eval-module.nix"))
+        .arg(repo().join(file))
         .arg("--argstr")
         .arg("nixpkgsLib")
         .arg(&lib));
@@ -179,10 +183,19 @@ fn module_evaluates_against_stubs_and_its_settings_pass_check_config() {
     let failures = result["failures"].as_array().expect("failures");
     assert!(
         failures.is_empty(),
-        "{}",
+        "{file}: {}",
         serde_json::to_string_pretty(failures).unwrap()
     );
+    Some(result)
+}
 
+/// tests/nix/eval-module.nix: lib.evalModules on modules/phoenix.nix with
+/// stubs; the settings of each scenario must pass the real check-config.
+#[test]
+fn module_evaluates_against_stubs_and_its_settings_pass_check_config() {
+    let Some(result) = evaluate("tests/nix/eval-module.nix") else {
+        return;
+    };
     let configs = result["configs"].as_object().expect("configs");
     assert!(configs.contains_key("defaults"));
     let dir = tempfile::tempdir().unwrap();
@@ -200,6 +213,130 @@ fn module_evaluates_against_stubs_and_its_settings_pass_check_config() {
             text(&out)
         );
     }
+}
+
+// The agent's packaging: modules/phoenix-agent.nix and
+// packaging/phoenix-agent.service.
+
+/// tests/nix/eval-agent-module.nix: lib.evalModules on
+/// modules/phoenix-agent.nix with stubs; the agent.toml of each scenario
+/// must pass the real `phoenix-agent check` and say where it goes.
+#[test]
+fn agent_module_evaluates_against_stubs_and_its_file_passes_phoenix_agent_check() {
+    let Some(result) = evaluate("tests/nix/eval-agent-module.nix") else {
+        return;
+    };
+    let configs = result["configs"].as_object().expect("configs");
+    let dir = tempfile::tempdir().unwrap();
+    for (scenario, state_dir) in [
+        ("defaults", "/var/lib/phoenix-agent"),
+        ("custom", "/srv/phoenix-agent"),
+    ] {
+        let toml = configs[scenario].as_str().expect("TOML text");
+        let path = dir.path().join(format!("{scenario}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        let out = run(Command::new(bin("phoenix-agent"))
+            .arg("check")
+            .arg("--config")
+            .arg(&path));
+        let expected = format!("valid (api https://phoenix.example.com:6700/, state {state_dir})");
+        assert!(
+            out.status.success() && text(&out).contains(&expected),
+            "agent.toml of scenario {scenario}:\n{toml}\n{}",
+            text(&out)
+        );
+    }
+
+    let unit = &result["unit"];
+    assert_eq!(unit["RestartPreventExitStatus"], serde_json::json!(["78"]));
+    assert_eq!(unit["User"], serde_json::json!(["phoenix-agent"]));
+    assert_eq!(unit["StateDirectory"], serde_json::json!(["phoenix-agent"]));
+}
+
+const AGENT_UNIT: &str = "packaging/phoenix-agent.service";
+
+/// The unit file's keys, each as its words; a key given on several lines
+/// has the words of all of them, as systemd reads lists.
+fn unit_file_words(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut keys = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("{AGENT_UNIT}: not a key=value line: {line}"));
+        keys.entry(key.to_owned())
+            .or_default()
+            .extend(value.split_whitespace().map(str::to_owned));
+    }
+    keys
+}
+
+/// The NixOS module's service and the unit for hosts without Nix set the
+/// same keys to the same values; only the program's path differs.
+#[test]
+fn the_agent_unit_file_and_the_nixos_module_agree() {
+    let Some(result) = evaluate("tests/nix/eval-agent-module.nix") else {
+        return;
+    };
+    let mut module: std::collections::BTreeMap<String, Vec<String>> =
+        serde_json::from_value(result["unit"].clone()).unwrap();
+    let mut file = unit_file_words(&std::fs::read_to_string(repo().join(AGENT_UNIT)).unwrap());
+
+    let module_exec = module.remove("ExecStart").expect("the module's ExecStart");
+    let file_exec = file.remove("ExecStart").expect("the unit's ExecStart");
+    assert_eq!(module_exec[1..], file_exec[1..], "ExecStart arguments");
+    assert!(
+        module_exec[0].ends_with("/bin/phoenix-agent") && file_exec[0] == "/usr/bin/phoenix-agent",
+        "{module_exec:?} {file_exec:?}"
+    );
+    assert_eq!(
+        file.get("RestartPreventExitStatus"),
+        Some(&vec!["78".to_owned()])
+    );
+
+    let keys: std::collections::BTreeSet<&String> = module.keys().chain(file.keys()).collect();
+    let differ: Vec<String> = keys
+        .into_iter()
+        .filter(|key| module.get(*key) != file.get(*key))
+        .map(|key| {
+            format!(
+                "{key}: module {:?}, {AGENT_UNIT} {:?}",
+                module.get(key),
+                file.get(key)
+            )
+        })
+        .collect();
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
+
+/// `systemd-analyze verify` loads the unit without a warning (with
+/// ExecStart pointed at the built binary, which it checks exists).
+#[test]
+fn the_agent_unit_file_passes_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(repo().join(AGENT_UNIT)).unwrap();
+    let built = bin("phoenix-agent");
+    let here = unit.replace(
+        "ExecStart=/usr/bin/phoenix-agent ",
+        &format!("ExecStart={} ", built.display()),
+    );
+    assert_ne!(here, unit, "{AGENT_UNIT} starts /usr/bin/phoenix-agent");
+    let path = dir.path().join("phoenix-agent.service");
+    std::fs::write(&path, here).unwrap();
+    let out = run(tool("systemd-analyze").arg("verify").arg(&path));
+    // Only its own warnings: the host's units may have some of theirs.
+    let warnings: Vec<&str> = std::str::from_utf8(&out.stderr)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.contains("phoenix-agent"))
+        .collect();
+    assert!(
+        out.status.success() && warnings.is_empty(),
+        "{}",
+        text(&out)
+    );
 }
 
 // The first-boot step, with the module's default settings.
@@ -317,7 +454,7 @@ fn first_boot_writes_the_defaults_once_and_never_overwrites_an_edit() {
         .permissions()
         .mode();
     assert_eq!(dir_mode & 0o777, 0o755);
-    assert!(boot.check_config().contains("ok (7 services"));
+    assert!(boot.check_config().contains("ok (6 services"));
 
     let edited = format!("{written}\n[api]\nprice_per_series_month = 0.08\n");
     std::fs::write(boot.config(), &edited).unwrap();
