@@ -23,14 +23,7 @@ let
   stubs = import ./stubs.nix { inherit lib; };
   inherit (stubs) expect expectThat store toTOML;
 
-  evaluate = scenario: (lib.evalModules {
-    modules = [
-      stubs.nixos
-      ../../modules/phoenix-agent.nix
-      { _module.args.pkgs = stubs.pkgs; }
-      scenario
-    ];
-  }).config;
+  evaluate = stubs.evaluate ../../modules/phoenix-agent.nix;
 
   url = "https://phoenix.example.com:6700";
   agent = "${store "phoenix-agent-0.1.0"}/bin/phoenix-agent";

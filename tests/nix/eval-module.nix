@@ -22,14 +22,7 @@ let
   stubs = import ./stubs.nix { inherit lib; };
   inherit (stubs) expect expectThat store toTOML;
 
-  evaluate = scenario: (lib.evalModules {
-    modules = [
-      stubs.nixos
-      ../../modules/phoenix.nix
-      { _module.args.pkgs = stubs.pkgs; }
-      scenario
-    ];
-  }).config;
+  evaluate = stubs.evaluate ../../modules/phoenix.nix;
 
   links = {
     postgres.bin_dir = "/etc/phoenix/pkgs/postgresql/bin";

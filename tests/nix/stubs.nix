@@ -27,7 +27,7 @@ let
     (types.listOf tomlValue)
   ] // { description = "TOML value"; };
 in
-{
+rec {
   inherit store;
 
   # Settings rendered as TOML, so that the real binaries can check them.
@@ -128,4 +128,15 @@ in
       "${what}: expected ${builtins.toJSON expected}, got ${builtins.toJSON actual}";
 
   expectThat = what: holds: lib.optional (!holds) what;
+
+  # evaluate module scenario: the config of `module` with `scenario` on the
+  # stubs.
+  evaluate = module: scenario: (lib.evalModules {
+    modules = [
+      nixos
+      module
+      { _module.args.pkgs = pkgs; }
+      scenario
+    ];
+  }).config;
 }
