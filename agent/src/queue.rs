@@ -71,6 +71,18 @@ pub struct PendingResult {
     pub error: Option<String>,
 }
 
+/// What [`Queue::receive_task`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// Not seen before: recorded, to be run.
+    New,
+    /// Recorded before and without a result: the run that took it failed
+    /// before storing one (or it is being resumed), so it is run again.
+    Unfinished,
+    /// Finished: its result was stored; it is not run again.
+    Finished,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingTask {
     pub task_id: uuid::Uuid,
@@ -378,30 +390,40 @@ impl Queue {
         Ok(())
     }
 
-    /// Records a task as received, before anything is done for it.
-    /// Returns false when it was received before (still running or already
-    /// finished): it must not be run again.
-    pub async fn receive_task(&self, task: &PendingTask) -> anyhow::Result<bool> {
-        let mut tx = self.pool.begin().await?;
-        let done: Option<i64> = sqlx::query_scalar("SELECT 1 FROM done_tasks WHERE task_id = ?")
-            .bind(task.task_id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if done.is_some() {
-            return Ok(false);
-        }
+    /// Records a task as received, before anything is done for it, and says
+    /// whether it is new, received before and unfinished (a run of it
+    /// failed before storing its result), or finished.
+    ///
+    /// One statement writes first: a transaction that read before writing
+    /// would fail at once (SQLITE_BUSY_SNAPSHOT) when a batch was written
+    /// in between, whatever the busy timeout.
+    pub async fn receive_task(&self, task: &PendingTask) -> anyhow::Result<Received> {
+        let id = task.task_id.to_string();
         let inserted = sqlx::query(
-            "INSERT INTO tasks (task_id, kind, payload, received_at_ms) VALUES (?, ?, ?, ?) \
+            "INSERT INTO tasks (task_id, kind, payload, received_at_ms) \
+             SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS (SELECT 1 FROM done_tasks WHERE task_id = ?1) \
              ON CONFLICT (task_id) DO NOTHING",
         )
-        .bind(task.task_id.to_string())
+        .bind(&id)
         .bind(&task.kind)
         .bind(task.payload.to_string())
         .bind(task.received_at_ms)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
-        Ok(inserted.rows_affected() == 1)
+        if inserted.rows_affected() == 1 {
+            return Ok(Received::New);
+        }
+        // A task moves from `tasks` to `done_tasks` in one transaction, so
+        // it is in one of them.
+        let unfinished: Option<i64> = sqlx::query_scalar("SELECT 1 FROM tasks WHERE task_id = ?")
+            .bind(&id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(if unfinished.is_some() {
+            Received::Unfinished
+        } else {
+            Received::Finished
+        })
     }
 
     /// Tasks received and not finished (after a restart: to resume).
@@ -675,6 +697,53 @@ mod tests {
         assert_eq!((stats.batches, stats.evicted_batches), (0, 5));
     }
 
+    /// Tasks arrive while collection and delivery write: recording one never
+    /// fails for a writer in between (a deferred transaction that reads
+    /// first would get SQLITE_BUSY at once, and the task would wait for its
+    /// lease to run out).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tasks_are_recorded_while_batches_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), bounds(1 << 30, 3600))
+            .await
+            .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for w in 0..3 {
+            let (q, stop) = (q.clone(), stop.clone());
+            writers.push(tokio::spawn(async move {
+                let mut t = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    q.push(Destination::Api, "none", "none", t, 1, &[w; 512])
+                        .await
+                        .unwrap();
+                    if let Some(b) = q.oldest(Destination::Api, 1).await.unwrap().first() {
+                        q.remove(b.id).await.unwrap();
+                    }
+                    t += 1;
+                }
+            }));
+        }
+        for i in 0..300 {
+            let task = PendingTask {
+                task_id: uuid::Uuid::new_v4(),
+                kind: "stop_experiment".into(),
+                payload: serde_json::json!({"i": i}),
+                received_at_ms: i,
+            };
+            assert_eq!(
+                q.receive_task(&task).await.unwrap(),
+                Received::New,
+                "task {i}"
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert_eq!(q.pending_tasks().await.unwrap().len(), 300);
+    }
+
     #[tokio::test]
     async fn a_task_is_run_once_and_its_result_is_kept_until_answered() {
         let dir = tempfile::tempdir().unwrap();
@@ -687,10 +756,11 @@ mod tests {
             payload: serde_json::json!({"k": 1}),
             received_at_ms: 5,
         };
-        assert!(q.receive_task(&task).await.unwrap());
-        assert!(
-            !q.receive_task(&task).await.unwrap(),
-            "a task received twice runs once"
+        assert_eq!(q.receive_task(&task).await.unwrap(), Received::New);
+        assert_eq!(
+            q.receive_task(&task).await.unwrap(),
+            Received::Unfinished,
+            "received again before it finished"
         );
         assert_eq!(
             q.pending_tasks().await.unwrap(),
@@ -706,8 +776,9 @@ mod tests {
         q.finish_task(&result, 10).await.unwrap();
         assert!(q.pending_tasks().await.unwrap().is_empty());
         assert_eq!(q.results().await.unwrap(), std::slice::from_ref(&result));
-        assert!(
-            !q.receive_task(&task).await.unwrap(),
+        assert_eq!(
+            q.receive_task(&task).await.unwrap(),
+            Received::Finished,
             "a finished task is not run again"
         );
         q.remove_result(result.result_id).await.unwrap();

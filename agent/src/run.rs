@@ -300,7 +300,18 @@ async fn poll_loop(
     fatal: Fatal,
 ) {
     let mut attempt = 0u32;
+    // A task recorded whose run failed before storing its result (a full
+    // disk): run again before the next poll rather than after its lease.
+    let mut unfinished = false;
     loop {
+        if unfinished {
+            match crate::tasks::resume(&agent.queue, &agent.state).await {
+                Ok(_) => unfinished = false,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "cannot run the unfinished tasks yet")
+                }
+            }
+        }
         let Ok(mut url) = agent.config.api.url.join(path::TASKS) else {
             return;
         };
@@ -330,8 +341,10 @@ async fn poll_loop(
                 for task in claimed.tasks {
                     let id = task.id;
                     if let Err(e) = crate::tasks::receive(&agent.queue, &agent.state, task).await {
-                        // Not recorded: the lease runs out and the task comes back.
-                        tracing::error!(task = %id, error = %format!("{e:#}"), "cannot record a task");
+                        // Recorded: run again before the next poll. Not
+                        // recorded: the lease runs out and it comes back.
+                        tracing::error!(task = %id, error = %format!("{e:#}"), "cannot record or finish a task");
+                        unfinished = true;
                     }
                 }
                 wake_results.notify_one();

@@ -14,7 +14,7 @@ use phoenix_wire::pipeline::task::{self, ApplyPipeline, RunExperiment, StopExper
 use serde_json::json;
 
 use crate::collect::now_ms;
-use crate::queue::{PendingResult, PendingTask, Queue};
+use crate::queue::{PendingResult, PendingTask, Queue, Received};
 use crate::state::State;
 
 /// Records a claimed task and runs it, unless it was received before.
@@ -26,19 +26,26 @@ pub async fn receive(queue: &Queue, state: &State, claimed: ClaimedTask) -> anyh
         payload: claimed.payload,
         received_at_ms: now_ms(),
     };
-    if !queue.receive_task(&task).await? {
-        tracing::info!(task = %task.task_id, kind = %task.kind, "task received again; it runs once");
-        return Ok(false);
+    match queue.receive_task(&task).await? {
+        Received::New => {}
+        Received::Finished => {
+            tracing::info!(task = %task.task_id, kind = %task.kind, "task received again; it ran once already");
+            return Ok(false);
+        }
+        Received::Unfinished => {
+            tracing::info!(task = %task.task_id, kind = %task.kind, "task received again before its result was stored; running it again");
+        }
     }
     run(queue, state, &task).await?;
     Ok(true)
 }
 
-/// Runs the tasks a previous run received and did not finish.
+/// Runs the tasks received and not finished: after a restart, or after a
+/// run that could not store its result.
 pub async fn resume(queue: &Queue, state: &State) -> anyhow::Result<usize> {
     let pending = queue.pending_tasks().await?;
     for task in &pending {
-        tracing::info!(task = %task.task_id, kind = %task.kind, "resuming a task received before a restart");
+        tracing::info!(task = %task.task_id, kind = %task.kind, "resuming a task received and not finished");
         run(queue, state, task).await?;
     }
     Ok(pending.len())

@@ -191,6 +191,19 @@ impl AgentProc {
 impl Drop for AgentProc {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            let log = self.log();
+            // The end of the log: what the agent did last.
+            let tail: Vec<&str> = log.lines().rev().take(150).collect();
+            eprintln!(
+                "---- agent {} log (last {} lines) ----",
+                self.name,
+                tail.len()
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 

@@ -247,3 +247,25 @@ fn boots_serves_powers_off_cleanly_and_keeps_data() {
         "{users}"
     );
 }
+
+/// The image's config passes `check-config` on the host, so a change to the
+/// built-ins that the file no longer fits fails here in a second rather than
+/// in the guest after minutes of boot.
+#[test]
+fn the_image_config_passes_check_config() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("vm/phoenix.toml");
+    let out = Command::new(bin("phoenix-supervisor"))
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    for service in ["network", "postgres", "prometheus", "api"] {
+        assert!(text.contains(service), "{service} runs in the image: {text}");
+    }
+}

@@ -324,10 +324,19 @@ fn expand(raw: FileConfig, loc: &Located<'_>, opts: &LoadOptions) -> Result<Conf
             (Some(i), _) => apply_table(&mut services[i], name, table, opts, loc)?,
             (None, _) => {
                 let Some(command) = &table.command else {
+                    if let Some(section) = builtins::section_of(name) {
+                        return Err(loc.error(
+                            &["services", name],
+                            format!(
+                                "the built-in service `{name}` is off: turn it on with \
+                                 `[{section}] enable = true`, or remove [services.{name}]"
+                            ),
+                        ));
+                    }
                     return Err(loc.error(
                         &["services", name],
                         "a new service needs `command` (the built-in services are postgres, postgres-init, \
-                         postgres-setup, prometheus, pushgateway and api)",
+                         postgres-setup, backup-stanza, prometheus, pushgateway and api)",
                     ));
                 };
                 let mut spec = ServiceSpec::new(name.clone(), command.clone());

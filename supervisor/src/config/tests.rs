@@ -199,6 +199,26 @@ fn new_services_need_a_command_and_known_dependencies() {
 }
 
 #[test]
+fn an_override_of_a_builtin_that_is_off_names_the_switch() {
+    // The Pushgateway is off by default: overriding it says how to turn it on.
+    let err = parse_str("[services.pushgateway]\ndepends_on = [\"network\"]\n").unwrap_err();
+    assert_eq!(err.key, "services.pushgateway");
+    assert!(
+        err.message
+            .contains("`pushgateway` is off: turn it on with `[pushgateway] enable = true`"),
+        "{err}"
+    );
+    let err = parse_str("[prometheus]\nenable = false\n[services.prometheus]\nuser = \"x\"\n")
+        .unwrap_err();
+    assert!(
+        err.message.contains("`[prometheus] enable = true`"),
+        "{err}"
+    );
+    // Turning it off in both places is no error.
+    parse_str("[services.pushgateway]\nenable = false\n").unwrap();
+}
+
+#[test]
 fn cycles_are_rejected() {
     let text = "[services.a]\ncommand = [\"/bin/true\"]\ndepends_on = [\"b\"]\n[services.b]\ncommand = [\"/bin/true\"]\ndepends_on = [\"a\"]\n";
     let err = parse_str(text).unwrap_err();

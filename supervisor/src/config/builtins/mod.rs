@@ -24,6 +24,26 @@ use context::Context;
 pub use backup::parse_cron;
 pub use s3::keys_include as s3_keys_include;
 
+/// The section that owns each built-in service, for an override whose
+/// section is turned off.
+const SECTIONS: &[(&str, &str)] = &[
+    ("postgres", "postgres"),
+    ("postgres-init", "postgres"),
+    ("postgres-setup", "postgres"),
+    ("backup-stanza", "backup"),
+    ("prometheus", "prometheus"),
+    ("pushgateway", "pushgateway"),
+    ("api", "api"),
+];
+
+/// The section of a built-in service name, if it is one.
+pub fn section_of(service: &str) -> Option<&'static str> {
+    SECTIONS
+        .iter()
+        .find(|(name, _)| *name == service)
+        .map(|(_, section)| *section)
+}
+
 pub struct Expanded {
     pub services: Vec<ServiceSpec>,
     pub secrets: Vec<SecretSpec>,
