@@ -92,14 +92,26 @@ fn main() -> ExitCode {
 async fn main_of(cli: Cli) -> anyhow::Result<ExitCode> {
     let load = || config::load(&cli.config).map_err(anyhow::Error::from);
     match cli.command.unwrap_or(Command::Run) {
-        Command::Run => match run::run(load()?).await? {
-            None => Ok(ExitCode::SUCCESS),
-            Some(reason) => {
+        Command::Run => {
+            // What retrying cannot fix exits 78, which systemd does not restart.
+            let stop = |reason: String| {
                 tracing::error!("{reason}");
                 eprintln!("phoenix-agent: {reason}");
                 Ok(ExitCode::from(run::EXIT_REENROLL as u8))
+            };
+            let config = match load() {
+                Ok(c) => c,
+                Err(e) => return stop(format!("{e:#}")),
+            };
+            match run::run(config).await {
+                Ok(None) => Ok(ExitCode::SUCCESS),
+                Ok(Some(reason)) => stop(reason),
+                Err(e) if e.downcast_ref::<run::NeedsOperator>().is_some() => {
+                    stop(format!("{e:#}"))
+                }
+                Err(e) => Err(e),
             }
-        },
+        }
         Command::Check => {
             let c = load()?;
             println!(

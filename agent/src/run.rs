@@ -31,9 +31,17 @@ use crate::queue::{Destination, Queue};
 use crate::shared::{Agent, status};
 use crate::state::State;
 
-/// The exit status when the credential was refused: systemd's unit does
-/// not restart on it (`RestartPreventExitStatus=78`, EX_CONFIG).
+/// The exit status when retrying cannot help (a refused credential or
+/// enrollment token, an invalid configuration): systemd's unit does not
+/// restart on it (`RestartPreventExitStatus=78`, EX_CONFIG).
 pub const EXIT_REENROLL: i32 = 78;
+
+/// An error that retrying cannot fix: the operator must act (a refused
+/// enrollment token, no token to enroll with). The agent exits with
+/// [`EXIT_REENROLL`] so that systemd does not restart it in a loop.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NeedsOperator(pub String);
 
 /// Long-poll wait, below the API's request timeout.
 const POLL_WAIT_SECS: u64 = 25;
@@ -154,7 +162,7 @@ async fn enroll_until_done(
                 attempt += 1;
                 tokio::time::sleep(delay).await;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(NeedsOperator(format!("{e:#}")).into()),
         }
     }
 }

@@ -158,7 +158,8 @@ fn a_kill_9_mid_task_and_with_a_full_queue_loses_nothing_written() {
 }
 
 /// A revoked agent stops at once with exit 78, says how to enroll again,
-/// and keeps what it queued.
+/// and keeps what it queued; a refused enrollment token and an invalid
+/// configuration also exit 78.
 #[test]
 fn a_revoked_credential_stops_the_agent_and_says_to_enroll_again() {
     let s = Stack::start_without_pushgateway("");
@@ -177,6 +178,30 @@ fn a_revoked_credential_stops_the_agent_and_says_to_enroll_again() {
     let st = a.status();
     assert_eq!(st["agent_id"], json!(id), "{st:#}");
     assert_eq!(st["queue"]["evicted_batches"], 0, "{st:#}");
+
+    // What else retrying cannot fix ends the same way, so that systemd
+    // does not restart it in a loop: a refused enrollment token...
+    let mut refused = AgentProc::new(&s, "bad-token", "phxe_not-a-token", "");
+    refused.start();
+    let status = refused.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(78), "{}", refused.log());
+    let log = refused.log();
+    assert!(log.contains("enrollment refused"), "{log}");
+    assert!(
+        log.contains("ask an admin for a new enrollment token"),
+        "{log}"
+    );
+    // ...and an invalid configuration, named with its line.
+    let mut invalid = AgentProc::new(&s, "invalid", "unused", "[queue]\nmax_age = \"soon\"\n");
+    invalid.start();
+    let status = invalid.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(78), "{}", invalid.log());
+    let log = invalid.log();
+    assert!(
+        log.contains("agent.toml:"),
+        "the file and line are named: {log}"
+    );
+    assert!(log.contains("queue.max_age"), "the key is named: {log}");
 }
 
 /// The wrong CA, and an API that is not listening: the agent says which,
