@@ -78,10 +78,6 @@ pub struct Args {
     #[arg(long, env = "PHOENIX_INITIAL_ADMIN_PASSWORD_FILE")]
     pub initial_admin_password_file: Option<PathBuf>,
 
-    /// Pushgateway that agents' text pushes are forwarded to, e.g. http://127.0.0.1:9091.
-    #[arg(long, env = "PHOENIX_PUSHGATEWAY_URL")]
-    pub pushgateway_url: Option<url::Url>,
-
     /// Prometheus remote-write receiver that agents' samples are forwarded
     /// to, e.g. http://127.0.0.1:9090/api/v1/write.
     #[arg(long, env = "PHOENIX_REMOTE_WRITE_URL")]
@@ -386,7 +382,6 @@ impl TryFrom<Args> for Config {
             jwt_key,
             initial_admin_password_file: args.initial_admin_password_file,
             settings: crate::Settings {
-                pushgateway_url: args.pushgateway_url,
                 remote_write_url: args.remote_write_url,
                 remote_write_max_age: args.remote_write_max_age,
                 prometheus_url: args.prometheus_url,

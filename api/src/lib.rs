@@ -31,17 +31,15 @@
 //!   `phoenix-wire` crate (`phoenix_wire::pipeline`), shared with agents.
 //! - [`pipelines`]: saved pipelines and templates.
 //! - [`experiment_state`]: the experiment state machine, a pure function;
-//!   a leaf that experiments and agents' writes and pushes read.
+//!   a leaf that experiments and agents' writes read.
 //! - [`experiments`]: experiments and operators' actions; every transition
 //!   goes through `experiments::Transition::apply`; [`experiments::driver`]
 //!   is the background task that advances experiments.
 //! - [`kpi`]: KPIs measured with Prometheus queries; [`cost`]: the cost summary.
-//! - [`push_group`]: the labels of agents' series (and the Pushgateway
-//!   group of a push), which writes and pushes set and KPI and cost
-//!   queries select by; a leaf.
+//! - [`push_group`]: the labels of agents' series, which writes set and
+//!   KPI and cost queries select by; a leaf.
 //! - [`agents`]: enrollment, agent credentials, the agent registry,
-//!   heartbeats, metric writes forwarded by remote write, and metric pushes
-//!   to the Pushgateway.
+//!   heartbeats, and metric writes forwarded by remote write.
 //! - [`tasks`]: the per-agent task queue: claims with leases, results,
 //!   long-poll wake-ups.
 //!
@@ -120,8 +118,6 @@ pub struct AuthState {
 /// Where the API's neighbours are, and what a series costs.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Base URL of the Pushgateway that agent metric pushes are forwarded to.
-    pub pushgateway_url: Option<url::Url>,
     /// Where agents' remote-write batches are forwarded to.
     pub remote_write_url: Option<url::Url>,
     /// The oldest sample a batch may hold, as an age: the receiver's
@@ -152,7 +148,7 @@ pub struct Settings {
         (name = "agents", description = "Enrollment tokens (admin) and the agents that enrolled"),
         (name = "tasks", description = "Work queued for agents, and its results"),
         (name = "agent", description = "For agents only, on the agent listener (port 6700): enrollment, \
-                                        heartbeat, task long-poll and results, metric write (and push)"),
+                                        heartbeat, task long-poll and results, metric write"),
     )
 )]
 struct ApiDoc;
@@ -213,7 +209,7 @@ fn user_api() -> OpenApiRouter<AppState> {
 
 /// The documented routes of the agent listener (agent credentials only).
 fn agent_api() -> OpenApiRouter<AppState> {
-    agent_json_api().merge(agent_push_api())
+    agent_json_api().merge(agent_write_api())
 }
 
 /// Agent routes with JSON bodies, bounded by --max-body-bytes.
@@ -225,13 +221,11 @@ fn agent_json_api() -> OpenApiRouter<AppState> {
         .routes(routes!(tasks::report))
 }
 
-/// The metric write and push, whose bodies may be larger than
-/// --max-body-bytes: each bounds its own (`agents::write::MAX_BODY_BYTES`,
-/// `agents::push::MAX_BODY_BYTES`) and answers with a problem.
-fn agent_push_api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(agents::write::write))
-        .routes(routes!(agents::push::push))
+/// The metric write, whose bodies may be larger than --max-body-bytes: it
+/// bounds its own (`agents::write::MAX_BODY_BYTES`) and answers with a
+/// problem.
+fn agent_write_api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(agents::write::write))
 }
 
 /// The OpenAPI document of both listeners, generated from the handlers'
@@ -274,13 +268,13 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
 /// accepted here, and agent credentials are not accepted on the user listener.
 pub fn agent_router(state: AppState, limits: HttpLimits) -> Router {
     let (json, _) = agent_json_api().split_for_parts();
-    let (push, _) = agent_push_api().split_for_parts();
+    let (write, _) = agent_write_api().split_for_parts();
     // The body limit is per route here: the JSON routes keep
-    // --max-body-bytes, the metric push enforces its own larger one.
+    // --max-body-bytes, the metric write enforces its own larger one.
     let app = Router::new()
         .route("/health", get(health::handler))
         .merge(json.route_layer(RequestBodyLimitLayer::new(limits.max_body_bytes)))
-        .merge(push);
+        .merge(write);
     let limits = HttpLimits {
         max_body_bytes: usize::MAX,
         ..limits
@@ -348,7 +342,6 @@ mod tests {
                 limiter: LoginLimiter::new(Default::default()).unwrap(),
             }),
             settings: Arc::new(Settings {
-                pushgateway_url: None,
                 remote_write_url: None,
                 remote_write_max_age: Duration::from_secs(6 * 3600),
                 prometheus_url: None,

@@ -1158,29 +1158,89 @@ impl Stack {
         self.agent_call(credential, reqwest::Method::POST, &path, Some(body))
     }
 
-    /// A metrics push of Prometheus text, to the group `query` names
-    /// (`experiment=…&variant=…`, or empty for live metrics).
-    pub fn push_metrics(
+    /// A remote write, as an agent sends it, of the samples in `text`
+    /// (simple Prometheus text: `name{label="value",...} value` per line,
+    /// `#` lines skipped), all at the current time, to the group `query`
+    /// names (`experiment=…&variant=…`, or empty for live metrics).
+    pub fn write_text(&self, credential: &str, query: &str, text: &str) -> Reply {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        self.write_samples(credential, query, &text_series(text, at))
+    }
+
+    /// Writes each group (`(credential, query, text)` as for
+    /// [`Stack::write_text`]) every `every`, as running agents do, until
+    /// the [`Writer`] is dropped. The first round is written before this
+    /// returns, and must be taken.
+    pub fn writer(&self, groups: Vec<(String, String, String)>, every: Duration) -> Writer {
+        for (credential, query, text) in &groups {
+            let r = self.write_text(credential, query, text);
+            assert_eq!(r.status, 200, "write {query}: {r:?}");
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let base = self.ports.agent_url("");
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let http = https();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(every);
+                    let at = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis() as i64;
+                    for (credential, query, text) in &groups {
+                        let body = phoenix_wire::remote_write::encode(
+                            &phoenix_wire::remote_write::WriteRequest {
+                                timeseries: text_series(text, at),
+                                ..Default::default()
+                            },
+                        );
+                        // Refusals (the experiment ended) are expected
+                        // towards the end; what counts is what was taken.
+                        let _ = http
+                            .post(format!("{base}/api/v1/agent/write?{query}"))
+                            .bearer_auth(credential)
+                            .header("content-type", "application/x-protobuf")
+                            .header("content-encoding", "snappy")
+                            .header("x-prometheus-remote-write-version", "0.1.0")
+                            .body(body)
+                            .send();
+                    }
+                }
+            }
+        });
+        Writer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// A remote write of `series` as an agent sends it.
+    pub fn write_samples(
         &self,
         credential: &str,
         query: &str,
-        text: impl Into<reqwest::blocking::Body>,
+        series: &[phoenix_wire::remote_write::TimeSeries],
     ) -> Reply {
         let path = match query {
-            "" => "/api/v1/agent/metrics".to_string(),
-            query => format!("/api/v1/agent/metrics?{query}"),
+            "" => "/api/v1/agent/write".to_string(),
+            query => format!("/api/v1/agent/write?{query}"),
         };
+        let body = phoenix_wire::remote_write::encode(&phoenix_wire::remote_write::WriteRequest {
+            timeseries: series.to_vec(),
+            ..Default::default()
+        });
         self.reply(
-            self.agent(reqwest::Method::PUT, &path)
+            self.agent(reqwest::Method::POST, &path)
                 .bearer_auth(credential)
-                .header("content-type", "text/plain; version=0.0.4")
-                .body(text),
+                .header("content-type", "application/x-protobuf")
+                .header("content-encoding", "snappy")
+                .header("x-prometheus-remote-write-version", "0.1.0")
+                .body(body),
         )
-    }
-
-    /// The Pushgateway's own exposition: which groups and series it holds.
-    pub fn pushgateway_text(&self) -> String {
-        get_text(&self.ports.pushgateway_url("/metrics"))
     }
 
     /// Runs `sql` with `psql` as the API's own database role (`phoenix`,
@@ -1398,4 +1458,52 @@ pub fn output_text(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// The series of simple Prometheus text (`name{label="value",...} value`
+/// per line, `#` lines and blank lines skipped, no escapes in label
+/// values), each with one sample at `at_ms`.
+pub fn text_series(text: &str, at_ms: i64) -> Vec<phoenix_wire::remote_write::TimeSeries> {
+    use phoenix_wire::remote_write::{Label, NAME_LABEL, Sample, TimeSeries};
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("`series value`");
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let mut all = vec![Label::new(NAME_LABEL, name)];
+            for pair in labels.split(',').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').expect("label=\"value\"");
+                all.push(Label::new(k.trim(), v.trim().trim_matches('"')));
+            }
+            all.sort_by(|a, b| a.name.cmp(&b.name));
+            TimeSeries {
+                labels: all,
+                samples: vec![Sample {
+                    value: value.parse().expect("a number"),
+                    timestamp: at_ms,
+                }],
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// Groups written in the background by [`Stack::writer`]; dropping it stops
+/// the writes.
+pub struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -1,9 +1,9 @@
-//! Agents and tasks end to end on a real stack (PostgreSQL, Prometheus, the
-//! Pushgateway, phoenix-api under the supervisor): enrollment tokens,
-//! enrollment, agent authentication on its own listener, heartbeats and
-//! status, the task queue (long-poll claims, leases, retries, idempotent
-//! results, concurrent claims), metric pushes through to Prometheus, and
-//! revocation.
+//! Agents and tasks end to end on a real stack (PostgreSQL, Prometheus,
+//! phoenix-api under the supervisor): enrollment tokens, enrollment, agent
+//! authentication on its own listener, heartbeats and status, the task
+//! queue (long-poll claims, leases, retries, idempotent results, concurrent
+//! claims), the refusals of metric writes, and revocation. (Metric writes
+//! through to Prometheus: `api_write.rs`.)
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -418,7 +418,6 @@ fn the_openapi_document_describes_both_listeners() {
         "/api/v1/agent/tasks",
         "/api/v1/agent/tasks/{id}/result",
         "/api/v1/agent/write",
-        "/api/v1/agent/metrics",
         "/api/v1/tasks",
     ] {
         assert!(
@@ -849,160 +848,63 @@ fn concurrent_long_polls_claim_every_task_exactly_once() {
     }
 }
 
-/// `a` pushes to experiment `exp-1` as its candidate and live metrics, `b`
-/// to `exp-1` as its baseline; each push is taken.
-fn pushes_of_two_agents(s: &Stack, admin: &str) -> (Agent, Agent) {
-    let [a, b]: [Agent; 2] = s
-        .enroll(admin, &["metrics-host", "other-host"])
-        .try_into()
-        .unwrap();
-    let body = "# HELP phoenix_test_cpu_seconds_total CPU time per process.\n\
-                # TYPE phoenix_test_cpu_seconds_total counter\n\
-                phoenix_test_cpu_seconds_total{comm=\"nginx\",pid=\"1\"} 12.5\n\
-                phoenix_test_cpu_seconds_total{comm=\"x' OR '1'='1\",pid=\"2\"} 3\n\
-                phoenix_test_rss_bytes 1024\n";
-    let r = s.push_metrics(&a.credential, "experiment=exp-1&variant=candidate", body);
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(
-        r.body,
-        json!({ "series": 3, "experiment": "exp-1", "variant": "candidate" })
-    );
-    let r = s.push_metrics(&a.credential, "", "phoenix_test_rss_bytes 2048\n");
-    assert_eq!(
-        (r.status, r.body["experiment"].as_str()),
-        (200, Some("none"))
-    );
-    let r = s.push_metrics(
-        &b.credential,
-        "experiment=exp-1&variant=baseline",
-        "phoenix_test_rss_bytes 4096\n",
-    );
-    assert_eq!(r.status, 200, "{r:?}");
-    (a, b)
-}
-
+/// The agents' metric write refuses what the other agent routes refuse,
+/// with a problem document: a malformed group, a user token, too many
+/// series, and a revoked agent's credential, while another agent's writes
+/// go on. (Malformed bodies: `api_write.rs`.)
 #[test]
-fn metric_pushes_are_relabelled_by_agent_and_group_through_to_prometheus() {
+fn metric_writes_refuse_a_bad_group_a_user_token_too_many_series_and_a_revoked_agent() {
     let s = Stack::start("");
     let admin = s.admin_token();
-    let (a, _) = pushes_of_two_agents(&s, &admin);
+    let [a, b]: [Agent; 2] = s
+        .enroll(&admin, &["metrics-host", "other-host"])
+        .try_into()
+        .unwrap();
+    let live = "phoenix_test_rss_bytes 1024\nphoenix_test_cpu_percent{comm=\"x' OR '1'='1\"} 1\n";
+    for agent in [&a, &b] {
+        let r = s.write_text(&agent.credential, "", live);
+        assert_eq!(r.status, 200, "{r:?}");
+    }
     assert_eq!(
         s.get(Some(&admin), &format!("/api/v1/agents/{}", a.id))
             .body["pushed_series"],
-        4
+        2
     );
-
-    // In the Pushgateway, each series carries the grouping labels.
-    let groups: Value = https()
-        .get(s.ports.pushgateway_url("/api/v1/metrics"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let labels: Vec<Value> = groups["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| g["labels"].clone())
-        .collect();
-    assert!(
-        labels.contains(&json!({ "job": "phoenix-agent", "agent": a.id, "experiment": "exp-1", "variant": "candidate" })),
-        "{labels:?}"
-    );
-    // ... and Prometheus scrapes them with those labels.
-    let query = format!(
-        "phoenix_test_cpu_seconds_total{{job=\"phoenix-agent\",agent=\"{}\",experiment=\"exp-1\",variant=\"candidate\"}}",
-        a.id
-    );
-    let results = wait_until(
-        "Prometheus has the pushed series",
-        Duration::from_secs(60),
-        || {
-            let r: Value = reqwest::blocking::Client::new()
-                .get(s.ports.prometheus_url("/api/v1/query"))
-                .query(&[("query", &query)])
-                .send()
-                .ok()?
-                .json()
-                .ok()?;
-            let results = r["data"]["result"].as_array()?.clone();
-            (results.len() == 2).then_some(results)
-        },
-    );
-    assert!(
-        results
-            .iter()
-            .any(|r| r["metric"]["comm"] == "x' OR '1'='1"),
-        "{results:?}"
-    );
-}
-
-#[test]
-fn invalid_metric_pushes_are_refused_with_a_code_and_never_forwarded() {
-    let s = Stack::start("");
-    let admin = s.admin_token();
-    let a = s.enroll_one(&admin, "metrics-host");
-    for (bad, expected) in [
-        ("ok 1\n9bad 1\n", "invalid_metric_name"),
-        ("m{agent=\"spoofed\"} 1\n", "reserved_label"),
-        ("m{instance=\"x\"} 1\n", "reserved_label"),
-        ("m{1x=\"y\"} 1\n", "invalid_label_name"),
-        ("m 1 1700000000000\n", "timestamp_not_allowed"),
-        ("m one\n", "invalid_value"),
-    ] {
-        let r = s.push_metrics(&a.credential, "experiment=exp-2", bad);
-        assert_eq!((r.status, r.code()), (400, expected), "{bad:?}: {r:?}");
+    let refused = |r: &Reply, status: u16, code: &str| {
+        assert_eq!((r.status, r.code()), (status, code), "{r:?}");
         assert_eq!(r.headers["content-type"], "application/problem+json");
-    }
-    let r = s.push_metrics(&a.credential, "", "ok 1\n9bad 1\n");
-    assert_eq!(r.body["line"], 2, "{r:?}");
+    };
+    refused(
+        &s.write_text(&a.credential, "experiment=../../x", "m 1\n"),
+        400,
+        "invalid_group",
+    );
+    refused(
+        &s.write_text(&admin, "", "m 1\n"),
+        401,
+        "user_token_refused",
+    );
     let many: String = (0..50_001).map(|i| format!("m{{i=\"{i}\"}} 1\n")).collect();
-    let r = s.push_metrics(&a.credential, "experiment=exp-2", many);
-    assert_eq!(
-        (r.status, r.code()),
-        (400, "too_many_series"),
-        "{:?}",
-        r.body
+    refused(
+        &s.write_text(&a.credential, "", &many),
+        400,
+        "too_many_series",
     );
-    let huge = format!("m{{v=\"{}\"}} 1\n", "x".repeat(4 << 20));
-    let r = s.push_metrics(&a.credential, "experiment=exp-2", huge);
-    assert_eq!(
-        (r.status, r.code()),
-        (413, "metrics_too_large"),
-        "{:?}",
-        r.body
-    );
+    // The old text push is gone.
     let r = s.reply(
         s.agent(Method::PUT, "/api/v1/agent/metrics")
             .bearer_auth(&a.credential)
-            .header("content-type", "application/json")
-            .body("{}"),
+            .header("content-type", "text/plain; version=0.0.4")
+            .body("m 1\n"),
     );
-    assert_eq!((r.status, r.code()), (415, "unsupported_media_type"));
-    let r = s.push_metrics(&a.credential, "experiment=../../x", "m 1\n");
-    assert_eq!((r.status, r.code()), (400, "invalid_group"));
-    let r = s.push_metrics(&admin, "", "m 1\n");
-    assert_eq!((r.status, r.code()), (401, "user_token_refused"));
-    let pushed = s.pushgateway_text();
-    assert!(
-        !pushed.contains("exp-2") && !pushed.contains("spoofed"),
-        "{pushed}"
-    );
-}
+    assert_eq!(r.status, 404, "{r:?}");
 
-#[test]
-fn revoking_an_agent_deletes_its_pushgateway_groups_and_only_its() {
-    let s = Stack::start("");
-    let admin = s.admin_token();
-    let (a, b) = pushes_of_two_agents(&s, &admin);
     assert_eq!(
         s.delete(Some(&admin), &format!("/api/v1/agents/{}", a.id))
             .status,
         204
     );
-    let pushed = s.pushgateway_text();
-    assert!(!pushed.contains(&a.id), "{pushed}");
-    assert!(pushed.contains(&b.id), "{pushed}");
-    let r = s.push_metrics(&a.credential, "", "m 1\n");
-    assert_eq!((r.status, r.code()), (401, "agent_revoked"));
+    refused(&s.write_text(&a.credential, "", live), 401, "agent_revoked");
+    let r = s.write_text(&b.credential, "", live);
+    assert_eq!(r.status, 200, "the other agent writes on: {r:?}");
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 /// over HTTP/2 the stream was reset without the answer, over HTTP/1.1 the
 /// connection closed while the client was still sending. curl is limited
 /// to 16 MiB/s so that it is still sending when the answer comes, as on any
-/// real network. The metric push, which bounds its own body, answers the
+/// real network. The metric write, which bounds its own body, answers the
 /// same way.
 #[test]
 fn an_oversized_body_gets_its_413_over_http2_and_http1() {
@@ -47,7 +47,16 @@ fn an_oversized_body_gets_its_413_over_http2_and_http1() {
     ];
     let json = ["-X", "POST", "-H", "content-type: application/json"];
     let bearer = format!("authorization: Bearer {}", agent.credential);
-    let push = ["-X", "PUT", "-H", "content-type: text/plain", "-H", &bearer];
+    let write = [
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/x-protobuf",
+        "-H",
+        "content-encoding: snappy",
+        "-H",
+        &bearer,
+    ];
     let targets: [(String, &[&str], &str); 3] = [
         (
             s.ports.api_url("/api/v1/auth/login"),
@@ -60,8 +69,8 @@ fn an_oversized_body_gets_its_413_over_http2_and_http1() {
             "body_too_large",
         ),
         (
-            s.ports.agent_url("/api/v1/agent/metrics"),
-            &push,
+            s.ports.agent_url("/api/v1/agent/write"),
+            &write,
             "metrics_too_large",
         ),
     ];

@@ -1,12 +1,13 @@
 //! Pipelines, experiments, KPIs and cost, end to end on a real stack. The
-//! agents' side (enroll, long-poll tasks, report results, push metrics) is
-//! played over the agent listener exactly as an agent would; the KPIs are
-//! then measured by the API in the real Prometheus from what was pushed,
-//! and compared with numbers worked out here from the pushed data.
+//! agents' side (enroll, long-poll tasks, report results, write metrics by
+//! remote write every second) is played over the agent listener exactly as
+//! an agent would; the KPIs are then measured by the API in the real
+//! Prometheus from what was written, and compared with numbers worked out
+//! here from the written data.
 
 use std::time::Duration;
 
-use phoenix_tests::{Agent, Reply, Stack, Supervisor, Users, wait_until};
+use phoenix_tests::{Agent, Reply, Stack, Users, Writer, wait_until};
 use serde_json::{Value, json};
 
 /// A fast driver, and a price that is exact in binary.
@@ -37,14 +38,37 @@ fn report(s: &Stack, agent: &Agent, task: &Value, outcome: &str, error: Option<&
     assert_eq!(r.status, 200, "{r:?}");
 }
 
-/// Push Prometheus text as `agent`, to an experiment variant or (None) live.
-fn push(s: &Stack, agent: &Agent, group: Option<(&str, &str)>, text: &str) {
-    let query = match group {
+fn group_query(group: Option<(&str, &str)>) -> String {
+    match group {
         Some((experiment, variant)) => format!("experiment={experiment}&variant={variant}"),
         None => String::new(),
-    };
-    let r = s.push_metrics(&agent.credential, &query, text.to_string());
-    assert_eq!(r.status, 200, "push {query}: {r:?}");
+    }
+}
+
+/// Writes the samples of Prometheus text once as `agent`, to an experiment
+/// variant or (None) live.
+fn write(s: &Stack, agent: &Agent, group: Option<(&str, &str)>, text: &str) {
+    let query = group_query(group);
+    let r = s.write_text(&agent.credential, &query, text);
+    assert_eq!(r.status, 200, "write {query}: {r:?}");
+}
+
+/// What an agent writes: the group (experiment and variant, or None for
+/// live) and its samples as Prometheus text.
+type Group<'a> = (&'a Agent, Option<(&'a str, &'a str)>, String);
+
+/// Writes the samples of each `(agent, group, text)` every second, as
+/// running agents do, until the [`Writer`] is dropped.
+fn writing(s: &Stack, groups: &[Group<'_>]) -> Writer {
+    s.writer(
+        groups
+            .iter()
+            .map(|(agent, group, text)| {
+                (agent.credential.clone(), group_query(*group), text.clone())
+            })
+            .collect(),
+        Duration::from_secs(1),
+    )
 }
 
 /// Processes `proc-1` … `proc-n`, process i using i % CPU and i MiB.
@@ -184,7 +208,7 @@ struct Completed {
 
 /// A saved full-fidelity baseline against [`top10`] on `web-1` (100
 /// processes) and `db-1` (50) for 4 s: defined, started, deployed and
-/// pushed by both agents as an agent would, each step checked, until the
+/// written by both agents as an agent would, each step checked, until the
 /// driver has measured it.
 fn completed_experiment(s: &Stack, users: &Users) -> Completed {
     let Users {
@@ -231,10 +255,11 @@ fn completed_experiment(s: &Stack, users: &Users) -> Completed {
     assert_eq!(started.status, 200, "{started:?}");
     assert_eq!(started.body["state"], "deploying");
 
-    // Each agent gets its run_experiment task, starts pushing both variants,
+    // Each agent gets its run_experiment task, starts writing both variants,
     // then confirms.
     let procs_a = processes(100);
     let procs_b = processes(50);
+    let mut writers = Vec::new();
     for (agent, procs) in [(a, &procs_a), (b, &procs_b)] {
         let tasks = poll(s, agent);
         assert_eq!(tasks.len(), 1, "{tasks:?}");
@@ -244,13 +269,19 @@ fn completed_experiment(s: &Stack, users: &Users) -> Completed {
         assert_eq!(task["payload"]["baseline"], json!({ "stages": [] }));
         assert_eq!(task["payload"]["candidate"], candidate_spec);
         assert_eq!(task["payload"]["duration_seconds"], 4);
-        push(s, agent, Some((&id, "baseline")), &exposition(procs, None));
-        push(s, agent, Some((&id, "candidate")), &top_k(procs, 10));
+        writers.push(writing(
+            s,
+            &[
+                (agent, Some((&id, "baseline")), exposition(procs, None)),
+                (agent, Some((&id, "candidate")), top_k(procs, 10)),
+            ],
+        ));
         report(s, agent, task, "succeeded", None);
     }
     let running = wait_state(s, viewer, &id, "running");
     assert_eq!(running["allowed_actions"], json!(["stop"]));
     let completed = wait_state(s, viewer, &id, "completed");
+    drop(writers);
     assert_eq!(completed["allowed_actions"], json!(["promote", "rollback"]));
     assert_eq!(completed["error"], Value::Null);
     Completed {
@@ -461,7 +492,7 @@ fn pipelines_are_saved_replaced_and_deleted_by_operators_only_and_audited() {
 }
 
 #[test]
-fn a_completed_experiment_is_measured_from_the_pushed_data_and_its_groups_go() {
+fn a_completed_experiment_is_measured_from_the_written_data_and_refuses_late_batches() {
     let s = Stack::start(CONFIG);
     let Completed {
         agents,
@@ -505,16 +536,16 @@ fn a_completed_experiment_is_measured_from_the_pushed_data_and_its_groups_go() {
     assert!(close(f(&k["candidate"]["cost_per_month"]), 44.0 * PRICE));
     assert!(close(f(&k["savings_per_month"]), 256.0 * PRICE));
     assert_eq!(f(&k["price_per_series_month"]), PRICE);
-    // Both variants are scraped together, so every series has as many
-    // samples as there were scrapes in the window (one a second).
+    // Both variants are written together, so every series has as many
+    // samples as there were writes in the window (one a second).
     let window = f(&k["window_seconds"]);
     assert_eq!(window, 4.0);
     let base_sps = f(&k["baseline"]["samples_per_second"]);
     let cand_sps = f(&k["candidate"]["samples_per_second"]);
-    let scrapes = base_sps * window / 300.0;
-    // Scrapes can be late on a loaded machine: at least one per series,
+    let writes = base_sps * window / 300.0;
+    // Writes can be late on a loaded machine: at least one per series,
     // at most one a second (plus the edges).
-    assert!((1.0..=6.0).contains(&scrapes), "{k:#}");
+    assert!((1.0..=6.0).contains(&writes), "{k:#}");
     assert!(close(cand_sps, base_sps * 44.0 / 300.0), "{k:#}");
     assert_eq!(k["recommendation"]["action"], "promote");
     assert_eq!(completed["recommendation"], "promote");
@@ -529,14 +560,10 @@ fn a_completed_experiment_is_measured_from_the_pushed_data_and_its_groups_go() {
     );
     assert!(queries.contains(&baseline_series.as_str()), "{queries:#?}");
 
-    // The window is over: the experiment's Pushgateway groups are gone.
-    wait_until("experiment groups deleted", Duration::from_secs(10), || {
-        (!s.pushgateway_text().contains(&id)).then_some(())
-    });
-    // ... and pushes to it are refused, so a late one cannot bring them back.
+    // The window is over: batches collected after it are refused.
     let late = |agent: &Agent| {
         let group = format!("experiment={id}&variant=baseline");
-        s.push_metrics(&agent.credential, &group, exposition(&procs_a, None))
+        s.write_text(&agent.credential, &group, &exposition(&procs_a, None))
     };
     let r = late(a);
     assert_eq!(
@@ -546,11 +573,10 @@ fn a_completed_experiment_is_measured_from_the_pushed_data_and_its_groups_go() {
     );
     let r = late(c);
     assert_eq!((r.status, r.code()), (409, "not_in_experiment"), "{r:?}");
-    // One spelling of an experiment id, or its groups would escape deletion.
+    // One spelling of an experiment id, or its series would be split.
     let group = format!("experiment={}&variant=baseline", id.to_uppercase());
-    let r = s.push_metrics(&a.credential, &group, "m 1\n");
+    let r = s.write_text(&a.credential, &group, "m 1\n");
     assert_eq!((r.status, r.code()), (400, "invalid_group"), "{r:?}");
-    assert!(!s.pushgateway_text().contains(&id));
 }
 
 #[test]
@@ -598,10 +624,10 @@ fn a_promoted_experiment_sends_its_candidate_and_is_costed_and_audited() {
         .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
     );
 
-    // Live series after the promotion: web-1 pushes its top 10 (22 series);
-    // db-1 has not pushed live yet; cache-1, in no experiment, 10 processes.
-    push(&s, a, None, &top_k(&procs_a, 10));
-    push(&s, c, None, &exposition(&processes(10), None));
+    // Live series after the promotion: web-1 writes its top 10 (22 series);
+    // db-1 has not written live yet; cache-1, in no experiment, 10 processes.
+    write(&s, a, None, &top_k(&procs_a, 10));
+    write(&s, c, None, &exposition(&processes(10), None));
     let cost = wait_until("live series in Prometheus", Duration::from_secs(30), || {
         let r = s.get(Some(&viewer), "/api/v1/cost/summary");
         assert_eq!(r.status, 200, "{r:?}");
@@ -807,31 +833,34 @@ fn bad_definitions_and_illegal_actions_are_refused_and_a_failing_agent_fails_the
     );
 }
 
-/// Stopping a deployment cancels the task that was not picked up. The
-/// Pushgateway is down when it stops, so deleting the groups fails; they
-/// come back with the Pushgateway (it persists them) and the API's
-/// housekeeping deletes them then.
+/// Stopping a deployment cancels the task that was not picked up; batches
+/// collected after the stop are refused, and the agent's series count of
+/// the experiment is forgotten by the API's housekeeping.
 #[test]
-fn stopping_a_deployment_cancels_its_task_and_its_groups_go_once_the_pushgateway_is_back() {
+fn stopping_a_deployment_cancels_its_task_refuses_late_batches_and_forgets_its_series() {
     let s = Stack::start(SHORT_GRACE);
     let Users {
-        admin, operator, ..
+        admin,
+        operator,
+        viewer,
     } = s.users();
     let agents = s.enroll(&admin, &["b-1"]);
     let b = &agents[0];
 
     let e2 = create(&s, &operator, "stopped", &[b], top10());
     assert_eq!(act(&s, &operator, &e2, "start").status, 200);
-    push(
+    write(
         &s,
         b,
         Some((&e2, "baseline")),
         &exposition(&processes(3), None),
     );
-    assert!(s.pushgateway_text().contains(&e2));
-    Supervisor::ok(&s.sup.ctl(&["stop", "pushgateway"]));
-    s.sup
-        .wait_state("pushgateway", "stopped", Duration::from_secs(30));
+    let series = || {
+        let r = s.get(Some(&viewer), &format!("/api/v1/agents/{}", b.id));
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body["pushed_series"].as_i64().unwrap()
+    };
+    assert_eq!(series(), 6);
     let stopped = act(&s, &operator, &e2, "stop");
     assert_eq!(stopped.status, 200, "{stopped:?}");
     assert_eq!(stopped.body["state"], "stopped");
@@ -850,40 +879,16 @@ fn stopping_a_deployment_cancels_its_task_and_its_groups_go_once_the_pushgateway
         "{tasks:?}"
     );
     let group = format!("experiment={e2}&variant=baseline");
-    let r = s.push_metrics(&b.credential, &group, "late 1\n");
+    let r = s.write_text(&b.credential, &group, "late 1\n");
     assert_eq!(
         (r.status, r.code()),
         (409, "experiment_not_running"),
         "{r:?}"
     );
-    let api_log = || std::fs::read_to_string(s.sup.path("log/api.log")).unwrap_or_default();
     wait_until(
-        "the failed deletion logged",
-        Duration::from_secs(15),
-        || {
-            api_log()
-                .contains("could not delete the experiment's Pushgateway groups")
-                .then_some(())
-        },
-    );
-    let swept = || {
-        api_log()
-            .matches("deleted Pushgateway groups of revoked agents and ended experiments")
-            .count()
-    };
-    let swept_before = swept();
-    Supervisor::ok(&s.sup.ctl(&["start", "pushgateway"]));
-    s.sup
-        .wait_state("pushgateway", "ready", Duration::from_secs(30));
-    wait_until("the stale group deleted", Duration::from_secs(45), || {
-        (!s.pushgateway_text().contains(&e2)).then_some(())
-    });
-    // The sweep logs after its deletions, and the log passes through the
-    // supervisor's pipe: wait for the line rather than read it at once.
-    wait_until(
-        "the housekeeping sweep logged the deletion",
-        Duration::from_secs(15),
-        || (swept() > swept_before).then_some(()),
+        "the stopped experiment's series forgotten",
+        Duration::from_secs(45),
+        || (series() == 0).then_some(()),
     );
 }
 
@@ -908,17 +913,18 @@ fn the_analysis_recommends_a_rollback_or_fails_without_candidate_data() {
     assert_eq!((r.status, r.code()), (409, "agents_busy"), "{r:?}");
     let procs = processes(20);
     let tasks = poll(&s, c);
-    push(&s, c, Some((&e3, "baseline")), &exposition(&procs, None));
-    push(
+    let writer = writing(
         &s,
-        c,
-        Some((&e3, "candidate")),
-        &exposition(&procs[10..], None),
+        &[
+            (c, Some((&e3, "baseline")), exposition(&procs, None)),
+            (c, Some((&e3, "candidate")), exposition(&procs[10..], None)),
+        ],
     );
     report(&s, c, &tasks[0], "succeeded", None);
     let r = act(&s, &operator, &e3, "rollback");
     assert_eq!(r.status, 409, "{r:?}");
     let completed = wait_state(&s, &viewer, &e3, "completed");
+    drop(writer);
     let k = &completed["kpis"];
     assert_eq!(
         (&k["baseline"]["series"], &k["candidate"]["series"]),
@@ -950,7 +956,7 @@ fn the_analysis_recommends_a_rollback_or_fails_without_candidate_data() {
     assert_eq!(list.body.as_array().unwrap().len(), 1);
     assert_eq!(list.body[0]["id"], e3.as_str());
 
-    // An agent that confirms but never pushes its candidate: the analysis
+    // An agent that confirms but never writes its candidate: the analysis
     // fails, saying why, once the grace after the window is spent.
     let e4 = create(
         &s,
@@ -962,14 +968,13 @@ fn the_analysis_recommends_a_rollback_or_fails_without_candidate_data() {
     assert_eq!(act(&s, &operator, &e4, "start").status, 200);
     let tasks = poll(&s, b);
     assert_eq!(tasks[0]["kind"], "run_experiment", "{tasks:?}");
-    push(
+    let writer = writing(
         &s,
-        b,
-        Some((&e4, "baseline")),
-        &exposition(&processes(5), None),
+        &[(b, Some((&e4, "baseline")), exposition(&processes(5), None))],
     );
     report(&s, b, &tasks[0], "succeeded", None);
     let failed = wait_state(&s, &viewer, &e4, "failed");
+    drop(writer);
     let error = failed["error"].as_str().unwrap();
     assert!(
         error.contains("no candidate series") && error.contains(&b.id),

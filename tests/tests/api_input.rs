@@ -255,14 +255,14 @@ fn agent_requests_with_nul(agent: &str) -> Vec<Request<'_>> {
             Some(agent),
         ),
         (
-            Method::PUT,
-            "/api/v1/agent/metrics?experiment=%00".into(),
+            Method::POST,
+            "/api/v1/agent/write?experiment=%00".into(),
             None,
             Some(agent),
         ),
         (
-            Method::PUT,
-            "/api/v1/agent/metrics?variant=a%00b".into(),
+            Method::POST,
+            "/api/v1/agent/write?variant=a%00b".into(),
             None,
             Some(agent),
         ),

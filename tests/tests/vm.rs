@@ -266,6 +266,9 @@ fn the_image_config_passes_check_config() {
     );
     assert!(out.status.success(), "{text}");
     for service in ["network", "postgres", "prometheus", "api"] {
-        assert!(text.contains(service), "{service} runs in the image: {text}");
+        assert!(
+            text.contains(service),
+            "{service} runs in the image: {text}"
+        );
     }
 }

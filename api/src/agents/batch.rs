@@ -1,8 +1,7 @@
-//! What the agents' two metric routes share — the remote write
-//! ([`super::write`]) and the text push ([`super::push`]): the group a batch
-//! is for (`?experiment=&variant=`) and whether its experiment takes it, the
-//! body read within a bound, the refusal as a problem document, and the
-//! `agent_metric_groups` row whose series the agents listing sums
+//! What the agents' metric write ([`super::write`]) rests on: the group a
+//! batch is for (`?experiment=&variant=`) and whether its experiment takes
+//! it, the body read within a bound, the refusal as a problem document, and
+//! the `agent_metric_groups` row whose series the agents listing sums
 //! (`pushed_series`).
 //!
 //! A batch naming an experiment is taken from the experiment's own agents
@@ -201,30 +200,21 @@ pub(super) enum Taken {
     },
 }
 
-/// Whether a batch whose samples may be from an earlier time is also taken
-/// after its experiment left `running`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Late {
-    /// The text push: samples are from now, so never.
-    Refused,
-    /// The remote write: when its samples lie in the running window.
-    InRunningWindow,
-}
-
 /// Refuses a batch for an experiment whose variants are no longer (or not
-/// yet) sent, or that the agent is not part of. `experiment` values that
+/// yet) sent, or that the agent is not part of; after the experiment left
+/// `running`, a batch is taken only when its samples lie in the running
+/// window ([`Taken::Within`], which the caller checks). `experiment` values that
 /// are no experiment's id are free-form groups.
 pub(super) async fn experiment_takes(
     state: &AppState,
     agent: Uuid,
     experiment: &str,
-    late: Late,
 ) -> Result<Taken, ApiError> {
     let Ok(id) = Uuid::parse_str(experiment) else {
         return Ok(Taken::Now);
     };
-    // One spelling per experiment, or its groups would escape deletion and
-    // its series the KPI queries.
+    // One spelling per experiment, or its series would escape the KPI
+    // queries.
     if id.to_string() != experiment {
         return Err(ApiError::bad_request(
             "invalid_group",
@@ -254,8 +244,8 @@ pub(super) async fn experiment_takes(
     if ExperimentState::parse(&experiment_state).is_some_and(ExperimentState::agents_push) {
         return Ok(Taken::Now);
     }
-    match (late, started_at, left_running_at) {
-        (Late::InRunningWindow, Some(from), Some(until)) => Ok(Taken::Within { from, until }),
+    match (started_at, left_running_at) {
+        (Some(from), Some(until)) => Ok(Taken::Within { from, until }),
         _ => Err(not_running(id, &experiment_state)),
     }
 }
@@ -271,8 +261,8 @@ pub(super) fn not_running(id: Uuid, experiment_state: &str) -> ApiError {
 }
 
 /// Records the series of an agent's latest batch to a group, which the
-/// agents listing sums as `pushed_series`. An upsert: the group may have
-/// been deleted while the batch was under way.
+/// agents listing sums as `pushed_series`. An upsert: the housekeeping may
+/// have forgotten the group while the batch was under way.
 pub(super) async fn record_group_series(
     state: &AppState,
     agent: Uuid,

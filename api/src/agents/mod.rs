@@ -1,6 +1,6 @@
 //! Agents: enrollment, credentials, the registry people see, heartbeats,
-//! metric writes and pushes, and the housekeeping that keeps leases and
-//! Pushgateway groups tidy.
+//! metric writes, and the housekeeping that keeps leases and series counts
+//! tidy.
 //!
 //! Code map:
 //! - [`enrollment`]: enrollment tokens (admin, user listener) and
@@ -10,11 +10,9 @@
 //! - [`write`]: remote-write batches, the agents' metric path, forwarded
 //!   to the remote-write receiver; [`remote_write`]: their validation and
 //!   relabelling, pure.
-//! - [`push`]: metric pushes in the text format forwarded to the
-//!   Pushgateway, and deleting an agent's or an experiment's Pushgateway
-//!   groups; [`exposition`]: the validator of the text format, pure.
-//! - [`batch`]: what writes and pushes share: the group a batch is for and
-//!   whether its experiment takes it, the bounded body, the refusals.
+//! - [`names`]: metric and label name syntax and the reserved names, pure.
+//! - [`batch`]: the group a batch is for and whether its experiment takes
+//!   it, the bounded body, the refusals.
 //!
 //! Agent credentials and the [`AgentCaller`](crate::auth::AgentCaller)
 //! extractor, the only way a handler on the agent listener learns who
@@ -27,8 +25,7 @@
 
 pub mod batch;
 pub mod enrollment;
-pub mod exposition;
-pub mod push;
+pub mod names;
 pub mod registry;
 pub mod remote_write;
 pub mod write;
@@ -42,8 +39,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::shutdown::Shutdown;
 use crate::{AppState, tasks};
 
-pub use push::delete_experiment_groups;
-
 /// How often agents send a heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -54,8 +49,8 @@ pub const ONLINE_WINDOW: Duration = Duration::from_secs(45);
 /// agent's at once).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// How often the gauges are refreshed and the Pushgateway groups of revoked
-/// agents are deleted again if that failed before.
+/// How often the gauges are refreshed and the series counts of revoked
+/// agents and ended experiments are forgotten.
 const REFRESH_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Free text a person wrote: 1 to `max_chars` characters, not blank, no
@@ -114,14 +109,14 @@ pub fn spawn_background(state: &AppState, shutdown: &Shutdown) {
     });
 }
 
-/// Sweeps expired leases, refreshes the gauges, retries Pushgateway
-/// deletions. Every replica runs it; each step is safe to run concurrently.
+/// Sweeps expired leases, refreshes the gauges, forgets the series counts
+/// of groups no longer written. Every replica runs it; each step is safe to
+/// run concurrently.
 async fn housekeeping(state: AppState) {
     let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let refresh_every = (REFRESH_INTERVAL.as_secs() / SWEEP_INTERVAL.as_secs()).max(1);
     let mut tick: u64 = 0;
-    let mut sweep_failing = false;
     loop {
         ticker.tick().await;
         if let Err(error) = tasks::requeue_expired_leases(&state.pool, None).await {
@@ -131,34 +126,42 @@ async fn housekeeping(state: AppState) {
             if let Err(error) = refresh_gauges(&state).await {
                 tracing::warn!(%error, "could not refresh the agent and task gauges");
             }
-            // Logged when it starts and stops failing, not every sweep.
-            match push::delete_stale_groups(&state).await {
-                Ok(n) => {
-                    if n > 0 {
-                        tracing::info!(
-                            groups = n,
-                            "deleted Pushgateway groups of revoked agents and ended experiments"
-                        );
-                    }
-                    if sweep_failing {
-                        tracing::info!("stale Pushgateway groups can be deleted again");
-                        sweep_failing = false;
-                    }
-                }
-                Err(error) => {
-                    if !sweep_failing {
-                        tracing::warn!(
-                            error = format!("{error:#}"),
-                            "could not delete stale Pushgateway groups; retrying every {} s",
-                            REFRESH_INTERVAL.as_secs()
-                        );
-                        sweep_failing = true;
-                    }
-                }
+            if let Err(error) = forget_stale_groups(&state).await {
+                tracing::warn!(%error, "could not forget the series counts of ended groups");
             }
         }
         tick += 1;
     }
+}
+
+/// Forgets the series counts (`agent_metric_groups`, summed as the agents
+/// listing's `pushed_series`) of revoked agents and of experiments that no
+/// longer take batches. A late batch of an ended experiment may record its
+/// group again; the next sweep forgets it.
+async fn forget_stale_groups(state: &AppState) -> sqlx::Result<u64> {
+    let writing: Vec<&str> = crate::experiment_state::State::ALL
+        .into_iter()
+        .filter(|s| s.agents_push())
+        .map(crate::experiment_state::State::as_str)
+        .collect();
+    let gone = sqlx::query(
+        "DELETE FROM agent_metric_groups g USING agents a \
+         WHERE a.id = g.agent_id AND (a.revoked_at IS NOT NULL OR (g.experiment <> $2 \
+           AND NOT EXISTS (SELECT 1 FROM experiments e \
+                           WHERE e.id::text = g.experiment AND e.state = ANY ($1))))",
+    )
+    .bind(writing)
+    .bind(crate::push_group::NONE)
+    .execute(&state.pool)
+    .await?
+    .rows_affected();
+    if gone > 0 {
+        tracing::info!(
+            groups = gone,
+            "forgot the series counts of revoked agents and ended experiments"
+        );
+    }
+    Ok(gone)
 }
 
 async fn refresh_gauges(state: &AppState) -> sqlx::Result<()> {

@@ -11,7 +11,7 @@ use sqlx::Row;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::{HEARTBEAT_INTERVAL, ONLINE_WINDOW, check_text, push};
+use super::{HEARTBEAT_INTERVAL, ONLINE_WINDOW, check_text};
 use crate::AppState;
 use crate::auth::{AgentCaller, Caller, Role};
 use crate::error::{ApiError, ApiResult};
@@ -209,14 +209,6 @@ pub async fn revoke(
     tx.commit().await?;
     // Long polls of this agent return now rather than at the end of their wait.
     wake::wake(id);
-    // Failures are retried by the housekeeping loop; the agent is revoked either way.
-    if let Err(e) = push::delete_agent_groups(&state, id).await {
-        tracing::warn!(
-            agent = %id,
-            error = format!("{e:#}"),
-            "could not delete the agent's Pushgateway groups yet; the housekeeping retries"
-        );
-    }
     Ok(StatusCode::NO_CONTENT)
 }
 

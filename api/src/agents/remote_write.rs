@@ -2,12 +2,11 @@
 //! of an agent's write (the messages are `phoenix_wire::remote_write`).
 //!
 //! Architecture invariant: pure functions over a decoded request; no I/O and
-//! no clock (the caller says which timestamps are acceptable). The rules are
-//! the text push's ([`super::exposition`]) wherever they apply: metric and
-//! label name syntax, label names starting with `__` (other than
-//! `__name__`) and the labels Phoenix sets itself (`agent`, `experiment`,
-//! `variant`, `job`, `instance`) refused, the Pushgateway's metric names
-//! refused, an empty label value counting as no label, no label or series
+//! no clock (the caller says which timestamps are acceptable). The rules
+//! ([`super::names`]): metric and label name syntax, label names starting
+//! with `__` (other than `__name__`) and the labels Phoenix sets itself
+//! (`agent`, `experiment`, `variant`, `job`, `instance`) refused, a
+//! Pushgateway's metric names refused, an empty label value counting as no label, no label or series
 //! twice, the series bounded. Timestamped samples add their own: in
 //! timestamp order within a series, none older than the receiver's
 //! out-of-order window, none from the future. Exemplars, native histograms
@@ -21,7 +20,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, SecondsFormat};
 use phoenix_wire::remote_write::{Label, NAME_LABEL, TimeSeries, WriteRequest};
 
-use super::exposition::{RESERVED_LABELS, RESERVED_METRICS, is_label_name, is_metric_name};
+use super::names::{RESERVED_LABELS, RESERVED_METRICS, is_label_name, is_metric_name};
 
 /// What one request may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -30,8 +30,8 @@ use phoenix_wire::remote_write::{self, DecodeError, WriteRequest};
 use uuid::Uuid;
 
 use super::batch::{
-    self, CLIENT, GroupQuery, Late, Refusal, Taken, experiment_takes, read_body,
-    record_group_series, too_large, unsupported_media_type,
+    self, CLIENT, GroupQuery, Refusal, Taken, experiment_takes, read_body, record_group_series,
+    too_large, unsupported_media_type,
 };
 use super::remote_write::{Limits, relabel, time, validate};
 use crate::AppState;
@@ -144,7 +144,7 @@ pub async fn write(
     check_media_type(&headers)?;
     let url = receiver(&state)?.clone();
     // Before reading the body: a refused batch costs no decoding.
-    let taken = experiment_takes(&state, agent.id, &experiment, Late::InRunningWindow).await?;
+    let taken = experiment_takes(&state, agent.id, &experiment).await?;
     let bytes = read_body(&headers, body, MAX_BODY_BYTES).await?;
     let mut request =
         remote_write::decode(&bytes, MAX_UNCOMPRESSED_BYTES).map_err(decode_refusal)?;

@@ -26,7 +26,7 @@ use sqlx::Row;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use super::{DRIVER_ACTOR, Transition, TransitionFields, after_commit};
+use super::{DRIVER_ACTOR, Transition, TransitionFields};
 use crate::AppState;
 use crate::experiment_state::{Action, State};
 use crate::kpi::{self, Prometheus, Subject};
@@ -232,7 +232,6 @@ async fn advance(state: &AppState, config: &DriverConfig, due: Due) -> anyhow::R
             tx.commit().await?;
             if let Some(to) = moved {
                 info!(experiment = %due.id, from = due.state.as_str(), to = to.as_str(), "experiment advanced");
-                after_commit(state, due.id, to).await;
             }
             Ok(())
         }

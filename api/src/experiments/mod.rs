@@ -32,9 +32,7 @@
 //! | promoted, rolled_back | `apply_pipeline` with the candidate, or the baseline, spec to every agent; the event's reason notes a decision against the recommendation |
 //!
 //! Every move also writes an `experiment_events` row (from, to, action,
-//! actor, reason) and the audit entry `experiments.<action>`. After the
-//! commit, [`after_commit`] deletes the experiment's Pushgateway groups once
-//! agents no longer push it (any state but deploying and running).
+//! actor, reason) and the audit entry `experiments.<action>`.
 
 pub mod driver;
 
@@ -49,7 +47,6 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::agents::push::delete_experiment_groups;
 use crate::audit::{Event, Outcome};
 use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ApiResult};
@@ -610,18 +607,13 @@ async fn act(
         reason: reason.to_owned(),
         fields: TransitionFields::default(),
     };
-    let to = change.apply(&mut tx).await?.ok_or_else(|| {
+    change.apply(&mut tx).await?.ok_or_else(|| {
         ApiError::conflict(
             "concurrent_change",
             "the experiment changed while this request ran; read it again",
         )
     })?;
     tx.commit().await?;
-    // In the background: the answer does not wait on the Pushgateway.
-    tokio::spawn({
-        let state = state.clone();
-        async move { after_commit(&state, id, to).await }
-    });
     Ok(Json(detail(&state, id).await?))
 }
 
@@ -828,22 +820,4 @@ async fn send_tasks(
         tasks::enqueue(tx, *agent, &new, &change.actor).await?;
     }
     Ok(())
-}
-
-/// Work that must not hold the transaction: once agents no longer push the
-/// experiment's variants, its Pushgateway groups are deleted, so that
-/// Prometheus stops scraping them (their history stays in Prometheus).
-/// Deleting is idempotent; a failure is logged, and the API's housekeeping
-/// retries it ([`crate::agents::push::delete_stale_groups`]).
-pub async fn after_commit(state: &AppState, id: Uuid, to: State) {
-    if to.agents_push() {
-        return;
-    }
-    if let Err(error) = delete_experiment_groups(state, &id.to_string()).await {
-        tracing::warn!(
-            experiment = %id,
-            error = format!("{error:#}"),
-            "could not delete the experiment's Pushgateway groups; the housekeeping retries"
-        );
-    }
 }

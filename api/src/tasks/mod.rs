@@ -55,9 +55,14 @@ const MAX_LEASE_SECS: u64 = 3600;
 /// Longest and default wait of a long poll.
 pub const MAX_WAIT: Duration = Duration::from_secs(25);
 const DEFAULT_WAIT_SECS: u64 = 25;
-/// A waiting poll looks again this often even without a wake-up: for
-/// expired leases of its agent and for notifications that were lost.
-const RECHECK: Duration = Duration::from_secs(5);
+/// A waiting poll looks again this often even without a wake-up, for a
+/// notification that was lost. Longer than the longest wait: a
+/// notification is lost only when the listening connection drops, and
+/// every poll is woken after it reconnects; expired leases are put back,
+/// with a notification, by the housekeeping every 5 s. So a poll queries
+/// the database when it starts, when it is woken and when its wait ends,
+/// which is what lets one appliance hold thousands of waiting agents.
+const RECHECK: Duration = Duration::from_secs(30);
 const DEFAULT_CLAIM: i64 = 10;
 const MAX_CLAIM: i64 = 100;
 const MAX_ATTEMPTS: i32 = 100;
@@ -502,6 +507,7 @@ pub async fn poll(
     let deadline = Instant::now() + wait;
     let subscription = wake::subscribe(agent.id);
     let mut woken = false;
+    let mut first = true;
     loop {
         let notified = subscription.notified();
         tokio::pin!(notified);
@@ -522,7 +528,10 @@ pub async fn poll(
                 "this agent was revoked; enroll it again with a new enrollment token",
             ));
         }
-        requeue_expired_leases(&state.pool, Some(agent.id)).await?;
+        if first {
+            requeue_expired_leases(&state.pool, Some(agent.id)).await?;
+            first = false;
+        }
         let tasks = claim(&state.pool, agent.id, max, lease).await?;
         let now = Instant::now();
         if !tasks.is_empty() || now >= deadline || wake::is_closed() {

@@ -112,8 +112,10 @@ fn empty_file_is_the_full_appliance() {
             .iter()
             .any(|a| a == "--web.listen-address=127.0.0.1:9091")
     );
+    // The API does not need it: it neither waits for it nor knows it.
     let api = c.service("api").unwrap();
-    assert_eq!(api.depends_on, ["postgres-setup", "pushgateway"]);
+    assert_eq!(api.depends_on, ["postgres-setup"]);
+    assert!(!api.env.contains_key("PHOENIX_PUSHGATEWAY_URL"));
     let yml = &c.service("prometheus").unwrap().files[0].contents;
     assert!(
         yml.contains("job_name: pushgateway") && yml.contains("honor_labels: true"),

@@ -86,12 +86,6 @@ pub(super) fn expand(
         ),
         ("RUST_LOG".to_string(), "info".to_string()),
     ]);
-    if ctx.pushgateway.enabled {
-        api.env.insert(
-            "PHOENIX_PUSHGATEWAY_URL".into(),
-            format!("http://{}", local(ctx.pushgateway.listen)),
-        );
-    }
     if ctx.prometheus.enabled {
         api.env.insert(
             "PHOENIX_PROMETHEUS_URL".into(),
@@ -117,9 +111,6 @@ pub(super) fn expand(
     }
     if let Some(setup) = database.setup_service {
         api.depends_on.push(setup.into());
-    }
-    if ctx.pushgateway.enabled {
-        api.depends_on.push("pushgateway".into());
     }
     let health_url = format!("https://{}/health", local(api_listen));
     api.readiness = Some(ServiceSpec::readiness(Probe::Http(health_url)));

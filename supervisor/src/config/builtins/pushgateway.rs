@@ -1,5 +1,6 @@
-//! `[pushgateway]`: where agents' pushes land (through the API), for
-//! Prometheus to scrape.
+//! `[pushgateway]`: an optional Pushgateway for operators' own batch jobs,
+//! loopback only, which Prometheus scrapes. Agents do not use it: they send
+//! by remote write through the API.
 
 use std::path::PathBuf;
 
