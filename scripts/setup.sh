@@ -12,7 +12,9 @@ packages=(postgresql pgbackrest prometheus prometheus-pushgateway runit util-lin
   # the Nix checks: nix-instantiate (Debian's Nix); systemd-analyze for the agent's unit
   nix-bin systemd
   # ACME tests: pebble, a test CA, and pebble-challtestsrv, its DNS server
-  pebble)
+  pebble
+  # the agent benchmark's peer: the usual per-process exporter
+  prometheus-process-exporter)
 
 need_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -7,10 +7,8 @@
 //! answer. Long-polls are held open, so every agent also holds a connection.
 //!
 //! Metric batches go by remote write (`POST /api/v1/agent/write`, what
-//! agents send). With `--compare-push`, each step is measured a second time
-//! with the same agents sending the same series as a text push to the
-//! Pushgateway (`PUT /api/v1/agent/metrics`), the path agents had before, and
-//! the run prints the ratio of the two.
+//! agents send). The agents come from several loopback addresses, since the
+//! agent listener bounds the connections of one source.
 //!
 //! Build with `cargo build --release --workspace`, run `target/release/phoenix-load`.
 //! Exit codes: 0 the target count was reached; 1 the run failed; 3 it ran and
@@ -58,25 +56,6 @@ struct Args {
     /// The agent count the run must reach.
     #[arg(long, default_value_t = 2000)]
     target_agents: usize,
-    /// Also measure each step with the Pushgateway text push, for a ratio.
-    #[arg(long)]
-    compare_push: bool,
-}
-
-/// How the simulated agents send their batches.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Path {
-    Write,
-    Push,
-}
-
-impl Path {
-    fn name(self) -> &'static str {
-        match self {
-            Path::Write => "remote write",
-            Path::Push => "text push",
-        }
-    }
 }
 
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -122,32 +101,36 @@ impl Samples {
 }
 
 struct Target {
+    /// The operator's client, on the user listener.
     client: reqwest::Client,
+    /// The agents' clients, each from its own loopback address: the agent
+    /// listener bounds the connections of one source (1024 by default), as
+    /// agents on real hosts each have their own.
+    agent_clients: Vec<reqwest::Client>,
     agent_base: String,
     api_base: String,
 }
 
-fn metrics_body(series: usize, rng: &mut impl Rng) -> String {
-    let mut body = String::from("# TYPE phoenix_process_cpu_percent gauge\n");
-    for i in 0..series / 2 {
-        body.push_str(&format!(
-            "phoenix_process_cpu_percent{{process=\"proc-{i}\",pid=\"{}\"}} {:.2}\n",
-            1000 + i,
-            rng.gen_range(0.0..5.0)
-        ));
+/// Agents sharing one source address; each holds up to two connections.
+const AGENTS_PER_SOURCE: usize = 400;
+
+impl Target {
+    fn agent_client(&self, i: usize) -> reqwest::Client {
+        self.agent_clients[i % self.agent_clients.len()].clone()
     }
-    body.push_str("# TYPE phoenix_process_memory_bytes gauge\n");
-    for i in 0..series - series / 2 {
-        body.push_str(&format!(
-            "phoenix_process_memory_bytes{{process=\"proc-{i}\",pid=\"{}\"}} {}\n",
-            1000 + i,
-            rng.gen_range(1_000_000..500_000_000u64)
-        ));
-    }
-    body
 }
 
-/// The same series as [`metrics_body`], as a remote write stamped `now_ms`.
+fn http_client(source: Option<std::net::IpAddr>) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(40))
+        .pool_max_idle_per_host(usize::MAX)
+        .local_address(source)
+        .build()
+}
+
+/// An agent's batch: `series` process series, half CPU and half memory, as
+/// a remote write stamped `now_ms`.
 fn write_body(series: usize, now_ms: i64, rng: &mut impl Rng) -> Vec<u8> {
     use phoenix_wire::remote_write::{Label, Sample, TimeSeries, WriteRequest, encode};
     let one = |name: &str, i: usize, value: f64| TimeSeries {
@@ -203,19 +186,27 @@ async fn timed(req: reqwest::RequestBuilder) -> (Duration, Result<(u16, Value), 
 /// One simulated agent, until `stop`.
 async fn agent(
     t: Arc<Target>,
+    client: reqwest::Client,
     credential: String,
     samples: Arc<Samples>,
     series: usize,
-    path: Arc<std::sync::atomic::AtomicU8>,
     stop: Arc<AtomicBool>,
 ) {
     let auth = format!("Bearer {credential}");
     let poller = {
-        let (t, auth, samples, stop) = (t.clone(), auth.clone(), samples.clone(), stop.clone());
+        let (t, client, auth, samples, stop) = (
+            t.clone(),
+            client.clone(),
+            auth.clone(),
+            samples.clone(),
+            stop.clone(),
+        );
         tokio::spawn(async move {
+            // Agents start at different times: their polls are not in step.
+            let phase = rand::thread_rng().gen_range(0.0..25.0);
+            tokio::time::sleep(Duration::from_secs_f64(phase)).await;
             while !stop.load(Ordering::Relaxed) {
-                let req = t
-                    .client
+                let req = client
                     .get(format!("{}/api/v1/agent/tasks?wait=25", t.agent_base))
                     .header("authorization", &auth);
                 let (_, r) = timed(req).await;
@@ -235,8 +226,7 @@ async fn agent(
                 for task in tasks {
                     let id = task["id"].as_str().unwrap_or_default();
                     let body = json!({ "result_id": uuid::Uuid::new_v4(), "outcome": "succeeded", "result": { "ok": true } });
-                    let req = t
-                        .client
+                    let req = client
                         .post(format!("{}/api/v1/agent/tasks/{id}/result", t.agent_base))
                         .header("authorization", &auth)
                         .json(&body);
@@ -252,34 +242,23 @@ async fn agent(
     let mut every = tokio::time::interval(HEARTBEAT);
     while !stop.load(Ordering::Relaxed) {
         every.tick().await;
-        let req = t
-            .client
+        let req = client
             .post(format!("{}/api/v1/agent/heartbeat", t.agent_base))
             .header("authorization", &auth)
             .json(&json!({ "version": "load" }));
         let (took, r) = timed(req).await;
         samples.record("heartbeat", took, r.map(|(s, _)| s)).await;
-        let (kind, req) = if path.load(Ordering::Relaxed) == Path::Push as u8 {
-            let req = t
-                .client
-                .put(format!("{}/api/v1/agent/metrics", t.agent_base))
-                .header("content-type", "text/plain; version=0.0.4")
-                .body(metrics_body(series, &mut rng));
-            ("metrics: text push", req)
-        } else {
-            use phoenix_wire::remote_write as rw;
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            let req = t
-                .client
-                .post(format!("{}/api/v1/agent/write", t.agent_base))
-                .header("content-type", rw::CONTENT_TYPE)
-                .header("content-encoding", rw::CONTENT_ENCODING)
-                .header(rw::VERSION_HEADER, rw::VERSION)
-                .body(write_body(series, now_ms, &mut rng));
-            ("metrics: remote write", req)
-        };
+        use phoenix_wire::remote_write as rw;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let req = client
+            .post(format!("{}/api/v1/agent/write", t.agent_base))
+            .header("content-type", rw::CONTENT_TYPE)
+            .header("content-encoding", rw::CONTENT_ENCODING)
+            .header(rw::VERSION_HEADER, rw::VERSION)
+            .body(write_body(series, now_ms, &mut rng));
+        let kind = "metrics: remote write";
         let (took, r) = timed(req.header("authorization", &auth)).await;
         samples.record(kind, took, r.map(|(s, _)| s)).await;
     }
@@ -314,19 +293,7 @@ fn run(args: Args) -> Result<ExitCode> {
     );
 
     eprintln!("phoenix-load: starting the stack");
-    // The Pushgateway is an optional built-in, off by default; it runs only
-    // for the comparison.
-    let stack = if args.compare_push {
-        phoenix_tests::Stack::start("")
-    } else {
-        phoenix_tests::Stack::start_without_pushgateway("")
-    };
-    let paths: &[Path] = if args.compare_push {
-        &[Path::Write, Path::Push]
-    } else {
-        &[Path::Write]
-    };
-    let path = Arc::new(std::sync::atomic::AtomicU8::new(Path::Write as u8));
+    let stack = phoenix_tests::Stack::start_without_pushgateway("");
     let admin = stack.admin_token();
     let token = stack.post(
         Some(&admin),
@@ -342,12 +309,12 @@ fn run(args: Args) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let sources = max.div_ceil(AGENTS_PER_SOURCE);
     let target = Arc::new(Target {
-        client: reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .timeout(Duration::from_secs(40))
-            .pool_max_idle_per_host(usize::MAX)
-            .build()?,
+        client: http_client(None)?,
+        agent_clients: (0..sources)
+            .map(|k| http_client(Some(std::net::Ipv4Addr::new(127, 0, 1, 1 + k as u8).into())))
+            .collect::<reqwest::Result<_>>()?,
         agent_base: stack.ports.agent_url(""),
         api_base: stack.ports.api_url(""),
     });
@@ -355,9 +322,7 @@ fn run(args: Args) -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut agent_ids = Vec::new();
     let mut rows = Vec::new();
-    let mut best = BTreeMap::<&'static str, usize>::new();
-    // The p99 of each path's metric batches, per step.
-    let mut batch_p99 = BTreeMap::<(usize, &'static str), Duration>::new();
+    let mut best = 0;
 
     // Ctrl-C or SIGTERM ends the run through an error, so that the stack
     // (its own process group) is stopped on the way out, not orphaned.
@@ -417,7 +382,7 @@ fn run(args: Args) -> Result<ExitCode> {
                 let body = json!({ "token": enroll_token, "name": format!("load-{i}"), "hostname": format!("host-{i}") });
                 let (took, r) = timed(
                     target
-                        .client
+                        .agent_client(i)
                         .post(format!("{}/api/v1/agents/enroll", target.agent_base))
                         .json(&body),
                 )
@@ -432,75 +397,58 @@ fn run(args: Args) -> Result<ExitCode> {
                 agent_ids.push(body["agent_id"].as_str().context("agent_id")?.to_string());
                 tokio::spawn(agent(
                     target.clone(),
+                    target.agent_client(i),
                     credential,
                     samples.clone(),
                     args.series,
-                    path.clone(),
                     stop.clone(),
                 ));
             }
             *ids.lock().await = agent_ids.clone();
-            let mut step_passed = true;
-            for &p in paths {
-                // One whole interval for every agent to send by this path
-                // (and for new agents to settle into their rhythm), then measure.
-                path.store(p as u8, Ordering::Relaxed);
-                tokio::time::sleep(HEARTBEAT).await;
-                samples.by_kind.lock().await.clear();
-                samples.errors.lock().await.clear();
-                samples.recording.store(true, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_secs(args.window_secs)).await;
-                samples.recording.store(false, Ordering::Relaxed);
-                let by_kind = samples.by_kind.lock().await.clone();
-                let errors = samples.errors.lock().await.clone();
-                let target_p99 = Duration::from_millis(args.target_p99_ms);
-                let mut pass = errors.is_empty();
-                for (kind, s) in &by_kind {
-                    let sum = Summary::of(s).expect("samples");
-                    pass &= sum.p99 < target_p99;
-                    if kind.starts_with("metrics") {
-                        batch_p99.insert((n, p.name()), sum.p99);
-                    }
-                    rows.push(format!(
-                        "| {n} | {} | {kind} | {} | {:.1} | {} | {} | {} |",
-                        p.name(),
-                        sum.count,
-                        sum.count as f64 / args.window_secs as f64,
-                        ms(sum.p50),
-                        ms(sum.p99),
-                        ms(sum.max)
-                    ));
-                }
-                if let Some(e) = Summary::of(&enroll_times).filter(|_| p == Path::Write) {
-                    rows.push(format!(
-                        "| {n} | | enroll (new agents) | {} | - | {} | {} | {} |",
-                        e.count,
-                        ms(e.p50),
-                        ms(e.p99),
-                        ms(e.max)
-                    ));
-                }
-                for (what, count) in &errors {
-                    rows.push(format!(
-                        "| {n} | {} | error: {what} | {count} | | | | |",
-                        p.name()
-                    ));
-                }
+            // Long enough for new agents to settle into their rhythm (their
+            // first polls are spread over 25 s), then measure.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            samples.by_kind.lock().await.clear();
+            samples.errors.lock().await.clear();
+            samples.recording.store(true, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(args.window_secs)).await;
+            samples.recording.store(false, Ordering::Relaxed);
+            let by_kind = samples.by_kind.lock().await.clone();
+            let errors = samples.errors.lock().await.clone();
+            let target_p99 = Duration::from_millis(args.target_p99_ms);
+            let mut pass = errors.is_empty();
+            for (kind, s) in &by_kind {
+                let sum = Summary::of(s).expect("samples");
+                pass &= sum.p99 < target_p99;
                 rows.push(format!(
-                    "| {n} | {} | **step {}** | | | | | |",
-                    p.name(),
-                    if pass { "PASS" } else { "MISS" }
+                    "| {n} | {kind} | {} | {:.1} | {} | {} | {} |",
+                    sum.count,
+                    sum.count as f64 / args.window_secs as f64,
+                    ms(sum.p50),
+                    ms(sum.p99),
+                    ms(sum.max)
                 ));
-                if pass && best.get(p.name()).is_none_or(|b| *b < n) {
-                    best.insert(p.name(), n);
-                }
-                // The remote write decides the run; the push is measured
-                // beside it for as long as the remote write holds.
-                step_passed &= pass || p != Path::Write;
             }
-            if !step_passed {
+            if let Some(e) = Summary::of(&enroll_times) {
+                rows.push(format!(
+                    "| {n} | enroll (new agents) | {} | - | {} | {} | {} |",
+                    e.count,
+                    ms(e.p50),
+                    ms(e.p99),
+                    ms(e.max)
+                ));
+            }
+            for (what, count) in &errors {
+                rows.push(format!("| {n} | error: {what} | {count} | | | | |"));
+            }
+            rows.push(format!(
+                "| {n} | **step {}** | | | | | |",
+                if pass { "PASS" } else { "MISS" }
+            ));
+            if !pass {
                 break;
             }
+            best = n;
         }
         stop.store(true, Ordering::Relaxed);
         anyhow::Ok(())
@@ -515,41 +463,15 @@ fn run(args: Args) -> Result<ExitCode> {
         }
     })?;
 
-    println!("| agents | batches by | request | n | per s | p50 ms | p99 ms | max ms |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| agents | request | n | per s | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|---|---|");
     for r in &rows {
         println!("{r}");
     }
-    if args.compare_push {
-        println!("\n| agents | batch p99, remote write | batch p99, text push | push ÷ write |");
-        println!("|---|---|---|---|");
-        for &n in &args.steps {
-            let (Some(w), Some(p)) = (
-                batch_p99.get(&(n, Path::Write.name())),
-                batch_p99.get(&(n, Path::Push.name())),
-            ) else {
-                continue;
-            };
-            println!(
-                "| {n} | {} | {} | {:.2} |",
-                ms(*w),
-                ms(*p),
-                p.as_secs_f64() / w.as_secs_f64().max(1e-9)
-            );
-        }
-    }
-    for &p in paths {
-        println!(
-            "\n{}: largest agent count with every p99 < {} ms and no errors: {}",
-            p.name(),
-            args.target_p99_ms,
-            best.get(p.name()).copied().unwrap_or(0)
-        );
-    }
-    let reached = best.get(Path::Write.name()).copied().unwrap_or(0);
-    let met = reached >= args.target_agents;
+    let met = best >= args.target_agents;
     println!(
-        "remote write: {reached} agents (target {}: {})",
+        "\nlargest agent count with every p99 < {} ms and no errors: {best} (target {}: {})",
+        args.target_p99_ms,
         args.target_agents,
         if met { "PASS" } else { "MISS" }
     );
