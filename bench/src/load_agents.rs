@@ -56,6 +56,10 @@ struct Args {
     /// The agent count the run must reach.
     #[arg(long, default_value_t = 2000)]
     target_agents: usize,
+    /// TOML appended to the stack's phoenix.toml, e.g.
+    /// `[services.api]\nenv = { PHOENIX_DATABASE_MAX_CONNECTIONS = "20" }`.
+    #[arg(long, default_value = "")]
+    stack_config: String,
 }
 
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -293,7 +297,7 @@ fn run(args: Args) -> Result<ExitCode> {
     );
 
     eprintln!("phoenix-load: starting the stack");
-    let stack = phoenix_tests::Stack::start_without_pushgateway("");
+    let stack = phoenix_tests::Stack::start_without_pushgateway(&args.stack_config);
     let admin = stack.admin_token();
     let token = stack.post(
         Some(&admin),
