@@ -5,8 +5,8 @@
 //! - *current*: the series it sends outside experiments (its live
 //!   pipeline), measured now — those with a sample within Prometheus's
 //!   lookback (5 minutes) and no staleness marker since (agents mark the
-//!   series they stop sending), without the Pushgateway's bookkeeping
-//!   series of text pushes:
+//!   series they stop sending), without a Pushgateway's bookkeeping
+//!   series, which agents may not write:
 //!   `count by (agent) ({__name__!~"push_time_seconds|push_failure_time_seconds",job="phoenix-agent",experiment="none"})`;
 //! - with a promoted experiment (the latest one that targeted the agent):
 //!   *before* is the agent's baseline series measured in that experiment;

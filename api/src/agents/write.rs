@@ -9,9 +9,9 @@
 //! (`--remote-write-max-age`, the same length). Every series gets
 //! `job="phoenix-agent"`, `agent`, `experiment` and `variant`, the labels
 //! KPI and cost queries select by ([`crate::push_group`]). Group rules,
-//! body bound and refusals are those of the text push ([`super::batch`]);
-//! a batch for an experiment that has left `running` is still taken when
-//! all its samples lie in the running window.
+//! body bound and refusals are in [`super::batch`]; a batch for an
+//! experiment that has left `running` is still taken when all its samples
+//! lie in the running window.
 //!
 //! What the agent should do with a refused batch is in the status: 400,
 //! 409, 413 and 415 will never be taken (drop it); 502 and 503 may be later
