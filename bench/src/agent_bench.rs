@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, ensure};
 use clap::Parser;
-use phoenix_tests::agents::raw_samples;
+use phoenix_tests::agents::{AgentProc, metric_in, raw_samples};
 use phoenix_tests::{Stack, bin, free_port};
 use serde_json::{Value, json};
 
@@ -90,17 +90,6 @@ fn get(url: &str) -> Result<String> {
         .text()?)
 }
 
-/// A sample's value from a text exposition, by its exact series name.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -139,75 +128,6 @@ fn measure(pids: &[i32], window: Duration) -> Result<Vec<Usage>> {
             })
         })
         .collect()
-}
-
-/// The agent's files and process.
-struct Agent {
-    dir: tempfile::TempDir,
-    port: u16,
-    proc: Proc,
-}
-
-impl Agent {
-    fn start(stack: &Stack, token: &str, interval: Duration) -> Result<Agent> {
-        let dir = tempfile::Builder::new()
-            .prefix("phx-agent-bench-")
-            .tempdir()?;
-        std::fs::write(dir.path().join("token"), token)?;
-        let port = free_port();
-        let toml = format!(
-            "[api]\nurl = \"{}\"\nca_file = \"{}\"\nenrollment_token_file = \"token\"\nname = \"bench\"\n\
-             [agent]\nstate_dir = \"state\"\ncollect_interval = \"{}\"\n\
-             [health]\nlisten = \"127.0.0.1:{port}\"\n",
-            stack.ports.agent_url(""),
-            stack.sup.path("state/tls/cert.pem").display(),
-            humantime::format_duration(interval),
-        );
-        std::fs::write(dir.path().join("agent.toml"), toml)?;
-        let log = std::fs::File::create(dir.path().join("agent.log"))?;
-        let child = Command::new(bin("phoenix-agent"))
-            .arg("run")
-            .arg("--config")
-            .arg(dir.path().join("agent.toml"))
-            .current_dir(dir.path())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting phoenix-agent")?;
-        Ok(Agent {
-            dir,
-            port,
-            proc: Proc(child),
-        })
-    }
-
-    fn metrics(&self) -> Result<String> {
-        get(&format!("http://127.0.0.1:{}/metrics", self.port))
-    }
-
-    fn metric(&self, series: &str) -> Result<f64> {
-        metric(&self.metrics()?, series)
-            .with_context(|| format!("no {series} in the agent's /metrics"))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
-    }
-
-    fn id(&self) -> Result<String> {
-        let out = Command::new(bin("phoenix-agent"))
-            .args(["status", "--json", "--config"])
-            .arg(self.dir.path().join("agent.toml"))
-            .current_dir(self.dir.path())
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "phoenix-agent status: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_slice(&out.stdout)?;
-        Ok(v["agent_id"].as_str().context("no agent_id")?.to_owned())
-    }
 }
 
 fn start_exporter(exe: &Path, dir: &Path) -> Result<(Proc, u16)> {
@@ -252,7 +172,14 @@ fn run(args: &Args) -> Result<bool> {
     ensure!(r.status == 201, "creating an enrollment token: {r:?}");
     let token = r.body["token"].as_str().context("token")?.to_owned();
 
-    let agent = Agent::start(&stack, &token, args.interval)?;
+    let mut agent = AgentProc::every(&stack, "bench", &token, args.interval, "");
+    agent.start();
+    // A series the agent has not written yet is an error here.
+    let value = |agent: &AgentProc, series: &str| {
+        agent
+            .metric(series)
+            .with_context(|| format!("no {series} in the agent's /metrics"))
+    };
     let scratch = tempfile::tempdir()?;
     let (exporter, exporter_port) = start_exporter(&args.exporter, scratch.path())?;
     let exporter_url = format!("http://127.0.0.1:{exporter_port}/metrics");
@@ -302,10 +229,7 @@ fn run(args: &Args) -> Result<bool> {
         "phoenix-agent-bench: measuring CPU and RSS for {:?}",
         args.window
     );
-    let usage = measure(
-        &[agent.proc.0.id() as i32, exporter.0.id() as i32],
-        args.window,
-    )?;
+    let usage = measure(&[agent.pid(), exporter.0.id() as i32], args.window)?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = scraper.join();
     drop(exporter);
@@ -364,8 +288,8 @@ fn run(args: &Args) -> Result<bool> {
         "phoenix-agent-bench: stopping the API for {:?}",
         args.outage
     );
-    let id = agent.id()?;
-    let collections = || agent.metric("phoenix_agent_collections_total");
+    let id = agent.id();
+    let collections = || value(&agent, "phoenix_agent_collections_total");
     let before = collections()?;
     let t0 = now_ms();
     let out = stack.sup.ctl(&["stop", "api"]);
@@ -373,7 +297,7 @@ fn run(args: &Args) -> Result<bool> {
     std::thread::sleep(args.outage);
     let after = collections()?;
     let t1 = now_ms();
-    let queued = agent.metric("phoenix_agent_queue_batches")?;
+    let queued = value(&agent, "phoenix_agent_queue_batches")?;
     let restarted = Instant::now();
     let out = stack.sup.ctl(&["start", "api"]);
     ensure!(out.status.success(), "starting the API: {out:?}");
@@ -381,9 +305,9 @@ fn run(args: &Args) -> Result<bool> {
     let oldest_ok = args.interval.as_secs_f64() * 2.0;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let m = agent.metrics()?;
-        let waiting = metric(&m, "phoenix_agent_queue_batches").unwrap_or(f64::MAX);
-        let oldest = metric(&m, "phoenix_agent_queue_oldest_age_seconds").unwrap_or(f64::MAX);
+        let m = agent.metrics();
+        let waiting = metric_in(&m, "phoenix_agent_queue_batches").unwrap_or(f64::MAX);
+        let oldest = metric_in(&m, "phoenix_agent_queue_oldest_age_seconds").unwrap_or(f64::MAX);
         if waiting <= 1.0 && oldest <= oldest_ok {
             break;
         }
@@ -412,7 +336,7 @@ fn run(args: &Args) -> Result<bool> {
     let collected = (after - before) as i64;
     // A collection may straddle t0 or t1 by a tick.
     let lost = (collected - stamps.len() as i64 - 1).max(0);
-    let evicted = agent.metric("phoenix_agent_evicted_samples_total")?;
+    let evicted = value(&agent, "phoenix_agent_evicted_samples_total")?;
     println!(
         "\n## Delivery after an outage of {}\n",
         humantime::format_duration(args.outage)
@@ -431,12 +355,12 @@ fn run(args: &Args) -> Result<bool> {
 }
 
 /// `phoenix-agent preview --json` of one template.
-fn preview(agent: &Agent, template: &str, interval: Duration) -> Result<Value> {
+fn preview(agent: &AgentProc, template: &str, interval: Duration) -> Result<Value> {
     let out = Command::new(bin("phoenix-agent"))
         .args(["preview", "--json", "--pipeline", template, "--interval"])
         .arg(humantime::format_duration(interval).to_string())
         .arg("--config")
-        .arg(agent.dir.path().join("agent.toml"))
+        .arg(agent.config())
         .output()?;
     ensure!(
         out.status.success(),

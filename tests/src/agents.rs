@@ -27,12 +27,42 @@ impl AgentProc {
         AgentProc::with_api(&stack.ports.agent_url(""), Some(&ca), name, token, extra)
     }
 
+    /// Like [`AgentProc::new`], collecting every `interval`.
+    pub fn every(
+        stack: &Stack,
+        name: &str,
+        token: &str,
+        interval: Duration,
+        extra: &str,
+    ) -> AgentProc {
+        let ca = stack.sup.path("state/tls/cert.pem");
+        AgentProc::build(
+            &stack.ports.agent_url(""),
+            Some(&ca),
+            name,
+            token,
+            interval,
+            extra,
+        )
+    }
+
     /// An agent of the control plane at `api_url`, trusting `ca`.
     pub fn with_api(
         api_url: &str,
         ca: Option<&Path>,
         name: &str,
         token: &str,
+        extra: &str,
+    ) -> AgentProc {
+        AgentProc::build(api_url, ca, name, token, Duration::from_secs(1), extra)
+    }
+
+    fn build(
+        api_url: &str,
+        ca: Option<&Path>,
+        name: &str,
+        token: &str,
+        interval: Duration,
         extra: &str,
     ) -> AgentProc {
         let dir = tempfile::Builder::new()
@@ -46,8 +76,9 @@ impl AgentProc {
         });
         let toml = format!(
             "[api]\nurl = \"{api_url}\"\n{ca_line}enrollment_token_file = \"token\"\nname = \"{name}\"\n\
-             [agent]\nstate_dir = \"state\"\ncollect_interval = \"1s\"\n\
-             [health]\nlisten = \"127.0.0.1:{metrics_port}\"\n{extra}"
+             [agent]\nstate_dir = \"state\"\ncollect_interval = \"{}ms\"\n\
+             [health]\nlisten = \"127.0.0.1:{metrics_port}\"\n{extra}",
+            interval.as_millis()
         );
         std::fs::write(dir.path().join("agent.toml"), toml).unwrap();
         AgentProc {
@@ -178,13 +209,7 @@ impl AgentProc {
 
     /// One value of the agent's /metrics, by series as written there.
     pub fn metric(&self, series: &str) -> Option<f64> {
-        self.metrics().lines().find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
+        metric_in(&self.metrics(), series)
     }
 }
 
@@ -279,6 +304,17 @@ impl Drop for Backend {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One value of a text exposition, by series as written there.
+pub fn metric_in(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// An instant query at `base` (a Prometheus origin): the result list.
