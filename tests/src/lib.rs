@@ -1192,22 +1192,11 @@ impl Stack {
                         .unwrap()
                         .as_millis() as i64;
                     for (credential, query, text) in &groups {
-                        let body = phoenix_wire::remote_write::encode(
-                            &phoenix_wire::remote_write::WriteRequest {
-                                timeseries: text_series(text, at),
-                                ..Default::default()
-                            },
-                        );
                         // Refusals (the experiment ended) are expected
                         // towards the end; what counts is what was taken.
-                        let _ = http
-                            .post(format!("{base}/api/v1/agent/write?{query}"))
-                            .bearer_auth(credential)
-                            .header("content-type", "application/x-protobuf")
-                            .header("content-encoding", "snappy")
-                            .header("x-prometheus-remote-write-version", "0.1.0")
-                            .body(body)
-                            .send();
+                        let _ =
+                            agent_write(&http, &base, credential, query, &text_series(text, at))
+                                .send();
                     }
                 }
             }
@@ -1225,22 +1214,8 @@ impl Stack {
         query: &str,
         series: &[phoenix_wire::remote_write::TimeSeries],
     ) -> Reply {
-        let path = match query {
-            "" => "/api/v1/agent/write".to_string(),
-            query => format!("/api/v1/agent/write?{query}"),
-        };
-        let body = phoenix_wire::remote_write::encode(&phoenix_wire::remote_write::WriteRequest {
-            timeseries: series.to_vec(),
-            ..Default::default()
-        });
-        self.reply(
-            self.agent(reqwest::Method::POST, &path)
-                .bearer_auth(credential)
-                .header("content-type", "application/x-protobuf")
-                .header("content-encoding", "snappy")
-                .header("x-prometheus-remote-write-version", "0.1.0")
-                .body(body),
-        )
+        let base = self.ports.agent_url("");
+        self.reply(agent_write(&self.http, &base, credential, query, series))
     }
 
     /// Runs `sql` with `psql` as the API's own database role (`phoenix`,
@@ -1506,4 +1481,29 @@ impl Drop for Writer {
             let _ = t.join();
         }
     }
+}
+
+/// A remote write of `series` as an agent sends it, to the agent listener
+/// at `base`, to the group `query` names (empty for live metrics).
+fn agent_write(
+    http: &reqwest::blocking::Client,
+    base: &str,
+    credential: &str,
+    query: &str,
+    series: &[phoenix_wire::remote_write::TimeSeries],
+) -> reqwest::blocking::RequestBuilder {
+    let url = match query {
+        "" => format!("{base}/api/v1/agent/write"),
+        query => format!("{base}/api/v1/agent/write?{query}"),
+    };
+    let body = phoenix_wire::remote_write::encode(&phoenix_wire::remote_write::WriteRequest {
+        timeseries: series.to_vec(),
+        ..Default::default()
+    });
+    http.post(url)
+        .bearer_auth(credential)
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "snappy")
+        .header("x-prometheus-remote-write-version", "0.1.0")
+        .body(body)
 }
