@@ -335,8 +335,10 @@ fn expand(raw: FileConfig, loc: &Located<'_>, opts: &LoadOptions) -> Result<Conf
                     }
                     return Err(loc.error(
                         &["services", name],
-                        "a new service needs `command` (the built-in services are postgres, postgres-init, \
-                         postgres-setup, backup-stanza, prometheus, pushgateway and api)",
+                        format!(
+                            "a new service needs `command` (the built-in services are {})",
+                            builtins::service_names().join(", ")
+                        ),
                     ));
                 };
                 let mut spec = ServiceSpec::new(name.clone(), command.clone());

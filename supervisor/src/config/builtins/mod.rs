@@ -36,6 +36,11 @@ const SECTIONS: &[(&str, &str)] = &[
     ("api", "api"),
 ];
 
+/// The names of the built-in services.
+pub fn service_names() -> Vec<&'static str> {
+    SECTIONS.iter().map(|(name, _)| *name).collect()
+}
+
 /// The section of a built-in service name, if it is one.
 pub fn section_of(service: &str) -> Option<&'static str> {
     SECTIONS
