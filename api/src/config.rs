@@ -40,7 +40,7 @@ pub struct Args {
     pub database_connect_timeout: Duration,
 
     /// Most database connections this process opens.
-    #[arg(long, env = "PHOENIX_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    #[arg(long, env = "PHOENIX_DATABASE_MAX_CONNECTIONS", default_value_t = 30)]
     pub database_max_connections: u32,
 
     /// PEM certificate chain; with --tls-key, the API serves HTTPS.
@@ -530,7 +530,7 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:8443".parse().unwrap());
         assert_eq!(config.tls, None);
         assert_eq!(config.database.connect_timeout, Duration::from_secs(60));
-        assert_eq!(config.database.max_connections, 10);
+        assert_eq!(config.database.max_connections, 30);
         assert_eq!(
             config.http,
             HttpLimits {

@@ -106,6 +106,9 @@ pub struct AppState {
     pub auth: Arc<AuthState>,
     pub settings: Arc<Settings>,
     pub audit: Arc<audit::AuditState>,
+    /// Sends agents' batches to the remote-write receiver; `None` without
+    /// `--remote-write-url`.
+    pub forwarder: Option<agents::forward::Forwarder>,
 }
 
 /// Keys and limits of authentication.
@@ -348,6 +351,7 @@ mod tests {
                 price_per_series_month: 0.05,
             }),
             audit: Arc::default(),
+            forwarder: None,
         }
     }
 

@@ -12,7 +12,7 @@ use axum::{
 };
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Registry, Unit},
 };
 use tokio::time::Instant;
@@ -54,6 +54,11 @@ struct TaskStateLabels {
     state: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
 /// The service's metrics and the registry that renders them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -63,6 +68,8 @@ pub struct Metrics {
     database_size: Gauge,
     agents_connected: Gauge,
     tasks: Family<TaskStateLabels, Gauge>,
+    forwards: Family<OutcomeLabels, Counter>,
+    forwarded_batches: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -103,6 +110,18 @@ impl Metrics {
         );
         let tasks = Family::<TaskStateLabels, Gauge>::default();
         registry.register("tasks", "Tasks by state", tasks.clone());
+        let forwards = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "remote_write_requests",
+            "Requests sent to the remote-write receiver, by outcome (stored, refused, unavailable)",
+            forwards.clone(),
+        );
+        let forwarded_batches = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "remote_write_batches",
+            "Agents' batches in those requests (several batches may share one request), by outcome",
+            forwarded_batches.clone(),
+        );
         Self {
             registry,
             request_duration,
@@ -110,7 +129,19 @@ impl Metrics {
             database_size,
             agents_connected,
             tasks,
+            forwards,
+            forwarded_batches,
         }
+    }
+
+    /// Records one request to the remote-write receiver holding `batches`
+    /// agents' batches.
+    pub fn observe_forward(&self, batches: usize, outcome: &'static str) {
+        let labels = OutcomeLabels { outcome };
+        self.forwards.get_or_create(&labels).inc();
+        self.forwarded_batches
+            .get_or_create(&labels)
+            .inc_by(batches as u64);
     }
 
     /// Records one answered request. `route` is the matched route template,

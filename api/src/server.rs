@@ -91,6 +91,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             JwtKeys::from_secret(&key)?
         }
     };
+    let forwarder = config
+        .settings
+        .remote_write_url
+        .clone()
+        .map(|url| crate::agents::forward::Forwarder::start(url, metrics.clone()));
     let state = AppState {
         pool: pool.clone(),
         metrics,
@@ -100,6 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
         settings: Arc::new(config.settings.clone()),
         audit: Arc::default(),
+        forwarder,
     };
     let app = router(state.clone(), config.http);
 

@@ -271,6 +271,58 @@ async fn agent(
 
 use rand::SeedableRng;
 
+/// Batches the API forwarded and the requests they went in (stored ones),
+/// and the total time and count of Prometheus's remote-write handler.
+async fn forwarding(
+    client: &reqwest::Client,
+    api_metrics: &str,
+    prometheus_metrics: &str,
+) -> Result<[f64; 4], String> {
+    let text = async |url: &str| -> Result<String, String> {
+        let r = client.get(url).send().await.map_err(|e| e.to_string())?;
+        r.text().await.map_err(|e| e.to_string())
+    };
+    let (api, prometheus) = (text(api_metrics).await?, text(prometheus_metrics).await?);
+    let value = |exposition: &str, name: &str| -> Result<f64, String> {
+        exposition
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("{name} is not exposed"))
+    };
+    let handler = "{code=\"204\",handler=\"/api/v1/write\"}";
+    Ok([
+        value(
+            &api,
+            "phoenix_api_remote_write_batches_total{outcome=\"stored\"}",
+        )?,
+        value(
+            &api,
+            "phoenix_api_remote_write_requests_total{outcome=\"stored\"}",
+        )?,
+        value(
+            &prometheus,
+            &format!("prometheus_http_request_duration_seconds_sum{handler}"),
+        )
+        .or_else(|_| {
+            value(
+                &prometheus,
+                "prometheus_http_request_duration_seconds_sum{handler=\"/api/v1/write\"}",
+            )
+        })?,
+        value(
+            &prometheus,
+            &format!("prometheus_http_request_duration_seconds_count{handler}"),
+        )
+        .or_else(|_| {
+            value(
+                &prometheus,
+                "prometheus_http_request_duration_seconds_count{handler=\"/api/v1/write\"}",
+            )
+        })?,
+    ])
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
@@ -326,7 +378,10 @@ fn run(args: Args) -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut agent_ids = Vec::new();
     let mut rows = Vec::new();
+    let mut notes = Vec::new();
     let mut best = 0;
+    let api_metrics = stack.ports.api_url("/metrics");
+    let prometheus_metrics = stack.ports.prometheus_url("/metrics");
 
     // Ctrl-C or SIGTERM ends the run through an error, so that the stack
     // (its own process group) is stopped on the way out, not orphaned.
@@ -414,9 +469,25 @@ fn run(args: Args) -> Result<ExitCode> {
             tokio::time::sleep(Duration::from_secs(30)).await;
             samples.by_kind.lock().await.clear();
             samples.errors.lock().await.clear();
+            let before = forwarding(&target.client, &api_metrics, &prometheus_metrics).await;
             samples.recording.store(true, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_secs(args.window_secs)).await;
             samples.recording.store(false, Ordering::Relaxed);
+            let after = forwarding(&target.client, &api_metrics, &prometheus_metrics).await;
+            if let (Ok(a), Ok(b)) = (&after, &before) {
+                let d: Vec<f64> = a.iter().zip(b).map(|(a, b)| a - b).collect();
+                let (batches, requests, handler_secs, handled) = (d[0], d[1], d[2], d[3]);
+                notes.push(format!(
+                    "{n} agents: {batches:.0} batches reached Prometheus in {requests:.0} requests \
+                     ({:.2} per request); its write handler took {:.1} ms on average",
+                    batches / requests.max(1.0),
+                    handler_secs * 1000.0 / handled.max(1.0)
+                ));
+            } else {
+                notes.push(format!(
+                    "{n} agents: forwarding figures unreadable: {after:?} {before:?}"
+                ));
+            }
             let by_kind = samples.by_kind.lock().await.clone();
             let errors = samples.errors.lock().await.clone();
             let target_p99 = Duration::from_millis(args.target_p99_ms);
@@ -471,6 +542,10 @@ fn run(args: Args) -> Result<ExitCode> {
     println!("|---|---|---|---|---|---|---|");
     for r in &rows {
         println!("{r}");
+    }
+    println!();
+    for note in &notes {
+        println!("{note}");
     }
     let met = best >= args.target_agents;
     println!(

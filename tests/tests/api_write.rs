@@ -1,8 +1,9 @@
 //! The agents' metric path, `POST /api/v1/agent/write`, end to end against
 //! the real Prometheus: remote-write batches with old timestamps land at
 //! those timestamps with the API's labels, a batch sent twice is stored
-//! once, malformed batches get their problem documents, and experiment
-//! batches follow the running window.
+//! once, malformed batches get their problem documents, experiment
+//! batches follow the running window, and a batch Prometheus refuses is
+//! refused alone when it shared a request with others.
 //!
 //! The requests are built here, byte by byte, from the remote-write 1.0
 //! protobuf definition (`prompb`) and compressed with the snappy crate, as a
@@ -10,7 +11,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use phoenix_tests::{Agent, Reply, Stack, curl, wait_until};
+use phoenix_tests::{Agent, Reply, Stack, curl, get_text, wait_until};
 use serde_json::{Value, json};
 
 const CPU: &str = "phoenix_process_cpu_percent";
@@ -296,6 +297,106 @@ fn old_samples_land_at_their_timestamps_with_the_agents_labels_and_once_however_
         [("nginx".to_string(), 4.0)],
         "what was stored before the restart is still there"
     );
+}
+
+/// The value of the sample `name` (with its labels, as written) in an
+/// exposition; 0 when absent.
+fn sample_value(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// Many agents write at once, so that batches share requests to
+/// Prometheus; half of them send a value at a timestamp Prometheus already
+/// holds. Each of those is refused alone, and every other batch is stored
+/// once, also when it went in the same request as a refused one.
+#[test]
+fn a_refused_batch_sharing_a_request_with_others_is_refused_alone() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let agents: Vec<Agent> = (0..16)
+        .map(|i| s.enroll_one(&admin, &format!("host-{i}")))
+        .collect();
+    let held_at = seconds_ago(Duration::from_secs(1200));
+    let held = |value: f64| {
+        batch(&[series(
+            &[("__name__", CPU), ("process", "held"), ("pid", "1")],
+            &[(value, held_at)],
+        )])
+    };
+    let conflicting = |i: usize| i.is_multiple_of(2);
+    for (_, agent) in agents.iter().enumerate().filter(|(i, _)| conflicting(*i)) {
+        assert_eq!(write(&s, agent, "", held(1.0)).status, 200);
+    }
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let at = held_at + rounds * 1000;
+        let replies: Vec<Reply> = std::thread::scope(|scope| {
+            let handles: Vec<_> = agents
+                .iter()
+                .enumerate()
+                .map(|(i, agent)| {
+                    let body = if conflicting(i) {
+                        held(2.0)
+                    } else {
+                        batch(&[series(
+                            &[("__name__", CPU), ("process", "fresh"), ("pid", "1")],
+                            &[(i as f64, at)],
+                        )])
+                    };
+                    let s = &s;
+                    scope.spawn(move || write(s, agent, "", body))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (i, r) in replies.iter().enumerate() {
+            if conflicting(i) {
+                refused(r, 400, "samples_rejected");
+            } else {
+                assert_eq!(r.status, 200, "round {rounds}, agent {i}: {r:?}");
+            }
+        }
+        let m = get_text(&s.ports.api_url("/metrics"));
+        let requests = sample_value(
+            &m,
+            "phoenix_api_remote_write_requests_total{outcome=\"refused\"}",
+        );
+        let batches = sample_value(
+            &m,
+            "phoenix_api_remote_write_batches_total{outcome=\"refused\"}",
+        );
+        // A request of several batches was refused (and then sent again
+        // one batch at a time).
+        if batches > requests {
+            break;
+        }
+        assert!(
+            rounds < 40,
+            "in {rounds} rounds of 16 concurrent writes no refused request held several \
+             batches: {m}"
+        );
+    }
+    for (i, agent) in agents.iter().enumerate() {
+        let selector = format!("{CPU}{{agent=\"{}\"}}", agent.id);
+        let got = stored(&s, &selector, "30m");
+        let samples = &got[0].1;
+        if conflicting(i) {
+            assert_eq!(
+                samples,
+                &[(held_at, 1.0)],
+                "agent {i}: the held value stays"
+            );
+        } else {
+            let want: Vec<(i64, f64)> = (1..=rounds)
+                .map(|round| (held_at + round * 1000, i as f64))
+                .collect();
+            assert_eq!(samples, &want, "agent {i}: every round's sample, once");
+        }
+    }
 }
 
 #[test]

@@ -9,7 +9,8 @@
 //!   (agent listener).
 //! - [`write`]: remote-write batches, the agents' metric path, forwarded
 //!   to the remote-write receiver; [`remote_write`]: their validation and
-//!   relabelling, pure.
+//!   relabelling, pure; [`forward`]: the one way batches reach the
+//!   receiver, coalesced when it falls behind.
 //! - [`names`]: metric and label name syntax and the reserved names, pure.
 //! - [`batch`]: the group a batch is for and whether its experiment takes
 //!   it, the bounded body, the refusals.
@@ -25,6 +26,7 @@
 
 pub mod batch;
 pub mod enrollment;
+pub mod forward;
 pub mod names;
 pub mod registry;
 pub mod remote_write;

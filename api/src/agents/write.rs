@@ -1,7 +1,8 @@
 //! The agents' metric path: `POST /api/v1/agent/write`, a Prometheus
 //! remote-write 1.0 request, validated ([`super::remote_write`]), relabelled
 //! and forwarded to the configured remote-write receiver (the appliance's
-//! Prometheus by default, `--remote-write-url`).
+//! Prometheus by default, `--remote-write-url`) through the
+//! [`Forwarder`], which coalesces batches when the receiver falls behind.
 //!
 //! Every sample keeps the timestamp the agent collected it at, so a batch
 //! held in an agent's queue through an outage lands where it belongs, as
@@ -26,13 +27,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use chrono::Utc;
 use phoenix_wire::agent::Written;
-use phoenix_wire::remote_write::{self, DecodeError, WriteRequest};
-use uuid::Uuid;
+use phoenix_wire::remote_write::{self, DecodeError};
 
 use super::batch::{
-    self, CLIENT, GroupQuery, Refusal, Taken, experiment_takes, read_body, record_group_series,
-    too_large, unsupported_media_type,
+    self, GroupQuery, Refusal, Taken, experiment_takes, read_body, record_group_series, too_large,
+    unsupported_media_type,
 };
+use super::forward::{Forwarder, Outcome};
 use super::remote_write::{Limits, relabel, time, validate};
 use crate::AppState;
 use crate::auth::AgentCaller;
@@ -87,8 +88,8 @@ fn check_media_type(headers: &HeaderMap) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn receiver(state: &AppState) -> Result<&url::Url, Refusal> {
-    state.settings.remote_write_url.as_ref().ok_or_else(|| {
+fn receiver(state: &AppState) -> Result<&Forwarder, Refusal> {
+    state.forwarder.as_ref().ok_or_else(|| {
         Refusal::Status(
             StatusCode::SERVICE_UNAVAILABLE,
             "remote_write_not_configured",
@@ -142,7 +143,7 @@ pub async fn write(
 ) -> Result<Json<Written>, Refusal> {
     let (experiment, variant) = batch::group(q)?;
     check_media_type(&headers)?;
-    let url = receiver(&state)?.clone();
+    let forwarder = receiver(&state)?;
     // Before reading the body: a refused batch costs no decoding.
     let taken = experiment_takes(&state, agent.id, &experiment).await?;
     let bytes = read_body(&headers, body, MAX_BODY_BYTES).await?;
@@ -190,7 +191,7 @@ pub async fn write(
                 ("variant", &variant),
             ],
         );
-        forward(&url, &request, agent.id).await?;
+        outcome(forwarder.send(request, agent.id).await)?;
     }
     // A late batch adds to a group that is no longer sent to.
     if taken == Taken::Now {
@@ -204,49 +205,21 @@ pub async fn write(
     }))
 }
 
-/// Sends a request on to the receiver. A 4xx other than 429 means these
-/// samples will never be stored (out of its window, a conflicting value at
-/// the same timestamp); anything else may pass later.
-async fn forward(url: &url::Url, request: &WriteRequest, agent: Uuid) -> Result<(), Refusal> {
-    let unavailable = |detail: String| {
-        Refusal::Status(StatusCode::BAD_GATEWAY, "remote_write_unavailable", detail)
-    };
-    let sent = CLIENT
-        .post(url.clone())
-        .header(header::CONTENT_TYPE, remote_write::CONTENT_TYPE)
-        .header(header::CONTENT_ENCODING, remote_write::CONTENT_ENCODING)
-        .header(remote_write::VERSION_HEADER, remote_write::VERSION)
-        .body(remote_write::encode(request))
-        .send()
-        .await;
-    let response = sent.map_err(|e| {
-        tracing::warn!(error = %e, %agent, "the remote-write receiver is not reachable");
-        unavailable(
-            "the remote-write receiver did not answer; keep the batch and retry later".into(),
-        )
-    })?;
-    let status = response.status();
-    if status.is_success() {
-        return Ok(());
-    }
-    let message: String = response
-        .text()
-        .await
-        .unwrap_or_default()
-        .chars()
-        .take(500)
-        .collect();
-    let message = message.trim();
-    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
-        Err(Refusal::Api(ApiError::bad_request(
+/// The agent's answer for what the receiver did with its batch: a refusal
+/// means these samples will never be stored (out of its window, a
+/// conflicting value at the same timestamp); anything else may pass later.
+fn outcome(outcome: Outcome) -> Result<(), Refusal> {
+    match outcome {
+        Outcome::Stored => Ok(()),
+        Outcome::Refused { status, message } => Err(Refusal::Api(ApiError::bad_request(
             "samples_rejected",
             format!("the remote-write receiver refused these samples ({status}): {message}"),
-        )))
-    } else {
-        tracing::warn!(%status, %message, %agent, "the remote-write receiver failed a write");
-        Err(unavailable(format!(
-            "the remote-write receiver answered {status}; keep the batch and retry later"
-        )))
+        ))),
+        Outcome::Unavailable { .. } => Err(Refusal::Status(
+            StatusCode::BAD_GATEWAY,
+            "remote_write_unavailable",
+            "the remote-write receiver did not take the batch; keep it and retry later".into(),
+        )),
     }
 }
 

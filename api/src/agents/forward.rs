@@ -1,0 +1,286 @@
+//! Forwarding agents' batches to the remote-write receiver, coalesced.
+//!
+//! Every accepted batch goes through one [`Forwarder`]. At most
+//! [`IN_FLIGHT`] requests are open to the receiver at once; batches that
+//! arrive while they all are wait, and the next free slot sends everything
+//! that waits (up to [`MERGE_SERIES`] series) as one request. When the
+//! receiver keeps up, each batch goes alone and at once; when it slows down
+//! (a Go GC, a WAL segment cut), the batches that piled up cost it one
+//! request instead of one each, so it recovers instead of falling further
+//! behind. Series of different agents never collide: each carries its
+//! `agent` label.
+//!
+//! Every batch gets the outcome of the request it went in. A refusal (a 4xx
+//! other than 429) says nothing about which batch was at fault, and a
+//! receiver may have rolled the whole request back, so a refused request of
+//! several batches is sent again one batch at a time: each is stored or
+//! refused on its own, and a sample stored twice is stored once.
+//!
+//! A send runs in its own task: an agent that hangs up does not cancel the
+//! batches of others that went in the same request.
+
+use std::sync::Arc;
+
+use axum::http::{StatusCode, header};
+use phoenix_wire::remote_write::{self, WriteRequest};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::batch::CLIENT;
+use crate::metrics::Metrics;
+
+/// Most requests open to the receiver at once.
+pub const IN_FLIGHT: usize = 4;
+
+/// A request is not grown past this many series (it may exceed it by one
+/// batch, itself at most 50 000).
+pub const MERGE_SERIES: usize = 20_000;
+
+/// Batches waiting for a free slot; when full, writers wait for room.
+const QUEUE: usize = 4096;
+
+/// What became of a batch at the receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Stored,
+    /// A 4xx other than 429: these samples will never be stored.
+    Refused {
+        status: StatusCode,
+        message: String,
+    },
+    /// Unreachable, 5xx, 429 or silence: they may be later.
+    Unavailable {
+        detail: String,
+    },
+}
+
+impl Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Stored => "stored",
+            Outcome::Refused { .. } => "refused",
+            Outcome::Unavailable { .. } => "unavailable",
+        }
+    }
+}
+
+struct Job {
+    request: WriteRequest,
+    series: usize,
+    agent: Uuid,
+    done: oneshot::Sender<Outcome>,
+}
+
+/// The one way batches reach the receiver; see the module.
+#[derive(Debug, Clone)]
+pub struct Forwarder {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Forwarder {
+    /// Starts the task that sends to `url`. Needs a Tokio runtime.
+    pub fn start(url: url::Url, metrics: Arc<Metrics>) -> Forwarder {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(run(url, queue, metrics));
+        Forwarder { jobs }
+    }
+
+    /// Sends `request` (from `agent`) and waits for its outcome.
+    pub async fn send(&self, request: WriteRequest, agent: Uuid) -> Outcome {
+        let stopped = || Outcome::Unavailable {
+            detail: "the API is stopping; keep the batch and retry later".into(),
+        };
+        let (done, outcome) = oneshot::channel();
+        let series = request.timeseries.len();
+        let job = Job {
+            request,
+            series,
+            agent,
+            done,
+        };
+        if self.jobs.send(job).await.is_err() {
+            return stopped();
+        }
+        outcome.await.unwrap_or_else(|_| stopped())
+    }
+}
+
+async fn run(url: url::Url, mut queue: mpsc::Receiver<Job>, metrics: Arc<Metrics>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        // A slot first: while none is free, batches wait in the queue and
+        // the next request takes them all.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            return;
+        };
+        let mut series = first.series;
+        let mut jobs = vec![first];
+        while series < MERGE_SERIES {
+            let Ok(job) = queue.try_recv() else { break };
+            series += job.series;
+            jobs.push(job);
+        }
+        let (url, metrics) = (url.clone(), metrics.clone());
+        tokio::spawn(async move {
+            deliver(&url, jobs, &metrics).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Sends `jobs` as one request and answers each; a refused request of
+/// several is sent again a batch at a time.
+async fn deliver(url: &url::Url, mut jobs: Vec<Job>, metrics: &Metrics) {
+    let outcome = if let [job] = jobs.as_slice() {
+        post(url, &job.request).await
+    } else {
+        post(url, &merged(&jobs)).await
+    };
+    metrics.observe_forward(jobs.len(), outcome.label());
+    if let Outcome::Unavailable { detail } = &outcome {
+        tracing::warn!(batches = jobs.len(), %detail, "the remote-write receiver did not take a request; its agents will retry");
+    }
+    if jobs.len() > 1 && matches!(outcome, Outcome::Refused { .. }) {
+        for job in jobs {
+            let outcome = post(url, &job.request).await;
+            metrics.observe_forward(1, outcome.label());
+            answer(job, outcome);
+        }
+        return;
+    }
+    if let Some(last) = jobs.pop() {
+        for job in jobs {
+            answer(job, outcome.clone());
+        }
+        answer(last, outcome);
+    }
+}
+
+fn answer(job: Job, outcome: Outcome) {
+    if let Outcome::Refused { status, message } = &outcome {
+        tracing::debug!(agent = %job.agent, %status, %message, "the remote-write receiver refused a batch");
+    }
+    // The writer may have hung up; its agent will send the batch again.
+    let _ = job.done.send(outcome);
+}
+
+/// One request holding the series of every job, in arrival order.
+fn merged(jobs: &[Job]) -> WriteRequest {
+    WriteRequest {
+        timeseries: jobs
+            .iter()
+            .flat_map(|job| job.request.timeseries.iter().cloned())
+            .collect(),
+        metadata: Vec::new(),
+    }
+}
+
+async fn post(url: &url::Url, request: &WriteRequest) -> Outcome {
+    let sent = CLIENT
+        .post(url.clone())
+        .header(header::CONTENT_TYPE, remote_write::CONTENT_TYPE)
+        .header(header::CONTENT_ENCODING, remote_write::CONTENT_ENCODING)
+        .header(remote_write::VERSION_HEADER, remote_write::VERSION)
+        .body(remote_write::encode(request))
+        .send()
+        .await;
+    let response = match sent {
+        Ok(response) => response,
+        Err(e) => {
+            return Outcome::Unavailable {
+                detail: format!("the remote-write receiver did not answer: {e}"),
+            };
+        }
+    };
+    let status = response.status();
+    if status.is_success() {
+        return Outcome::Stored;
+    }
+    let message: String = response
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(500)
+        .collect();
+    let message = message.trim().to_owned();
+    if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+        Outcome::Refused { status, message }
+    } else {
+        Outcome::Unavailable {
+            detail: format!("the remote-write receiver answered {status}: {message}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use phoenix_wire::remote_write::{Label, Sample, TimeSeries};
+
+    fn job(agent: &str, samples: &[(i64, f64)]) -> (Job, oneshot::Receiver<Outcome>) {
+        let (done, outcome) = oneshot::channel();
+        let request = WriteRequest {
+            timeseries: vec![TimeSeries {
+                labels: vec![Label::new("__name__", "m"), Label::new("agent", agent)],
+                samples: samples
+                    .iter()
+                    .map(|&(timestamp, value)| Sample { value, timestamp })
+                    .collect(),
+                ..Default::default()
+            }],
+            metadata: Vec::new(),
+        };
+        let job = Job {
+            series: request.timeseries.len(),
+            request,
+            agent: Uuid::nil(),
+            done,
+        };
+        (job, outcome)
+    }
+
+    #[test]
+    fn a_merged_request_holds_every_series_in_arrival_order() {
+        let (a, _) = job("a", &[(1, 1.0), (2, 2.0)]);
+        let (b, _) = job("b", &[(1, 3.0)]);
+        let (c, _) = job("a", &[(3, 4.0)]);
+        let request = merged(&[a, b, c]);
+        let got: Vec<(&str, Vec<i64>)> = request
+            .timeseries
+            .iter()
+            .map(|s| {
+                (
+                    s.label("agent").unwrap(),
+                    s.samples.iter().map(|x| x.timestamp).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(got, [("a", vec![1, 2]), ("b", vec![1]), ("a", vec![3])]);
+    }
+
+    #[tokio::test]
+    async fn a_receiver_that_does_not_answer_makes_every_batch_unavailable() {
+        // A port where nothing listens.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let url: url::Url = format!("http://127.0.0.1:{port}/api/v1/write")
+            .parse()
+            .unwrap();
+        let metrics = Metrics::new();
+        let (a, a_out) = job("a", &[(1, 1.0)]);
+        let (b, b_out) = job("b", &[(1, 1.0)]);
+        deliver(&url, vec![a, b], &metrics).await;
+        for out in [a_out, b_out] {
+            assert!(
+                matches!(out.await.unwrap(), Outcome::Unavailable { .. }),
+                "kept for a retry"
+            );
+        }
+    }
+}
