@@ -67,6 +67,7 @@ pub struct Metrics {
     database_up: Gauge,
     database_size: Gauge,
     agents_connected: Gauge,
+    agents_offline: Gauge,
     tasks: Family<TaskStateLabels, Gauge>,
     forwards: Family<OutcomeLabels, Counter>,
     forwarded_batches: Family<OutcomeLabels, Counter>,
@@ -108,6 +109,12 @@ impl Metrics {
             "Agents seen within the last three heartbeat intervals (45 s)",
             agents_connected.clone(),
         );
+        let agents_offline = Gauge::default();
+        registry.register(
+            "agents_offline",
+            "Agents not revoked and not seen within the last three heartbeat intervals (45 s)",
+            agents_offline.clone(),
+        );
         let tasks = Family::<TaskStateLabels, Gauge>::default();
         registry.register("tasks", "Tasks by state", tasks.clone());
         let forwards = Family::<OutcomeLabels, Counter>::default();
@@ -128,6 +135,7 @@ impl Metrics {
             database_up,
             database_size,
             agents_connected,
+            agents_offline,
             tasks,
             forwards,
             forwarded_batches,
@@ -176,6 +184,12 @@ impl Metrics {
 
     pub fn set_agents_connected(&self, agents: i64) {
         self.agents_connected.set(agents);
+    }
+
+    /// Records how many agents are enrolled, not revoked, and not seen
+    /// within the online window (from the database).
+    pub fn set_agents_offline(&self, agents: i64) {
+        self.agents_offline.set(agents);
     }
 
     /// Records how many tasks are in `state` (from the database).

@@ -599,7 +599,7 @@ pub fn render_metrics(s: &Snapshot) -> String {
         );
     }
     if let Some(b) = &s.backup {
-        register_backup_metrics(&mut registry, b);
+        register_backup_metrics(&mut registry, b, now);
     }
     let orphans = Gauge::<i64>::default();
     orphans.set(s.orphans_reaped as i64);
@@ -622,7 +622,7 @@ struct TypeLabel {
     r#type: String,
 }
 
-fn register_backup_metrics(registry: &mut Registry, b: &BackupStatus) {
+fn register_backup_metrics(registry: &mut Registry, b: &BackupStatus, now_ms: u64) {
     type F64 = Gauge<f64, std::sync::atomic::AtomicU64>;
     let success = Family::<TypeLabel, F64>::default();
     let duration = Family::<TypeLabel, F64>::default();
@@ -668,6 +668,18 @@ fn register_backup_metrics(registry: &mut Registry, b: &BackupStatus) {
     let failures = Gauge::<i64>::default();
     failures.set(i64::from(b.failures));
     registry.register("backup_failures", "Backups failed in a row", failures);
+    if let Some(a) = &b.archiver {
+        let failing = F64::default();
+        failing.set(
+            a.failing_since_ms
+                .map_or(0.0, |t| now_ms.saturating_sub(t) as f64 / 1000.0),
+        );
+        registry.register(
+            "backup_wal_archive_failing_seconds",
+            "How long PostgreSQL has failed to archive WAL; 0 while archiving works",
+            failing,
+        );
+    }
     if let Some(o) = &b.offsite {
         register_offsite_metrics(registry, o);
     }

@@ -145,74 +145,9 @@ impl Trigger {
             warning: s.warning,
             critical: s.critical,
             repeated,
-            recommendation: recommendation(s, self.state.level),
+            recommendation: s.recommendation(self.state.level),
             at_ms,
         }
-    }
-}
-
-/// What to do at `level`, in the three phases of growth: a bigger machine
-/// (vertical), components moved out (separation), replicas (horizontal).
-pub fn recommendation(s: &TriggerSettings, level: Level) -> String {
-    let (w, c) = (s.warning, s.critical);
-    let sustain = humantime::format_duration(s.sustain);
-    match (s.kind, level) {
-        (_, Level::Ok) => "nothing to do".into(),
-        (TriggerKind::Cpu, Level::Warning) => {
-            format!("CPU above {w} % for {sustain}: plan a larger instance type (vertical)")
-        }
-        (TriggerKind::Cpu, Level::Critical) => format!(
-            "CPU above {c} %: move to a larger instance type now; if it is already large, move PostgreSQL out \
-             ([postgres] external_url, e.g. RDS) to give the API and Prometheus the CPUs (component separation)"
-        ),
-        (TriggerKind::Memory, Level::Warning) => format!(
-            "memory above {w} % for {sustain}: plan an instance with more memory (vertical), or shorten \
-             [prometheus] retention"
-        ),
-        (TriggerKind::Memory, Level::Critical) => format!(
-            "memory above {c} %: services are close to the OOM killer; resize the instance now, or move \
-             PostgreSQL out ([postgres] external_url) or Prometheus to remote_write (component separation)"
-        ),
-        (TriggerKind::Disk, Level::Warning) => format!(
-            "the state disk is above {w} % full: grow the volume (it grows into the space at boot) or \
-             shorten [prometheus] retention"
-        ),
-        (TriggerKind::Disk, Level::Critical) => format!(
-            "the state disk is above {c} % full: grow the volume now; PostgreSQL and Prometheus stop \
-             when it is full"
-        ),
-        (TriggerKind::ApiLatency, Level::Warning) => format!(
-            "API p95 latency above {w} ms for {sustain}: give the API more CPU (vertical, [api] limits) \
-             and look for slow routes in phoenix_api_http_request_duration_seconds"
-        ),
-        (TriggerKind::ApiLatency, Level::Critical) => format!(
-            "API p95 latency above {c} ms: run API replicas behind a load balancer on one database \
-             (horizontal); move PostgreSQL out first if it is the bottleneck (component separation)"
-        ),
-        (TriggerKind::Agents, Level::Warning) => format!(
-            "{w} or more agents connected: one appliance is reviewed for {c}; prepare API replicas on \
-             one database (horizontal)"
-        ),
-        (TriggerKind::Agents, Level::Critical) => format!(
-            "{c} or more agents connected, the reviewed limit of one appliance: add API replicas \
-             (horizontal) or split the agents across appliances"
-        ),
-        (TriggerKind::Metrics, Level::Warning) => format!(
-            "Prometheus ingests more than {w} samples/s: shorten retention, or plan remote_write to \
-             Mimir or Thanos (component separation)"
-        ),
-        (TriggerKind::Metrics, Level::Critical) => format!(
-            "Prometheus ingests more than {c} samples/s: move long-term storage to Mimir or Thanos \
-             with remote_write now (component separation)"
-        ),
-        (TriggerKind::DbSize, Level::Warning) => format!(
-            "the database is larger than {w} GB: plan a managed PostgreSQL ([postgres] external_url, \
-             e.g. RDS) or a larger volume"
-        ),
-        (TriggerKind::DbSize, Level::Critical) => format!(
-            "the database is larger than {c} GB: move it to a managed PostgreSQL ([postgres] \
-             external_url) (component separation)"
-        ),
     }
 }
 
@@ -305,7 +240,7 @@ pub async fn run<S: Sampler>(
                 since_ms: t.state.since_ms,
                 error: sample.err(),
                 recommendation: (t.state.level != Level::Ok)
-                    .then(|| recommendation(&t.settings, t.state.level)),
+                    .then(|| t.settings.recommendation(t.state.level)),
                 alerts: alerts.get(&kind).copied().unwrap_or(0),
                 last_alert_ms: t.state.last_alert_ms,
             });
@@ -595,7 +530,7 @@ mod tests {
                 sustain: Duration::from_secs(300),
             };
             for level in [Level::Warning, Level::Critical] {
-                let r = recommendation(&s, level);
+                let r = s.recommendation(level);
                 assert!(
                     r.contains("vertical")
                         || r.contains("separation")

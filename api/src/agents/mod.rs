@@ -167,9 +167,11 @@ async fn forget_stale_groups(state: &AppState) -> sqlx::Result<u64> {
 }
 
 async fn refresh_gauges(state: &AppState) -> sqlx::Result<()> {
-    let connected: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM agents WHERE revoked_at IS NULL \
-         AND last_seen_at > now() - make_interval(secs => $1)",
+    let (connected, offline): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE last_seen_at > now() - make_interval(secs => $1)), \
+                count(*) FILTER (WHERE last_seen_at IS NULL \
+                                    OR last_seen_at <= now() - make_interval(secs => $1)) \
+         FROM agents WHERE revoked_at IS NULL",
     )
     .bind(ONLINE_WINDOW.as_secs_f64())
     .fetch_one(&state.pool)
@@ -179,6 +181,7 @@ async fn refresh_gauges(state: &AppState) -> sqlx::Result<()> {
             .fetch_all(&state.pool)
             .await?;
     state.metrics.set_agents_connected(connected);
+    state.metrics.set_agents_offline(offline);
     let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
         .fetch_one(&state.pool)
         .await?;

@@ -20,11 +20,11 @@ use phoenix_supervisor::supervisor::Outcome;
 const EXIT_CODES: ExitCodes = ExitCodes(&[
     (
         0,
-        "run: every service stopped in order; check-config: the file is valid; first-boot: written, or there already.",
+        "run: every service stopped in order; check-config: the file is valid; alert-rules: printed; first-boot: written, or there already.",
     ),
     (
         1,
-        "an invalid config or a start-up failure; check-config: an invalid file; first-boot: failed.",
+        "an invalid config or a start-up failure; check-config: an invalid file; alert-rules: an invalid file, or no rules; first-boot: failed.",
     ),
     (
         2,
@@ -59,6 +59,14 @@ enum Command {
     },
     /// Validate the config file without starting anything.
     CheckConfig {
+        #[arg(long, env = "PHOENIX_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Print the alert rules the managed Prometheus evaluates with this
+    /// config file (its generated rules.yml), for `promtool` or a look.
+    AlertRules {
         #[arg(long, env = "PHOENIX_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         #[arg(long)]
@@ -137,6 +145,35 @@ fn main() -> ExitCode {
                         names.join(", ")
                     );
                     ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::AlertRules { config, dev } => {
+            match config::load(&config, &LoadOptions::detect(dev)) {
+                Ok(c) => {
+                    let rules = c
+                        .services
+                        .iter()
+                        .filter(|s| s.name == "prometheus")
+                        .flat_map(|s| &s.files)
+                        .find(|f| f.path.file_name().is_some_and(|n| n == "rules.yml"));
+                    match rules {
+                        Some(file) => {
+                            print!("{}", file.contents);
+                            ExitCode::SUCCESS
+                        }
+                        None => {
+                            eprintln!(
+                                "error: {}: no alert rules: [prometheus] or [alerts] is off",
+                                config.display()
+                            );
+                            ExitCode::from(1)
+                        }
+                    }
                 }
                 Err(e) => {
                     eprintln!("error: {e}");

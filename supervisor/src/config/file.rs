@@ -28,6 +28,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub pushgateway: PushgatewaySection,
     #[serde(default)]
+    pub alerts: AlertsSection,
+    #[serde(default)]
     pub api: ApiSection,
     #[serde(default)]
     pub tls: TlsSection,
@@ -188,6 +190,15 @@ pub struct PrometheusSection {
     pub out_of_order_window: Option<DurationIn<MINUTE, { 30 * DAY }>>,
     pub user: Option<String>,
     pub limits: Option<LimitsTable>,
+}
+
+/// `[alerts]`: the alert rules the managed Prometheus evaluates.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsSection {
+    pub enable: Option<bool>,
+    /// How long a condition holds before its alert fires.
+    pub pending: Option<DurationIn<0, DAY>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,10 +1,11 @@
 //! The built-in sections expanded into service specs with the appliance's
 //! defaults. Each section has its own file ([tls], [postgres], [backup],
-//! [prometheus], [pushgateway], [api], [scaling]) whose `expand` reads its table and the
+//! [prometheus] with [alerts], [pushgateway], [api], [scaling]) whose `expand` reads its table and the
 //! shared [`Context`] and returns what the section contributes. What
 //! sections share is in `context.rs`; sections never import from one
 //! another.
 
+pub mod alerts;
 mod api;
 mod backup;
 mod context;
@@ -67,10 +68,16 @@ pub fn expand(
     let tls = tls::expand(&raw.tls, &ctx)?;
     let backup = backup::expand(&raw.backup, &ctx, &tls)?;
     let (postgres, database) = postgres::expand(&raw.postgres, &ctx, &backup.archive)?;
-    let prometheus = prometheus::expand(&raw.prometheus, &ctx)?;
+    let scaling = scaling::expand(&raw.scaling, &ctx)?;
+    let prometheus = prometheus::expand(
+        &raw.prometheus,
+        &raw.alerts,
+        &ctx,
+        &scaling,
+        backup.settings.as_ref(),
+    )?;
     let pushgateway = pushgateway::expand(&raw.pushgateway, &ctx)?;
     let api = api::expand(&raw.api, &ctx, &tls, database)?;
-    let scaling = scaling::expand(&raw.scaling, &ctx)?;
     let mut services = Vec::new();
     let mut secrets = Vec::new();
     for part in [postgres, backup.contribution, prometheus, pushgateway, api] {
