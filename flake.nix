@@ -141,6 +141,7 @@
             pkgs.postgresql_15
             pkgs.prometheus
             pkgs.prometheus-pushgateway
+            pkgs.prometheus-alertmanager
             pkgs.pgbackrest
             pkgs.curl
             pkgs.jq

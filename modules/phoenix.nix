@@ -1,5 +1,6 @@
 # services.phoenix: the Phoenix appliance, phoenix-supervisor running
-# PostgreSQL, Prometheus, the Pushgateway and the Phoenix API from one TOML
+# PostgreSQL, Prometheus, the Phoenix API, and optionally the Pushgateway
+# and the Alertmanager, from one TOML
 # file, as a systemd service.
 #
 # The TOML file, /etc/phoenix/phoenix.toml, is the operator's, not Nix's:
@@ -28,6 +29,7 @@ let
     (sectionUser "postgres" "postgres")
     (sectionUser "prometheus" "prometheus")
     (sectionUser "pushgateway" "prometheus")
+    (sectionUser "alertmanager" "prometheus")
     (sectionUser "api" "phoenix")
   ]);
 
@@ -101,6 +103,10 @@ in
       extraDescription = "Linked at ${linkDir}/pushgateway.";
     };
 
+    alertmanagerPackage = lib.mkPackageOption pkgs "prometheus-alertmanager" {
+      extraDescription = "Linked at ${linkDir}/alertmanager.";
+    };
+
     pgbackrestPackage = lib.mkPackageOption pkgs "pgbackrest" {
       extraDescription = "Linked at ${linkDir}/pgbackrest; it archives WAL and takes the backups of `[backup]`.";
     };
@@ -125,6 +131,12 @@ in
             bin = programOption {
               default = "${linkDir}/pushgateway/bin/pushgateway";
               what = "The Pushgateway program";
+            };
+          };
+          alertmanager = sectionOption "alertmanager" {
+            bin = programOption {
+              default = "${linkDir}/alertmanager/bin/alertmanager";
+              what = "The Alertmanager program";
             };
           };
           backup = sectionOption "backup" {
@@ -208,6 +220,9 @@ in
     // lib.optionalAttrs (sectionEnabled "pushgateway") {
       "phoenix/pkgs/pushgateway".source = cfg.pushgatewayPackage;
     }
+    // lib.optionalAttrs (sectionEnabled "alertmanager") {
+      "phoenix/pkgs/alertmanager".source = cfg.alertmanagerPackage;
+    }
     // lib.optionalAttrs (sectionEnabled "postgres" && sectionEnabled "backup") {
       "phoenix/pkgs/pgbackrest".source = cfg.pgbackrestPackage;
     };
@@ -235,7 +250,7 @@ in
       after = [ "network-online.target" ];
       # The servers run from the links in ${linkDir}; a new package there
       # needs a restart. A new phoenix package changes ExecStart itself.
-      restartTriggers = [ cfg.postgresqlPackage cfg.prometheusPackage cfg.pushgatewayPackage ];
+      restartTriggers = [ cfg.postgresqlPackage cfg.prometheusPackage cfg.pushgatewayPackage cfg.alertmanagerPackage ];
 
       serviceConfig = {
         Type = "notify";

@@ -7,6 +7,7 @@
 , postgresql_15
 , prometheus
 , prometheus-pushgateway
+, prometheus-alertmanager
 , pgbackrest
 }:
 
@@ -28,6 +29,9 @@ writeShellApplication {
 
     [pushgateway]
     bin = "${prometheus-pushgateway}/bin/pushgateway"
+
+    [alertmanager]
+    bin = "${prometheus-alertmanager}/bin/alertmanager"
 
     [backup]
     pgbackrest = "${pgbackrest}/bin/pgbackrest"

@@ -6,7 +6,7 @@
 # Idempotent.
 set -euo pipefail
 
-packages=(postgresql pgbackrest prometheus prometheus-pushgateway runit util-linux procps curl ca-certificates
+packages=(postgresql pgbackrest prometheus prometheus-pushgateway prometheus-alertmanager runit util-linux procps curl ca-certificates
   # the boot test: a Debian root file system, kernel modules, an initramfs, qemu (TCG)
   debootstrap busybox-static e2fsprogs cpio kmod qemu-system-x86
   # the Nix checks: nix-instantiate (Debian's Nix); systemd-analyze for the agent's unit

@@ -71,6 +71,7 @@ pub struct Metrics {
     tasks: Family<TaskStateLabels, Gauge>,
     forwards: Family<OutcomeLabels, Counter>,
     forwarded_batches: Family<OutcomeLabels, Counter>,
+    forward_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -129,6 +130,13 @@ impl Metrics {
             "Agents' batches in those requests (several batches may share one request), by outcome",
             forwarded_batches.clone(),
         );
+        let forward_duration = Histogram::new(LATENCY_BUCKETS.into_iter());
+        registry.register_with_unit(
+            "remote_write_forward_duration",
+            "Time from a batch's arrival at the forwarder to the receiver's answer, waiting for a free request included",
+            Unit::Seconds,
+            forward_duration.clone(),
+        );
         Self {
             registry,
             request_duration,
@@ -139,7 +147,13 @@ impl Metrics {
             tasks,
             forwards,
             forwarded_batches,
+            forward_duration,
         }
+    }
+
+    /// Records how long one batch took to be forwarded.
+    pub fn observe_forward_duration(&self, elapsed: Duration) {
+        self.forward_duration.observe(elapsed.as_secs_f64());
     }
 
     /// Records one request to the remote-write receiver holding `batches`

@@ -277,7 +277,7 @@ async fn forwarding(
     client: &reqwest::Client,
     api_metrics: &str,
     prometheus_metrics: &str,
-) -> Result<[f64; 4], String> {
+) -> Result<[f64; 8], String> {
     let text = async |url: &str| -> Result<String, String> {
         let r = client.get(url).send().await.map_err(|e| e.to_string())?;
         r.text().await.map_err(|e| e.to_string())
@@ -291,6 +291,30 @@ async fn forwarding(
             .ok_or_else(|| format!("{name} is not exposed"))
     };
     let handler = "{code=\"204\",handler=\"/api/v1/write\"}";
+    // A histogram's count, and its count above 200 ms, over the series
+    // whose labels contain `filter`.
+    let histogram = |exposition: &str, family: &str, filter: &str| -> (f64, f64) {
+        let sum = |suffix: &str, also: &str| -> f64 {
+            exposition
+                .lines()
+                .filter(|l| l.starts_with(&format!("{family}{suffix}")))
+                .filter(|l| l.contains(filter) && l.contains(also))
+                .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+                .sum()
+        };
+        let count = sum("_count", "");
+        (count, count - sum("_bucket", "le=\"0.2\""))
+    };
+    let (handled, handled_slow) = histogram(
+        &api,
+        "phoenix_api_http_request_duration_seconds",
+        "route=\"/api/v1/agent/write\"",
+    );
+    let (forwarded, forwarded_slow) = histogram(
+        &api,
+        "phoenix_api_remote_write_forward_duration_seconds",
+        "",
+    );
     Ok([
         value(
             &api,
@@ -320,6 +344,10 @@ async fn forwarding(
                 "prometheus_http_request_duration_seconds_count{handler=\"/api/v1/write\"}",
             )
         })?,
+        handled,
+        handled_slow,
+        forwarded,
+        forwarded_slow,
     ])
 }
 
@@ -479,9 +507,15 @@ fn run(args: Args) -> Result<ExitCode> {
                 let (batches, requests, handler_secs, handled) = (d[0], d[1], d[2], d[3]);
                 notes.push(format!(
                     "{n} agents: {batches:.0} batches reached Prometheus in {requests:.0} requests \
-                     ({:.2} per request); its write handler took {:.1} ms on average",
+                     ({:.2} per request); its write handler took {:.1} ms on average; over \
+                     200 ms: {:.0} of {:.0} writes in the API's handler, {:.0} of {:.0} batches \
+                     in its forwarder",
                     batches / requests.max(1.0),
-                    handler_secs * 1000.0 / handled.max(1.0)
+                    handler_secs * 1000.0 / handled.max(1.0),
+                    d[5],
+                    d[4],
+                    d[7],
+                    d[6]
                 ));
             } else {
                 notes.push(format!(

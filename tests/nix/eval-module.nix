@@ -28,6 +28,7 @@ let
     postgres.bin_dir = "/etc/phoenix/pkgs/postgresql/bin";
     prometheus.bin = "/etc/phoenix/pkgs/prometheus/bin/prometheus";
     pushgateway.bin = "/etc/phoenix/pkgs/pushgateway/bin/pushgateway";
+    alertmanager.bin = "/etc/phoenix/pkgs/alertmanager/bin/alertmanager";
     backup.pgbackrest = "/etc/phoenix/pkgs/pgbackrest/bin/pgbackrest";
   };
 
@@ -99,6 +100,7 @@ let
     (expect "no firewall by default" defaults.networking.firewall.allowedTCPPorts [ ])
     (expect "etc entries" (lib.attrNames defaults.environment.etc) [
       "phoenix/phoenix.default.toml"
+      "phoenix/pkgs/alertmanager"
       "phoenix/pkgs/pgbackrest"
       "phoenix/pkgs/postgresql"
       "phoenix/pkgs/prometheus"
@@ -108,6 +110,7 @@ let
     (expectThat "phoenix.toml must not be a store symlink" (!(defaults.environment.etc ? "phoenix/phoenix.toml")))
     (expect "postgresql link" defaults.environment.etc."phoenix/pkgs/postgresql".source.outPath (store "postgresql-15.0"))
     (expect "pushgateway link" defaults.environment.etc."phoenix/pkgs/pushgateway".source.outPath (store "pushgateway-1.0.0"))
+    (expect "alertmanager link" defaults.environment.etc."phoenix/pkgs/alertmanager".source.outPath (store "alertmanager-0.25.0"))
     (expectThat "the default file is checked at build time"
       (lib.hasInfix "/bin/phoenix-supervisor check-config --config"
         defaults.environment.etc."phoenix/phoenix.default.toml".source.script))
@@ -127,7 +130,7 @@ let
 
     # Custom settings: kept as given, ports and users follow them.
     (expect "custom settings keep every key"
-      (builtins.removeAttrs custom.services.phoenix.settings [ "postgres" "prometheus" "pushgateway" "backup" ])
+      (builtins.removeAttrs custom.services.phoenix.settings [ "postgres" "prometheus" "pushgateway" "alertmanager" "backup" ])
       (builtins.removeAttrs customSettings [ "postgres" "prometheus" ]))
     (expect "custom postgres section" custom.services.phoenix.settings.postgres {
       bin_dir = "/etc/phoenix/pkgs/postgresql/bin";

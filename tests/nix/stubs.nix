@@ -68,6 +68,7 @@ rec {
     postgresql_15 = fakePackage "postgresql-15.0";
     prometheus = fakePackage "prometheus-3.0.0";
     prometheus-pushgateway = fakePackage "pushgateway-1.0.0";
+    prometheus-alertmanager = fakePackage "alertmanager-0.25.0";
     pgbackrest = fakePackage "pgbackrest-2.45";
   };
 

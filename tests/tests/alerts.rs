@@ -197,3 +197,129 @@ fn the_appliances_prometheus_evaluates_every_rule_and_a_stopped_service_fires_an
         || firing(&s, "PhoenixServiceDown").is_empty().then_some(()),
     );
 }
+
+/// A webhook receiver: every request's `Authorization` header and JSON body.
+struct Webhook {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+}
+
+impl Webhook {
+    fn start() -> Webhook {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = got.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let (mut length, mut authorization) = (0, String::new());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap() == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    let (name, value) = line.split_once(':').unwrap();
+                    match name.to_ascii_lowercase().as_str() {
+                        "content-length" => length = value.trim().parse().unwrap(),
+                        "authorization" => authorization = value.trim().to_string(),
+                        _ => {}
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let body: Value = serde_json::from_slice(&body).unwrap();
+                sink.lock().unwrap().push((authorization, body));
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+            }
+        });
+        Webhook { port, got }
+    }
+
+    /// The first notification with `status` that holds an alert named `name`.
+    fn wait_for(&self, status: &str, name: &str) -> (String, Value) {
+        wait_until(
+            &format!("a {status} {name} at the webhook"),
+            Duration::from_secs(90),
+            || {
+                self.got
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|(_, body)| {
+                        body["status"] == status
+                            && body["alerts"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .any(|a| a["labels"]["alertname"] == name)
+                    })
+                    .cloned()
+            },
+        )
+    }
+}
+
+#[test]
+fn a_stopped_service_is_notified_through_the_real_alertmanager_and_so_is_its_recovery() {
+    let hook = Webhook::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The token file is read by the Alertmanager's own user.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let token = dir.path().join("hook-token");
+    std::fs::write(&token, "s3cret-hook-token\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let alertmanager = phoenix_tests::free_port();
+    let s = Stack::start(&format!(
+        "[alerts]\npending = \"1s\"\n\
+         [alertmanager]\nenable = true\nlisten = \"127.0.0.1:{alertmanager}\"\n\
+         group_wait = \"1s\"\ngroup_interval = \"1s\"\nrepeat_interval = \"1h\"\n\
+         [[alertmanager.webhook]]\nurl = \"http://127.0.0.1:{}/hook\"\nbearer_token_file = \"{}\"\n",
+        hook.port,
+        token.display()
+    ));
+    assert_eq!(s.sup.state_of("alertmanager"), "ready");
+    // Prometheus found its Alertmanager.
+    wait_until(
+        "Prometheus sends to the Alertmanager",
+        Duration::from_secs(30),
+        || {
+            let data = prometheus_get(&s, "/api/v1/alertmanagers");
+            let active = data["activeAlertmanagers"].as_array()?.clone();
+            (active.len() == 1
+                && active[0]["url"]
+                    .as_str()?
+                    .contains(&format!("127.0.0.1:{alertmanager}")))
+            .then_some(())
+        },
+    );
+
+    let out = s.sup.ctl(&["stop", "api"]);
+    assert!(out.status.success(), "{out:?}");
+    let (authorization, body) = hook.wait_for("firing", "PhoenixServiceDown");
+    assert_eq!(authorization, "Bearer s3cret-hook-token");
+    let alert = body["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "PhoenixServiceDown")
+        .unwrap();
+    assert_eq!(alert["labels"]["service"], "api", "{body:#}");
+    assert_eq!(alert["labels"]["severity"], "critical", "{body:#}");
+    assert!(
+        alert["annotations"]["action"]
+            .as_str()
+            .unwrap()
+            .contains("phoenixctl start api"),
+        "{body:#}"
+    );
+
+    let out = s.sup.ctl(&["start", "api"]);
+    assert!(out.status.success(), "{out:?}");
+    hook.wait_for("resolved", "PhoenixServiceDown");
+}

@@ -66,6 +66,7 @@ impl Outcome {
 
 struct Job {
     request: WriteRequest,
+    queued: tokio::time::Instant,
     series: usize,
     agent: Uuid,
     done: oneshot::Sender<Outcome>,
@@ -94,6 +95,7 @@ impl Forwarder {
         let series = request.timeseries.len();
         let job = Job {
             request,
+            queued: tokio::time::Instant::now(),
             series,
             agent,
             done,
@@ -147,19 +149,20 @@ async fn deliver(url: &url::Url, mut jobs: Vec<Job>, metrics: &Metrics) {
         for job in jobs {
             let outcome = post(url, &job.request).await;
             metrics.observe_forward(1, outcome.label());
-            answer(job, outcome);
+            answer(job, outcome, metrics);
         }
         return;
     }
     if let Some(last) = jobs.pop() {
         for job in jobs {
-            answer(job, outcome.clone());
+            answer(job, outcome.clone(), metrics);
         }
-        answer(last, outcome);
+        answer(last, outcome, metrics);
     }
 }
 
-fn answer(job: Job, outcome: Outcome) {
+fn answer(job: Job, outcome: Outcome, metrics: &Metrics) {
+    metrics.observe_forward_duration(job.queued.elapsed());
     if let Outcome::Refused { status, message } = &outcome {
         tracing::debug!(agent = %job.agent, %status, %message, "the remote-write receiver refused a batch");
     }
@@ -236,6 +239,7 @@ mod tests {
         };
         let job = Job {
             series: request.timeseries.len(),
+            queued: tokio::time::Instant::now(),
             request,
             agent: Uuid::nil(),
             done,

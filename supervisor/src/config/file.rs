@@ -30,6 +30,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub alerts: AlertsSection,
     #[serde(default)]
+    pub alertmanager: AlertmanagerSection,
+    #[serde(default)]
     pub api: ApiSection,
     #[serde(default)]
     pub tls: TlsSection,
@@ -199,6 +201,52 @@ pub struct AlertsSection {
     pub enable: Option<bool>,
     /// How long a condition holds before its alert fires.
     pub pending: Option<DurationIn<0, DAY>>,
+}
+
+/// `[alertmanager]`: an optional Alertmanager that delivers the alerts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertmanagerSection {
+    pub enable: Option<bool>,
+    #[serde(default, deserialize_with = "units::path")]
+    pub bin: Option<PathBuf>,
+    #[serde(default, deserialize_with = "units::listen")]
+    pub listen: Option<SocketAddr>,
+    pub user: Option<String>,
+    pub limits: Option<LimitsTable>,
+    /// How long to wait before the first notification of a new group.
+    pub group_wait: Option<DurationIn<0, HOUR>>,
+    /// How long to wait before notifying of changes to a group.
+    pub group_interval: Option<DurationIn<SECOND, DAY>>,
+    /// How long to wait before repeating a notification still firing.
+    pub repeat_interval: Option<DurationIn<MINUTE, { 30 * DAY }>>,
+    #[serde(default)]
+    pub webhook: Vec<WebhookTable>,
+    pub email: Option<EmailTable>,
+}
+
+/// `[[alertmanager.webhook]]`: where alerts are posted as JSON.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTable {
+    pub url: String,
+    /// A file holding a bearer token sent with each post.
+    #[serde(default, deserialize_with = "units::path")]
+    pub bearer_token_file: Option<PathBuf>,
+}
+
+/// `[alertmanager.email]`: alerts by email through an SMTP server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailTable {
+    pub to: String,
+    pub from: String,
+    /// `host:port` of the SMTP server.
+    pub smarthost: String,
+    pub username: Option<String>,
+    #[serde(default, deserialize_with = "units::path")]
+    pub password_file: Option<PathBuf>,
+    pub require_tls: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

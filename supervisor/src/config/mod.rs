@@ -243,13 +243,23 @@ impl Located<'_> {
         };
         let mut best = None;
         let mut table: Option<&dyn toml_edit::TableLike> = Some(doc.as_table());
+        // An index (`["alertmanager", "webhook", "1", "url"]`) picks one
+        // table of an array of tables.
+        let mut array: Option<&toml_edit::ArrayOfTables> = None;
         for key in path {
+            if let (Some(a), Ok(i)) = (array.take(), key.parse::<usize>()) {
+                let Some(t) = a.get(i) else { break };
+                best = t.span().or(best);
+                table = Some(t);
+                continue;
+            }
             let Some(t) = table else { break };
             let Some((k, item)) = t.get_key_value(key) else {
                 break;
             };
             best = k.span().or_else(|| item.span()).or(best);
             table = item.as_table_like();
+            array = item.as_array_of_tables();
         }
         best.map_or((1, 1), |s| self.line_col(s.start))
     }
@@ -379,11 +389,18 @@ fn absolutize(raw: &mut FileConfig, resolve: &impl Fn(PathBuf) -> PathBuf) {
         &mut raw.postgres.external_password_file,
         &mut raw.prometheus.bin,
         &mut raw.pushgateway.bin,
+        &mut raw.alertmanager.bin,
         &mut raw.api.bin,
         &mut raw.tls.cert,
         &mut raw.tls.key,
     ] {
         fix(p);
+    }
+    for hook in &mut raw.alertmanager.webhook {
+        fix(&mut hook.bearer_token_file);
+    }
+    if let Some(email) = &mut raw.alertmanager.email {
+        fix(&mut email.password_file);
     }
     if let Some(s3) = &mut raw.backup.s3 {
         fix(&mut s3.key_file);

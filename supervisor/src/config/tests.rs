@@ -941,3 +941,83 @@ fn bad_backup_s3_settings_are_refused_where_they_are_written() {
         "/etc/phoenix/phoenix.toml:5:1: backup.s3.key_file: the key file /etc/phoenix/k has mode 0644"
     );
 }
+
+#[test]
+fn the_alertmanager_is_off_until_asked_and_then_loopback_without_gossip() {
+    let c = parse_str("").unwrap();
+    assert!(c.service("alertmanager").is_none());
+    let prom = c.service("prometheus").unwrap();
+    let yml = &prom.files[0].contents;
+    assert!(!yml.contains("alerting:"), "{yml}");
+    // The rules, beside prometheus.yml, named in it.
+    assert!(
+        yml.contains("rule_files:\n  - \"/var/lib/phoenix/generated/prometheus/rules.yml\"\n"),
+        "{yml}"
+    );
+    assert_eq!(
+        prom.files[1].path,
+        Path::new("/var/lib/phoenix/generated/prometheus/rules.yml")
+    );
+
+    let c = parse_str(
+        "[alertmanager]\nenable = true\n\
+         [[alertmanager.webhook]]\nurl = \"https://hooks.example.com/x\"\nbearer_token_file = \"hook-token\"\n",
+    )
+    .unwrap();
+    let am = c.service("alertmanager").unwrap();
+    assert_eq!(am.user.as_deref(), Some("prometheus"));
+    assert_eq!(am.ports, ["127.0.0.1:9093".parse().unwrap()]);
+    assert!(
+        am.command
+            .contains(&"--cluster.listen-address=".to_string())
+    );
+    let am_yml = &am.files[0].contents;
+    // Relative to the config file, by name only.
+    assert!(
+        am_yml.contains("credentials_file: \"/etc/phoenix/hook-token\"\n"),
+        "{am_yml}"
+    );
+    let yml = &c.service("prometheus").unwrap().files[0].contents;
+    assert!(
+        yml.contains("alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:9093']\n"),
+        "{yml}"
+    );
+    assert!(yml.contains("job_name: alertmanager"), "{yml}");
+}
+
+#[test]
+fn bad_alerting_settings_are_refused_at_their_key() {
+    let e = refused(
+        "[alertmanager]\nenable = true\n[[alertmanager.webhook]]\nurl = \"https://a.example/x\"\n[[alertmanager.webhook]]\nurl = \"hooks.example.com\"\n",
+    );
+    assert!(
+        e.starts_with("/etc/phoenix/phoenix.toml:6:1: alertmanager.webhook.1.url: "),
+        "{e}"
+    );
+    assert!(e.contains("is not an http:// or https:// URL"), "{e}");
+    let e = refused(
+        "[alertmanager]\nenable = true\n[alertmanager.email]\nto = \"oncall\"\nfrom = \"p@example.com\"\nsmarthost = \"smtp:25\"\n",
+    );
+    assert!(
+        e.contains("alertmanager.email.to: \"oncall\" is not an email address"),
+        "{e}"
+    );
+    let e = refused(
+        "[alertmanager]\nenable = true\n[alertmanager.email]\nto = \"o@example.com\"\nfrom = \"p@example.com\"\nsmarthost = \"smtp\"\n",
+    );
+    assert!(
+        e.contains("alertmanager.email.smarthost: \"smtp\" is not host:port"),
+        "{e}"
+    );
+    let e = refused("[prometheus]\nenable = false\n[alertmanager]\nenable = true\n");
+    assert!(e.contains("alertmanager.enable: "), "{e}");
+    let e = refused("[alerts]\npending = \"2 days\"\n");
+    assert!(e.contains("alerts.pending"), "{e}");
+    let e = refused("[alerts]\nfor = \"1m\"\n");
+    assert!(e.contains("unknown field `for`"), "{e}");
+    // Off: no rules, and prometheus.yml names none.
+    let c = parse_str("[alerts]\nenable = false\n").unwrap();
+    let prom = c.service("prometheus").unwrap();
+    assert_eq!(prom.files.len(), 1);
+    assert!(!prom.files[0].contents.contains("rule_files"));
+}

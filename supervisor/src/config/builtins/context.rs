@@ -79,6 +79,7 @@ pub(super) struct Context<'a> {
     /// still stores, and so how old a sample the API takes from agents.
     pub(super) out_of_order_window: Duration,
     pub(super) pushgateway: Peer,
+    pub(super) alertmanager: Peer,
     /// `[health] listen`, where Prometheus scrapes the supervisor.
     pub(super) health_listen: SocketAddr,
     pub(super) postgres: Postgres,
@@ -107,10 +108,10 @@ impl<'a> Context<'a> {
             .expect("valid address")
         });
         // Dev mode keeps clear of a Prometheus the distribution may already run.
-        let (prom_default, push_default) = if opts.dev {
-            ("127.0.0.1:19090", "127.0.0.1:19091")
+        let (prom_default, push_default, alertmanager_default) = if opts.dev {
+            ("127.0.0.1:19090", "127.0.0.1:19091", "127.0.0.1:19093")
         } else {
-            ("127.0.0.1:9090", "127.0.0.1:9091")
+            ("127.0.0.1:9090", "127.0.0.1:9091", "127.0.0.1:9093")
         };
         let prom_listen = raw
             .prometheus
@@ -163,6 +164,13 @@ impl<'a> Context<'a> {
             pushgateway: Peer {
                 enabled: raw.pushgateway.enable.unwrap_or(false),
                 listen: push_listen,
+            },
+            alertmanager: Peer {
+                enabled: raw.alertmanager.enable.unwrap_or(false),
+                listen: raw
+                    .alertmanager
+                    .listen
+                    .unwrap_or_else(|| alertmanager_default.parse().expect("valid address")),
             },
             health_listen: raw
                 .health

@@ -1,10 +1,11 @@
 //! The built-in sections expanded into service specs with the appliance's
 //! defaults. Each section has its own file ([tls], [postgres], [backup],
-//! [prometheus] with [alerts], [pushgateway], [api], [scaling]) whose `expand` reads its table and the
+//! [prometheus] with [alerts], [pushgateway], [alertmanager], [api], [scaling]) whose `expand` reads its table and the
 //! shared [`Context`] and returns what the section contributes. What
 //! sections share is in `context.rs`; sections never import from one
 //! another.
 
+mod alertmanager;
 pub mod alerts;
 mod api;
 mod backup;
@@ -34,6 +35,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("backup-stanza", "backup"),
     ("prometheus", "prometheus"),
     ("pushgateway", "pushgateway"),
+    ("alertmanager", "alertmanager"),
     ("api", "api"),
 ];
 
@@ -77,10 +79,18 @@ pub fn expand(
         backup.settings.as_ref(),
     )?;
     let pushgateway = pushgateway::expand(&raw.pushgateway, &ctx)?;
+    let alertmanager = alertmanager::expand(&raw.alertmanager, &ctx)?;
     let api = api::expand(&raw.api, &ctx, &tls, database)?;
     let mut services = Vec::new();
     let mut secrets = Vec::new();
-    for part in [postgres, backup.contribution, prometheus, pushgateway, api] {
+    for part in [
+        postgres,
+        backup.contribution,
+        prometheus,
+        pushgateway,
+        alertmanager,
+        api,
+    ] {
         services.extend(part.services);
         secrets.extend(part.secrets);
     }

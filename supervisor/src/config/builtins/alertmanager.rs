@@ -1,0 +1,222 @@
+//! `[alertmanager]`: an optional Alertmanager, loopback only, that takes
+//! the alerts of the managed Prometheus and delivers them to the webhooks
+//! and the email address of the TOML file, through its generated
+//! `alertmanager.yml`. A critical alert silences the warning of the same
+//! alert (and service or trigger) while both fire. Clustering is off: one
+//! appliance, one Alertmanager, no gossip port.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::context::{Context, Contribution, GIB, arg, local, path_str, user_for, with_limits};
+use crate::config::ConfigError;
+use crate::config::file::{AlertmanagerSection, EmailTable, WebhookTable};
+use crate::config::spec::*;
+
+pub(super) fn expand(
+    a: &AlertmanagerSection,
+    ctx: &Context<'_>,
+) -> Result<Contribution, ConfigError> {
+    let loc = ctx.loc;
+    if !ctx.alertmanager.enabled {
+        return Ok(Contribution::default());
+    }
+    if !ctx.prometheus.enabled {
+        return Err(loc.error(
+            &["alertmanager", "enable"],
+            "the Alertmanager delivers the alerts of the managed Prometheus: turn [prometheus] \
+             on, or this off",
+        ));
+    }
+    for (i, hook) in a.webhook.iter().enumerate() {
+        if !(hook.url.starts_with("https://") || hook.url.starts_with("http://")) {
+            return Err(loc.error(
+                &["alertmanager", "webhook", &i.to_string(), "url"],
+                format!("{:?} is not an http:// or https:// URL", hook.url),
+            ));
+        }
+    }
+    if let Some(email) = &a.email {
+        for (key, value) in [("to", &email.to), ("from", &email.from)] {
+            if !value.contains('@') {
+                return Err(loc.error(
+                    &["alertmanager", "email", key],
+                    format!("{value:?} is not an email address"),
+                ));
+            }
+        }
+        if email
+            .smarthost
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(loc.error(
+                &["alertmanager", "email", "smarthost"],
+                format!("{:?} is not host:port", email.smarthost),
+            ));
+        }
+        if email.password_file.is_some() && email.username.is_none() {
+            return Err(loc.error(
+                &["alertmanager", "email", "password_file"],
+                "a password needs a `username`",
+            ));
+        }
+    }
+    let listen = ctx.alertmanager.listen;
+    let dir = ctx.state.join("alertmanager");
+    let config_file = ctx.generated_file("alertmanager", "alertmanager.yml");
+    let yml = alertmanager_yml(&Routing {
+        group_wait: a.group_wait.map_or(Duration::from_secs(30), |d| d.0),
+        group_interval: a.group_interval.map_or(Duration::from_secs(300), |d| d.0),
+        repeat_interval: a
+            .repeat_interval
+            .map_or(Duration::from_secs(4 * 3600), |d| d.0),
+        webhooks: &a.webhook,
+        email: a.email.as_ref(),
+    });
+    let mut svc = ServiceSpec::new(
+        "alertmanager",
+        vec![
+            path_str(
+                &a.bin
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus-alertmanager")),
+            ),
+            arg("--config.file", config_file.display()),
+            arg("--storage.path", dir.display()),
+            arg("--web.listen-address", listen),
+            // One appliance: no gossip with peers, no port for it.
+            "--cluster.listen-address=".into(),
+        ],
+    );
+    svc.user = user_for(ctx.opts, &a.user, "prometheus", loc, "alertmanager")?;
+    svc.dirs = vec![dir];
+    svc.files = vec![GeneratedFile {
+        path: config_file,
+        contents: yml,
+    }];
+    svc.readiness = Some(ServiceSpec::readiness(Probe::Http(format!(
+        "http://{}/-/ready",
+        local(listen)
+    ))));
+    svc.liveness = Some(ServiceSpec::liveness(Probe::Http(format!(
+        "http://{}/-/healthy",
+        local(listen)
+    ))));
+    svc.reload_signal = Some(Signal::SIGHUP);
+    svc.limits = with_limits(
+        Limits {
+            memory: Some(GIB / 4),
+            cpus: Some(0.5),
+            pids: None,
+        },
+        &a.limits,
+        loc,
+        "alertmanager",
+    )?;
+    svc.ports = vec![listen];
+    Ok(Contribution {
+        services: vec![svc],
+        secrets: Vec::new(),
+    })
+}
+
+struct Routing<'a> {
+    group_wait: Duration,
+    group_interval: Duration,
+    repeat_interval: Duration,
+    webhooks: &'a [WebhookTable],
+    email: Option<&'a EmailTable>,
+}
+
+/// Strings are written as JSON strings, which YAML reads as double-quoted
+/// scalars.
+fn q(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
+fn qp(p: &Path) -> String {
+    q(&p.display().to_string())
+}
+
+fn alertmanager_yml(r: &Routing<'_>) -> String {
+    let mut y = format!(
+        "# Generated by phoenix-supervisor from phoenix.toml; edits here are overwritten.\n\
+         route:\n  receiver: phoenix\n  group_by: [alertname, service, trigger]\n\
+         \x20 group_wait: {}s\n  group_interval: {}s\n  repeat_interval: {}s\n\
+         inhibit_rules:\n  - source_matchers: ['severity=\"critical\"']\n\
+         \x20   target_matchers: ['severity=\"warning\"']\n\
+         \x20   equal: [alertname, service, trigger]\n\
+         receivers:\n  - name: phoenix\n",
+        r.group_wait.as_secs(),
+        r.group_interval.as_secs().max(1),
+        r.repeat_interval.as_secs().max(60),
+    );
+    if !r.webhooks.is_empty() {
+        y.push_str("    webhook_configs:\n");
+        for hook in r.webhooks {
+            y.push_str(&format!(
+                "      - url: {}\n        send_resolved: true\n",
+                q(&hook.url)
+            ));
+            if let Some(token) = &hook.bearer_token_file {
+                y.push_str(&format!(
+                    "        http_config:\n          authorization:\n            credentials_file: {}\n",
+                    qp(token)
+                ));
+            }
+        }
+    }
+    if let Some(e) = r.email {
+        y.push_str(&format!(
+            "    email_configs:\n      - to: {}\n        from: {}\n        smarthost: {}\n\
+             \x20       require_tls: {}\n        send_resolved: true\n",
+            q(&e.to),
+            q(&e.from),
+            q(&e.smarthost),
+            e.require_tls.unwrap_or(true)
+        ));
+        if let Some(user) = &e.username {
+            y.push_str(&format!("        auth_username: {}\n", q(user)));
+        }
+        if let Some(file) = &e.password_file {
+            y.push_str(&format!("        auth_password_file: {}\n", qp(file)));
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receivers_carry_files_never_secrets() {
+        let hooks = [WebhookTable {
+            url: "https://hooks.example.com/phoenix".into(),
+            bearer_token_file: Some("/etc/phoenix/hook-token".into()),
+        }];
+        let email = EmailTable {
+            to: "oncall@example.com".into(),
+            from: "phoenix@example.com".into(),
+            smarthost: "smtp.example.com:587".into(),
+            username: Some("phoenix".into()),
+            password_file: Some("/etc/phoenix/smtp-password".into()),
+            require_tls: None,
+        };
+        let y = alertmanager_yml(&Routing {
+            group_wait: Duration::from_secs(30),
+            group_interval: Duration::from_secs(300),
+            repeat_interval: Duration::from_secs(4 * 3600),
+            webhooks: &hooks,
+            email: Some(&email),
+        });
+        assert!(y.contains("      - url: \"https://hooks.example.com/phoenix\"\n"));
+        assert!(y.contains("credentials_file: \"/etc/phoenix/hook-token\"\n"));
+        assert!(y.contains("auth_password_file: \"/etc/phoenix/smtp-password\"\n"));
+        assert!(y.contains("require_tls: true\n"));
+        assert!(y.contains("  repeat_interval: 14400s\n"));
+    }
+}
