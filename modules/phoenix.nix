@@ -45,6 +45,8 @@ let
     (portOf (cfg.settings.api.agent_listen or "0.0.0.0:6700"))
   ];
 
+  grafanaPasswordFile = "/var/lib/phoenix-grafana/admin-password";
+
   controlSocket = "${cfg.settings.supervisor.run_dir or "/run/phoenix"}/control.sock";
 
   supervisor = lib.getExe' cfg.package "phoenix-supervisor";
@@ -182,6 +184,22 @@ in
       configuration; its keys override `settings` key by key
     '';
 
+    grafana = {
+      enable = lib.mkEnableOption ''
+        Grafana (services.grafana) on 127.0.0.1:3000, with the managed
+        Prometheus as its data source and the dashboards of dashboards/
+        (the appliance; experiments and cost) provisioned. Reach it over an
+        SSH tunnel. The admin password is generated at the first start into
+        /var/lib/phoenix-grafana/admin-password (mode 0600, owner grafana);
+        there is no default password
+      '';
+      port = lib.mkOption {
+        type = lib.types.port;
+        default = 3000;
+        description = "Grafana's port, on 127.0.0.1 only.";
+      };
+    };
+
     openFirewall = lib.mkOption {
       type = lib.types.bool;
       default = false;
@@ -196,6 +214,58 @@ in
   };
 
   config = lib.mkIf cfg.enable {
+    services.grafana = lib.mkIf cfg.grafana.enable {
+      enable = true;
+      settings = {
+        server = {
+          http_addr = "127.0.0.1";
+          http_port = cfg.grafana.port;
+        };
+        security = {
+          admin_user = "admin";
+          admin_password = "$__file{${grafanaPasswordFile}}";
+          disable_gravatar = true;
+        };
+        analytics.reporting_enabled = false;
+        "auth.anonymous".enabled = false;
+      };
+      provision = {
+        enable = true;
+        datasources.settings.datasources = [{
+          name = "Prometheus";
+          type = "prometheus";
+          uid = "phoenix-prometheus";
+          url = "http://${cfg.settings.prometheus.listen or "127.0.0.1:9090"}";
+          isDefault = true;
+        }];
+        dashboards.settings.providers = [{
+          name = "phoenix";
+          folder = "Phoenix";
+          options.path = ../dashboards;
+        }];
+      };
+    };
+
+    # A random admin password before Grafana's first start; kept after.
+    systemd.services.phoenix-grafana-password = lib.mkIf cfg.grafana.enable {
+      description = "Phoenix: Grafana's admin password";
+      wantedBy = [ "grafana.service" ];
+      before = [ "grafana.service" ];
+      serviceConfig = {
+        Type = "oneshot";
+        RemainAfterExit = true;
+        UMask = "0077";
+      };
+      script = ''
+        install -d -m 0700 -o grafana -g grafana ${dirOf grafanaPasswordFile}
+        if [ ! -s ${grafanaPasswordFile} ]; then
+          tr -dc 'A-Za-z0-9' </dev/urandom | head -c 32 >${grafanaPasswordFile}
+        fi
+        chown grafana:grafana ${grafanaPasswordFile}
+        chmod 0600 ${grafanaPasswordFile}
+      '';
+    };
+
     warnings =
       lib.optional (config.services.postgresql.enable && sectionEnabled "postgres") ''
         services.phoenix runs its own PostgreSQL as user postgres, and services.postgresql is enabled too:

@@ -81,12 +81,34 @@ let
 
   disabled = evaluate { services.phoenix.settings.api.listen = "0.0.0.0:1"; };
 
+  withGrafana = evaluate {
+    services.phoenix = {
+      enable = true;
+      grafana.enable = true;
+    };
+  };
+  grafana = withGrafana.services.grafana;
+
   alongsidePostgresql = evaluate {
     services.phoenix.enable = true;
     services.postgresql.enable = true;
   };
 
   failures = lib.concatLists [
+    # Grafana: off by default; when on, loopback, no default password, the
+    # managed Prometheus and the repository's dashboards provisioned.
+    (expect "no grafana by default" (defaults.services.grafana.enable or false) false)
+    (expect "no grafana password unit by default" (defaults.systemd.services ? phoenix-grafana-password) false)
+    (expect "grafana on" grafana.enable true)
+    (expect "grafana loopback" grafana.settings.server.http_addr "127.0.0.1")
+    (expect "grafana password from a file"
+      grafana.settings.security.admin_password "$__file{/var/lib/phoenix-grafana/admin-password}")
+    (expect "grafana data source"
+      (map (d: d.url) grafana.provision.datasources.settings.datasources) [ "http://127.0.0.1:9090" ])
+    (expectThat "grafana dashboards from the repository"
+      (lib.hasSuffix "/dashboards" (toString (lib.head grafana.provision.dashboards.settings.providers).options.path)))
+    (expectThat "the password is made before grafana starts"
+      (lib.elem "grafana.service" withGrafana.systemd.services.phoenix-grafana-password.before))
     # Defaults: the servers' programs through the stable links, nothing else.
     (expect "default settings" defaults.services.phoenix.settings links)
     (expect "default users" (lib.attrNames defaults.users.users) [ "phoenix" "postgres" "prometheus" ])

@@ -115,6 +115,7 @@ rec {
       networking.firewall.allowedTCPPorts = mkOption { type = types.listOf types.port; default = [ ]; };
       services.postgresql.enable = mkOption { type = types.bool; default = false; };
       services.prometheus.enable = mkOption { type = types.bool; default = false; };
+      services.grafana = mkOption { type = types.attrsOf types.anything; default = { }; };
       systemd.services = mkOption {
         type = types.attrsOf (types.submodule { freeformType = types.attrsOf types.anything; });
         default = { };
