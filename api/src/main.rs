@@ -9,6 +9,11 @@ use clap::Parser;
 use phoenix_api::config::{Args, Config};
 use tracing_subscriber::{EnvFilter, filter::LevelFilter};
 
+/// Every request allocates (bodies, decoded series, JSON); glibc's malloc
+/// spent a quarter of the API's CPU under 2,000 agents (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()

@@ -277,7 +277,7 @@ async fn forwarding(
     client: &reqwest::Client,
     api_metrics: &str,
     prometheus_metrics: &str,
-) -> Result<[f64; 8], String> {
+) -> Result<[f64; 10], String> {
     let text = async |url: &str| -> Result<String, String> {
         let r = client.get(url).send().await.map_err(|e| e.to_string())?;
         r.text().await.map_err(|e| e.to_string())
@@ -309,6 +309,11 @@ async fn forwarding(
         &api,
         "phoenix_api_http_request_duration_seconds",
         "route=\"/api/v1/agent/write\"",
+    );
+    let (received, received_slow) = histogram(
+        &prometheus,
+        "prometheus_http_request_duration_seconds",
+        "handler=\"/api/v1/write\"",
     );
     let (forwarded, forwarded_slow) = histogram(
         &api,
@@ -348,6 +353,8 @@ async fn forwarding(
         handled_slow,
         forwarded,
         forwarded_slow,
+        received,
+        received_slow,
     ])
 }
 
@@ -509,13 +516,15 @@ fn run(args: Args) -> Result<ExitCode> {
                     "{n} agents: {batches:.0} batches reached Prometheus in {requests:.0} requests \
                      ({:.2} per request); its write handler took {:.1} ms on average; over \
                      200 ms: {:.0} of {:.0} writes in the API's handler, {:.0} of {:.0} batches \
-                     in its forwarder",
+                     in its forwarder, {:.0} of {:.0} requests in Prometheus's handler",
                     batches / requests.max(1.0),
                     handler_secs * 1000.0 / handled.max(1.0),
                     d[5],
                     d[4],
                     d[7],
-                    d[6]
+                    d[6],
+                    d[9],
+                    d[8]
                 ));
             } else {
                 notes.push(format!(
