@@ -72,6 +72,8 @@ pub struct Metrics {
     forwards: Family<OutcomeLabels, Counter>,
     forwarded_batches: Family<OutcomeLabels, Counter>,
     forward_duration: Histogram,
+    forward_wait: Histogram,
+    forward_request: Histogram,
 }
 
 impl Default for Metrics {
@@ -137,6 +139,20 @@ impl Metrics {
             Unit::Seconds,
             forward_duration.clone(),
         );
+        let forward_wait = Histogram::new(LATENCY_BUCKETS.into_iter());
+        registry.register_with_unit(
+            "remote_write_forward_wait",
+            "Time a batch waited at the forwarder before its request started",
+            Unit::Seconds,
+            forward_wait.clone(),
+        );
+        let forward_request = Histogram::new(LATENCY_BUCKETS.into_iter());
+        registry.register_with_unit(
+            "remote_write_request_duration",
+            "Time of one request to the remote-write receiver, encoding and the answer included",
+            Unit::Seconds,
+            forward_request.clone(),
+        );
         Self {
             registry,
             request_duration,
@@ -148,12 +164,24 @@ impl Metrics {
             forwards,
             forwarded_batches,
             forward_duration,
+            forward_wait,
+            forward_request,
         }
     }
 
     /// Records how long one batch took to be forwarded.
     pub fn observe_forward_duration(&self, elapsed: Duration) {
         self.forward_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records how long a batch waited before its request started.
+    pub fn observe_forward_wait(&self, elapsed: Duration) {
+        self.forward_wait.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records how long one request to the receiver took.
+    pub fn observe_forward_request(&self, elapsed: Duration) {
+        self.forward_request.observe(elapsed.as_secs_f64());
     }
 
     /// Records one request to the remote-write receiver holding `batches`

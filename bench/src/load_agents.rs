@@ -277,7 +277,7 @@ async fn forwarding(
     client: &reqwest::Client,
     api_metrics: &str,
     prometheus_metrics: &str,
-) -> Result<[f64; 10], String> {
+) -> Result<[f64; 14], String> {
     let text = async |url: &str| -> Result<String, String> {
         let r = client.get(url).send().await.map_err(|e| e.to_string())?;
         r.text().await.map_err(|e| e.to_string())
@@ -309,6 +309,13 @@ async fn forwarding(
         &api,
         "phoenix_api_http_request_duration_seconds",
         "route=\"/api/v1/agent/write\"",
+    );
+    let (waited, waited_slow) =
+        histogram(&api, "phoenix_api_remote_write_forward_wait_seconds", "");
+    let (requested, requested_slow) = histogram(
+        &api,
+        "phoenix_api_remote_write_request_duration_seconds",
+        "",
     );
     let (received, received_slow) = histogram(
         &prometheus,
@@ -355,6 +362,10 @@ async fn forwarding(
         forwarded_slow,
         received,
         received_slow,
+        waited,
+        waited_slow,
+        requested,
+        requested_slow,
     ])
 }
 
@@ -516,13 +527,18 @@ fn run(args: Args) -> Result<ExitCode> {
                     "{n} agents: {batches:.0} batches reached Prometheus in {requests:.0} requests \
                      ({:.2} per request); its write handler took {:.1} ms on average; over \
                      200 ms: {:.0} of {:.0} writes in the API's handler, {:.0} of {:.0} batches \
-                     in its forwarder, {:.0} of {:.0} requests in Prometheus's handler",
+                     in its forwarder ({:.0} of {:.0} waiting for a request, {:.0} of {:.0} \
+                     requests), {:.0} of {:.0} requests in Prometheus's handler",
                     batches / requests.max(1.0),
                     handler_secs * 1000.0 / handled.max(1.0),
                     d[5],
                     d[4],
                     d[7],
                     d[6],
+                    d[11],
+                    d[10],
+                    d[13],
+                    d[12],
                     d[9],
                     d[8]
                 ));

@@ -451,6 +451,18 @@ fn malformed_batches_get_their_problem_documents() {
         write_request(std::slice::from_ref(&cpu)),
     );
     refused(&r, 415, "unsupported_media_type");
+    // A misspelt group parameter would send the batch to the live group.
+    let r = write(
+        &s,
+        &agent,
+        "?experiment=demo&varaint=baseline",
+        batch(std::slice::from_ref(&cpu)),
+    );
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("varaint"),
+        "{r:?}"
+    );
     // Labels: the API's own, Prometheus's own, twice the same series; the
     // problem names the series by its index.
     for (labels, code) in [

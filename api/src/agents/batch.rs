@@ -42,8 +42,11 @@ pub(super) static CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
         .expect("a default HTTP client builds")
 });
 
+/// A misspelt parameter is refused: taken silently, it would send the
+/// batch to the live group instead of the experiment.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct GroupQuery {
     /// The experiment these metrics belong to (letters, digits, `.`, `_`,
     /// `:`, `-`; at most 128); `none` when absent.

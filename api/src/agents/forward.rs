@@ -136,11 +136,16 @@ async fn run(url: url::Url, mut queue: mpsc::Receiver<Job>, metrics: Arc<Metrics
 /// Sends `jobs` as one request and answers each; a refused request of
 /// several is sent again a batch at a time.
 async fn deliver(url: &url::Url, mut jobs: Vec<Job>, metrics: &Metrics) {
+    let started = tokio::time::Instant::now();
+    for job in &jobs {
+        metrics.observe_forward_wait(started.saturating_duration_since(job.queued));
+    }
     let outcome = if let [job] = jobs.as_slice() {
         post(url, &job.request).await
     } else {
         post(url, &merged(&jobs)).await
     };
+    metrics.observe_forward_request(started.elapsed());
     metrics.observe_forward(jobs.len(), outcome.label());
     if let Outcome::Unavailable { detail } = &outcome {
         tracing::warn!(batches = jobs.len(), %detail, "the remote-write receiver did not take a request; its agents will retry");
