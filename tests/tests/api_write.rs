@@ -299,13 +299,9 @@ fn old_samples_land_at_their_timestamps_with_the_agents_labels_and_once_however_
     );
 }
 
-/// The value of the sample `name` (with its labels, as written) in an
-/// exposition; 0 when absent.
-fn sample_value(exposition: &str, name: &str) -> f64 {
-    exposition
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+/// A counter's value in an exposition; 0 before it was first counted.
+fn counter(exposition: &str, series: &str) -> f64 {
+    phoenix_tests::agents::metric_in(exposition, series).unwrap_or(0.0)
 }
 
 /// Many agents write at once, so that batches share requests to
@@ -361,11 +357,11 @@ fn a_refused_batch_sharing_a_request_with_others_is_refused_alone() {
             }
         }
         let m = get_text(&s.ports.api_url("/metrics"));
-        let requests = sample_value(
+        let requests = counter(
             &m,
             "phoenix_api_remote_write_requests_total{outcome=\"refused\"}",
         );
-        let batches = sample_value(
+        let batches = counter(
             &m,
             "phoenix_api_remote_write_batches_total{outcome=\"refused\"}",
         );

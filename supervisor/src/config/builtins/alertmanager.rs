@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use super::context::{Context, Contribution, GIB, arg, local, path_str, user_for, with_limits};
+use super::context::{
+    Context, Contribution, GIB, arg, local, path_str, user_for, with_limits, yaml_str,
+};
 use crate::config::ConfigError;
 use crate::config::file::{AlertmanagerSection, EmailTable, WebhookTable};
 use crate::config::spec::*;
@@ -131,14 +133,8 @@ struct Routing<'a> {
     email: Option<&'a EmailTable>,
 }
 
-/// Strings are written as JSON strings, which YAML reads as double-quoted
-/// scalars.
-fn q(s: &str) -> String {
-    serde_json::to_string(s).expect("a string serialises")
-}
-
 fn qp(p: &Path) -> String {
-    q(&p.display().to_string())
+    yaml_str(&p.display().to_string())
 }
 
 fn alertmanager_yml(r: &Routing<'_>) -> String {
@@ -159,7 +155,7 @@ fn alertmanager_yml(r: &Routing<'_>) -> String {
         for hook in r.webhooks {
             y.push_str(&format!(
                 "      - url: {}\n        send_resolved: true\n",
-                q(&hook.url)
+                yaml_str(&hook.url)
             ));
             if let Some(token) = &hook.bearer_token_file {
                 y.push_str(&format!(
@@ -173,13 +169,13 @@ fn alertmanager_yml(r: &Routing<'_>) -> String {
         y.push_str(&format!(
             "    email_configs:\n      - to: {}\n        from: {}\n        smarthost: {}\n\
              \x20       require_tls: {}\n        send_resolved: true\n",
-            q(&e.to),
-            q(&e.from),
-            q(&e.smarthost),
+            yaml_str(&e.to),
+            yaml_str(&e.from),
+            yaml_str(&e.smarthost),
             e.require_tls.unwrap_or(true)
         ));
         if let Some(user) = &e.username {
-            y.push_str(&format!("        auth_username: {}\n", q(user)));
+            y.push_str(&format!("        auth_username: {}\n", yaml_str(user)));
         }
         if let Some(file) = &e.password_file {
             y.push_str(&format!("        auth_password_file: {}\n", qp(file)));

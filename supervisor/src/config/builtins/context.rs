@@ -188,6 +188,12 @@ impl<'a> Context<'a> {
     }
 }
 
+/// `text` as a YAML double-quoted scalar, for the generated YAML files: a
+/// JSON string is one, with every character that needs it escaped.
+pub(super) fn yaml_str(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serialises")
+}
+
 /// Loopback form of a listen address, for clients on this machine.
 pub(super) fn local(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {

@@ -13,7 +13,9 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use super::alerts::{AlertInputs, rules_yml};
-use super::context::{Context, Contribution, GIB, arg, local, path_str, user_for, with_limits};
+use super::context::{
+    Context, Contribution, GIB, arg, local, path_str, user_for, with_limits, yaml_str,
+};
 use crate::config::ConfigError;
 use crate::config::file::{AlertsSection, PrometheusSection};
 use crate::config::spec::*;
@@ -151,7 +153,7 @@ fn prometheus_yml(
     let rule_files = rules.map_or_else(String::new, |rules| {
         format!(
             "rule_files:\n  - {}\n",
-            serde_json::to_string(&rules.display().to_string()).expect("a string serialises")
+            yaml_str(&rules.display().to_string())
         )
     });
     let alerting = alertmanager.map_or_else(String::new, |a| {
