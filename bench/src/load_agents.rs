@@ -284,10 +284,7 @@ async fn forwarding(
     };
     let (api, prometheus) = (text(api_metrics).await?, text(prometheus_metrics).await?);
     let value = |exposition: &str, name: &str| -> Result<f64, String> {
-        exposition
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse().ok())
+        phoenix_tests::agents::metric_in(exposition, name)
             .ok_or_else(|| format!("{name} is not exposed"))
     };
     let handler = "{code=\"204\",handler=\"/api/v1/write\"}";
