@@ -37,7 +37,7 @@ writeShellApplication {
     pgbackrest = "${pgbackrest}/bin/pgbackrest"
     TOML
     fi
-    echo "Phoenix dev stack (config: $config): health http://127.0.0.1:8081/health, API https://127.0.0.1:8443"
+    echo "Phoenix dev stack (config: $config): health http://127.0.0.1:8081/health, console and API https://127.0.0.1:8443/"
     exec ${phoenix}/bin/phoenix-supervisor run --dev --config "$config"
   '';
 }

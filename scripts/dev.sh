@@ -19,7 +19,9 @@ fi
 cat <<INFO
 Phoenix dev stack (config: $config, state: .phoenix-dev/)
   health:      http://127.0.0.1:8081/health   (also /readyz /livez /metrics)
-  API:         https://127.0.0.1:8443/health  (self-signed certificate)
+  console:     https://127.0.0.1:8443/        (self-signed certificate; user admin,
+               password in .phoenix-dev/state/secrets/initial-admin-password)
+  API:         https://127.0.0.1:8443/api/v1/  (docs/api.md)
   Prometheus:  http://127.0.0.1:19090
   agents:      https://127.0.0.1:6700            (the agent listener; see docs/agent.md)
   PostgreSQL:  127.0.0.1:15432

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what Phoenix needs to build, run and test on Debian/Ubuntu:
 # PostgreSQL 15, pgBackRest, Prometheus, the Pushgateway, runit (benchmark peer),
-# util-linux (unshare), pebble (ACME), schemathesis and moto (PyPI) and the `phoenix`
+# util-linux (unshare), pebble (ACME), Chromium and ChromeDriver (console tests), schemathesis and moto (PyPI) and the `phoenix`
 # system user.
 # Idempotent.
 set -euo pipefail
@@ -14,7 +14,9 @@ packages=(postgresql pgbackrest prometheus prometheus-pushgateway prometheus-ale
   # ACME tests: pebble, a test CA, and pebble-challtestsrv, its DNS server
   pebble
   # the agent benchmark's peer: the usual per-process exporter
-  prometheus-process-exporter)
+  prometheus-process-exporter
+  # the console's browser tests: headless Chromium driven over WebDriver
+  chromium chromium-driver)
 
 need_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -97,6 +97,11 @@ pub struct Args {
     #[arg(long, env = "PHOENIX_PROMETHEUS_URL")]
     pub prometheus_url: Option<url::Url>,
 
+    /// The supervisor's health endpoint, shown on the console's overview,
+    /// e.g. http://127.0.0.1:8081/health.
+    #[arg(long, env = "PHOENIX_SUPERVISOR_HEALTH_URL")]
+    pub supervisor_health_url: Option<url::Url>,
+
     /// Price of one active series per month, in dollars, for cost figures.
     #[arg(long, env = "PHOENIX_PRICE_PER_SERIES_MONTH", default_value_t = 0.05)]
     pub price_per_series_month: f64,
@@ -385,6 +390,7 @@ impl TryFrom<Args> for Config {
                 remote_write_url: args.remote_write_url,
                 remote_write_max_age: args.remote_write_max_age,
                 prometheus_url: args.prometheus_url,
+                supervisor_health_url: args.supervisor_health_url,
                 price_per_series_month: args.price_per_series_month,
             },
             login: crate::auth::limiter::Policy {

@@ -88,12 +88,16 @@ pub struct Prometheus {
 }
 
 #[derive(Deserialize)]
-struct QueryResponse {
+struct QueryResponse<T> {
     status: String,
-    #[serde(default)]
-    data: Option<QueryData>,
+    #[serde(default = "none")]
+    data: Option<T>,
     #[serde(default)]
     error: Option<String>,
+}
+
+fn none<T>() -> Option<T> {
+    None
 }
 
 #[derive(Deserialize)]
@@ -107,6 +111,27 @@ struct QueryData {
 struct VectorElement {
     metric: BTreeMap<String, String>,
     value: (f64, String),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RangeData {
+    result_type: String,
+    result: Vec<MatrixElement>,
+}
+
+#[derive(Deserialize)]
+struct MatrixElement {
+    metric: BTreeMap<String, String>,
+    values: Vec<(f64, String)>,
+}
+
+/// One series of a range query: its labels and `(unix seconds, value)`
+/// points, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RangeSeries {
+    pub labels: BTreeMap<String, String>,
+    pub points: Vec<(f64, f64)>,
 }
 
 /// One connection pool for every query of this process.
@@ -147,37 +172,12 @@ impl Prometheus {
         promql: &str,
         at: Option<DateTime<Utc>>,
     ) -> Result<Vec<Sample>, MeasureError> {
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .map_err(|()| MeasureError::Prometheus(format!("{} is not a base URL", self.base)))?
-            .pop_if_empty()
-            .extend(["api", "v1", "query"]);
         let mut params = vec![("query", promql.to_owned())];
         if let Some(at) = at {
-            params.push((
-                "time",
-                format!("{:.3}", at.timestamp_millis() as f64 / 1000.0),
-            ));
+            params.push(("time", unix_seconds(at)));
         }
         let fail = |e: String| MeasureError::Prometheus(format!("query `{promql}`: {e}"));
-        let response = self
-            .http
-            .post(url)
-            .form(&params)
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let status = response.status();
-        let body: QueryResponse = response
-            .json()
-            .await
-            .map_err(|e| fail(format!("HTTP {status}, unreadable answer: {e}")))?;
-        if body.status != "success" {
-            return Err(fail(body.error.unwrap_or_else(|| format!("HTTP {status}"))));
-        }
-        let data = body
-            .data
-            .ok_or_else(|| fail("no data in the answer".into()))?;
+        let data: QueryData = self.call("query", &params, &fail).await?;
         if data.result_type != "vector" {
             return Err(fail(format!(
                 "expected an instant vector, got a {}",
@@ -187,17 +187,81 @@ impl Prometheus {
         data.result
             .into_iter()
             .map(|e| {
-                let value = e
-                    .value
-                    .1
-                    .parse::<f64>()
-                    .map_err(|_| fail(format!("`{}` is not a number", e.value.1)))?;
                 Ok(Sample {
                     labels: e.metric,
-                    value,
+                    value: number(&e.value.1).map_err(&fail)?,
                 })
             })
             .collect()
+    }
+
+    /// Runs a range query from `start` to `end` every `step`.
+    pub async fn query_range(
+        &self,
+        promql: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        step: Duration,
+    ) -> Result<Vec<RangeSeries>, MeasureError> {
+        let params = [
+            ("query", promql.to_owned()),
+            ("start", unix_seconds(start)),
+            ("end", unix_seconds(end)),
+            ("step", format!("{}", step.as_secs().max(1))),
+        ];
+        let fail = |e: String| MeasureError::Prometheus(format!("range query `{promql}`: {e}"));
+        let data: RangeData = self.call("query_range", &params, &fail).await?;
+        if data.result_type != "matrix" {
+            return Err(fail(format!(
+                "expected a range vector, got a {}",
+                data.result_type
+            )));
+        }
+        data.result
+            .into_iter()
+            .map(|e| {
+                let points = e
+                    .values
+                    .iter()
+                    .map(|(t, v)| Ok((*t, number(v).map_err(&fail)?)))
+                    .collect::<Result<_, MeasureError>>()?;
+                Ok(RangeSeries {
+                    labels: e.metric,
+                    points,
+                })
+            })
+            .collect()
+    }
+
+    /// POSTs `params` to `/api/v1/<endpoint>`; the answer's `data`.
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        params: &[(&str, String)],
+        fail: &impl Fn(String) -> MeasureError,
+    ) -> Result<T, MeasureError> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| MeasureError::Prometheus(format!("{} is not a base URL", self.base)))?
+            .pop_if_empty()
+            .extend(["api", "v1", endpoint]);
+        let response = self
+            .http
+            .post(url)
+            .form(params)
+            .send()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = response.status();
+        let body: QueryResponse<T> = response
+            .json()
+            .await
+            .map_err(|e| fail(format!("HTTP {status}, unreadable answer: {e}")))?;
+        if body.status != "success" {
+            return Err(fail(body.error.unwrap_or_else(|| format!("HTTP {status}"))));
+        }
+        body.data
+            .ok_or_else(|| fail("no data in the answer".into()))
     }
 
     /// Runs a `... by (agent)` query and returns the value per agent id;
@@ -209,6 +273,15 @@ impl Prometheus {
     ) -> Result<BTreeMap<Uuid, f64>, MeasureError> {
         Ok(per_agent(self.query(promql, at).await?))
     }
+}
+
+fn unix_seconds(at: DateTime<Utc>) -> String {
+    format!("{:.3}", at.timestamp_millis() as f64 / 1000.0)
+}
+
+fn number(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .map_err(|_| format!("`{text}` is not a number"))
 }
 
 /// A valid Prometheus metric name, safe to put in a query.

@@ -54,7 +54,9 @@ pub mod agents;
 pub mod audit;
 pub mod audit_admin;
 pub mod auth;
+pub mod charts;
 pub mod config;
+pub mod console;
 pub mod cost;
 pub mod db;
 pub mod edge;
@@ -128,6 +130,8 @@ pub struct Settings {
     pub remote_write_max_age: std::time::Duration,
     /// Base URL of the Prometheus that experiment KPIs are queried from.
     pub prometheus_url: Option<url::Url>,
+    /// The supervisor's `/health`, for the console's overview.
+    pub supervisor_health_url: Option<url::Url>,
     /// Price of one active series per month, in dollars, for cost figures.
     pub price_per_series_month: f64,
 }
@@ -197,7 +201,9 @@ fn user_api() -> OpenApiRouter<AppState> {
         .routes(routes!(experiments::stop))
         .routes(routes!(experiments::promote))
         .routes(routes!(experiments::rollback))
+        .routes(routes!(charts::experiment))
         .routes(routes!(cost::summary))
+        .routes(routes!(charts::history))
         .routes(routes!(
             agents::enrollment::list_tokens,
             agents::enrollment::create_token
@@ -263,7 +269,8 @@ pub fn router(state: AppState, limits: HttpLimits) -> Router {
                 }
             }),
         )
-        .merge(api);
+        .merge(api)
+        .merge(console::router());
     with_layers(app, state, limits)
 }
 
@@ -348,6 +355,7 @@ mod tests {
                 remote_write_url: None,
                 remote_write_max_age: Duration::from_secs(6 * 3600),
                 prometheus_url: None,
+                supervisor_health_url: None,
                 price_per_series_month: 0.05,
             }),
             audit: Arc::default(),

@@ -103,13 +103,15 @@ pub async fn ensure_problem(
     let response = next.run(request).await;
     let status = response.status();
     // Problem documents and other JSON answers (a failing /health is
-    // application/health+json) are already meant for clients.
-    let is_json = response
+    // application/health+json), and the console's HTML pages, are already
+    // meant for clients; the framework's own refusals are plain text.
+    let meant_for_clients = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().unwrap_or("").trim().ends_with("json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        .map(|v| v.split(';').next().unwrap_or("").trim())
+        .is_some_and(|v| v.ends_with("json") || v == "text/html");
+    if !(status.is_client_error() || status.is_server_error()) || meant_for_clients {
         return response;
     }
     let (parts, body) = response.into_parts();

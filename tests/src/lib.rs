@@ -31,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agents;
+pub mod browser;
 
 use std::io::Write;
 use std::net::TcpListener;

@@ -64,6 +64,17 @@ fn agents_query(filter: &str) -> String {
     )
 }
 
+/// How many agents are online, offline and revoked.
+pub async fn counts(pool: &sqlx::PgPool) -> ApiResult<BTreeMap<String, i64>> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT status, count(*) FROM ({}) counted GROUP BY status",
+        agents_query("")
+    ))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
 fn agent_from(r: &sqlx::postgres::PgRow) -> ApiResult<Agent> {
     let labels: sqlx::types::Json<BTreeMap<String, String>> = r
         .try_get("labels")

@@ -10,7 +10,7 @@ use axum::http::request::Parts;
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::Role;
+use super::{Role, cookie, tokens};
 use crate::AppState;
 use crate::audit::{Event, Outcome};
 use crate::error::{ApiError, ApiResult};
@@ -71,6 +71,26 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
         .then_some(token.trim())
 }
 
+/// A session and its user, by the clause given.
+macro_rules! session_query {
+    ($clause:literal) => {
+        concat!(
+            "SELECT u.id AS user_id, s.id AS session_id, u.username, u.role, u.disabled, \
+                    s.revoked_at IS NOT NULL AS revoked, s.expires_at < now() AS expired \
+             FROM sessions s JOIN users u ON u.id = s.user_id ",
+            $clause
+        )
+    };
+}
+
+/// How a request claims to be signed in.
+enum Credential {
+    /// `Authorization: Bearer <access token>` (tools, scripts, phoenixctl).
+    Bearer(String),
+    /// The console's session cookie.
+    Cookie(String),
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -79,11 +99,15 @@ impl FromRequestParts<AppState> for Caller {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let ip = client_ip(parts);
-        let Some(token) = bearer(parts) else {
-            return Err(ApiError::unauthorized(
-                "missing_token",
-                "send `Authorization: Bearer <access token>` (POST /api/v1/auth/login)",
-            ));
+        let credential = match (bearer(parts), cookie::session_token(&parts.headers)) {
+            (Some(token), _) => Credential::Bearer(token.to_owned()),
+            (None, Some(token)) => Credential::Cookie(token),
+            (None, None) => {
+                return Err(ApiError::unauthorized(
+                    "missing_token",
+                    "send `Authorization: Bearer <access token>` (POST /api/v1/auth/login)",
+                ));
+            }
         };
         let refuse = |code: &'static str, detail: &str| {
             let event = Event::new("anonymous", "auth.token", parts.uri.path(), ip)
@@ -91,31 +115,55 @@ impl FromRequestParts<AppState> for Caller {
                 .details(serde_json::json!({ "reason": code }));
             (event, ApiError::unauthorized(code, detail))
         };
-        let claims = match state.auth.keys.verify_access(token) {
-            Ok(c) => c,
-            Err(code) => {
-                let detail = match code {
-                    "token_expired" => {
-                        "the access token has expired; refresh it (POST /api/v1/auth/refresh)"
+        let lookup = match &credential {
+            Credential::Bearer(token) => match state.auth.keys.verify_access(token) {
+                Ok(claims) => sqlx::query(session_query!("WHERE s.id = $1 AND u.id = $2"))
+                    .bind(claims.sid)
+                    .bind(claims.sub),
+                Err(code) => {
+                    let detail = match code {
+                        "token_expired" => {
+                            "the access token has expired; refresh it (POST /api/v1/auth/refresh)"
+                        }
+                        _ => "the access token is not valid",
+                    };
+                    let (event, err) = refuse(code, detail);
+                    event.record_refusal(state).await;
+                    return Err(err);
+                }
+            },
+            Credential::Cookie(token) => {
+                // A change made with the cookie needs the session's CSRF
+                // token and must come from this site.
+                if !cookie::is_safe(&parts.method) {
+                    let presented = parts
+                        .headers
+                        .get(cookie::CSRF_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    let reason = cookie::same_origin(parts).err().or_else(|| {
+                        (!cookie::csrf_matches(token, presented)).then_some("csrf_token")
+                    });
+                    if let Some(reason) = reason {
+                        Event::new("anonymous", "auth.csrf", parts.uri.path(), ip)
+                            .outcome(Outcome::Denied)
+                            .details(serde_json::json!({ "reason": reason }))
+                            .record_refusal(state)
+                            .await;
+                        return Err(ApiError::Forbidden {
+                            detail: "a change made with the console's session needs its CSRF \
+                                     token (X-CSRF-Token) and must come from the console's own \
+                                     origin"
+                                .into(),
+                        });
                     }
-                    _ => "the access token is not valid",
-                };
-                let (event, err) = refuse(code, detail);
-                event.record_refusal(state).await;
-                return Err(err);
+                }
+                sqlx::query(session_query!("WHERE s.cookie_hash = $1"))
+                    .bind(tokens::hash_refresh(token))
             }
         };
         // Fails closed: if the session cannot be checked, the request is refused.
-        let row = sqlx::query(
-            "SELECT u.username, u.role, u.disabled, s.revoked_at IS NOT NULL AS revoked, \
-                    s.expires_at < now() AS expired \
-             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1 AND u.id = $2",
-        )
-        .bind(claims.sid)
-        .bind(claims.sub)
-        .fetch_optional(&state.pool)
-        .await
-        .map_err(|e| {
+        let row = lookup.fetch_optional(&state.pool).await.map_err(|e| {
             tracing::warn!(error = %e, "cannot check a session; refusing the request");
             ApiError::Unavailable {
                 detail: "cannot verify the session right now; try again shortly".into(),
@@ -151,10 +199,10 @@ impl FromRequestParts<AppState> for Caller {
         let role = Role::parse(row.get::<&str, _>("role"))
             .ok_or_else(|| anyhow::anyhow!("unknown role in the database"))?;
         Ok(Caller {
-            user_id: claims.sub,
+            user_id: row.get("user_id"),
             username,
             role,
-            session_id: claims.sid,
+            session_id: row.get("session_id"),
             ip,
         })
     }

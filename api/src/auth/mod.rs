@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod caller;
+pub mod cookie;
 pub mod limiter;
 pub mod password;
 pub mod routes;

@@ -108,7 +108,21 @@ pub async fn login(
     ClientIp(ip): ClientIp,
     Json(req): Json<LoginRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
-    let username = req.username.trim().to_string();
+    let user = authenticate(&state, ip, &req.username, req.password).await?;
+    let actor = format!("user:{}", user.username);
+    let login = Event::new(actor.clone(), "auth.login", actor, ip);
+    Ok(Json(open_session(&state, user, login).await?))
+}
+
+/// The user whose name and password these are: rate-limited, and every
+/// refusal audited, for the JSON login and the console's sign-in alike.
+pub(crate) async fn authenticate(
+    state: &AppState,
+    ip: Option<std::net::IpAddr>,
+    username: &str,
+    password: String,
+) -> ApiResult<UserInfo> {
+    let username = username.trim().to_string();
     if username.is_empty() || username.len() > 64 {
         return Err(ApiError::bad_request(
             "invalid_username",
@@ -129,7 +143,7 @@ pub async fn login(
         Ok(attempt) => attempt,
         Err(refused) => {
             event(Outcome::Denied, "rate_limited")
-                .record_refusal(&state)
+                .record_refusal(state)
                 .await;
             return Err(ApiError::TooManyRequests {
                 retry_after_secs: refused.retry_after_secs(),
@@ -144,41 +158,65 @@ pub async fn login(
         || password::decoy_hash().to_string(),
         |r| r.get("password_hash"),
     );
-    let matches = password::verify(req.password, stored).await?;
-    let user = match row {
+    let matches = password::verify(password, stored).await?;
+    match row {
         Some(r) if matches && !r.get::<bool, _>("disabled") => {
             attempt.succeeded();
-            UserInfo {
+            Ok(UserInfo {
                 id: r.get("id"),
                 username: r.get("username"),
                 role: Role::parse(r.get::<&str, _>("role"))
                     .ok_or_else(|| anyhow::anyhow!("unknown role"))?,
-            }
+            })
         }
         Some(r) if matches && r.get::<bool, _>("disabled") => {
             attempt.failed();
             event(Outcome::Denied, "user_disabled")
-                .record_refusal(&state)
+                .record_refusal(state)
                 .await;
-            return Err(ApiError::unauthorized(
+            Err(ApiError::unauthorized(
                 "invalid_credentials",
                 "wrong user name or password, or the user is disabled",
-            ));
+            ))
         }
         _ => {
             attempt.failed();
             event(Outcome::Denied, "invalid_credentials")
-                .record_refusal(&state)
+                .record_refusal(state)
                 .await;
-            return Err(ApiError::unauthorized(
+            Err(ApiError::unauthorized(
                 "invalid_credentials",
                 "wrong user name or password, or the user is disabled",
-            ));
+            ))
         }
-    };
+    }
+}
+
+/// A console session for `user`, audited as a login in the same
+/// transaction; the token to put in the session cookie.
+pub(crate) async fn open_console_session(
+    state: &AppState,
+    user: &UserInfo,
+    ip: Option<std::net::IpAddr>,
+) -> ApiResult<String> {
+    let (token, hash) = tokens::new_refresh();
+    let mut tx = state.pool.begin().await?;
+    let session: Uuid = sqlx::query_scalar(
+        "INSERT INTO sessions (user_id, expires_at, cookie_hash) \
+         VALUES ($1, now() + make_interval(secs => $2), $3) RETURNING id",
+    )
+    .bind(user.id)
+    .bind(super::cookie::SESSION_TTL.as_secs() as f64)
+    .bind(&hash)
+    .fetch_one(&mut *tx)
+    .await?;
     let actor = format!("user:{}", user.username);
-    let login = Event::new(actor.clone(), "auth.login", actor, ip);
-    Ok(Json(open_session(&state, user, login).await?))
+    Event::new(actor.clone(), "auth.login", actor, ip)
+        .details(serde_json::json!({ "via": "console", "session": session }))
+        .record(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(token)
 }
 
 /// Exchange a refresh token for a new pair. A refresh token works once:
@@ -278,6 +316,12 @@ pub async fn refresh(
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
     responses((status = 204), (status = 401)), security(("bearer" = [])))]
 pub async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<StatusCode> {
+    end_session(&state, &caller).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes the caller's session (API or console), audited.
+pub(crate) async fn end_session(state: &AppState, caller: &Caller) -> ApiResult<()> {
     let mut tx = state.pool.begin().await?;
     sqlx::query("UPDATE sessions SET revoked_at = now(), revoked_reason = 'logout' WHERE id = $1 AND revoked_at IS NULL")
         .bind(caller.session_id)
@@ -288,7 +332,7 @@ pub async fn logout(State(state): State<AppState>, caller: Caller) -> ApiResult<
         .record(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 /// The calling user.

@@ -85,6 +85,10 @@ pub(super) fn expand(
             price.to_string(),
         ),
         ("RUST_LOG".to_string(), "info".to_string()),
+        (
+            "PHOENIX_SUPERVISOR_HEALTH_URL".to_string(),
+            format!("http://{}/health", local(ctx.health_listen)),
+        ),
     ]);
     if ctx.prometheus.enabled {
         api.env.insert(
