@@ -46,6 +46,8 @@ let
   ];
 
   grafanaPasswordFile = "/var/lib/phoenix-grafana/admin-password";
+  grafanaCert = "/var/lib/phoenix-grafana/tls/cert.pem";
+  grafanaKey = "/var/lib/phoenix-grafana/tls/key.pem";
 
   controlSocket = "${cfg.settings.supervisor.run_dir or "/run/phoenix"}/control.sock";
 
@@ -186,12 +188,15 @@ in
 
     grafana = {
       enable = lib.mkEnableOption ''
-        Grafana (services.grafana) on 127.0.0.1:3000, with the managed
-        Prometheus as its data source and the dashboards of dashboards/
-        (the appliance; experiments and cost) provisioned. Reach it over an
-        SSH tunnel. The admin password is generated at the first start into
-        /var/lib/phoenix-grafana/admin-password (mode 0600, owner grafana);
-        there is no default password
+        Grafana (services.grafana) on https://127.0.0.1:3000, with the
+        managed Prometheus as its data source and the dashboards of
+        dashboards/ (the appliance; experiments and cost) provisioned. Reach
+        it over an SSH tunnel. It serves HTTPS with a certificate of its own
+        (self-signed for localhost and 127.0.0.1, generated at the first
+        start under /var/lib/phoenix-grafana/tls, key mode 0600, owner
+        grafana) and secure cookies. The admin password is generated at the
+        first start into /var/lib/phoenix-grafana/admin-password (mode 0600,
+        owner grafana); there is no default password
       '';
       port = lib.mkOption {
         type = lib.types.port;
@@ -220,11 +225,15 @@ in
         server = {
           http_addr = "127.0.0.1";
           http_port = cfg.grafana.port;
+          protocol = "https";
+          cert_file = grafanaCert;
+          cert_key = grafanaKey;
         };
         security = {
           admin_user = "admin";
           admin_password = "$__file{${grafanaPasswordFile}}";
           disable_gravatar = true;
+          cookie_secure = true;
         };
         analytics.reporting_enabled = false;
         "auth.anonymous".enabled = false;
@@ -246,9 +255,10 @@ in
       };
     };
 
-    # A random admin password before Grafana's first start; kept after.
+    # A random admin password and a certificate before Grafana's first
+    # start; both kept after.
     systemd.services.phoenix-grafana-password = lib.mkIf cfg.grafana.enable {
-      description = "Phoenix: Grafana's admin password";
+      description = "Phoenix: Grafana's admin password and certificate";
       wantedBy = [ "grafana.service" ];
       before = [ "grafana.service" ];
       serviceConfig = {
@@ -263,6 +273,15 @@ in
         fi
         chown grafana:grafana ${grafanaPasswordFile}
         chmod 0600 ${grafanaPasswordFile}
+        install -d -m 0700 -o grafana -g grafana ${dirOf grafanaCert}
+        if [ ! -s ${grafanaKey} ] || [ ! -s ${grafanaCert} ]; then
+          ${pkgs.openssl}/bin/openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 \
+            -nodes -days 3650 -subj /CN=localhost \
+            -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+            -keyout ${grafanaKey} -out ${grafanaCert}
+        fi
+        chown grafana:grafana ${grafanaKey} ${grafanaCert}
+        chmod 0600 ${grafanaKey}
       '';
     };
 

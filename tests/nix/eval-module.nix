@@ -101,6 +101,11 @@ let
     (expect "no grafana password unit by default" (defaults.systemd.services ? phoenix-grafana-password) false)
     (expect "grafana on" grafana.enable true)
     (expect "grafana loopback" grafana.settings.server.http_addr "127.0.0.1")
+    (expect "grafana over its own TLS" grafana.settings.server.protocol "https")
+    (expect "grafana's key where the unit makes it"
+      (lib.hasInfix grafana.settings.server.cert_key withGrafana.systemd.services.phoenix-grafana-password.script)
+      true)
+    (expect "grafana's cookies secure" grafana.settings.security.cookie_secure true)
     (expect "grafana password from a file"
       grafana.settings.security.admin_password "$__file{/var/lib/phoenix-grafana/admin-password}")
     (expect "grafana data source"

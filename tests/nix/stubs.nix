@@ -70,6 +70,7 @@ rec {
     prometheus-pushgateway = fakePackage "pushgateway-1.0.0";
     prometheus-alertmanager = fakePackage "alertmanager-0.25.0";
     pgbackrest = fakePackage "pgbackrest-2.45";
+    openssl = fakePackage "openssl-3.0.0";
   };
 
   # Only the options the modules touch, typed as loosely as is safe; their
