@@ -260,54 +260,60 @@ fn main() -> Result<()> {
     let admin = s.admin_token();
     println!("enrolling {} agents", args.agents);
     let agents = enroll(&s, &admin, args.agents)?;
-    let r = s.post(
-        Some(&admin),
-        "/api/v1/experiments",
-        &json!({
-            "name": format!("top-k on {} agents", agents.len()),
-            "baseline": { "spec": { "stages": [] } },
-            "candidate": { "spec": { "stages": [{ "type": "top_k", "k": 5, "by": "cpu" }] } },
-            "agents": agents.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
-            "duration": "1h",
-        }),
-    );
-    ensure!(r.status == 201, "create the experiment: {r:?}");
-    let id = r.body["id"].as_str().context("id")?.to_owned();
-    let r = s.post(
-        Some(&admin),
-        &format!("/api/v1/experiments/{id}/start"),
-        &json!({}),
-    );
-    ensure!(r.status == 200, "start: {r:?}");
+    // An experiment takes at most 1,000 agents: one per thousand.
+    let mut experiments = Vec::new();
+    for (i, group) in agents.chunks(1000).enumerate() {
+        let r = s.post(
+            Some(&admin),
+            "/api/v1/experiments",
+            &json!({
+                "name": format!("top-k, agents {}-{}", i * 1000, i * 1000 + group.len() - 1),
+                "baseline": { "spec": { "stages": [] } },
+                "candidate": { "spec": { "stages": [{ "type": "top_k", "k": 5, "by": "cpu" }] } },
+                "agents": group.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
+                "duration": "1h",
+            }),
+        );
+        ensure!(r.status == 201, "create an experiment: {r:?}");
+        let id = r.body["id"].as_str().context("id")?.to_owned();
+        let r = s.post(
+            Some(&admin),
+            &format!("/api/v1/experiments/{id}/start"),
+            &json!({}),
+        );
+        ensure!(r.status == 200, "start: {r:?}");
+        experiments.push((id, group));
+    }
     confirm(&s, &agents)?;
-    wait_until("the experiment running", Duration::from_secs(60), || {
-        let e = s.get(Some(&admin), &format!("/api/v1/experiments/{id}"));
-        (e.body["state"] == "running").then_some(())
-    });
+    for (id, _) in &experiments {
+        wait_until("the experiments running", Duration::from_secs(60), || {
+            let e = s.get(Some(&admin), &format!("/api/v1/experiments/{id}"));
+            (e.body["state"] == "running").then_some(())
+        });
+    }
+    let id = experiments[0].0.clone();
 
     let baseline = exposition(args.processes, None);
     let candidate = exposition(args.processes, Some(5));
-    let groups: Vec<(String, String, String)> = agents
-        .iter()
-        .flat_map(|a| {
-            [
-                (
-                    a.credential.clone(),
-                    format!("experiment={id}&variant=baseline"),
-                    baseline.clone(),
-                ),
-                (
-                    a.credential.clone(),
-                    format!("experiment={id}&variant=candidate"),
-                    candidate.clone(),
-                ),
-            ]
-        })
-        .collect();
+    // Each agent sends both variants of its experiment, and its live
+    // series (as after a promotion) for the cost chart.
+    let mut groups: Vec<(String, String, String)> = Vec::new();
+    for (id, group) in &experiments {
+        for a in *group {
+            for (query, text) in [
+                (format!("experiment={id}&variant=baseline"), &baseline),
+                (format!("experiment={id}&variant=candidate"), &candidate),
+                (String::new(), &candidate),
+            ] {
+                groups.push((a.credential.clone(), query, text.clone()));
+            }
+        }
+    }
     println!(
-        "{} agents write {} + {} series every {} s; warming up for {}",
+        "{} agents write {} + {} series to their experiment and {} live, every {} s; warming up for {}",
         agents.len(),
         baseline.lines().count(),
+        candidate.lines().count(),
         candidate.lines().count(),
         EVERY.as_secs(),
         humantime::format_duration(args.warmup)
