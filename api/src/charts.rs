@@ -19,6 +19,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::experiment_state::State as ExperimentState;
+use crate::experiments::Experiment;
 use crate::input::{Json, Path, Query};
 use crate::kpi::{MeasureError, Prometheus};
 use crate::push_group::{JOB, NONE, PUSHGATEWAY_META};
@@ -160,18 +161,10 @@ pub fn experiment_queries(
     ]
 }
 
-/// The charts of experiment `id`.
-pub async fn experiment_charts(state: &AppState, id: Uuid) -> ApiResult<Charts> {
-    let row: Option<ExperimentWindow> = sqlx::query_as(
-        "SELECT state, deploy_started_at, ends_at, updated_at FROM experiments WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&state.pool)
-    .await?;
-    let (ExperimentStateText(experiment_state), deployed, ends_at, updated_at) =
-        row.ok_or_else(|| ApiError::not_found(format!("experiment {id}")))?;
+/// The charts of experiment `e`.
+pub async fn experiment_charts(state: &AppState, e: &Experiment) -> ApiResult<Charts> {
     let now = Utc::now();
-    let Some(start) = deployed else {
+    let Some(start) = e.deploy_started_at else {
         return Ok(Charts {
             start: now,
             end: now,
@@ -181,15 +174,15 @@ pub async fn experiment_charts(state: &AppState, id: Uuid) -> ApiResult<Charts> 
         });
     };
     // While it runs, up to now; after, up to its end (or when it stopped).
-    let end = match experiment_state {
+    let end = match e.state {
         ExperimentState::Deploying | ExperimentState::Running => now,
-        _ => ends_at.unwrap_or(updated_at).min(updated_at).min(now),
+        _ => e.ends_at.unwrap_or(e.updated_at).min(e.updated_at).min(now),
     }
     .max(start + chrono::Duration::seconds(1));
     let step = step_for(start, end);
     let prometheus = Prometheus::from_settings(&state.settings).map_err(unavailable)?;
     let mut charts = Vec::new();
-    for (chart, title, unit, promql) in experiment_queries(id, step) {
+    for (chart, title, unit, promql) in experiment_queries(e.id, step) {
         charts.push(
             variant_chart(
                 &prometheus,
@@ -210,33 +203,6 @@ pub async fn experiment_charts(state: &AppState, id: Uuid) -> ApiResult<Charts> 
     })
 }
 
-/// An experiment's state, when it was deployed, when its window ends, and
-/// when it last changed.
-type ExperimentWindow = (
-    ExperimentStateText,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-    DateTime<Utc>,
-);
-
-/// An experiment's state as stored.
-struct ExperimentStateText(ExperimentState);
-
-impl sqlx::Type<sqlx::Postgres> for ExperimentStateText {
-    fn type_info() -> sqlx::postgres::PgTypeInfo {
-        <String as sqlx::Type<sqlx::Postgres>>::type_info()
-    }
-}
-
-impl<'r> sqlx::Decode<'r, sqlx::Postgres> for ExperimentStateText {
-    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
-        let text = <String as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
-        let parsed = ExperimentState::parse(&text)
-            .ok_or_else(|| format!("unknown experiment state `{text}`"))?;
-        Ok(ExperimentStateText(parsed))
-    }
-}
-
 /// Baseline against candidate over the experiment's window: series,
 /// samples per second, and the host's CPU and memory totals.
 #[utoipa::path(get, path = "/api/v1/experiments/{id}/charts", tag = "experiments",
@@ -246,10 +212,11 @@ impl<'r> sqlx::Decode<'r, sqlx::Postgres> for ExperimentStateText {
     security(("bearer" = [])))]
 pub async fn experiment(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<Uuid>,
 ) -> ApiResult<Json<Charts>> {
-    Ok(Json(experiment_charts(&state, id).await?))
+    let detail = crate::experiments::get(State(state.clone()), caller, Path(id)).await?;
+    Ok(Json(experiment_charts(&state, &detail.0.experiment).await?))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -190,16 +190,7 @@ pub fn layout(signed: Option<&Signed>, title: &str, current: &str, content: Mark
 
 /// A page for an error a handler returned.
 pub fn error_page(error: &ApiError) -> Response {
-    let status = match error {
-        ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-        ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-        ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
-        ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-        ApiError::Conflict { .. } => StatusCode::CONFLICT,
-        ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-        ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    let status = error.status();
     let detail = match error {
         // Internal details go to the log, not to the page.
         ApiError::Internal(e) => {

@@ -16,7 +16,7 @@ use crate::AppState;
 use crate::agents::{enrollment, registry};
 use crate::auth::Role;
 use crate::charts::{self, Unit};
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::experiment_state::Action;
 use crate::experiments::{self, Experiment, ExperimentDetail};
 use crate::input::{Path, Query};
@@ -523,7 +523,12 @@ fn kpis(e: &Experiment) -> Markup {
     }
 }
 
-async fn experiment_content(state: &AppState, signed: &Signed, id: Uuid) -> ApiResult<Markup> {
+/// Experiment `id`'s name, and the part of its page that refreshes.
+async fn experiment_content(
+    state: &AppState,
+    signed: &Signed,
+    id: Uuid,
+) -> ApiResult<(String, Markup)> {
     let ExperimentDetail {
         experiment: e,
         events,
@@ -531,8 +536,8 @@ async fn experiment_content(state: &AppState, signed: &Signed, id: Uuid) -> ApiR
     } = experiments::get(State(state.clone()), signed.caller.clone(), Path(id))
         .await?
         .0;
-    let charts = charts::experiment_charts(state, id).await;
-    Ok(html! {
+    let charts = charts::experiment_charts(state, &e).await;
+    let content = html! {
         p { "State: " (status_badge(e.state.as_str()))
             @if let Some(ends) = e.ends_at { " · window ends " (when(Some(ends))) } }
         (actions(&e, signed.caller.role))
@@ -559,7 +564,8 @@ async fn experiment_content(state: &AppState, signed: &Signed, id: Uuid) -> ApiR
                 }
             }
         }
-    })
+    };
+    Ok((e.name.clone(), content))
 }
 
 /// `GET /experiments/{id}`: state, actions, KPIs and charts, refreshed.
@@ -568,20 +574,8 @@ pub async fn experiment(
     signed: Signed,
     Path(id): Path<Uuid>,
 ) -> Response {
-    let name: Option<String> =
-        match sqlx::query_scalar("SELECT name FROM experiments WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&state.pool)
-            .await
-        {
-            Ok(name) => name,
-            Err(e) => return error_page(&e.into()),
-        };
-    let Some(name) = name else {
-        return error_page(&ApiError::not_found(format!("experiment {id}")));
-    };
     match experiment_content(&state, &signed, id).await {
-        Ok(content) => page(
+        Ok((name, content)) => page(
             &signed,
             &name,
             "/experiments",
@@ -600,7 +594,11 @@ pub async fn experiment_live(
     signed: Signed,
     Path(id): Path<Uuid>,
 ) -> Response {
-    fragment(experiment_content(&state, &signed, id).await)
+    fragment(
+        experiment_content(&state, &signed, id)
+            .await
+            .map(|(_, content)| content),
+    )
 }
 
 // ---- cost -----------------------------------------------------------------
