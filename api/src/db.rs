@@ -47,6 +47,13 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
                 }
                 break None;
             }
+            Ok(Err(error)) if tls_failure(&error) => {
+                return Err(anyhow!(error).context(format!(
+                    "TLS with PostgreSQL at {target} failed: the server's certificate must be \
+                     signed by the CA in sslrootcert ([postgres] ca_file) and name the host in \
+                     --database-url"
+                )));
+            }
             Ok(Err(error)) if needs_operator(&error) => {
                 return Err(anyhow!(error).context(format!(
                     "PostgreSQL at {target} refused the connection; check the user and \
@@ -88,6 +95,20 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
         .max_connections(config.max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_lazy_with(config.connect_options.clone()))
+}
+
+/// The server's certificate did not verify (or TLS failed otherwise):
+/// sqlx reports rustls's verdict as an I/O error, which waiting cannot fix.
+fn tls_failure(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(io) => io.get_ref().is_some_and(|inner| {
+            inner
+                .downcast_ref::<tokio_rustls::rustls::Error>()
+                .is_some()
+        }),
+        _ => false,
+    }
 }
 
 /// Errors a retry cannot fix: the server is up but says no.

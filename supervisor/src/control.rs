@@ -9,6 +9,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backup::info::Inventory;
+use crate::backup::migrate::MigrateRequest;
 use crate::backup::restore::RestoreRequest;
 use crate::listen;
 use crate::status::Snapshot;
@@ -47,6 +48,10 @@ pub enum Request {
     },
     /// Restore PostgreSQL; progress lines come before the reply.
     Restore(RestoreRequest),
+    /// Move the built-in database onto an external PostgreSQL; progress
+    /// lines come before the reply.
+    #[serde(rename = "migrate-database")]
+    MigrateDatabase(MigrateRequest),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,8 +123,13 @@ async fn handle(
         let Some(line) = line? else { break };
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(req) => {
-                if !matches!(req, Request::Status | Request::Health) {
-                    tracing::info!(request = %line, "control request");
+                match &req {
+                    Request::Status | Request::Health => {}
+                    // The line holds the target's password: not logged.
+                    Request::MigrateDatabase(m) => {
+                        tracing::info!(request = ?m, "control request: migrate-database")
+                    }
+                    _ => tracing::info!(request = %line, "control request"),
                 }
                 let (tx, mut rx) = oneshot::channel();
                 let (progress_tx, mut progress) = mpsc::unbounded_channel();

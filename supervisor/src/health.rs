@@ -110,6 +110,25 @@ pub fn health_document(s: &Snapshot) -> (Status, Value) {
             checks.insert(name.into(), json!([check]));
         }
     }
+    let mut notes = Vec::new();
+    if let Some(db) = &s.external_database {
+        let (status, check) = external_database_check(db);
+        overall = overall.max(status);
+        let mut check = check;
+        check["time"] = json!(time);
+        checks.insert("postgres:external".into(), json!([check]));
+        notes.push(format!(
+            "the API's database is external ([postgres] url, {}{}): the built-in PostgreSQL, its \
+             backups and their checks are off; back the database up with its provider (for RDS, \
+             automated snapshots)",
+            db.address,
+            if db.tls {
+                ", TLS verify-full"
+            } else {
+                ", no TLS: on this machine"
+            }
+        ));
+    }
     for t in &s.scaling {
         // Capacity is a warning at most: failing health would take the
         // appliance out of a load balancer when it is busiest.
@@ -166,9 +185,36 @@ pub fn health_document(s: &Snapshot) -> (Status, Value) {
     });
     if let Some(why) = &s.limits_unavailable {
         // Expected on dev machines; noted, not counted against health.
-        doc["notes"] = json!([format!("resource limits are not applied: {why}")]);
+        notes.push(format!("resource limits are not applied: {why}"));
+    }
+    if !notes.is_empty() {
+        doc["notes"] = json!(notes);
     }
     (overall, doc)
+}
+
+/// `postgres:external`: fails while the external database does not answer
+/// (or its certificate does not verify): the API cannot work without it.
+pub fn external_database_check(db: &crate::status::ExternalDatabaseStatus) -> (Status, Value) {
+    let status = if db.error.is_some() {
+        Status::Fail
+    } else {
+        Status::Pass
+    };
+    let mut check = json!({
+        "componentId": db.address,
+        "componentType": "datastore",
+        "status": status.as_str(),
+        "checkedAt": rfc3339(db.checked_ms),
+    });
+    if let Some(ms) = db.latency_ms {
+        check["observedValue"] = json!(ms);
+        check["observedUnit"] = json!("ms");
+    }
+    if let Some(e) = &db.error {
+        check["output"] = json!(e);
+    }
+    (status, check)
 }
 
 /// Days left before health warns, and fails, about the certificate.
@@ -791,7 +837,37 @@ mod tests {
             certificate: None,
             scaling: Vec::new(),
             backup: None,
+            external_database: None,
         }
+    }
+
+    #[test]
+    fn an_external_database_is_checked_and_noted() {
+        let mut s = snap(vec![svc("api", State::Ready)]);
+        s.external_database = Some(crate::status::ExternalDatabaseStatus {
+            address: "db.example:5432".into(),
+            tls: true,
+            checked_ms: 1,
+            latency_ms: Some(7),
+            error: None,
+        });
+        let (status, doc) = health_document(&s);
+        assert_eq!(status, Status::Pass);
+        let check = &doc["checks"]["postgres:external"][0];
+        assert_eq!(check["status"], "pass");
+        assert_eq!(check["observedValue"], 7);
+        let notes = doc["notes"][0].as_str().unwrap();
+        assert!(
+            notes.contains("db.example:5432, TLS verify-full"),
+            "{notes}"
+        );
+        s.external_database.as_mut().unwrap().error = Some("cannot connect".into());
+        let (status, doc) = health_document(&s);
+        assert_eq!(status, Status::Fail, "the API cannot work without it");
+        assert_eq!(
+            doc["checks"]["postgres:external"][0]["output"],
+            "cannot connect"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod cli_docs;
 pub mod config;
 pub mod control;
+pub mod external_db;
 pub mod firstboot;
 pub mod fsafe;
 pub mod health;

@@ -86,8 +86,20 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
             )
         });
     }
+    let (external_database, watched) =
+        tokio::sync::watch::channel(config.external_database.clone());
+    let events = tx.clone();
+    tokio::spawn(crate::external_db::run(watched, move |status| {
+        let _ = events.send(Event::ExternalDatabase(status.map(Box::new)));
+    }));
     let reaper = Arc::new(Reaper::default());
-    let backups = spawn_backup_task(config.backup.as_ref(), &reaper, &tx);
+    let switch = backup::migrate::Switch {
+        config_file: config.source.clone(),
+        secrets_dir: config.supervisor.state_dir.join("secrets"),
+        api_user: config.service("api").and_then(|s| s.user.clone()),
+        dev: config.dev,
+    };
+    let backups = spawn_backup_task(config.backup.as_ref(), switch, &reaper, &tx);
     let ctx = Context {
         opts: load,
         reaper,
@@ -96,7 +108,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         heartbeat: heartbeat.clone(),
         renew_certificate,
         https_port,
-        reloaded: reschedule_backups(config.backup.as_ref(), backups.clone()),
+        reloaded: {
+            let backups = reschedule_backups(config.backup.as_ref(), backups.clone());
+            Box::new(move |new: &crate::config::Config| {
+                backups(new);
+                external_database.send_if_modified(|db| {
+                    let changed = *db != new.external_database;
+                    *db = new.external_database.clone();
+                    changed
+                });
+            })
+        },
     };
     let socket = config.supervisor.control_socket();
     let run_dir = config.supervisor.run_dir.clone();
@@ -105,6 +127,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
         services = config.services.len(),
         health = %config.health.listen,
         pid1,
+        machine = %ctx.opts.machine,
+        limits = %limits_summary(&config),
         "phoenix-supervisor starting"
     );
     let (supervisor, snapshot) = Supervisor::new(config, prepared, ctx, tx.clone());
@@ -137,7 +161,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<Outcome> {
             Request::BackupNow { .. }
             | Request::BackupList
             | Request::BackupVerify { .. }
-            | Request::Restore(_) => {
+            | Request::Restore(_)
+            | Request::MigrateDatabase(_) => {
                 ask_backup_task(backups.as_ref(), request, reply, progress);
                 true
             }
@@ -230,6 +255,7 @@ where
 /// the offsite task; the sender takes `phoenixctl backup` requests.
 fn spawn_backup_task(
     settings: Option<&crate::config::BackupSettings>,
+    switch: backup::migrate::Switch,
     reaper: &Arc<Reaper>,
     events: &mpsc::UnboundedSender<Event>,
 ) -> Option<mpsc::Sender<backup::Request>> {
@@ -258,6 +284,7 @@ fn spawn_backup_task(
     keep_running("backups", move || {
         let (runner, rx, reports) = (runner.clone(), rx.clone(), reports.clone());
         let (schedules, offsite, services) = (schedules.clone(), offsite.clone(), services.clone());
+        let switch = switch.clone();
         async move {
             let mut rx = rx.lock().await;
             backup::run(
@@ -265,6 +292,7 @@ fn spawn_backup_task(
                     runner,
                     offsite,
                     services,
+                    switch,
                 },
                 backup::schedule::Timetable::new(&schedules),
                 backup::WallClock,
@@ -376,9 +404,16 @@ fn reschedule_backups(
     let running = std::sync::Mutex::new(settings.schedules.clone());
     Box::new(move |new| {
         let Some(schedules) = new.backup.as_ref().map(|b| b.schedules.clone()) else {
-            tracing::warn!(
-                "[backup] is off in the reloaded file: backups stop at the next start of the supervisor"
-            );
+            tracing::warn!("[backup] is off in the reloaded file: no more scheduled backups");
+            let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
+            if backups
+                .try_send(backup::Request::Reschedule(
+                    backup::schedule::Timetable::new(&[]),
+                ))
+                .is_ok()
+            {
+                running.clear();
+            }
             return;
         };
         let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
@@ -411,6 +446,11 @@ fn ask_backup_task(
             backups.try_send(backup::Request::Verify { label, reply: tx })
         }
         Request::Restore(request) => backups.try_send(backup::Request::Restore {
+            request,
+            progress,
+            reply: tx,
+        }),
+        Request::MigrateDatabase(request) => backups.try_send(backup::Request::Migrate {
             request,
             progress,
             reply: tx,
@@ -533,4 +573,35 @@ impl backup::restore::Services for LoopServices {
     async fn ready(&self, service: &str) -> bool {
         self.state(service).await.as_deref() == Some("ready")
     }
+
+    async fn reload(&self) -> Result<(), String> {
+        match self.ask(Request::Reload).await? {
+            Response::Error(e) => Err(format!("reloading the config: {e}")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `postgres 1024MiB 1cpu, api ...`: the limits in force, shares resolved
+/// against this machine, so a resize shows in the first line of the log.
+fn limits_summary(config: &crate::config::Config) -> String {
+    config
+        .services
+        .iter()
+        .filter(|s| !s.limits.is_empty())
+        .map(|s| {
+            let mut text = s.name.clone();
+            if let Some(m) = s.limits.memory {
+                text += &format!(" {}MiB", m >> 20);
+            }
+            if let Some(c) = s.limits.cpus {
+                text += &format!(" {c}cpu");
+            }
+            if let Some(p) = s.limits.pids {
+                text += &format!(" {p}pids");
+            }
+            text
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

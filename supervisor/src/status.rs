@@ -102,6 +102,10 @@ pub struct Snapshot {
     /// The backup task's state; None when `[backup]` is off.
     #[serde(default)]
     pub backup: Option<BackupStatus>,
+    /// `[postgres] url`: the external database's last look; None when
+    /// the database is the built-in one.
+    #[serde(default)]
+    pub external_database: Option<ExternalDatabaseStatus>,
 }
 
 /// The supervisor ran short of file descriptors, memory or processes.
@@ -153,6 +157,19 @@ pub struct ScalingStatus {
     /// Alerts sent since the supervisor started.
     pub alerts: u64,
     pub last_alert_ms: Option<u64>,
+}
+
+/// What the last look at the external database found.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExternalDatabaseStatus {
+    /// `host:port`.
+    pub address: String,
+    pub tls: bool,
+    pub checked_ms: u64,
+    /// Connect and handshake, in milliseconds, when it answered.
+    pub latency_ms: Option<u64>,
+    /// Why it did not answer as it must.
+    pub error: Option<String>,
 }
 
 /// What the certificate task last saw and did.
@@ -228,6 +245,7 @@ pub struct Parts<'a> {
     pub scaling: &'a [ScalingStatus],
     /// The backup task's last report.
     pub backup: Option<&'a BackupStatus>,
+    pub external_database: Option<&'a ExternalDatabaseStatus>,
 }
 
 impl Snapshot {
@@ -245,6 +263,7 @@ impl Snapshot {
             certificate: certificate_shown(parts.certificate, parts.plain_http),
             scaling: parts.scaling.to_vec(),
             backup: parts.backup.cloned(),
+            external_database: parts.external_database.cloned(),
         }
     }
 
@@ -263,6 +282,7 @@ impl Snapshot {
             plain_http: None,
             scaling: &[],
             backup: None,
+            external_database: None,
         })
     }
 }
@@ -395,6 +415,7 @@ impl Running {
         match self.kind.as_str() {
             "restore" => "restore".into(),
             "verify" => "verification".into(),
+            "migrate" => "database migration".into(),
             kind => format!("{kind} backup"),
         }
     }

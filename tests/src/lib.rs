@@ -32,6 +32,7 @@
 
 pub mod agents;
 pub mod browser;
+pub mod pg;
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -623,6 +624,12 @@ impl StackPorts {
     /// followed by `extra`. A `[tls]` table in `extra` must set `http_listen`
     /// itself (see [`StackPorts::http_listen`]).
     pub fn config(&self, extra: &str) -> String {
+        self.config_with("", extra)
+    }
+
+    /// [`StackPorts::config`] with `prometheus` (lines such as
+    /// `query_url = "..."`) added to the `[prometheus]` table.
+    pub fn config_with(&self, prometheus: &str, extra: &str) -> String {
         let tls = if extra.contains("[tls]") {
             String::new()
         } else {
@@ -630,7 +637,7 @@ impl StackPorts {
         };
         format!(
             "[postgres]\nport = {}\n\
-             [prometheus]\nlisten = \"127.0.0.1:{}\"\nscrape_interval = \"1s\"\n\
+             [prometheus]\nlisten = \"127.0.0.1:{}\"\nscrape_interval = \"1s\"\n{prometheus}\
              [pushgateway]\nenable = {}\nlisten = \"127.0.0.1:{}\"\n\
              [api]\nlisten = \"127.0.0.1:{}\"\nagent_listen = \"127.0.0.1:{}\"\n{tls}{extra}",
             self.pg, self.prom, self.pushgateway, self.push, self.api, self.agent
@@ -961,6 +968,11 @@ impl Stack {
     /// `psql -A -t -c SQL` as the superuser over the unix socket, in the
     /// `postgres` database; its output, trimmed. Fails the test on an error.
     pub fn psql(&self, sql: &str) -> String {
+        self.psql_in("postgres", sql)
+    }
+
+    /// [`Stack::psql`] in the database `db` (the API's is `phoenix`).
+    pub fn psql_in(&self, db: &str, sql: &str) -> String {
         let password =
             std::fs::read_to_string(self.sup.path("state/secrets/postgres-superuser-password"))
                 .expect("the superuser password");
@@ -980,7 +992,7 @@ impl Stack {
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                db,
                 "-c",
                 sql,
             ])

@@ -585,6 +585,61 @@ fn a_completed_experiment_is_measured_from_the_written_data_and_refuses_late_bat
     assert_eq!((r.status, r.code()), (400, "invalid_group"), "{r:?}");
 }
 
+/// Phase 2 of the growth path (docs/scaling.md): Prometheus sends every
+/// sample on to a remote store (a second Prometheus with the remote-write
+/// receiver), and the API measures the experiment there (`query_url`).
+/// The KPIs are those measured from the appliance's own Prometheus, which
+/// the test above checks against the written data.
+#[test]
+fn kpis_measured_in_a_remote_store_equal_those_of_the_appliance() {
+    let store = phoenix_tests::agents::Backend::start();
+    let ports = phoenix_tests::StackPorts::free();
+    let prometheus = format!(
+        "query_url = \"{}\"\n[[prometheus.remote_write]]\nurl = \"{}\"\n",
+        store.url(""),
+        store.write_url()
+    );
+    // Measured 10 s after the window (30 s by default with a query_url).
+    let config = CONFIG.replace(
+        "PHOENIX_EXPERIMENT_TICK",
+        "PHOENIX_EXPERIMENT_ANALYSIS_DELAY = \"10s\", PHOENIX_EXPERIMENT_TICK",
+    );
+    let s = Stack::started(
+        phoenix_tests::Supervisor::config(&ports.config_with(&prometheus, &config)),
+        ports,
+    );
+    let Completed {
+        agents,
+        id,
+        experiment: completed,
+    } = completed_experiment(&s, &s.users());
+    let (a, b) = (&agents[0], &agents[1]);
+    let k = &completed["kpis"];
+    assert_eq!(k["baseline"]["series"], 300, "{k:#}");
+    assert_eq!(k["candidate"]["series"], 44, "{k:#}");
+    assert_eq!(k["baseline"]["series_by_agent"][&a.id], 200);
+    assert_eq!(k["candidate"]["series_by_agent"][&b.id], 22);
+    assert!(
+        close(f(&k["reduction_pct"]), 100.0 * 256.0 / 300.0),
+        "{k:#}"
+    );
+    assert_eq!(f(&k["accuracy_pct"]), 100.0, "{k:#}");
+
+    // Both servers hold the same series and samples of the experiment.
+    let selector = format!("{{experiment=\"{id}\"}}[10m]");
+    let held = |base: &str| {
+        let mut series: Vec<(String, usize)> = phoenix_tests::agents::raw_samples(base, &selector)
+            .into_iter()
+            .map(|(labels, samples)| (labels.to_string(), samples.len()))
+            .collect();
+        series.sort();
+        series
+    };
+    let local = held(&s.ports.prometheus_url(""));
+    assert_eq!(local.len(), 344, "series written to the appliance");
+    assert_eq!(held(&store.url("")), local, "the store holds every sample");
+}
+
 #[test]
 fn a_promoted_experiment_sends_its_candidate_and_is_costed_and_audited() {
     let s = Stack::start(CONFIG);

@@ -46,12 +46,15 @@ struct Vm {
 }
 
 impl Vm {
-    fn boot(image: &Path, dir: &Path, name: &str) -> Vm {
+    /// Boots the image on a machine of `memory_mib` and `cpus`: the
+    /// instance type.
+    fn boot(image: &Path, dir: &Path, name: &str, memory_mib: u32, cpus: u32) -> Vm {
         let (health, api, http) = (free_port(), free_port(), free_port());
         let monitor = dir.join(format!("{name}.monitor"));
         let console = dir.join(format!("{name}.console"));
         let child = Command::new("qemu-system-x86_64")
-            .args(["-machine", "q35", "-cpu", "max", "-m", "2048", "-smp", "2", "-nographic", "-no-reboot"])
+            .args(["-machine", "q35", "-cpu", "max", "-nographic", "-no-reboot"])
+            .args(["-m", &memory_mib.to_string(), "-smp", &cpus.to_string()])
             .arg("-kernel")
             .arg(image.join("vmlinuz"))
             .arg("-initrd")
@@ -167,7 +170,7 @@ fn boots_serves_powers_off_cleanly_and_keeps_data() {
     assert!(status.success(), "building the image failed");
     println!("image built in {:.0} s", t0.elapsed().as_secs_f64());
 
-    let mut vm = Vm::boot(&image, dir.path(), "first");
+    let mut vm = Vm::boot(&image, dir.path(), "first", 2048, 2);
     let healthy = vm.wait_healthy();
     println!(
         "first boot: healthy {:.1} s after qemu started",
@@ -211,6 +214,7 @@ fn boots_serves_powers_off_cleanly_and_keeps_data() {
         off.as_secs_f64()
     );
     let console = vm.console();
+    let first_console = console.clone();
     assert!(
         console.contains("database system is shut down"),
         "postgres stopped cleanly:\n{console}"
@@ -218,7 +222,8 @@ fn boots_serves_powers_off_cleanly_and_keeps_data() {
     assert!(console.contains("all services stopped"), "{console}");
     drop(vm);
 
-    let vm = Vm::boot(&image, dir.path(), "second");
+    // Phase 1 of the growth path: a new instance type, no edit of the config.
+    let vm = Vm::boot(&image, dir.path(), "second", 3072, 1);
     let healthy = vm.wait_healthy();
     println!(
         "second boot: healthy {:.1} s after qemu started",
@@ -230,6 +235,13 @@ fn boots_serves_powers_off_cleanly_and_keeps_data() {
         "clean start, no recovery:\n{console}"
     );
     assert!(!console.contains("redo starts"), "{console}");
+    // The built-ins' limits are shares of the machine, so they followed it.
+    let (first_pg, second_pg) = (postgres_limits(&first_console), postgres_limits(&console));
+    println!("postgres limits: {first_pg:?} on 2 GiB / 2 CPUs, {second_pg:?} on 3 GiB / 1 CPU");
+    assert!(
+        second_pg.0 > first_pg.0 * 5 / 4 && second_pg.1 < first_pg.1,
+        "memory up by half, CPUs halved: {first_pg:?} -> {second_pg:?}"
+    );
     let token = vm.login();
     let users: Value = https()
         .get(vm.api("/api/v1/users"))
@@ -271,4 +283,22 @@ fn the_image_config_passes_check_config() {
             "{service} runs in the image: {text}"
         );
     }
+}
+
+/// PostgreSQL's memory (MiB) and CPUs, from the supervisor's first line
+/// (`limits=postgres 491MiB 1cpu, prometheus ...`).
+fn postgres_limits(console: &str) -> (u64, f64) {
+    let line = console
+        .lines()
+        .find(|l| l.contains("phoenix-supervisor starting"))
+        .unwrap_or_else(|| panic!("no start line:\n{console}"));
+    let entry = line
+        .split(['=', ','])
+        .map(|part| part.trim().trim_matches('"'))
+        .find(|part| part.starts_with("postgres ") && part.contains("MiB"))
+        .unwrap_or_else(|| panic!("no postgres limits in: {line}"));
+    let words: Vec<&str> = entry.split_whitespace().collect();
+    let memory = words[1].strip_suffix("MiB").unwrap();
+    let cpus = words[2].strip_suffix("cpu").unwrap();
+    (memory.parse().unwrap(), cpus.parse().unwrap())
 }

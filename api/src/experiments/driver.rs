@@ -46,6 +46,10 @@ pub struct DriverConfig {
     /// `PHOENIX_EXPERIMENT_ANALYSIS_GRACE` (default 5m): how long after the
     /// window measuring may keep failing before the experiment fails.
     pub analysis_grace: Duration,
+    /// `PHOENIX_EXPERIMENT_ANALYSIS_DELAY` (default 0): how long after the
+    /// window measuring starts, so that a store that remote write fills
+    /// (`[prometheus] query_url`) holds the whole window first.
+    pub analysis_delay: Duration,
 }
 
 impl Default for DriverConfig {
@@ -54,6 +58,7 @@ impl Default for DriverConfig {
             tick: Duration::from_secs(2),
             deploy_timeout: Duration::from_secs(600),
             analysis_grace: Duration::from_secs(300),
+            analysis_delay: Duration::ZERO,
         }
     }
 }
@@ -90,6 +95,12 @@ impl DriverConfig {
                 &mut config.analysis_grace,
                 SECOND,
                 DAY,
+            ),
+            (
+                "PHOENIX_EXPERIMENT_ANALYSIS_DELAY",
+                &mut config.analysis_delay,
+                Duration::ZERO,
+                HOUR,
             ),
         ] {
             if let Some(text) = lookup(key) {
@@ -317,6 +328,9 @@ async fn analysis(state: &AppState, config: &DriverConfig, due: &Due) -> Decisio
     let (Some(started_at), Some(ends_at)) = (due.started_at, due.ends_at) else {
         return fail_analysis("the experiment has no measured window".into());
     };
+    if Utc::now() < ends_at + config.analysis_delay {
+        return Decision::Wait;
+    }
     let subject = Subject {
         experiment: due.id,
         agents: due.agents.clone(),

@@ -115,12 +115,20 @@ impl Runner {
     /// Runs `argv` as PostgreSQL's user with the superuser's password in
     /// `PGPASSWORD` (pgBackRest and psql read it; it is never on a command line).
     pub async fn run(&self, argv: Vec<String>, quiet: bool) -> Outcome {
+        let password = self.settings.superuser_password.clone();
+        self.run_with_password(argv, &password, quiet).await
+    }
+
+    /// [`Runner::run`] with the password in the file `password` instead:
+    /// another server's (`migrate-database`'s target).
+    pub async fn run_with_password(
+        &self,
+        argv: Vec<String>,
+        password: &std::path::Path,
+        quiet: bool,
+    ) -> Outcome {
         let mut spec = ServiceSpec::new("backup", argv.clone());
-        spec.secret_env = [(
-            "PGPASSWORD".to_string(),
-            self.settings.superuser_password.clone(),
-        )]
-        .into();
+        spec.secret_env = [("PGPASSWORD".to_string(), password.to_path_buf())].into();
         let mut cmd = process::job_command(&argv, &spec, self.run_as.as_ref())
             .map_err(|e| format!("{}: {e}", argv[0]))?;
         cmd.stdin(Stdio::null());

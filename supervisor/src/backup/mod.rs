@@ -10,6 +10,7 @@
 pub mod appliance;
 pub mod info;
 pub mod job;
+pub mod migrate;
 pub mod offsite;
 pub mod restore;
 pub mod schedule;
@@ -47,6 +48,13 @@ pub enum Request {
     /// Restore PostgreSQL; progress lines as it goes, the reply at the end.
     Restore {
         request: restore::RestoreRequest,
+        progress: restore::Progress,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// Move the built-in database onto an external PostgreSQL; progress
+    /// lines as it goes, the reply at the end.
+    Migrate {
+        request: migrate::MigrateRequest,
         progress: restore::Progress,
         reply: oneshot::Sender<Result<String, String>>,
     },
@@ -115,6 +123,12 @@ pub trait Work: Clone + Send + Sync + 'static {
     fn verify(
         &self,
         label: Option<String>,
+    ) -> impl std::future::Future<Output = Result<String, String>> + Send;
+    /// `phoenixctl migrate-database`.
+    fn migrate(
+        &self,
+        request: migrate::MigrateRequest,
+        progress: restore::Progress,
     ) -> impl std::future::Future<Output = Result<String, String>> + Send;
 }
 
@@ -243,6 +257,17 @@ pub async fn run<W: Work, C: Clock>(
                     let work = work.clone();
                     restoring = Some(operate(&mut status, &clock, "restore", async move {
                         work.restore(request, progress).await
+                    }));
+                    restore_reply = Some(reply);
+                }
+                Request::Migrate { request, progress, reply } => {
+                    if let Err(e) = busy(&status, "migrating the database") {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
+                    let work = work.clone();
+                    restoring = Some(operate(&mut status, &clock, "migrate", async move {
+                        work.migrate(request, progress).await
                     }));
                     restore_reply = Some(reply);
                 }
@@ -447,6 +472,8 @@ pub struct PgBackRest<S> {
     /// The offsite task, told of each new local full; None without `[backup.s3]`.
     pub offsite: Option<mpsc::Sender<String>>,
     pub services: std::sync::Arc<S>,
+    /// Where `migrate-database` writes its switch.
+    pub switch: migrate::Switch,
 }
 
 impl<S> Clone for PgBackRest<S> {
@@ -455,6 +482,7 @@ impl<S> Clone for PgBackRest<S> {
             runner: self.runner.clone(),
             offsite: self.offsite.clone(),
             services: self.services.clone(),
+            switch: self.switch.clone(),
         }
     }
 }
@@ -681,6 +709,27 @@ impl<S: restore::Services> Work for PgBackRest<S> {
         match &result {
             Ok(done) => tracing::info!(done, "restore finished"),
             Err(e) => tracing::error!(error = e, "restore failed"),
+        }
+        result
+    }
+
+    async fn migrate(
+        &self,
+        request: migrate::MigrateRequest,
+        progress: restore::Progress,
+    ) -> Result<String, String> {
+        let _one = self.runner.exclusive().await;
+        let result = migrate::run(
+            &self.runner,
+            self.services.as_ref(),
+            &self.switch,
+            &request,
+            &progress,
+        )
+        .await;
+        match &result {
+            Ok(done) => tracing::info!(done, "migrate-database finished"),
+            Err(e) => tracing::error!(error = e, "migrate-database failed"),
         }
         result
     }

@@ -236,6 +236,8 @@ pub trait Services: Send + Sync + 'static {
     ) -> impl std::future::Future<Output = Result<(), String>> + Send;
     /// Whether the service is ready now.
     fn ready(&self, service: &str) -> impl std::future::Future<Output = bool> + Send;
+    /// Reads the config file again, as `phoenixctl reload` does.
+    fn reload(&self) -> impl std::future::Future<Output = Result<(), String>> + Send;
 }
 
 /// Progress lines for the operator.

@@ -63,6 +63,15 @@ impl Work for FakeWork {
         Ok("ok".into())
     }
 
+    async fn migrate(
+        &self,
+        _request: super::migrate::MigrateRequest,
+        progress: restore::Progress,
+    ) -> Result<String, String> {
+        let _ = progress.send("migrating".into());
+        Ok("migrated".into())
+    }
+
     async fn restore(
         &self,
         _request: restore::RestoreRequest,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::units::{
-    self, CountIn, DAY, DurationIn, GIB, HOUR, KIB, MIB, MINUTE, MS, SECOND, SignalName, TIB,
+    self, CountIn, DAY, DurationIn, GIB, HOUR, KIB, MINUTE, MS, SECOND, SignalName,
 };
 
 // Every duration, count and size carries its range in its type (see
@@ -170,11 +170,29 @@ pub struct PostgresSection {
     /// Extra `postgresql.conf` parameters, passed as `-c key=value`.
     #[serde(default)]
     pub settings: BTreeMap<String, toml::Value>,
-    /// Database of the API when `enable = false` (no password in the URL).
-    pub external_url: Option<String>,
-    /// File holding the password for `external_url`.
+    /// An external database for the API (RDS, ...): the built-in
+    /// PostgreSQL steps aside. No password in the URL.
+    #[serde(alias = "external_url")]
+    pub url: Option<String>,
+    /// File holding the password for `url`.
+    #[serde(
+        default,
+        deserialize_with = "units::path",
+        alias = "external_password_file"
+    )]
+    pub password_file: Option<PathBuf>,
+    /// CA bundle (PEM) that the external database's certificate must chain
+    /// to (TLS verify-full); default: the public web roots.
     #[serde(default, deserialize_with = "units::path")]
-    pub external_password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl PostgresSection {
+    /// The built-in PostgreSQL runs here: `enable`, by default unless an
+    /// external `url` is given.
+    pub fn managed(&self) -> bool {
+        self.enable.unwrap_or(self.url.is_none())
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,6 +210,33 @@ pub struct PrometheusSection {
     pub out_of_order_window: Option<DurationIn<MINUTE, { 30 * DAY }>>,
     pub user: Option<String>,
     pub limits: Option<LimitsTable>,
+    /// Stores that Prometheus sends every sample on to (Mimir,
+    /// VictoriaMetrics, another Prometheus), agents' samples included.
+    #[serde(default)]
+    pub remote_write: Vec<RemoteWriteTable>,
+    /// Where the API reads KPIs, charts and costs from, when that is not
+    /// this Prometheus (a store that `remote_write` fills).
+    pub query_url: Option<String>,
+    /// With `enable = false`: the store's remote-write receiver that the
+    /// API forwards agents' samples to.
+    pub write_url: Option<String>,
+}
+
+/// One of `[[prometheus.remote_write]]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWriteTable {
+    pub url: Option<String>,
+    /// A file holding a bearer token (readable by Prometheus's user).
+    #[serde(default, deserialize_with = "units::path")]
+    pub bearer_token_file: Option<PathBuf>,
+    /// Basic auth: the user name, with `password_file`.
+    pub username: Option<String>,
+    #[serde(default, deserialize_with = "units::path")]
+    pub password_file: Option<PathBuf>,
+    /// CA certificate (PEM) of a private CA that signed the store's certificate.
+    #[serde(default, deserialize_with = "units::path")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[alerts]`: the alert rules the managed Prometheus evaluates.
@@ -393,8 +438,8 @@ pub struct StopTable {
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsTable {
-    pub memory: Option<units::SizeIn<MIB, { 16 * TIB }>>,
-    pub cpus: Option<f64>,
+    pub memory: Option<units::MemoryLimit>,
+    pub cpus: Option<units::CpuLimit>,
     /// The kernel's largest pid_max.
     pub pids: Option<CountIn<1, 4_194_304>>,
 }

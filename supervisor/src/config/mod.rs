@@ -15,11 +15,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use builtins::{parse_cron, s3_keys_include};
+pub use builtins::{external_database, parse_cron, s3_keys_include};
 pub use spec::*;
 
 use file::{FileConfig, ProbeTable, RestartPolicyName, ServiceTable};
 use phoenix_backoff::{Backoff, BackoffError};
+pub use units::Machine;
+use units::{CpuLimit, MemoryLimit};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/phoenix/phoenix.toml";
 
@@ -67,6 +69,8 @@ pub struct LoadOptions {
     /// a missing, unreadable or too open one at its key. Set by
     /// [`LoadOptions::detect`]; `None` (unit tests) skips the check.
     pub key_files: Option<KeyFileCheck>,
+    /// What limits written as shares (`"25%"`) are shares of.
+    pub machine: Machine,
 }
 
 /// `Err` says what is wrong with an S3 key file (never its contents).
@@ -88,6 +92,7 @@ impl LoadOptions {
             exe_dir,
             users: None,
             key_files: Some(|path| crate::s3keys::read(path).map(drop)),
+            machine: Machine::detect(),
         }
     }
 
@@ -264,6 +269,20 @@ impl Located<'_> {
         best.map_or((1, 1), |s| self.line_col(s.start))
     }
 
+    /// Which of a key's names (`url`, or its old name `external_url`) the
+    /// file uses in `table`, so that an error names what was written.
+    pub(crate) fn written<'k>(&self, table: &str, names: &[&'k str]) -> &'k str {
+        let doc = toml_edit::ImDocument::parse(self.text).ok();
+        let t = doc
+            .as_ref()
+            .and_then(|d| d.get(table))
+            .and_then(|i| i.as_table_like());
+        names
+            .iter()
+            .find(|n| t.is_some_and(|t| t.contains_key(n)))
+            .unwrap_or(&names[0])
+    }
+
     fn error(&self, path: &[&str], message: impl Into<String>) -> ConfigError {
         let (line, column) = self.position(path);
         ConfigError {
@@ -371,6 +390,7 @@ fn expand(raw: FileConfig, loc: &Located<'_>, opts: &LoadOptions) -> Result<Conf
         tls: expanded.tls,
         scaling: expanded.scaling,
         backup: expanded.backup,
+        external_database: expanded.external_database,
         secrets: expanded.secrets,
         services,
     })
@@ -386,7 +406,8 @@ fn absolutize(raw: &mut FileConfig, resolve: &impl Fn(PathBuf) -> PathBuf) {
     }
     for p in [
         &mut raw.postgres.bin_dir,
-        &mut raw.postgres.external_password_file,
+        &mut raw.postgres.password_file,
+        &mut raw.postgres.ca_file,
         &mut raw.prometheus.bin,
         &mut raw.pushgateway.bin,
         &mut raw.alertmanager.bin,
@@ -395,6 +416,11 @@ fn absolutize(raw: &mut FileConfig, resolve: &impl Fn(PathBuf) -> PathBuf) {
         &mut raw.tls.key,
     ] {
         fix(p);
+    }
+    for rw in &mut raw.prometheus.remote_write {
+        fix(&mut rw.bearer_token_file);
+        fix(&mut rw.password_file);
+        fix(&mut rw.ca_file);
     }
     for hook in &mut raw.alertmanager.webhook {
         fix(&mut hook.bearer_token_file);
@@ -573,7 +599,7 @@ fn apply_table(
         }
     }
     if let Some(l) = &t.limits {
-        spec.limits = limits(spec.limits, l).map_err(|e| within("limits", e))?;
+        spec.limits = limits(spec.limits, l, &opts.machine).map_err(|e| within("limits", e))?;
     }
     if !spec.capabilities.is_empty() && spec.user.is_none() {
         return Err(err(
@@ -590,20 +616,30 @@ fn apply_table(
     Ok(())
 }
 
-/// Errors name the key within the `limits` table.
+/// Errors name the key within the `limits` table. Shares are resolved
+/// against `machine`.
 pub(crate) fn limits(
     mut base: Limits,
     l: &file::LimitsTable,
+    machine: &Machine,
 ) -> Result<Limits, (&'static str, String)> {
-    if let Some(m) = l.memory {
-        base.memory = Some(m.0);
+    match l.memory {
+        Some(MemoryLimit::Size(m)) => base.memory = Some(m.0),
+        Some(MemoryLimit::Share(s)) => base.memory = Some(machine.memory_share(s)),
+        None => {}
     }
     if let Some(c) = l.cpus {
+        let c = match c {
+            CpuLimit::Cpus(c) => c,
+            CpuLimit::Share(s) => machine.cpu_share(s),
+        };
         // cpu.max takes a quota of at least 1ms per 100ms period.
         if !(0.01..=1024.0).contains(&c) {
             return Err((
                 "cpus",
-                format!("{c} is out of range: give a number of CPUs from 0.01 to 1024"),
+                format!(
+                    "{c} is out of range: give a number of CPUs from 0.01 to 1024, or a share such as \"50%\""
+                ),
             ));
         }
         base.cpus = Some(c);

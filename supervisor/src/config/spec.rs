@@ -22,6 +22,9 @@ pub struct Config {
     pub scaling: ScalingSettings,
     /// `None`: no managed PostgreSQL, or `[backup] enable = false`.
     pub backup: Option<BackupSettings>,
+    /// `[postgres] url`: the API's database is elsewhere; /health checks
+    /// that it answers instead of the built-in's services.
+    pub external_database: Option<ExternalDatabase>,
     /// Secrets generated once on first start (random, mode 0600).
     pub secrets: Vec<SecretSpec>,
     /// Services in dependency order: each comes after everything it depends on.
@@ -32,6 +35,20 @@ impl Config {
     pub fn service(&self, name: &str) -> Option<&ServiceSpec> {
         self.services.iter().find(|s| s.name == name)
     }
+}
+
+/// An external PostgreSQL (`[postgres] url`), such as RDS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExternalDatabase {
+    /// The URL handed to the API, with its TLS parameters.
+    pub api_url: String,
+    pub host: String,
+    pub port: u16,
+    /// TLS with verify-full (off only for a database on this machine that
+    /// asked for it).
+    pub tls: bool,
+    /// The CA bundle; `None`: the public web roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -450,7 +467,7 @@ impl TriggerSettings {
             }
             (TriggerKind::Cpu, Level::Critical) => format!(
                 "CPU above {c} %: move to a larger instance type now; if it is already large, move PostgreSQL out \
-             ([postgres] external_url, e.g. RDS) to give the API and Prometheus the CPUs (component separation)"
+             ([postgres] url, e.g. RDS) to give the API and Prometheus the CPUs (component separation)"
             ),
             (TriggerKind::Memory, Level::Warning) => format!(
                 "memory above {w} % for {sustain}: plan an instance with more memory (vertical), or shorten \
@@ -458,7 +475,7 @@ impl TriggerSettings {
             ),
             (TriggerKind::Memory, Level::Critical) => format!(
                 "memory above {c} %: services are close to the OOM killer; resize the instance now, or move \
-             PostgreSQL out ([postgres] external_url) or Prometheus to remote_write (component separation)"
+             PostgreSQL out ([postgres] url) or Prometheus to remote_write (component separation)"
             ),
             (TriggerKind::Disk, Level::Warning) => format!(
                 "the state disk is above {w} % full: grow the volume (it grows into the space at boot) or \
@@ -493,12 +510,12 @@ impl TriggerSettings {
              with remote_write now (component separation)"
             ),
             (TriggerKind::DbSize, Level::Warning) => format!(
-                "the database is larger than {w} GB: plan a managed PostgreSQL ([postgres] external_url, \
+                "the database is larger than {w} GB: plan a managed PostgreSQL ([postgres] url, \
              e.g. RDS) or a larger volume"
             ),
             (TriggerKind::DbSize, Level::Critical) => format!(
                 "the database is larger than {c} GB: move it to a managed PostgreSQL ([postgres] \
-             external_url) (component separation)"
+             url) (component separation)"
             ),
         }
     }

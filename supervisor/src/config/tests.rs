@@ -8,6 +8,10 @@ fn opts(root: bool, dev: bool) -> LoadOptions {
         exe_dir: PathBuf::from("/opt/phoenix/bin"),
         users: None,
         key_files: None,
+        machine: Machine {
+            memory: 4 << 30,
+            cpus: 2,
+        },
     }
 }
 
@@ -63,7 +67,7 @@ fn empty_file_is_the_full_appliance() {
     assert_eq!(
         api.limits,
         Limits {
-            memory: Some(2 << 30),
+            memory: Some(1 << 30),
             cpus: Some(2.0),
             pids: None
         }
@@ -76,7 +80,7 @@ fn empty_file_is_the_full_appliance() {
     assert_eq!(
         prom.limits,
         Limits {
-            memory: Some(2 << 30),
+            memory: Some(1638 << 20),
             cpus: Some(1.5),
             pids: None
         }
@@ -248,11 +252,69 @@ fn services_are_ordered_after_their_dependencies() {
         "oneshots retry only failures"
     );
     let api = c.service("api").unwrap();
-    assert_eq!(api.env["PHOENIX_DATABASE_URL"], "postgres://db/x");
+    assert_eq!(
+        api.env["PHOENIX_DATABASE_URL"],
+        "postgres://db/x?sslmode=verify-full"
+    );
     assert_eq!(
         api.env["PHOENIX_DATABASE_PASSWORD_FILE"],
         "/etc/phoenix/db-pw"
     );
+}
+
+/// Phase 1 of the growth path: the built-ins' limits are shares of the
+/// machine, and so are limits written as `"25%"`; the same file on a
+/// bigger instance gives bigger limits.
+#[test]
+fn limits_written_as_shares_follow_the_machine() {
+    let text = "[prometheus]\nlimits = { memory = \"50%\" }\n[services.w]\ncommand = [\"/bin/w\"]\nlimits = { memory = \"10%\", cpus = \"50%\" }\n";
+    let path = Path::new("/etc/phoenix/phoenix.toml");
+    let on = |memory: u64, cpus: u32| {
+        let opts = LoadOptions {
+            machine: Machine { memory, cpus },
+            ..opts(true, false)
+        };
+        parse(text, path, &opts).unwrap()
+    };
+    let (small, big) = (on(4 << 30, 2), on(32 << 30, 8));
+    let limits = |c: &Config, name: &str| c.service(name).unwrap().limits;
+    assert_eq!(limits(&small, "prometheus").memory, Some(2 << 30));
+    assert_eq!(limits(&big, "prometheus").memory, Some(16 << 30));
+    assert_eq!(
+        limits(&small, "prometheus").cpus,
+        Some(1.5),
+        "default share kept"
+    );
+    assert_eq!(limits(&big, "prometheus").cpus, Some(6.0));
+    assert_eq!(limits(&small, "postgres").memory, Some(1 << 30));
+    assert_eq!(limits(&big, "postgres").memory, Some(8 << 30));
+    assert_eq!(limits(&small, "w").memory, Some(409 << 20));
+    assert_eq!(limits(&small, "w").cpus, Some(1.0));
+    assert_eq!(limits(&big, "w").cpus, Some(4.0));
+    // Sizes and counts stay as written.
+    let fixed = parse_str("[api]\nlimits = { memory = \"3GiB\", cpus = 1.5 }\n").unwrap();
+    assert_eq!(fixed.service("api").unwrap().limits.memory, Some(3 << 30));
+    assert_eq!(fixed.service("api").unwrap().limits.cpus, Some(1.5));
+}
+
+#[test]
+fn shares_over_the_whole_machine_are_refused_at_their_key() {
+    assert_eq!(
+        refused("[postgres]\nlimits = { memory = \"150%\" }\n"),
+        "/etc/phoenix/phoenix.toml:2:21: postgres.limits.memory: `150%` is over 100 %: a share is of \
+         this machine's memory; write e.g. \"25%\""
+    );
+    let e = refused("[services.w]\ncommand = [\"/bin/w\"]\nlimits = { cpus = \"250%\" }\n");
+    assert!(
+        e.starts_with(
+            "/etc/phoenix/phoenix.toml:3:19: services.w.limits.cpus: `250%` is over 100 %"
+        ),
+        "{e}"
+    );
+    let e = refused("[api]\nlimits = { cpus = \"0%\" }\n");
+    assert!(e.contains("api.limits.cpus: `0%` is not a share"), "{e}");
+    let e = refused("[api]\nlimits = { cpus = \"two\" }\n");
+    assert!(e.contains("is not a number of CPUs or a share"), "{e}");
 }
 
 #[test]
@@ -507,7 +569,7 @@ fn durations_counts_and_sizes_outside_their_range_are_refused_naming_it() {
         (
             "[api]\nlimits = { cpus = 0.001 }\n",
             "/etc/phoenix/phoenix.toml:2:12: api.limits.cpus: 0.001 is out of range: give a number \
-             of CPUs from 0.01 to 1024",
+             of CPUs from 0.01 to 1024, or a share such as \"50%\"",
         ),
         (
             "[services.api]\nlimits = { pids = 0 }\n",
@@ -581,6 +643,137 @@ fn empty_paths_are_refused() {
     );
 }
 
+/// Phase 2: `[postgres] url` replaces the built-in PostgreSQL with an
+/// external one, over TLS that verifies the server (verify-full).
+#[test]
+fn an_external_database_replaces_the_built_in_over_verified_tls() {
+    let text = "[postgres]\nurl = \"postgres://phoenix@db.example:6432/phoenix\"\n\
+                ca_file = \"/etc/phoenix/rds-ca.pem\"\npassword_file = \"/etc/phoenix/db-password\"\n";
+    let c = parse_str(text).unwrap();
+    assert!(c.backup.is_none(), "backups of the built-in step aside");
+    for name in ["postgres-init", "postgres", "postgres-setup"] {
+        assert!(c.service(name).is_none(), "{name} steps aside");
+    }
+    let api = c.service("api").unwrap();
+    assert_eq!(
+        api.env["PHOENIX_DATABASE_URL"],
+        "postgres://phoenix@db.example:6432/phoenix?sslmode=verify-full&sslrootcert=%2Fetc%2Fphoenix%2Frds-ca.pem"
+    );
+    assert_eq!(
+        api.env["PHOENIX_DATABASE_PASSWORD_FILE"],
+        "/etc/phoenix/db-password"
+    );
+    assert!(api.depends_on.is_empty(), "{:?}", api.depends_on);
+    let db = c.external_database.as_ref().unwrap();
+    assert_eq!(
+        (db.host.as_str(), db.port, db.tls),
+        ("db.example", 6432, true)
+    );
+    assert_eq!(
+        db.ca_file.as_deref(),
+        Some(Path::new("/etc/phoenix/rds-ca.pem"))
+    );
+    assert!(parse_str("").unwrap().external_database.is_none());
+
+    // A database on this machine may turn TLS off; another may not.
+    let local = parse_str(
+        "[postgres]\nurl = \"postgres://phoenix@127.0.0.1:5433/phoenix?sslmode=disable\"\n",
+    )
+    .unwrap();
+    assert!(!local.external_database.unwrap().tls);
+    assert_eq!(
+        refused("[postgres]\nurl = \"postgres://phoenix@db.example/phoenix?sslmode=require\"\n"),
+        "/etc/phoenix/phoenix.toml:2:1: postgres.url: sslmode=require does not verify the server's \
+         certificate and name: remove it (verify-full is the default) and name the server's CA \
+         bundle in ca_file"
+    );
+    let e = refused("[postgres]\nenable = true\nurl = \"postgres://phoenix@db.example/phoenix\"\n");
+    assert!(
+        e.starts_with("/etc/phoenix/phoenix.toml:2:1: postgres.enable: `url` names an external"),
+        "{e}"
+    );
+    let e = refused("[postgres]\nca_file = \"/etc/phoenix/ca.pem\"\n");
+    assert!(
+        e.contains("postgres.ca_file: is for an external database"),
+        "{e}"
+    );
+    let e = refused("[postgres]\nurl = \"postgres://phoenix@db.example/phoenix?sslrootcert=/x\"\n");
+    assert!(e.contains("use password_file and ca_file instead"), "{e}");
+}
+
+/// Phase 2: Prometheus sends every sample on to remote stores, and the
+/// API may read its metrics from one.
+#[test]
+fn prometheus_sends_to_remote_stores_and_the_api_may_query_one() {
+    let text = "[prometheus]\nquery_url = \"https://mimir.example/prometheus\"\n\
+                [[prometheus.remote_write]]\nurl = \"https://mimir.example/api/v1/push\"\nbearer_token_file = \"/etc/phoenix/mimir-token\"\n\
+                [[prometheus.remote_write]]\nurl = \"https://vm.example/api/v1/write\"\nusername = \"phoenix\"\npassword_file = \"/etc/phoenix/vm-password\"\nca_file = \"/etc/phoenix/vm-ca.pem\"\n";
+    let c = parse_str(text).unwrap();
+    let yml = &c.service("prometheus").unwrap().files[0].contents;
+    assert!(
+        yml.ends_with(
+            "remote_write:\n  - url: \"https://mimir.example/api/v1/push\"\n    authorization:\n      \
+             credentials_file: \"/etc/phoenix/mimir-token\"\n  - url: \"https://vm.example/api/v1/write\"\n    \
+             basic_auth:\n      username: \"phoenix\"\n      password_file: \"/etc/phoenix/vm-password\"\n    \
+             tls_config:\n      ca_file: \"/etc/phoenix/vm-ca.pem\"\n"
+        ),
+        "{yml}"
+    );
+    let api = c.service("api").unwrap();
+    assert_eq!(
+        api.env["PHOENIX_PROMETHEUS_URL"],
+        "https://mimir.example/prometheus"
+    );
+    assert!(
+        api.env["PHOENIX_REMOTE_WRITE_URL"].ends_with(":9090/api/v1/write"),
+        "agents' samples still reach the store through the appliance's Prometheus"
+    );
+
+    // Without the appliance's Prometheus, the API writes to the store itself.
+    let c = parse_str("[prometheus]\nenable = false\nwrite_url = \"http://vm.example:8428/api/v1/write\"\nquery_url = \"http://vm.example:8428\"\n").unwrap();
+    assert!(c.service("prometheus").is_none());
+    let api = c.service("api").unwrap();
+    assert_eq!(
+        api.env["PHOENIX_REMOTE_WRITE_URL"],
+        "http://vm.example:8428/api/v1/write"
+    );
+    assert_eq!(api.env["PHOENIX_PROMETHEUS_URL"], "http://vm.example:8428");
+
+    for (text, expected) in [
+        (
+            "[[prometheus.remote_write]]\nbearer_token_file = \"/t\"\n",
+            "prometheus.remote_write.0.url: is missing",
+        ),
+        (
+            "[[prometheus.remote_write]]\nurl = \"ftp://x/\"\n",
+            "prometheus.remote_write.0.url: \"ftp://x/\" is not an http:// or https:// URL",
+        ),
+        (
+            "[[prometheus.remote_write]]\nurl = \"https://x/\"\nusername = \"u\"\n",
+            "prometheus.remote_write.0.password_file: basic auth needs both",
+        ),
+        (
+            "[[prometheus.remote_write]]\nurl = \"https://x/\"\nbearer_token_file = \"/t\"\nusername = \"u\"\npassword_file = \"/p\"\n",
+            "bearer token or basic auth",
+        ),
+        (
+            "[prometheus]\nwrite_url = \"http://x/\"\n",
+            "prometheus.write_url: is for enable = false",
+        ),
+        (
+            "[prometheus]\nenable = false\nwrite_url = \"http://x/\"\n",
+            "prometheus.query_url: with the appliance's Prometheus off",
+        ),
+        (
+            "[prometheus]\nquery_url = \"mimir\"\n",
+            "prometheus.query_url: \"mimir\" is not a URL",
+        ),
+    ] {
+        let e = refused(text);
+        assert!(e.contains(expected), "{text}: {e}");
+    }
+}
+
 #[test]
 fn external_url_with_a_password_is_refused_without_showing_it() {
     let err = refused(
@@ -589,7 +782,7 @@ fn external_url_with_a_password_is_refused_without_showing_it() {
     assert_eq!(
         err,
         "/etc/phoenix/phoenix.toml:3:1: postgres.external_url: contains a password: remove it and \
-         put the password in the file named by external_password_file (a URL shows up in process \
+         put the password in the file named by password_file (a URL shows up in process \
          listings and logs)"
     );
     let err = refused("[postgres]\nenable = false\nexternal_url = \"mysql://db/phoenix\"\n");

@@ -171,6 +171,133 @@ impl fmt::Display for ByteSize {
     }
 }
 
+/// A share of this machine, written `"25%"`: a fraction in (0, 1]. Limits
+/// written as shares follow the instance, so a resize needs no edit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Share(pub f64);
+
+impl Share {
+    /// `Some` for text ending in `%`; `Err` when the number is not a
+    /// share (zero, negative, over 100 %).
+    fn parse(text: &str, of: &str) -> Option<Result<Share, String>> {
+        let number = text.trim().strip_suffix('%')?;
+        Some(match number.trim().parse::<f64>() {
+            Ok(p) if p > 0.0 && p <= 100.0 => Ok(Share(p / 100.0)),
+            Ok(p) if p > 100.0 => Err(format!(
+                "`{text}` is over 100 %: a share is of this machine's {of}; write e.g. \"25%\""
+            )),
+            _ => Err(format!(
+                "`{text}` is not a share: give a percentage above 0 and up to 100, e.g. \"25%\""
+            )),
+        })
+    }
+}
+
+impl fmt::Display for Share {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.0 * 100.0)
+    }
+}
+
+/// `memory = "512MiB"`, a number of bytes, or `"25%"` of the machine's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "SizeText")]
+pub enum MemoryLimit {
+    Size(SizeIn<MIB, { 16 * TIB }>),
+    Share(Share),
+}
+
+impl TryFrom<SizeText> for MemoryLimit {
+    type Error = String;
+    fn try_from(value: SizeText) -> Result<Self, String> {
+        if let SizeText::Text(text) = &value
+            && let Some(share) = Share::parse(text, "memory")
+        {
+            return share.map(MemoryLimit::Share);
+        }
+        SizeIn::try_from(ByteSize::try_from(value)?).map(MemoryLimit::Size)
+    }
+}
+
+/// `cpus = 1.5`, or `"50%"` of the machine's CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "CpuText")]
+pub enum CpuLimit {
+    Cpus(f64),
+    Share(Share),
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CpuText {
+    Number(f64),
+    Text(String),
+}
+
+impl TryFrom<CpuText> for CpuLimit {
+    type Error = String;
+    fn try_from(value: CpuText) -> Result<Self, String> {
+        match value {
+            CpuText::Number(n) => Ok(CpuLimit::Cpus(n)),
+            CpuText::Text(text) => Share::parse(&text, "CPUs")
+                .unwrap_or_else(|| {
+                    Err(format!(
+                        "`{text}` is not a number of CPUs or a share; write e.g. 1.5 or \"50%\""
+                    ))
+                })
+                .map(CpuLimit::Share),
+        }
+    }
+}
+
+/// What shares are shares of: this machine's memory and CPUs, read at
+/// every start, so the same file fits a bigger instance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Machine {
+    /// Bytes of RAM (`MemTotal`).
+    pub memory: u64,
+    /// CPUs this process may run on.
+    pub cpus: u32,
+}
+
+impl Machine {
+    pub fn detect() -> Machine {
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().strip_suffix("kB"))
+                    .and_then(|kb| kb.trim().parse::<u64>().ok())
+            })
+            .map_or(GIB, |kb| kb * KIB);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        Machine { memory, cpus }
+    }
+
+    /// `share` of the memory, in whole MiB, at least 1 MiB.
+    pub fn memory_share(&self, share: Share) -> u64 {
+        ((self.memory as f64 * share.0) as u64 / MIB).max(1) * MIB
+    }
+
+    /// `share` of the CPUs, to the hundredth, at least 0.01.
+    pub fn cpu_share(&self, share: Share) -> f64 {
+        ((f64::from(self.cpus) * share.0 * 100.0).round() / 100.0).max(0.01)
+    }
+}
+
+impl fmt::Display for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} MiB of memory and {} CPU{}",
+            self.memory / MIB,
+            self.cpus,
+            if self.cpus == 1 { "" } else { "s" }
+        )
+    }
+}
+
 /// A signal name such as `"SIGTERM"` or `"INT"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -231,6 +358,49 @@ mod tests {
         );
         assert_eq!(ByteSize::try_from(SizeText::Bytes(4096)).unwrap().0, 4096);
         assert!(ByteSize::try_from(SizeText::Text("lots".into())).is_err());
+    }
+
+    #[test]
+    fn limits_take_sizes_counts_and_shares() {
+        let mem = |t: &str| MemoryLimit::try_from(SizeText::Text(t.into()));
+        assert_eq!(mem("25%").unwrap(), MemoryLimit::Share(Share(0.25)));
+        assert_eq!(mem("1GiB").unwrap(), MemoryLimit::Size(SizeIn(GIB)));
+        let over = mem("150%").unwrap_err();
+        assert!(over.contains("over 100 %"), "{over}");
+        assert!(mem("0%").unwrap_err().contains("not a share"));
+        assert!(mem("-5%").is_err());
+        assert!(mem("1KiB").unwrap_err().contains("out of range"));
+        let cpu = |t: &str| CpuLimit::try_from(CpuText::Text(t.into()));
+        assert_eq!(cpu("50%").unwrap(), CpuLimit::Share(Share(0.5)));
+        assert!(cpu("101%").unwrap_err().contains("over 100 %"));
+        assert!(cpu("lots").unwrap_err().contains("not a number of CPUs"));
+        assert_eq!(
+            CpuLimit::try_from(CpuText::Number(1.5)).unwrap(),
+            CpuLimit::Cpus(1.5)
+        );
+    }
+
+    #[test]
+    fn shares_resolve_against_the_machine() {
+        let small = Machine {
+            memory: 2 * GIB,
+            cpus: 2,
+        };
+        let big = Machine {
+            memory: 16 * GIB,
+            cpus: 8,
+        };
+        assert_eq!(small.memory_share(Share(0.25)), 512 * MIB);
+        assert_eq!(big.memory_share(Share(0.25)), 4 * GIB);
+        assert_eq!(small.cpu_share(Share(0.5)), 1.0);
+        assert_eq!(big.cpu_share(Share(0.75)), 6.0);
+        let tiny = Machine {
+            memory: 3 * MIB,
+            cpus: 1,
+        };
+        assert_eq!(tiny.memory_share(Share(0.01)), MIB, "at least 1 MiB");
+        assert_eq!(tiny.cpu_share(Share(0.001)), 0.01, "at least 0.01");
+        assert_eq!(small.to_string(), "2048 MiB of memory and 2 CPUs");
     }
 
     #[test]

@@ -115,6 +115,8 @@ pub enum Event {
     Scaling(Vec<ScalingStatus>),
     /// The backup task's state changed.
     Backup(Box<BackupStatus>),
+    /// The external database was looked at (None: there is none).
+    ExternalDatabase(Option<Box<crate::external_db::ExternalDatabaseStatus>>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,6 +312,8 @@ pub struct Supervisor {
     scaling: Vec<ScalingStatus>,
     /// The backup task's last report; None when `[backup]` is off.
     backup: Option<BackupStatus>,
+    /// `[postgres] url`: the last look at the external database.
+    external_database: Option<crate::external_db::ExternalDatabaseStatus>,
 }
 
 /// How long health shows a shortage of the supervisor's resources after
@@ -368,6 +372,7 @@ impl Supervisor {
             plain_http: None,
             scaling: Vec::new(),
             backup: None,
+            external_database: None,
         };
         sup.publish();
         (sup, rx)
@@ -444,7 +449,11 @@ impl Supervisor {
                 }
             }
             Event::Scaling(statuses) => self.scaling = statuses,
-            Event::Backup(status) => self.backup = Some(*status),
+            Event::ExternalDatabase(status) => self.external_database = status.map(|s| *s),
+            // A reload that turned [backup] off (the database moved out)
+            // ends its checks; the task's later reports are not shown.
+            Event::Backup(status) if self.config.backup.is_some() => self.backup = Some(*status),
+            Event::Backup(_) => self.backup = None,
             Event::PlainHttp(status) => self.plain_http = Some(status),
             Event::Certificate { status, renewed } => {
                 self.certificate = Some(*status);
@@ -1075,7 +1084,8 @@ impl Supervisor {
             Request::BackupNow { .. }
             | Request::BackupList
             | Request::BackupVerify { .. }
-            | Request::Restore(_) => {
+            | Request::Restore(_)
+            | Request::MigrateDatabase(_) => {
                 Response::Error("backup requests are answered by the backup task".into())
             }
             Request::Reload => match self.reload() {
@@ -1237,6 +1247,9 @@ impl Supervisor {
             .https_port
             .store(self.config.tls.https_port, Ordering::Relaxed);
         (self.ctx.reloaded)(&self.config);
+        if self.config.backup.is_none() {
+            self.backup = None;
+        }
         Ok(plan.summary())
     }
 
@@ -1334,6 +1347,7 @@ impl Supervisor {
             plain_http: self.plain_http.as_ref(),
             scaling: &self.scaling,
             backup: self.backup.as_ref(),
+            external_database: self.external_database.as_ref(),
         })
     }
 

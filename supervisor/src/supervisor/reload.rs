@@ -192,6 +192,10 @@ mod tests {
             exe_dir: "/nonexistent".into(),
             users: None,
             key_files: None,
+            machine: crate::config::Machine {
+                memory: 4 << 30,
+                cpus: 2,
+            },
         };
         crate::config::parse(&text, Path::new("test.toml"), &opts).unwrap()
     }

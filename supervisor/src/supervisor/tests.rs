@@ -35,6 +35,10 @@ async fn start_loop(toml: &str) -> (mpsc::UnboundedSender<Event>, tempfile::Temp
         exe_dir: "/nonexistent".into(),
         users: None,
         key_files: None,
+        machine: config::Machine {
+            memory: 4 << 30,
+            cpus: 2,
+        },
     };
     let config = config::parse(&text, Path::new("test.toml"), &opts).unwrap();
     std::fs::create_dir_all(&config.supervisor.log_dir).unwrap();

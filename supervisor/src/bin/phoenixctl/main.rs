@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+mod migrate;
 mod restore;
 use phoenix_supervisor::cli_docs::{Docs, ExitCodes};
 use phoenix_supervisor::control::{Request, Response, call};
@@ -97,6 +98,32 @@ enum Cmd {
         #[arg(long)]
         yes: bool,
     },
+    /// Move the built-in database onto an external PostgreSQL (RDS ...).
+    ///
+    /// Checks the target (TLS verify-full, empty), stops the API, copies
+    /// the database (pg_dump, then pg_restore in one transaction), compares
+    /// every table's rows, writes [postgres] url, password_file and ca_file
+    /// into the config file and reloads: the API runs on the target, the
+    /// built-in PostgreSQL stops with its data kept. Audited.
+    #[command(name = "migrate-database")]
+    MigrateDatabase {
+        /// The target, as [postgres] url takes it, without a password:
+        /// postgres://phoenix@db.example:5432/phoenix.
+        #[arg(long)]
+        to: String,
+        /// A file holding the target role's password.
+        #[arg(long)]
+        password_file: PathBuf,
+        /// The CA bundle (PEM) the target's certificate must chain to.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Only check the target and say what would move.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
     #[command(flatten)]
     Docs(Docs),
 }
@@ -140,6 +167,16 @@ fn main() -> ExitCode {
     {
         return restore::run(&cli.socket, to, backup, *latest, from, *yes);
     }
+    if let Cmd::MigrateDatabase {
+        to,
+        password_file,
+        ca_file,
+        dry_run,
+        yes,
+    } = &cli.command
+    {
+        return migrate::run(&cli.socket, to, password_file, ca_file, *dry_run, *yes);
+    }
     let request = match &cli.command {
         Cmd::Status => Request::Status,
         Cmd::Health => Request::Health,
@@ -168,7 +205,9 @@ fn main() -> ExitCode {
         } => Request::BackupVerify {
             label: label.clone(),
         },
-        Cmd::Restore { .. } | Cmd::Docs(_) => unreachable!("handled above"),
+        Cmd::Restore { .. } | Cmd::MigrateDatabase { .. } | Cmd::Docs(_) => {
+            unreachable!("handled above")
+        }
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -11,7 +11,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use super::context::{
-    Context, Contribution, GIB, arg, local, path_str, user_for, with_limits, yaml_str,
+    Context, Contribution, arg, local, path_str, user_for, with_limits, yaml_str,
 };
 use crate::config::ConfigError;
 use crate::config::file::{AlertmanagerSection, EmailTable, WebhookTable};
@@ -108,16 +108,7 @@ pub(super) fn expand(
         local(listen)
     ))));
     svc.reload_signal = Some(Signal::SIGHUP);
-    svc.limits = with_limits(
-        Limits {
-            memory: Some(GIB / 4),
-            cpus: Some(0.5),
-            pids: None,
-        },
-        &a.limits,
-        loc,
-        "alertmanager",
-    )?;
+    svc.limits = with_limits(ctx, "alertmanager", &a.limits, 0.05, 0.25)?;
     svc.ports = vec![listen];
     Ok(Contribution {
         services: vec![svc],

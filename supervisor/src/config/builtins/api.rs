@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use nix::sys::signal::Signal;
 
-use super::context::{Context, Contribution, Database, GIB, local, path_str, with_limits};
+use super::context::{Context, Contribution, Database, local, path_str, with_limits};
 use crate::config::ConfigError;
 use crate::config::file::ApiSection;
 use crate::config::spec::*;
@@ -25,7 +25,7 @@ pub(super) fn expand(
     let Some(database) = database else {
         return Err(loc.error(
             &["postgres", "enable"],
-            "the API needs a database: keep [postgres] enabled or set [postgres] external_url",
+            "the API needs a database: keep [postgres] enabled or set [postgres] url",
         ));
     };
     let bin = a
@@ -90,11 +90,27 @@ pub(super) fn expand(
             format!("http://{}/health", local(ctx.health_listen)),
         ),
     ]);
-    if ctx.prometheus.enabled {
+    if let Some(url) = &ctx.query_url {
+        api.env.insert("PHOENIX_PROMETHEUS_URL".into(), url.clone());
+        // Remote write delivers within seconds: measure once the store
+        // holds the whole window.
+        api.env
+            .insert("PHOENIX_EXPERIMENT_ANALYSIS_DELAY".into(), "30s".into());
+    } else if ctx.prometheus.enabled {
         api.env.insert(
             "PHOENIX_PROMETHEUS_URL".into(),
             format!("http://{}", local(ctx.prometheus.listen)),
         );
+    }
+    if let Some(url) = &ctx.write_url {
+        api.env
+            .insert("PHOENIX_REMOTE_WRITE_URL".into(), url.clone());
+        api.env.insert(
+            "PHOENIX_REMOTE_WRITE_MAX_AGE".into(),
+            format!("{}s", ctx.out_of_order_window.as_secs()),
+        );
+    }
+    if ctx.prometheus.enabled {
         // Agents' samples go to Prometheus's receiver, no older than it
         // still stores.
         api.env.insert(
@@ -121,16 +137,7 @@ pub(super) fn expand(
     // Alive means answering; /health also pings the database, and a
     // database outage must not make the supervisor restart the API.
     api.liveness = Some(ServiceSpec::liveness(Probe::Tcp(local(api_listen))));
-    api.limits = with_limits(
-        Limits {
-            memory: Some(2 * GIB),
-            cpus: Some(2.0),
-            pids: None,
-        },
-        &a.limits,
-        loc,
-        "api",
-    )?;
+    api.limits = with_limits(ctx, "api", &a.limits, 0.25, 1.0)?;
     api.ports = vec![api_listen, agent_listen];
     if (api_listen.port() < 1024 || agent_listen.port() < 1024) && api.user.is_some() {
         api.capabilities = vec![Capability::NetBindService];

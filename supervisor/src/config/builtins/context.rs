@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use crate::config::file::{FileConfig, LimitsTable};
 use crate::config::spec::*;
+use crate::config::units::Share;
 use crate::config::{ConfigError, LoadOptions, Located, check_user, limits};
-
-pub(super) const GIB: u64 = 1 << 30;
 
 /// PostgreSQL's superuser, and the API's role and database in it.
 pub(super) const POSTGRES_SUPERUSER: &str = "postgres";
@@ -61,6 +60,8 @@ pub(super) struct Database {
     pub(super) password_file: Option<PathBuf>,
     /// The service creating the API's role and database, to start after.
     pub(super) setup_service: Option<&'static str>,
+    /// `[postgres] url`: a database not managed here.
+    pub(super) external: Option<ExternalDatabase>,
 }
 
 /// What every section may read besides its own table.
@@ -83,6 +84,12 @@ pub(super) struct Context<'a> {
     /// `[health] listen`, where Prometheus scrapes the supervisor.
     pub(super) health_listen: SocketAddr,
     pub(super) postgres: Postgres,
+    /// `[prometheus] query_url`: where the API reads metrics, when not
+    /// from the appliance's Prometheus.
+    pub(super) query_url: Option<String>,
+    /// `[prometheus] write_url`: where the API writes agents' samples when
+    /// the appliance has no Prometheus.
+    pub(super) write_url: Option<String>,
 }
 
 impl<'a> Context<'a> {
@@ -123,7 +130,7 @@ impl<'a> Context<'a> {
             .unwrap_or_else(|| push_default.parse().expect("valid address"));
         let pg = &raw.postgres;
         let postgres = Postgres {
-            managed: pg.enable.unwrap_or(true),
+            managed: pg.managed(),
             // At most 65535, by its type.
             port: pg
                 .port
@@ -134,7 +141,7 @@ impl<'a> Context<'a> {
                 .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin")),
             data: sup.state_dir.join("postgres/data"),
             socket_dir: sup.run_dir.join("postgres"),
-            user: if pg.enable.unwrap_or(true) {
+            user: if pg.managed() {
                 user_for(opts, &pg.user, "postgres", loc, "postgres")?
             } else {
                 None
@@ -177,6 +184,8 @@ impl<'a> Context<'a> {
                 .listen
                 .unwrap_or_else(|| "127.0.0.1:8081".parse().expect("valid")),
             postgres,
+            query_url: raw.prometheus.query_url.clone(),
+            write_url: raw.prometheus.write_url.clone(),
         })
     }
 
@@ -228,14 +237,24 @@ pub(super) fn user_for(
     Ok(Some(user.to_string()))
 }
 
+/// A built-in's limits: its default shares of the machine (so that a
+/// bigger instance needs no edit), then the keys its `limits` table gives.
 pub(super) fn with_limits(
-    defaults: Limits,
-    table: &Option<LimitsTable>,
-    loc: &Located<'_>,
+    ctx: &Context<'_>,
     section: &str,
+    table: &Option<LimitsTable>,
+    memory: f64,
+    cpus: f64,
 ) -> Result<Limits, ConfigError> {
+    let machine = &ctx.opts.machine;
+    let defaults = Limits {
+        memory: Some(machine.memory_share(Share(memory))),
+        cpus: Some(machine.cpu_share(Share(cpus))),
+        pids: None,
+    };
     match table {
-        Some(t) => limits(defaults, t).map_err(|(key, m)| loc.error(&[section, "limits", key], m)),
+        Some(t) => limits(defaults, t, machine)
+            .map_err(|(key, m)| ctx.loc.error(&[section, "limits", key], m)),
         None => Ok(defaults),
     }
 }

@@ -24,6 +24,7 @@ use crate::config::ConfigError;
 use context::Context;
 
 pub use backup::parse_cron;
+pub use postgres::external_database;
 pub use s3::keys_include as s3_keys_include;
 
 /// The section that owns each built-in service, for an override whose
@@ -58,6 +59,7 @@ pub struct Expanded {
     pub tls: TlsSettings,
     pub scaling: ScalingSettings,
     pub backup: Option<BackupSettings>,
+    pub external_database: Option<ExternalDatabase>,
 }
 
 pub fn expand(
@@ -80,6 +82,11 @@ pub fn expand(
     )?;
     let pushgateway = pushgateway::expand(&raw.pushgateway, &ctx)?;
     let alertmanager = alertmanager::expand(&raw.alertmanager, &ctx)?;
+    // The external database is the API's: without the API nothing uses it.
+    let external_database = database
+        .as_ref()
+        .filter(|_| ctx.api.enabled)
+        .and_then(|d| d.external.clone());
     let api = api::expand(&raw.api, &ctx, &tls, database)?;
     let mut services = Vec::new();
     let mut secrets = Vec::new();
@@ -100,5 +107,6 @@ pub fn expand(
         tls,
         scaling,
         backup: backup.settings,
+        external_database,
     })
 }

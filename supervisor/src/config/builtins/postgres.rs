@@ -9,8 +9,8 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use super::context::{
-    API_DB_NAME, API_DB_USER, Archive, Context, Contribution, Database, GIB, POSTGRES_SUPERUSER,
-    arg, path_str, with_limits,
+    API_DB_NAME, API_DB_USER, Archive, Context, Contribution, Database, POSTGRES_SUPERUSER, arg,
+    path_str, with_limits,
 };
 use crate::config::file::PostgresSection;
 use crate::config::spec::*;
@@ -24,30 +24,49 @@ pub(super) fn expand(
     archive: &Archive,
 ) -> Result<(Contribution, Option<Database>), ConfigError> {
     let loc = ctx.loc;
-    if pg.enable.unwrap_or(true) {
-        if pg.external_url.is_some() || pg.external_password_file.is_some() {
+    if pg.managed() {
+        if pg.url.is_some() {
             return Err(loc.error(
-                &["postgres", "external_url"],
-                "external_url and external_password_file are for enable = false (a database not managed here)",
+                &["postgres", "enable"],
+                "`url` names an external database, which replaces the built-in PostgreSQL: \
+                 remove enable = true (or the url)",
             ));
         }
+        external_only(pg, loc)?;
         managed(pg, ctx, archive)
-    } else if let Some(url) = &pg.external_url {
-        check_database_url(url).map_err(|m| loc.error(&["postgres", "external_url"], m))?;
+    } else if let Some(url) = &pg.url {
+        let key = loc.written("postgres", &["url", "external_url"]);
+        let external = external_database(url, pg.ca_file.as_deref())
+            .map_err(|m| loc.error(&["postgres", key], m))?;
         let database = Database {
-            url: url.clone(),
-            password_file: pg.external_password_file.clone(),
+            url: external.api_url.clone(),
+            password_file: pg.password_file.clone(),
             setup_service: None,
+            external: Some(external),
         };
         Ok((Contribution::default(), Some(database)))
-    } else if pg.external_password_file.is_some() {
-        Err(loc.error(
-            &["postgres", "external_password_file"],
-            "goes with external_url",
-        ))
     } else {
+        external_only(pg, loc)?;
         Ok((Contribution::default(), None))
     }
+}
+
+/// `password_file` and `ca_file` describe an external database: refused
+/// without `url`.
+fn external_only(pg: &PostgresSection, loc: &Located<'_>) -> Result<(), ConfigError> {
+    let password = loc.written("postgres", &["password_file", "external_password_file"]);
+    for (key, given) in [
+        (password, pg.password_file.is_some()),
+        ("ca_file", pg.ca_file.is_some()),
+    ] {
+        if given {
+            return Err(loc.error(
+                &["postgres", key],
+                "is for an external database: it goes with `url`",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn managed(
@@ -137,16 +156,7 @@ fn managed(
         timeout: Duration::from_secs(90),
     };
     server.reload_signal = Some(Signal::SIGHUP);
-    server.limits = with_limits(
-        Limits {
-            memory: Some(GIB),
-            cpus: Some(1.0),
-            pids: None,
-        },
-        &pg.limits,
-        loc,
-        "postgres",
-    )?;
+    server.limits = with_limits(ctx, "postgres", &pg.limits, 0.25, 0.5)?;
     server.ports = vec![([127, 0, 0, 1], pg_port).into()];
     services.push(server);
 
@@ -162,6 +172,7 @@ fn managed(
             url: format!("postgres://{API_DB_USER}@127.0.0.1:{pg_port}/{API_DB_NAME}"),
             password_file: Some(api_password),
             setup_service: Some("postgres-setup"),
+            external: None,
         });
     }
     Ok((Contribution { services, secrets }, database))
@@ -314,11 +325,14 @@ fn supervisor_owned_setting(name: &str) -> Option<&'static str> {
     })
 }
 
-/// `[postgres] external_url` is handed to the API, which refuses a
-/// password in it; say so here, where the key is.
-fn check_database_url(text: &str) -> Result<(), String> {
+/// `[postgres] url`: the external database as the API and the health
+/// check reach it. TLS with full verification unless the database is on
+/// this machine: `sslmode=verify-full` is added, and `sslrootcert` when a
+/// CA bundle is named; a weaker `sslmode` to another machine is refused.
+/// A password in the URL is refused without repeating it.
+pub fn external_database(text: &str, ca_file: Option<&Path>) -> Result<ExternalDatabase, String> {
     const EXAMPLE: &str = "postgres://phoenix@db.example:5432/phoenix";
-    let url = reqwest::Url::parse(text)
+    let mut url = reqwest::Url::parse(text)
         .map_err(|e| format!("not a URL ({e}); write one like \"{EXAMPLE}\""))?;
     if !matches!(url.scheme(), "postgres" | "postgresql") {
         return Err(format!(
@@ -329,9 +343,60 @@ fn check_database_url(text: &str) -> Result<(), String> {
     if url.password().is_some() {
         return Err(
             "contains a password: remove it and put the password in the file named by \
-             external_password_file (a URL shows up in process listings and logs)"
+             password_file (a URL shows up in process listings and logs)"
                 .into(),
         );
     }
-    Ok(())
+    let host = match url.host_str() {
+        Some(h) if !h.is_empty() => h.trim_start_matches('[').trim_end_matches(']').to_string(),
+        _ => return Err(format!("names no host; write one like \"{EXAMPLE}\"")),
+    };
+    let local = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let port = url.port().unwrap_or(5432);
+    let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    for (key, _) in &query {
+        if matches!(key.as_str(), "password" | "sslpassword" | "sslrootcert") {
+            return Err(format!(
+                "sets `{key}` in the URL: use password_file and ca_file instead"
+            ));
+        }
+    }
+    let sslmode = query
+        .iter()
+        .find(|(k, _)| k == "sslmode")
+        .map(|(_, v)| v.clone());
+    let tls = match sslmode.as_deref() {
+        None | Some("verify-full") => true,
+        Some(_) if local => false,
+        Some(mode) => {
+            return Err(format!(
+                "sslmode={mode} does not verify the server's certificate and name: remove it \
+                 (verify-full is the default) and name the server's CA bundle in ca_file"
+            ));
+        }
+    };
+    if tls {
+        let mut pairs = url.query_pairs_mut();
+        if sslmode.is_none() {
+            pairs.append_pair("sslmode", "verify-full");
+        }
+        if let Some(ca) = ca_file {
+            pairs.append_pair("sslrootcert", &ca.display().to_string());
+        }
+    } else if ca_file.is_some() {
+        return Err(format!(
+            "sslmode={} turns TLS off, so ca_file would not be used: remove one of them",
+            sslmode.unwrap_or_default()
+        ));
+    }
+    Ok(ExternalDatabase {
+        api_url: url.to_string(),
+        host,
+        port,
+        tls,
+        ca_file: ca_file.map(Path::to_path_buf),
+    })
 }

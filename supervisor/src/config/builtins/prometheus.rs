@@ -14,10 +14,10 @@ use nix::sys::signal::Signal;
 
 use super::alerts::{AlertInputs, rules_yml};
 use super::context::{
-    Context, Contribution, GIB, arg, local, path_str, user_for, with_limits, yaml_str,
+    Context, Contribution, arg, local, path_str, user_for, with_limits, yaml_str,
 };
 use crate::config::ConfigError;
-use crate::config::file::{AlertsSection, PrometheusSection};
+use crate::config::file::{AlertsSection, PrometheusSection, RemoteWriteTable};
 use crate::config::spec::*;
 
 pub(super) fn expand(
@@ -27,10 +27,49 @@ pub(super) fn expand(
     scaling: &ScalingSettings,
     backup: Option<&BackupSettings>,
 ) -> Result<Contribution, ConfigError> {
+    let loc = ctx.loc;
+    for (key, url) in [("query_url", &p.query_url), ("write_url", &p.write_url)] {
+        if let Some(url) = url {
+            check_http_url(url).map_err(|m| loc.error(&["prometheus", key], m))?;
+        }
+    }
     if !ctx.prometheus.enabled {
+        if let Some(i) = (!p.remote_write.is_empty()).then_some(0) {
+            return Err(loc.error(
+                &["prometheus", "remote_write", &i.to_string()],
+                "is sent by the appliance's Prometheus: with enable = false, give write_url \
+                 (the store's receiver that the API writes agents' samples to) and query_url",
+            ));
+        }
+        if ctx.api.enabled && p.write_url.is_some() != p.query_url.is_some() {
+            return Err(loc.error(
+                &[
+                    "prometheus",
+                    if p.write_url.is_some() {
+                        "query_url"
+                    } else {
+                        "write_url"
+                    },
+                ],
+                "with the appliance's Prometheus off, the API needs both the store's receiver \
+                 (write_url) and its query API (query_url)",
+            ));
+        }
         return Ok(Contribution::default());
     }
-    let (opts, loc, state) = (ctx.opts, ctx.loc, ctx.state);
+    if p.write_url.is_some() {
+        return Err(loc.error(
+            &["prometheus", "write_url"],
+            "is for enable = false: the appliance's Prometheus receives agents' samples and sends \
+             them on to each [[prometheus.remote_write]]",
+        ));
+    }
+    for (i, rw) in p.remote_write.iter().enumerate() {
+        remote_write_check(rw).map_err(|(key, m)| {
+            loc.error(&["prometheus", "remote_write", &i.to_string(), key], m)
+        })?;
+    }
+    let (opts, state) = (ctx.opts, ctx.state);
     let prom_listen = ctx.prometheus.listen;
     let dir = state.join("prometheus");
     let config_file = ctx.generated_file("prometheus", "prometheus.yml");
@@ -48,7 +87,7 @@ pub(super) fn expand(
         .enable
         .unwrap_or(true)
         .then(|| ctx.generated_file("prometheus", "rules.yml"));
-    let yml = prometheus_yml(
+    let mut yml = prometheus_yml(
         rules_file.as_deref(),
         scrape,
         ctx.out_of_order_window,
@@ -66,6 +105,7 @@ pub(super) fn expand(
                 .then(|| local(ctx.alertmanager.listen)),
         },
     );
+    yml.push_str(&remote_write_yml(&p.remote_write));
     let mut prom = ServiceSpec::new(
         "prometheus",
         vec![
@@ -110,16 +150,7 @@ pub(super) fn expand(
     ))));
     prom.reload_signal = Some(Signal::SIGHUP);
     prom.stop.timeout = Duration::from_secs(60);
-    prom.limits = with_limits(
-        Limits {
-            memory: Some(2 * GIB),
-            cpus: Some(1.5),
-            pids: None,
-        },
-        &p.limits,
-        loc,
-        "prometheus",
-    )?;
+    prom.limits = with_limits(ctx, "prometheus", &p.limits, 0.4, 0.75)?;
     prom.ports = vec![prom_listen];
     Ok(Contribution {
         services: vec![prom],
@@ -187,6 +218,76 @@ fn prometheus_yml(
         y.push_str(&format!(
             "  - job_name: pushgateway\n    honor_labels: true\n    static_configs:\n      - targets: ['{push}']\n"
         ));
+    }
+    y
+}
+
+/// An http:// or https:// URL with a host.
+fn check_http_url(text: &str) -> Result<(), String> {
+    match reqwest::Url::parse(text) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(()),
+        Ok(u) => Err(format!(
+            "{text:?} is not an http:// or https:// URL (it is {}://)",
+            u.scheme()
+        )),
+        Err(e) => Err(format!("{text:?} is not a URL ({e})")),
+    }
+}
+
+/// One `[[prometheus.remote_write]]`: a URL, and at most one way to log in.
+fn remote_write_check(rw: &RemoteWriteTable) -> Result<(), (&'static str, String)> {
+    let Some(url) = &rw.url else {
+        return Err(("url", "is missing: give the store's remote-write URL, e.g. \"https://mimir.example/api/v1/push\"".into()));
+    };
+    check_http_url(url).map_err(|m| ("url", m))?;
+    if rw.bearer_token_file.is_some() && (rw.username.is_some() || rw.password_file.is_some()) {
+        return Err((
+            "bearer_token_file",
+            "give a bearer token or basic auth (username and password_file), not both".into(),
+        ));
+    }
+    if rw.username.is_some() != rw.password_file.is_some() {
+        return Err((
+            if rw.username.is_some() {
+                "password_file"
+            } else {
+                "username"
+            },
+            "basic auth needs both username and password_file".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `remote_write:` of prometheus.yml. Secrets stay in their files, which
+/// Prometheus reads (they must be readable by its user).
+fn remote_write_yml(stores: &[RemoteWriteTable]) -> String {
+    if stores.is_empty() {
+        return String::new();
+    }
+    let mut y = String::from("remote_write:\n");
+    for rw in stores {
+        let url = rw.url.as_deref().unwrap_or_default();
+        y.push_str(&format!("  - url: {}\n", yaml_str(url)));
+        if let Some(f) = &rw.bearer_token_file {
+            y.push_str(&format!(
+                "    authorization:\n      credentials_file: {}\n",
+                yaml_str(&f.display().to_string())
+            ));
+        }
+        if let (Some(user), Some(f)) = (&rw.username, &rw.password_file) {
+            y.push_str(&format!(
+                "    basic_auth:\n      username: {}\n      password_file: {}\n",
+                yaml_str(user),
+                yaml_str(&f.display().to_string())
+            ));
+        }
+        if let Some(ca) = &rw.ca_file {
+            y.push_str(&format!(
+                "    tls_config:\n      ca_file: {}\n",
+                yaml_str(&ca.display().to_string())
+            ));
+        }
     }
     y
 }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::context::{Context, Contribution, GIB, arg, local, path_str, user_for, with_limits};
+use super::context::{Context, Contribution, arg, local, path_str, user_for, with_limits};
 use crate::config::ConfigError;
 use crate::config::file::PushgatewaySection;
 use crate::config::spec::*;
@@ -46,16 +46,7 @@ pub(super) fn expand(
         "http://{}/-/healthy",
         local(push_listen)
     ))));
-    push.limits = with_limits(
-        Limits {
-            memory: Some(GIB / 2),
-            cpus: Some(0.5),
-            pids: None,
-        },
-        &p.limits,
-        loc,
-        "pushgateway",
-    )?;
+    push.limits = with_limits(ctx, "pushgateway", &p.limits, 0.1, 0.25)?;
     push.ports = vec![push_listen];
     Ok(Contribution {
         services: vec![push],
