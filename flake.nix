@@ -39,10 +39,18 @@
       };
 
       packages = forAllSystems (system: pkgs:
+        let
+          images = pkgs.callPackage ./nix/images.nix {
+            inherit (self.packages.${system}) phoenix phoenix-agent;
+          };
+        in
         {
           default = self.packages.${system}.phoenix;
           phoenix = pkgs.callPackage ./nix/package.nix { };
           phoenix-agent = pkgs.callPackage ./nix/agent-package.nix { };
+          # Container images for deploy/kubernetes.
+          image-api = images.api;
+          image-agent = images.agent;
         }
         // lib.optionalAttrs (system == imageSystem) {
           image-amazon = amazonImages.amazon;

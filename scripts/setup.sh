@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what Phoenix needs to build, run and test on Debian/Ubuntu:
 # PostgreSQL 15, pgBackRest, Prometheus, the Pushgateway, runit (benchmark peer),
-# util-linux (unshare), pebble (ACME), Chromium and ChromeDriver (console tests), schemathesis and moto (PyPI) and the `phoenix`
+# util-linux (unshare), pebble (ACME), Chromium and ChromeDriver (console tests), schemathesis, moto and kubernetes-validate (PyPI), kubectl (kustomize) and the `phoenix`
 # system user.
 # Idempotent.
 set -euo pipefail
@@ -41,6 +41,21 @@ fi
 if ! getent passwd phoenix >/dev/null; then
   echo "setup: creating system user phoenix"
   need_root useradd --system --home-dir /var/lib/phoenix --no-create-home --shell /usr/sbin/nologin phoenix
+fi
+
+# The Kubernetes manifests are rendered with kubectl's kustomize and checked
+# against the Kubernetes schemas by kubernetes-validate (PyPI).
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "setup: installing kubernetes-client (kubectl)"
+  need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends kubernetes-client
+fi
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "setup: installing kubernetes-validate (PyPI)"
+  python3 -m pip --version >/dev/null 2>&1 ||
+    need_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends python3-pip
+  python3 -m pip install --quiet kubernetes-validate 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages kubernetes-validate ||
+    { echo "setup: pip install kubernetes-validate failed" >&2; exit 1; }
 fi
 
 # schemathesis fuzzes the API from its OpenAPI document in the test suite.

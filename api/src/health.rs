@@ -36,6 +36,10 @@ pub struct Health {
     pub status: Status,
     pub version: &'static str,
     pub checks: BTreeMap<&'static str, Vec<Check>>,
+    /// `held` on the replica doing the singleton work (the experiment
+    /// driver, the sweeps), `standby` on the others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub singleton: Option<&'static str>,
 }
 
 /// One measurement of one component.
@@ -73,6 +77,7 @@ impl Health {
             status,
             version: env!("CARGO_PKG_VERSION"),
             checks: BTreeMap::from([(DATABASE_CHECK, vec![check])]),
+            singleton: None,
         }
     }
 
@@ -120,7 +125,14 @@ pub async fn handler(State(state): State<AppState>) -> Health {
         Ok(_) if !was_up => tracing::info!("database answers again; health is now pass"),
         _ => {}
     }
-    Health::from_ping(&ping, Utc::now())
+    Health {
+        singleton: Some(if state.leader.holds() {
+            "held"
+        } else {
+            "standby"
+        }),
+        ..Health::from_ping(&ping, Utc::now())
+    }
 }
 
 #[cfg(test)]

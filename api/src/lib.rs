@@ -73,6 +73,7 @@ pub mod problem;
 pub mod push_group;
 pub mod server;
 pub mod shutdown;
+pub mod singleton;
 pub mod tasks;
 
 use std::sync::Arc;
@@ -111,6 +112,8 @@ pub struct AppState {
     /// Sends agents' batches to the remote-write receiver; `None` without
     /// `--remote-write-url`.
     pub forwarder: Option<agents::forward::Forwarder>,
+    /// Whether this replica does the singleton work.
+    pub leader: singleton::Leader,
 }
 
 /// Keys and limits of authentication.
@@ -360,6 +363,7 @@ mod tests {
             }),
             audit: Arc::default(),
             forwarder: None,
+            leader: crate::singleton::Leader::always(),
         }
     }
 

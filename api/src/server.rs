@@ -106,6 +106,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         settings: Arc::new(config.settings.clone()),
         audit: Arc::default(),
         forwarder,
+        leader: crate::singleton::spawn(config.database.connect_options.clone(), shutdown.clone()),
     };
     let app = router(state.clone(), config.http);
 

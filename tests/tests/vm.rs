@@ -292,7 +292,17 @@ fn postgres_limits(console: &str) -> (u64, f64) {
         .lines()
         .find(|l| l.contains("phoenix-supervisor starting"))
         .unwrap_or_else(|| panic!("no start line:\n{console}"));
-    let entry = line
+    // The serial console is a terminal: the log has colours.
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    let entry = plain
         .split(['=', ','])
         .map(|part| part.trim().trim_matches('"'))
         .find(|part| part.starts_with("postgres ") && part.contains("MiB"))

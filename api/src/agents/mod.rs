@@ -112,8 +112,9 @@ pub fn spawn_background(state: &AppState, shutdown: &Shutdown) {
 }
 
 /// Sweeps expired leases, refreshes the gauges, forgets the series counts
-/// of groups no longer written. Every replica runs it; each step is safe to
-/// run concurrently.
+/// of groups no longer written, and the login counts no longer needed.
+/// Every replica refreshes its own gauges; the rest is done by the one
+/// holding the singleton lock (each step would still be safe twice).
 async fn housekeeping(state: AppState) {
     let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -121,14 +122,18 @@ async fn housekeeping(state: AppState) {
     let mut tick: u64 = 0;
     loop {
         ticker.tick().await;
-        if let Err(error) = tasks::requeue_expired_leases(&state.pool, None).await {
+        let leader = state.leader.holds();
+        if leader && let Err(error) = tasks::requeue_expired_leases(&state.pool, None).await {
             tracing::warn!(%error, "could not sweep expired task leases");
         }
         if tick.is_multiple_of(refresh_every) {
             if let Err(error) = refresh_gauges(&state).await {
                 tracing::warn!(%error, "could not refresh the agent and task gauges");
             }
-            if let Err(error) = forget_stale_groups(&state).await {
+            if leader && let Err(error) = crate::auth::limiter::prune_shared(&state.pool).await {
+                tracing::warn!(%error, "could not forget the shared login failures");
+            }
+            if leader && let Err(error) = forget_stale_groups(&state).await {
                 tracing::warn!(%error, "could not forget the series counts of ended groups");
             }
         }

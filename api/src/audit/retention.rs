@@ -164,7 +164,8 @@ pub async fn run(state: AppState, shutdown: Shutdown) {
         tokio::select! {
             biased;
             () = shutdown.requested() => return,
-            _ = ticker.tick() => {}
+            _ = ticker.tick() => if !state.leader.holds() { continue },
+            // A changed retention, on the replica that took the request.
             () = state.audit.housekeeping.notified() => {}
         }
         housekeep_logged(&state.pool).await;

@@ -20,6 +20,12 @@
 //! per-(user, source) allowance of guesses per address; past it, each
 //! address waits for its own delay and for the account's.
 //!
+//! Replicas share their counts through the `login_failures` table
+//! ([`LoginLimiter::sync`] before an attempt, [`LoginLimiter::share`] after
+//! a failure), so that a limit hit on one replica holds on every one. Two
+//! replicas failing the same key at the same moment may count one failure
+//! instead of two; no more is lost.
+//!
 //! Time comes from tokio, so the tests run in virtual time.
 
 use std::collections::HashMap;
@@ -85,6 +91,15 @@ enum Source {
 }
 
 impl Source {
+    /// Its key in `login_failures`.
+    fn key(&self) -> String {
+        match self {
+            Source::V4(ip) => format!("source:{ip}"),
+            Source::V6Prefix(prefix) => format!("source:{prefix:016x}::/64"),
+            Source::Unknown => "source:unknown".into(),
+        }
+    }
+
     fn of(ip: Option<IpAddr>) -> Source {
         match ip.map(crate::peer::source_block) {
             Some(IpAddr::V4(v4)) => Source::V4(v4),
@@ -132,6 +147,17 @@ impl Failures {
     /// spent (whether or not its wait is over).
     fn past(&self, now: Instant, free: u32) -> bool {
         !self.forgotten(now) && self.count > free
+    }
+
+    /// Takes in what another replica counted under the same key.
+    fn merge(&mut self, other: Failures, now: Instant) {
+        if self.forgotten(now) {
+            *self = other;
+        } else {
+            self.count = self.count.max(other.count);
+            self.last = self.last.max(other.last);
+            self.blocked_until = self.blocked_until.max(other.blocked_until);
+        }
     }
 
     /// Nothing to remember: no failure, or none recent and no wait left.
@@ -353,6 +379,160 @@ impl Drop for Attempt<'_> {
     }
 }
 
+/// The three keys of an attempt in `login_failures`.
+fn shared_keys(source: Source, user: &str) -> [String; 3] {
+    let source_key = source.key();
+    [
+        source_key.clone(),
+        format!("pair:{user}\n{source_key}"),
+        format!("user:{user}"),
+    ]
+}
+
+fn seconds(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::ZERO)
+}
+
+impl LoginLimiter {
+    /// Takes in the failures other replicas counted under this attempt's
+    /// three keys, before [`LoginLimiter::begin`] judges it.
+    pub async fn sync(
+        &self,
+        pool: &sqlx::PgPool,
+        ip: Option<IpAddr>,
+        username: &str,
+    ) -> Result<(), sqlx::Error> {
+        let source = Source::of(ip);
+        let user = username.to_lowercase();
+        let names = shared_keys(source, &user);
+        let rows: Vec<(String, i32, f64, f64)> = sqlx::query_as(
+            "SELECT key, failures, \
+                    extract(epoch FROM now() - last_failure)::float8, \
+                    extract(epoch FROM blocked_until - now())::float8 \
+             FROM login_failures WHERE key = ANY($1)",
+        )
+        .bind(&names[..])
+        .fetch_all(pool)
+        .await?;
+        let now = Instant::now();
+        let mut keys = self.keys();
+        for (key, count, ago, left) in rows {
+            let shared = Failures {
+                count: count.max(0) as u32,
+                last: now.checked_sub(seconds(ago)).unwrap_or(now),
+                blocked_until: now + seconds(left),
+            };
+            if shared.forgotten(now) {
+                continue;
+            }
+            let local = if key == names[0] {
+                &mut keys
+                    .sources
+                    .entry(source)
+                    .or_insert_with(|| SourceState {
+                        failures: Failures::new(now),
+                        in_flight: 0,
+                    })
+                    .failures
+            } else if key == names[1] {
+                keys.pairs
+                    .entry((user.clone(), source))
+                    .or_insert_with(|| Failures::new(now))
+            } else {
+                keys.users
+                    .entry(user.clone())
+                    .or_insert_with(|| Failures::new(now))
+            };
+            local.merge(shared, now);
+        }
+        Ok(())
+    }
+
+    /// Writes this replica's counts of the attempt's three keys, after a
+    /// failure or a refusal that counted as one.
+    pub async fn share(
+        &self,
+        pool: &sqlx::PgPool,
+        ip: Option<IpAddr>,
+        username: &str,
+    ) -> Result<(), sqlx::Error> {
+        let source = Source::of(ip);
+        let user = username.to_lowercase();
+        let names = shared_keys(source, &user);
+        let now = Instant::now();
+        let (mut key, mut failures, mut ago, mut left) = (vec![], vec![], vec![], vec![]);
+        {
+            let keys = self.keys();
+            let found = [
+                keys.sources.get(&source).map(|s| s.failures),
+                keys.pairs.get(&(user.clone(), source)).copied(),
+                keys.users.get(&user).copied(),
+            ];
+            for (name, f) in names.iter().zip(found) {
+                let Some(f) = f.filter(|f| !f.forgotten(now)) else {
+                    continue;
+                };
+                key.push(name.clone());
+                failures.push(i32::try_from(f.count).unwrap_or(i32::MAX));
+                ago.push(now.saturating_duration_since(f.last).as_secs_f64());
+                left.push(f.wait(now).as_secs_f64());
+            }
+        }
+        if key.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO login_failures (key, failures, last_failure, blocked_until) \
+             SELECT k, f, now() - make_interval(secs => a), now() + make_interval(secs => l) \
+             FROM unnest($1::text[], $2::int[], $3::float8[], $4::float8[]) AS t(k, f, a, l) \
+             ON CONFLICT (key) DO UPDATE SET \
+               failures = CASE WHEN login_failures.blocked_until < now() \
+                                AND login_failures.last_failure < now() - make_interval(secs => $5) \
+                          THEN EXCLUDED.failures \
+                          ELSE GREATEST(login_failures.failures, EXCLUDED.failures) END, \
+               last_failure = GREATEST(login_failures.last_failure, EXCLUDED.last_failure), \
+               blocked_until = GREATEST(login_failures.blocked_until, EXCLUDED.blocked_until)",
+        )
+        .bind(&key)
+        .bind(&failures)
+        .bind(&ago)
+        .bind(&left)
+        .bind(FORGET_AFTER.as_secs_f64())
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The right password: this source's failures for the name are
+    /// forgotten on every replica.
+    pub async fn forget_shared(
+        &self,
+        pool: &sqlx::PgPool,
+        ip: Option<IpAddr>,
+        username: &str,
+    ) -> Result<(), sqlx::Error> {
+        let [_, pair, _] = shared_keys(Source::of(ip), &username.to_lowercase());
+        sqlx::query("DELETE FROM login_failures WHERE key = $1")
+            .bind(pair)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Deletes the shared counts no replica needs any more (run by the
+/// replica holding the singleton lock); how many.
+pub async fn prune_shared(pool: &sqlx::PgPool) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM login_failures WHERE blocked_until < now() \
+         AND last_failure < now() - make_interval(secs => $1)",
+    )
+    .bind(FORGET_AFTER.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,6 +547,43 @@ mod tests {
 
     fn waits(l: &LoginLimiter, from: Option<IpAddr>, user: &str) -> u64 {
         l.begin(from, user).expect_err("refused").retry_after_secs()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shared_counts_merge_into_a_replicas_own() {
+        let now = Instant::now();
+        let mut mine = Failures::new(now);
+        mine.add(
+            now,
+            2,
+            &Backoff::try_new(FIRST_DELAY, FORGET_AFTER, 0.0).unwrap(),
+        );
+        let theirs = Failures {
+            count: 4,
+            last: now,
+            blocked_until: now + Duration::from_secs(4),
+        };
+        mine.merge(theirs, now);
+        assert_eq!(mine.count, 4);
+        assert_eq!(mine.wait(now), Duration::from_secs(4));
+        // What this replica has forgotten is replaced, not added to.
+        tokio::time::advance(FORGET_AFTER + Duration::from_secs(5)).await;
+        let later = Instant::now();
+        let fresh = Failures {
+            count: 1,
+            last: later,
+            blocked_until: later,
+        };
+        mine.merge(fresh, later);
+        assert_eq!(mine.count, 1);
+        assert_eq!(
+            shared_keys(Source::of(ip("192.0.2.7")), "admin"),
+            [
+                "source:192.0.2.7".to_string(),
+                "pair:admin\nsource:192.0.2.7".into(),
+                "user:admin".into()
+            ]
+        );
     }
 
     fn tight() -> LoginLimiter {

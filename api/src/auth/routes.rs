@@ -139,9 +139,20 @@ pub(crate) async fn authenticate(
         .outcome(outcome)
         .details(serde_json::json!({ "reason": reason }))
     };
-    let attempt = match state.auth.limiter.begin(ip, &username) {
+    let limiter = &state.auth.limiter;
+    // Failures other replicas counted: a limit holds on all of them.
+    if let Err(error) = limiter.sync(&state.pool, ip, &username).await {
+        tracing::warn!(%error, "could not read the shared login failures");
+    }
+    let share = || async {
+        if let Err(error) = limiter.share(&state.pool, ip, &username).await {
+            tracing::warn!(%error, "could not share the login failures");
+        }
+    };
+    let attempt = match limiter.begin(ip, &username) {
         Ok(attempt) => attempt,
         Err(refused) => {
+            share().await;
             event(Outcome::Denied, "rate_limited")
                 .record_refusal(state)
                 .await;
@@ -162,6 +173,9 @@ pub(crate) async fn authenticate(
     match row {
         Some(r) if matches && !r.get::<bool, _>("disabled") => {
             attempt.succeeded();
+            if let Err(error) = limiter.forget_shared(&state.pool, ip, &username).await {
+                tracing::warn!(%error, "could not forget the shared login failures");
+            }
             Ok(UserInfo {
                 id: r.get("id"),
                 username: r.get("username"),
@@ -171,6 +185,7 @@ pub(crate) async fn authenticate(
         }
         Some(r) if matches && r.get::<bool, _>("disabled") => {
             attempt.failed();
+            share().await;
             event(Outcome::Denied, "user_disabled")
                 .record_refusal(state)
                 .await;
@@ -181,6 +196,7 @@ pub(crate) async fn authenticate(
         }
         _ => {
             attempt.failed();
+            share().await;
             event(Outcome::Denied, "invalid_credentials")
                 .record_refusal(state)
                 .await;

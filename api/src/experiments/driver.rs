@@ -131,6 +131,10 @@ pub async fn run(state: AppState, config: DriverConfig, shutdown: Shutdown) {
             () = shutdown.requested() => break,
             _ = interval.tick() => {}
         }
+        // One replica drives experiments: the one holding the singleton lock.
+        if !state.leader.holds() {
+            continue;
+        }
         if let Err(error) = tick(&state, &config).await {
             warn!(
                 error = format!("{error:#}"),
