@@ -60,6 +60,11 @@ struct Args {
     /// `[services.api]\nenv = { PHOENIX_DATABASE_MAX_CONNECTIONS = "20" }`.
     #[arg(long, default_value = "")]
     stack_config: String,
+    /// API replicas on the stack's database (phase 3): the stack's own and
+    /// `N - 1` more `phoenix-api` processes; agent `i` talks to replica
+    /// `i mod N`, operators to the first.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    replicas: u32,
 }
 
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -111,7 +116,8 @@ struct Target {
     /// listener bounds the connections of one source (1024 by default), as
     /// agents on real hosts each have their own.
     agent_clients: Vec<reqwest::Client>,
-    agent_base: String,
+    /// Each replica's agent listener.
+    agent_bases: Vec<String>,
     api_base: String,
 }
 
@@ -121,6 +127,11 @@ const AGENTS_PER_SOURCE: usize = 400;
 impl Target {
     fn agent_client(&self, i: usize) -> reqwest::Client {
         self.agent_clients[i % self.agent_clients.len()].clone()
+    }
+
+    /// The agent listener of agent `i`'s replica.
+    fn agent_base(&self, i: usize) -> String {
+        self.agent_bases[i % self.agent_bases.len()].clone()
     }
 }
 
@@ -189,7 +200,7 @@ async fn timed(req: reqwest::RequestBuilder) -> (Duration, Result<(u16, Value), 
 
 /// One simulated agent, until `stop`.
 async fn agent(
-    t: Arc<Target>,
+    base: String,
     client: reqwest::Client,
     credential: String,
     samples: Arc<Samples>,
@@ -198,8 +209,8 @@ async fn agent(
 ) {
     let auth = format!("Bearer {credential}");
     let poller = {
-        let (t, client, auth, samples, stop) = (
-            t.clone(),
+        let (base, client, auth, samples, stop) = (
+            base.clone(),
             client.clone(),
             auth.clone(),
             samples.clone(),
@@ -211,7 +222,7 @@ async fn agent(
             tokio::time::sleep(Duration::from_secs_f64(phase)).await;
             while !stop.load(Ordering::Relaxed) {
                 let req = client
-                    .get(format!("{}/api/v1/agent/tasks?wait=25", t.agent_base))
+                    .get(format!("{base}/api/v1/agent/tasks?wait=25"))
                     .header("authorization", &auth);
                 let (_, r) = timed(req).await;
                 let tasks = match r {
@@ -231,7 +242,7 @@ async fn agent(
                     let id = task["id"].as_str().unwrap_or_default();
                     let body = json!({ "result_id": uuid::Uuid::new_v4(), "outcome": "succeeded", "result": { "ok": true } });
                     let req = client
-                        .post(format!("{}/api/v1/agent/tasks/{id}/result", t.agent_base))
+                        .post(format!("{base}/api/v1/agent/tasks/{id}/result"))
                         .header("authorization", &auth)
                         .json(&body);
                     let (took, r) = timed(req).await;
@@ -247,7 +258,7 @@ async fn agent(
     while !stop.load(Ordering::Relaxed) {
         every.tick().await;
         let req = client
-            .post(format!("{}/api/v1/agent/heartbeat", t.agent_base))
+            .post(format!("{base}/api/v1/agent/heartbeat"))
             .header("authorization", &auth)
             .json(&json!({ "version": "load" }));
         let (took, r) = timed(req).await;
@@ -257,7 +268,7 @@ async fn agent(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         let req = client
-            .post(format!("{}/api/v1/agent/write", t.agent_base))
+            .post(format!("{base}/api/v1/agent/write"))
             .header("content-type", rw::CONTENT_TYPE)
             .header("content-encoding", rw::CONTENT_ENCODING)
             .header(rw::VERSION_HEADER, rw::VERSION)
@@ -270,6 +281,43 @@ async fn agent(
 }
 
 use rand::SeedableRng;
+
+/// CPU time (user and system) of `pids` so far, in seconds.
+fn cpu_seconds(pids: &[i32]) -> f64 {
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // After the command's closing parenthesis: the state is field 3,
+            // utime and stime fields 14 and 15.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / tick
+}
+
+/// The processes whose parent is `parent` (PostgreSQL's backends).
+fn children_of(parent: i32) -> Vec<i32> {
+    let parent = parent.to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rfind(')').is_some_and(|i| {
+                    stat[i + 2..].split_whitespace().nth(1) == Some(parent.as_str())
+                })
+            })
+        })
+        .collect()
+}
 
 /// Batches the API forwarded and the requests they went in (stored ones),
 /// and the total time and count of Prometheus's remote-write handler.
@@ -393,6 +441,11 @@ fn run(args: Args) -> Result<ExitCode> {
 
     eprintln!("phoenix-load: starting the stack");
     let stack = phoenix_tests::Stack::start_without_pushgateway(&args.stack_config);
+    let replicas: Vec<phoenix_tests::replicas::Replica> = (2..=args.replicas)
+        .map(|n| phoenix_tests::replicas::Replica::start(&stack, n))
+        .collect();
+    let mut agent_bases = vec![stack.ports.agent_url("")];
+    agent_bases.extend(replicas.iter().map(|r| r.agent_url("")));
     let admin = stack.admin_token();
     let token = stack.post(
         Some(&admin),
@@ -414,7 +467,7 @@ fn run(args: Args) -> Result<ExitCode> {
         agent_clients: (0..sources)
             .map(|k| http_client(Some(std::net::Ipv4Addr::new(127, 0, 1, 1 + k as u8).into())))
             .collect::<reqwest::Result<_>>()?,
-        agent_base: stack.ports.agent_url(""),
+        agent_bases,
         api_base: stack.ports.api_url(""),
     });
     let samples = Arc::new(Samples::default());
@@ -424,6 +477,25 @@ fn run(args: Args) -> Result<ExitCode> {
     let mut notes = Vec::new();
     let mut best = 0;
     let api_metrics = stack.ports.api_url("/metrics");
+    // What each part of the stack spends, for the projection in scaling.md:
+    // every API replica, every PostgreSQL process, Prometheus.
+    let mut api_pids = vec![stack.sup.pid_of("api")];
+    api_pids.extend(replicas.iter().map(|r| r.pid()));
+    let postmaster = stack.sup.pid_of("postgres");
+    let prometheus = stack.sup.pid_of("prometheus");
+    type Pids = Box<dyn Fn() -> Vec<i32> + Send + Sync>;
+    let components: Vec<(&str, Pids)> = vec![
+        ("API", Box::new(move || api_pids.clone())),
+        (
+            "PostgreSQL",
+            Box::new(move || {
+                let mut pids = children_of(postmaster);
+                pids.push(postmaster);
+                pids
+            }),
+        ),
+        ("Prometheus", Box::new(move || vec![prometheus])),
+    ];
     let prometheus_metrics = stack.ports.prometheus_url("/metrics");
 
     // Ctrl-C or SIGTERM ends the run through an error, so that the stack
@@ -485,7 +557,7 @@ fn run(args: Args) -> Result<ExitCode> {
                 let (took, r) = timed(
                     target
                         .agent_client(i)
-                        .post(format!("{}/api/v1/agents/enroll", target.agent_base))
+                        .post(format!("{}/api/v1/agents/enroll", target.agent_base(i)))
                         .json(&body),
                 )
                 .await;
@@ -498,7 +570,7 @@ fn run(args: Args) -> Result<ExitCode> {
                     .to_string();
                 agent_ids.push(body["agent_id"].as_str().context("agent_id")?.to_string());
                 tokio::spawn(agent(
-                    target.clone(),
+                    target.agent_base(i),
                     target.agent_client(i),
                     credential,
                     samples.clone(),
@@ -513,10 +585,31 @@ fn run(args: Args) -> Result<ExitCode> {
             samples.by_kind.lock().await.clear();
             samples.errors.lock().await.clear();
             let before = forwarding(&target.client, &api_metrics, &prometheus_metrics).await;
+            let cpu_before: Vec<f64> = components
+                .iter()
+                .map(|(_, pids)| cpu_seconds(&pids()))
+                .collect();
+            let t0 = Instant::now();
             samples.recording.store(true, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_secs(args.window_secs)).await;
             samples.recording.store(false, Ordering::Relaxed);
             let after = forwarding(&target.client, &api_metrics, &prometheus_metrics).await;
+            let elapsed = t0.elapsed().as_secs_f64();
+            let used: Vec<f64> = components
+                .iter()
+                .zip(&cpu_before)
+                .map(|((_, pids), before)| (cpu_seconds(&pids()) - before) / elapsed)
+                .collect();
+            let cores: Vec<String> = components
+                .iter()
+                .zip(&used)
+                .map(|((name, _), used)| format!("{name} {used:.2}"))
+                .collect();
+            notes.push(format!(
+                "{n} agents: cores used over the window: {}; {:.0} agents per core of the API",
+                cores.join(", "),
+                n as f64 / used[0].max(0.01)
+            ));
             if let (Ok(a), Ok(b)) = (&after, &before) {
                 let d: Vec<f64> = a.iter().zip(b).map(|(a, b)| a - b).collect();
                 let (batches, requests, handler_secs, handled) = (d[0], d[1], d[2], d[3]);
@@ -604,13 +697,21 @@ fn run(args: Args) -> Result<ExitCode> {
         println!("{note}");
     }
     let met = best >= args.target_agents;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "\nlargest agent count with every p99 < {} ms and no errors: {best} (target {}: {})",
+        "\nreplicas: {} on {cores} cores ({:.0} agents per replica, {:.0} per core at the largest passing count)",
+        args.replicas,
+        best as f64 / f64::from(args.replicas),
+        best as f64 / cores as f64
+    );
+    println!(
+        "largest agent count with every p99 < {} ms and no errors: {best} (target {}: {})",
         args.target_p99_ms,
         args.target_agents,
         if met { "PASS" } else { "MISS" }
     );
     runtime.shutdown_timeout(Duration::from_secs(2));
+    drop(replicas);
     drop(stack);
     Ok(if met {
         ExitCode::SUCCESS

@@ -33,6 +33,7 @@
 pub mod agents;
 pub mod browser;
 pub mod pg;
+pub mod replicas;
 
 use std::io::Write;
 use std::net::TcpListener;

@@ -171,3 +171,35 @@ fn phoenixctl_without_a_supervisor_says_so() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("is phoenix-supervisor running"));
 }
+
+/// The growth path's keys refuse what cannot work, before anything starts:
+/// a share over the whole machine, an external database reached without
+/// verifying it, a remote-write store without a URL.
+#[test]
+fn growth_keys_that_cannot_work_are_refused_at_their_key() {
+    for (toml, expected) in [
+        (
+            "[postgres]\nlimits = { memory = \"150%\" }\n",
+            "phoenix.toml:2:21: postgres.limits.memory: `150%` is over 100 %",
+        ),
+        (
+            "[postgres]\nurl = \"postgres://phoenix@db.example/phoenix?sslmode=require\"\n",
+            "phoenix.toml:2:1: postgres.url: sslmode=require does not verify the server's certificate",
+        ),
+        (
+            "[postgres]\nurl = \"postgres://phoenix:secret@db.example/phoenix\"\n",
+            "postgres.url: contains a password",
+        ),
+        (
+            "[[prometheus.remote_write]]\nbearer_token_file = \"/etc/phoenix/token\"\n",
+            "prometheus.remote_write.0.url: is missing",
+        ),
+    ] {
+        let err = phoenix_tests::config_refused(toml);
+        assert!(err.contains(expected), "{toml}: {err}");
+        assert!(
+            !err.contains("secret"),
+            "the password is not repeated: {err}"
+        );
+    }
+}

@@ -6,12 +6,11 @@
 //! claimed twice; 300 simulated agents spread across the replicas are all
 //! served; a login limit hit on one replica holds on the others.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use phoenix_tests::agents::AgentProc;
-use phoenix_tests::{Stack, bin, free_port, https, wait_until};
+use phoenix_tests::replicas::{Replica, singleton};
+use phoenix_tests::{Stack, https, wait_until};
 use serde_json::{Value, json};
 
 /// A fast driver, two free failures per user name and source; the stack's
@@ -19,74 +18,6 @@ use serde_json::{Value, json};
 const CONFIG: &str = "[services.api]\n\
     env = { PHOENIX_EXPERIMENT_TICK = \"300ms\", PHOENIX_LOGIN_FAILURES_PER_USER_SOURCE = \"2\" }\n\
     restart = { initial_delay = \"60s\", max_delay = \"60s\" }\n";
-
-struct Replica {
-    child: Child,
-    api: u16,
-    agent: u16,
-    log: PathBuf,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Replica {
-    fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.api)
-    }
-}
-
-/// The stack's API's environment: the settings every replica shares.
-fn api_env(stack: &Stack) -> Vec<(String, String)> {
-    let pid = stack.sup.pid_of("api");
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .unwrap()
-        .split(|b| *b == 0)
-        .filter_map(|kv| std::str::from_utf8(kv).ok()?.split_once('='))
-        .filter(|(k, _)| k.starts_with("PHOENIX_") || *k == "RUST_LOG")
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn start_replica(stack: &Stack, env: &[(String, String)], n: u32) -> Replica {
-    let (api, agent) = (free_port(), free_port());
-    let log = stack.sup.path(&format!("replica-{n}.log"));
-    let child = Command::new(bin("phoenix-api"))
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("PHOENIX_API_LISTEN", format!("127.0.0.1:{api}"))
-        .env("PHOENIX_API_AGENT_LISTEN", format!("127.0.0.1:{agent}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let r = Replica {
-        child,
-        api,
-        agent,
-        log,
-    };
-    wait_until(
-        &format!("replica {n} healthy"),
-        Duration::from_secs(60),
-        || health(&r.url("/health")).filter(|h| h["status"] == "pass"),
-    );
-    r
-}
-
-fn health(url: &str) -> Option<Value> {
-    https().get(url).send().ok()?.json().ok()
-}
-
-fn singleton(url: &str) -> String {
-    health(url).map_or("down".into(), |h| {
-        h["singleton"].as_str().unwrap_or("").to_string()
-    })
-}
 
 fn login(url: &str, user: &str, password: &str) -> reqwest::blocking::Response {
     https()
@@ -99,15 +30,7 @@ fn login(url: &str, user: &str, password: &str) -> reqwest::blocking::Response {
 #[test]
 fn three_replicas_share_the_work_hand_the_singleton_over_and_share_login_limits() {
     let stack = Stack::start_without_pushgateway(CONFIG);
-    let env = api_env(&stack);
-    assert!(
-        env.iter().any(|(k, _)| k == "PHOENIX_DATABASE_URL"),
-        "{env:?}"
-    );
-    let replicas = [
-        start_replica(&stack, &env, 2),
-        start_replica(&stack, &env, 3),
-    ];
+    let replicas = [Replica::start(&stack, 2), Replica::start(&stack, 3)];
     let first = stack.ports.api_url("/health");
     let urls = [
         first.clone(),
