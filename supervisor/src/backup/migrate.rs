@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::job::{Runner, rm_rf};
 use super::restore::{Progress, Services};
-use super::sql::{psql, quote_literal};
+use super::sql::{psql, psql_on, quote_literal};
 use crate::config::ExternalDatabase;
 use crate::fsafe;
 
@@ -133,22 +133,9 @@ async fn target_psql(
     password_file: &Path,
     sql: &str,
 ) -> Result<String, String> {
-    let s = runner.settings();
     runner
         .run_with_password(
-            vec![
-                s.pg_bin.join("psql").display().to_string(),
-                "-X".into(),
-                "-A".into(),
-                "-t".into(),
-                "-q".into(),
-                "-v".into(),
-                "ON_ERROR_STOP=1".into(),
-                "-d".into(),
-                target.api_url.clone(),
-                "-c".into(),
-                sql.into(),
-            ],
+            psql_on(runner, &[], &target.api_url, sql),
             password_file,
             true,
         )

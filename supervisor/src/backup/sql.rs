@@ -20,25 +20,33 @@ pub fn psql(runner: &Runner, database: &str, sql: &str) -> Vec<String> {
 /// [`psql`] on the server whose socket is in `socket` (a test restore's).
 pub fn psql_at(runner: &Runner, socket: &str, database: &str, sql: &str) -> Vec<String> {
     let s = runner.settings();
-    vec![
-        s.pg_bin.join("psql").display().to_string(),
-        "-X".into(),
-        "-A".into(),
-        "-t".into(),
-        "-q".into(),
-        "-v".into(),
-        "ON_ERROR_STOP=1".into(),
+    let server = [
         "-h".into(),
         socket.into(),
         "-p".into(),
         s.pg_port.to_string(),
         "-U".into(),
         s.superuser.clone(),
-        "-d".into(),
-        database.into(),
-        "-c".into(),
-        sql.into(),
-    ]
+    ];
+    psql_on(runner, &server, database, sql)
+}
+
+/// `psql` for one statement, unaligned and tuples only, on the server
+/// `server` names (`-h ... -p ... -U ...`, or nothing when `database` is a
+/// connection URL).
+pub fn psql_on(runner: &Runner, server: &[String], database: &str, sql: &str) -> Vec<String> {
+    let mut argv = vec![
+        runner.settings().pg_bin.join("psql").display().to_string(),
+        "-X".into(),
+        "-A".into(),
+        "-t".into(),
+        "-q".into(),
+        "-v".into(),
+        "ON_ERROR_STOP=1".into(),
+    ];
+    argv.extend(server.iter().cloned());
+    argv.extend(["-d".into(), database.into(), "-c".into(), sql.into()]);
+    argv
 }
 
 /// Waits until the server at `socket` has left recovery (reached its

@@ -102,21 +102,15 @@ pub(super) fn expand(
             format!("http://{}", local(ctx.prometheus.listen)),
         );
     }
-    if let Some(url) = &ctx.write_url {
-        api.env
-            .insert("PHOENIX_REMOTE_WRITE_URL".into(), url.clone());
-        api.env.insert(
-            "PHOENIX_REMOTE_WRITE_MAX_AGE".into(),
-            format!("{}s", ctx.out_of_order_window.as_secs()),
-        );
-    }
-    if ctx.prometheus.enabled {
-        // Agents' samples go to Prometheus's receiver, no older than it
-        // still stores.
-        api.env.insert(
-            "PHOENIX_REMOTE_WRITE_URL".into(),
-            format!("http://{}/api/v1/write", local(ctx.prometheus.listen)),
-        );
+    // Agents' samples go to Prometheus's receiver (or, without it, the
+    // store's), no older than it still stores.
+    let write_url = ctx.write_url.clone().or_else(|| {
+        ctx.prometheus
+            .enabled
+            .then(|| format!("http://{}/api/v1/write", local(ctx.prometheus.listen)))
+    });
+    if let Some(url) = write_url {
+        api.env.insert("PHOENIX_REMOTE_WRITE_URL".into(), url);
         api.env.insert(
             "PHOENIX_REMOTE_WRITE_MAX_AGE".into(),
             format!("{}s", ctx.out_of_order_window.as_secs()),
