@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+mod dialog;
 mod migrate;
 mod restore;
 use phoenix_supervisor::cli_docs::{Docs, ExitCodes};

@@ -2,12 +2,14 @@
 //! move, asks for confirmation (unless `--yes`), then has the supervisor
 //! move the database, showing each step as it comes.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use phoenix_supervisor::backup::migrate::MigrateRequest;
 use phoenix_supervisor::control::{Request, Response, call_with_progress};
+
+use crate::dialog::{confirm, fail, finish};
 
 pub fn run(
     socket: &PathBuf,
@@ -65,34 +67,12 @@ pub fn run(
         "The API stops while the database is copied; the built-in PostgreSQL then stops, its data kept."
     );
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-    if !yes {
-        if !interactive {
-            return fail("add --yes to migrate without a terminal to confirm in");
-        }
-        print!("Type \"migrate\" to go on: ");
-        let _ = std::io::stdout().flush();
-        let mut answer = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        if answer.trim() != "migrate" {
-            return fail("not confirmed; nothing moved");
-        }
+    if let Err(code) = confirm("migrate", yes, interactive, "nothing moved") {
+        return code;
     }
     request.dry_run = false;
-    match ask(&request, &|step| println!("· {step}")) {
-        Ok(Response::Ok(done)) => {
-            println!("{done}");
-            ExitCode::SUCCESS
-        }
-        Ok(Response::Error(e)) => fail(&e),
-        Ok(_) => fail("unexpected reply to migrate-database"),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-fn fail(why: &str) -> ExitCode {
-    eprintln!("error: {why}");
-    ExitCode::from(1)
+    finish(
+        ask(&request, &|step| println!("· {step}")),
+        "migrate-database",
+    )
 }

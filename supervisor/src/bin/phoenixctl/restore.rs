@@ -11,6 +11,8 @@ use phoenix_supervisor::backup::info::Inventory;
 use phoenix_supervisor::backup::restore::{RestoreRequest, Target};
 use phoenix_supervisor::control::{Request, Response, call, call_with_progress};
 
+use crate::dialog::{confirm, fail, finish};
+
 pub fn run(
     socket: &PathBuf,
     to: &Option<String>,
@@ -68,17 +70,8 @@ pub fn run(
     println!(
         "The API and PostgreSQL stop until it is done; the current data directory is kept aside, not deleted."
     );
-    if !yes {
-        if !interactive {
-            return fail("add --yes to restore without a terminal to confirm in");
-        }
-        print!("Type \"restore\" to go on: ");
-        let _ = std::io::stdout().flush();
-        let mut answer = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        if answer.trim() != "restore" {
-            return fail("not confirmed; nothing restored");
-        }
+    if let Err(code) = confirm("restore", yes, interactive, "nothing restored") {
+        return code;
     }
     let bar = indicatif::ProgressBar::new_spinner();
     if interactive {
@@ -100,23 +93,7 @@ pub fn run(
         },
     ));
     bar.finish_and_clear();
-    match reply {
-        Ok(Response::Ok(done)) => {
-            println!("{done}");
-            ExitCode::SUCCESS
-        }
-        Ok(Response::Error(e)) => fail(&e),
-        Ok(_) => fail("unexpected reply to restore"),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-fn fail(why: &str) -> ExitCode {
-    eprintln!("error: {why}");
-    ExitCode::from(1)
+    finish(reply, "restore")
 }
 
 /// Lists the backups and the window, and reads the operator's choice.
