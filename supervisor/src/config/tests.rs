@@ -85,6 +85,9 @@ fn empty_file_is_the_full_appliance() {
             pids: None
         }
     );
+    // Collected less often, and harder near its memory limit.
+    assert_eq!(prom.env["GOGC"], "400");
+    assert_eq!(prom.env["GOMEMLIMIT"], "1474MiB");
     let yml = &prom.files[0].contents;
     assert!(
         yml.contains("job_name: phoenix-supervisor") && yml.contains("'127.0.0.1:8081'"),
@@ -280,6 +283,9 @@ fn limits_written_as_shares_follow_the_machine() {
     let limits = |c: &Config, name: &str| c.service(name).unwrap().limits;
     assert_eq!(limits(&small, "prometheus").memory, Some(2 << 30));
     assert_eq!(limits(&big, "prometheus").memory, Some(16 << 30));
+    let gomemlimit = |c: &Config| c.service("prometheus").unwrap().env["GOMEMLIMIT"].clone();
+    assert_eq!(gomemlimit(&small), "1843MiB", "90 % of 2 GiB");
+    assert_eq!(gomemlimit(&big), "14745MiB");
     assert_eq!(
         limits(&small, "prometheus").cpus,
         Some(1.5),

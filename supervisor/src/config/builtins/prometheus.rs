@@ -151,6 +151,18 @@ pub(super) fn expand(
     prom.reload_signal = Some(Signal::SIGHUP);
     prom.stop.timeout = Duration::from_secs(60);
     prom.limits = with_limits(ctx, "prometheus", &p.limits, 0.4, 0.75)?;
+    // Go's collector runs whenever the heap doubles (GOGC=100). Under
+    // remote write from thousands of agents that is most of the time, and
+    // its pauses show as the receiver's tail latency (docs/benchmarks.md,
+    // "Prometheus's garbage collector"). Collect at 5x the live heap
+    // instead, and let GOMEMLIMIT make it collect harder near the memory
+    // limit, so the extra headroom never ends in the OOM killer. Both
+    // follow `[prometheus] limits`; `[services.prometheus] env` overrides.
+    prom.env.insert("GOGC".into(), "400".into());
+    if let Some(memory) = prom.limits.memory {
+        prom.env
+            .insert("GOMEMLIMIT".into(), format!("{}MiB", memory / 10 * 9 >> 20));
+    }
     prom.ports = vec![prom_listen];
     Ok(Contribution {
         services: vec![prom],
