@@ -160,8 +160,10 @@ pub(super) fn expand(
     // follow `[prometheus] limits`; `[services.prometheus] env` overrides.
     prom.env.insert("GOGC".into(), "400".into());
     if let Some(memory) = prom.limits.memory {
-        prom.env
-            .insert("GOMEMLIMIT".into(), format!("{}MiB", memory / 10 * 9 >> 20));
+        prom.env.insert(
+            "GOMEMLIMIT".into(),
+            format!("{}MiB", (memory / 10 * 9) >> 20),
+        );
     }
     prom.ports = vec![prom_listen];
     Ok(Contribution {
