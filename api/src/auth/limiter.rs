@@ -379,14 +379,29 @@ impl Drop for Attempt<'_> {
     }
 }
 
-/// The three keys of an attempt in `login_failures`.
-fn shared_keys(source: Source, user: &str) -> [String; 3] {
-    let source_key = source.key();
-    [
-        source_key.clone(),
-        format!("pair:{user}\n{source_key}"),
-        format!("user:{user}"),
-    ]
+/// An attempt's source and lowercased user name, and its three keys in
+/// `login_failures`: the source's, the pair's and the user name's.
+struct SharedKeys {
+    source: Source,
+    user: String,
+    names: [String; 3],
+}
+
+impl SharedKeys {
+    fn of(ip: Option<IpAddr>, username: &str) -> SharedKeys {
+        let (source, user) = (Source::of(ip), username.to_lowercase());
+        let source_key = source.key();
+        let names = [
+            source_key.clone(),
+            format!("pair:{user}\n{source_key}"),
+            format!("user:{user}"),
+        ];
+        SharedKeys {
+            source,
+            user,
+            names,
+        }
+    }
 }
 
 fn seconds(s: f64) -> Duration {
@@ -402,9 +417,11 @@ impl LoginLimiter {
         ip: Option<IpAddr>,
         username: &str,
     ) -> Result<(), sqlx::Error> {
-        let source = Source::of(ip);
-        let user = username.to_lowercase();
-        let names = shared_keys(source, &user);
+        let SharedKeys {
+            source,
+            user,
+            names,
+        } = SharedKeys::of(ip, username);
         let rows: Vec<(String, i32, f64, f64)> = sqlx::query_as(
             "SELECT key, failures, \
                     extract(epoch FROM now() - last_failure)::float8, \
@@ -456,9 +473,11 @@ impl LoginLimiter {
         ip: Option<IpAddr>,
         username: &str,
     ) -> Result<(), sqlx::Error> {
-        let source = Source::of(ip);
-        let user = username.to_lowercase();
-        let names = shared_keys(source, &user);
+        let SharedKeys {
+            source,
+            user,
+            names,
+        } = SharedKeys::of(ip, username);
         let now = Instant::now();
         let (mut key, mut failures, mut ago, mut left) = (vec![], vec![], vec![], vec![]);
         {
@@ -511,7 +530,7 @@ impl LoginLimiter {
         ip: Option<IpAddr>,
         username: &str,
     ) -> Result<(), sqlx::Error> {
-        let [_, pair, _] = shared_keys(Source::of(ip), &username.to_lowercase());
+        let [_, pair, _] = SharedKeys::of(ip, username).names;
         sqlx::query("DELETE FROM login_failures WHERE key = $1")
             .bind(pair)
             .execute(pool)
@@ -577,7 +596,7 @@ mod tests {
         mine.merge(fresh, later);
         assert_eq!(mine.count, 1);
         assert_eq!(
-            shared_keys(Source::of(ip("192.0.2.7")), "admin"),
+            SharedKeys::of(ip("192.0.2.7"), "Admin").names,
             [
                 "source:192.0.2.7".to_string(),
                 "pair:admin\nsource:192.0.2.7".into(),
