@@ -301,6 +301,49 @@ fn cpu_seconds(pids: &[i32]) -> f64 {
         / tick
 }
 
+/// Microseconds this machine's tasks have stalled so far, from the
+/// kernel's pressure stall information: waiting for a CPU (some), for I/O
+/// (some) and with every task waiting for I/O (full). None without PSI.
+fn stalled_us() -> Option<[u64; 3]> {
+    let total = |file: &str, kind: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/pressure/{file}"))
+            .ok()?
+            .lines()
+            .find(|l| l.starts_with(kind))?
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("total="))?
+            .parse()
+            .ok()
+    };
+    Some([
+        total("cpu", "some")?,
+        total("io", "some")?,
+        total("io", "full")?,
+    ])
+}
+
+/// Samples [`stalled_us`] every second until `stop`, and returns the
+/// share of the whole span and of its worst second that each was stalled.
+async fn pressure(stop: Arc<AtomicBool>) -> Option<([f64; 3], [f64; 3])> {
+    let first = stalled_us()?;
+    let (t0, mut last, mut worst) = (Instant::now(), first, [0.0f64; 3]);
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.tick().await;
+    let mut at = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        every.tick().await;
+        let now = stalled_us()?;
+        let secs = at.elapsed().as_secs_f64().max(1e-3);
+        for i in 0..3 {
+            worst[i] = worst[i].max((now[i] - last[i]) as f64 / (secs * 1e6));
+        }
+        (last, at) = (now, Instant::now());
+    }
+    let secs = t0.elapsed().as_secs_f64().max(1e-3);
+    let whole = std::array::from_fn(|i| (last[i] - first[i]) as f64 / (secs * 1e6));
+    Some((whole, worst))
+}
+
 /// The processes whose parent is `parent` (PostgreSQL's backends).
 fn children_of(parent: i32) -> Vec<i32> {
     let parent = parent.to_string();
@@ -591,8 +634,27 @@ fn run(args: Args) -> Result<ExitCode> {
                 .collect();
             let t0 = Instant::now();
             samples.recording.store(true, Ordering::Relaxed);
+            let window_over = Arc::new(AtomicBool::new(false));
+            let stalls = tokio::spawn(pressure(window_over.clone()));
             tokio::time::sleep(Duration::from_secs(args.window_secs)).await;
             samples.recording.store(false, Ordering::Relaxed);
+            window_over.store(true, Ordering::Relaxed);
+            match stalls.await.ok().flatten() {
+                Some((whole, worst)) => notes.push(format!(
+                    "{n} agents: time stalled over the window (worst second): \
+                     CPU some {:.0} % ({:.0} %), I/O some {:.0} % ({:.0} %), \
+                     I/O full {:.0} % ({:.0} %)",
+                    whole[0] * 100.0,
+                    worst[0] * 100.0,
+                    whole[1] * 100.0,
+                    worst[1] * 100.0,
+                    whole[2] * 100.0,
+                    worst[2] * 100.0
+                )),
+                None => notes.push(format!(
+                    "{n} agents: no pressure stall information (/proc/pressure)"
+                )),
+            }
             let after = forwarding(&target.client, &api_metrics, &prometheus_metrics).await;
             let elapsed = t0.elapsed().as_secs_f64();
             let used: Vec<f64> = components
