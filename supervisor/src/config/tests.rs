@@ -85,9 +85,11 @@ fn empty_file_is_the_full_appliance() {
             pids: None
         }
     );
-    // Collected less often, and harder near its memory limit.
-    assert_eq!(prom.env["GOGC"], "400");
+    // Go's runtime sized to the limits, not to the machine: one thread
+    // for 1.5 CPUs, a soft memory limit at 90 %, collected less often.
+    assert_eq!(prom.env["GOMAXPROCS"], "1");
     assert_eq!(prom.env["GOMEMLIMIT"], "1474MiB");
+    assert_eq!(prom.env["GOGC"], "400");
     let yml = &prom.files[0].contents;
     assert!(
         yml.contains("job_name: phoenix-supervisor") && yml.contains("'127.0.0.1:8081'"),
@@ -286,6 +288,15 @@ fn limits_written_as_shares_follow_the_machine() {
     let gomemlimit = |c: &Config| c.service("prometheus").unwrap().env["GOMEMLIMIT"].clone();
     assert_eq!(gomemlimit(&small), "1843MiB", "90 % of 2 GiB");
     assert_eq!(gomemlimit(&big), "14745MiB");
+    let gomaxprocs = |c: &Config| c.service("prometheus").unwrap().env["GOMAXPROCS"].clone();
+    assert_eq!(gomaxprocs(&small), "1", "1.5 CPUs");
+    assert_eq!(gomaxprocs(&big), "6");
+    // The operator's own environment wins over the sizing.
+    let own =
+        parse_str("[services.prometheus]\nenv = { GOMAXPROCS = \"2\", GOGC = \"100\" }\n").unwrap();
+    let env = &own.service("prometheus").unwrap().env;
+    assert_eq!((&env["GOMAXPROCS"][..], &env["GOGC"][..]), ("2", "100"));
+    assert!(env.contains_key("GOMEMLIMIT"));
     assert_eq!(
         limits(&small, "prometheus").cpus,
         Some(1.5),
@@ -1165,6 +1176,8 @@ fn the_alertmanager_is_off_until_asked_and_then_loopback_without_gossip() {
     .unwrap();
     let am = c.service("alertmanager").unwrap();
     assert_eq!(am.user.as_deref(), Some("prometheus"));
+    assert_eq!(am.env["GOMAXPROCS"], "1", "a quarter of the CPUs");
+    assert!(am.env.contains_key("GOMEMLIMIT") && !am.env.contains_key("GOGC"));
     assert_eq!(am.ports, ["127.0.0.1:9093".parse().unwrap()]);
     assert!(
         am.command

@@ -11,7 +11,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use super::context::{
-    Context, Contribution, arg, local, path_str, user_for, with_limits, yaml_str,
+    Context, Contribution, arg, go_runtime, local, path_str, user_for, with_limits, yaml_str,
 };
 use crate::config::ConfigError;
 use crate::config::file::{AlertmanagerSection, EmailTable, WebhookTable};
@@ -109,6 +109,7 @@ pub(super) fn expand(
     ))));
     svc.reload_signal = Some(Signal::SIGHUP);
     svc.limits = with_limits(ctx, "alertmanager", &a.limits, 0.05, 0.25)?;
+    go_runtime(&mut svc);
     svc.ports = vec![listen];
     Ok(Contribution {
         services: vec![svc],

@@ -259,6 +259,27 @@ pub(super) fn with_limits(
     }
 }
 
+/// Sizes a Go program's runtime to its limits rather than to the machine,
+/// which it would otherwise see whole: as many threads running Go code
+/// (`GOMAXPROCS`) as whole CPUs in its limit, at least one, and a soft
+/// memory limit (`GOMEMLIMIT`) at 90 % of its memory limit, where the
+/// collector works harder instead of the OOM killer ending it. On a small
+/// machine shared with the API and PostgreSQL, a second thread of
+/// Prometheus's mostly spins and collects: one halved its CPU and took the
+/// remote-write p99 at 2000 agents from seconds to tens of milliseconds
+/// (docs/benchmarks.md, "Prometheus's Go runtime"). `[services.<name>]
+/// env` overrides either.
+pub(super) fn go_runtime(spec: &mut ServiceSpec) {
+    if let Some(cpus) = spec.limits.cpus {
+        let threads = (cpus.floor() as u64).max(1);
+        spec.env.insert("GOMAXPROCS".into(), threads.to_string());
+    }
+    if let Some(memory) = spec.limits.memory {
+        let mib = (memory / 10 * 9) >> 20;
+        spec.env.insert("GOMEMLIMIT".into(), format!("{mib}MiB"));
+    }
+}
+
 pub(super) fn arg(flag: &str, value: impl std::fmt::Display) -> String {
     format!("{flag}={value}")
 }

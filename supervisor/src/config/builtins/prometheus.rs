@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 
 use super::alerts::{AlertInputs, rules_yml};
 use super::context::{
-    Context, Contribution, arg, local, path_str, user_for, with_limits, yaml_str,
+    Context, Contribution, arg, go_runtime, local, path_str, user_for, with_limits, yaml_str,
 };
 use crate::config::ConfigError;
 use crate::config::file::{AlertsSection, PrometheusSection, RemoteWriteTable};
@@ -151,20 +151,11 @@ pub(super) fn expand(
     prom.reload_signal = Some(Signal::SIGHUP);
     prom.stop.timeout = Duration::from_secs(60);
     prom.limits = with_limits(ctx, "prometheus", &p.limits, 0.4, 0.75)?;
-    // Go's collector runs whenever the heap doubles (GOGC=100). Under
-    // remote write from thousands of agents that is most of the time, and
-    // its pauses show as the receiver's tail latency (docs/benchmarks.md,
-    // "Prometheus's garbage collector"). Collect at 5x the live heap
-    // instead, and let GOMEMLIMIT make it collect harder near the memory
-    // limit, so the extra headroom never ends in the OOM killer. Both
-    // follow `[prometheus] limits`; `[services.prometheus] env` overrides.
+    go_runtime(&mut prom);
+    // Go's collector runs whenever the heap doubles (GOGC=100); under
+    // remote write from thousands of agents that is most of the time.
+    // Collect at 5x the live heap instead; GOMEMLIMIT bounds the headroom.
     prom.env.insert("GOGC".into(), "400".into());
-    if let Some(memory) = prom.limits.memory {
-        prom.env.insert(
-            "GOMEMLIMIT".into(),
-            format!("{}MiB", (memory / 10 * 9) >> 20),
-        );
-    }
     prom.ports = vec![prom_listen];
     Ok(Contribution {
         services: vec![prom],

@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 
-use super::context::{Context, Contribution, arg, local, path_str, user_for, with_limits};
+use super::context::{
+    Context, Contribution, arg, go_runtime, local, path_str, user_for, with_limits,
+};
 use crate::config::ConfigError;
 use crate::config::file::PushgatewaySection;
 use crate::config::spec::*;
@@ -47,6 +49,7 @@ pub(super) fn expand(
         local(push_listen)
     ))));
     push.limits = with_limits(ctx, "pushgateway", &p.limits, 0.1, 0.25)?;
+    go_runtime(&mut push);
     push.ports = vec![push_listen];
     Ok(Contribution {
         services: vec![push],
