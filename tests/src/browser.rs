@@ -145,9 +145,18 @@ impl Browser {
         self.runtime.block_on(element.click()).unwrap();
     }
 
+    /// The text of the element `css` finds. A page that redraws the
+    /// element between finding and reading it is read again.
     pub fn text(&self, css: &str) -> String {
-        let element = self.find(css);
-        self.runtime.block_on(element.text()).unwrap()
+        let mut last = None;
+        for _ in 0..5 {
+            match self.runtime.block_on(self.find(css).text()) {
+                Ok(text) => return text,
+                Err(e) if e.is_stale_element_reference() => last = Some(e),
+                Err(e) => self.fail(&format!("reading {css}: {e}")),
+            }
+        }
+        self.fail(&format!("{css} kept being redrawn: {last:?}"))
     }
 
     pub fn script(&self, js: &str) -> Value {
