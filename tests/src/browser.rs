@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::Locator;
+use fantoccini::elements::Element;
+use fantoccini::error::CmdError;
 use serde_json::{Value, json};
 
 use crate::free_port;
@@ -95,15 +98,39 @@ impl Browser {
             .to_string()
     }
 
-    pub fn find(&self, css: &str) -> fantoccini::elements::Element {
+    pub fn find(&self, css: &str) -> Element {
+        self.wait_for(Locator::Css(css), css)
+    }
+
+    /// Waits up to 20 s for an element `locator` finds; `what` names it in
+    /// the failure.
+    fn wait_for(&self, locator: Locator<'_>, what: &str) -> Element {
         self.runtime
             .block_on(
                 self.client
                     .wait()
                     .at_most(Duration::from_secs(20))
-                    .for_element(fantoccini::Locator::Css(css)),
+                    .for_element(locator),
             )
-            .unwrap_or_else(|e| self.fail(&format!("no {css}: {e}")))
+            .unwrap_or_else(|e| self.fail(&format!("no {what}: {e}")))
+    }
+
+    /// Finds the element `locator` finds and does `act` to it. A page that
+    /// redraws the element between finding it and acting on it (a stale
+    /// element reference) has it found again, up to five times.
+    fn on<T, F>(&self, locator: Locator<'_>, what: &str, act: impl Fn(Element) -> F) -> T
+    where
+        F: Future<Output = Result<T, CmdError>>,
+    {
+        let mut last = None;
+        for _ in 0..5 {
+            match self.runtime.block_on(act(self.wait_for(locator, what))) {
+                Ok(done) => return done,
+                Err(e) if e.is_stale_element_reference() => last = Some(e),
+                Err(e) => self.fail(&format!("{what}: {e}")),
+            }
+        }
+        self.fail(&format!("{what} kept being redrawn: {last:?}"))
     }
 
     /// Panics with `why`, the page's URL and text, after saving a
@@ -120,43 +147,30 @@ impl Browser {
     }
 
     pub fn fill(&self, css: &str, text: &str) {
-        let element = self.find(css);
-        self.runtime.block_on(element.clear()).unwrap();
-        self.runtime.block_on(element.send_keys(text)).unwrap();
+        self.on(Locator::Css(css), css, |e| async move {
+            e.clear().await?;
+            e.send_keys(text).await
+        });
     }
 
     pub fn click(&self, css: &str) {
-        let element = self.find(css);
-        self.runtime.block_on(element.click()).unwrap();
+        self.on(Locator::Css(css), css, |e| async move { e.click().await });
     }
 
     /// Clicks the button whose text is `label`.
     pub fn click_button(&self, label: &str) {
         let xpath = format!("//button[normalize-space(.)='{label}']");
-        let element = self
-            .runtime
-            .block_on(
-                self.client
-                    .wait()
-                    .at_most(Duration::from_secs(20))
-                    .for_element(fantoccini::Locator::XPath(&xpath)),
-            )
-            .unwrap_or_else(|e| self.fail(&format!("no button {label}: {e}")));
-        self.runtime.block_on(element.click()).unwrap();
+        let what = format!("button {label}");
+        self.on(
+            Locator::XPath(&xpath),
+            &what,
+            |e| async move { e.click().await },
+        );
     }
 
-    /// The text of the element `css` finds. A page that redraws the
-    /// element between finding and reading it is read again.
+    /// The text of the element `css` finds.
     pub fn text(&self, css: &str) -> String {
-        let mut last = None;
-        for _ in 0..5 {
-            match self.runtime.block_on(self.find(css).text()) {
-                Ok(text) => return text,
-                Err(e) if e.is_stale_element_reference() => last = Some(e),
-                Err(e) => self.fail(&format!("reading {css}: {e}")),
-            }
-        }
-        self.fail(&format!("{css} kept being redrawn: {last:?}"))
+        self.on(Locator::Css(css), css, |e| async move { e.text().await })
     }
 
     pub fn script(&self, js: &str) -> Value {
@@ -169,7 +183,7 @@ impl Browser {
     /// none).
     pub fn try_text(&self, css: &str) -> Option<String> {
         self.runtime.block_on(async {
-            let element = self.client.find(fantoccini::Locator::Css(css)).await.ok()?;
+            let element = self.client.find(Locator::Css(css)).await.ok()?;
             element.text().await.ok()
         })
     }

@@ -39,7 +39,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -640,8 +640,14 @@ impl StackPorts {
             "[postgres]\nport = {}\n\
              [prometheus]\nlisten = \"127.0.0.1:{}\"\nscrape_interval = \"1s\"\n{prometheus}\
              [pushgateway]\nenable = {}\nlisten = \"127.0.0.1:{}\"\n\
-             [api]\nlisten = \"127.0.0.1:{}\"\nagent_listen = \"127.0.0.1:{}\"\n{tls}{extra}",
-            self.pg, self.prom, self.pushgateway, self.push, self.api, self.agent
+             [api]\nlisten = \"127.0.0.1:{}\"\nagent_listen = \"127.0.0.1:{}\"\n{tls}{}",
+            self.pg,
+            self.prom,
+            self.pushgateway,
+            self.push,
+            self.api,
+            self.agent,
+            unscheduled_backups(extra)
         )
     }
 
@@ -650,11 +656,12 @@ impl StackPorts {
     pub fn database_config(&self, extra: &str) -> String {
         format!(
             "[postgres]\nport = {}\n[prometheus]\nenable = false\n[pushgateway]\nenable = false\n\
-             [api]\nlisten = \"127.0.0.1:{}\"\nagent_listen = \"127.0.0.1:{}\"\n[tls]\n{}\n{extra}",
+             [api]\nlisten = \"127.0.0.1:{}\"\nagent_listen = \"127.0.0.1:{}\"\n[tls]\n{}\n{}",
             self.pg,
             self.api,
             self.agent,
-            self.http_listen()
+            self.http_listen(),
+            unscheduled_backups(extra)
         )
     }
 
@@ -700,6 +707,27 @@ impl StackPorts {
 
     pub fn pushgateway_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.push)
+    }
+}
+
+/// `extra` with backup schedules that cannot fall within a test: the full
+/// twelve hours from now, no differential. On the defaults (a full at
+/// 02:00 and a differential every hour) a test that spans the hour sees a
+/// scheduled backup, and `backup now` or `restore` is refused while it
+/// runs. A `[backup]` table in `extra` gets the keys unless it sets `full`.
+pub fn unscheduled_backups(extra: &str) -> String {
+    let hour = (SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        / 3600
+        + 12)
+        % 24;
+    let keys = format!("full = \"30 {hour} * * *\"\ndiff = \"\"\n");
+    match extra.split_once("[backup]\n") {
+        Some(_) if extra.contains("\nfull = ") || extra.starts_with("full = ") => extra.to_string(),
+        Some((before, after)) => format!("{before}[backup]\n{keys}{after}"),
+        None if extra.is_empty() || extra.ends_with('\n') => format!("{extra}[backup]\n{keys}"),
+        None => format!("{extra}\n[backup]\n{keys}"),
     }
 }
 
@@ -1520,4 +1548,40 @@ fn agent_write(
         .header("content-encoding", "snappy")
         .header("x-prometheus-remote-write-version", "0.1.0")
         .body(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unscheduled_backups;
+
+    fn backup_table(extra: &str) -> toml::Table {
+        let all: toml::Table = toml::from_str(&unscheduled_backups(extra)).expect("valid TOML");
+        all["backup"].as_table().expect("a [backup] table").clone()
+    }
+
+    #[test]
+    fn every_test_stack_has_backup_schedules_away_from_now() {
+        for extra in [
+            "",
+            "[api]\nx = 1",
+            "[backup]\nenable = false\n",
+            "[backup.s3]\nbucket = \"b\"\n",
+        ] {
+            let t = backup_table(extra);
+            assert_eq!(t["diff"].as_str(), Some(""), "{extra}");
+            let full = t["full"].as_str().unwrap();
+            let hour: u64 = full.split(' ').nth(1).unwrap().parse().unwrap();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                / 3600
+                % 24;
+            assert!((hour + 24 - now) % 24 >= 11, "{full} at hour {now}");
+        }
+        // A test's own schedule is kept.
+        let t = backup_table("[backup]\nfull = \"0 3 * * *\"\n");
+        assert_eq!(t["full"].as_str(), Some("0 3 * * *"));
+        assert!(t.get("diff").is_none());
+    }
 }

@@ -318,10 +318,17 @@ fn migrate_database_moves_a_populated_appliance_with_every_row() {
         std::os::unix::fs::PermissionsExt::mode(&secret.permissions()) & 0o777,
         0o600
     );
+    // The built-in PostgreSQL may still be shutting down (a checkpoint)
+    // when the external check first passes: wait for both.
     wait_until(
-        "health to check the external database",
+        "health to check the external database, the built-in stopped",
         Duration::from_secs(40),
-        || (external_check(&stack)["status"] == "pass").then_some(()),
+        || {
+            let (_, health) = stack.sup.health();
+            (health["checks"]["postgres:external"][0]["status"] == "pass"
+                && health["checks"].get("postgres:state").is_none())
+            .then_some(())
+        },
     );
     let (code, health) = stack.sup.health();
     assert_eq!(code, 200, "{health}");
