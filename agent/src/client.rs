@@ -18,6 +18,10 @@ pub enum Refusal {
     /// Not reached, timed out, or a 5xx/429: keep what was sent and retry.
     #[error("{0}")]
     Retry(String),
+    /// A 503 or 429 that said when to come back (`Retry-After` in seconds):
+    /// keep what was sent and retry no sooner.
+    #[error("{why}; asked to retry in {} s", after.as_secs())]
+    Later { why: String, after: Duration },
     /// The credential is revoked or unknown: stop, the agent must be
     /// enrolled again.
     #[error("the control plane refused the agent's credential ({code}): {detail}")]
@@ -31,10 +35,23 @@ pub enum Refusal {
     },
 }
 
+/// The longest `Retry-After` honoured; a larger one is taken as this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
 impl Refusal {
+    /// How long to wait before trying again, given the caller's own
+    /// backoff delay: a `Retry-After` plus the backoff (so that agents
+    /// told the same delay do not all come back at once), else the backoff.
+    pub fn retry_in(&self, backoff: Duration) -> Duration {
+        match self {
+            Refusal::Later { after, .. } => *after + backoff,
+            _ => backoff,
+        }
+    }
+
     pub fn code(&self) -> &str {
         match self {
-            Refusal::Retry(_) => "unreachable",
+            Refusal::Retry(_) | Refusal::Later { .. } => "unreachable",
             Refusal::Credential { code, .. } | Refusal::Refused { code, .. } => code,
         }
     }
@@ -87,6 +104,13 @@ pub async fn check(
     if status.is_success() {
         return Ok(response);
     }
+    // Seconds only: the HTTP-date form is not worth a clock comparison here.
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
     let text = response.text().await.unwrap_or_default();
     let problem: Problem = serde_json::from_str(&text).unwrap_or_else(|_| Problem {
         status: status.as_u16(),
@@ -106,10 +130,16 @@ pub async fn check(
         || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
     {
-        return Err(Refusal::Retry(format!(
-            "{status} {code}: {}",
-            problem.detail
-        )));
+        let why = format!("{status} {code}: {}", problem.detail);
+        return Err(match retry_after {
+            Some(after)
+                if status == StatusCode::SERVICE_UNAVAILABLE
+                    || status == StatusCode::TOO_MANY_REQUESTS =>
+            {
+                Refusal::Later { why, after }
+            }
+            _ => Refusal::Retry(why),
+        });
     }
     if status == StatusCode::UNAUTHORIZED
         && matches!(
@@ -145,4 +175,44 @@ pub fn remote_write_request(
         .header(remote_write::VERSION_HEADER, remote_write::VERSION)
         .timeout(REQUEST_TIMEOUT)
         .body(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(status: u16, retry_after: Option<&str>) -> Refusal {
+        let mut response = axum::http::Response::builder().status(status);
+        if let Some(v) = retry_after {
+            response = response.header("retry-after", v);
+        }
+        let body = format!(r#"{{"status":{status},"code":"remote_write_busy","detail":"behind"}}"#);
+        let response = reqwest::Response::from(response.body(body).unwrap());
+        check(Ok(response)).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_is_waited_for_on_top_of_the_backoff() {
+        let backoff = Duration::from_secs(1);
+        let busy = answer(503, Some("5")).await;
+        assert!(matches!(busy, Refusal::Later { .. }), "{busy:?}");
+        assert_eq!(busy.retry_in(backoff), Duration::from_secs(6));
+        assert!(busy.to_string().contains("remote_write_busy"), "{busy}");
+        let limited = answer(429, Some(" 2 ")).await;
+        assert_eq!(limited.retry_in(backoff), Duration::from_secs(3));
+        // Bounded, and only as seconds.
+        let far = answer(503, Some("86400")).await;
+        assert_eq!(far.retry_in(backoff), MAX_RETRY_AFTER + backoff);
+        for plain in [
+            answer(503, None).await,
+            answer(503, Some("Wed, 21 Oct 2015 07:28:00 GMT")).await,
+            answer(502, Some("5")).await,
+        ] {
+            assert!(matches!(plain, Refusal::Retry(_)), "{plain:?}");
+            assert_eq!(plain.retry_in(backoff), backoff);
+        }
+        // A refusal for good stays one, whatever it says about retrying.
+        let refused = answer(400, Some("5")).await;
+        assert!(matches!(refused, Refusal::Refused { .. }), "{refused:?}");
+    }
 }

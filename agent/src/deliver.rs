@@ -213,9 +213,9 @@ pub async fn batches(
                 credential_refused(&fatal, &code, &detail);
                 return;
             }
-            Err(Refusal::Retry(why)) => {
+            Err(why @ (Refusal::Retry(_) | Refusal::Later { .. })) => {
                 health.send_failures.fetch_add(1, Ordering::Relaxed);
-                let delay = BACKOFF.delay(attempt);
+                let delay = why.retry_in(BACKOFF.delay(attempt));
                 if attempt == 0 || attempt.is_multiple_of(10) {
                     tracing::warn!(
                         destination = destination.as_str(),
@@ -257,7 +257,7 @@ pub async fn results(
             let _ = tokio::time::timeout(Duration::from_secs(5), wake.notified()).await;
             continue;
         }
-        let mut failed = false;
+        let mut failed = None;
         for result in pending {
             let body = ReportedResult {
                 result_id: result.result_id,
@@ -294,17 +294,17 @@ pub async fn results(
                     credential_refused(&fatal, &code, &detail);
                     return;
                 }
-                Err(Refusal::Retry(why)) => {
+                Err(why @ (Refusal::Retry(_) | Refusal::Later { .. })) => {
                     if attempt == 0 {
                         tracing::warn!(error = %why, "cannot report results yet; they stay queued");
                     }
-                    failed = true;
+                    failed = Some(why);
                     break;
                 }
             }
         }
-        if failed {
-            tokio::time::sleep(BACKOFF.delay(attempt)).await;
+        if let Some(why) = failed {
+            tokio::time::sleep(why.retry_in(BACKOFF.delay(attempt))).await;
             attempt = attempt.saturating_add(1);
         } else {
             attempt = 0;

@@ -362,7 +362,7 @@ async fn poll_loop(
                 return;
             }
             Err(e) => {
-                let delay = BACKOFF.delay(attempt);
+                let delay = e.retry_in(BACKOFF.delay(attempt));
                 if attempt == 0 || attempt.is_multiple_of(10) {
                     tracing::warn!(error = %e, retry_in = ?delay, "cannot poll for tasks");
                 }
@@ -415,7 +415,7 @@ async fn heartbeat_loop(
                     tracing::warn!(error = %e, "heartbeat failed");
                 }
                 attempt = attempt.saturating_add(1);
-                BACKOFF.delay(attempt).min(interval)
+                e.retry_in(BACKOFF.delay(attempt).min(interval))
             }
         };
         tokio::time::sleep(delay).await;

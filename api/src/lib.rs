@@ -114,6 +114,8 @@ pub struct AppState {
     pub forwarder: Option<agents::forward::Forwarder>,
     /// Whether this replica does the singleton work.
     pub leader: singleton::Leader,
+    /// The agents' metric groups whose series count this replica wrote.
+    pub recorded_groups: Arc<agents::batch::RecordedGroups>,
 }
 
 /// Keys and limits of authentication.
@@ -364,6 +366,7 @@ mod tests {
             audit: Arc::default(),
             forwarder: None,
             leader: crate::singleton::Leader::always(),
+            recorded_groups: Arc::default(),
         }
     }
 

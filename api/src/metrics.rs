@@ -74,6 +74,8 @@ pub struct Metrics {
     forward_duration: Histogram,
     forward_wait: Histogram,
     forward_request: Histogram,
+    forward_shed: Counter,
+    forward_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -153,6 +155,18 @@ impl Metrics {
             Unit::Seconds,
             forward_request.clone(),
         );
+        let forward_shed = Counter::default();
+        registry.register(
+            "remote_write_batches_shed",
+            "Agents' batches answered 503 at once because the forwarder's backlog was full (the agents keep them and retry)",
+            forward_shed.clone(),
+        );
+        let forward_waiting = Gauge::default();
+        registry.register(
+            "remote_write_waiting_series",
+            "Series of agents' batches waiting at the forwarder for a request to the receiver",
+            forward_waiting.clone(),
+        );
         Self {
             registry,
             request_duration,
@@ -166,7 +180,20 @@ impl Metrics {
             forward_duration,
             forward_wait,
             forward_request,
+            forward_shed,
+            forward_waiting,
         }
+    }
+
+    /// Records a batch refused because the forwarder's backlog was full.
+    pub fn observe_forward_shed(&self) {
+        self.forward_shed.inc();
+    }
+
+    /// Sets the series waiting at the forwarder.
+    pub fn set_forward_waiting(&self, series: usize) {
+        self.forward_waiting
+            .set(i64::try_from(series).unwrap_or(i64::MAX));
     }
 
     /// Records how long one batch took to be forwarded.

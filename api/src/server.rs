@@ -107,6 +107,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         audit: Arc::default(),
         forwarder,
         leader: crate::singleton::spawn(config.database.connect_options.clone(), shutdown.clone()),
+        recorded_groups: Arc::default(),
     };
     let app = router(state.clone(), config.http);
 

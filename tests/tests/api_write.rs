@@ -2,8 +2,9 @@
 //! the real Prometheus: remote-write batches with old timestamps land at
 //! those timestamps with the API's labels, a batch sent twice is stored
 //! once, malformed batches get their problem documents, experiment
-//! batches follow the running window, and a batch Prometheus refuses is
-//! refused alone when it shared a request with others.
+//! batches follow the running window, a batch Prometheus refuses is
+//! refused alone when it shared a request with others, and a receiver far
+//! behind has batches shed with `Retry-After` rather than queued without end.
 //!
 //! The requests are built here, byte by byte, from the remote-write 1.0
 //! protobuf definition (`prompb`) and compressed with the snappy crate, as a
@@ -302,6 +303,127 @@ fn old_samples_land_at_their_timestamps_with_the_agents_labels_and_once_however_
 /// A counter's value in an exposition; 0 before it was first counted.
 fn counter(exposition: &str, series: &str) -> f64 {
     phoenix_tests::agents::metric_in(exposition, series).unwrap_or(0.0)
+}
+
+/// Prometheus stops answering (SIGSTOP): four batches hold the forwarder's
+/// four requests, four of 50 000 series fill its backlog, and the next
+/// batch is answered 503 `remote_write_busy` with `Retry-After` at once,
+/// while the others still wait. Prometheus comes back: the waiting batches
+/// are answered, the shed one is taken when sent again, and every series is
+/// stored.
+#[test]
+fn a_receiver_far_behind_sheds_batches_with_retry_after_and_loses_none() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let agent = s.enroll_one(&admin, "host-busy");
+    let at = seconds_ago(Duration::from_secs(60));
+    let wide = |tag: &str, n: usize| {
+        batch(
+            &(0..n)
+                .map(|i| {
+                    series(
+                        &[("__name__", CPU), ("process", tag), ("pid", &i.to_string())],
+                        &[(1.0, at)],
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let gauge = |name: &str| counter(&get_text(&s.ports.api_url("/metrics")), name);
+    let prometheus = Pid::from_raw(s.sup.pid_of("prometheus"));
+    let bodies: Vec<Vec<u8>> = (0..4).map(|i| wide(&format!("wide-{i}"), 50_000)).collect();
+
+    kill(prometheus, Signal::SIGSTOP).unwrap();
+    let (waited, shed) = std::thread::scope(|scope| {
+        let (s, agent) = (&s, &agent);
+        // One at a time, so that each takes a request of its own.
+        let opened = gauge("phoenix_api_remote_write_forward_wait_seconds_count");
+        let mut waiting = Vec::new();
+        for i in 0..4 {
+            waiting.push(scope.spawn(move || write(s, agent, "", wide(&format!("slot-{i}"), 1))));
+            wait_until(
+                "the batch's request is open",
+                Duration::from_secs(20),
+                || {
+                    (gauge("phoenix_api_remote_write_forward_wait_seconds_count")
+                        >= opened + 1.0 + i as f64)
+                        .then_some(())
+                },
+            );
+        }
+        waiting.extend(
+            bodies
+                .into_iter()
+                .map(|body| scope.spawn(move || write(s, agent, "", body))),
+        );
+        wait_until("the backlog is full", Duration::from_secs(20), || {
+            (gauge("phoenix_api_remote_write_waiting_series") >= 200_000.0).then_some(())
+        });
+        let shed = write(s, agent, "", wide("shed", 1));
+        let still_waiting = waiting.iter().filter(|h| !h.is_finished()).count();
+        kill(prometheus, Signal::SIGCONT).unwrap();
+        assert_eq!(
+            still_waiting, 8,
+            "the shed batch did not wait behind the others"
+        );
+        let waited: Vec<Reply> = waiting.into_iter().map(|h| h.join().unwrap()).collect();
+        (waited, shed)
+    });
+    let problem = refused(&shed, 503, "remote_write_busy");
+    assert_eq!(shed.headers["retry-after"], "5", "{shed:?}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("keep the batch"),
+        "{problem}"
+    );
+    assert_eq!(
+        gauge("phoenix_api_remote_write_batches_shed_total"),
+        1.0,
+        "counted"
+    );
+    // A batch that waited is stored, or (its request timed out while
+    // Prometheus was stopped) answered 502 for the agent to send again.
+    for (i, r) in waited.iter().enumerate() {
+        assert!(
+            r.status == 200 || (r.status, r.code()) == (502, "remote_write_unavailable"),
+            "batch {i}: {r:?}"
+        );
+    }
+    // What was not stored is sent again, as the agent's queue does.
+    assert_eq!(write(&s, &agent, "", wide("shed", 1)).status, 200);
+    for (i, r) in waited.iter().enumerate() {
+        if r.status != 200 {
+            let body = match i {
+                0..4 => wide(&format!("slot-{i}"), 1),
+                _ => wide(&format!("wide-{}", i - 4), 50_000),
+            };
+            let again = write(&s, &agent, "", body);
+            assert_eq!(again.status, 200, "batch {i}: {again:?}");
+        }
+    }
+    // Every series of every batch, once: 4 × 50 000, the 4 slots' and the
+    // shed one.
+    let selector = format!(
+        "{CPU}{{agent=\"{}\",process=~\"wide-.*|slot-.*|shed\"}}",
+        agent.id
+    );
+    wait_until(
+        "every series in Prometheus",
+        Duration::from_secs(60),
+        || {
+            let result = query(&s, &format!("count(last_over_time({selector}[10m]))"), None);
+            let n: f64 = result
+                .first()
+                .and_then(|r| r["value"][1].as_str())
+                .map_or(0.0, |v| v.parse().unwrap());
+            (n == 200_005.0).then_some(())
+        },
+    );
 }
 
 /// Many agents write at once, so that batches share requests to

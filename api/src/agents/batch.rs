@@ -2,7 +2,7 @@
 //! batch is for (`?experiment=&variant=`) and whether its experiment takes
 //! it, the body read within a bound, the refusal as a problem document, and
 //! the `agent_metric_groups` row whose series the agents listing sums
-//! (`pushed_series`).
+//! (`pushed_series`), written when a group's count changes, not per batch.
 //!
 //! A batch naming an experiment is taken from the experiment's own agents
 //! while it is `deploying` or `running`. A remote-write batch may arrive
@@ -11,7 +11,8 @@
 //! `started_at` to when it left `running`), which [`Taken::Within`] hands
 //! back for the caller to check against the samples.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -68,6 +69,12 @@ pub enum Refusal {
     },
     /// A status `ApiError` has no variant for (413, 415, 502, 503).
     Status(StatusCode, &'static str, String),
+    /// 503 with `Retry-After`: come back later with the same batch.
+    RetryAfter {
+        code: &'static str,
+        detail: String,
+        after: Duration,
+    },
 }
 
 impl From<ApiError> for Refusal {
@@ -99,6 +106,20 @@ impl IntoResponse for Refusal {
                 .with_code(code)
                 .with_detail(detail)
                 .into_response(),
+            Refusal::RetryAfter {
+                code,
+                detail,
+                after,
+            } => {
+                let mut response = Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+                    .with_code(code)
+                    .with_detail(detail)
+                    .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, after.as_secs().max(1).into());
+                response
+            }
         }
     }
 }
@@ -263,9 +284,50 @@ pub(super) fn not_running(id: Uuid, experiment_state: &str) -> ApiError {
     )
 }
 
+/// Groups remembered by [`RecordedGroups`] at most; past it the memory is
+/// cleared and each group is written once more.
+const MAX_RECORDED_GROUPS: usize = 100_000;
+
+/// The series count this replica last wrote per group (agent, experiment,
+/// variant). An agent's batches mostly hold the same series, and a row write
+/// per batch was a commit per batch (one per agent every 15 s); now a batch
+/// writes the row only when its count differs from the one remembered.
+#[derive(Debug, Default)]
+pub struct RecordedGroups(Mutex<HashMap<(Uuid, String, String), usize>>);
+
+impl RecordedGroups {
+    /// Whether `series` differs from the count remembered for `group`; the
+    /// new count is remembered either way.
+    fn changed(&self, group: &(Uuid, String, String), series: usize) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.get(group) == Some(&series) {
+            return false;
+        }
+        if seen.len() >= MAX_RECORDED_GROUPS {
+            seen.clear();
+        }
+        seen.insert(group.clone(), series);
+        true
+    }
+
+    /// Forgets `group` (its row may not hold the count remembered).
+    fn forget(&self, group: &(Uuid, String, String)) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(group);
+    }
+
+    /// Forgets every group: the housekeeping deleted rows.
+    pub(super) fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
 /// Records the series of an agent's latest batch to a group, which the
-/// agents listing sums as `pushed_series`. An upsert: the housekeeping may
-/// have forgotten the group while the batch was under way.
+/// agents listing sums as `pushed_series`, when the count differs from the
+/// one this replica wrote last ([`RecordedGroups`]). An upsert: the
+/// housekeeping may have forgotten the group while the batch was under way.
 pub(super) async fn record_group_series(
     state: &AppState,
     agent: Uuid,
@@ -273,25 +335,50 @@ pub(super) async fn record_group_series(
     variant: &str,
     series: usize,
 ) -> sqlx::Result<()> {
-    sqlx::query(
+    let group = (agent, experiment.to_owned(), variant.to_owned());
+    if !state.recorded_groups.changed(&group, series) {
+        return Ok(());
+    }
+    let written = sqlx::query(
         "INSERT INTO agent_metric_groups (agent_id, experiment, variant, series, pushed_at) \
          VALUES ($1, $2, $3, $4, now()) \
          ON CONFLICT (agent_id, experiment, variant) \
-         DO UPDATE SET series = EXCLUDED.series, pushed_at = EXCLUDED.pushed_at, \
-                       pushes = agent_metric_groups.pushes + 1",
+         DO UPDATE SET series = EXCLUDED.series, pushed_at = EXCLUDED.pushed_at",
     )
     .bind(agent)
     .bind(experiment)
     .bind(variant)
     .bind(i32::try_from(series).unwrap_or(i32::MAX))
     .execute(&state.pool)
-    .await?;
-    Ok(())
+    .await;
+    if written.is_err() {
+        state.recorded_groups.forget(&group);
+    }
+    written.map(drop)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_group_is_written_again_only_when_its_count_changes() {
+        let groups = RecordedGroups::default();
+        let a = (Uuid::new_v4(), "none".to_owned(), "none".to_owned());
+        let b = (a.0, "none".to_owned(), "other".to_owned());
+        assert!(groups.changed(&a, 200));
+        assert!(!groups.changed(&a, 200));
+        assert!(groups.changed(&b, 200), "another group");
+        assert!(groups.changed(&a, 150));
+        assert!(!groups.changed(&a, 150));
+        groups.forget(&a);
+        assert!(groups.changed(&a, 150), "a failed write is tried again");
+        groups.clear();
+        assert!(
+            groups.changed(&b, 200),
+            "after the housekeeping deleted rows"
+        );
+    }
 
     #[test]
     fn group_values_are_path_and_label_safe() {

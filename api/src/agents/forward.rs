@@ -18,8 +18,16 @@
 //!
 //! A send runs in its own task: an agent that hangs up does not cancel the
 //! batches of others that went in the same request.
+//!
+//! The backlog is bounded: when [`MAX_WAITING_SERIES`] series already wait
+//! (the receiver is far behind, or gone silent for its timeout), a new batch
+//! is answered [`Outcome::Busy`] at once, a 503 with `Retry-After`, instead
+//! of waiting behind a queue that only grows: the agent keeps the batch in
+//! its own queue, and the API's memory and the answers it gives stay bounded.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::http::{StatusCode, header};
 use phoenix_wire::remote_write::{self, WriteRequest};
@@ -36,8 +44,16 @@ pub const IN_FLIGHT: usize = 4;
 /// batch, itself at most 50 000).
 pub const MERGE_SERIES: usize = 20_000;
 
-/// Batches waiting for a free slot; when full, writers wait for room.
+/// Series waiting for a free slot at most: ten full requests. Past it a
+/// batch is answered [`Outcome::Busy`] (a batch larger than the bound is
+/// still taken into an empty backlog).
+pub const MAX_WAITING_SERIES: usize = 10 * MERGE_SERIES;
+
+/// Batches waiting for a free slot at most (however few their series).
 const QUEUE: usize = 4096;
+
+/// How long an agent whose batch was shed is asked to wait (`Retry-After`).
+pub const BUSY_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// What became of a batch at the receiver.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +68,10 @@ pub enum Outcome {
     Unavailable {
         detail: String,
     },
+    /// Not sent: the backlog already holds this many series waiting.
+    Busy {
+        waiting_series: usize,
+    },
 }
 
 impl Outcome {
@@ -60,6 +80,7 @@ impl Outcome {
             Outcome::Stored => "stored",
             Outcome::Refused { .. } => "refused",
             Outcome::Unavailable { .. } => "unavailable",
+            Outcome::Busy { .. } => "busy",
         }
     }
 }
@@ -76,23 +97,60 @@ struct Job {
 #[derive(Debug, Clone)]
 pub struct Forwarder {
     jobs: mpsc::Sender<Job>,
+    backlog: Arc<Backlog>,
+}
+
+/// The series of the batches in the queue.
+#[derive(Debug)]
+struct Backlog {
+    series: AtomicUsize,
+    metrics: Arc<Metrics>,
+}
+
+impl Backlog {
+    /// Counts `series` in, unless the backlog is full (and not empty); the
+    /// series that already wait when it is.
+    fn admit(&self, series: usize) -> Result<(), usize> {
+        let before = self.series.fetch_add(series, Ordering::AcqRel);
+        if before > 0 && before + series > MAX_WAITING_SERIES {
+            self.release(series);
+            return Err(before);
+        }
+        self.metrics.set_forward_waiting(before + series);
+        Ok(())
+    }
+
+    fn release(&self, series: usize) {
+        let before = self.series.fetch_sub(series, Ordering::AcqRel);
+        self.metrics
+            .set_forward_waiting(before.saturating_sub(series));
+    }
 }
 
 impl Forwarder {
     /// Starts the task that sends to `url`. Needs a Tokio runtime.
     pub fn start(url: url::Url, metrics: Arc<Metrics>) -> Forwarder {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(run(url, queue, metrics));
-        Forwarder { jobs }
+        let backlog = Arc::new(Backlog {
+            series: AtomicUsize::new(0),
+            metrics: metrics.clone(),
+        });
+        tokio::spawn(run(url, queue, backlog.clone(), metrics));
+        Forwarder { jobs, backlog }
     }
 
-    /// Sends `request` (from `agent`) and waits for its outcome.
+    /// Sends `request` (from `agent`) and waits for its outcome; a full
+    /// backlog answers [`Outcome::Busy`] at once.
     pub async fn send(&self, request: WriteRequest, agent: Uuid) -> Outcome {
         let stopped = || Outcome::Unavailable {
             detail: "the API is stopping; keep the batch and retry later".into(),
         };
         let (done, outcome) = oneshot::channel();
         let series = request.timeseries.len();
+        if let Err(waiting_series) = self.backlog.admit(series) {
+            self.backlog.metrics.observe_forward_shed();
+            return Outcome::Busy { waiting_series };
+        }
         let job = Job {
             request,
             queued: tokio::time::Instant::now(),
@@ -100,14 +158,30 @@ impl Forwarder {
             agent,
             done,
         };
-        if self.jobs.send(job).await.is_err() {
-            return stopped();
+        match self.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                self.backlog.release(job.series);
+                self.backlog.metrics.observe_forward_shed();
+                return Outcome::Busy {
+                    waiting_series: self.backlog.series.load(Ordering::Acquire),
+                };
+            }
+            Err(mpsc::error::TrySendError::Closed(job)) => {
+                self.backlog.release(job.series);
+                return stopped();
+            }
         }
         outcome.await.unwrap_or_else(|_| stopped())
     }
 }
 
-async fn run(url: url::Url, mut queue: mpsc::Receiver<Job>, metrics: Arc<Metrics>) {
+async fn run(
+    url: url::Url,
+    mut queue: mpsc::Receiver<Job>,
+    backlog: Arc<Backlog>,
+    metrics: Arc<Metrics>,
+) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         // A slot first: while none is free, batches wait in the queue and
@@ -125,6 +199,7 @@ async fn run(url: url::Url, mut queue: mpsc::Receiver<Job>, metrics: Arc<Metrics
             series += job.series;
             jobs.push(job);
         }
+        backlog.release(series);
         let (url, metrics) = (url.clone(), metrics.clone());
         tokio::spawn(async move {
             deliver(&url, jobs, &metrics).await;
@@ -269,6 +344,109 @@ mod tests {
             })
             .collect();
         assert_eq!(got, [("a", vec![1, 2]), ("b", vec![1]), ("a", vec![3])]);
+    }
+
+    fn request_of(series: usize) -> WriteRequest {
+        WriteRequest {
+            timeseries: (0..series)
+                .map(|i| TimeSeries {
+                    labels: vec![Label::new("__name__", format!("m{i}"))],
+                    samples: vec![Sample {
+                        value: 1.0,
+                        timestamp: 1,
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+            metadata: Vec::new(),
+        }
+    }
+
+    /// Waits (in real time, briefly) until `f` holds.
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never: {what}");
+    }
+
+    #[tokio::test]
+    async fn past_its_bound_the_backlog_answers_busy_at_once() {
+        // A receiver that takes connections and never answers: every
+        // request hangs, the 4 slots fill, then the backlog.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: url::Url = format!("http://{}/api/v1/write", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let metrics = Arc::new(Metrics::new());
+        let forwarder = Forwarder::start(url, metrics.clone());
+        let waiting = || forwarder.backlog.series.load(Ordering::Acquire);
+        let send = |series: usize| {
+            let forwarder = forwarder.clone();
+            tokio::spawn(async move { forwarder.send(request_of(series), Uuid::nil()).await })
+        };
+        // One at a time, so that each takes a request of its own.
+        let mut hanging = Vec::new();
+        for open in 1..=IN_FLIGHT {
+            hanging.push(send(10));
+            until("the batch's request is open", || {
+                metrics
+                    .render()
+                    .unwrap()
+                    .contains(&format!("remote_write_forward_wait_seconds_count {open}\n"))
+            })
+            .await;
+        }
+        for _ in 0..MAX_WAITING_SERIES / MERGE_SERIES {
+            hanging.push(send(MERGE_SERIES));
+        }
+        until("the backlog is full", || waiting() == MAX_WAITING_SERIES).await;
+
+        let shed = forwarder.send(request_of(1), Uuid::nil()).await;
+        assert_eq!(
+            shed,
+            Outcome::Busy {
+                waiting_series: MAX_WAITING_SERIES
+            }
+        );
+        assert_eq!(waiting(), MAX_WAITING_SERIES, "a shed batch is not counted");
+        assert!(
+            hanging.iter().all(|h| !h.is_finished()),
+            "the rest still wait"
+        );
+        let text = metrics.render().unwrap();
+        assert!(
+            text.contains("remote_write_batches_shed_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "remote_write_waiting_series {MAX_WAITING_SERIES}\n"
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn one_batch_larger_than_the_bound_is_taken_into_an_empty_backlog() {
+        let backlog = Backlog {
+            series: AtomicUsize::new(0),
+            metrics: Arc::new(Metrics::new()),
+        };
+        assert_eq!(backlog.admit(MAX_WAITING_SERIES + 1), Ok(()));
+        assert_eq!(backlog.admit(1), Err(MAX_WAITING_SERIES + 1));
+        backlog.release(MAX_WAITING_SERIES + 1);
+        assert_eq!(backlog.admit(MAX_WAITING_SERIES), Ok(()));
+        assert_eq!(backlog.admit(1), Err(MAX_WAITING_SERIES));
     }
 
     #[tokio::test]

@@ -163,6 +163,7 @@ async fn forget_stale_groups(state: &AppState) -> sqlx::Result<u64> {
     .await?
     .rows_affected();
     if gone > 0 {
+        state.recorded_groups.clear();
         tracing::info!(
             groups = gone,
             "forgot the series counts of revoked agents and ended experiments"
@@ -199,4 +200,18 @@ async fn refresh_gauges(state: &AppState) -> sqlx::Result<()> {
         state.metrics.set_tasks(task_state, n);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_requests_do_not_touch_an_agent_that_heartbeats() {
+        // last_seen_at is written by requests other than heartbeats at most
+        // once per heartbeat interval, and an agent stays online for three.
+        let granularity = crate::auth::agent::LAST_SEEN_GRANULARITY_SECS;
+        assert_eq!(granularity as u64, HEARTBEAT_INTERVAL.as_secs());
+        assert!(3 * HEARTBEAT_INTERVAL <= ONLINE_WINDOW);
+    }
 }

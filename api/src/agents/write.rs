@@ -16,7 +16,8 @@
 //!
 //! What the agent should do with a refused batch is in the status: 400,
 //! 409, 413 and 415 will never be taken (drop it); 502 and 503 may be later
-//! (keep it and retry). A receiver's 4xx is the first kind, its 5xx, 429 or
+//! (keep it and retry; a 503 `remote_write_busy` says when, in
+//! `Retry-After`, when the forwarder's backlog is full). A receiver's 4xx is the first kind, its 5xx, 429 or
 //! silence the second. Sending a batch again after a lost answer is safe:
 //! a receiver stores a sample it already holds once.
 
@@ -33,7 +34,7 @@ use super::batch::{
     self, GroupQuery, Refusal, Taken, experiment_takes, read_body, record_group_series, too_large,
     unsupported_media_type,
 };
-use super::forward::{Forwarder, Outcome};
+use super::forward::{BUSY_RETRY_AFTER, Forwarder, Outcome};
 use super::remote_write::{Limits, relabel, time, validate};
 use crate::AppState;
 use crate::auth::AgentCaller;
@@ -132,7 +133,8 @@ fn decode_refusal(error: DecodeError) -> Refusal {
         (status = 413, description = "larger than 4 MiB, or 32 MiB uncompressed: drop the batch"),
         (status = 415, description = "not `application/x-protobuf` with `Content-Encoding: snappy`"),
         (status = 502, description = "the receiver failed or is away: keep the batch and retry"),
-        (status = 503, description = "no receiver configured, or the database is away: keep the batch")),
+        (status = 503, description = "no receiver configured, the database is away, or the receiver is \
+                                      far behind (`remote_write_busy`, with `Retry-After`): keep the batch")),
     security(("agent" = [])))]
 pub async fn write(
     State(state): State<AppState>,
@@ -220,6 +222,15 @@ fn outcome(outcome: Outcome) -> Result<(), Refusal> {
             "remote_write_unavailable",
             "the remote-write receiver did not take the batch; keep it and retry later".into(),
         )),
+        Outcome::Busy { waiting_series } => Err(Refusal::RetryAfter {
+            code: "remote_write_busy",
+            detail: format!(
+                "the remote-write receiver is behind ({waiting_series} series wait to be sent); \
+                 keep the batch and send it again in {} s",
+                BUSY_RETRY_AFTER.as_secs()
+            ),
+            after: BUSY_RETRY_AFTER,
+        }),
     }
 }
 
@@ -227,6 +238,7 @@ fn outcome(outcome: Outcome) -> Result<(), Refusal> {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+    use axum::response::IntoResponse;
 
     fn headers(content_type: Option<&str>, encoding: Option<&str>) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -259,11 +271,26 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_forwarder_is_a_503_that_says_when_to_retry() {
+        let response = outcome(Outcome::Busy {
+            waiting_series: 200_000,
+        })
+        .unwrap_err()
+        .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers()[header::RETRY_AFTER],
+            BUSY_RETRY_AFTER.as_secs().to_string()
+        );
+    }
+
+    #[test]
     fn decode_errors_are_bad_requests_and_bombs_too_large() {
         let code = |e| match decode_refusal(e) {
             Refusal::Api(e) => (e.status(), e.code()),
             Refusal::Status(status, code, _) => (status, code),
             Refusal::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
+            Refusal::RetryAfter { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
         };
         assert_eq!(
             code(DecodeError::Snappy("x".into())),

@@ -22,8 +22,11 @@ use crate::error::{ApiError, ApiResult};
 
 /// `last_seen_at` is written at most this often per agent from ordinary
 /// requests (heartbeats always write it), so that many concurrent long
-/// polls do not turn into a stream of row updates.
-const LAST_SEEN_GRANULARITY_SECS: i64 = 5;
+/// polls and metric writes do not turn into a stream of row updates. One
+/// heartbeat interval: an agent that heartbeats is never touched by its
+/// other requests, and one that only polls still shows online (three
+/// intervals).
+pub(crate) const LAST_SEEN_GRANULARITY_SECS: i64 = 15;
 
 /// A new secret and the hash to store.
 pub fn new_secret() -> (String, Vec<u8>) {

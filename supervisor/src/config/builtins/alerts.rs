@@ -230,7 +230,9 @@ pub fn rules(inputs: &AlertInputs<'_>) -> Vec<(&'static str, Vec<Rule>)> {
                      over 5 minutes",
                     "the API's log (/var/log/phoenix/api.log) has the reference of each 500; \
                      502 on writes means Prometheus is down or failing (`phoenixctl status`, \
-                     its log); 503 means the database is away",
+                     its log); 503 means the database is away, or on writes \
+                     (`remote_write_busy`) that Prometheus is far behind: the capacity checks \
+                     (`phoenixctl health`) say what to grow",
                 ),
                 rule(
                     "PhoenixApiDatabaseDown",
