@@ -25,6 +25,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::auth::agent::ASYNC_COMMIT;
 use crate::error::ApiError;
 use crate::experiment_state::State as ExperimentState;
 use crate::problem::Problem;
@@ -339,12 +340,13 @@ pub(super) async fn record_group_series(
     if !state.recorded_groups.changed(&group, series) {
         return Ok(());
     }
-    let written = sqlx::query(
-        "INSERT INTO agent_metric_groups (agent_id, experiment, variant, series, pushed_at) \
-         VALUES ($1, $2, $3, $4, now()) \
+    let written = sqlx::query(&format!(
+        "{ASYNC_COMMIT}INSERT INTO agent_metric_groups \
+             (agent_id, experiment, variant, series, pushed_at) \
+         SELECT $1, $2, $3, $4, now() FROM async_commit \
          ON CONFLICT (agent_id, experiment, variant) \
          DO UPDATE SET series = EXCLUDED.series, pushed_at = EXCLUDED.pushed_at",
-    )
+    ))
     .bind(agent)
     .bind(experiment)
     .bind(variant)

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::{HEARTBEAT_INTERVAL, ONLINE_WINDOW, check_text};
 use crate::AppState;
+use crate::auth::agent::ASYNC_COMMIT;
 use crate::auth::{AgentCaller, Caller, Role};
 use crate::error::{ApiError, ApiResult};
 use crate::input::{Json, Path, Query, page_limit};
@@ -244,11 +245,11 @@ pub async fn heartbeat(
             format!("status may be at most {MAX_REPORTED_STATUS_BYTES} bytes of JSON"),
         ));
     }
-    let server_time: DateTime<Utc> = sqlx::query_scalar(
-        "UPDATE agents SET last_seen_at = now(), version = COALESCE($2, version), \
+    let server_time: DateTime<Utc> = sqlx::query_scalar(&format!(
+        "{ASYNC_COMMIT}UPDATE agents SET last_seen_at = now(), version = COALESCE($2, version), \
                 reported_status = COALESCE($3, reported_status) \
-         WHERE id = $1 RETURNING now()",
-    )
+         FROM async_commit WHERE id = $1 RETURNING now()",
+    ))
     .bind(agent.id)
     .bind(&beat.version)
     .bind(status)
