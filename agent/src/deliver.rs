@@ -7,7 +7,7 @@
 //! | 2xx | deleted: delivered |
 //! | 4xx (a refusal retrying cannot change) | deleted, counted in `rejected_batches`, logged with the problem's code |
 //! | 401 with a credential code, from the API | kept; the agent stops (exit 78) and says to enroll again |
-//! | unreachable, timeout, 5xx, 429; 401/403 from an external endpoint | kept; retried with exponential backoff and jitter |
+//! | unreachable, timeout, 5xx, 429; 401/403 from an external endpoint | kept; retried with exponential backoff and jitter (a 503 or 429 with `Retry-After`: after that long plus the backoff) |
 //!
 //! Samples carry the time they were collected, so a batch delivered late
 //! lands where it belongs; a batch delivered twice (its answer was lost)
