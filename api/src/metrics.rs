@@ -163,8 +163,8 @@ impl Metrics {
         );
         let forward_waiting = Gauge::default();
         registry.register(
-            "remote_write_waiting_series",
-            "Series of agents' batches waiting at the forwarder for a request to the receiver",
+            "remote_write_waiting_samples",
+            "Samples of agents' batches waiting at the forwarder for a request to the receiver",
             forward_waiting.clone(),
         );
         Self {
@@ -190,10 +190,14 @@ impl Metrics {
         self.forward_shed.inc();
     }
 
-    /// Sets the series waiting at the forwarder.
-    pub fn set_forward_waiting(&self, series: usize) {
-        self.forward_waiting
-            .set(i64::try_from(series).unwrap_or(i64::MAX));
+    /// Adds to (or takes from) the samples waiting at the forwarder.
+    pub fn add_forward_waiting(&self, samples: usize, add: bool) {
+        let samples = i64::try_from(samples).unwrap_or(i64::MAX);
+        if add {
+            self.forward_waiting.inc_by(samples);
+        } else {
+            self.forward_waiting.dec_by(samples);
+        }
     }
 
     /// Records how long one batch took to be forwarded.

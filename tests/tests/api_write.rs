@@ -306,10 +306,10 @@ fn counter(exposition: &str, series: &str) -> f64 {
 }
 
 /// Prometheus stops answering (SIGSTOP): four batches hold the forwarder's
-/// four requests, four of 50 000 series fill its backlog, and the next
+/// four requests, four of 50 000 samples fill its backlog, and the next
 /// batch is answered 503 `remote_write_busy` with `Retry-After` at once,
 /// while the others still wait. Prometheus comes back: the waiting batches
-/// are answered, the shed one is taken when sent again, and every series is
+/// are answered, the shed one is taken when sent again, and every sample is
 /// stored.
 #[test]
 fn a_receiver_far_behind_sheds_batches_with_retry_after_and_loses_none() {
@@ -319,34 +319,48 @@ fn a_receiver_far_behind_sheds_batches_with_retry_after_and_loses_none() {
     let s = Stack::start("");
     let admin = s.admin_token();
     let agent = s.enroll_one(&admin, "host-busy");
-    let at = seconds_ago(Duration::from_secs(60));
-    let wide = |tag: &str, n: usize| {
+    let at = seconds_ago(Duration::from_secs(120));
+    // 10 series of 5 000 samples each (10 ms apart): 50 000 samples, cheap
+    // to decode, so that the backlog fills well within the forwarder's
+    // 10 s timeout.
+    let long = |tag: &str| {
         batch(
-            &(0..n)
+            &(0..10)
                 .map(|i| {
+                    let samples: Vec<(f64, i64)> =
+                        (0..5_000).map(|k| (k as f64, at + k * 10)).collect();
                     series(
                         &[("__name__", CPU), ("process", tag), ("pid", &i.to_string())],
-                        &[(1.0, at)],
+                        &samples,
                     )
                 })
                 .collect::<Vec<_>>(),
         )
     };
+    let one = |tag: &str| batch(&[series(&[("__name__", CPU), ("process", tag)], &[(1.0, at)])]);
     let gauge = |name: &str| counter(&get_text(&s.ports.api_url("/metrics")), name);
-    let prometheus = Pid::from_raw(s.sup.pid_of("prometheus"));
-    let bodies: Vec<Vec<u8>> = (0..4).map(|i| wide(&format!("wide-{i}"), 50_000)).collect();
+    let bodies: Vec<Vec<u8>> = (0..4).map(|i| long(&format!("long-{i}"))).collect();
 
+    /// Prometheus stopped until dropped, even when an assertion fails.
+    struct Stopped(Pid);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = kill(self.0, Signal::SIGCONT);
+        }
+    }
+    let prometheus = Pid::from_raw(s.sup.pid_of("prometheus"));
     kill(prometheus, Signal::SIGSTOP).unwrap();
+    let stopped = Stopped(prometheus);
     let (waited, shed) = std::thread::scope(|scope| {
         let (s, agent) = (&s, &agent);
         // One at a time, so that each takes a request of its own.
         let opened = gauge("phoenix_api_remote_write_forward_wait_seconds_count");
         let mut waiting = Vec::new();
         for i in 0..4 {
-            waiting.push(scope.spawn(move || write(s, agent, "", wide(&format!("slot-{i}"), 1))));
+            waiting.push(scope.spawn(move || write(s, agent, "", one(&format!("slot-{i}")))));
             wait_until(
                 "the batch's request is open",
-                Duration::from_secs(20),
+                Duration::from_secs(5),
                 || {
                     (gauge("phoenix_api_remote_write_forward_wait_seconds_count")
                         >= opened + 1.0 + i as f64)
@@ -359,12 +373,12 @@ fn a_receiver_far_behind_sheds_batches_with_retry_after_and_loses_none() {
                 .into_iter()
                 .map(|body| scope.spawn(move || write(s, agent, "", body))),
         );
-        wait_until("the backlog is full", Duration::from_secs(20), || {
-            (gauge("phoenix_api_remote_write_waiting_series") >= 200_000.0).then_some(())
+        wait_until("the backlog is full", Duration::from_secs(5), || {
+            (gauge("phoenix_api_remote_write_waiting_samples") >= 200_000.0).then_some(())
         });
-        let shed = write(s, agent, "", wide("shed", 1));
+        let shed = write(s, agent, "", one("shed"));
         let still_waiting = waiting.iter().filter(|h| !h.is_finished()).count();
-        kill(prometheus, Signal::SIGCONT).unwrap();
+        drop(stopped);
         assert_eq!(
             still_waiting, 8,
             "the shed batch did not wait behind the others"
@@ -395,28 +409,28 @@ fn a_receiver_far_behind_sheds_batches_with_retry_after_and_loses_none() {
         );
     }
     // What was not stored is sent again, as the agent's queue does.
-    assert_eq!(write(&s, &agent, "", wide("shed", 1)).status, 200);
+    assert_eq!(write(&s, &agent, "", one("shed")).status, 200);
     for (i, r) in waited.iter().enumerate() {
         if r.status != 200 {
             let body = match i {
-                0..4 => wide(&format!("slot-{i}"), 1),
-                _ => wide(&format!("wide-{}", i - 4), 50_000),
+                0..4 => one(&format!("slot-{i}")),
+                _ => long(&format!("long-{}", i - 4)),
             };
             let again = write(&s, &agent, "", body);
             assert_eq!(again.status, 200, "batch {i}: {again:?}");
         }
     }
-    // Every series of every batch, once: 4 × 50 000, the 4 slots' and the
+    // Every sample of every batch, once: 4 × 50 000, the 4 slots' and the
     // shed one.
     let selector = format!(
-        "{CPU}{{agent=\"{}\",process=~\"wide-.*|slot-.*|shed\"}}",
+        "{CPU}{{agent=\"{}\",process=~\"long-.*|slot-.*|shed\"}}",
         agent.id
     );
     wait_until(
-        "every series in Prometheus",
+        "every sample in Prometheus",
         Duration::from_secs(60),
         || {
-            let result = query(&s, &format!("count(last_over_time({selector}[10m]))"), None);
+            let result = query(&s, &format!("sum(count_over_time({selector}[10m]))"), None);
             let n: f64 = result
                 .first()
                 .and_then(|r| r["value"][1].as_str())

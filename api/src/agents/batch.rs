@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -289,30 +289,42 @@ pub(super) fn not_running(id: Uuid, experiment_state: &str) -> ApiError {
 /// cleared and each group is written once more.
 const MAX_RECORDED_GROUPS: usize = 100_000;
 
+/// A group's count is written again after this long even when unchanged:
+/// another replica may have written another count meanwhile, or a crash of
+/// PostgreSQL lost the last (asynchronous) write.
+const REWRITE_AFTER: Duration = Duration::from_secs(60);
+
 /// The series count this replica last wrote per group (agent, experiment,
-/// variant). An agent's batches mostly hold the same series, and a row write
-/// per batch was a commit per batch (one per agent every 15 s); now a batch
-/// writes the row only when its count differs from the one remembered.
+/// variant), and when. An agent's batches mostly hold the same series, and
+/// a row write per batch was a commit per batch (one per agent every 15 s);
+/// now a batch writes the row when its count differs from the one
+/// remembered, or that was written over [`REWRITE_AFTER`] ago.
 #[derive(Debug, Default)]
-pub struct RecordedGroups(Mutex<HashMap<(Uuid, String, String), usize>>);
+pub struct RecordedGroups(Mutex<HashMap<Group, (usize, Instant)>>);
+
+/// A group: agent, experiment, variant.
+type Group = (Uuid, String, String);
 
 impl RecordedGroups {
-    /// Whether `series` differs from the count remembered for `group`; the
-    /// new count is remembered either way.
-    fn changed(&self, group: &(Uuid, String, String), series: usize) -> bool {
+    /// Whether the row of `group` should be written with `series` at `now`;
+    /// if so, it is remembered as written.
+    fn changed(&self, group: &Group, series: usize, now: Instant) -> bool {
         let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.get(group) == Some(&series) {
+        if let Some(&(count, at)) = seen.get(group)
+            && count == series
+            && now.saturating_duration_since(at) < REWRITE_AFTER
+        {
             return false;
         }
         if seen.len() >= MAX_RECORDED_GROUPS {
             seen.clear();
         }
-        seen.insert(group.clone(), series);
+        seen.insert(group.clone(), (series, now));
         true
     }
 
     /// Forgets `group` (its row may not hold the count remembered).
-    fn forget(&self, group: &(Uuid, String, String)) {
+    fn forget(&self, group: &Group) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -337,7 +349,10 @@ pub(super) async fn record_group_series(
     series: usize,
 ) -> sqlx::Result<()> {
     let group = (agent, experiment.to_owned(), variant.to_owned());
-    if !state.recorded_groups.changed(&group, series) {
+    if !state
+        .recorded_groups
+        .changed(&group, series, Instant::now())
+    {
         return Ok(());
     }
     let written = sqlx::query(&format!(
@@ -364,20 +379,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_group_is_written_again_only_when_its_count_changes() {
+    fn a_group_is_written_again_when_its_count_changes_or_a_minute_passed() {
         let groups = RecordedGroups::default();
         let a = (Uuid::new_v4(), "none".to_owned(), "none".to_owned());
         let b = (a.0, "none".to_owned(), "other".to_owned());
-        assert!(groups.changed(&a, 200));
-        assert!(!groups.changed(&a, 200));
-        assert!(groups.changed(&b, 200), "another group");
-        assert!(groups.changed(&a, 150));
-        assert!(!groups.changed(&a, 150));
+        let t = Instant::now();
+        let at = |secs: u64| t + Duration::from_secs(secs);
+        assert!(groups.changed(&a, 200, at(0)));
+        assert!(!groups.changed(&a, 200, at(15)));
+        assert!(groups.changed(&b, 200, at(15)), "another group");
+        assert!(groups.changed(&a, 150, at(30)));
+        assert!(!groups.changed(&a, 150, at(45)));
+        assert!(!groups.changed(&a, 150, at(89)));
+        assert!(
+            groups.changed(&a, 150, at(90)),
+            "written again after a minute"
+        );
+        assert!(!groups.changed(&a, 150, at(105)));
         groups.forget(&a);
-        assert!(groups.changed(&a, 150), "a failed write is tried again");
+        assert!(
+            groups.changed(&a, 150, at(120)),
+            "a failed write is tried again"
+        );
         groups.clear();
         assert!(
-            groups.changed(&b, 200),
+            groups.changed(&b, 200, at(120)),
             "after the housekeeping deleted rows"
         );
     }

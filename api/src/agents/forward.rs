@@ -19,11 +19,13 @@
 //! A send runs in its own task: an agent that hangs up does not cancel the
 //! batches of others that went in the same request.
 //!
-//! The backlog is bounded: when [`MAX_WAITING_SERIES`] series already wait
-//! (the receiver is far behind, or gone silent for its timeout), a new batch
-//! is answered [`Outcome::Busy`] at once, a 503 with `Retry-After`, instead
-//! of waiting behind a queue that only grows: the agent keeps the batch in
-//! its own queue, and the API's memory and the answers it gives stay bounded.
+//! The backlog is bounded in samples (every series holds at least one, so
+//! series are bounded too): when [`MAX_WAITING_SAMPLES`] already wait (the
+//! receiver is far behind, or gone silent for its timeout), a new batch is
+//! answered [`Outcome::Busy`] at once, a 503 with `Retry-After`, instead of
+//! waiting behind a queue that only grows: the agent keeps the batch in its
+//! own queue, and the API's memory and the answers it gives stay bounded.
+//! [`Forwarder::is_full`] lets the writer refuse before decoding a body.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -44,10 +46,11 @@ pub const IN_FLIGHT: usize = 4;
 /// batch, itself at most 50 000).
 pub const MERGE_SERIES: usize = 20_000;
 
-/// Series waiting for a free slot at most: ten full requests. Past it a
-/// batch is answered [`Outcome::Busy`] (a batch larger than the bound is
-/// still taken into an empty backlog).
-pub const MAX_WAITING_SERIES: usize = 10 * MERGE_SERIES;
+/// Samples waiting for a free slot at most: ten full requests of one sample
+/// per series. Past it a batch is answered [`Outcome::Busy`] (a batch larger
+/// than the bound, at most 1 000 000 samples, is still taken into an empty
+/// backlog).
+pub const MAX_WAITING_SAMPLES: usize = 10 * MERGE_SERIES;
 
 /// Batches waiting for a free slot at most (however few their series).
 const QUEUE: usize = 4096;
@@ -68,9 +71,9 @@ pub enum Outcome {
     Unavailable {
         detail: String,
     },
-    /// Not sent: the backlog already holds this many series waiting.
+    /// Not sent: the backlog already holds this many samples waiting.
     Busy {
-        waiting_series: usize,
+        waiting_samples: usize,
     },
 }
 
@@ -89,6 +92,7 @@ struct Job {
     request: WriteRequest,
     queued: tokio::time::Instant,
     series: usize,
+    samples: usize,
     agent: Uuid,
     done: oneshot::Sender<Outcome>,
 }
@@ -100,30 +104,34 @@ pub struct Forwarder {
     backlog: Arc<Backlog>,
 }
 
-/// The series of the batches in the queue.
+/// The samples of the batches in the queue.
 #[derive(Debug)]
 struct Backlog {
-    series: AtomicUsize,
+    samples: AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
 impl Backlog {
-    /// Counts `series` in, unless the backlog is full (and not empty); the
-    /// series that already wait when it is.
-    fn admit(&self, series: usize) -> Result<(), usize> {
-        let before = self.series.fetch_add(series, Ordering::AcqRel);
-        if before > 0 && before + series > MAX_WAITING_SERIES {
-            self.release(series);
-            return Err(before);
-        }
-        self.metrics.set_forward_waiting(before + series);
+    /// Whether a batch would be refused now.
+    fn is_full(&self) -> bool {
+        self.samples.load(Ordering::Acquire) >= MAX_WAITING_SAMPLES
+    }
+
+    /// Counts `samples` in, unless the backlog is full (and not empty); the
+    /// samples that already wait when it is. A refused batch is never
+    /// counted, not even for a moment.
+    fn admit(&self, samples: usize) -> Result<(), usize> {
+        self.samples
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |before| {
+                (before == 0 || before + samples <= MAX_WAITING_SAMPLES).then_some(before + samples)
+            })?;
+        self.metrics.add_forward_waiting(samples, true);
         Ok(())
     }
 
-    fn release(&self, series: usize) {
-        let before = self.series.fetch_sub(series, Ordering::AcqRel);
-        self.metrics
-            .set_forward_waiting(before.saturating_sub(series));
+    fn release(&self, samples: usize) {
+        self.samples.fetch_sub(samples, Ordering::AcqRel);
+        self.metrics.add_forward_waiting(samples, false);
     }
 }
 
@@ -132,11 +140,25 @@ impl Forwarder {
     pub fn start(url: url::Url, metrics: Arc<Metrics>) -> Forwarder {
         let (jobs, queue) = mpsc::channel(QUEUE);
         let backlog = Arc::new(Backlog {
-            series: AtomicUsize::new(0),
+            samples: AtomicUsize::new(0),
             metrics: metrics.clone(),
         });
         tokio::spawn(run(url, queue, backlog.clone(), metrics));
         Forwarder { jobs, backlog }
+    }
+
+    /// Whether the backlog is full now: a batch sent now would be answered
+    /// [`Outcome::Busy`], so there is no point in decoding it.
+    pub fn is_full(&self) -> bool {
+        self.backlog.is_full()
+    }
+
+    /// [`Outcome::Busy`] as of now, counted.
+    pub fn busy(&self) -> Outcome {
+        self.backlog.metrics.observe_forward_shed();
+        Outcome::Busy {
+            waiting_samples: self.backlog.samples.load(Ordering::Acquire),
+        }
     }
 
     /// Sends `request` (from `agent`) and waits for its outcome; a full
@@ -147,28 +169,26 @@ impl Forwarder {
         };
         let (done, outcome) = oneshot::channel();
         let series = request.timeseries.len();
-        if let Err(waiting_series) = self.backlog.admit(series) {
-            self.backlog.metrics.observe_forward_shed();
-            return Outcome::Busy { waiting_series };
+        let samples = request.sample_count();
+        if self.backlog.admit(samples).is_err() {
+            return self.busy();
         }
         let job = Job {
             request,
             queued: tokio::time::Instant::now(),
             series,
+            samples,
             agent,
             done,
         };
         match self.jobs.try_send(job) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(job)) => {
-                self.backlog.release(job.series);
-                self.backlog.metrics.observe_forward_shed();
-                return Outcome::Busy {
-                    waiting_series: self.backlog.series.load(Ordering::Acquire),
-                };
+                self.backlog.release(job.samples);
+                return self.busy();
             }
             Err(mpsc::error::TrySendError::Closed(job)) => {
-                self.backlog.release(job.series);
+                self.backlog.release(job.samples);
                 return stopped();
             }
         }
@@ -192,14 +212,15 @@ async fn run(
         let Some(first) = queue.recv().await else {
             return;
         };
-        let mut series = first.series;
+        let (mut series, mut samples) = (first.series, first.samples);
         let mut jobs = vec![first];
         while series < MERGE_SERIES {
             let Ok(job) = queue.try_recv() else { break };
             series += job.series;
+            samples += job.samples;
             jobs.push(job);
         }
-        backlog.release(series);
+        backlog.release(samples);
         let (url, metrics) = (url.clone(), metrics.clone());
         tokio::spawn(async move {
             deliver(&url, jobs, &metrics).await;
@@ -319,6 +340,7 @@ mod tests {
         };
         let job = Job {
             series: request.timeseries.len(),
+            samples: request.sample_count(),
             queued: tokio::time::Instant::now(),
             request,
             agent: Uuid::nil(),
@@ -389,7 +411,7 @@ mod tests {
         });
         let metrics = Arc::new(Metrics::new());
         let forwarder = Forwarder::start(url, metrics.clone());
-        let waiting = || forwarder.backlog.series.load(Ordering::Acquire);
+        let waiting = || forwarder.backlog.samples.load(Ordering::Acquire);
         let send = |series: usize| {
             let forwarder = forwarder.clone();
             tokio::spawn(async move { forwarder.send(request_of(series), Uuid::nil()).await })
@@ -406,19 +428,24 @@ mod tests {
             })
             .await;
         }
-        for _ in 0..MAX_WAITING_SERIES / MERGE_SERIES {
+        for _ in 0..MAX_WAITING_SAMPLES / MERGE_SERIES {
             hanging.push(send(MERGE_SERIES));
         }
-        until("the backlog is full", || waiting() == MAX_WAITING_SERIES).await;
+        until("the backlog is full", || waiting() == MAX_WAITING_SAMPLES).await;
+        assert!(forwarder.is_full());
 
         let shed = forwarder.send(request_of(1), Uuid::nil()).await;
         assert_eq!(
             shed,
             Outcome::Busy {
-                waiting_series: MAX_WAITING_SERIES
+                waiting_samples: MAX_WAITING_SAMPLES
             }
         );
-        assert_eq!(waiting(), MAX_WAITING_SERIES, "a shed batch is not counted");
+        assert_eq!(
+            waiting(),
+            MAX_WAITING_SAMPLES,
+            "a shed batch is not counted"
+        );
         assert!(
             hanging.iter().all(|h| !h.is_finished()),
             "the rest still wait"
@@ -430,23 +457,40 @@ mod tests {
         );
         assert!(
             text.contains(&format!(
-                "remote_write_waiting_series {MAX_WAITING_SERIES}\n"
+                "remote_write_waiting_samples {MAX_WAITING_SAMPLES}\n"
             )),
             "{text}"
         );
     }
 
     #[test]
-    fn one_batch_larger_than_the_bound_is_taken_into_an_empty_backlog() {
+    fn one_batch_larger_than_the_bound_is_taken_into_an_empty_backlog_and_no_refused_one_is_counted()
+     {
+        let metrics = Arc::new(Metrics::new());
         let backlog = Backlog {
-            series: AtomicUsize::new(0),
-            metrics: Arc::new(Metrics::new()),
+            samples: AtomicUsize::new(0),
+            metrics: metrics.clone(),
         };
-        assert_eq!(backlog.admit(MAX_WAITING_SERIES + 1), Ok(()));
-        assert_eq!(backlog.admit(1), Err(MAX_WAITING_SERIES + 1));
-        backlog.release(MAX_WAITING_SERIES + 1);
-        assert_eq!(backlog.admit(MAX_WAITING_SERIES), Ok(()));
-        assert_eq!(backlog.admit(1), Err(MAX_WAITING_SERIES));
+        assert_eq!(backlog.admit(MAX_WAITING_SAMPLES + 1), Ok(()));
+        assert_eq!(backlog.admit(1), Err(MAX_WAITING_SAMPLES + 1));
+        backlog.release(MAX_WAITING_SAMPLES + 1);
+        assert!(!backlog.is_full());
+        assert_eq!(backlog.admit(MAX_WAITING_SAMPLES - 1), Ok(()));
+        assert_eq!(
+            backlog.admit(2),
+            Err(MAX_WAITING_SAMPLES - 1),
+            "refused whole"
+        );
+        assert_eq!(backlog.admit(1), Ok(()), "what fits is taken");
+        assert!(backlog.is_full());
+        // The gauge follows every change, in whatever order they land.
+        let text = metrics.render().unwrap();
+        assert!(
+            text.contains(&format!(
+                "remote_write_waiting_samples {MAX_WAITING_SAMPLES}\n"
+            )),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -207,11 +207,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn other_requests_do_not_touch_an_agent_that_heartbeats() {
-        // last_seen_at is written by requests other than heartbeats at most
-        // once per heartbeat interval, and an agent stays online for three.
-        let granularity = crate::auth::agent::LAST_SEEN_GRANULARITY_SECS;
-        assert_eq!(granularity as u64, HEARTBEAT_INTERVAL.as_secs());
+    fn last_seen_is_touched_less_often_than_heartbeats_and_keeps_a_poller_online() {
+        // Requests other than heartbeats write last_seen_at at most once per
+        // granularity: longer than a heartbeat interval (so an agent that
+        // heartbeats on time is not touched by them), well within the
+        // online window (so an agent that only polls stays online).
+        let granularity = crate::auth::agent::LAST_SEEN_GRANULARITY_SECS as u64;
+        assert!(granularity > HEARTBEAT_INTERVAL.as_secs());
+        assert!(2 * granularity <= ONLINE_WINDOW.as_secs());
         assert!(3 * HEARTBEAT_INTERVAL <= ONLINE_WINDOW);
     }
 }

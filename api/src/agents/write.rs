@@ -147,6 +147,10 @@ pub async fn write(
     check_media_type(&headers)?;
     let forwarder = receiver(&state)?;
     // Before reading the body: a refused batch costs no decoding.
+    if forwarder.is_full() {
+        // The answer it would get after decoding.
+        outcome(forwarder.busy())?;
+    }
     let taken = experiment_takes(&state, agent.id, &experiment).await?;
     let bytes = read_body(&headers, body, MAX_BODY_BYTES).await?;
     let mut request =
@@ -222,10 +226,10 @@ fn outcome(outcome: Outcome) -> Result<(), Refusal> {
             "remote_write_unavailable",
             "the remote-write receiver did not take the batch; keep it and retry later".into(),
         )),
-        Outcome::Busy { waiting_series } => Err(Refusal::RetryAfter {
+        Outcome::Busy { waiting_samples } => Err(Refusal::RetryAfter {
             code: "remote_write_busy",
             detail: format!(
-                "the remote-write receiver is behind ({waiting_series} series wait to be sent); \
+                "the remote-write receiver is behind ({waiting_samples} samples wait to be sent); \
                  keep the batch and send it again in {} s",
                 BUSY_RETRY_AFTER.as_secs()
             ),
@@ -273,7 +277,7 @@ mod tests {
     #[test]
     fn a_busy_forwarder_is_a_503_that_says_when_to_retry() {
         let response = outcome(Outcome::Busy {
-            waiting_series: 200_000,
+            waiting_samples: 200_000,
         })
         .unwrap_err()
         .into_response();

@@ -34,11 +34,11 @@ pub(crate) const ASYNC_COMMIT: &str =
 
 /// `last_seen_at` is written at most this often per agent from ordinary
 /// requests (heartbeats always write it), so that many concurrent long
-/// polls and metric writes do not turn into a stream of row updates. One
-/// heartbeat interval: an agent that heartbeats is never touched by its
-/// other requests, and one that only polls still shows online (three
-/// intervals).
-pub(crate) const LAST_SEEN_GRANULARITY_SECS: i64 = 15;
+/// polls and metric writes do not turn into a stream of row updates. A
+/// little over one heartbeat interval (15 s): an agent that heartbeats on
+/// time is not touched by its other requests, and one that only polls
+/// still shows online (within 45 s).
+pub(crate) const LAST_SEEN_GRANULARITY_SECS: i64 = 20;
 
 /// A new secret and the hash to store.
 pub fn new_secret() -> (String, Vec<u8>) {
