@@ -125,13 +125,9 @@ impl IntoResponse for ApiError {
                     .with_extension("allowed", serde_json::json!(allowed));
             }
             ApiError::TooManyRequests { retry_after_secs } => {
-                let mut response = problem.with_detail(self.to_string()).into_response();
-                if let Ok(v) = retry_after_secs.to_string().parse() {
-                    response
-                        .headers_mut()
-                        .insert(axum::http::header::RETRY_AFTER, v);
-                }
-                return response;
+                return problem
+                    .with_detail(self.to_string())
+                    .retry_after(*retry_after_secs);
             }
             _ => problem = problem.with_detail(self.to_string()),
         }

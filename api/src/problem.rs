@@ -77,6 +77,17 @@ impl Problem {
     }
 }
 
+impl Problem {
+    /// The response, with `Retry-After: secs` (at least 1): come back then.
+    pub fn retry_after(self, secs: u64) -> Response {
+        let mut response = self.into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, secs.max(1).into());
+        response
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.status_code();

@@ -111,16 +111,10 @@ impl IntoResponse for Refusal {
                 code,
                 detail,
                 after,
-            } => {
-                let mut response = Problem::new(StatusCode::SERVICE_UNAVAILABLE)
-                    .with_code(code)
-                    .with_detail(detail)
-                    .into_response();
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, after.as_secs().max(1).into());
-                response
-            }
+            } => Problem::new(StatusCode::SERVICE_UNAVAILABLE)
+                .with_code(code)
+                .with_detail(detail)
+                .retry_after(after.as_secs()),
         }
     }
 }
