@@ -14,6 +14,7 @@
 //! | `phoenix_agent_send_failures_total{destination}` | counter | attempts that will be retried |
 //! | `phoenix_agent_last_success_timestamp_seconds{destination}` | gauge | last delivered batch |
 //! | `phoenix_agent_collections_total` | counter | collections since start |
+//! | `phoenix_agent_collections_unwritten` | gauge | collections sampled and not yet in the queue (a slow disk) |
 //! | `phoenix_agent_experiments` | gauge | experiments running |
 //!
 //! The listener takes at most 16 requests at once, each for at most 10 s.
@@ -105,6 +106,12 @@ pub async fn render(agent: &Agent) -> anyhow::Result<String> {
         "queue_results",
         "Task results not yet answered by the control plane",
         stats.results,
+    );
+    gauge(
+        &mut r,
+        "collections_unwritten",
+        "Collections sampled and not yet written to the queue; above 1 the disk is slow",
+        agent.unwritten.load(Relaxed) as i64,
     );
     gauge(
         &mut r,

@@ -51,6 +51,16 @@ impl Destination {
     }
 }
 
+/// A batch to write: one stream of one collection.
+#[derive(Debug, Clone)]
+pub struct NewBatch {
+    pub destination: Destination,
+    pub experiment: String,
+    pub variant: String,
+    pub samples: i64,
+    pub body: Vec<u8>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub id: i64,
@@ -213,9 +223,7 @@ impl Queue {
         })
     }
 
-    /// Writes a batch; when the disk is full, evicts the oldest batches
-    /// until it fits, or drops this one (counted) if nothing is left to
-    /// evict. Then applies the bounds.
+    /// Writes a batch ([`Queue::push_all`] with one).
     pub async fn push(
         &self,
         destination: Destination,
@@ -225,21 +233,25 @@ impl Queue {
         samples: i64,
         body: &[u8],
     ) -> anyhow::Result<()> {
+        let batch = NewBatch {
+            destination,
+            experiment: experiment.to_owned(),
+            variant: variant.to_owned(),
+            samples,
+            body: body.to_vec(),
+        };
+        self.push_all(collected_at_ms, std::slice::from_ref(&batch))
+            .await
+    }
+
+    /// Writes one collection's batches in one transaction (one sync of the
+    /// disk, and all or none of them); when the disk is full, evicts the
+    /// oldest batches until they fit, or drops these (counted) if nothing
+    /// is left to evict. Then applies the bounds.
+    pub async fn push_all(&self, collected_at_ms: i64, batches: &[NewBatch]) -> anyhow::Result<()> {
         loop {
-            let inserted = sqlx::query(
-                "INSERT INTO batches (destination, experiment, variant, collected_at_ms, samples, body) \
-                 VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(destination.as_str())
-            .bind(experiment)
-            .bind(variant)
-            .bind(collected_at_ms)
-            .bind(samples)
-            .bind(body)
-            .execute(&self.pool)
-            .await;
-            match inserted {
-                Ok(_) => break,
+            match self.insert_all(collected_at_ms, batches).await {
+                Ok(()) => break,
                 Err(e) if is_disk_full(&e) => {
                     let evicted = self.evict_oldest(4, "the disk is full").await?;
                     // The write-ahead log only grows until it is checkpointed:
@@ -248,12 +260,12 @@ impl Queue {
                         .execute(&self.pool)
                         .await;
                     if evicted == 0 {
-                        self.count_eviction(1, samples).await;
+                        let samples = batches.iter().map(|b| b.samples).sum::<i64>();
+                        self.count_eviction(batches.len() as i64, samples).await;
                         tracing::warn!(
-                            experiment,
-                            variant,
+                            batches = batches.len(),
                             samples,
-                            "the disk is full and the queue is empty: this batch is dropped (counted as evicted)"
+                            "the disk is full and the queue is empty: this collection is dropped (counted as evicted)"
                         );
                         return Ok(());
                     }
@@ -262,6 +274,26 @@ impl Queue {
             }
         }
         self.enforce_bounds(collected_at_ms).await
+    }
+
+    /// One statement, so one implicit transaction: a failure (a full disk)
+    /// leaves no transaction open to hold the write lock.
+    async fn insert_all(&self, collected_at_ms: i64, batches: &[NewBatch]) -> sqlx::Result<()> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO batches (destination, experiment, variant, collected_at_ms, samples, body) ",
+        );
+        insert.push_values(batches, |mut row, b| {
+            row.push_bind(b.destination.as_str())
+                .push_bind(&b.experiment)
+                .push_bind(&b.variant)
+                .push_bind(collected_at_ms)
+                .push_bind(b.samples)
+                .push_bind(&b.body);
+        });
+        insert.build().execute(&self.pool).await.map(drop)
     }
 
     /// Evicts batches older than `max_age` (relative to `now_ms`) and the
@@ -660,6 +692,124 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(q.stats().await.unwrap().batches, 3);
+    }
+
+    /// A queue whose database cannot grow past `pages` pages: SQLite
+    /// answers SQLITE_FULL as it does for a full disk.
+    async fn capped(dir: &Path, pages: u32) -> Queue {
+        let q = Queue::open(dir, bounds(1 << 30, 3600)).await.unwrap();
+        let options =
+            SqliteConnectOptions::from_str(&format!("sqlite://{}", dir.join("queue.db").display()))
+                .unwrap()
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                .pragma("max_page_count", pages.to_string());
+        Queue {
+            pool: SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await
+                .unwrap(),
+            ..q
+        }
+    }
+
+    /// A full disk fails a task's result; once there is room the next try
+    /// succeeds at once: no failed write leaves a transaction holding the
+    /// database's write lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_the_full_disk_failed_holds_no_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = capped(dir.path(), 64).await;
+        let task = PendingTask {
+            task_id: uuid::Uuid::new_v4(),
+            kind: "apply_pipeline".into(),
+            payload: serde_json::json!({}),
+            received_at_ms: 1,
+        };
+        assert_eq!(q.receive_task(&task).await.unwrap(), Received::New);
+        // Fill every page.
+        let body = vec![9u8; 2_000];
+        while q
+            .insert_all(
+                1,
+                &[NewBatch {
+                    destination: Destination::Api,
+                    experiment: "none".into(),
+                    variant: "none".into(),
+                    samples: 1,
+                    body: body.clone(),
+                }],
+            )
+            .await
+            .is_ok()
+        {}
+        let result = PendingResult {
+            result_id: uuid::Uuid::new_v4(),
+            task_id: task.task_id,
+            outcome: "succeeded".into(),
+            result: Some(serde_json::json!({"pad": "x".repeat(8_000)})),
+            error: None,
+        };
+        let full = q.finish_task(&result, 2).await.unwrap_err();
+        assert!(format!("{full:#}").contains("full"), "{full:#}");
+
+        // Room again: the result is stored at once, and a collection too.
+        for b in q.oldest(Destination::Api, 10).await.unwrap() {
+            q.remove(b.id).await.unwrap();
+        }
+        let started = std::time::Instant::now();
+        q.finish_task(&result, 3).await.unwrap();
+        q.push(Destination::Api, "none", "none", 4, 1, b"x")
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited {:?} for a lock",
+            started.elapsed()
+        );
+        assert_eq!(q.results().await.unwrap().len(), 1);
+        assert!(q.pending_tasks().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_collection_is_written_whole_at_its_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), bounds(1 << 20, 3600))
+            .await
+            .unwrap();
+        let batch = |destination, experiment: &str, variant: &str, samples| NewBatch {
+            destination,
+            experiment: experiment.into(),
+            variant: variant.into(),
+            samples,
+            body: vec![1; 10],
+        };
+        q.push_all(
+            5_000,
+            &[
+                batch(Destination::Api, "none", "none", 2),
+                batch(Destination::External, "none", "none", 2),
+                batch(Destination::Api, "e", "baseline", 40),
+                batch(Destination::Api, "e", "candidate", 3),
+            ],
+        )
+        .await
+        .unwrap();
+        let api = q.oldest(Destination::Api, 10).await.unwrap();
+        assert_eq!(
+            api.iter()
+                .map(|b| (b.variant.as_str(), b.samples, b.collected_at_ms))
+                .collect::<Vec<_>>(),
+            [
+                ("none", 2, 5_000),
+                ("baseline", 40, 5_000),
+                ("candidate", 3, 5_000)
+            ]
+        );
+        assert_eq!(q.oldest(Destination::External, 10).await.unwrap().len(), 1);
+        assert_eq!(q.stats().await.unwrap().samples, 47);
     }
 
     #[tokio::test]

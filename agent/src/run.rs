@@ -2,9 +2,12 @@
 //! runs the loops until SIGTERM/SIGINT or until the credential is refused:
 //!
 //! - **collect**, every `collect_interval`: samples the processes once and
-//!   queues one batch per pipeline — the live one for the control plane
+//!   builds one batch per pipeline — the live one for the control plane
 //!   (and the external endpoint, if any), and baseline and candidate of
-//!   each running experiment. Never waits on the network.
+//!   each running experiment. Never waits on the network, nor on the disk
+//!   unless it has fallen 32 collections behind.
+//! - **write**: writes each collection's batches to the queue in one
+//!   transaction, then wakes the delivery loops.
 //! - **deliver** ([`crate::deliver`]): one loop per destination, and one for
 //!   task results.
 //! - **poll**: the task long poll; each task is recorded, run and its
@@ -14,12 +17,13 @@
 //! - **health**: `/metrics` on the loopback listener ([`crate::health`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use phoenix_wire::agent::{Claimed, Heartbeat, HeartbeatReply, NO_GROUP, path};
 use phoenix_wire::remote_write::{Label, Sample, TimeSeries, WriteRequest, encode};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::client::{Refusal, check, http_client};
 use crate::collect::Collector;
@@ -27,7 +31,7 @@ use crate::config::Config;
 use crate::deliver::{self, BACKOFF, Fatal, Target};
 use crate::enroll::{self, Credential};
 use crate::pipeline::{Compiled, Row, to_series};
-use crate::queue::{Destination, Queue};
+use crate::queue::{Destination, NewBatch, Queue};
 use crate::shared::{Agent, status};
 use crate::state::State;
 
@@ -66,6 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<Option<String>> {
         api_health: Arc::default(),
         external_health: Arc::default(),
         collections: Arc::default(),
+        unwritten: Arc::default(),
     };
     let (fatal, mut fatal_rx): (Fatal, _) = watch::channel(None);
     let wake_api = Arc::new(Notify::new());
@@ -79,11 +84,14 @@ pub async fn run(config: Config) -> anyhow::Result<Option<String>> {
         })?;
         set.spawn(crate::health::serve(listener, agent.clone()));
     }
-    set.spawn(collect_loop(
+    let (to_write, collected) = mpsc::channel(UNWRITTEN_COLLECTIONS);
+    let writer = tokio::spawn(write_loop(
         agent.clone(),
+        collected,
         wake_api.clone(),
         wake_external.clone(),
     ));
+    set.spawn(collect_loop(agent.clone(), to_write));
     set.spawn(deliver::batches(
         queue.clone(),
         Target::Api {
@@ -131,6 +139,13 @@ pub async fn run(config: Config) -> anyhow::Result<Option<String>> {
         r = fatal_rx.wait_for(Option::is_some) => r.ok().and_then(|r| r.clone()),
     };
     set.shutdown().await;
+    // The collect loop has ended: write what it sampled before stopping.
+    if tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the disk is too slow: the last collections were not written");
+    }
     if reason.is_none() {
         tracing::info!("agent stopped; queued batches and results stay for the next start");
     }
@@ -207,51 +222,62 @@ fn body(
     (encode(&request), request.sample_count() as i64)
 }
 
-/// Collects, runs the pipelines and queues their batches.
+/// One collection: its time and one batch per stream.
+pub struct Collected {
+    pub timestamp_ms: i64,
+    pub batches: Vec<NewBatch>,
+}
+
+/// Collects and runs the pipelines; touches neither disk nor network.
 pub async fn collect_once(
     agent: &Agent,
     collector: &Arc<Mutex<Collector>>,
     stale: &mut Staleness,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Collected> {
     let c = collector.clone();
     let collection =
         tokio::task::spawn_blocking(move || c.lock().expect("collector lock").collect()).await?;
     let running = agent.state.current(collection.timestamp_ms).await;
     let none = BTreeMap::new();
     let ts = collection.timestamp_ms;
+    let mut batches = Vec::new();
+    let mut add = |destination, experiment: &str, variant: &str, (body, samples)| {
+        batches.push(NewBatch {
+            destination,
+            experiment: experiment.to_owned(),
+            variant: variant.to_owned(),
+            samples,
+            body,
+        })
+    };
     stale.begin();
-    let (live, samples) = body(
-        Stream::live(Destination::Api),
-        stale,
-        &collection.rows,
-        &running.live,
-        ts,
-        &none,
-    );
-    agent
-        .queue
-        .push(Destination::Api, NO_GROUP, NO_GROUP, ts, samples, &live)
-        .await?;
-    if agent.config.remote_write.is_some() {
-        let (external, samples) = body(
-            Stream::live(Destination::External),
+    add(
+        Destination::Api,
+        NO_GROUP,
+        NO_GROUP,
+        body(
+            Stream::live(Destination::Api),
             stale,
             &collection.rows,
             &running.live,
             ts,
-            &external_labels(&agent.config),
-        );
-        agent
-            .queue
-            .push(
-                Destination::External,
-                NO_GROUP,
-                NO_GROUP,
+            &none,
+        ),
+    );
+    if agent.config.remote_write.is_some() {
+        add(
+            Destination::External,
+            NO_GROUP,
+            NO_GROUP,
+            body(
+                Stream::live(Destination::External),
+                stale,
+                &collection.rows,
+                &running.live,
                 ts,
-                samples,
-                &external,
-            )
-            .await?;
+                &external_labels(&agent.config),
+            ),
+        );
     }
     for (id, experiment) in &running.experiments {
         let id = id.to_string();
@@ -264,21 +290,24 @@ pub async fn collect_once(
                 experiment: id.clone(),
                 variant,
             };
-            let (batch, samples) = body(stream, stale, &collection.rows, pipeline, ts, &none);
-            agent
-                .queue
-                .push(Destination::Api, &id, variant, ts, samples, &batch)
-                .await?;
+            let batch = body(stream, stale, &collection.rows, pipeline, ts, &none);
+            add(Destination::Api, &id, variant, batch);
         }
     }
     stale.finish();
-    agent
-        .collections
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok(())
+    Ok(Collected {
+        timestamp_ms: ts,
+        batches,
+    })
 }
 
-async fn collect_loop(agent: Agent, wake_api: Arc<Notify>, wake_external: Arc<Notify>) {
+/// Collections sampled and not yet written: a disk that stalls for longer
+/// than this many intervals holds the sampling back.
+const UNWRITTEN_COLLECTIONS: usize = 32;
+
+/// Samples on the interval and hands each collection to [`write_loop`], so
+/// that a slow disk does not move the next sample off its time.
+async fn collect_loop(agent: Agent, write: mpsc::Sender<Collected>) {
     let collector = Arc::new(Mutex::new(
         tokio::task::spawn_blocking(Collector::new)
             .await
@@ -291,6 +320,32 @@ async fn collect_loop(agent: Agent, wake_api: Arc<Notify>, wake_external: Arc<No
     loop {
         tick.tick().await;
         match collect_once(&agent, &collector, &mut stale).await {
+            Ok(collected) => {
+                let Ok(room) = write.reserve().await else {
+                    return;
+                };
+                agent.collections.fetch_add(1, Relaxed);
+                agent.unwritten.fetch_add(1, Relaxed);
+                room.send(collected);
+            }
+            Err(e) => tracing::error!(error = %format!("{e:#}"), "cannot collect"),
+        }
+    }
+}
+
+/// Writes each collection to the queue, then wakes the delivery loops.
+/// Ends when the collect loop has ended and every collection it sampled
+/// is written.
+async fn write_loop(
+    agent: Agent,
+    mut collected: mpsc::Receiver<Collected>,
+    wake_api: Arc<Notify>,
+    wake_external: Arc<Notify>,
+) {
+    while let Some(c) = collected.recv().await {
+        let written = agent.queue.push_all(c.timestamp_ms, &c.batches).await;
+        agent.unwritten.fetch_sub(1, Relaxed);
+        match written {
             Ok(()) => {
                 wake_api.notify_one();
                 wake_external.notify_one();
@@ -499,6 +554,85 @@ fn stale_series(labels: Vec<Label>, timestamp_ms: i64) -> TimeSeries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn agent(dir: &std::path::Path) -> Agent {
+        let config = crate::config::parse(
+            &format!(
+                "[api]\nurl = \"https://cp.example:8443\"\n[agent]\nstate_dir = \"{}\"\ncollect_interval = \"1s\"\n",
+                dir.display()
+            ),
+            std::path::Path::new("agent.toml"),
+        )
+        .unwrap();
+        let queue = Queue::open(dir, config.queue).await.unwrap();
+        Agent {
+            config: Arc::new(config),
+            state: State::load(queue.clone()).await.unwrap(),
+            queue,
+            api_health: Arc::default(),
+            external_health: Arc::default(),
+            collections: Arc::default(),
+            unwritten: Arc::default(),
+        }
+    }
+
+    /// Sampling does not wait for the disk: with the writer held, one
+    /// collection a second is still sampled, until 32 wait; then it waits,
+    /// and the writer, once free, writes every one of them in order.
+    #[tokio::test]
+    async fn a_stalled_disk_does_not_move_sampling_off_its_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = agent(dir.path()).await;
+        // Virtual time from here: the queue's pool has opened on real time.
+        tokio::time::pause();
+        let (tx, rx) = mpsc::channel(UNWRITTEN_COLLECTIONS);
+        let sampler = tokio::spawn(collect_loop(agent.clone(), tx));
+        let sampled = |n| {
+            let agent = agent.clone();
+            async move {
+                while agent.collections.load(Relaxed) < n {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let started = tokio::time::Instant::now();
+        sampled(10).await;
+        let ten = started.elapsed();
+        assert!(
+            (Duration::from_secs(9)..Duration::from_secs(12)).contains(&ten),
+            "10 collections in {ten:?} while nothing is written"
+        );
+        assert_eq!(agent.unwritten.load(Relaxed), 10);
+
+        // Held for a minute: 32 wait, the 33rd waits for room.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(
+            agent.collections.load(Relaxed) as usize,
+            UNWRITTEN_COLLECTIONS
+        );
+
+        // Stopped, then free again: every collection handed over is
+        // written, oldest first.
+        sampler.abort();
+        let _ = sampler.await;
+        tokio::time::resume();
+        write_loop(
+            agent.clone(),
+            rx,
+            Arc::new(Notify::new()),
+            Arc::new(Notify::new()),
+        )
+        .await;
+        assert_eq!(agent.unwritten.load(Relaxed), 0);
+        let written = agent.queue.oldest(Destination::Api, 1000).await.unwrap();
+        assert_eq!(written.len(), UNWRITTEN_COLLECTIONS);
+        assert!(
+            written
+                .windows(2)
+                .all(|w| w[0].collected_at_ms <= w[1].collected_at_ms),
+            "written in the order sampled"
+        );
+    }
 
     fn series(names: &[&str], t: i64) -> Vec<TimeSeries> {
         names

@@ -20,6 +20,8 @@ pub struct Agent {
     pub api_health: Arc<Health>,
     pub external_health: Arc<Health>,
     pub collections: Arc<std::sync::atomic::AtomicU64>,
+    /// Collections sampled and not yet written to the queue.
+    pub unwritten: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What the heartbeat reports and `phoenix-agent status` prints.
