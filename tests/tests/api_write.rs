@@ -319,6 +319,9 @@ fn a_receiver_far_behind_sheds_batches_with_retry_after_and_loses_none() {
     let s = Stack::start("");
     let admin = s.admin_token();
     let agent = s.enroll_one(&admin, "host-busy");
+    // An agent sends one batch at a time and holds at most a quarter of
+    // the backlog: four fill it.
+    let fillers = s.enroll(&admin, &["fill-0", "fill-1", "fill-2", "fill-3"]);
     let at = seconds_ago(Duration::from_secs(120));
     // 10 series of 5 000 samples each (10 ms apart): 50 000 samples, cheap
     // to decode, so that the backlog fills well within the forwarder's
@@ -351,7 +354,7 @@ fn a_receiver_far_behind_sheds_batches_with_retry_after_and_loses_none() {
     let prometheus = Pid::from_raw(s.sup.pid_of("prometheus"));
     kill(prometheus, Signal::SIGSTOP).unwrap();
     let stopped = Stopped(prometheus);
-    let (waited, shed) = std::thread::scope(|scope| {
+    let (waited, greedy, shed) = std::thread::scope(|scope| {
         let (s, agent) = (&s, &agent);
         // One at a time, so that each takes a request of its own.
         let opened = gauge("phoenix_api_remote_write_forward_wait_seconds_count");
@@ -368,11 +371,16 @@ fn a_receiver_far_behind_sheds_batches_with_retry_after_and_loses_none() {
                 },
             );
         }
-        waiting.extend(
-            bodies
-                .into_iter()
-                .map(|body| scope.spawn(move || write(s, agent, "", body))),
-        );
+        let mut bodies = bodies.into_iter().zip(&fillers);
+        let (body, first) = bodies.next().unwrap();
+        waiting.push(scope.spawn(move || write(s, first, "", body)));
+        wait_until("the first long batch waits", Duration::from_secs(5), || {
+            (gauge("phoenix_api_remote_write_waiting_samples") >= 50_000.0).then_some(())
+        });
+        // Its agent, sending a second batch at once, is past its share.
+        let greedy = write(s, first, "", one("greedy"));
+        waiting
+            .extend(bodies.map(|(body, filler)| scope.spawn(move || write(s, filler, "", body))));
         wait_until("the backlog is full", Duration::from_secs(5), || {
             (gauge("phoenix_api_remote_write_waiting_samples") >= 200_000.0).then_some(())
         });
@@ -384,8 +392,17 @@ fn a_receiver_far_behind_sheds_batches_with_retry_after_and_loses_none() {
             "the shed batch did not wait behind the others"
         );
         let waited: Vec<Reply> = waiting.into_iter().map(|h| h.join().unwrap()).collect();
-        (waited, shed)
+        (waited, greedy, shed)
     });
+    let problem = refused(&greedy, 503, "remote_write_busy");
+    assert_eq!(greedy.headers["retry-after"], "5", "{greedy:?}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("this agent already has 50000 samples waiting"),
+        "{problem}"
+    );
     let problem = refused(&shed, 503, "remote_write_busy");
     assert_eq!(shed.headers["retry-after"], "5", "{shed:?}");
     assert!(
@@ -397,7 +414,7 @@ fn a_receiver_far_behind_sheds_batches_with_retry_after_and_loses_none() {
     );
     assert_eq!(
         gauge("phoenix_api_remote_write_batches_shed_total"),
-        1.0,
+        2.0,
         "counted"
     );
     // A batch that waited is stored, or (its request timed out while
@@ -410,22 +427,20 @@ fn a_receiver_far_behind_sheds_batches_with_retry_after_and_loses_none() {
     }
     // What was not stored is sent again, as the agent's queue does.
     assert_eq!(write(&s, &agent, "", one("shed")).status, 200);
+    assert_eq!(write(&s, &fillers[0], "", one("greedy")).status, 200);
     for (i, r) in waited.iter().enumerate() {
         if r.status != 200 {
-            let body = match i {
-                0..4 => one(&format!("slot-{i}")),
-                _ => long(&format!("long-{}", i - 4)),
+            let (body, from) = match i {
+                0..4 => (one(&format!("slot-{i}")), &agent),
+                _ => (long(&format!("long-{}", i - 4)), &fillers[i - 4]),
             };
-            let again = write(&s, &agent, "", body);
+            let again = write(&s, from, "", body);
             assert_eq!(again.status, 200, "batch {i}: {again:?}");
         }
     }
-    // Every sample of every batch, once: 4 × 50 000, the 4 slots' and the
-    // shed one.
-    let selector = format!(
-        "{CPU}{{agent=\"{}\",process=~\"long-.*|slot-.*|shed\"}}",
-        agent.id
-    );
+    // Every sample of every batch, once: 4 × 50 000, the 4 slots', the
+    // shed one and the greedy one.
+    let selector = format!("{CPU}{{process=~\"long-.*|slot-.*|shed|greedy\"}}");
     wait_until(
         "every sample in Prometheus",
         Duration::from_secs(60),
@@ -435,7 +450,7 @@ fn a_receiver_far_behind_sheds_batches_with_retry_after_and_loses_none() {
                 .first()
                 .and_then(|r| r["value"][1].as_str())
                 .map_or(0.0, |v| v.parse().unwrap());
-            (n == 200_005.0).then_some(())
+            (n == 200_006.0).then_some(())
         },
     );
 }

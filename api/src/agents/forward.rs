@@ -26,9 +26,15 @@
 //! waiting behind a queue that only grows: the agent keeps the batch in its
 //! own queue, and the API's memory and the answers it gives stay bounded.
 //! [`Forwarder::is_full`] lets the writer refuse before decoding a body.
+//!
+//! No one agent may hold more than [`MAX_WAITING_SAMPLES_PER_AGENT`] of
+//! the backlog (an agent sends one batch at a time, so only a broken or
+//! hostile client with a valid credential comes near it): past its share
+//! its batches are shed, and the other agents' still go in.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{StatusCode, header};
@@ -52,6 +58,11 @@ pub const MERGE_SERIES: usize = 20_000;
 /// backlog).
 pub const MAX_WAITING_SAMPLES: usize = 10 * MERGE_SERIES;
 
+/// Samples of one agent waiting at most: a quarter of the backlog (one
+/// batch is still taken from an agent that has none waiting, if the
+/// backlog takes it).
+pub const MAX_WAITING_SAMPLES_PER_AGENT: usize = MAX_WAITING_SAMPLES / 4;
+
 /// Batches waiting for a free slot at most (however few their series).
 const QUEUE: usize = 4096;
 
@@ -71,9 +82,11 @@ pub enum Outcome {
     Unavailable {
         detail: String,
     },
-    /// Not sent: the backlog already holds this many samples waiting.
+    /// Not sent: this many samples already wait — in the whole backlog,
+    /// or of this agent when `agent_share` (past its share).
     Busy {
         waiting_samples: usize,
+        agent_share: bool,
     },
 }
 
@@ -104,34 +117,82 @@ pub struct Forwarder {
     backlog: Arc<Backlog>,
 }
 
-/// The samples of the batches in the queue.
+/// The samples of the batches in the queue, in all and per agent.
 #[derive(Debug)]
 struct Backlog {
+    /// `waiting.total`, readable without the lock.
     samples: AtomicUsize,
+    waiting: Mutex<Waiting>,
     metrics: Arc<Metrics>,
 }
 
+#[derive(Debug, Default)]
+struct Waiting {
+    total: usize,
+    /// Only agents with samples waiting.
+    by_agent: HashMap<Uuid, usize>,
+}
+
+/// Why a batch was not taken: the samples that wait (see [`Outcome::Busy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shed {
+    Full(usize),
+    AgentShare(usize),
+}
+
 impl Backlog {
-    /// Whether a batch would be refused now.
-    fn is_full(&self) -> bool {
-        self.samples.load(Ordering::Acquire) >= MAX_WAITING_SAMPLES
+    fn new(metrics: Arc<Metrics>) -> Backlog {
+        Backlog {
+            samples: AtomicUsize::new(0),
+            waiting: Mutex::default(),
+            metrics,
+        }
     }
 
-    /// Counts `samples` in, unless the backlog is full (and not empty); the
-    /// samples that already wait when it is. A refused batch is never
-    /// counted, not even for a moment.
-    fn admit(&self, samples: usize) -> Result<(), usize> {
-        self.samples
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |before| {
-                (before == 0 || before + samples <= MAX_WAITING_SAMPLES).then_some(before + samples)
-            })?;
+    /// Whether a batch of `agent` would be refused now.
+    fn is_full_for(&self, agent: Uuid) -> bool {
+        let waiting = self.waiting.lock().expect("backlog lock");
+        waiting.total >= MAX_WAITING_SAMPLES
+            || waiting
+                .by_agent
+                .get(&agent)
+                .is_some_and(|&n| n >= MAX_WAITING_SAMPLES_PER_AGENT)
+    }
+
+    /// Counts `samples` of `agent` in, unless the backlog is full (and not
+    /// empty) or the agent has its share waiting (and some waiting). A
+    /// refused batch is never counted, not even for a moment.
+    fn admit(&self, agent: Uuid, samples: usize) -> Result<(), Shed> {
+        let mut waiting = self.waiting.lock().expect("backlog lock");
+        let total = waiting.total;
+        if total > 0 && total + samples > MAX_WAITING_SAMPLES {
+            return Err(Shed::Full(total));
+        }
+        let mine = waiting.by_agent.get(&agent).copied().unwrap_or(0);
+        if mine > 0 && mine + samples > MAX_WAITING_SAMPLES_PER_AGENT {
+            return Err(Shed::AgentShare(mine));
+        }
+        waiting.total += samples;
+        *waiting.by_agent.entry(agent).or_default() += samples;
+        self.samples.store(waiting.total, Ordering::Release);
         self.metrics.add_forward_waiting(samples, true);
         Ok(())
     }
 
-    fn release(&self, samples: usize) {
-        self.samples.fetch_sub(samples, Ordering::AcqRel);
-        self.metrics.add_forward_waiting(samples, false);
+    /// Counts the samples of `jobs` (agent, samples) out.
+    fn release(&self, jobs: impl IntoIterator<Item = (Uuid, usize)>) {
+        let mut waiting = self.waiting.lock().expect("backlog lock");
+        for (agent, samples) in jobs {
+            waiting.total -= samples;
+            if let Some(mine) = waiting.by_agent.get_mut(&agent) {
+                *mine -= samples;
+                if *mine == 0 {
+                    waiting.by_agent.remove(&agent);
+                }
+            }
+            self.metrics.add_forward_waiting(samples, false);
+        }
+        self.samples.store(waiting.total, Ordering::Release);
     }
 }
 
@@ -139,25 +200,42 @@ impl Forwarder {
     /// Starts the task that sends to `url`. Needs a Tokio runtime.
     pub fn start(url: url::Url, metrics: Arc<Metrics>) -> Forwarder {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        let backlog = Arc::new(Backlog {
-            samples: AtomicUsize::new(0),
-            metrics: metrics.clone(),
-        });
+        let backlog = Arc::new(Backlog::new(metrics.clone()));
         tokio::spawn(run(url, queue, backlog.clone(), metrics));
         Forwarder { jobs, backlog }
     }
 
-    /// Whether the backlog is full now: a batch sent now would be answered
-    /// [`Outcome::Busy`], so there is no point in decoding it.
-    pub fn is_full(&self) -> bool {
-        self.backlog.is_full()
+    /// Whether the backlog is full for `agent` now: a batch it sent now
+    /// would be answered [`Outcome::Busy`], so there is no point in
+    /// decoding it.
+    pub fn is_full_for(&self, agent: Uuid) -> bool {
+        self.backlog.is_full_for(agent)
     }
 
-    /// [`Outcome::Busy`] as of now, counted.
-    pub fn busy(&self) -> Outcome {
+    /// [`Outcome::Busy`] for `agent` as of now, counted.
+    pub fn busy(&self, agent: Uuid) -> Outcome {
+        let waiting = self.backlog.waiting.lock().expect("backlog lock");
+        let mine = waiting.by_agent.get(&agent).copied().unwrap_or(0);
+        let shed = if waiting.total < MAX_WAITING_SAMPLES && mine >= MAX_WAITING_SAMPLES_PER_AGENT {
+            Shed::AgentShare(mine)
+        } else {
+            Shed::Full(waiting.total)
+        };
+        drop(waiting);
+        self.shed(shed)
+    }
+
+    fn shed(&self, shed: Shed) -> Outcome {
         self.backlog.metrics.observe_forward_shed();
-        Outcome::Busy {
-            waiting_samples: self.backlog.samples.load(Ordering::Acquire),
+        match shed {
+            Shed::Full(waiting_samples) => Outcome::Busy {
+                waiting_samples,
+                agent_share: false,
+            },
+            Shed::AgentShare(waiting_samples) => Outcome::Busy {
+                waiting_samples,
+                agent_share: true,
+            },
         }
     }
 
@@ -170,8 +248,8 @@ impl Forwarder {
         let (done, outcome) = oneshot::channel();
         let series = request.timeseries.len();
         let samples = request.sample_count();
-        if self.backlog.admit(samples).is_err() {
-            return self.busy();
+        if let Err(shed) = self.backlog.admit(agent, samples) {
+            return self.shed(shed);
         }
         let job = Job {
             request,
@@ -184,11 +262,11 @@ impl Forwarder {
         match self.jobs.try_send(job) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(job)) => {
-                self.backlog.release(job.samples);
-                return self.busy();
+                self.backlog.release([(agent, job.samples)]);
+                return self.shed(Shed::Full(self.backlog.samples.load(Ordering::Acquire)));
             }
             Err(mpsc::error::TrySendError::Closed(job)) => {
-                self.backlog.release(job.samples);
+                self.backlog.release([(agent, job.samples)]);
                 return stopped();
             }
         }
@@ -212,15 +290,14 @@ async fn run(
         let Some(first) = queue.recv().await else {
             return;
         };
-        let (mut series, mut samples) = (first.series, first.samples);
+        let mut series = first.series;
         let mut jobs = vec![first];
         while series < MERGE_SERIES {
             let Ok(job) = queue.try_recv() else { break };
             series += job.series;
-            samples += job.samples;
             jobs.push(job);
         }
-        backlog.release(samples);
+        backlog.release(jobs.iter().map(|job| (job.agent, job.samples)));
         let (url, metrics) = (url.clone(), metrics.clone());
         tokio::spawn(async move {
             deliver(&url, jobs, &metrics).await;
@@ -414,7 +491,7 @@ mod tests {
         let waiting = || forwarder.backlog.samples.load(Ordering::Acquire);
         let send = |series: usize| {
             let forwarder = forwarder.clone();
-            tokio::spawn(async move { forwarder.send(request_of(series), Uuid::nil()).await })
+            tokio::spawn(async move { forwarder.send(request_of(series), Uuid::new_v4()).await })
         };
         // One at a time, so that each takes a request of its own.
         let mut hanging = Vec::new();
@@ -432,13 +509,14 @@ mod tests {
             hanging.push(send(MERGE_SERIES));
         }
         until("the backlog is full", || waiting() == MAX_WAITING_SAMPLES).await;
-        assert!(forwarder.is_full());
+        assert!(forwarder.is_full_for(Uuid::new_v4()));
 
-        let shed = forwarder.send(request_of(1), Uuid::nil()).await;
+        let shed = forwarder.send(request_of(1), Uuid::new_v4()).await;
         assert_eq!(
             shed,
             Outcome::Busy {
-                waiting_samples: MAX_WAITING_SAMPLES
+                waiting_samples: MAX_WAITING_SAMPLES,
+                agent_share: false,
             }
         );
         assert_eq!(
@@ -467,22 +545,34 @@ mod tests {
     fn one_batch_larger_than_the_bound_is_taken_into_an_empty_backlog_and_no_refused_one_is_counted()
      {
         let metrics = Arc::new(Metrics::new());
-        let backlog = Backlog {
-            samples: AtomicUsize::new(0),
-            metrics: metrics.clone(),
-        };
-        assert_eq!(backlog.admit(MAX_WAITING_SAMPLES + 1), Ok(()));
-        assert_eq!(backlog.admit(1), Err(MAX_WAITING_SAMPLES + 1));
-        backlog.release(MAX_WAITING_SAMPLES + 1);
-        assert!(!backlog.is_full());
-        assert_eq!(backlog.admit(MAX_WAITING_SAMPLES - 1), Ok(()));
+        let backlog = Backlog::new(metrics.clone());
+        let agents: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
+        assert_eq!(backlog.admit(agents[0], MAX_WAITING_SAMPLES + 1), Ok(()));
         assert_eq!(
-            backlog.admit(2),
-            Err(MAX_WAITING_SAMPLES - 1),
+            backlog.admit(agents[1], 1),
+            Err(Shed::Full(MAX_WAITING_SAMPLES + 1))
+        );
+        backlog.release([(agents[0], MAX_WAITING_SAMPLES + 1)]);
+        assert!(!backlog.is_full_for(agents[0]));
+        for agent in &agents[..3] {
+            assert_eq!(backlog.admit(*agent, MAX_WAITING_SAMPLES_PER_AGENT), Ok(()));
+        }
+        assert_eq!(
+            backlog.admit(agents[3], MAX_WAITING_SAMPLES_PER_AGENT),
+            Ok(())
+        );
+        assert_eq!(
+            backlog.admit(agents[4], 1),
+            Err(Shed::Full(MAX_WAITING_SAMPLES)),
             "refused whole"
         );
-        assert_eq!(backlog.admit(1), Ok(()), "what fits is taken");
-        assert!(backlog.is_full());
+        backlog.release([(agents[3], 1)]);
+        assert_eq!(
+            backlog.admit(agents[4], 2),
+            Err(Shed::Full(MAX_WAITING_SAMPLES - 1))
+        );
+        assert_eq!(backlog.admit(agents[4], 1), Ok(()), "what fits is taken");
+        assert!(backlog.is_full_for(agents[5]));
         // The gauge follows every change, in whatever order they land.
         let text = metrics.render().unwrap();
         assert!(
@@ -491,6 +581,39 @@ mod tests {
             )),
             "{text}"
         );
+    }
+
+    /// One agent cannot fill the backlog: past its share its batches are
+    /// shed while another agent's still go in.
+    #[test]
+    fn one_agent_holds_at_most_its_share_of_the_backlog() {
+        let backlog = Backlog::new(Arc::new(Metrics::new()));
+        let (greedy, other) = (Uuid::new_v4(), Uuid::new_v4());
+        // Its first batch goes in whatever its size, if the backlog takes it.
+        assert_eq!(
+            backlog.admit(greedy, MAX_WAITING_SAMPLES_PER_AGENT - 10),
+            Ok(())
+        );
+        assert_eq!(backlog.admit(greedy, 10), Ok(()));
+        assert!(backlog.is_full_for(greedy));
+        assert!(!backlog.is_full_for(other));
+        assert_eq!(
+            backlog.admit(greedy, 1),
+            Err(Shed::AgentShare(MAX_WAITING_SAMPLES_PER_AGENT))
+        );
+        assert_eq!(backlog.admit(other, 1_000), Ok(()));
+        // Sent: its share is free again, and forgotten.
+        backlog.release([(greedy, MAX_WAITING_SAMPLES_PER_AGENT - 10), (greedy, 10)]);
+        assert!(
+            !backlog
+                .waiting
+                .lock()
+                .unwrap()
+                .by_agent
+                .contains_key(&greedy)
+        );
+        assert_eq!(backlog.admit(greedy, 1), Ok(()));
+        assert_eq!(backlog.samples.load(Ordering::Acquire), 1_001);
     }
 
     #[tokio::test]

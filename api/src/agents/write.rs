@@ -17,7 +17,8 @@
 //! What the agent should do with a refused batch is in the status: 400,
 //! 409, 413 and 415 will never be taken (drop it); 502 and 503 may be later
 //! (keep it and retry; a 503 `remote_write_busy` says when, in
-//! `Retry-After`, when the forwarder's backlog is full). A receiver's 4xx is the first kind, its 5xx, 429 or
+//! `Retry-After`, when the forwarder's backlog is full or this agent has
+//! its share of it waiting). A receiver's 4xx is the first kind, its 5xx, 429 or
 //! silence the second. Sending a batch again after a lost answer is safe:
 //! a receiver stores a sample it already holds once.
 
@@ -34,7 +35,7 @@ use super::batch::{
     self, GroupQuery, Refusal, Taken, experiment_takes, read_body, record_group_series, too_large,
     unsupported_media_type,
 };
-use super::forward::{BUSY_RETRY_AFTER, Forwarder, Outcome};
+use super::forward::{BUSY_RETRY_AFTER, Forwarder, MAX_WAITING_SAMPLES_PER_AGENT, Outcome};
 use super::remote_write::{Limits, relabel, time, validate};
 use crate::AppState;
 use crate::auth::AgentCaller;
@@ -147,9 +148,9 @@ pub async fn write(
     check_media_type(&headers)?;
     let forwarder = receiver(&state)?;
     // Before reading the body: a refused batch costs no decoding.
-    if forwarder.is_full() {
+    if forwarder.is_full_for(agent.id) {
         // The answer it would get after decoding.
-        outcome(forwarder.busy())?;
+        outcome(forwarder.busy(agent.id))?;
     }
     let taken = experiment_takes(&state, agent.id, &experiment).await?;
     let bytes = read_body(&headers, body, MAX_BODY_BYTES).await?;
@@ -226,13 +227,25 @@ fn outcome(outcome: Outcome) -> Result<(), Refusal> {
             "remote_write_unavailable",
             "the remote-write receiver did not take the batch; keep it and retry later".into(),
         )),
-        Outcome::Busy { waiting_samples } => Err(Refusal::RetryAfter {
+        Outcome::Busy {
+            waiting_samples,
+            agent_share,
+        } => Err(Refusal::RetryAfter {
             code: "remote_write_busy",
-            detail: format!(
-                "the remote-write receiver is behind ({waiting_samples} samples wait to be sent); \
-                 keep the batch and send it again in {} s",
-                BUSY_RETRY_AFTER.as_secs()
-            ),
+            detail: if agent_share {
+                format!(
+                    "this agent already has {waiting_samples} samples waiting to be sent (at most \
+                     {MAX_WAITING_SAMPLES_PER_AGENT}); send one batch at a time: keep the batch \
+                     and send it again in {} s",
+                    BUSY_RETRY_AFTER.as_secs()
+                )
+            } else {
+                format!(
+                    "the remote-write receiver is behind ({waiting_samples} samples wait to be \
+                     sent); keep the batch and send it again in {} s",
+                    BUSY_RETRY_AFTER.as_secs()
+                )
+            },
             after: BUSY_RETRY_AFTER,
         }),
     }
@@ -278,6 +291,7 @@ mod tests {
     fn a_busy_forwarder_is_a_503_that_says_when_to_retry() {
         let response = outcome(Outcome::Busy {
             waiting_samples: 200_000,
+            agent_share: false,
         })
         .unwrap_err()
         .into_response();
