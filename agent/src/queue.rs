@@ -773,6 +773,76 @@ mod tests {
         assert!(q.pending_tasks().await.unwrap().is_empty());
     }
 
+    /// On a real full disk (a tmpfs; needs root, skipped otherwise) the
+    /// failed write of a result is retried with success once there is
+    /// room, and holds no lock meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_a_full_tmpfs_a_failed_result_holds_no_lock() {
+        let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "phoenix-queue-test"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(mounted.success());
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let _unmount = Unmount(dir.path().to_owned());
+        let q = Queue::open(dir.path(), bounds(1 << 30, 3600))
+            .await
+            .unwrap();
+        let task = PendingTask {
+            task_id: uuid::Uuid::new_v4(),
+            kind: "apply_pipeline".into(),
+            payload: serde_json::json!({}),
+            received_at_ms: 1,
+        };
+        assert_eq!(q.receive_task(&task).await.unwrap(), Received::New);
+        let filler = dir.path().join("filler");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).unwrap();
+            while f.write_all(&[0u8; 4096]).is_ok() {}
+            let _ = f.sync_all();
+        }
+        let result = PendingResult {
+            result_id: uuid::Uuid::new_v4(),
+            task_id: task.task_id,
+            outcome: "succeeded".into(),
+            result: Some(serde_json::json!({"pad": "x".repeat(100)})),
+            error: None,
+        };
+        let mut failures = 0;
+        for t in 0..3 {
+            if q.finish_task(&result, 2 + t).await.is_err() {
+                failures += 1;
+            }
+        }
+        assert!(failures > 0, "the disk was not full");
+        std::fs::remove_file(&filler).unwrap();
+        let started = std::time::Instant::now();
+        q.finish_task(&result, 10).await.unwrap();
+        q.push(Destination::Api, "none", "none", 11, 1, b"x")
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited {:?} for a lock",
+            started.elapsed()
+        );
+        assert_eq!(q.results().await.unwrap().len(), 1);
+        assert!(q.pending_tasks().await.unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn a_collection_is_written_whole_at_its_time() {
         let dir = tempfile::tempdir().unwrap();
