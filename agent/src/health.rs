@@ -13,8 +13,8 @@
 //! | `phoenix_agent_rejected_batches_total` | counter | refused by a destination for good |
 //! | `phoenix_agent_send_failures_total{destination}` | counter | attempts that will be retried |
 //! | `phoenix_agent_last_success_timestamp_seconds{destination}` | gauge | last delivered batch |
-//! | `phoenix_agent_collections_total` | counter | collections since start |
-//! | `phoenix_agent_collections_unwritten` | gauge | collections sampled and not yet in the queue (a slow disk) |
+//! | `phoenix_agent_collections_total` | counter | collections since start, handed to the queue's writer |
+//! | `phoenix_agent_collections_unwritten` | gauge | collections handed over and not yet in the queue (a slow disk) |
 //! | `phoenix_agent_experiments` | gauge | experiments running |
 //!
 //! The listener takes at most 16 requests at once, each for at most 10 s.

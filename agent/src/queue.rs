@@ -773,27 +773,30 @@ mod tests {
         assert!(q.pending_tasks().await.unwrap().is_empty());
     }
 
-    /// On a real full disk (a tmpfs; needs root, skipped otherwise) the
+    /// On a real full disk (a tmpfs; skipped where it cannot be mounted) the
     /// failed write of a result is retried with success once there is
     /// room, and holds no lock meanwhile.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn on_a_full_tmpfs_a_failed_result_holds_no_lock() {
-        let uid = std::process::Command::new("id").arg("-u").output().unwrap();
-        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-            eprintln!("skipped: mounting a tmpfs needs root");
-            return;
-        }
         let dir = tempfile::tempdir().unwrap();
         let mounted = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=1m", "phoenix-queue-test"])
             .arg(dir.path())
+            .stderr(std::process::Stdio::null())
             .status()
-            .unwrap();
-        assert!(mounted.success());
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)");
+            return;
+        }
         struct Unmount(std::path::PathBuf);
         impl Drop for Unmount {
             fn drop(&mut self) {
-                let _ = std::process::Command::new("umount").arg(&self.0).status();
+                // Lazily: the pool's connections may still be closing.
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.0)
+                    .status();
             }
         }
         let _unmount = Unmount(dir.path().to_owned());
@@ -841,6 +844,7 @@ mod tests {
         );
         assert_eq!(q.results().await.unwrap().len(), 1);
         assert!(q.pending_tasks().await.unwrap().is_empty());
+        q.pool.close().await;
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 //!   builds one batch per pipeline — the live one for the control plane
 //!   (and the external endpoint, if any), and baseline and candidate of
 //!   each running experiment. Never waits on the network, nor on the disk
-//!   unless it has fallen 32 collections behind.
+//!   unless 32 collections already wait to be written.
 //! - **write**: writes each collection's batches to the queue in one
 //!   transaction, then wakes the delivery loops.
 //! - **deliver** ([`crate::deliver`]): one loop per destination, and one for
@@ -85,7 +85,7 @@ pub async fn run(config: Config) -> anyhow::Result<Option<String>> {
         set.spawn(crate::health::serve(listener, agent.clone()));
     }
     let (to_write, collected) = mpsc::channel(UNWRITTEN_COLLECTIONS);
-    let writer = tokio::spawn(write_loop(
+    let mut writer = tokio::spawn(write_loop(
         agent.clone(),
         collected,
         wake_api.clone(),
@@ -137,14 +137,24 @@ pub async fn run(config: Config) -> anyhow::Result<Option<String>> {
         _ = term.recv() => None,
         _ = tokio::signal::ctrl_c() => None,
         r = fatal_rx.wait_for(Option::is_some) => r.ok().and_then(|r| r.clone()),
+        ended = &mut writer => {
+            // Only a bug ends it while the collect loop runs: stop, and let
+            // the service manager start the agent again.
+            set.shutdown().await;
+            anyhow::bail!(
+                "the queue's writer stopped ({}); nothing is collected without it",
+                ended.err().map_or_else(|| "it returned".to_owned(), |e| e.to_string())
+            );
+        }
     };
     set.shutdown().await;
     // The collect loop has ended: write what it sampled before stopping.
-    if tokio::time::timeout(Duration::from_secs(10), writer)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the disk is too slow: the last collections were not written");
+    match tokio::time::timeout(Duration::from_secs(10), writer).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "the queue's writer failed while stopping"),
+        Err(_) => {
+            tracing::warn!("the disk is too slow: the last collections sampled were not written")
+        }
     }
     if reason.is_none() {
         tracing::info!("agent stopped; queued batches and results stay for the next start");
@@ -322,6 +332,7 @@ async fn collect_loop(agent: Agent, write: mpsc::Sender<Collected>) {
         match collect_once(&agent, &collector, &mut stale).await {
             Ok(collected) => {
                 let Ok(room) = write.reserve().await else {
+                    tracing::error!("the queue's writer has stopped: collection stops");
                     return;
                 };
                 agent.collections.fetch_add(1, Relaxed);
@@ -612,10 +623,24 @@ mod tests {
         );
 
         // Stopped, then free again: every collection handed over is
-        // written, oldest first.
+        // written, in the order it was handed over.
         sampler.abort();
         let _ = sampler.await;
         tokio::time::resume();
+        let mut rx = rx;
+        let mut handed = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            handed.push(c);
+        }
+        let expected: Vec<(i64, Vec<u8>)> = handed
+            .iter()
+            .map(|c| (c.timestamp_ms, c.batches[0].body.clone()))
+            .collect();
+        let (tx, rx) = mpsc::channel(UNWRITTEN_COLLECTIONS);
+        for c in handed {
+            tx.send(c).await.unwrap();
+        }
+        drop(tx);
         write_loop(
             agent.clone(),
             rx,
@@ -624,14 +649,16 @@ mod tests {
         )
         .await;
         assert_eq!(agent.unwritten.load(Relaxed), 0);
-        let written = agent.queue.oldest(Destination::Api, 1000).await.unwrap();
+        let written: Vec<(i64, Vec<u8>)> = agent
+            .queue
+            .oldest(Destination::Api, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|b| (b.collected_at_ms, b.body))
+            .collect();
         assert_eq!(written.len(), UNWRITTEN_COLLECTIONS);
-        assert!(
-            written
-                .windows(2)
-                .all(|w| w[0].collected_at_ms <= w[1].collected_at_ms),
-            "written in the order sampled"
-        );
+        assert!(written == expected, "written in the order handed over");
     }
 
     fn series(names: &[&str], t: i64) -> Vec<TimeSeries> {

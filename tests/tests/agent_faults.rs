@@ -350,6 +350,12 @@ fn a_full_disk_evicts_counts_and_does_not_crash() {
     let before = collections(&a);
     std::thread::sleep(Duration::from_secs(3));
     assert!(collections(&a) > before, "collection goes on");
+    let unwritten = a.metric("phoenix_agent_collections_unwritten").unwrap();
+    assert!(
+        unwritten <= 2.0,
+        "each collection is written or dropped (counted), none waits: {unwritten} wait\n{}",
+        a.log()
+    );
     assert!(
         a.metric("phoenix_agent_evicted_batches_total").unwrap() >= 1.0,
         "{}\n{}",

@@ -400,7 +400,7 @@ fn a_receiver_far_behind_sheds_batches_with_retry_after_and_loses_none() {
         problem["detail"]
             .as_str()
             .unwrap()
-            .contains("this agent already has 50000 samples waiting"),
+            .contains("this agent's batches waiting to be sent hold 50000 samples in 1 "),
         "{problem}"
     );
     let problem = refused(&shed, 503, "remote_write_busy");

@@ -25,12 +25,14 @@
 //! answered [`Outcome::Busy`] at once, a 503 with `Retry-After`, instead of
 //! waiting behind a queue that only grows: the agent keeps the batch in its
 //! own queue, and the API's memory and the answers it gives stay bounded.
-//! [`Forwarder::is_full`] lets the writer refuse before decoding a body.
+//! [`Forwarder::busy`] lets the writer refuse before decoding a body.
 //!
-//! No one agent may hold more than [`MAX_WAITING_SAMPLES_PER_AGENT`] of
-//! the backlog (an agent sends one batch at a time, so only a broken or
-//! hostile client with a valid credential comes near it): past its share
-//! its batches are shed, and the other agents' still go in.
+//! No one agent may hold more than [`MAX_WAITING_SAMPLES_PER_AGENT`]
+//! samples or [`MAX_WAITING_BATCHES_PER_AGENT`] batches of the backlog (an
+//! agent sends one batch at a time, so only a broken or hostile client with
+//! a valid credential comes near it): past its share its batches are shed,
+//! and the other agents' still go in. A batch larger than the share is
+//! taken only into an empty backlog.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -58,10 +60,11 @@ pub const MERGE_SERIES: usize = 20_000;
 /// backlog).
 pub const MAX_WAITING_SAMPLES: usize = 10 * MERGE_SERIES;
 
-/// Samples of one agent waiting at most: a quarter of the backlog (one
-/// batch is still taken from an agent that has none waiting, if the
-/// backlog takes it).
+/// Samples of one agent waiting at most: a quarter of the backlog.
 pub const MAX_WAITING_SAMPLES_PER_AGENT: usize = MAX_WAITING_SAMPLES / 4;
+
+/// Batches of one agent waiting at most: a sixty-fourth of the queue.
+pub const MAX_WAITING_BATCHES_PER_AGENT: usize = QUEUE / 64;
 
 /// Batches waiting for a free slot at most (however few their series).
 const QUEUE: usize = 4096;
@@ -82,10 +85,11 @@ pub enum Outcome {
     Unavailable {
         detail: String,
     },
-    /// Not sent: this many samples already wait — in the whole backlog,
-    /// or of this agent when `agent_share` (past its share).
+    /// Not sent: this many samples (and batches) already wait — in the
+    /// whole backlog, or of this agent when `agent_share` (past its share).
     Busy {
         waiting_samples: usize,
+        waiting_batches: usize,
         agent_share: bool,
     },
 }
@@ -129,15 +133,30 @@ struct Backlog {
 #[derive(Debug, Default)]
 struct Waiting {
     total: usize,
-    /// Only agents with samples waiting.
-    by_agent: HashMap<Uuid, usize>,
+    batches: usize,
+    /// Only agents with batches waiting.
+    by_agent: HashMap<Uuid, Share>,
 }
 
-/// Why a batch was not taken: the samples that wait (see [`Outcome::Busy`]).
+/// What waits, of one agent or of all.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Share {
+    samples: usize,
+    batches: usize,
+}
+
+impl Share {
+    fn is_full(self) -> bool {
+        self.samples >= MAX_WAITING_SAMPLES_PER_AGENT
+            || self.batches >= MAX_WAITING_BATCHES_PER_AGENT
+    }
+}
+
+/// Why a batch was not taken, and what waits (see [`Outcome::Busy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Shed {
-    Full(usize),
-    AgentShare(usize),
+    Full(Share),
+    AgentShare(Share),
 }
 
 impl Backlog {
@@ -149,44 +168,64 @@ impl Backlog {
         }
     }
 
-    /// Whether a batch of `agent` would be refused now.
-    fn is_full_for(&self, agent: Uuid) -> bool {
+    /// Why a batch of `agent` would be refused now, if it would.
+    fn refusal_for(&self, agent: Uuid) -> Option<Shed> {
         let waiting = self.waiting.lock().expect("backlog lock");
-        waiting.total >= MAX_WAITING_SAMPLES
-            || waiting
-                .by_agent
-                .get(&agent)
-                .is_some_and(|&n| n >= MAX_WAITING_SAMPLES_PER_AGENT)
+        let all = Share {
+            samples: waiting.total,
+            batches: waiting.batches,
+        };
+        let mine = waiting.by_agent.get(&agent).copied().unwrap_or_default();
+        if all.samples >= MAX_WAITING_SAMPLES || all.batches >= QUEUE {
+            Some(Shed::Full(all))
+        } else if mine.is_full() {
+            Some(Shed::AgentShare(mine))
+        } else {
+            None
+        }
     }
 
-    /// Counts `samples` of `agent` in, unless the backlog is full (and not
-    /// empty) or the agent has its share waiting (and some waiting). A
-    /// refused batch is never counted, not even for a moment.
+    /// Counts a batch of `samples` of `agent` in, unless it would take the
+    /// backlog past its bound or the agent past its share; a batch larger
+    /// than those is taken only into an empty backlog. A refused batch is
+    /// never counted, not even for a moment.
     fn admit(&self, agent: Uuid, samples: usize) -> Result<(), Shed> {
         let mut waiting = self.waiting.lock().expect("backlog lock");
-        let total = waiting.total;
-        if total > 0 && total + samples > MAX_WAITING_SAMPLES {
-            return Err(Shed::Full(total));
+        let all = Share {
+            samples: waiting.total,
+            batches: waiting.batches,
+        };
+        let empty = all.samples == 0;
+        if !empty && all.samples + samples > MAX_WAITING_SAMPLES {
+            return Err(Shed::Full(all));
         }
-        let mine = waiting.by_agent.get(&agent).copied().unwrap_or(0);
-        if mine > 0 && mine + samples > MAX_WAITING_SAMPLES_PER_AGENT {
+        let mine = waiting.by_agent.get(&agent).copied().unwrap_or_default();
+        if !empty
+            && (mine.samples + samples > MAX_WAITING_SAMPLES_PER_AGENT
+                || mine.batches + 1 > MAX_WAITING_BATCHES_PER_AGENT)
+        {
             return Err(Shed::AgentShare(mine));
         }
         waiting.total += samples;
-        *waiting.by_agent.entry(agent).or_default() += samples;
+        waiting.batches += 1;
+        let share = waiting.by_agent.entry(agent).or_default();
+        share.samples += samples;
+        share.batches += 1;
         self.samples.store(waiting.total, Ordering::Release);
         self.metrics.add_forward_waiting(samples, true);
         Ok(())
     }
 
-    /// Counts the samples of `jobs` (agent, samples) out.
+    /// Counts the batches `jobs` (agent, samples) out.
     fn release(&self, jobs: impl IntoIterator<Item = (Uuid, usize)>) {
         let mut waiting = self.waiting.lock().expect("backlog lock");
         for (agent, samples) in jobs {
             waiting.total -= samples;
+            waiting.batches -= 1;
             if let Some(mine) = waiting.by_agent.get_mut(&agent) {
-                *mine -= samples;
-                if *mine == 0 {
+                mine.samples -= samples;
+                mine.batches -= 1;
+                if mine.batches == 0 {
                     waiting.by_agent.remove(&agent);
                 }
             }
@@ -205,37 +244,22 @@ impl Forwarder {
         Forwarder { jobs, backlog }
     }
 
-    /// Whether the backlog is full for `agent` now: a batch it sent now
-    /// would be answered [`Outcome::Busy`], so there is no point in
-    /// decoding it.
-    pub fn is_full_for(&self, agent: Uuid) -> bool {
-        self.backlog.is_full_for(agent)
-    }
-
-    /// [`Outcome::Busy`] for `agent` as of now, counted.
-    pub fn busy(&self, agent: Uuid) -> Outcome {
-        let waiting = self.backlog.waiting.lock().expect("backlog lock");
-        let mine = waiting.by_agent.get(&agent).copied().unwrap_or(0);
-        let shed = if waiting.total < MAX_WAITING_SAMPLES && mine >= MAX_WAITING_SAMPLES_PER_AGENT {
-            Shed::AgentShare(mine)
-        } else {
-            Shed::Full(waiting.total)
-        };
-        drop(waiting);
-        self.shed(shed)
+    /// [`Outcome::Busy`] for `agent`, counted, if a batch it sent now
+    /// would be shed: then there is no point in decoding it.
+    pub fn busy(&self, agent: Uuid) -> Option<Outcome> {
+        self.backlog.refusal_for(agent).map(|shed| self.shed(shed))
     }
 
     fn shed(&self, shed: Shed) -> Outcome {
         self.backlog.metrics.observe_forward_shed();
-        match shed {
-            Shed::Full(waiting_samples) => Outcome::Busy {
-                waiting_samples,
-                agent_share: false,
-            },
-            Shed::AgentShare(waiting_samples) => Outcome::Busy {
-                waiting_samples,
-                agent_share: true,
-            },
+        let (share, agent_share) = match shed {
+            Shed::Full(all) => (all, false),
+            Shed::AgentShare(mine) => (mine, true),
+        };
+        Outcome::Busy {
+            waiting_samples: share.samples,
+            waiting_batches: share.batches,
+            agent_share,
         }
     }
 
@@ -263,7 +287,10 @@ impl Forwarder {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(job)) => {
                 self.backlog.release([(agent, job.samples)]);
-                return self.shed(Shed::Full(self.backlog.samples.load(Ordering::Acquire)));
+                return self.shed(Shed::Full(Share {
+                    samples: self.backlog.samples.load(Ordering::Acquire),
+                    batches: QUEUE,
+                }));
             }
             Err(mpsc::error::TrySendError::Closed(job)) => {
                 self.backlog.release([(agent, job.samples)]);
@@ -509,13 +536,14 @@ mod tests {
             hanging.push(send(MERGE_SERIES));
         }
         until("the backlog is full", || waiting() == MAX_WAITING_SAMPLES).await;
-        assert!(forwarder.is_full_for(Uuid::new_v4()));
+        assert!(forwarder.backlog.refusal_for(Uuid::new_v4()).is_some());
 
         let shed = forwarder.send(request_of(1), Uuid::new_v4()).await;
         assert_eq!(
             shed,
             Outcome::Busy {
                 waiting_samples: MAX_WAITING_SAMPLES,
+                waiting_batches: MAX_WAITING_SAMPLES / MERGE_SERIES,
                 agent_share: false,
             }
         );
@@ -541,6 +569,10 @@ mod tests {
         );
     }
 
+    fn share(samples: usize, batches: usize) -> Share {
+        Share { samples, batches }
+    }
+
     #[test]
     fn one_batch_larger_than_the_bound_is_taken_into_an_empty_backlog_and_no_refused_one_is_counted()
      {
@@ -550,29 +582,32 @@ mod tests {
         assert_eq!(backlog.admit(agents[0], MAX_WAITING_SAMPLES + 1), Ok(()));
         assert_eq!(
             backlog.admit(agents[1], 1),
-            Err(Shed::Full(MAX_WAITING_SAMPLES + 1))
+            Err(Shed::Full(share(MAX_WAITING_SAMPLES + 1, 1)))
         );
         backlog.release([(agents[0], MAX_WAITING_SAMPLES + 1)]);
-        assert!(!backlog.is_full_for(agents[0]));
-        for agent in &agents[..3] {
+        assert_eq!(backlog.refusal_for(agents[0]), None);
+        for agent in &agents[..4] {
             assert_eq!(backlog.admit(*agent, MAX_WAITING_SAMPLES_PER_AGENT), Ok(()));
         }
         assert_eq!(
-            backlog.admit(agents[3], MAX_WAITING_SAMPLES_PER_AGENT),
+            backlog.admit(agents[4], 1),
+            Err(Shed::Full(share(MAX_WAITING_SAMPLES, 4))),
+            "refused whole"
+        );
+        backlog.release([(agents[3], MAX_WAITING_SAMPLES_PER_AGENT)]);
+        assert_eq!(
+            backlog.admit(agents[3], MAX_WAITING_SAMPLES_PER_AGENT - 1),
             Ok(())
         );
         assert_eq!(
-            backlog.admit(agents[4], 1),
-            Err(Shed::Full(MAX_WAITING_SAMPLES)),
-            "refused whole"
-        );
-        backlog.release([(agents[3], 1)]);
-        assert_eq!(
             backlog.admit(agents[4], 2),
-            Err(Shed::Full(MAX_WAITING_SAMPLES - 1))
+            Err(Shed::Full(share(MAX_WAITING_SAMPLES - 1, 4)))
         );
         assert_eq!(backlog.admit(agents[4], 1), Ok(()), "what fits is taken");
-        assert!(backlog.is_full_for(agents[5]));
+        assert_eq!(
+            backlog.refusal_for(agents[5]),
+            Some(Shed::Full(share(MAX_WAITING_SAMPLES, 5)))
+        );
         // The gauge follows every change, in whatever order they land.
         let text = metrics.render().unwrap();
         assert!(
@@ -583,25 +618,40 @@ mod tests {
         );
     }
 
-    /// One agent cannot fill the backlog: past its share its batches are
-    /// shed while another agent's still go in.
+    /// One agent cannot fill the backlog, with large batches or many small
+    /// ones: past its share its batches are shed while another agent's
+    /// still go in.
     #[test]
     fn one_agent_holds_at_most_its_share_of_the_backlog() {
         let backlog = Backlog::new(Arc::new(Metrics::new()));
-        let (greedy, other) = (Uuid::new_v4(), Uuid::new_v4());
-        // Its first batch goes in whatever its size, if the backlog takes it.
+        let (greedy, other, third) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(backlog.admit(other, 1_000), Ok(()));
+        // Past its share in one batch, even with nothing of its own waiting.
+        assert_eq!(
+            backlog.admit(greedy, MAX_WAITING_SAMPLES_PER_AGENT + 1),
+            Err(Shed::AgentShare(share(0, 0)))
+        );
         assert_eq!(
             backlog.admit(greedy, MAX_WAITING_SAMPLES_PER_AGENT - 10),
             Ok(())
         );
         assert_eq!(backlog.admit(greedy, 10), Ok(()));
-        assert!(backlog.is_full_for(greedy));
-        assert!(!backlog.is_full_for(other));
-        assert_eq!(
-            backlog.admit(greedy, 1),
-            Err(Shed::AgentShare(MAX_WAITING_SAMPLES_PER_AGENT))
-        );
+        let full = share(MAX_WAITING_SAMPLES_PER_AGENT, 2);
+        assert_eq!(backlog.refusal_for(greedy), Some(Shed::AgentShare(full)));
+        assert_eq!(backlog.refusal_for(other), None);
+        assert_eq!(backlog.admit(greedy, 1), Err(Shed::AgentShare(full)));
         assert_eq!(backlog.admit(other, 1_000), Ok(()));
+        // Many batches of one sample each: past its share of batches.
+        for _ in 0..MAX_WAITING_BATCHES_PER_AGENT {
+            assert_eq!(backlog.admit(third, 1), Ok(()));
+        }
+        assert_eq!(
+            backlog.admit(third, 1),
+            Err(Shed::AgentShare(share(
+                MAX_WAITING_BATCHES_PER_AGENT,
+                MAX_WAITING_BATCHES_PER_AGENT
+            )))
+        );
         // Sent: its share is free again, and forgotten.
         backlog.release([(greedy, MAX_WAITING_SAMPLES_PER_AGENT - 10), (greedy, 10)]);
         assert!(
@@ -613,7 +663,10 @@ mod tests {
                 .contains_key(&greedy)
         );
         assert_eq!(backlog.admit(greedy, 1), Ok(()));
-        assert_eq!(backlog.samples.load(Ordering::Acquire), 1_001);
+        assert_eq!(
+            backlog.samples.load(Ordering::Acquire),
+            2_001 + MAX_WAITING_BATCHES_PER_AGENT
+        );
     }
 
     #[tokio::test]

@@ -35,7 +35,10 @@ use super::batch::{
     self, GroupQuery, Refusal, Taken, experiment_takes, read_body, record_group_series, too_large,
     unsupported_media_type,
 };
-use super::forward::{BUSY_RETRY_AFTER, Forwarder, MAX_WAITING_SAMPLES_PER_AGENT, Outcome};
+use super::forward::{
+    BUSY_RETRY_AFTER, Forwarder, MAX_WAITING_BATCHES_PER_AGENT, MAX_WAITING_SAMPLES_PER_AGENT,
+    Outcome,
+};
 use super::remote_write::{Limits, relabel, time, validate};
 use crate::AppState;
 use crate::auth::AgentCaller;
@@ -148,9 +151,9 @@ pub async fn write(
     check_media_type(&headers)?;
     let forwarder = receiver(&state)?;
     // Before reading the body: a refused batch costs no decoding.
-    if forwarder.is_full_for(agent.id) {
+    if let Some(busy) = forwarder.busy(agent.id) {
         // The answer it would get after decoding.
-        outcome(forwarder.busy(agent.id))?;
+        outcome(busy)?;
     }
     let taken = experiment_takes(&state, agent.id, &experiment).await?;
     let bytes = read_body(&headers, body, MAX_BODY_BYTES).await?;
@@ -229,14 +232,16 @@ fn outcome(outcome: Outcome) -> Result<(), Refusal> {
         )),
         Outcome::Busy {
             waiting_samples,
+            waiting_batches,
             agent_share,
         } => Err(Refusal::RetryAfter {
             code: "remote_write_busy",
             detail: if agent_share {
                 format!(
-                    "this agent already has {waiting_samples} samples waiting to be sent (at most \
-                     {MAX_WAITING_SAMPLES_PER_AGENT}); send one batch at a time: keep the batch \
-                     and send it again in {} s",
+                    "this agent's batches waiting to be sent hold {waiting_samples} samples in \
+                     {waiting_batches} (at most {MAX_WAITING_SAMPLES_PER_AGENT} samples or \
+                     {MAX_WAITING_BATCHES_PER_AGENT} batches); send one batch at a time: keep \
+                     this batch and send it again in {} s",
                     BUSY_RETRY_AFTER.as_secs()
                 )
             } else {
@@ -291,6 +296,7 @@ mod tests {
     fn a_busy_forwarder_is_a_503_that_says_when_to_retry() {
         let response = outcome(Outcome::Busy {
             waiting_samples: 200_000,
+            waiting_batches: 12,
             agent_share: false,
         })
         .unwrap_err()
