@@ -455,6 +455,86 @@ fn a_receiver_far_behind_sheds_batches_with_retry_after_and_loses_none() {
     );
 }
 
+/// A body that sends a little, then nothing until `release` is dropped:
+/// a client that holds its writes open.
+struct Stalling {
+    first: bool,
+    release: std::sync::mpsc::Receiver<()>,
+}
+
+impl std::io::Read for Stalling {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if std::mem::take(&mut self.first) {
+            buf[0] = 0x0a;
+            return Ok(1);
+        }
+        let _ = self.release.recv();
+        Ok(0)
+    }
+}
+
+/// An agent that opens more writes at once than it may, each holding its
+/// body back: past 4 the next is answered 503 with `Retry-After` at once,
+/// before its body is read, while another agent still writes; once the
+/// held writes end, the agent writes again.
+#[test]
+fn an_agent_holding_writes_open_is_refused_more_and_others_still_write() {
+    let s = Stack::start("");
+    let admin = s.admin_token();
+    let agents = s.enroll(&admin, &["hostile", "honest"]);
+    let (hostile, honest) = (&agents[0], &agents[1]);
+    let at = seconds_ago(Duration::from_secs(60));
+    let one = |tag: &str| batch(&[series(&[("__name__", CPU), ("process", tag)], &[(1.0, at)])]);
+    let (fifth, held) = std::thread::scope(|scope| {
+        let mut releases = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            releases.push(tx);
+            let s = &s;
+            held.push(scope.spawn(move || {
+                let mut req = s
+                    .agent(reqwest::Method::POST, "/api/v1/agent/write")
+                    .bearer_auth(&hostile.credential);
+                for (name, value) in REMOTE_WRITE {
+                    req = req.header(name, value);
+                }
+                s.reply(req.body(reqwest::blocking::Body::new(Stalling {
+                    first: true,
+                    release: rx,
+                })))
+            }));
+        }
+        // Once the four are being read, a fifth is refused at once.
+        let refused_reply = wait_until("a fifth write is refused", Duration::from_secs(10), || {
+            let r = write(&s, hostile, "", one("probe"));
+            (r.status == 503).then_some(r)
+        });
+        assert_eq!(
+            write(&s, honest, "", one("honest")).status,
+            200,
+            "another agent still writes"
+        );
+        drop(releases);
+        let held: Vec<Reply> = held.into_iter().map(|h| h.join().unwrap()).collect();
+        (refused_reply, held)
+    });
+    let problem = refused(&fifth, 503, "remote_write_busy");
+    assert_eq!(fifth.headers["retry-after"], "5", "{fifth:?}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("this agent already has 4 writes in progress"),
+        "{problem}"
+    );
+    for r in &held {
+        // Their bodies were cut short: refused as what they are.
+        assert_eq!(r.status, 400, "{r:?}");
+    }
+    assert_eq!(write(&s, hostile, "", one("after")).status, 200);
+}
+
 /// Many agents write at once, so that batches share requests to
 /// Prometheus; half of them send a value at a timestamp Prometheus already
 /// holds. Each of those is refused alone, and every other batch is stored

@@ -112,10 +112,9 @@ pub fn encode(request: &WriteRequest) -> Vec<u8> {
         .expect("snappy compresses any input shorter than 4 GiB")
 }
 
-/// Decompresses and decodes a request, refusing one that would uncompress
-/// to more than `max_uncompressed` bytes before allocating for it.
-pub fn decode(body: &[u8], max_uncompressed: usize) -> Result<WriteRequest, DecodeError> {
-    use prost::Message;
+/// The size `body` declares it uncompresses to, refused past
+/// `max_uncompressed`; nothing is decompressed.
+pub fn uncompressed_len(body: &[u8], max_uncompressed: usize) -> Result<usize, DecodeError> {
     let declared =
         snap::raw::decompress_len(body).map_err(|e| DecodeError::Snappy(e.to_string()))?;
     if declared > max_uncompressed {
@@ -124,6 +123,14 @@ pub fn decode(body: &[u8], max_uncompressed: usize) -> Result<WriteRequest, Deco
             limit: max_uncompressed,
         });
     }
+    Ok(declared)
+}
+
+/// Decompresses and decodes a request, refusing one that would uncompress
+/// to more than `max_uncompressed` bytes before allocating for it.
+pub fn decode(body: &[u8], max_uncompressed: usize) -> Result<WriteRequest, DecodeError> {
+    use prost::Message;
+    uncompressed_len(body, max_uncompressed)?;
     let raw = snap::raw::Decoder::new()
         .decompress_vec(body)
         .map_err(|e| DecodeError::Snappy(e.to_string()))?;

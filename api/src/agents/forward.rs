@@ -33,6 +33,13 @@
 //! a valid credential comes near it): past its share its batches are shed,
 //! and the other agents' still go in. A batch larger than the share is
 //! taken only into an empty backlog.
+//!
+//! Before that, the writer admits a request only while its agent has fewer
+//! than [`MAX_WRITES_PER_AGENT`] writes in progress ([`Forwarder::begin_write`],
+//! before the body is read) and, once the body is read, while the bodies
+//! being decoded and forwarded declare at most [`DECODING_BUDGET_BYTES`]
+//! uncompressed ([`Forwarder::decode_permit`]): the memory a hostile or
+//! broken client can make this replica spend is bounded.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,7 +48,7 @@ use std::time::Duration;
 
 use axum::http::{StatusCode, header};
 use phoenix_wire::remote_write::{self, WriteRequest};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::batch::CLIENT;
@@ -65,6 +72,14 @@ pub const MAX_WAITING_SAMPLES_PER_AGENT: usize = MAX_WAITING_SAMPLES / 4;
 
 /// Batches of one agent waiting at most: a sixty-fourth of the queue.
 pub const MAX_WAITING_BATCHES_PER_AGENT: usize = QUEUE / 64;
+
+/// Writes of one agent in progress at once at most (an agent sends one
+/// batch at a time; a retry after a lost answer may overlap the first).
+pub const MAX_WRITES_PER_AGENT: usize = 4;
+
+/// Uncompressed bytes of the bodies being decoded and forwarded at once,
+/// over all agents, at most (a body declares at most 32 MiB).
+pub const DECODING_BUDGET_BYTES: usize = 256 << 20;
 
 /// Batches waiting for a free slot at most (however few their series).
 const QUEUE: usize = 4096;
@@ -119,6 +134,27 @@ struct Job {
 pub struct Forwarder {
     jobs: mpsc::Sender<Job>,
     backlog: Arc<Backlog>,
+    writes: Arc<Mutex<HashMap<Uuid, usize>>>,
+    decoding: Arc<Semaphore>,
+}
+
+/// A write of one agent in progress; see [`Forwarder::begin_write`].
+#[derive(Debug)]
+pub struct Writing {
+    writes: Arc<Mutex<HashMap<Uuid, usize>>>,
+    agent: Uuid,
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        let mut writes = self.writes.lock().expect("writes lock");
+        if let Some(n) = writes.get_mut(&self.agent) {
+            *n -= 1;
+            if *n == 0 {
+                writes.remove(&self.agent);
+            }
+        }
+    }
 }
 
 /// The samples of the batches in the queue, in all and per agent.
@@ -241,7 +277,41 @@ impl Forwarder {
         let (jobs, queue) = mpsc::channel(QUEUE);
         let backlog = Arc::new(Backlog::new(metrics.clone()));
         tokio::spawn(run(url, queue, backlog.clone(), metrics));
-        Forwarder { jobs, backlog }
+        Forwarder {
+            jobs,
+            backlog,
+            writes: Arc::default(),
+            decoding: Arc::new(Semaphore::new(DECODING_BUDGET_BYTES)),
+        }
+    }
+
+    /// A write of `agent` in progress until the guard is dropped, unless
+    /// [`MAX_WRITES_PER_AGENT`] already are (then counted as shed).
+    pub fn begin_write(&self, agent: Uuid) -> Option<Writing> {
+        let mut writes = self.writes.lock().expect("writes lock");
+        let n = writes.entry(agent).or_default();
+        if *n >= MAX_WRITES_PER_AGENT {
+            drop(writes);
+            self.backlog.metrics.observe_forward_shed();
+            return None;
+        }
+        *n += 1;
+        Some(Writing {
+            writes: self.writes.clone(),
+            agent,
+        })
+    }
+
+    /// Room to decode a body that declares `bytes` uncompressed, held until
+    /// the permit is dropped; none while the budget is spent (then counted
+    /// as shed).
+    pub fn decode_permit(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let permits = u32::try_from(bytes.clamp(1, DECODING_BUDGET_BYTES)).ok()?;
+        let permit = self.decoding.clone().try_acquire_many_owned(permits).ok();
+        if permit.is_none() {
+            self.backlog.metrics.observe_forward_shed();
+        }
+        permit
     }
 
     /// [`Outcome::Busy`] for `agent`, counted, if a batch it sent now
@@ -667,6 +737,32 @@ mod tests {
             backlog.samples.load(Ordering::Acquire),
             2_001 + MAX_WAITING_BATCHES_PER_AGENT
         );
+    }
+
+    #[tokio::test]
+    async fn writes_in_progress_are_bounded_per_agent_and_decoding_in_bytes() {
+        let url: url::Url = "http://127.0.0.1:9/api/v1/write".parse().unwrap();
+        let forwarder = Forwarder::start(url, Arc::new(Metrics::new()));
+        let (hostile, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let held: Vec<Writing> = (0..MAX_WRITES_PER_AGENT)
+            .map(|_| forwarder.begin_write(hostile).unwrap())
+            .collect();
+        assert!(forwarder.begin_write(hostile).is_none(), "one more is shed");
+        assert!(forwarder.begin_write(other).is_some(), "others still write");
+        drop(held);
+        assert!(
+            forwarder.writes.lock().unwrap().is_empty(),
+            "forgotten at 0"
+        );
+        assert!(forwarder.begin_write(hostile).is_some());
+
+        let big = 32 << 20;
+        let held: Vec<_> = (0..DECODING_BUDGET_BYTES / big)
+            .map(|_| forwarder.decode_permit(big).unwrap())
+            .collect();
+        assert!(forwarder.decode_permit(1).is_none(), "the budget is spent");
+        drop(held);
+        assert!(forwarder.decode_permit(big).is_some());
     }
 
     #[tokio::test]

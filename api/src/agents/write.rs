@@ -36,8 +36,8 @@ use super::batch::{
     unsupported_media_type,
 };
 use super::forward::{
-    BUSY_RETRY_AFTER, Forwarder, MAX_WAITING_BATCHES_PER_AGENT, MAX_WAITING_SAMPLES_PER_AGENT,
-    Outcome,
+    BUSY_RETRY_AFTER, DECODING_BUDGET_BYTES, Forwarder, MAX_WAITING_BATCHES_PER_AGENT,
+    MAX_WAITING_SAMPLES_PER_AGENT, MAX_WRITES_PER_AGENT, Outcome,
 };
 use super::remote_write::{Limits, relabel, time, validate};
 use crate::AppState;
@@ -105,6 +105,15 @@ fn receiver(state: &AppState) -> Result<&Forwarder, Refusal> {
     })
 }
 
+/// 503 `remote_write_busy` with `Retry-After`.
+fn retry_later(detail: String) -> Refusal {
+    Refusal::RetryAfter {
+        code: "remote_write_busy",
+        detail,
+        after: BUSY_RETRY_AFTER,
+    }
+}
+
 fn decode_refusal(error: DecodeError) -> Refusal {
     match error {
         DecodeError::TooLarge { .. } => too_large(error.to_string()),
@@ -155,8 +164,25 @@ pub async fn write(
         // The answer it would get after decoding.
         outcome(busy)?;
     }
+    let Some(_writing) = forwarder.begin_write(agent.id) else {
+        return Err(retry_later(format!(
+            "this agent already has {MAX_WRITES_PER_AGENT} writes in progress; send one batch \
+             at a time: keep this batch and send it again in {} s",
+            BUSY_RETRY_AFTER.as_secs()
+        )));
+    };
     let taken = experiment_takes(&state, agent.id, &experiment).await?;
     let bytes = read_body(&headers, body, MAX_BODY_BYTES).await?;
+    let declared =
+        remote_write::uncompressed_len(&bytes, MAX_UNCOMPRESSED_BYTES).map_err(decode_refusal)?;
+    let Some(_decoding) = forwarder.decode_permit(declared) else {
+        return Err(retry_later(format!(
+            "the API is decoding and forwarding {} MiB of batches already; keep this batch and \
+             send it again in {} s",
+            DECODING_BUDGET_BYTES >> 20,
+            BUSY_RETRY_AFTER.as_secs()
+        )));
+    };
     let mut request =
         remote_write::decode(&bytes, MAX_UNCOMPRESSED_BYTES).map_err(decode_refusal)?;
     drop(bytes);
@@ -234,25 +260,21 @@ fn outcome(outcome: Outcome) -> Result<(), Refusal> {
             waiting_samples,
             waiting_batches,
             agent_share,
-        } => Err(Refusal::RetryAfter {
-            code: "remote_write_busy",
-            detail: if agent_share {
-                format!(
-                    "this agent's batches waiting to be sent hold {waiting_samples} samples in \
-                     {waiting_batches} (at most {MAX_WAITING_SAMPLES_PER_AGENT} samples or \
-                     {MAX_WAITING_BATCHES_PER_AGENT} batches); send one batch at a time: keep \
-                     this batch and send it again in {} s",
-                    BUSY_RETRY_AFTER.as_secs()
-                )
-            } else {
-                format!(
-                    "the remote-write receiver is behind ({waiting_samples} samples wait to be \
-                     sent); keep the batch and send it again in {} s",
-                    BUSY_RETRY_AFTER.as_secs()
-                )
-            },
-            after: BUSY_RETRY_AFTER,
-        }),
+        } => Err(retry_later(if agent_share {
+            format!(
+                "this agent's batches waiting to be sent hold {waiting_samples} samples in \
+                 {waiting_batches} (at most {MAX_WAITING_SAMPLES_PER_AGENT} samples or \
+                 {MAX_WAITING_BATCHES_PER_AGENT} batches); send one batch at a time: keep \
+                 this batch and send it again in {} s",
+                BUSY_RETRY_AFTER.as_secs()
+            )
+        } else {
+            format!(
+                "the remote-write receiver is behind ({waiting_samples} samples wait to be \
+                 sent); keep the batch and send it again in {} s",
+                BUSY_RETRY_AFTER.as_secs()
+            )
+        })),
     }
 }
 
