@@ -485,10 +485,19 @@ fn an_agent_holding_writes_open_is_refused_more_and_others_still_write() {
     let (hostile, honest) = (&agents[0], &agents[1]);
     let at = seconds_ago(Duration::from_secs(60));
     let one = |tag: &str| batch(&[series(&[("__name__", CPU), ("process", tag)], &[(1.0, at)])]);
-    let (fifth, held) = std::thread::scope(|scope| {
+    let shed = || {
+        counter(
+            &get_text(&s.ports.api_url("/metrics")),
+            "phoenix_api_remote_write_batches_shed_total",
+        )
+    };
+    let shed_before = shed();
+    let (probe, held) = std::thread::scope(|scope| {
+        // Five writes that hold their bodies: four are read, the fifth is
+        // refused at once (it cannot end before its body is released).
         let mut releases = Vec::new();
         let mut held = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..5 {
             let (tx, rx) = std::sync::mpsc::channel::<()>();
             releases.push(tx);
             let s = &s;
@@ -505,11 +514,11 @@ fn an_agent_holding_writes_open_is_refused_more_and_others_still_write() {
                 })))
             }));
         }
-        // Once the four are being read, a fifth is refused at once.
-        let refused_reply = wait_until("a fifth write is refused", Duration::from_secs(10), || {
-            let r = write(&s, hostile, "", one("probe"));
-            (r.status == 503).then_some(r)
+        wait_until("one of the five is shed", Duration::from_secs(10), || {
+            (shed() >= shed_before + 1.0).then_some(())
         });
+        // Four are held: one more is refused too, another agent writes.
+        let probe = write(&s, hostile, "", one("probe"));
         assert_eq!(
             write(&s, honest, "", one("honest")).status,
             200,
@@ -517,21 +526,24 @@ fn an_agent_holding_writes_open_is_refused_more_and_others_still_write() {
         );
         drop(releases);
         let held: Vec<Reply> = held.into_iter().map(|h| h.join().unwrap()).collect();
-        (refused_reply, held)
+        (probe, held)
     });
-    let problem = refused(&fifth, 503, "remote_write_busy");
-    assert_eq!(fifth.headers["retry-after"], "5", "{fifth:?}");
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("this agent already has 4 writes in progress"),
-        "{problem}"
-    );
-    for r in &held {
-        // Their bodies were cut short: refused as what they are.
-        assert_eq!(r.status, 400, "{r:?}");
+    for r in held.iter().chain([&probe]).filter(|r| r.status == 503) {
+        let problem = refused(r, 503, "remote_write_busy");
+        assert_eq!(r.headers["retry-after"], "5", "{r:?}");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("this agent already has 4 writes in progress"),
+            "{problem}"
+        );
     }
+    assert_eq!(probe.status, 503, "{probe:?}");
+    let mut statuses: Vec<u16> = held.iter().map(|r| r.status).collect();
+    statuses.sort();
+    // The four read were cut short: refused as what they are.
+    assert_eq!(statuses, [400, 400, 400, 400, 503], "{held:?}");
     assert_eq!(write(&s, hostile, "", one("after")).status, 200);
 }
 
@@ -656,6 +668,19 @@ fn malformed_batches_get_their_problem_documents() {
     let problem = refused(&r, 413, "metrics_too_large");
     assert!(
         problem["detail"].as_str().unwrap().contains("uncompresses"),
+        "{problem}"
+    );
+    // Amplifiers, refused on their counts before they are decoded: empty
+    // series (2 bytes each, about 100 once decoded) and empty labels.
+    let r = write(&s, &agent, "", snappy(&[0x0a, 0x00].repeat(60_000)));
+    refused(&r, 400, "too_many_series");
+    let labels = [0x0a, 0x00].repeat(50_000 * 32 + 1);
+    let mut one_series = Vec::new();
+    field(1, &labels, &mut one_series);
+    let r = write(&s, &agent, "", snappy(&one_series));
+    let problem = refused(&r, 400, "too_many_labels");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("1600001"),
         "{problem}"
     );
     // Not remote write 1.0.

@@ -126,20 +126,160 @@ pub fn uncompressed_len(body: &[u8], max_uncompressed: usize) -> Result<usize, D
     Ok(declared)
 }
 
+/// Decompresses `body`, refusing one that would uncompress to more than
+/// `max_uncompressed` bytes before allocating for it.
+pub fn decompress(body: &[u8], max_uncompressed: usize) -> Result<Vec<u8>, DecodeError> {
+    uncompressed_len(body, max_uncompressed)?;
+    snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .map_err(|e| DecodeError::Snappy(e.to_string()))
+}
+
+/// Decodes an uncompressed request.
+pub fn decode_raw(raw: &[u8]) -> Result<WriteRequest, DecodeError> {
+    use prost::Message;
+    WriteRequest::decode(raw).map_err(|e| DecodeError::Protobuf(e.to_string()))
+}
+
 /// Decompresses and decodes a request, refusing one that would uncompress
 /// to more than `max_uncompressed` bytes before allocating for it.
 pub fn decode(body: &[u8], max_uncompressed: usize) -> Result<WriteRequest, DecodeError> {
-    use prost::Message;
-    uncompressed_len(body, max_uncompressed)?;
-    let raw = snap::raw::Decoder::new()
-        .decompress_vec(body)
-        .map_err(|e| DecodeError::Snappy(e.to_string()))?;
-    WriteRequest::decode(raw.as_slice()).map_err(|e| DecodeError::Protobuf(e.to_string()))
+    decode_raw(&decompress(body, max_uncompressed)?)
+}
+
+/// What an uncompressed request holds, counted on its bytes without
+/// decoding them: what decoding would allocate is known, and can be
+/// refused, before it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    pub series: usize,
+    pub labels: usize,
+    pub samples: usize,
+}
+
+impl Shape {
+    /// Counts the series, labels and samples of `raw`; fails only where
+    /// [`decode_raw`] would (a message cut short, an unknown wire type).
+    pub fn of(raw: &[u8]) -> Result<Shape, DecodeError> {
+        let mut shape = Shape::default();
+        for_each_field(raw, |field, value| {
+            if let (1, Some(series)) = (field, value) {
+                shape.series += 1;
+                for_each_field(series, |field, _| {
+                    match field {
+                        1 => shape.labels += 1,
+                        2 => shape.samples += 1,
+                        _ => {}
+                    }
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        })?;
+        Ok(shape)
+    }
+
+    /// At most the bytes the decoded request takes for `raw` of `raw_len`
+    /// bytes: its messages (twice: a vector grows by doubling) and its
+    /// strings (no more than the raw bytes).
+    pub fn decoded_bytes(&self, raw_len: usize) -> usize {
+        use std::mem::size_of;
+        let messages = self.series * size_of::<TimeSeries>()
+            + self.labels * size_of::<Label>()
+            + self.samples * size_of::<Sample>();
+        2 * messages + raw_len
+    }
+}
+
+fn truncated() -> DecodeError {
+    DecodeError::Protobuf("a message is cut short".into())
+}
+
+fn varint(buf: &mut &[u8]) -> Result<u64, DecodeError> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let (&byte, rest) = buf.split_first().ok_or_else(truncated)?;
+        *buf = rest;
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            return Ok(value);
+        }
+    }
+    Err(DecodeError::Protobuf(
+        "a varint is longer than 10 bytes".into(),
+    ))
+}
+
+/// Calls `f` with each field number of the message `buf` and, for a
+/// length-delimited field, its bytes.
+fn for_each_field<'a>(
+    mut buf: &'a [u8],
+    mut f: impl FnMut(u64, Option<&'a [u8]>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        let (field, wire_type) = (key >> 3, key & 7);
+        let value = match wire_type {
+            0 => {
+                varint(&mut buf)?;
+                None
+            }
+            1 | 5 => {
+                let n = if wire_type == 1 { 8 } else { 4 };
+                buf = buf.get(n..).ok_or_else(truncated)?;
+                None
+            }
+            2 => {
+                let len = usize::try_from(varint(&mut buf)?).map_err(|_| truncated())?;
+                let (value, rest) = buf.split_at_checked(len).ok_or_else(truncated)?;
+                buf = rest;
+                Some(value)
+            }
+            other => {
+                return Err(DecodeError::Protobuf(format!(
+                    "wire type {other} is not supported"
+                )));
+            }
+        };
+        f(field, value)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shape_counts_what_decoding_would_hold_and_fails_where_it_would() {
+        use prost::Message;
+        let raw = request().encode_to_vec();
+        let decoded = decode_raw(&raw).unwrap();
+        let shape = Shape::of(&raw).unwrap();
+        assert_eq!(
+            shape,
+            Shape {
+                series: decoded.timeseries.len(),
+                labels: decoded.timeseries.iter().map(|s| s.labels.len()).sum(),
+                samples: decoded.sample_count(),
+            }
+        );
+        assert!(shape.series > 0 && shape.labels > shape.series && shape.samples > 0);
+        // Cut anywhere inside, both refuse it.
+        for cut in 1..raw.len() {
+            let part = &raw[..cut];
+            assert_eq!(
+                Shape::of(part).is_err(),
+                decode_raw(part).is_err(),
+                "cut at {cut}"
+            );
+        }
+        // 10 000 empty series: 20 000 bytes that decode to far more.
+        let empty = [0x0a, 0x00].repeat(10_000);
+        let shape = Shape::of(&empty).unwrap();
+        assert_eq!(shape.series, 10_000);
+        assert!(shape.decoded_bytes(empty.len()) >= 10_000 * std::mem::size_of::<TimeSeries>());
+    }
 
     fn request() -> WriteRequest {
         WriteRequest {

@@ -36,10 +36,16 @@
 //!
 //! Before that, the writer admits a request only while its agent has fewer
 //! than [`MAX_WRITES_PER_AGENT`] writes in progress ([`Forwarder::begin_write`],
-//! before the body is read) and, once the body is read, while the bodies
-//! being decoded and forwarded declare at most [`DECODING_BUDGET_BYTES`]
-//! uncompressed ([`Forwarder::decode_permit`]): the memory a hostile or
-//! broken client can make this replica spend is bounded.
+//! before the body is read), and holds, for each step that allocates, room
+//! in a budget of [`MEMORY_BUDGET_BYTES`] shared by all writes
+//! ([`Forwarder::reserve_memory`]): the body as read (its `Content-Length`,
+//! or the largest body), then uncompressed (the size it declares), then
+//! decoded (counted on its bytes first). Room is given in arrival order,
+//! waited for at most [`MEMORY_WAIT`]. So the memory the agents can make a
+//! replica spend on writes is bounded, hostile or not — until the handler
+//! ends: a request cancelled (its client gone, the route's timeout) frees
+//! its room while its batch may still wait here, which the backlog's own
+//! bound covers.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -77,9 +83,13 @@ pub const MAX_WAITING_BATCHES_PER_AGENT: usize = QUEUE / 64;
 /// batch at a time; a retry after a lost answer may overlap the first).
 pub const MAX_WRITES_PER_AGENT: usize = 4;
 
-/// Uncompressed bytes of the bodies being decoded and forwarded at once,
-/// over all agents, at most (a body declares at most 32 MiB).
-pub const DECODING_BUDGET_BYTES: usize = 256 << 20;
+/// Bytes of the writes in progress (bodies read, uncompressed, decoded)
+/// over all agents, at most.
+pub const MEMORY_BUDGET_BYTES: usize = 512 << 20;
+const _: () = assert!(MEMORY_BUDGET_BYTES <= u32::MAX as usize);
+
+/// How long a write waits for room in the budget before it is shed.
+pub const MEMORY_WAIT: Duration = Duration::from_secs(1);
 
 /// Batches waiting for a free slot at most (however few their series).
 const QUEUE: usize = 4096;
@@ -135,7 +145,7 @@ pub struct Forwarder {
     jobs: mpsc::Sender<Job>,
     backlog: Arc<Backlog>,
     writes: Arc<Mutex<HashMap<Uuid, usize>>>,
-    decoding: Arc<Semaphore>,
+    memory: Arc<Semaphore>,
 }
 
 /// A write of one agent in progress; see [`Forwarder::begin_write`].
@@ -147,7 +157,11 @@ pub struct Writing {
 
 impl Drop for Writing {
     fn drop(&mut self) {
-        let mut writes = self.writes.lock().expect("writes lock");
+        // Never panic in a drop: a poisoned map is still a map.
+        let mut writes = self
+            .writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(n) = writes.get_mut(&self.agent) {
             *n -= 1;
             if *n == 0 {
@@ -281,7 +295,7 @@ impl Forwarder {
             jobs,
             backlog,
             writes: Arc::default(),
-            decoding: Arc::new(Semaphore::new(DECODING_BUDGET_BYTES)),
+            memory: Arc::new(Semaphore::new(MEMORY_BUDGET_BYTES)),
         }
     }
 
@@ -302,16 +316,20 @@ impl Forwarder {
         })
     }
 
-    /// Room to decode a body that declares `bytes` uncompressed, held until
-    /// the permit is dropped; none while the budget is spent (then counted
-    /// as shed).
-    pub fn decode_permit(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
-        let permits = u32::try_from(bytes.clamp(1, DECODING_BUDGET_BYTES)).ok()?;
-        let permit = self.decoding.clone().try_acquire_many_owned(permits).ok();
-        if permit.is_none() {
-            self.backlog.metrics.observe_forward_shed();
+    /// Room for `bytes` more of a write's memory, held until the permit is
+    /// dropped (permits merge); none, counted as shed, when it is not free
+    /// within [`MEMORY_WAIT`]. Waiters are served in arrival order, so a
+    /// large body is not starved by small ones.
+    pub async fn reserve_memory(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let permits = bytes.clamp(1, MEMORY_BUDGET_BYTES) as u32;
+        let room = self.memory.clone().acquire_many_owned(permits);
+        match tokio::time::timeout(MEMORY_WAIT, room).await {
+            Ok(Ok(permit)) => Some(permit),
+            _ => {
+                self.backlog.metrics.observe_forward_shed();
+                None
+            }
         }
-        permit
     }
 
     /// [`Outcome::Busy`] for `agent`, counted, if a batch it sent now
@@ -740,7 +758,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_in_progress_are_bounded_per_agent_and_decoding_in_bytes() {
+    async fn writes_in_progress_are_bounded_per_agent() {
         let url: url::Url = "http://127.0.0.1:9/api/v1/write".parse().unwrap();
         let forwarder = Forwarder::start(url, Arc::new(Metrics::new()));
         let (hostile, other) = (Uuid::new_v4(), Uuid::new_v4());
@@ -755,14 +773,46 @@ mod tests {
             "forgotten at 0"
         );
         assert!(forwarder.begin_write(hostile).is_some());
+    }
 
-        let big = 32 << 20;
-        let held: Vec<_> = (0..DECODING_BUDGET_BYTES / big)
-            .map(|_| forwarder.decode_permit(big).unwrap())
-            .collect();
-        assert!(forwarder.decode_permit(1).is_none(), "the budget is spent");
+    /// The memory budget: room is given in arrival order, and a write that
+    /// does not get it within a second is shed.
+    #[tokio::test(start_paused = true)]
+    async fn the_memory_budget_is_shared_in_arrival_order_and_shed_after_a_wait() {
+        let url: url::Url = "http://127.0.0.1:9/api/v1/write".parse().unwrap();
+        let forwarder = Forwarder::start(url, Arc::new(Metrics::new()));
+        let quarter = MEMORY_BUDGET_BYTES / 4;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(forwarder.reserve_memory(quarter).await.unwrap());
+        }
+        // A large body waits first; a small one comes after it.
+        let large = tokio::spawn({
+            let f = forwarder.clone();
+            async move { f.reserve_memory(2 * quarter).await }
+        });
+        tokio::task::yield_now().await;
+        let small = tokio::spawn({
+            let f = forwarder.clone();
+            async move { f.reserve_memory(1).await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!small.is_finished(), "the small one waits behind the large");
+        held.pop();
+        let large = large
+            .await
+            .unwrap()
+            .expect("the large one got room in time");
+        // The small one's second ran out: shed.
+        assert!(small.await.unwrap().is_none());
+        drop(large);
         drop(held);
-        assert!(forwarder.decode_permit(big).is_some());
+        assert!(
+            forwarder
+                .reserve_memory(MEMORY_BUDGET_BYTES)
+                .await
+                .is_some()
+        );
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, SecondsFormat};
-use phoenix_wire::remote_write::{Label, NAME_LABEL, TimeSeries, WriteRequest};
+use phoenix_wire::remote_write::{Label, NAME_LABEL, Shape, TimeSeries, WriteRequest};
 
 use super::names::{RESERVED_LABELS, RESERVED_METRICS, is_label_name, is_metric_name};
 
@@ -53,21 +53,37 @@ pub struct Invalid {
     pub detail: String,
 }
 
-/// Checks `request` against the rules and `limits`, and puts each series'
-/// labels in canonical form (empty values dropped, sorted by name).
-pub fn validate(request: &mut WriteRequest, limits: &Limits) -> Result<Summary, Invalid> {
-    let whole = |code, detail: String| Invalid {
+/// Labels a request may hold, for each series it may hold.
+pub const MAX_LABELS_PER_SERIES: usize = 32;
+
+fn whole(code: &'static str, detail: String) -> Invalid {
+    Invalid {
         code,
         index: None,
         detail,
-    };
-    if !request.metadata.is_empty() {
+    }
+}
+
+/// Checks the counts of a request before it is decoded ([`Shape::of`]):
+/// what [`validate`] would refuse for its size, and more labels than
+/// [`MAX_LABELS_PER_SERIES`] times the series it may hold.
+pub fn check_shape(shape: &Shape, limits: &Limits) -> Result<(), Invalid> {
+    check_counts(shape.series, shape.samples, limits)?;
+    let max_labels = limits.max_series * MAX_LABELS_PER_SERIES;
+    if shape.labels > max_labels {
         return Err(whole(
-            "unsupported_sample_type",
-            "metric metadata is not accepted; send float samples only".into(),
+            "too_many_labels",
+            format!(
+                "a batch may hold at most {max_labels} labels, this one holds {}; \
+                 send smaller batches or fewer labels",
+                shape.labels
+            ),
         ));
     }
-    let series = request.timeseries.len();
+    Ok(())
+}
+
+fn check_counts(series: usize, samples: usize, limits: &Limits) -> Result<(), Invalid> {
     if series > limits.max_series {
         return Err(whole(
             "too_many_series",
@@ -78,7 +94,6 @@ pub fn validate(request: &mut WriteRequest, limits: &Limits) -> Result<Summary, 
             ),
         ));
     }
-    let samples = request.sample_count();
     if samples > limits.max_samples {
         return Err(whole(
             "too_many_samples",
@@ -88,6 +103,20 @@ pub fn validate(request: &mut WriteRequest, limits: &Limits) -> Result<Summary, 
             ),
         ));
     }
+    Ok(())
+}
+
+/// Checks `request` against the rules and `limits`, and puts each series'
+/// labels in canonical form (empty values dropped, sorted by name).
+pub fn validate(request: &mut WriteRequest, limits: &Limits) -> Result<Summary, Invalid> {
+    if !request.metadata.is_empty() {
+        return Err(whole(
+            "unsupported_sample_type",
+            "metric metadata is not accepted; send float samples only".into(),
+        ));
+    }
+    let (series, samples) = (request.timeseries.len(), request.sample_count());
+    check_counts(series, samples, limits)?;
     let mut span: Option<(i64, i64)> = None;
     for (index, series) in request.timeseries.iter_mut().enumerate() {
         let (first, last) = check_series(series, limits).map_err(|(code, detail)| Invalid {
@@ -267,6 +296,23 @@ mod tests {
         oldest_ms: NOW - 6 * 3600 * 1000,
         newest_ms: NOW + 5 * 60 * 1000,
     };
+
+    #[test]
+    fn a_shape_past_the_counts_is_refused_before_decoding() {
+        let shape = |series, labels, samples| Shape {
+            series,
+            labels,
+            samples,
+        };
+        let code = |s: Shape| check_shape(&s, &LIMITS).err().map(|e| e.code);
+        assert_eq!(code(shape(3, 3 * MAX_LABELS_PER_SERIES, 5)), None);
+        assert_eq!(code(shape(4, 4, 4)), Some("too_many_series"));
+        assert_eq!(code(shape(3, 3, 6)), Some("too_many_samples"));
+        assert_eq!(
+            code(shape(1, 3 * MAX_LABELS_PER_SERIES + 1, 1)),
+            Some("too_many_labels")
+        );
+    }
 
     fn series(labels: &[(&str, &str)], timestamps: &[i64]) -> TimeSeries {
         TimeSeries {

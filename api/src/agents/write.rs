@@ -17,8 +17,9 @@
 //! What the agent should do with a refused batch is in the status: 400,
 //! 409, 413 and 415 will never be taken (drop it); 502 and 503 may be later
 //! (keep it and retry; a 503 `remote_write_busy` says when, in
-//! `Retry-After`, when the forwarder's backlog is full or this agent has
-//! its share of it waiting). A receiver's 4xx is the first kind, its 5xx, 429 or
+//! `Retry-After`, when the forwarder's backlog is full, this agent has its
+//! share of it waiting or 4 writes in progress, or the writes' memory
+//! budget has no room for this one; see [`super::forward`]). A receiver's 4xx is the first kind, its 5xx, 429 or
 //! silence the second. Sending a batch again after a lost answer is safe:
 //! a receiver stores a sample it already holds once.
 
@@ -29,17 +30,17 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use chrono::Utc;
 use phoenix_wire::agent::Written;
-use phoenix_wire::remote_write::{self, DecodeError};
+use phoenix_wire::remote_write::{self, DecodeError, Shape};
 
 use super::batch::{
     self, GroupQuery, Refusal, Taken, experiment_takes, read_body, record_group_series, too_large,
     unsupported_media_type,
 };
 use super::forward::{
-    BUSY_RETRY_AFTER, DECODING_BUDGET_BYTES, Forwarder, MAX_WAITING_BATCHES_PER_AGENT,
-    MAX_WAITING_SAMPLES_PER_AGENT, MAX_WRITES_PER_AGENT, Outcome,
+    BUSY_RETRY_AFTER, Forwarder, MAX_WAITING_BATCHES_PER_AGENT, MAX_WAITING_SAMPLES_PER_AGENT,
+    MAX_WRITES_PER_AGENT, MEMORY_BUDGET_BYTES, Outcome,
 };
-use super::remote_write::{Limits, relabel, time, validate};
+use super::remote_write::{Limits, check_shape, relabel, time, validate};
 use crate::AppState;
 use crate::auth::AgentCaller;
 use crate::error::ApiError;
@@ -147,7 +148,9 @@ fn decode_refusal(error: DecodeError) -> Refusal {
         (status = 415, description = "not `application/x-protobuf` with `Content-Encoding: snappy`"),
         (status = 502, description = "the receiver failed or is away: keep the batch and retry"),
         (status = 503, description = "no receiver configured, the database is away, or the receiver is \
-                                      far behind (`remote_write_busy`, with `Retry-After`): keep the batch")),
+                                      far behind, this agent has its share of the backlog or 4 writes in \
+                                      progress, or the writes' memory budget is spent \
+                                      (`remote_write_busy`, with `Retry-After`): keep the batch")),
     security(("agent" = [])))]
 pub async fn write(
     State(state): State<AppState>,
@@ -172,19 +175,33 @@ pub async fn write(
         )));
     };
     let taken = experiment_takes(&state, agent.id, &experiment).await?;
+    // Room in the writes' memory budget for each step that allocates.
+    let no_room = || {
+        retry_later(format!(
+            "the API's writes in progress hold {} MiB of batches already; keep this batch and \
+             send it again in {} s",
+            MEMORY_BUDGET_BYTES >> 20,
+            BUSY_RETRY_AFTER.as_secs()
+        ))
+    };
+    let body_size = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .map_or(MAX_BODY_BYTES, |n| n.min(MAX_BODY_BYTES));
+    let mut room = forwarder
+        .reserve_memory(body_size)
+        .await
+        .ok_or_else(no_room)?;
     let bytes = read_body(&headers, body, MAX_BODY_BYTES).await?;
     let declared =
         remote_write::uncompressed_len(&bytes, MAX_UNCOMPRESSED_BYTES).map_err(decode_refusal)?;
-    let Some(_decoding) = forwarder.decode_permit(declared) else {
-        return Err(retry_later(format!(
-            "the API is decoding and forwarding {} MiB of batches already; keep this batch and \
-             send it again in {} s",
-            DECODING_BUDGET_BYTES >> 20,
-            BUSY_RETRY_AFTER.as_secs()
-        )));
-    };
-    let mut request =
-        remote_write::decode(&bytes, MAX_UNCOMPRESSED_BYTES).map_err(decode_refusal)?;
+    room.merge(
+        forwarder
+            .reserve_memory(declared)
+            .await
+            .ok_or_else(no_room)?,
+    );
+    let raw = remote_write::decompress(&bytes, MAX_UNCOMPRESSED_BYTES).map_err(decode_refusal)?;
     drop(bytes);
     let now = Utc::now().timestamp_millis();
     let limits = Limits {
@@ -193,6 +210,22 @@ pub async fn write(
         oldest_ms: now.saturating_sub(state.settings.remote_write_max_age.as_millis() as i64),
         newest_ms: now.saturating_add(MAX_AHEAD.as_millis() as i64),
     };
+    // Counted before decoding: what decoding would allocate is refused,
+    // or reserved, first.
+    let shape = Shape::of(&raw).map_err(decode_refusal)?;
+    check_shape(&shape, &limits).map_err(|invalid| Refusal::Invalid {
+        code: invalid.code,
+        detail: invalid.to_string(),
+        at: None,
+    })?;
+    room.merge(
+        forwarder
+            .reserve_memory(shape.decoded_bytes(raw.len()))
+            .await
+            .ok_or_else(no_room)?,
+    );
+    let mut request = remote_write::decode_raw(&raw).map_err(decode_refusal)?;
+    drop(raw);
     let summary = validate(&mut request, &limits).map_err(|invalid| Refusal::Invalid {
         code: invalid.code,
         detail: invalid.to_string(),
@@ -229,6 +262,8 @@ pub async fn write(
         );
         outcome(forwarder.send(request, agent.id).await)?;
     }
+    // The batch is sent and its memory gone.
+    drop(room);
     // A late batch adds to a group that is no longer sent to.
     if taken == Taken::Now {
         record_group_series(&state, agent.id, &experiment, &variant, summary.series).await?;
