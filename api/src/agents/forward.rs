@@ -174,7 +174,7 @@ impl Drop for Writing {
 /// The samples of the batches in the queue, in all and per agent.
 #[derive(Debug)]
 struct Backlog {
-    /// `waiting.total`, readable without the lock.
+    /// `waiting.all.samples`, readable without the lock.
     samples: AtomicUsize,
     waiting: Mutex<Waiting>,
     metrics: Arc<Metrics>,
@@ -182,10 +182,15 @@ struct Backlog {
 
 #[derive(Debug, Default)]
 struct Waiting {
-    total: usize,
-    batches: usize,
+    all: Share,
     /// Only agents with batches waiting.
     by_agent: HashMap<Uuid, Share>,
+}
+
+impl Waiting {
+    fn of(&self, agent: Uuid) -> Share {
+        self.by_agent.get(&agent).copied().unwrap_or_default()
+    }
 }
 
 /// What waits, of one agent or of all.
@@ -196,6 +201,16 @@ struct Share {
 }
 
 impl Share {
+    fn add(&mut self, samples: usize) {
+        self.samples += samples;
+        self.batches += 1;
+    }
+
+    fn take(&mut self, samples: usize) {
+        self.samples -= samples;
+        self.batches -= 1;
+    }
+
     fn is_full(self) -> bool {
         self.samples >= MAX_WAITING_SAMPLES_PER_AGENT
             || self.batches >= MAX_WAITING_BATCHES_PER_AGENT
@@ -221,11 +236,7 @@ impl Backlog {
     /// Why a batch of `agent` would be refused now, if it would.
     fn refusal_for(&self, agent: Uuid) -> Option<Shed> {
         let waiting = self.waiting.lock().expect("backlog lock");
-        let all = Share {
-            samples: waiting.total,
-            batches: waiting.batches,
-        };
-        let mine = waiting.by_agent.get(&agent).copied().unwrap_or_default();
+        let (all, mine) = (waiting.all, waiting.of(agent));
         if all.samples >= MAX_WAITING_SAMPLES || all.batches >= QUEUE {
             Some(Shed::Full(all))
         } else if mine.is_full() {
@@ -241,27 +252,20 @@ impl Backlog {
     /// never counted, not even for a moment.
     fn admit(&self, agent: Uuid, samples: usize) -> Result<(), Shed> {
         let mut waiting = self.waiting.lock().expect("backlog lock");
-        let all = Share {
-            samples: waiting.total,
-            batches: waiting.batches,
-        };
+        let (all, mine) = (waiting.all, waiting.of(agent));
         let empty = all.samples == 0;
         if !empty && all.samples + samples > MAX_WAITING_SAMPLES {
             return Err(Shed::Full(all));
         }
-        let mine = waiting.by_agent.get(&agent).copied().unwrap_or_default();
         if !empty
             && (mine.samples + samples > MAX_WAITING_SAMPLES_PER_AGENT
                 || mine.batches + 1 > MAX_WAITING_BATCHES_PER_AGENT)
         {
             return Err(Shed::AgentShare(mine));
         }
-        waiting.total += samples;
-        waiting.batches += 1;
-        let share = waiting.by_agent.entry(agent).or_default();
-        share.samples += samples;
-        share.batches += 1;
-        self.samples.store(waiting.total, Ordering::Release);
+        waiting.all.add(samples);
+        waiting.by_agent.entry(agent).or_default().add(samples);
+        self.samples.store(waiting.all.samples, Ordering::Release);
         self.metrics.add_forward_waiting(samples, true);
         Ok(())
     }
@@ -270,18 +274,16 @@ impl Backlog {
     fn release(&self, jobs: impl IntoIterator<Item = (Uuid, usize)>) {
         let mut waiting = self.waiting.lock().expect("backlog lock");
         for (agent, samples) in jobs {
-            waiting.total -= samples;
-            waiting.batches -= 1;
+            waiting.all.take(samples);
             if let Some(mine) = waiting.by_agent.get_mut(&agent) {
-                mine.samples -= samples;
-                mine.batches -= 1;
+                mine.take(samples);
                 if mine.batches == 0 {
                     waiting.by_agent.remove(&agent);
                 }
             }
             self.metrics.add_forward_waiting(samples, false);
         }
-        self.samples.store(waiting.total, Ordering::Release);
+        self.samples.store(waiting.all.samples, Ordering::Release);
     }
 }
 
