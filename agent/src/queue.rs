@@ -715,13 +715,8 @@ mod tests {
         }
     }
 
-    /// A full disk fails a task's result; once there is room the next try
-    /// succeeds at once: no failed write leaves a transaction holding the
-    /// database's write lock.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_write_the_full_disk_failed_holds_no_lock() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = capped(dir.path(), 64).await;
+    /// A task received and not finished.
+    async fn received_task(q: &Queue) -> PendingTask {
         let task = PendingTask {
             task_id: uuid::Uuid::new_v4(),
             kind: "apply_pipeline".into(),
@@ -729,6 +724,45 @@ mod tests {
             received_at_ms: 1,
         };
         assert_eq!(q.receive_task(&task).await.unwrap(), Received::New);
+        task
+    }
+
+    /// A result of `task` padded to about `pad` bytes.
+    fn result_of(task: &PendingTask, pad: usize) -> PendingResult {
+        PendingResult {
+            result_id: uuid::Uuid::new_v4(),
+            task_id: task.task_id,
+            outcome: "succeeded".into(),
+            result: Some(serde_json::json!({"pad": "x".repeat(pad)})),
+            error: None,
+        }
+    }
+
+    /// With room again, `result` and then a batch are stored without
+    /// waiting for a lock, and the task is finished.
+    async fn stored_at_once(q: &Queue, result: &PendingResult, now_ms: i64) {
+        let started = std::time::Instant::now();
+        q.finish_task(result, now_ms).await.unwrap();
+        q.push(Destination::Api, "none", "none", now_ms + 1, 1, b"x")
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited {:?} for a lock",
+            started.elapsed()
+        );
+        assert_eq!(q.results().await.unwrap().len(), 1);
+        assert!(q.pending_tasks().await.unwrap().is_empty());
+    }
+
+    /// A full disk fails a task's result; once there is room the next try
+    /// succeeds at once: no failed write leaves a transaction holding the
+    /// database's write lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_the_full_disk_failed_holds_no_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = capped(dir.path(), 64).await;
+        let task = received_task(&q).await;
         // Fill every page.
         let body = vec![9u8; 2_000];
         while q
@@ -745,13 +779,7 @@ mod tests {
             .await
             .is_ok()
         {}
-        let result = PendingResult {
-            result_id: uuid::Uuid::new_v4(),
-            task_id: task.task_id,
-            outcome: "succeeded".into(),
-            result: Some(serde_json::json!({"pad": "x".repeat(8_000)})),
-            error: None,
-        };
+        let result = result_of(&task, 8_000);
         let full = q.finish_task(&result, 2).await.unwrap_err();
         assert!(format!("{full:#}").contains("full"), "{full:#}");
 
@@ -759,18 +787,7 @@ mod tests {
         for b in q.oldest(Destination::Api, 10).await.unwrap() {
             q.remove(b.id).await.unwrap();
         }
-        let started = std::time::Instant::now();
-        q.finish_task(&result, 3).await.unwrap();
-        q.push(Destination::Api, "none", "none", 4, 1, b"x")
-            .await
-            .unwrap();
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "waited {:?} for a lock",
-            started.elapsed()
-        );
-        assert_eq!(q.results().await.unwrap().len(), 1);
-        assert!(q.pending_tasks().await.unwrap().is_empty());
+        stored_at_once(&q, &result, 3).await;
     }
 
     /// On a real full disk (a tmpfs; skipped where it cannot be mounted) the
@@ -803,13 +820,7 @@ mod tests {
         let q = Queue::open(dir.path(), bounds(1 << 30, 3600))
             .await
             .unwrap();
-        let task = PendingTask {
-            task_id: uuid::Uuid::new_v4(),
-            kind: "apply_pipeline".into(),
-            payload: serde_json::json!({}),
-            received_at_ms: 1,
-        };
-        assert_eq!(q.receive_task(&task).await.unwrap(), Received::New);
+        let task = received_task(&q).await;
         let filler = dir.path().join("filler");
         {
             use std::io::Write;
@@ -817,13 +828,7 @@ mod tests {
             while f.write_all(&[0u8; 4096]).is_ok() {}
             let _ = f.sync_all();
         }
-        let result = PendingResult {
-            result_id: uuid::Uuid::new_v4(),
-            task_id: task.task_id,
-            outcome: "succeeded".into(),
-            result: Some(serde_json::json!({"pad": "x".repeat(100)})),
-            error: None,
-        };
+        let result = result_of(&task, 100);
         let mut failures = 0;
         for t in 0..3 {
             if q.finish_task(&result, 2 + t).await.is_err() {
@@ -832,18 +837,7 @@ mod tests {
         }
         assert!(failures > 0, "the disk was not full");
         std::fs::remove_file(&filler).unwrap();
-        let started = std::time::Instant::now();
-        q.finish_task(&result, 10).await.unwrap();
-        q.push(Destination::Api, "none", "none", 11, 1, b"x")
-            .await
-            .unwrap();
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "waited {:?} for a lock",
-            started.elapsed()
-        );
-        assert_eq!(q.results().await.unwrap().len(), 1);
-        assert!(q.pending_tasks().await.unwrap().is_empty());
+        stored_at_once(&q, &result, 10).await;
         q.pool.close().await;
     }
 

@@ -119,6 +119,17 @@ fn write(s: &Stack, agent: &Agent, query: &str, body: Vec<u8>) -> Reply {
     write_with(s, agent, query, &REMOTE_WRITE, body)
 }
 
+/// A shed batch: 503 `remote_write_busy`, `Retry-After: 5`, and a detail
+/// that says `why`.
+fn shed_saying(r: &Reply, why: &str) {
+    let problem = refused(r, 503, "remote_write_busy");
+    assert_eq!(r.headers["retry-after"], "5", "{r:?}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains(why),
+        "{problem}"
+    );
+}
+
 /// A refusal: the status, a problem document, the code; the problem.
 fn refused(r: &Reply, status: u16, code: &str) -> Value {
     assert_eq!((r.status, r.code()), (status, code), "{r:?}");
@@ -394,24 +405,11 @@ fn a_receiver_far_behind_sheds_batches_with_retry_after_and_loses_none() {
         let waited: Vec<Reply> = waiting.into_iter().map(|h| h.join().unwrap()).collect();
         (waited, greedy, shed)
     });
-    let problem = refused(&greedy, 503, "remote_write_busy");
-    assert_eq!(greedy.headers["retry-after"], "5", "{greedy:?}");
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("this agent's batches waiting to be sent hold 50000 samples in 1 "),
-        "{problem}"
+    shed_saying(
+        &greedy,
+        "this agent's batches waiting to be sent hold 50000 samples in 1 ",
     );
-    let problem = refused(&shed, 503, "remote_write_busy");
-    assert_eq!(shed.headers["retry-after"], "5", "{shed:?}");
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("keep the batch"),
-        "{problem}"
-    );
+    shed_saying(&shed, "keep the batch");
     assert_eq!(
         gauge("phoenix_api_remote_write_batches_shed_total"),
         2.0,
@@ -529,15 +527,7 @@ fn an_agent_holding_writes_open_is_refused_more_and_others_still_write() {
         (probe, held)
     });
     for r in held.iter().chain([&probe]).filter(|r| r.status == 503) {
-        let problem = refused(r, 503, "remote_write_busy");
-        assert_eq!(r.headers["retry-after"], "5", "{r:?}");
-        assert!(
-            problem["detail"]
-                .as_str()
-                .unwrap()
-                .contains("this agent already has 4 writes in progress"),
-            "{problem}"
-        );
+        shed_saying(r, "this agent already has 4 writes in progress");
     }
     assert_eq!(probe.status, 503, "{probe:?}");
     let mut statuses: Vec<u16> = held.iter().map(|r| r.status).collect();
