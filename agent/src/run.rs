@@ -213,23 +213,35 @@ fn external_labels(config: &Config) -> BTreeMap<String, String> {
     labels
 }
 
-/// One stream's batch of a collection, with staleness markers for the
-/// series it sent last time and no longer has.
-fn body(
+/// One stream's batch of a collection, for the stream's destination and
+/// group, with staleness markers for the series it sent last time and no
+/// longer has.
+fn batch(
     stream: Stream,
     stale: &mut Staleness,
     rows: &[Row],
     pipeline: &Compiled,
     timestamp_ms: i64,
     extra: &BTreeMap<String, String>,
-) -> (Vec<u8>, i64) {
+) -> NewBatch {
     let mut timeseries = to_series(&pipeline.run(rows), timestamp_ms, extra);
+    let (destination, experiment, variant) = (
+        stream.destination,
+        stream.experiment.clone(),
+        stream.variant.to_owned(),
+    );
     stale.mark(stream, &mut timeseries, timestamp_ms);
     let request = WriteRequest {
         timeseries,
         ..Default::default()
     };
-    (encode(&request), request.sample_count() as i64)
+    NewBatch {
+        destination,
+        experiment,
+        variant,
+        samples: request.sample_count() as i64,
+        body: encode(&request),
+    }
 }
 
 /// One collection: its time and one batch per stream.
@@ -250,44 +262,24 @@ pub async fn collect_once(
     let running = agent.state.current(collection.timestamp_ms).await;
     let none = BTreeMap::new();
     let ts = collection.timestamp_ms;
-    let mut batches = Vec::new();
-    let mut add = |destination, experiment: &str, variant: &str, (body, samples)| {
-        batches.push(NewBatch {
-            destination,
-            experiment: experiment.to_owned(),
-            variant: variant.to_owned(),
-            samples,
-            body,
-        })
-    };
     stale.begin();
-    add(
-        Destination::Api,
-        NO_GROUP,
-        NO_GROUP,
-        body(
-            Stream::live(Destination::Api),
+    let mut batches = vec![batch(
+        Stream::live(Destination::Api),
+        stale,
+        &collection.rows,
+        &running.live,
+        ts,
+        &none,
+    )];
+    if agent.config.remote_write.is_some() {
+        batches.push(batch(
+            Stream::live(Destination::External),
             stale,
             &collection.rows,
             &running.live,
             ts,
-            &none,
-        ),
-    );
-    if agent.config.remote_write.is_some() {
-        add(
-            Destination::External,
-            NO_GROUP,
-            NO_GROUP,
-            body(
-                Stream::live(Destination::External),
-                stale,
-                &collection.rows,
-                &running.live,
-                ts,
-                &external_labels(&agent.config),
-            ),
-        );
+            &external_labels(&agent.config),
+        ));
     }
     for (id, experiment) in &running.experiments {
         let id = id.to_string();
@@ -300,8 +292,7 @@ pub async fn collect_once(
                 experiment: id.clone(),
                 variant,
             };
-            let batch = body(stream, stale, &collection.rows, pipeline, ts, &none);
-            add(Destination::Api, &id, variant, batch);
+            batches.push(batch(stream, stale, &collection.rows, pipeline, ts, &none));
         }
     }
     stale.finish();
